@@ -1,0 +1,2 @@
+//! `merpati`, the Merpati command-line client.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The Merpati node: libp2p networking, storage and the control API around `merpati-proto`.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! `merpatid`, the Merpati node daemon.
+fn main() {}

@@ -1,0 +1,2 @@
+//! NDR1 benchmarks (being written).
+fn main() {}

@@ -1,0 +1,226 @@
+//! Typed key material: X25519 key pairs with weak-key checks, and 32-byte symmetric keys.
+//!
+//! Every key is a `[u8; 32]` behind a type; slices are converted at the edge with a length check.
+//! Secret types zeroize on drop and print `Debug` as `Name(..)`. An X25519 public key is refused
+//! when it is all zeros or of small order, and a Diffie-Hellman result of all zeros is refused
+//! (which also catches small-order points on the twist), so a peer can never force a known shared
+//! secret.
+
+use std::fmt;
+
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use rand_core::CryptoRng;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Why a key was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum KeyError {
+    /// A key had the wrong number of bytes.
+    #[error("key is {got} bytes, expected {expected}")]
+    WrongLength {
+        /// Bytes expected.
+        expected: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// An X25519 public key of all zeros.
+    #[error("public key is all zeros")]
+    AllZero,
+    /// An X25519 public key of small order (its DH output would be predictable).
+    #[error("public key has small order")]
+    SmallOrder,
+    /// A Diffie-Hellman computation produced all zeros.
+    #[error("key agreement produced an all-zero secret")]
+    ZeroSharedSecret,
+}
+
+/// Converts a slice to a 32-byte array, or says how long it was.
+pub fn array32(bytes: &[u8]) -> Result<[u8; 32], KeyError> {
+    bytes.try_into().map_err(|_| KeyError::WrongLength { expected: 32, got: bytes.len() })
+}
+
+/// A 32-byte symmetric secret: a root, epoch, sub-epoch or storage key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SymmetricKey(Zeroizing<[u8; 32]>);
+
+impl SymmetricKey {
+    /// Wraps raw key bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A fresh random key.
+    pub fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut *key);
+        Self(key)
+    }
+}
+
+impl From<Zeroizing<[u8; 32]>> for SymmetricKey {
+    fn from(key: Zeroizing<[u8; 32]>) -> Self {
+        Self(key)
+    }
+}
+
+impl fmt::Debug for SymmetricKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SymmetricKey(..)")
+    }
+}
+
+/// An X25519 public key that passed the weak-key checks.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct X25519Public([u8; 32]);
+
+impl X25519Public {
+    /// Checks and wraps a public key: refuses all zeros and points of small order.
+    pub fn from_bytes(bytes: [u8; 32]) -> Result<Self, KeyError> {
+        if bool::from(bytes.ct_eq(&[0u8; 32])) {
+            return Err(KeyError::AllZero);
+        }
+        // A point whose Edwards form has small order gives an all-zero (or otherwise predictable)
+        // DH result; points that are not on the curve lie on the twist, where X25519 is safe and
+        // the all-zero output check in `diffie_hellman` still applies.
+        if MontgomeryPoint(bytes).to_edwards(0).is_some_and(|p| p.is_small_order()) {
+            return Err(KeyError::SmallOrder);
+        }
+        Ok(Self(bytes))
+    }
+
+    /// Checks and wraps a public key given as a slice.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, KeyError> {
+        Self::from_bytes(array32(bytes)?)
+    }
+
+    /// The key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for X25519Public {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "X25519Public({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+    }
+}
+
+impl Serialize for X25519Public {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::Bytes::new(&self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for X25519Public {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = serde_bytes::ByteBuf::deserialize(d)?;
+        Self::from_slice(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An X25519 private key. Zeroized on drop; never printed.
+#[derive(Clone)]
+pub struct X25519Secret(Zeroizing<[u8; 32]>);
+
+impl X25519Secret {
+    /// A fresh random private key.
+    pub fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
+        let mut key = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut *key);
+        Self(key)
+    }
+
+    /// Wraps raw private key bytes (clamping happens at use, as X25519 specifies).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The raw private key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> X25519Public {
+        X25519Public(MontgomeryPoint::mul_base_clamped(*self.0).to_bytes())
+    }
+
+    /// X25519 with `peer`; refuses an all-zero result.
+    pub fn diffie_hellman(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*self.0).to_bytes());
+        if bool::from(shared.ct_eq(&[0u8; 32])) {
+            return Err(KeyError::ZeroSharedSecret);
+        }
+        Ok(shared)
+    }
+}
+
+impl fmt::Debug for X25519Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("X25519Secret(..)")
+    }
+}
+
+/// Serde for secret 32-byte values inside persisted state (`#[serde(with = "keys::secret32")]`).
+macro_rules! secret_serde {
+    ($ty:ident) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde_bytes::Bytes::new(&self.0[..]).serialize(s)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let bytes = Zeroizing::new(serde_bytes::ByteBuf::deserialize(d)?.into_vec());
+                Ok(Self::from_bytes(array32(&bytes).map_err(serde::de::Error::custom)?))
+            }
+        }
+    };
+}
+secret_serde!(SymmetricKey);
+secret_serde!(X25519Secret);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn dh_agrees() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let a = X25519Secret::generate(&mut rng);
+        let b = X25519Secret::generate(&mut rng);
+        let ab = a.diffie_hellman(b.public().as_bytes()).expect("dh");
+        let ba = b.diffie_hellman(a.public().as_bytes()).expect("dh");
+        assert_eq!(*ab, *ba);
+    }
+
+    #[test]
+    fn weak_public_keys_are_refused() {
+        assert_eq!(X25519Public::from_bytes([0; 32]), Err(KeyError::AllZero));
+        let mut one = [0u8; 32];
+        one[0] = 1; // u = 1: the point of order 4
+        assert_eq!(X25519Public::from_bytes(one), Err(KeyError::SmallOrder));
+        assert_eq!(X25519Public::from_slice(&[9; 64]), Err(KeyError::WrongLength { expected: 32, got: 64 }));
+        let secret = X25519Secret::from_bytes([7; 32]);
+        assert_eq!(secret.diffie_hellman(&[0; 32]), Err(KeyError::ZeroSharedSecret));
+        assert_eq!(secret.diffie_hellman(&one), Err(KeyError::ZeroSharedSecret));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = X25519Secret::from_bytes([0xAB; 32]);
+        assert_eq!(format!("{s:?}"), "X25519Secret(..)");
+        assert_eq!(format!("{:?}", SymmetricKey::from_bytes([0xAB; 32])), "SymmetricKey(..)");
+    }
+}
