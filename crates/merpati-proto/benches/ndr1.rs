@@ -1,2 +1,111 @@
-//! NDR1 benchmarks (being written).
-fn main() {}
+//! NDR1 micro-benchmarks: steady-state seal+open, a DH ratchet step, and first contact.
+//!
+//! `cargo bench -p merpati-proto --bench ndr1` prints criterion's estimates; the medians go into
+//! `docs/benchmarks.md`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use merpati_proto::frame::Body;
+use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PrekeyRing, PROTOCOL_VERSION};
+use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::mailbox::{mailbox_id, INBOX_DAY};
+use merpati_proto::session::{Responder, Session};
+use merpati_proto::Timestamp;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const NOW: Timestamp = Timestamp(1_795_219_200_000);
+
+struct Device {
+    cert: DeviceCert,
+    device_static: X25519Secret,
+    prekeys: PrekeyRing,
+    bundle: Bundle,
+    inbox: merpati_proto::mailbox::MailboxId,
+}
+
+fn device(rng: &mut ChaCha20Rng) -> Device {
+    let identity = IdentityKey::generate(rng);
+    let device_static = X25519Secret::generate(rng);
+    let cert = DeviceCert::issue(&identity, &device_static.public(), NOW);
+    let prekeys = PrekeyRing::new(&identity, &cert.device_id(), NOW, rng);
+    let bundle = Bundle::new(&identity, cert.clone(), prekeys.current().clone(), vec![PROTOCOL_VERSION]);
+    let inbox = mailbox_id(&SymmetricKey::generate(rng), INBOX_DAY);
+    Device { cert, device_static, prekeys, bundle, inbox }
+}
+
+/// A session pair after first contact and one reply, so both directions are established.
+fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
+    let alice = device(rng);
+    let bob = device(rng);
+    let mut a = Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, rng).unwrap();
+    let first = a.seal(&Body::Text("hi".into()), NOW, rng).unwrap();
+    let responder = Responder { bundle: &bob.bundle, prekeys: &bob.prekeys };
+    let (mut b, _) = Session::accept(responder, &first.envelope, NOW, rng).unwrap();
+    let reply = b.seal(&Body::Text("hi".into()), NOW, rng).unwrap();
+    a.open(&reply.envelope, NOW).unwrap();
+    (a, b)
+}
+
+fn steady_state(c: &mut Criterion) {
+    for len in [64usize, 1024, 16 * 1024] {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let (mut a, mut b) = pair(&mut rng);
+        let body = Body::Text("x".repeat(len));
+        // Open A's epoch once so the loop measures only steady-state messages.
+        let opener = a.seal(&body, NOW, &mut rng).unwrap();
+        b.open(&opener.envelope, NOW).unwrap();
+        c.bench_function(&format!("seal+open {len} B (steady state)"), |bench| {
+            bench.iter(|| {
+                let sealed = a.seal(black_box(&body), NOW, &mut rng).unwrap();
+                black_box(b.open(&sealed.envelope, NOW).unwrap());
+            })
+        });
+    }
+}
+
+fn ratchet(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(2);
+    let (mut a, mut b) = pair(&mut rng);
+    let body = Body::Text("x".repeat(1024));
+    // Each iteration is one DH ratchet step: the sender opens a new epoch, the receiver reads it.
+    // The two sides alternate so that every message opens an epoch.
+    let mut a_turn = true;
+    c.bench_function("seal+open 1024 B opening a new epoch (DH ratchet step)", |bench| {
+        bench.iter(|| {
+            let (sender, receiver) = if a_turn { (&mut a, &mut b) } else { (&mut b, &mut a) };
+            let sealed = sender.seal(black_box(&body), NOW, &mut rng).unwrap();
+            black_box(receiver.open(&sealed.envelope, NOW).unwrap());
+            a_turn = !a_turn;
+        })
+    });
+}
+
+fn first_contact(c: &mut Criterion) {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let alice = device(&mut rng);
+    let bob = device(&mut rng);
+    let body = Body::Text("x".repeat(1024));
+    c.bench_function("first contact 1024 B (both ends)", |bench| {
+        bench.iter_batched(
+            || ChaCha20Rng::seed_from_u64(rng_next(&mut rng)),
+            |mut r| {
+                let mut a =
+                    Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, &mut r).unwrap();
+                let first = a.seal(&body, NOW, &mut r).unwrap();
+                let responder = Responder { bundle: &bob.bundle, prekeys: &bob.prekeys };
+                black_box(Session::accept(responder, &first.envelope, NOW, &mut r).unwrap());
+            },
+            BatchSize::SmallInput,
+        )
+    });
+}
+
+fn rng_next(rng: &mut ChaCha20Rng) -> u64 {
+    use rand_core::Rng;
+    rng.next_u64()
+}
+
+criterion_group!(benches, steady_state, ratchet, first_contact);
+criterion_main!(benches);

@@ -7,6 +7,7 @@
 //! secret.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use rand_core::CryptoRng;
@@ -35,6 +36,15 @@ pub enum KeyError {
     /// A Diffie-Hellman computation produced all zeros.
     #[error("key agreement produced an all-zero secret")]
     ZeroSharedSecret,
+}
+
+/// X25519 operations (key agreements and public-key derivations) this process performed so far.
+static X25519_OPERATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How many X25519 scalar multiplications this process has done: a cheap, always-on counter that
+/// lets tests and benchmarks check the work an input costs (junk must cost at most a couple).
+pub fn x25519_operations() -> u64 {
+    X25519_OPERATIONS.load(Ordering::Relaxed)
 }
 
 /// Converts a slice to a 32-byte array, or says how long it was.
@@ -150,11 +160,13 @@ impl X25519Secret {
 
     /// The matching public key.
     pub fn public(&self) -> X25519Public {
+        X25519_OPERATIONS.fetch_add(1, Ordering::Relaxed);
         X25519Public(MontgomeryPoint::mul_base_clamped(*self.0).to_bytes())
     }
 
     /// X25519 with `peer`; refuses an all-zero result.
     pub fn diffie_hellman(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+        X25519_OPERATIONS.fetch_add(1, Ordering::Relaxed);
         let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*self.0).to_bytes());
         if bool::from(shared.ct_eq(&[0u8; 32])) {
             return Err(KeyError::ZeroSharedSecret);
