@@ -493,8 +493,10 @@ impl PrekeyEntry {
         Self { prekey, secret }
     }
 
+    /// Senders stop using a prekey at `expires_at`, but a first contact written just before then
+    /// may wait on a relay for up to the relay TTL, so the secret stays usable that much longer.
     fn usable(&self, now: Timestamp) -> bool {
-        now <= self.prekey.expires_at
+        now <= self.prekey.expires_at.plus(PREKEY_GRACE)
     }
 }
 
@@ -593,7 +595,8 @@ impl PrekeyRing {
         before - self.previous.len()
     }
 
-    /// The private key of prekey `id`, if it is known and has not expired at `now`.
+    /// The private key of prekey `id`, if it is known and still usable at `now` (until
+    /// [`PREKEY_GRACE`] after the prekey's expiry).
     pub fn secret_for(&self, id: u32, now: Timestamp) -> Option<&X25519Secret> {
         std::iter::once(&self.current)
             .chain(self.previous.iter().rev())

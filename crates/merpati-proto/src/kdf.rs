@@ -79,6 +79,15 @@ pub fn hash_prefix<const N: usize>(label: &[u8], parts: &[&[u8]]) -> [u8; N] {
     out
 }
 
+/// The first 32 bytes of `bytes`, zero-padded if shorter (handshake hashes are always 32 bytes
+/// for BLAKE2s; this only avoids a panic path).
+pub(crate) fn array32_or_zero(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let n = bytes.len().min(32);
+    out[..n].copy_from_slice(&bytes[..n]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,13 +107,4 @@ mod tests {
         assert_ne!(*a, *c);
         assert_eq!(*a, *prf(&[1; 32], label::ROOT, &[]));
     }
-}
-
-/// The first 32 bytes of `bytes`, zero-padded if shorter (handshake hashes are always 32 bytes
-/// for BLAKE2s; this only avoids a panic path).
-pub(crate) fn array32_or_zero(bytes: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    let n = bytes.len().min(32);
-    out[..n].copy_from_slice(&bytes[..n]);
-    out
 }
