@@ -5,13 +5,13 @@
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use merpati_proto::frame::Body;
-use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PrekeyRing, PROTOCOL_VERSION};
-use merpati_proto::keys::{SymmetricKey, X25519Secret};
-use merpati_proto::mailbox::{mailbox_id, INBOX_DAY};
-use merpati_proto::session::{Responder, Session};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use merpati_proto::Timestamp;
+use merpati_proto::frame::Body;
+use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION, PrekeyRing};
+use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::mailbox::{INBOX_DAY, mailbox_id};
+use merpati_proto::session::{Responder, Session};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -30,7 +30,8 @@ fn device(rng: &mut ChaCha20Rng) -> Device {
     let device_static = X25519Secret::generate(rng);
     let cert = DeviceCert::issue(&identity, &device_static.public(), NOW);
     let prekeys = PrekeyRing::new(&identity, &cert.device_id(), NOW, rng);
-    let bundle = Bundle::new(&identity, cert.clone(), prekeys.current().clone(), vec![PROTOCOL_VERSION]);
+    let bundle = Bundle::new(&identity, cert.clone(), prekeys.current().clone(), vec![PROTOCOL_VERSION])
+        .expect("bundle");
     let inbox = mailbox_id(&SymmetricKey::generate(rng), INBOX_DAY);
     Device { cert, device_static, prekeys, bundle, inbox }
 }
@@ -39,7 +40,8 @@ fn device(rng: &mut ChaCha20Rng) -> Device {
 fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
     let alice = device(rng);
     let bob = device(rng);
-    let mut a = Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, rng).unwrap();
+    let mut a =
+        Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, rng).unwrap();
     let first = a.seal(&Body::Text("hi".into()), NOW, rng).unwrap();
     let responder = Responder { bundle: &bob.bundle, prekeys: &bob.prekeys };
     let (mut b, _) = Session::accept(responder, &first.envelope, NOW, rng).unwrap();
@@ -92,7 +94,8 @@ fn first_contact(c: &mut Criterion) {
             || ChaCha20Rng::seed_from_u64(rng_next(&mut rng)),
             |mut r| {
                 let mut a =
-                    Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, &mut r).unwrap();
+                    Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, &mut r)
+                        .unwrap();
                 let first = a.seal(&body, NOW, &mut r).unwrap();
                 let responder = Responder { bundle: &bob.bundle, prekeys: &bob.prekeys };
                 black_box(Session::accept(responder, &first.envelope, NOW, &mut r).unwrap());

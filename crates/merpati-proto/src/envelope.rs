@@ -6,7 +6,7 @@
 //! 1       1     kind        1 = first contact, 2 = session
 //! 2       16    mailbox     recipient mailbox id
 //! 18      4     epoch       u32 BE (first contact: 0)
-//! 22      4     sub_epoch   u32 BE (first contact: 0)
+//! 22      4     sub_epoch   u32 BE
 //! 26      1     index       u8, < 64: the Noise nonce inside the sub-epoch
 //! 27      2     open_len    u16 BE, 0 = no epoch open, at most MAX_OPEN_LEN (first contact: > 0)
 //! 29      n     open        epoch-open (or first-contact) handshake bytes, opaque here
@@ -119,7 +119,7 @@ pub struct Header {
     pub mailbox: MailboxId,
     /// The sender's epoch (0 for a first contact).
     pub epoch: u32,
-    /// The sub-epoch inside the epoch (0 for a first contact).
+    /// The sub-epoch inside the epoch.
     pub sub_epoch: u32,
     /// The message index inside the sub-epoch, below [`MAX_INDEX_EXCLUSIVE`].
     pub index: u8,
@@ -154,8 +154,9 @@ impl Header {
         if self.index >= MAX_INDEX_EXCLUSIVE {
             return Err(EnvelopeError::Invalid { what: "index must be below 64" });
         }
-        if self.kind == Kind::FirstContact && (self.epoch != 0 || self.sub_epoch != 0) {
-            return Err(EnvelopeError::Invalid { what: "first contact must have epoch and sub-epoch 0" });
+        // Epoch 0 is the first contact's epoch; its sub-epochs move on like any other epoch's.
+        if self.kind == Kind::FirstContact && self.epoch != 0 {
+            return Err(EnvelopeError::Invalid { what: "first contact must be in epoch 0" });
         }
         Ok(())
     }
@@ -376,9 +377,10 @@ mod tests {
         let mut epoch = good.clone();
         epoch.header.epoch = 1;
         assert!(matches!(Envelope::decode(&epoch.encode()), Err(EnvelopeError::Invalid { .. })));
+        // Epoch 0's sending chain steps through sub-epochs like any other.
         let mut sub = good.clone();
         sub.header.sub_epoch = 1;
-        assert!(matches!(Envelope::decode(&sub.encode()), Err(EnvelopeError::Invalid { .. })));
+        assert_eq!(Envelope::decode(&sub.encode()), Ok(sub));
         let no_open = Envelope { open: None, ..good.clone() };
         assert!(matches!(Envelope::decode(&no_open.encode()), Err(EnvelopeError::Invalid { .. })));
         assert!(matches!(no_open.validate(), Err(EnvelopeError::Invalid { .. })));

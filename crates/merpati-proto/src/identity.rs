@@ -50,7 +50,7 @@ pub const PREKEY_GRACE: u64 = 30 * Timestamp::DAY;
 pub const PREKEY_LIFETIME: u64 = PREKEY_ROTATION + PREKEY_GRACE;
 /// The most replaced prekeys a [`PrekeyRing`] keeps (count). With weekly rotation at most five
 /// are still valid; the cap only bounds the state if the clock misbehaves.
-pub const MAX_PREVIOUS_PREKEYS: usize = 8;
+pub const MAX_PREVIOUS_PREKEYS: usize = 10;
 /// Decimal digits in a [`SafetyNumber`].
 pub const SAFETY_NUMBER_DIGITS: usize = 60;
 
@@ -1040,14 +1040,16 @@ mod tests {
         assert_eq!(second.verify(&d.identity.public(), &device_id, t1), Ok(()));
         assert_eq!(d.ring.prekeys().count(), 2);
 
-        // The replaced prekey still opens first contacts until it expires, then is deleted.
-        assert!(d.ring.secret_for(1, first.expires_at).is_some());
-        assert_eq!(d.ring.purge(first.expires_at), 0);
-        assert!(d.ring.secret_for(1, first.expires_at.plus(1)).is_none());
+        // The replaced prekey still opens first contacts until the relay grace period after its
+        // expiry (a first contact written just before expiry may wait on a relay), then is deleted.
+        let gone = first.expires_at.plus(PREKEY_GRACE);
+        assert!(d.ring.secret_for(1, gone).is_some());
+        assert_eq!(d.ring.purge(gone), 0);
+        assert!(d.ring.secret_for(1, gone.plus(1)).is_none());
         assert!(d.ring.secret_for(3, t1).is_none());
-        assert_eq!(d.ring.purge(first.expires_at.plus(1)), 1);
+        assert_eq!(d.ring.purge(gone.plus(1)), 1);
         assert!(d.ring.secret_for(1, T0).is_none(), "deleted, whatever the time");
-        assert!(d.ring.secret_for(2, first.expires_at.plus(1)).is_some());
+        assert!(d.ring.secret_for(2, gone.plus(1)).is_some());
         assert_eq!(d.ring.prekeys().count(), 1);
     }
 
@@ -1064,9 +1066,10 @@ mod tests {
             assert!(d.ring.prekeys().count() <= MAX_PREVIOUS_PREKEYS + 1);
         }
         d.ring.purge(now);
-        assert_eq!(d.ring.prekeys().count(), 6, "current plus five weeks of still-valid prekeys");
+        // A prekey is usable for 37 days plus the 30-day grace: the current one and nine weeks back.
+        assert_eq!(d.ring.prekeys().count(), 10, "current plus nine weeks of still-usable prekeys");
         assert_eq!(d.ring.current().id, 121);
-        for id in 116..=121 {
+        for id in 112..=121 {
             assert!(d.ring.secret_for(id, now).is_some(), "prekey {id}");
         }
     }

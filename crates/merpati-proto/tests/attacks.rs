@@ -5,12 +5,12 @@
 
 mod common;
 
-use common::{established, restart, snapshot, text, Party, T0};
+use common::{Party, T0, established, restart, snapshot, text};
+use merpati_proto::Timestamp;
 use merpati_proto::envelope::{Envelope, EnvelopeError};
 use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION};
 use merpati_proto::keys::{KeyError, X25519Public, X25519Secret};
 use merpati_proto::session::{OpenError, Session};
-use merpati_proto::Timestamp;
 
 #[test]
 fn replay_is_rejected() {
@@ -124,7 +124,10 @@ fn every_bit_flipped_first_contact_creates_no_session() {
     for bit in 0..first.envelope.len() * 8 {
         let mut mangled = first.envelope.clone();
         mangled[bit / 8] ^= 1 << (bit % 8);
-        assert!(Session::accept(bob.responder(), &mangled, T0, &mut rng).is_err(), "bit {bit} flipped was accepted");
+        assert!(
+            Session::accept(bob.responder(), &mangled, T0, &mut rng).is_err(),
+            "bit {bit} flipped was accepted"
+        );
     }
     assert!(Session::accept(bob.responder(), &first.envelope, T0, &mut rng).is_ok());
 }
@@ -196,14 +199,15 @@ fn unknown_key_share_via_resigned_prekey_fails() {
         &eve,
         &eve_cert.device_id(),
         stolen.id,
-        stolen.public,
+        &stolen.public,
         T0,
         stolen.expires_at,
     );
-    let eve_bundle = Bundle::new(&eve, eve_cert, resigned, vec![PROTOCOL_VERSION]);
+    let eve_bundle = Bundle::new(&eve, eve_cert, resigned, vec![PROTOCOL_VERSION]).unwrap();
     eve_bundle.verify(T0).expect("Eve's bundle verifies on its own");
     // Alice believes she writes to Eve; Eve forwards the envelope to Bob.
-    let mut a = Session::initiate(&alice.cert, &alice.device_static, &eve_bundle, bob.inbox(), T0, &mut rng).unwrap();
+    let mut a =
+        Session::initiate(&alice.cert, &alice.device_static, &eve_bundle, bob.inbox(), T0, &mut rng).unwrap();
     let m = a.seal(&text("for Eve"), T0, &mut rng).unwrap();
     assert_eq!(Session::accept(bob.responder(), &m.envelope, T0, &mut rng).unwrap_err(), OpenError::Rejected);
 }
@@ -227,7 +231,10 @@ fn weak_and_wrong_length_keys_are_refused() {
         let mut e = Envelope::decode(&first.envelope).unwrap();
         let open = e.open.as_mut().unwrap();
         open[4..36].copy_from_slice(&weak); // the ephemeral follows the 4-byte prekey id
-        assert_eq!(Session::accept(bob.responder(), &e.encode(), T0, &mut rng).unwrap_err(), OpenError::Rejected);
+        assert_eq!(
+            Session::accept(bob.responder(), &e.encode(), T0, &mut rng).unwrap_err(),
+            OpenError::Rejected
+        );
     }
 }
 
@@ -238,7 +245,10 @@ fn version_downgrade_is_refused() {
     for version in [0u8, 2, 255] {
         let mut bytes = m.envelope.clone();
         bytes[0] = version;
-        assert!(matches!(b.open(&bytes, T0), Err(OpenError::Envelope(EnvelopeError::UnsupportedVersion { .. }))));
+        assert!(matches!(
+            b.open(&bytes, T0),
+            Err(OpenError::Envelope(EnvelopeError::UnsupportedVersion { .. }))
+        ));
     }
     // Changing the version list of a signed bundle breaks its signature.
     let mut downgraded = bob.bundle.clone();
@@ -256,7 +266,8 @@ fn first_contact_to_a_different_version_list_fails() {
     let bob = Party::new(&mut rng, T0);
     let mut altered = bob.bundle.clone();
     altered.versions = vec![PROTOCOL_VERSION, 2];
-    let mut a = Session::initiate(&alice.cert, &alice.device_static, &altered, bob.inbox(), T0, &mut rng).unwrap();
+    let mut a =
+        Session::initiate(&alice.cert, &alice.device_static, &altered, bob.inbox(), T0, &mut rng).unwrap();
     let m = a.seal(&text("hi"), T0, &mut rng).unwrap();
     assert_eq!(Session::accept(bob.responder(), &m.envelope, T0, &mut rng).unwrap_err(), OpenError::Rejected);
 }
@@ -273,7 +284,8 @@ fn forward_secrecy_recorded_traffic_stays_sealed() {
     let (_, _, mut a, mut b, mut rng) = established(18);
     // A full sub-epoch of 64 messages plus one: the first sub-epoch's key is deleted once all 64
     // arrived, and the epoch moves on after B answers.
-    let recorded: Vec<_> = (0..65).map(|i| a.seal(&text(&format!("secret {i}")), T0, &mut rng).unwrap()).collect();
+    let recorded: Vec<_> =
+        (0..65).map(|i| a.seal(&text(&format!("secret {i}")), T0, &mut rng).unwrap()).collect();
     for m in &recorded {
         b.open(&m.envelope, T0).unwrap();
     }

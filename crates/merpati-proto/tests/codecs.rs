@@ -35,7 +35,7 @@ fn arb_kind() -> impl Strategy<Value = Kind> {
 fn arb_header() -> impl Strategy<Value = Header> {
     (arb_kind(), arb_mailbox(), any::<u32>(), any::<u32>(), 0u8..64).prop_map(
         |(kind, mailbox, epoch, sub_epoch, index)| {
-            let (epoch, sub_epoch) = if kind == Kind::FirstContact { (0, 0) } else { (epoch, sub_epoch) };
+            let epoch = if kind == Kind::FirstContact { 0 } else { epoch };
             Header { version: envelope::VERSION, kind, mailbox, epoch, sub_epoch, index }
         },
     )

@@ -9,7 +9,7 @@ mod common;
 
 use std::fmt::Write;
 
-use common::{text, Party, T0};
+use common::{Party, T0, text};
 use merpati_proto::envelope::Envelope;
 use merpati_proto::frame::Body;
 use merpati_proto::session::{Sealed, Session};

@@ -5,8 +5,8 @@
 use data_encoding::BASE32_NOPAD;
 use merpati_proto::Timestamp;
 use merpati_proto::identity::{
-    Bundle, DeviceCert, IdentityError, IdentityKey, PREKEY_LIFETIME, PREKEY_ROTATION, PrekeyRing,
-    SafetyNumber, SignedPrekey, fingerprint,
+    Bundle, DeviceCert, IdentityError, IdentityKey, PREKEY_GRACE, PREKEY_LIFETIME, PREKEY_ROTATION,
+    PrekeyRing, SafetyNumber, SignedPrekey, fingerprint,
 };
 use merpati_proto::invite::{Invite, InviteError, PREFIX};
 use merpati_proto::kdf::{self, label};
@@ -89,7 +89,11 @@ fn invite_gets_bob_to_alice_and_both_see_the_same_safety_number() {
     assert!(Invite::parse(&text, last_day).is_ok());
     assert!(alice.ring.secret_for(prekey.id, last_day).is_some());
     assert_eq!(Invite::parse(&text, last_day.plus(1)), Err(InviteError::ExpiredPrekey));
-    assert_eq!(alice.ring.purge(last_day.plus(1)), 1);
+    // The secret outlives the invite by the relay grace period, for first contacts still queued.
+    let gone = last_day.plus(PREKEY_GRACE);
+    assert!(alice.ring.secret_for(prekey.id, gone).is_some());
+    assert_eq!(alice.ring.purge(gone), 0);
+    assert_eq!(alice.ring.purge(gone.plus(1)), 1);
     assert!(alice.ring.secret_for(prekey.id, T0).is_none());
 }
 

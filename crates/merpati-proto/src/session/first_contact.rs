@@ -14,13 +14,13 @@ use crate::envelope::{Envelope, Kind};
 use crate::identity::{Bundle, DeviceCert, DeviceId, IdentityPublic, PrekeyRing};
 use crate::kdf::label;
 use crate::keys::{SymmetricKey, X25519Secret};
-use crate::mailbox::{Announcement, MailboxId, DEFAULT_ANNOUNCE_DAYS};
+use crate::mailbox::{Announcement, DEFAULT_ANNOUNCE_DAYS, MailboxId};
 use crate::noise::{self, FIRST_CONTACT_OVERHEAD};
 use crate::time::Timestamp;
 
 use super::payload::FirstContactPayload;
 use super::state::{RecvEpoch, SendEpoch, SeqTracker, SessionState};
-use super::{next_root, open_digest, session_id, Incoming, OpenError, Role, SealError, Session};
+use super::{Incoming, OpenError, Role, SealError, Session, next_root, open_digest, session_id};
 
 /// What the responder needs to accept first contacts: its own current bundle (identity, device id,
 /// version list) and its prekey secrets.
@@ -32,9 +32,18 @@ pub struct Responder<'a> {
     pub prekeys: &'a PrekeyRing,
 }
 
-fn prologue(identity: &IdentityPublic, device: &DeviceId, prekey_id: u32, versions_hash: &[u8; 32]) -> Vec<u8> {
+fn prologue(
+    identity: &IdentityPublic,
+    device: &DeviceId,
+    prekey_id: u32,
+    versions_hash: &[u8; 32],
+) -> Vec<u8> {
     let mut w = Writer::with_capacity(100);
-    w.bytes_u8(label::FIRST_CONTACT).raw(identity.as_bytes()).raw(&device.0).u32(prekey_id).raw(versions_hash);
+    w.bytes_u8(label::FIRST_CONTACT)
+        .raw(identity.as_bytes())
+        .raw(&device.0)
+        .u32(prekey_id)
+        .raw(versions_hash);
     w.into_bytes()
 }
 
@@ -53,12 +62,17 @@ impl Session {
         let ratchet = X25519Secret::generate(rng);
         let my_mailbox_secret = SymmetricKey::generate(rng);
         let my_mailboxes = Announcement::new(&my_mailbox_secret, now, DEFAULT_ANNOUNCE_DAYS);
-        let payload =
-            FirstContactPayload { cert: my_cert.clone(), ratchet: ratchet.public(), mailboxes: my_mailboxes.clone() }
-                .encode();
+        let payload = FirstContactPayload {
+            cert: my_cert.clone(),
+            ratchet: ratchet.public(),
+            mailboxes: my_mailboxes.clone(),
+        }
+        .encode();
         let prekey_id = peer.prekey.id;
-        let prologue = prologue(&peer.cert.identity, &peer.cert.device_id(), prekey_id, &peer.versions_hash());
-        let (message, split) = noise::first_contact_write(my_static, &peer.prekey.public, &prologue, &payload, rng)?;
+        let prologue =
+            prologue(&peer.cert.identity, &peer.cert.device_id(), prekey_id, &peer.versions_hash());
+        let (message, split) =
+            noise::first_contact_write(my_static, &peer.prekey.public, &prologue, &payload, rng)?;
         let mut open = Vec::with_capacity(4 + message.len());
         open.extend_from_slice(&prekey_id.to_be_bytes());
         open.extend_from_slice(&message);
@@ -69,7 +83,14 @@ impl Session {
             peer: peer.cert.clone(),
             root: next_root(&split.k2),
             latest_epoch: 0,
-            send: Some(SendEpoch { epoch: 0, open, sub: 0, key: split.k1, next_index: 0, sub_started_at: now }),
+            send: Some(SendEpoch {
+                epoch: 0,
+                open,
+                sub: 0,
+                key: split.k1,
+                next_index: 0,
+                sub_started_at: now,
+            }),
             recv: Vec::new(),
             my_ratchet: Some(ratchet),
             peer_ratchet: None,
@@ -105,7 +126,8 @@ impl Session {
         }
         let (id_bytes, message) = open.split_at(4);
         let prekey_id = u32::from_be_bytes([id_bytes[0], id_bytes[1], id_bytes[2], id_bytes[3]]);
-        let prekey = me.prekeys.secret_for(prekey_id, now).ok_or(OpenError::UnknownPrekey { id: prekey_id })?;
+        let prekey =
+            me.prekeys.secret_for(prekey_id, now).ok_or(OpenError::UnknownPrekey { id: prekey_id })?;
         let cert = &me.bundle.cert;
         let prologue = prologue(&cert.identity, &cert.device_id(), prekey_id, &me.bundle.versions_hash());
         let (payload, sender_static, split) =

@@ -56,8 +56,10 @@ pub const SUB_EPOCH_MAX_AGE: u64 = Timestamp::DAY;
 pub const MAX_DERIVATIONS: u32 = 1024;
 /// The most sub-epoch keys a session retains for late messages.
 pub const MAX_RETAINED_SUBKEYS: usize = 256;
-/// The most peer epochs a session retains keys for.
-pub const MAX_RETAINED_EPOCHS: usize = 8;
+/// The most peer epochs a session retains keys for. Each turn of a lively conversation is an
+/// epoch, and a message delayed on a slow relay must still open after the conversation moved on
+/// a few dozen turns; beyond that (or [`MAX_KEY_AGE`]) its keys are gone.
+pub const MAX_RETAINED_EPOCHS: usize = 32;
 /// Retained receiving keys older than this (ms) are deleted: the relay TTL, after which nothing
 /// late can still arrive.
 pub const MAX_KEY_AGE: u64 = 30 * Timestamp::DAY;

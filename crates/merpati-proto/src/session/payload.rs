@@ -66,7 +66,11 @@ impl EpochPayload {
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() > MAX_EPOCH_PAYLOAD {
-            return Err(DecodeError::TooLong { what: "epoch payload", len: bytes.len(), max: MAX_EPOCH_PAYLOAD });
+            return Err(DecodeError::TooLong {
+                what: "epoch payload",
+                len: bytes.len(),
+                max: MAX_EPOCH_PAYLOAD,
+            });
         }
         let mut r = Reader::new(bytes);
         let ratchet = read_ratchet(&mut r)?;
@@ -77,5 +81,6 @@ impl EpochPayload {
 }
 
 fn read_ratchet(r: &mut Reader<'_>) -> Result<X25519Public, DecodeError> {
-    X25519Public::from_bytes(r.array("ratchet key")?).map_err(|_| DecodeError::Invalid { what: "ratchet key" })
+    X25519Public::from_bytes(r.array("ratchet key")?)
+        .map_err(|_| DecodeError::Invalid { what: "ratchet key" })
 }

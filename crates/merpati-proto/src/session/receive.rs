@@ -16,8 +16,8 @@ use crate::time::Timestamp;
 use super::payload::EpochPayload;
 use super::state::{RecvEpoch, SubKey};
 use super::{
-    epoch_prologue, next_root, open_digest, Incoming, OpenError, Session, MAX_DERIVATIONS, MAX_KEY_AGE,
-    MAX_RETAINED_EPOCHS, MAX_RETAINED_SUBKEYS,
+    Incoming, MAX_DERIVATIONS, MAX_KEY_AGE, MAX_RETAINED_EPOCHS, MAX_RETAINED_SUBKEYS, OpenError, Session,
+    epoch_prologue, next_root, open_digest,
 };
 
 /// Where the key for one envelope comes from, and what accepting it would change.
@@ -60,7 +60,11 @@ impl Session {
         self.open_envelope(&envelope, now)
     }
 
-    pub(super) fn open_envelope(&mut self, envelope: &Envelope, now: Timestamp) -> Result<Incoming, OpenError> {
+    pub(super) fn open_envelope(
+        &mut self,
+        envelope: &Envelope,
+        now: Timestamp,
+    ) -> Result<Incoming, OpenError> {
         let header = &envelope.header;
         let epoch = header.epoch;
         let expected_kind = if epoch == 0 { Kind::FirstContact } else { Kind::Session };
@@ -115,8 +119,8 @@ impl Session {
         // announced yet, or already used) no new epoch is possible.
         let ratchet = self.state.my_ratchet.as_ref().ok_or(OpenError::UnexpectedEpoch { epoch })?;
         let prologue = epoch_prologue(&self.state.id, epoch);
-        let (payload, split) =
-            noise::epoch_open_read(&self.state.root, ratchet, &prologue, open).map_err(|_| OpenError::Rejected)?;
+        let (payload, split) = noise::epoch_open_read(&self.state.root, ratchet, &prologue, open)
+            .map_err(|_| OpenError::Rejected)?;
         let payload = EpochPayload::decode(&payload).map_err(OpenError::Payload)?;
         let recv = RecvEpoch {
             epoch,
@@ -151,9 +155,12 @@ impl Session {
         let recv = &mut state.recv[index];
         if let Some(derived) = plan.derived {
             let keep_from = derived.keys.len().saturating_sub(MAX_RETAINED_SUBKEYS);
-            recv.subkeys.extend(
-                derived.keys.into_iter().skip(keep_from).map(|(sub, key)| SubKey { sub, key, seen: 0, derived_at: now }),
-            );
+            recv.subkeys.extend(derived.keys.into_iter().skip(keep_from).map(|(sub, key)| SubKey {
+                sub,
+                key,
+                seen: 0,
+                derived_at: now,
+            }));
             recv.next_sub = derived.next_sub;
             recv.next_key = derived.next_key;
         }

@@ -14,7 +14,9 @@ use crate::time::Timestamp;
 
 use super::payload::{EpochPayload, MAX_EPOCH_PAYLOAD, MAX_FIRST_CONTACT_PAYLOAD};
 use super::state::SendEpoch;
-use super::{epoch_prologue, next_root, SealError, Sealed, Session, MESSAGES_PER_SUB_EPOCH, SUB_EPOCH_MAX_AGE};
+use super::{
+    MESSAGES_PER_SUB_EPOCH, SUB_EPOCH_MAX_AGE, SealError, Sealed, Session, epoch_prologue, next_root,
+};
 
 /// The longest epoch-open bytes we ever attach (a first contact: prekey id, handshake, payload).
 const MAX_OPEN_ATTACHED: usize = 4 + FIRST_CONTACT_OVERHEAD + MAX_FIRST_CONTACT_PAYLOAD;
@@ -86,7 +88,8 @@ impl Session {
         };
         let open_len = open.as_ref().map_or(0, Vec::len);
         let needed = envelope::HEADER_LEN + 2 + open_len + frame.unpadded_len() + TAG_LEN;
-        let bucket = envelope::bucket_for(needed).ok_or(SealError::TooLarge { len: needed, max: envelope::MAX_ENVELOPE_LEN })?;
+        let bucket = envelope::bucket_for(needed)
+            .ok_or(SealError::TooLarge { len: needed, max: envelope::MAX_ENVELOPE_LEN })?;
         let plaintext_len = envelope::plaintext_len_for(bucket, open_len)
             .ok_or(SealError::TooLarge { len: needed, max: envelope::MAX_ENVELOPE_LEN })?;
         let plaintext = frame.encode_padded(plaintext_len)?;
@@ -115,13 +118,19 @@ impl Session {
 
     /// Computes our next epoch: a `Noise_Npsk0` open to the peer's latest ratchet key with the root
     /// key as PSK, announcing a fresh ratchet key and our mailbox ids.
-    fn open_epoch(&self, now: Timestamp, rng: &mut (impl CryptoRng + ?Sized)) -> Result<OpenedEpoch, SealError> {
+    fn open_epoch(
+        &self,
+        now: Timestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
+    ) -> Result<OpenedEpoch, SealError> {
         let epoch = self.state.latest_epoch.checked_add(1).ok_or(SealError::Broken)?;
         let target = self.state.peer_ratchet.ok_or(SealError::Broken)?;
         let ratchet = X25519Secret::generate(rng);
         let mailboxes = Announcement::new(&self.state.my_mailbox_secret, now, DEFAULT_ANNOUNCE_DAYS);
         let payload = EpochPayload { ratchet: ratchet.public(), mailboxes: mailboxes.clone() }.encode();
-        debug_assert!(payload.len() <= MAX_EPOCH_PAYLOAD && payload.len() + EPOCH_OPEN_OVERHEAD < MAX_OPEN_ATTACHED);
+        debug_assert!(
+            payload.len() <= MAX_EPOCH_PAYLOAD && payload.len() + EPOCH_OPEN_OVERHEAD < MAX_OPEN_ATTACHED
+        );
         let prologue = epoch_prologue(&self.state.id, epoch);
         let (open, split) = noise::epoch_open_write(&self.state.root, &target, &prologue, &payload, rng)?;
         Ok(OpenedEpoch {

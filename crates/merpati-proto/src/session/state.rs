@@ -15,7 +15,7 @@ use crate::keys::{SymmetricKey, X25519Public, X25519Secret};
 use crate::mailbox::Announcement;
 use crate::time::Timestamp;
 
-use super::{Role, SessionId, MAX_SEQ_AHEAD};
+use super::{MAX_SEQ_AHEAD, Role, SessionId};
 
 /// Everything a session needs to continue after a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -2,12 +2,12 @@
 //! bundles and inboxes.
 #![allow(dead_code, unreachable_pub)]
 
-use merpati_proto::frame::Body;
-use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PrekeyRing, PROTOCOL_VERSION};
-use merpati_proto::keys::{SymmetricKey, X25519Secret};
-use merpati_proto::mailbox::{self, MailboxId, INBOX_DAY};
-use merpati_proto::session::{Responder, Session};
 use merpati_proto::Timestamp;
+use merpati_proto::frame::Body;
+use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION, PrekeyRing};
+use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::mailbox::{self, INBOX_DAY, MailboxId};
+use merpati_proto::session::{Responder, Session};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
@@ -30,7 +30,8 @@ impl Party {
         let device_static = X25519Secret::generate(rng);
         let cert = DeviceCert::issue(&identity, &device_static.public(), now);
         let prekeys = PrekeyRing::new(&identity, &cert.device_id(), now, rng);
-        let bundle = Bundle::new(&identity, cert.clone(), prekeys.current().clone(), vec![PROTOCOL_VERSION]);
+        let bundle = Bundle::new(&identity, cert.clone(), prekeys.current().clone(), vec![PROTOCOL_VERSION])
+            .expect("bundle");
         let inbox_secret = SymmetricKey::generate(rng);
         Self { identity, device_static, cert, prekeys, bundle, inbox_secret }
     }
@@ -45,7 +46,8 @@ impl Party {
 
     /// Starts a session to `peer`.
     pub fn initiate(&self, peer: &Party, now: Timestamp, rng: &mut ChaCha20Rng) -> Session {
-        Session::initiate(&self.cert, &self.device_static, &peer.bundle, peer.inbox(), now, rng).expect("initiate")
+        Session::initiate(&self.cert, &self.device_static, &peer.bundle, peer.inbox(), now, rng)
+            .expect("initiate")
     }
 }
 
