@@ -2,6 +2,7 @@
 //!
 //! `cargo bench -p merpati-proto --bench ndr1` prints criterion's estimates; the medians go into
 //! `docs/benchmarks.md`.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 use std::hint::black_box;
 

@@ -2,6 +2,7 @@
 //!
 //! Each test drives real sessions end to end (identities, first contact, epochs) and asserts both
 //! the refusal and, where an input is refused, that the session state did not change.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! envelopes padded to several buckets. It is compared with the checked-in
 //! `tests/golden/ndr1.txt`, so any change to the wire format or key schedule shows up as a diff
 //! that has to be made on purpose: run with `MERPATI_BLESS=1` to rewrite the file.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 mod common;
 

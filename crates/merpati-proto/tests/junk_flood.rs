@@ -2,6 +2,7 @@
 //!
 //! This is its own test binary because it reads the process-wide X25519 operation counter, which
 //! other tests running in parallel threads would move.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 mod common;
 

@@ -11,6 +11,7 @@
 //! * no (key, nonce) pair is ever used twice, counting seals whose state a crash threw away;
 //! * both root chains agree on every epoch both sides know;
 //! * state stays within its caps after every step.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 mod common;
 
@@ -378,7 +379,7 @@ fn long_conversation_with_faults() {
     for step in 0..3000u32 {
         let pick = rng.next_u32() % 100;
         let i = rng.next_u32() as usize;
-        let from = if rng.next_u32() % 2 == 0 { Side::A } else { Side::B };
+        let from = if rng.next_u32().is_multiple_of(2) { Side::A } else { Side::B };
         let action = match pick {
             0..=24 => Action::Send { from, routes: 1 + (i % 3), len: i % 2000 },
             25..=79 => Action::Deliver(i),

@@ -95,7 +95,7 @@ pub enum Role {
 impl Role {
     /// Whether epoch `epoch` is opened by this side.
     pub fn owns(self, epoch: u32) -> bool {
-        (epoch % 2 == 0) == (self == Role::Initiator)
+        epoch.is_multiple_of(2) == (self == Role::Initiator)
     }
 }
 

@@ -170,10 +170,12 @@ impl Session {
         // A sub-epoch whose 64 messages all arrived needs its key no more.
         recv.subkeys.retain(|k| k.seen != u64::MAX);
 
-        if let Some(acked) = frame.ack_epoch {
-            if state.role.owns(acked) && acked <= state.latest_epoch {
-                state.peer_acked_epoch = state.peer_acked_epoch.max(Some(acked));
-            }
+        // An ack only counts for an epoch of ours that exists.
+        if let Some(acked) = frame.ack_epoch
+            && state.role.owns(acked)
+            && acked <= state.latest_epoch
+        {
+            state.peer_acked_epoch = state.peer_acked_epoch.max(Some(acked));
         }
         state.peer_seq.record(frame.seq);
         self.prune(now);
