@@ -52,7 +52,7 @@ fn pair(rng: &mut ChaCha20Rng) -> (Session, Session) {
 }
 
 fn steady_state(c: &mut Criterion) {
-    for len in [64usize, 1024, 16 * 1024] {
+    for len in [64usize, 1024, merpati_proto::frame::MAX_TEXT_LEN] {
         let mut rng = ChaCha20Rng::seed_from_u64(1);
         let (mut a, mut b) = pair(&mut rng);
         let body = Body::Text("x".repeat(len));

@@ -50,8 +50,10 @@ use crate::time::Timestamp;
 pub const FIXED_LEN: usize = HEADER_LEN + 16 + 8 + 8 + 4 + 1 + 4;
 /// The longest body: whatever fits in one transport plaintext after the fixed fields.
 pub const MAX_BODY_LEN: usize = MAX_TRANSPORT_PLAINTEXT - FIXED_LEN;
-/// The longest text body, in bytes of UTF-8. Longer texts go as fragments.
-pub const MAX_TEXT_LEN: usize = 16 * 1024;
+/// The longest text body, in bytes of UTF-8: 15 KiB, so that a text message, even one carrying a
+/// first-contact open, always fits the 16 KiB padding bucket instead of spilling into 64 KiB.
+/// Longer texts travel as fragments.
+pub const MAX_TEXT_LEN: usize = 15 * 1024;
 /// The most message ids one receipt may acknowledge.
 pub const MAX_RECEIPT_IDS: usize = 64;
 /// The most addresses in a relay-hint or node-info control message.

@@ -136,38 +136,45 @@ impl<'de> Deserialize<'de> for X25519Public {
     }
 }
 
-/// An X25519 private key. Zeroized on drop; never printed.
+/// An X25519 private key with its public key. The private half is zeroized on drop and never
+/// printed; the public half is computed once, when the key is made or loaded.
 #[derive(Clone)]
-pub struct X25519Secret(Zeroizing<[u8; 32]>);
+pub struct X25519Secret {
+    secret: Zeroizing<[u8; 32]>,
+    public: X25519Public,
+}
 
 impl X25519Secret {
     /// A fresh random private key.
     pub fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> Self {
         let mut key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut *key);
-        Self(key)
+        Self::from_bytes(*key)
     }
 
-    /// Wraps raw private key bytes (clamping happens at use, as X25519 specifies).
+    /// Wraps raw private key bytes (clamping happens at use, as X25519 specifies) and derives the
+    /// public key.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Self(Zeroizing::new(bytes))
+        X25519_OPERATIONS.fetch_add(1, Ordering::Relaxed);
+        // A clamped scalar times the base point is never of small order, so no check is needed.
+        let public = X25519Public(MontgomeryPoint::mul_base_clamped(bytes).to_bytes());
+        Self { secret: Zeroizing::new(bytes), public }
     }
 
     /// The raw private key bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.secret
     }
 
     /// The matching public key.
     pub fn public(&self) -> X25519Public {
-        X25519_OPERATIONS.fetch_add(1, Ordering::Relaxed);
-        X25519Public(MontgomeryPoint::mul_base_clamped(*self.0).to_bytes())
+        self.public
     }
 
     /// X25519 with `peer`; refuses an all-zero result.
     pub fn diffie_hellman(&self, peer: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
         X25519_OPERATIONS.fetch_add(1, Ordering::Relaxed);
-        let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*self.0).to_bytes());
+        let shared = Zeroizing::new(MontgomeryPoint(*peer).mul_clamped(*self.secret).to_bytes());
         if bool::from(shared.ct_eq(&[0u8; 32])) {
             return Err(KeyError::ZeroSharedSecret);
         }
@@ -199,7 +206,19 @@ macro_rules! secret_serde {
     };
 }
 secret_serde!(SymmetricKey);
-secret_serde!(X25519Secret);
+
+impl Serialize for X25519Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::Bytes::new(&self.secret[..]).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for X25519Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bytes = Zeroizing::new(serde_bytes::ByteBuf::deserialize(d)?.into_vec());
+        Ok(Self::from_bytes(array32(&bytes).map_err(serde::de::Error::custom)?))
+    }
+}
 
 #[cfg(test)]
 mod tests {

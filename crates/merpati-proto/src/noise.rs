@@ -71,7 +71,7 @@ pub fn first_contact_write(
     payload: &[u8],
     rng: &mut (impl CryptoRng + ?Sized),
 ) -> Result<(Vec<u8>, Split), NoiseError> {
-    let builder = builder(FIRST_CONTACT_PATTERN, rng)?
+    let builder = builder(FIRST_CONTACT_PATTERN, Some(local), rng)?
         .local_private_key(local.as_bytes())
         .and_then(|b| b.remote_public_key(remote.as_bytes()))
         .and_then(|b| b.prologue(prologue))
@@ -86,10 +86,11 @@ pub fn first_contact_read(
     prologue: &[u8],
     message: &[u8],
 ) -> Result<(Zeroizing<Vec<u8>>, X25519Public, Split), NoiseError> {
-    let builder = Builder::with_resolver(params(FIRST_CONTACT_PATTERN)?, StrictResolver::boxed(None))
-        .local_private_key(local.as_bytes())
-        .and_then(|b| b.prologue(prologue))
-        .map_err(|_| NoiseError::Setup)?;
+    let builder =
+        Builder::with_resolver(params(FIRST_CONTACT_PATTERN)?, StrictResolver::boxed_with_local(None, local))
+            .local_private_key(local.as_bytes())
+            .and_then(|b| b.prologue(prologue))
+            .map_err(|_| NoiseError::Setup)?;
     let mut state = builder.build_responder().map_err(|_| NoiseError::Setup)?;
     let payload = read_message(&mut state, message, FIRST_CONTACT_OVERHEAD)?;
     let remote = state.get_remote_static().ok_or(NoiseError::Rejected)?;
@@ -105,7 +106,7 @@ pub fn epoch_open_write(
     payload: &[u8],
     rng: &mut (impl CryptoRng + ?Sized),
 ) -> Result<(Vec<u8>, Split), NoiseError> {
-    let builder = builder(EPOCH_PATTERN, rng)?
+    let builder = builder(EPOCH_PATTERN, None, rng)?
         .psk(0, psk.as_bytes())
         .and_then(|b| b.remote_public_key(remote.as_bytes()))
         .and_then(|b| b.prologue(prologue))
@@ -120,11 +121,12 @@ pub fn epoch_open_read(
     prologue: &[u8],
     message: &[u8],
 ) -> Result<(Zeroizing<Vec<u8>>, Split), NoiseError> {
-    let builder = Builder::with_resolver(params(EPOCH_PATTERN)?, StrictResolver::boxed(None))
-        .psk(0, psk.as_bytes())
-        .and_then(|b| b.local_private_key(local.as_bytes()))
-        .and_then(|b| b.prologue(prologue))
-        .map_err(|_| NoiseError::Setup)?;
+    let builder =
+        Builder::with_resolver(params(EPOCH_PATTERN)?, StrictResolver::boxed_with_local(None, local))
+            .psk(0, psk.as_bytes())
+            .and_then(|b| b.local_private_key(local.as_bytes()))
+            .and_then(|b| b.prologue(prologue))
+            .map_err(|_| NoiseError::Setup)?;
     let mut state = builder.build_responder().map_err(|_| NoiseError::Setup)?;
     let payload = read_message(&mut state, message, EPOCH_OPEN_OVERHEAD)?;
     Ok((payload, finish(state)?))
@@ -134,10 +136,18 @@ fn params(pattern: &str) -> Result<snow::params::NoiseParams, NoiseError> {
     pattern.parse().map_err(|_| NoiseError::Setup)
 }
 
-fn builder<'a>(pattern: &str, rng: &mut (impl CryptoRng + ?Sized)) -> Result<Builder<'a>, NoiseError> {
+fn builder<'a>(
+    pattern: &str,
+    local: Option<&X25519Secret>,
+    rng: &mut (impl CryptoRng + ?Sized),
+) -> Result<Builder<'a>, NoiseError> {
     let mut seed = Zeroizing::new([0u8; 32]);
     rng.fill_bytes(&mut *seed);
-    Ok(Builder::with_resolver(params(pattern)?, StrictResolver::boxed(Some(seed))))
+    let resolver = match local {
+        Some(local) => StrictResolver::boxed_with_local(Some(seed), local),
+        None => StrictResolver::boxed(Some(seed)),
+    };
+    Ok(Builder::with_resolver(params(pattern)?, resolver))
 }
 
 fn write_one(builder: Builder<'_>, payload: &[u8], overhead: usize) -> Result<(Vec<u8>, Split), NoiseError> {
@@ -261,6 +271,33 @@ impl TransportCipher {
     }
 }
 
+thread_local! {
+    /// One transport cipher per thread, built on first use: building one costs a throwaway
+    /// handshake, which must not be paid per session or per message.
+    static TRANSPORT: std::cell::RefCell<Option<TransportCipher>> = const { std::cell::RefCell::new(None) };
+}
+
+fn with_transport<T>(f: impl FnOnce(&mut TransportCipher) -> Result<T, NoiseError>) -> Result<T, NoiseError> {
+    TRANSPORT.with(|slot| {
+        let mut slot = slot.try_borrow_mut().map_err(|_| NoiseError::Setup)?;
+        let cipher = match &mut *slot {
+            Some(cipher) => cipher,
+            empty => empty.insert(TransportCipher::new()?),
+        };
+        f(cipher)
+    })
+}
+
+/// Seals a transport message under `key` with `nonce`, with this thread's [`TransportCipher`].
+pub fn seal(key: &SymmetricKey, nonce: u64, plaintext: &[u8]) -> Result<Vec<u8>, NoiseError> {
+    with_transport(|cipher| cipher.seal(key, nonce, plaintext))
+}
+
+/// Opens a transport message under `key` with `nonce`, with this thread's [`TransportCipher`].
+pub fn open(key: &SymmetricKey, nonce: u64, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, NoiseError> {
+    with_transport(|cipher| cipher.open(key, nonce, ciphertext))
+}
+
 /// snow's resolver with our X25519 and a deterministic RNG seeded by the caller.
 ///
 /// Hashing and the AEAD come from snow's default resolver. Without a seed, the RNG fails every
@@ -268,6 +305,7 @@ impl TransportCipher {
 /// weak source.
 pub struct StrictResolver {
     seed: Option<Zeroizing<[u8; 32]>>,
+    local: Option<X25519Secret>,
     default: DefaultResolver,
 }
 
@@ -280,12 +318,21 @@ impl std::fmt::Debug for StrictResolver {
 impl StrictResolver {
     /// A resolver whose RNG stream is derived from `seed` (none: no RNG).
     pub fn new(seed: Option<Zeroizing<[u8; 32]>>) -> Self {
-        Self { seed, default: DefaultResolver }
+        Self { seed, local: None, default: DefaultResolver }
     }
 
     /// The same, boxed for `snow::Builder::with_resolver`.
     pub fn boxed(seed: Option<Zeroizing<[u8; 32]>>) -> Box<dyn CryptoResolver + Send> {
         Box::new(Self::new(seed))
+    }
+
+    /// A resolver that already knows our static key pair, so snow's setup does not recompute the
+    /// public key (one fixed-base multiplication saved per handshake).
+    fn boxed_with_local(
+        seed: Option<Zeroizing<[u8; 32]>>,
+        local: &X25519Secret,
+    ) -> Box<dyn CryptoResolver + Send> {
+        Box::new(Self { seed, local: Some(local.clone()), default: DefaultResolver })
     }
 }
 
@@ -299,7 +346,9 @@ impl CryptoResolver for StrictResolver {
 
     fn resolve_dh(&self, choice: &DHChoice) -> Option<Box<dyn Dh>> {
         match choice {
-            DHChoice::Curve25519 => Some(Box::new(StrictX25519::default())),
+            DHChoice::Curve25519 => {
+                Some(Box::new(StrictX25519 { known: self.local.clone(), ..Default::default() }))
+            }
             _ => None,
         }
     }
@@ -351,6 +400,9 @@ impl Random for NoRandom {
 struct StrictX25519 {
     secret: Option<X25519Secret>,
     public: [u8; 32],
+    /// Our static key pair, if the resolver was told it: `set` with the same private key then
+    /// takes the public key from here instead of recomputing it.
+    known: Option<X25519Secret>,
 }
 
 impl Dh for StrictX25519 {
@@ -368,7 +420,12 @@ impl Dh for StrictX25519 {
 
     fn set(&mut self, privkey: &[u8]) {
         // snow cannot report an error here; a wrong-length key leaves no key, so `dh` fails.
-        self.secret = crate::keys::array32(privkey).ok().map(X25519Secret::from_bytes);
+        self.secret = crate::keys::array32(privkey).ok().map(|bytes| match &self.known {
+            Some(known) if bool::from(subtle::ConstantTimeEq::ct_eq(&known.as_bytes()[..], &bytes[..])) => {
+                known.clone()
+            }
+            _ => X25519Secret::from_bytes(bytes),
+        });
         self.public = self.secret.as_ref().map(|s| *s.public().as_bytes()).unwrap_or_default();
     }
 

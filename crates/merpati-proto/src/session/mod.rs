@@ -40,7 +40,7 @@ use crate::identity::{DeviceCert, IdentityError};
 use crate::kdf::{self, label};
 use crate::keys::SymmetricKey;
 use crate::mailbox::{Announcement, FetchToken, MailboxId};
-use crate::noise::{NoiseError, TransportCipher};
+use crate::noise::NoiseError;
 use crate::time::Timestamp;
 
 pub use first_contact::Responder;
@@ -211,16 +211,15 @@ pub enum OpenError {
     CertMismatch,
 }
 
-/// One NDR1 session: its persisted state plus an in-memory transport cipher.
+/// One NDR1 session, around its persisted state.
 #[derive(Debug)]
 pub struct Session {
     state: SessionState,
-    cipher: Option<TransportCipher>,
 }
 
 impl Session {
     fn from_state(state: SessionState) -> Self {
-        Self { state, cipher: None }
+        Self { state }
     }
 
     /// Continues a session from persisted state after a restart.
@@ -272,13 +271,6 @@ impl Session {
         (today.saturating_sub(1)..=today + 1)
             .map(|day| crate::mailbox::fetch_token(&self.state.my_mailbox_secret, day))
             .collect()
-    }
-
-    fn cipher(&mut self) -> Result<&mut TransportCipher, NoiseError> {
-        match &mut self.cipher {
-            Some(cipher) => Ok(cipher),
-            slot => Ok(slot.insert(TransportCipher::new()?)),
-        }
     }
 
     /// The highest peer epoch we have authenticated, which we acknowledge in every frame.
