@@ -149,10 +149,10 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     let mut reassembler = Reassembler::new();
     for envelope in relay.fetch(&a.state().my_mailboxes.current(now).unwrap()) {
-        if let Body::Fragment(piece) = a.open(&envelope, now)?.body {
-            if let Some((_, whole)) = reassembler.push(piece, now)? {
-                println!("  alice  reassembled {} bytes, intact: {}", whole.len(), whole == long.as_bytes());
-            }
+        if let Body::Fragment(piece) = a.open(&envelope, now)?.body
+            && let Some((_, whole)) = reassembler.push(piece, now)?
+        {
+            println!("  alice  reassembled {} bytes, intact: {}", whole.len(), whole == long.as_bytes());
         }
     }
 
