@@ -50,6 +50,9 @@ pub enum NoiseError {
     /// snow refused to build a state; this is a bug in the caller's parameters.
     #[error("handshake setup failed")]
     Setup,
+    /// The nonce is the one Noise reserves (`u64::MAX`); NDR1 never gets near it.
+    #[error("nonce exhausted")]
+    Exhausted,
 }
 
 /// The result of a finished one-way handshake: what NDR1 keeps instead of snow's state.
@@ -243,7 +246,10 @@ impl TransportCipher {
         self.sealer.rekey_initiator_manually(key.as_bytes());
         let result = self.sealer.write_message(nonce, plaintext, &mut out);
         self.sealer.rekey_initiator_manually(&ZERO_KEY);
-        let len = result.map_err(|_| NoiseError::TooLarge)?;
+        let len = result.map_err(|e| match e {
+            snow::Error::State(snow::error::StateProblem::Exhausted) => NoiseError::Exhausted,
+            _ => NoiseError::TooLarge,
+        })?;
         out.truncate(len);
         Ok(out)
     }
@@ -511,5 +517,6 @@ mod tests {
         assert_eq!(&cipher.open(&key, 3, &ct).expect("open")[..], b"payload");
         assert!(cipher.open(&key, 4, &ct).is_err());
         assert!(cipher.open(&SymmetricKey::from_bytes([6; 32]), 3, &ct).is_err());
+        assert_eq!(cipher.seal(&key, u64::MAX, b"x"), Err(NoiseError::Exhausted));
     }
 }
