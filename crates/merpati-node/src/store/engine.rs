@@ -1,0 +1,379 @@
+//! The store's rules, written once over a small key-value interface that both implementations
+//! provide: which trees exist, what is stored under which key, what each [`Change`] does, and how
+//! reads find things. [`super::SledStore`] runs it inside a sled transaction and
+//! [`super::MemoryStore`] over `BTreeMap`s, so the two cannot disagree on semantics.
+//!
+//! Trees and their keys (all values start with the format byte, see `codec`):
+//!
+//! | tree | key | value |
+//! |---|---|---|
+//! | `meta` | `next-order`, `outbox-len` | counters (u64) |
+//! | `profile` | `profile` | sealed [`Profile`] |
+//! | `contacts` | name | [`Contact`] |
+//! | `sessions` | session id | sealed [`SessionRecord`] |
+//! | `mailboxes` | mailbox id | session id |
+//! | `open-digests` | digest | session id |
+//! | `messages` | message id | [`StoredMessage`] |
+//! | `timeline` | order (u64 BE) | message id |
+//! | `conversations` | name length ‖ name ‖ order | message id |
+//! | `outbox` | message id | [`OutboxEntry`] |
+//! | `outbox-due` | next attempt (u64 BE) ‖ message id | nothing |
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use zeroize::Zeroizing;
+
+use merpati_proto::frame::MessageId;
+use merpati_proto::mailbox::MailboxId;
+use merpati_proto::session::SessionId;
+
+use super::codec::{self, aad, check_name, conversation_key, conversation_prefix, due_key};
+use super::{Change, Contact, OutboxEntry, Profile, SessionRecord, StoreError, StoredMessage};
+
+/// The trees (sled's name for independent keyspaces) of the layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Tree {
+    Meta,
+    Profile,
+    Contacts,
+    Sessions,
+    Mailboxes,
+    OpenDigests,
+    Messages,
+    Timeline,
+    Conversations,
+    Outbox,
+    OutboxDue,
+}
+
+impl Tree {
+    /// Every tree, in index order.
+    pub(crate) const ALL: [Tree; 11] = [
+        Tree::Meta,
+        Tree::Profile,
+        Tree::Contacts,
+        Tree::Sessions,
+        Tree::Mailboxes,
+        Tree::OpenDigests,
+        Tree::Messages,
+        Tree::Timeline,
+        Tree::Conversations,
+        Tree::Outbox,
+        Tree::OutboxDue,
+    ];
+
+    /// The tree's position in [`Tree::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The tree's name on disk. Never change one: it is also bound into sealed records.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Profile => "profile",
+            Tree::Contacts => "contacts",
+            Tree::Sessions => "sessions",
+            Tree::Mailboxes => "mailboxes",
+            Tree::OpenDigests => "open-digests",
+            Tree::Messages => "messages",
+            Tree::Timeline => "timeline",
+            Tree::Conversations => "conversations",
+            Tree::Outbox => "outbox",
+            Tree::OutboxDue => "outbox-due",
+        }
+    }
+}
+
+const PROFILE_KEY: &[u8] = b"profile";
+const NEXT_ORDER_KEY: &[u8] = b"next-order";
+const OUTBOX_LEN_KEY: &[u8] = b"outbox-len";
+
+/// Turns the encoding of a secret record into sealed bytes and back. The sled store seals with
+/// its keyring; the memory store keeps records as they are.
+pub(crate) trait Sealer: Sync {
+    /// Seals `plaintext`, binding `aad`.
+    fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, StoreError>;
+    /// Opens sealed bytes; `what` names the record in errors.
+    fn open(&self, what: &'static str, aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError>;
+}
+
+/// Point reads and writes inside one transaction; reads see the transaction's own writes.
+pub(crate) trait Tx {
+    /// The transaction's error: a store error, or whatever the backend needs to retry or abort.
+    type Error: From<StoreError>;
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
+    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), Self::Error>;
+    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// A visitor of `(key, value)` entries: returns whether to go on.
+pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
+
+/// Reads outside transactions.
+pub(crate) trait View {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Visits the entries whose key starts with `prefix`, in key order or (`rev`) reversed,
+    /// until `visit` returns `false`.
+    fn scan(&self, tree: Tree, prefix: &[u8], rev: bool, visit: &mut Visit<'_>) -> Result<(), StoreError>;
+}
+
+/// Applies a batch inside a transaction. An error aborts the whole batch.
+pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> Result<(), T::Error> {
+    for change in changes {
+        match change {
+            Change::PutProfile(profile) => {
+                let value = seal(sealer, Tree::Profile, PROFILE_KEY, "profile", profile)?;
+                tx.insert(Tree::Profile, PROFILE_KEY, value)?;
+            }
+            Change::PutContact(contact) => put_contact(tx, contact)?,
+            Change::AddContact(contact) => {
+                if tx.get(Tree::Contacts, contact.name.as_bytes())?.is_some() {
+                    return Err(StoreError::Conflict { name: contact.name.clone() }.into());
+                }
+                put_contact(tx, contact)?;
+            }
+            Change::PutSession(record) => {
+                check_name(&record.contact)?;
+                let key = &record.id.0;
+                let value = seal(sealer, Tree::Sessions, key, "session record", record)?;
+                tx.insert(Tree::Sessions, key, value)?;
+            }
+            Change::RemoveSession(id) => tx.remove(Tree::Sessions, &id.0)?,
+            Change::IndexMailbox { mailbox, session } => {
+                tx.insert(Tree::Mailboxes, &mailbox.0, codec::encode("mailbox index", session)?)?;
+            }
+            Change::UnindexMailbox(mailbox) => tx.remove(Tree::Mailboxes, &mailbox.0)?,
+            Change::IndexOpenDigest { digest, session } => {
+                tx.insert(Tree::OpenDigests, digest, codec::encode("open digest index", session)?)?;
+            }
+            Change::UnindexOpenDigest(digest) => tx.remove(Tree::OpenDigests, digest)?,
+            Change::PutMessage(message) => put_message(tx, message)?,
+            Change::SetStatus { id, status, reason } => {
+                let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { continue };
+                let mut message: StoredMessage = codec::decode("message", &bytes)?;
+                if !message.status.advances_to(*status) {
+                    continue;
+                }
+                message.status = *status;
+                message.reason.clone_from(reason);
+                tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
+            }
+            Change::PutOutbox(entry) => {
+                check_name(&entry.contact)?;
+                let value = codec::encode("outbox entry", entry)?;
+                match tx.get(Tree::Outbox, &entry.id.0)? {
+                    Some(old) => {
+                        let old: OutboxEntry = codec::decode("outbox entry", &old)?;
+                        tx.remove(Tree::OutboxDue, &due_key(old.next_attempt_at.0, &old.id.0))?;
+                    }
+                    None => add_to_counter(tx, OUTBOX_LEN_KEY, 1)?,
+                }
+                tx.insert(Tree::Outbox, &entry.id.0, value)?;
+                let due = due_key(entry.next_attempt_at.0, &entry.id.0);
+                tx.insert(Tree::OutboxDue, &due, codec::encode("outbox index", &())?)?;
+            }
+            Change::RemoveOutbox(id) => {
+                let Some(old) = tx.get(Tree::Outbox, &id.0)? else { continue };
+                let old: OutboxEntry = codec::decode("outbox entry", &old)?;
+                tx.remove(Tree::Outbox, &id.0)?;
+                tx.remove(Tree::OutboxDue, &due_key(old.next_attempt_at.0, &id.0))?;
+                add_to_counter(tx, OUTBOX_LEN_KEY, -1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put_contact<T: Tx>(tx: &T, contact: &Contact) -> Result<(), T::Error> {
+    check_name(&contact.name)?;
+    tx.insert(Tree::Contacts, contact.name.as_bytes(), codec::encode("contact", contact)?)
+}
+
+fn put_message<T: Tx>(tx: &T, message: &StoredMessage) -> Result<(), T::Error> {
+    // Exactly once: a duplicate of a message already stored (the same envelope through two
+    // relays, or redelivered after a crash before our acknowledgement) changes nothing.
+    if tx.get(Tree::Messages, &message.id.0)?.is_some() {
+        return Ok(());
+    }
+    check_name(&message.contact)?;
+    let order = counter(tx, NEXT_ORDER_KEY)?;
+    add_to_counter(tx, NEXT_ORDER_KEY, 1)?;
+    let stored = StoredMessage { order, ..message.clone() };
+    let id = codec::encode("message index", &message.id)?;
+    tx.insert(Tree::Messages, &message.id.0, codec::encode("message", &stored)?)?;
+    tx.insert(Tree::Timeline, &order.to_be_bytes(), id.clone())?;
+    tx.insert(Tree::Conversations, &conversation_key(&message.contact, order), id)?;
+    Ok(())
+}
+
+fn counter<T: Tx>(tx: &T, key: &[u8]) -> Result<u64, T::Error> {
+    match tx.get(Tree::Meta, key)? {
+        Some(bytes) => Ok(codec::decode("counter", &bytes)?),
+        None => Ok(0),
+    }
+}
+
+fn add_to_counter<T: Tx>(tx: &T, key: &[u8], delta: i64) -> Result<(), T::Error> {
+    let value = counter(tx, key)?.checked_add_signed(delta).ok_or(StoreError::Corrupt { what: "counter" })?;
+    tx.insert(Tree::Meta, key, codec::encode("counter", &value)?)
+}
+
+/// Encodes and seals a secret record for `tree`/`key`.
+fn seal<T: Serialize>(
+    sealer: &dyn Sealer,
+    tree: Tree,
+    key: &[u8],
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    let plaintext = codec::encode_secret(what, value)?;
+    let sealed = sealer.seal(&aad(tree.name(), key), &plaintext)?;
+    let mut out = Vec::with_capacity(1 + sealed.len());
+    out.push(super::FORMAT_VERSION);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Opens and decodes a secret record stored under `tree`/`key`.
+fn open<T: DeserializeOwned>(
+    sealer: &dyn Sealer,
+    tree: Tree,
+    key: &[u8],
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let plaintext = sealer.open(what, &aad(tree.name(), key), codec::body(what, bytes)?)?;
+    codec::decode_postcard(what, &plaintext)
+}
+
+/// Re-seals one sealed record as it is stored under `tree`/`key` (opened with whichever key it
+/// names, sealed with the sealer's current key). The plaintext never leaves zeroizing memory.
+pub(crate) fn reseal(
+    sealer: &dyn Sealer,
+    tree: Tree,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let what = match tree {
+        Tree::Profile => "profile",
+        _ => "session record",
+    };
+    let aad = aad(tree.name(), key);
+    let plaintext = sealer.open(what, &aad, codec::body(what, bytes)?)?;
+    let sealed = sealer.seal(&aad, &plaintext)?;
+    let mut out = Vec::with_capacity(1 + sealed.len());
+    out.push(super::FORMAT_VERSION);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// The trees whose values are sealed.
+pub(crate) const SEALED_TREES: [Tree; 2] = [Tree::Profile, Tree::Sessions];
+
+pub(crate) fn profile(view: &dyn View, sealer: &dyn Sealer) -> Result<Option<Profile>, StoreError> {
+    view.get(Tree::Profile, PROFILE_KEY)?
+        .map(|bytes| open(sealer, Tree::Profile, PROFILE_KEY, "profile", &bytes))
+        .transpose()
+}
+
+pub(crate) fn contacts(view: &dyn View) -> Result<Vec<Contact>, StoreError> {
+    let mut out = Vec::new();
+    view.scan(Tree::Contacts, &[], false, &mut |_, value| {
+        out.push(codec::decode("contact", value)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn contact(view: &dyn View, name: &str) -> Result<Option<Contact>, StoreError> {
+    get_plain(view, Tree::Contacts, name.as_bytes(), "contact")
+}
+
+pub(crate) fn session(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    id: &SessionId,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let what = "session record";
+    let Some(bytes) = view.get(Tree::Sessions, &id.0)? else { return Ok(None) };
+    let record: SessionRecord = open(sealer, Tree::Sessions, &id.0, what, &bytes)?;
+    // The key is bound as associated data already; this catches a record whose content names
+    // another session (a bug or a hand-edited database).
+    if record.id != *id {
+        return Err(StoreError::Corrupt { what });
+    }
+    Ok(Some(record))
+}
+
+pub(crate) fn session_by_mailbox(
+    view: &dyn View,
+    mailbox: &MailboxId,
+) -> Result<Option<SessionId>, StoreError> {
+    get_plain(view, Tree::Mailboxes, &mailbox.0, "mailbox index")
+}
+
+pub(crate) fn session_by_open_digest(
+    view: &dyn View,
+    digest: &[u8; 32],
+) -> Result<Option<SessionId>, StoreError> {
+    get_plain(view, Tree::OpenDigests, digest, "open digest index")
+}
+
+pub(crate) fn message(view: &dyn View, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
+    get_plain(view, Tree::Messages, &id.0, "message")
+}
+
+pub(crate) fn messages(
+    view: &dyn View,
+    contact: Option<&str>,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let (tree, prefix) = match contact {
+        Some(name) => (Tree::Conversations, conversation_prefix(name)),
+        None => (Tree::Timeline, Vec::new()),
+    };
+    // Newest first from the index, then reversed: the caller wants the last `limit`, oldest first.
+    let mut ids: Vec<MessageId> = Vec::new();
+    view.scan(tree, &prefix, true, &mut |_, value| {
+        ids.push(codec::decode("message index", value)?);
+        Ok(ids.len() < limit)
+    })?;
+    ids.reverse();
+    ids.iter().map(|id| message(view, id)?.ok_or(StoreError::Corrupt { what: "message index" })).collect()
+}
+
+pub(crate) fn outbox(view: &dyn View) -> Result<Vec<OutboxEntry>, StoreError> {
+    let mut ids = Vec::new();
+    view.scan(Tree::OutboxDue, &[], false, &mut |key, _| {
+        ids.push(MessageId(codec::id_of_due_key(key)?));
+        Ok(true)
+    })?;
+    ids.iter()
+        .map(|id| {
+            let entry: OutboxEntry = get_plain(view, Tree::Outbox, &id.0, "outbox entry")?
+                .ok_or(StoreError::Corrupt { what: "outbox index" })?;
+            if entry.id != *id {
+                return Err(StoreError::Corrupt { what: "outbox entry" });
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+pub(crate) fn outbox_len(view: &dyn View) -> Result<usize, StoreError> {
+    let len: u64 = get_plain(view, Tree::Meta, OUTBOX_LEN_KEY, "counter")?.unwrap_or(0);
+    usize::try_from(len).map_err(|_| StoreError::Corrupt { what: "counter" })
+}
+
+fn get_plain<T: DeserializeOwned>(
+    view: &dyn View,
+    tree: Tree,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    view.get(tree, key)?.map(|bytes| codec::decode(what, &bytes)).transpose()
+}

@@ -1,0 +1,495 @@
+//! Durable storage for the node: its profile, contacts, sessions, messages and outbox, behind the
+//! [`Store`] trait in domain terms.
+//!
+//! Two implementations share one layout and one set of rules (the private `engine` module), so
+//! they cannot drift apart: [`SledStore`], the daemon's database, and [`MemoryStore`], for fast
+//! tests. The conformance suite in `tests/store.rs` runs the same tests against both.
+//!
+//! Reads are plain calls. Every write is a batch of [`Change`]s given to [`Store::apply`], which
+//! applies all of them or none, and returns only once they are on disk: the daemon acknowledges a
+//! message to a peer or relay, or lets an envelope leave, only after `apply` has returned
+//! (ARCHITECTURE.md: "No message leaves before its session state is stored").
+//!
+//! Session records and the profile hold key material. sled does not erase the bytes of replaced
+//! or deleted values, so the sled store keeps those records sealed under a storage key from the
+//! [`keyring`], and [`SledStore::rotate_storage_key`] re-seals them under a new key and destroys
+//! the old one (crypto-shredding; the limits are spelled out in [`keyring`]). Message text is
+//! stored in the clear: it is the user's own conversation on the user's own device.
+//!
+//! Every stored value starts with a format byte ([`FORMAT_VERSION`]); everything read back is
+//! length-checked and decoded without panicking, and a value that does not decode is reported as
+//! [`StoreError::Corrupt`].
+
+mod codec;
+mod engine;
+pub mod keyring;
+mod memory;
+mod sled_store;
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+use merpati_proto::Timestamp;
+use merpati_proto::frame::MessageId;
+use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, IdentityPublic, PrekeyRing};
+use merpati_proto::keys::X25519Secret;
+use merpati_proto::mailbox::MailboxId;
+use merpati_proto::session::{SessionId, SessionState};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+pub use keyring::{Keyring, KeyringError};
+pub use memory::MemoryStore;
+pub use sled_store::{SCHEMA_VERSION, SledStore};
+
+/// The format byte every stored value starts with. Bumped when a stored type changes shape; a
+/// reader refuses values of a format it does not know.
+pub const FORMAT_VERSION: u8 = 1;
+/// The largest value the store writes or reads back (1 MiB). A session state with every key
+/// retention cap reached is a few tens of KiB and an envelope at most 64 KiB, so this only stops
+/// runaway values and bounds what a corrupt database can make us allocate.
+pub const MAX_VALUE_LEN: usize = 1 << 20;
+/// The longest contact name the store accepts, in bytes. The control API allows 64 characters,
+/// which is at most 256 bytes of UTF-8.
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Why a store operation failed.
+///
+/// An error from [`Store::apply`] means the batch is not known to be durable: when the
+/// transaction was refused (a conflict, an invalid value) nothing was applied; when only the
+/// flush to disk failed, the batch may be visible now and lost after a crash. Either way the
+/// caller must not acknowledge or send what the batch recorded.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// [`Change::AddContact`] named a contact that already exists; nothing in the batch was
+    /// applied.
+    #[error("contact {name:?} already exists")]
+    Conflict {
+        /// The contact name.
+        name: String,
+    },
+    /// A contact name is empty or longer than [`MAX_NAME_LEN`] bytes.
+    #[error("contact name must be 1 to {max} bytes, got {len}")]
+    InvalidName {
+        /// The name's length in bytes.
+        len: usize,
+        /// The longest name accepted.
+        max: usize,
+    },
+    /// A value is larger than [`MAX_VALUE_LEN`] once encoded.
+    #[error("{what} is too large to store ({len} bytes, at most {max})")]
+    TooLarge {
+        /// What was being stored.
+        what: &'static str,
+        /// Its encoded length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A value could not be encoded (a bug: every stored type encodes).
+    #[error("could not encode {what}")]
+    Encode {
+        /// What was being stored.
+        what: &'static str,
+    },
+    /// Stored bytes do not decode or did not authenticate: the database was damaged or edited.
+    #[error("stored {what} is corrupt")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+    },
+    /// A sealed record names a storage key that is not in the key file: the key was destroyed by
+    /// a rotation (the record is an old copy), or the key file belongs to another database.
+    #[error("stored {what} is sealed with storage key {key_id:08x}, which is not in the key file")]
+    KeyUnavailable {
+        /// What was being read.
+        what: &'static str,
+        /// The key id the record names.
+        key_id: u32,
+    },
+    /// The directory holds a database that is not Merpati's.
+    #[error("not a Merpati database: {reason}")]
+    Foreign {
+        /// What gave it away.
+        reason: &'static str,
+    },
+    /// The database was written by a newer version of Merpati.
+    #[error("database format {found} is newer than this merpatid supports ({supported}); upgrade")]
+    TooNew {
+        /// The format found on disk.
+        found: u16,
+        /// The newest format this build reads.
+        supported: u16,
+    },
+    /// The storage key file could not be used.
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    /// sled reported an error (I/O, or damage to its own files).
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    /// Creating or syncing the database's files failed.
+    #[error("syncing {}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+/// The node's libp2p key pair in its protobuf encoding. Zeroized on drop and printed as
+/// `NodeKey(..)`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NodeKey(Zeroizing<Vec<u8>>);
+
+impl NodeKey {
+    /// Wraps the encoded key pair.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
+    /// The encoded key pair.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NodeKey(..)")
+    }
+}
+
+impl Serialize for NodeKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_bytes::Bytes::new(&self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(serde_bytes::ByteBuf::deserialize(d)?.into_vec()))
+    }
+}
+
+/// The device's own long-lived secrets. Stored sealed, as a whole.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Profile {
+    /// The user's identity key: signs the device certificate, prekeys and bundles.
+    pub identity: IdentityKey,
+    /// The device's static X25519 key (the initiator key of first contacts).
+    pub device_static: X25519Secret,
+    /// The identity's certificate for `device_static`, as published in bundles.
+    pub cert: DeviceCert,
+    /// The libp2p key pair (the node's transport identity).
+    pub node_key: NodeKey,
+    /// The signed prekeys and their private keys.
+    pub prekeys: PrekeyRing,
+    /// When the profile was created.
+    pub created_at: Timestamp,
+}
+
+/// Someone we can write to, under the name the user gave them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// The user's name for the contact: unique, 1 to [`MAX_NAME_LEN`] bytes.
+    pub name: String,
+    /// Their identity key.
+    pub identity: IdentityPublic,
+    /// The bundle from their invite (device certificate and prekey).
+    pub bundle: Bundle,
+    /// The first-contact mailbox from their invite.
+    pub inbox: MailboxId,
+    /// Their libp2p peer id (opaque bytes here).
+    #[serde(with = "serde_bytes")]
+    pub peer_id: Vec<u8>,
+    /// Their last known listen addresses (multiaddrs, opaque bytes here).
+    pub addrs: Vec<Vec<u8>>,
+    /// Relays they collect from (multiaddrs, opaque bytes here).
+    pub relays: Vec<Vec<u8>>,
+    /// The session in use with them, if one started.
+    pub session: Option<SessionId>,
+    /// When the contact was added.
+    pub added_at: Timestamp,
+}
+
+/// One NDR1 session's persisted state and whose it is. Stored sealed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The session id (the record's key).
+    pub id: SessionId,
+    /// The contact the session is with.
+    pub contact: String,
+    /// The state to restore the session from.
+    pub state: SessionState,
+}
+
+/// Which way a message went.
+///
+/// Stored by variant index: variants may be appended, never reordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// Received from the contact.
+    In,
+    /// Written by the user.
+    Out,
+}
+
+/// Where a message is on its way. Statuses only move forward (see [`Status::advances_to`]).
+///
+/// Stored by variant index: variants may be appended, never reordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Durably queued, not yet accepted by the peer's node or a relay.
+    Queued,
+    /// The peer's node (or a relay) acknowledged storing it.
+    Sent,
+    /// The peer's device confirmed receipt end to end.
+    Delivered,
+    /// The peer read it.
+    Read,
+    /// Given up on; the message's `reason` says why.
+    Failed,
+}
+
+impl Status {
+    /// Whether a message in this status may move to `next`.
+    ///
+    /// Queued < Sent < Delivered < Read, and only forward: receipts and acknowledgements arrive
+    /// late, duplicated and out of order, and a late "sent" must not undo a "read". Failed is
+    /// terminal and is reachable only before the message was delivered: a message the peer
+    /// confirmed did not fail. Moving to the same status is not a move.
+    pub fn advances_to(self, next: Status) -> bool {
+        match (self, next) {
+            (Status::Failed, _) => false,
+            (_, Status::Failed) => matches!(self, Status::Queued | Status::Sent),
+            _ => next.rank() > self.rank(),
+        }
+    }
+
+    /// The position on the forward path (Failed is handled before it is consulted).
+    fn rank(self) -> u8 {
+        match self {
+            Status::Queued => 0,
+            Status::Sent => 1,
+            Status::Delivered => 2,
+            Status::Read => 3,
+            Status::Failed => 4,
+        }
+    }
+}
+
+/// A message of a conversation, incoming or outgoing.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The sender's message id; the store keeps at most one message per id.
+    pub id: MessageId,
+    /// The contact the conversation is with.
+    pub contact: String,
+    /// Which way it went.
+    pub direction: Direction,
+    /// When it was sent (the sender's clock for incoming messages).
+    pub time: Timestamp,
+    /// The text.
+    pub text: String,
+    /// The sender's session sequence number, once known (gap detection).
+    pub seq: Option<u64>,
+    /// Where it is on its way.
+    pub status: Status,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+    /// Its place in the conversations, assigned by the store when the message is first stored
+    /// (the value given to [`Change::PutMessage`] is ignored). Increases across all contacts.
+    pub order: u64,
+}
+
+impl fmt::Debug for StoredMessage {
+    // The text is the user's conversation: logs get its length only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredMessage")
+            .field("id", &self.id)
+            .field("contact", &self.contact)
+            .field("direction", &self.direction)
+            .field("time", &self.time)
+            .field("text_len", &self.text.len())
+            .field("seq", &self.seq)
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .field("order", &self.order)
+            .finish()
+    }
+}
+
+/// A sealed envelope waiting to be delivered, retried until it is acknowledged or expires.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// The message id inside (the entry's key).
+    pub id: MessageId,
+    /// The contact it is for.
+    pub contact: String,
+    /// The encoded envelope.
+    #[serde(with = "serde_bytes")]
+    pub envelope: Vec<u8>,
+    /// The mailbox it is addressed to.
+    pub mailbox: MailboxId,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// When to try next; [`Store::outbox`] is ordered by it.
+    pub next_attempt_at: Timestamp,
+    /// When to give up.
+    pub expires_at: Timestamp,
+}
+
+impl fmt::Debug for OutboxEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxEntry")
+            .field("id", &self.id)
+            .field("contact", &self.contact)
+            .field("envelope_len", &self.envelope.len())
+            .field("mailbox", &self.mailbox)
+            .field("created_at", &self.created_at)
+            .field("attempts", &self.attempts)
+            .field("next_attempt_at", &self.next_attempt_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// One change in a batch given to [`Store::apply`].
+#[derive(Debug)]
+pub enum Change {
+    /// Stores the profile, replacing any.
+    PutProfile(Profile),
+    /// Stores a contact under its name, replacing any with that name.
+    PutContact(Contact),
+    /// Stores a new contact; fails the whole batch with [`StoreError::Conflict`] if the name is
+    /// taken (checked inside the transaction, so two racing adds cannot both succeed).
+    AddContact(Contact),
+    /// Stores a session record under its id, replacing any.
+    PutSession(SessionRecord),
+    /// Deletes a session record (a replaced or broken session). Its index entries are left to
+    /// [`Change::UnindexMailbox`] and [`Change::UnindexOpenDigest`]; lookups through a stale
+    /// entry find no session. Once the storage key is rotated, copies of the record that sled
+    /// left behind can no longer be read.
+    RemoveSession(SessionId),
+    /// Files a mailbox id under a session: where incoming envelopes for it are found.
+    IndexMailbox {
+        /// The mailbox id.
+        mailbox: MailboxId,
+        /// The session it belongs to.
+        session: SessionId,
+    },
+    /// Forgets a mailbox id (it rotated out of use).
+    UnindexMailbox(MailboxId),
+    /// Files the digest of an epoch open under a session, so a repeated first contact or epoch
+    /// open is recognised without any Diffie-Hellman.
+    IndexOpenDigest {
+        /// The digest.
+        digest: [u8; 32],
+        /// The session it belongs to.
+        session: SessionId,
+    },
+    /// Forgets an open digest.
+    UnindexOpenDigest([u8; 32]),
+    /// Stores a message, once: if a message with this id is stored already, nothing changes
+    /// (duplicates of an incoming message are stored exactly once). A new message gets the next
+    /// conversation order.
+    PutMessage(StoredMessage),
+    /// Moves a message to `status` with `reason`, if that is a move forward
+    /// ([`Status::advances_to`]); otherwise, or for an unknown message id (a receipt for a
+    /// message this device does not have), nothing changes.
+    SetStatus {
+        /// The message.
+        id: MessageId,
+        /// Its new status.
+        status: Status,
+        /// Why, for a failure.
+        reason: Option<String>,
+    },
+    /// Stores an outbox entry under its message id, replacing any (e.g. after an attempt, with a
+    /// later `next_attempt_at`).
+    PutOutbox(OutboxEntry),
+    /// Deletes an outbox entry, if there is one.
+    RemoveOutbox(MessageId),
+}
+
+/// The node's storage, in domain terms. Synchronous: the daemon calls it from a blocking-friendly
+/// context (a blocking task or a dedicated thread), never directly on an async executor thread,
+/// because [`Store::apply`] waits for the disk.
+pub trait Store: Send + Sync {
+    /// The profile, once created.
+    fn profile(&self) -> Result<Option<Profile>, StoreError>;
+    /// Every contact, ordered by name (bytewise).
+    fn contacts(&self) -> Result<Vec<Contact>, StoreError>;
+    /// The contact called `name`.
+    fn contact(&self, name: &str) -> Result<Option<Contact>, StoreError>;
+    /// A session record.
+    fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// The session a mailbox id is filed under.
+    fn session_by_mailbox(&self, mailbox: &MailboxId) -> Result<Option<SessionId>, StoreError>;
+    /// The session an epoch-open digest is filed under.
+    fn session_by_open_digest(&self, digest: &[u8; 32]) -> Result<Option<SessionId>, StoreError>;
+    /// A message by id.
+    fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError>;
+    /// The newest `limit` messages with `contact` (or with everyone), oldest first, in
+    /// conversation order.
+    fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+    /// Every outbox entry, the one to try first first (by `next_attempt_at`, then id).
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// How many entries the outbox holds.
+    fn outbox_len(&self) -> Result<usize, StoreError>;
+    /// Applies `changes` in order, all or none, in one transaction, and returns once they are
+    /// durable. Concurrent callers are serialised; a reader sees a batch entirely or not at all.
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_moves_only_forward() {
+        use Status::*;
+        let all = [Queued, Sent, Delivered, Read, Failed];
+        let allowed = [
+            (Queued, Sent),
+            (Queued, Delivered),
+            (Queued, Read),
+            (Queued, Failed),
+            (Sent, Delivered),
+            (Sent, Read),
+            (Sent, Failed),
+            (Delivered, Read),
+        ];
+        for from in all {
+            for to in all {
+                assert_eq!(from.advances_to(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_and_text_stay_out_of_debug() {
+        let key = NodeKey::new(b"very secret key bytes".to_vec());
+        assert_eq!(format!("{key:?}"), "NodeKey(..)");
+        let message = StoredMessage {
+            id: MessageId([1; 16]),
+            contact: "bob".into(),
+            direction: Direction::In,
+            time: Timestamp(1),
+            text: "meet at the old mill".into(),
+            seq: Some(0),
+            status: Status::Delivered,
+            reason: None,
+            order: 0,
+        };
+        let debug = format!("{message:?}");
+        assert!(!debug.contains("old mill"), "{debug}");
+        assert!(debug.contains("text_len: 20"), "{debug}");
+    }
+}
