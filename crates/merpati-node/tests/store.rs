@@ -62,8 +62,8 @@ impl Fixture {
         Contact {
             name: name.to_owned(),
             identity: identity.public(),
-            bundle,
-            inbox: MailboxId(self.bytes()),
+            bundle: Some(bundle),
+            inbox: Some(MailboxId(self.bytes())),
             peer_id: self.bytes::<38>().to_vec(),
             addrs: vec![b"/ip4/127.0.0.1/udp/4001/quic-v1".to_vec()],
             relays: vec![],
@@ -140,6 +140,7 @@ impl Fixture {
             envelope: vec![0x5a; 512],
             mailbox: MailboxId(self.bytes()),
             created_at: NOW,
+            seq: 0,
             attempts: 0,
             next_attempt_at: Timestamp(next_attempt_at),
             expires_at: NOW.plus(30 * Timestamp::DAY),

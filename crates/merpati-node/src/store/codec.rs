@@ -192,6 +192,7 @@ mod tests {
             envelope: vec![0xee; 600],
             mailbox: MailboxId([9; 16]),
             created_at: Timestamp(5),
+            seq: 3,
             attempts: 2,
             next_attempt_at: Timestamp(10),
             expires_at: Timestamp(20),

@@ -199,10 +199,11 @@ pub struct Contact {
     pub name: String,
     /// Their identity key.
     pub identity: IdentityPublic,
-    /// The bundle from their invite (device certificate and prekey).
-    pub bundle: Bundle,
-    /// The first-contact mailbox from their invite.
-    pub inbox: MailboxId,
+    /// The bundle from their invite (device certificate and prekey); none for someone who
+    /// reached us first with our invite (we talk to them over the session they started).
+    pub bundle: Option<Bundle>,
+    /// The first-contact mailbox from their invite, likewise.
+    pub inbox: Option<MailboxId>,
     /// Their libp2p peer id (opaque bytes here).
     #[serde(with = "serde_bytes")]
     pub peer_id: Vec<u8>,
@@ -337,6 +338,9 @@ pub struct OutboxEntry {
     pub mailbox: MailboxId,
     /// When it was queued.
     pub created_at: Timestamp,
+    /// Its sequence number in its session: with `created_at`, the order in which a contact's
+    /// envelopes are delivered.
+    pub seq: u64,
     /// Delivery attempts so far.
     pub attempts: u32,
     /// When to try next; [`Store::outbox`] is ordered by it.

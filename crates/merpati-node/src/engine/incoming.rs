@@ -1,0 +1,215 @@
+//! Incoming envelopes: find the session, open, store exactly once, answer the sender.
+//!
+//! A first contact to our inbox creates a session (and, for someone not yet in our contacts, a
+//! contact named after their fingerprint); later envelopes find their session by mailbox id. An
+//! envelope opened before (a duplicate from another route, or a retry after our answer was lost)
+//! is answered `Accepted` again, so the sender stops retrying. Text is stored and answered with an
+//! end-to-end delivery receipt; receipts move our outgoing messages' status forward.
+
+use merpati_proto::Timestamp;
+use merpati_proto::envelope::{Envelope, Kind};
+use merpati_proto::frame::{Body, MessageId, ReceiptKind};
+use merpati_proto::identity::fingerprint;
+use merpati_proto::session::{Incoming, OpenError, Responder, Session, SessionId, open_digest};
+use merpati_proto::wire::{Refusal, deliver};
+
+use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError};
+use crate::store::{Change, Contact, Direction, OutboxEntry, Status, Store, StoredMessage};
+
+/// What receiving one envelope did.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// The answer for the sending node.
+    pub response: Option<deliver::Response>,
+    /// A newly stored incoming message.
+    pub message: Option<StoredMessage>,
+    /// Outgoing messages whose status moved.
+    pub statuses: Vec<(MessageId, Status)>,
+    /// A contact created by a first contact from someone we did not know.
+    pub new_contact: Option<Contact>,
+}
+
+impl Received {
+    fn answer(response: deliver::Response) -> Self {
+        Self { response: Some(response), ..Self::default() }
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// Handles an envelope that node `from_peer` (libp2p peer id bytes) handed us.
+    pub fn receive(
+        &mut self,
+        from_peer: &[u8],
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<Received, EngineError> {
+        let Ok(envelope) = Envelope::decode(bytes) else {
+            return Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed)));
+        };
+        let header = &envelope.header;
+        let known = match (header.kind, envelope.open.as_deref()) {
+            (Kind::FirstContact, Some(open)) => self.store.session_by_open_digest(&open_digest(open))?,
+            _ => self.store.session_by_mailbox(&header.mailbox)?,
+        };
+        match known {
+            Some(id) => self.receive_in_session(id, bytes, now),
+            None if header.kind == Kind::FirstContact && header.mailbox == self.me.inbox() => {
+                self.accept_first_contact(from_peer, bytes, now)
+            }
+            None => Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox))),
+        }
+    }
+
+    fn accept_first_contact(
+        &mut self,
+        from_peer: &[u8],
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<Received, EngineError> {
+        let responder = Responder { bundle: &self.bundle, prekeys: &self.profile.prekeys };
+        let (session, incoming) = match Session::accept(responder, bytes, now, &mut self.rng) {
+            Ok(accepted) => accepted,
+            Err(_) => return Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed))),
+        };
+        let identity = session.peer().identity;
+        let mut changes = Vec::new();
+        let mut new_contact = None;
+        let contact = match self.store.contacts()?.into_iter().find(|c| c.identity == identity) {
+            Some(mut contact) => {
+                // Both sides may start a session at once; the one this contact started becomes
+                // ours for sending only if we have none, and either way we receive on both.
+                if contact.session.is_none() {
+                    contact.session = Some(session.id());
+                    contact.peer_id = from_peer.to_vec();
+                    changes.push(Change::PutContact(contact.clone()));
+                }
+                contact
+            }
+            None => {
+                let contact = Contact {
+                    name: format!(
+                        "unknown-{}",
+                        fingerprint(&identity).replace(' ', "").get(..8).unwrap_or("")
+                    ),
+                    identity,
+                    bundle: None,
+                    inbox: None,
+                    peer_id: from_peer.to_vec(),
+                    addrs: Vec::new(),
+                    relays: Vec::new(),
+                    session: Some(session.id()),
+                    added_at: now,
+                };
+                changes.push(Change::AddContact(contact.clone()));
+                new_contact = Some(contact.clone());
+                contact
+            }
+        };
+        if let Some(open) = Envelope::decode(bytes).ok().and_then(|e| e.open) {
+            changes.push(Change::IndexOpenDigest { digest: open_digest(&open), session: session.id() });
+        }
+        let id = session.id();
+        self.sessions.insert(id, session);
+        let mut received = self.store_incoming(id, &contact.name, incoming, changes, now)?;
+        received.new_contact = new_contact;
+        Ok(received)
+    }
+
+    fn receive_in_session(
+        &mut self,
+        id: SessionId,
+        bytes: &[u8],
+        now: Timestamp,
+    ) -> Result<Received, EngineError> {
+        let Some(record) = self.store.session(&id)? else {
+            return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
+        };
+        let Some(session) = self.session(&id, now)? else {
+            return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
+        };
+        match session.open(bytes, now) {
+            Ok(incoming) => self.store_incoming(id, &record.contact, incoming, Vec::new(), now),
+            // Already stored: say so again, or the sender would keep retrying.
+            Err(OpenError::Replay) => Ok(Received::answer(deliver::Response::Accepted)),
+            Err(_) => Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed))),
+        }
+    }
+
+    /// Stores what an opened envelope carried, in one transaction with the session's new state,
+    /// and queues a delivery receipt for text.
+    fn store_incoming(
+        &mut self,
+        id: SessionId,
+        contact: &str,
+        incoming: Incoming,
+        mut changes: Vec<Change>,
+        now: Timestamp,
+    ) -> Result<Received, EngineError> {
+        let mut received = Received::answer(deliver::Response::Accepted);
+        match incoming.body {
+            Body::Text(text) => {
+                let message = StoredMessage {
+                    id: incoming.message_id,
+                    contact: contact.to_owned(),
+                    direction: Direction::In,
+                    time: incoming.sent_at,
+                    text,
+                    seq: Some(incoming.seq),
+                    status: Status::Delivered,
+                    reason: None,
+                    order: 0,
+                };
+                changes.push(Change::PutMessage(message.clone()));
+                received.message = Some(message);
+                let receipt = Body::Receipt { kind: ReceiptKind::Delivered, ids: vec![incoming.message_id] };
+                let mut rng = self.rng.clone();
+                let sealed = match self.sessions.get_mut(&id) {
+                    Some(session) => session.seal(&receipt, now, &mut rng).ok(),
+                    None => None,
+                };
+                self.rng = rng;
+                // A receipt that cannot be sealed is only a missing status update for the
+                // sender; the message itself is still stored.
+                if let Some(sealed) = sealed {
+                    changes.push(Change::PutOutbox(OutboxEntry {
+                        id: sealed.message_id,
+                        contact: contact.to_owned(),
+                        envelope: sealed.envelope,
+                        mailbox: sealed.mailbox,
+                        created_at: now,
+                        seq: sealed.seq,
+                        attempts: 0,
+                        next_attempt_at: now,
+                        expires_at: now.plus(DEFAULT_MESSAGE_LIFETIME),
+                    }));
+                }
+            }
+            Body::Receipt { kind, ids } => {
+                let status = match kind {
+                    ReceiptKind::Delivered => Status::Delivered,
+                    ReceiptKind::Read => Status::Read,
+                };
+                for message_id in ids {
+                    // Only the recipient of our message may confirm it.
+                    if let Some(ours) = self.store.message(&message_id)?
+                        && ours.contact == contact
+                        && ours.direction == Direction::Out
+                    {
+                        changes.push(Change::SetStatus { id: message_id, status, reason: None });
+                        received.statuses.push((message_id, status));
+                    }
+                }
+            }
+            // Control frames and fragments are understood by later versions of the node; the
+            // session state still advances so nothing is replayed.
+            Body::Control(_) | Body::Fragment(_) => {}
+        }
+        let session = self.sessions.get(&id).ok_or(EngineError::UnknownContact(contact.to_owned()))?;
+        changes.extend(self.persist_session(session, contact));
+        if let Err(e) = self.store.apply(&changes) {
+            self.forget_session(&id);
+            return Err(e.into());
+        }
+        Ok(received)
+    }
+}

@@ -1,0 +1,290 @@
+//! The node's engine: contacts, sessions, the outbox and incoming messages, over a [`Store`].
+//!
+//! The engine is synchronous and does no I/O of its own besides the store: the daemon feeds it
+//! commands (from the control API), envelopes (from the network) and the time, and carries out
+//! what it returns (deliveries to attempt, notifications to publish). Every step that changes
+//! anything ends in exactly one [`Store::apply`], which is durable when it returns; only then does
+//! the daemon acknowledge anything to a peer or a client.
+
+mod incoming;
+mod outgoing;
+
+use std::collections::HashMap;
+
+use merpati_proto::Timestamp;
+use merpati_proto::frame::MessageId;
+use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION, PrekeyRing};
+use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::mailbox::{self, INBOX_DAY, MailboxId};
+use merpati_proto::session::{Session, SessionId};
+use rand_chacha::ChaCha20Rng;
+use thiserror::Error;
+
+use crate::store::{Change, Contact, NodeKey, Profile, SessionRecord, Store, StoreError, StoredMessage};
+
+pub use incoming::Received;
+pub use outgoing::{Attempt, AttemptResult};
+
+/// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
+pub const DEFAULT_MESSAGE_LIFETIME: u64 = 30 * Timestamp::DAY;
+/// The first retry delay after a failed delivery attempt (ms); doubles per attempt.
+pub const RETRY_BASE: u64 = 2 * Timestamp::SECOND;
+/// The longest retry delay (ms).
+pub const RETRY_MAX: u64 = 10 * 60 * Timestamp::SECOND;
+/// The longest contact name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Why the engine refused a request. Each maps to a control-API error a person can read.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// No contact has that name.
+    #[error("no contact named \"{0}\"")]
+    UnknownContact(String),
+    /// The invite could not be used.
+    #[error("invalid invite: {0}")]
+    InvalidInvite(String),
+    /// The message does not fit in one message.
+    #[error("message too large: {len} bytes, at most {max}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A contact with that name exists already.
+    #[error("a contact named \"{0}\" already exists")]
+    ContactExists(String),
+    /// No message has that id.
+    #[error("no message with id {0}")]
+    UnknownMessage(String),
+    /// The name is empty, too long or has control characters.
+    #[error("invalid name: {0}")]
+    InvalidName(&'static str),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The database was made for another identity than the identity file's.
+    #[error("the database belongs to another identity than this home's identity file")]
+    ForeignDatabase,
+    /// The session could not seal (a broken session: it needs a new first contact).
+    #[error("could not encrypt the message: {0}")]
+    Seal(#[from] merpati_proto::session::SealError),
+}
+
+/// This device's long-term keys, as read from the identity file `merpati init` wrote.
+#[derive(Debug)]
+pub struct Me {
+    /// The identity key.
+    pub identity: IdentityKey,
+    /// The device's static X25519 key.
+    pub device_static: X25519Secret,
+    /// The first-contact inbox secret.
+    pub inbox_secret: SymmetricKey,
+    /// The display name the user chose, if any.
+    pub name: Option<String>,
+    /// When the identity was created (the device certificate's time).
+    pub created_at: Timestamp,
+}
+
+impl Me {
+    /// The first-contact inbox id printed in invites.
+    pub fn inbox(&self) -> MailboxId {
+        mailbox::mailbox_id(&self.inbox_secret, INBOX_DAY)
+    }
+}
+
+/// The engine; see the module documentation.
+pub struct Engine<S: Store> {
+    store: S,
+    me: Me,
+    profile: Profile,
+    bundle: Bundle,
+    /// Sessions in memory, loaded from the store on first use.
+    sessions: HashMap<SessionId, Session>,
+    rng: ChaCha20Rng,
+}
+
+impl<S: Store> std::fmt::Debug for Engine<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("sessions", &self.sessions.len()).finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Engine<S> {
+    /// Starts the engine: loads the profile (creating it from `me` on first start, with a node key
+    /// from `new_node_key`), rotates the prekey if due and purges expired ones. A database that
+    /// belongs to another identity is refused.
+    pub fn start(
+        store: S,
+        me: Me,
+        new_node_key: impl FnOnce() -> Vec<u8>,
+        now: Timestamp,
+        mut rng: ChaCha20Rng,
+    ) -> Result<Self, EngineError> {
+        let mut profile = match store.profile()? {
+            Some(profile) if profile.identity.public() != me.identity.public() => {
+                return Err(EngineError::ForeignDatabase);
+            }
+            Some(profile) => profile,
+            None => {
+                let cert = DeviceCert::issue(&me.identity, &me.device_static.public(), me.created_at);
+                let prekeys = PrekeyRing::new(&me.identity, &cert.device_id(), now, &mut rng);
+                Profile {
+                    identity: IdentityKey::from_bytes(&me.identity.to_bytes()),
+                    device_static: me.device_static.clone(),
+                    cert,
+                    node_key: NodeKey::new(new_node_key()),
+                    prekeys,
+                    created_at: now,
+                }
+            }
+        };
+        let device_id = profile.cert.device_id();
+        profile.prekeys.rotate_if_due(&profile.identity, &device_id, now, &mut rng);
+        profile.prekeys.purge(now);
+        store.apply(&[Change::PutProfile(profile)])?;
+        // Secret keys are not `Clone`: read back what was just stored.
+        let profile = store.profile()?.ok_or(EngineError::ForeignDatabase)?;
+        let bundle = bundle(&profile)?;
+        Ok(Self { store, me, profile, bundle, sessions: HashMap::new(), rng })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// This device's keys.
+    pub fn me(&self) -> &Me {
+        &self.me
+    }
+
+    /// The profile (identity, device keys, libp2p node key, prekeys).
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// The bundle published in invites.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// This user's invite as text, naming the node `peer_id` reachable at `addrs` (binary libp2p
+    /// peer id and multiaddrs).
+    pub fn invite(
+        &self,
+        peer_id: Vec<u8>,
+        addrs: Vec<Vec<u8>>,
+        now: Timestamp,
+    ) -> Result<String, EngineError> {
+        let addrs = addrs.into_iter().take(merpati_proto::invite::MAX_ADDRS).collect();
+        let invite = merpati_proto::invite::Invite::new(
+            &self.profile.identity,
+            self.bundle.clone(),
+            self.me.inbox(),
+            Vec::new(),
+            peer_id,
+            addrs,
+            self.me.name.clone(),
+            now,
+        )
+        .map_err(|e| EngineError::InvalidInvite(e.to_string()))?;
+        Ok(invite.to_text())
+    }
+
+    /// Adds a contact from an invite's text.
+    pub fn add_contact(&mut self, invite: &str, name: &str, now: Timestamp) -> Result<Contact, EngineError> {
+        check_name(name)?;
+        let invite = merpati_proto::invite::Invite::parse(invite, now)
+            .map_err(|e| EngineError::InvalidInvite(e.to_string()))?;
+        if *invite.identity() == self.profile.identity.public() {
+            return Err(EngineError::InvalidInvite("this is your own invite".into()));
+        }
+        if self.store.contacts()?.iter().any(|c| c.identity == *invite.identity()) {
+            return Err(EngineError::InvalidInvite("you already have this person as a contact".into()));
+        }
+        let contact = Contact {
+            name: name.to_owned(),
+            identity: *invite.identity(),
+            bundle: Some(invite.bundle),
+            inbox: Some(invite.inbox),
+            peer_id: invite.peer_id,
+            addrs: invite.addrs,
+            relays: invite.relays,
+            session: None,
+            added_at: now,
+        };
+        match self.store.apply(&[Change::AddContact(contact.clone())]) {
+            Err(StoreError::Conflict { .. }) => Err(EngineError::ContactExists(name.to_owned())),
+            other => other.map(|()| contact).map_err(EngineError::from),
+        }
+    }
+
+    /// The stored message with `id`.
+    pub fn message(&self, id: &MessageId) -> Result<StoredMessage, EngineError> {
+        self.store.message(id)?.ok_or_else(|| EngineError::UnknownMessage(hex(&id.0)))
+    }
+
+    /// The session `id`, loaded from the store on first use since start.
+    fn session(&mut self, id: &SessionId, now: Timestamp) -> Result<Option<&mut Session>, EngineError> {
+        if !self.sessions.contains_key(id) {
+            let Some(record) = self.store.session(id)? else { return Ok(None) };
+            // A session loaded for the first time since start continues on a fresh sub-epoch
+            // (restart safety); the apply of the step that uses it persists that.
+            self.sessions.insert(*id, Session::restore(record.state, now));
+        }
+        Ok(self.sessions.get_mut(id))
+    }
+
+    /// Forgets the in-memory copy of a session whose step could not be stored: the next use
+    /// reloads the last durable state, so nothing half-done survives.
+    fn forget_session(&mut self, id: &SessionId) {
+        self.sessions.remove(id);
+    }
+
+    /// The changes that persist `session` for `contact`, with its mailbox index entries.
+    fn persist_session(&self, session: &Session, contact: &str) -> Vec<Change> {
+        let mut changes = vec![Change::PutSession(SessionRecord {
+            id: session.id(),
+            contact: contact.to_owned(),
+            state: session.state().clone(),
+        })];
+        changes.extend(
+            session
+                .my_mailboxes()
+                .ids
+                .iter()
+                .map(|mailbox| Change::IndexMailbox { mailbox: *mailbox, session: session.id() }),
+        );
+        changes
+    }
+}
+
+fn bundle(profile: &Profile) -> Result<Bundle, EngineError> {
+    Bundle::new(
+        &profile.identity,
+        profile.cert.clone(),
+        profile.prekeys.current().clone(),
+        vec![PROTOCOL_VERSION],
+    )
+    .map_err(|e| EngineError::InvalidInvite(e.to_string()))
+}
+
+/// Checks a contact name: 1 to 64 bytes, no control characters, not only spaces.
+pub fn check_name(name: &str) -> Result<(), EngineError> {
+    if name.trim().is_empty() {
+        return Err(EngineError::InvalidName("a name cannot be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(EngineError::InvalidName("a name can be at most 64 bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(EngineError::InvalidName("a name cannot contain control characters"));
+    }
+    Ok(())
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

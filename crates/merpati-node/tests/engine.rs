@@ -1,0 +1,199 @@
+//! The engine end to end without a network: two users' engines over real stores hand envelopes
+//! to each other directly, as their nodes would over `/merpati/deliver/1`.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
+use merpati_node::engine::{AttemptResult, Engine, EngineError, Me};
+use merpati_node::store::{Direction, Keyring, MemoryStore, SledStore, Status, Store};
+use merpati_proto::Timestamp;
+use merpati_proto::identity::IdentityKey;
+use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::wire::{Refusal, deliver};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const T0: Timestamp = Timestamp(1_795_219_200_000);
+
+fn me(seed: u64, name: &str) -> Me {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    Me {
+        identity: IdentityKey::generate(&mut rng),
+        device_static: X25519Secret::generate(&mut rng),
+        inbox_secret: SymmetricKey::generate(&mut rng),
+        name: Some(name.to_owned()),
+        created_at: T0,
+    }
+}
+
+fn engine<S: Store>(store: S, seed: u64, name: &str) -> Engine<S> {
+    Engine::start(store, me(seed, name), || vec![seed as u8; 68], T0, ChaCha20Rng::seed_from_u64(seed + 100))
+        .unwrap()
+}
+
+/// Hands every due envelope from `from` to `to`, reporting each answer back; returns how many.
+fn pump<S: Store, T: Store>(
+    from: &mut Engine<S>,
+    from_peer: &[u8],
+    to: &mut Engine<T>,
+    now: Timestamp,
+) -> usize {
+    let attempts = from.due(now, None).unwrap();
+    for attempt in &attempts {
+        let received = to.receive(from_peer, &attempt.envelope, now).unwrap();
+        let result = match received.response.unwrap() {
+            deliver::Response::Accepted => AttemptResult::Accepted,
+            deliver::Response::Refused(r) => AttemptResult::Refused(r),
+        };
+        from.attempt_finished(&attempt.id, &result, now).unwrap();
+    }
+    attempts.len()
+}
+
+/// Alice and Bob, where Alice added Bob from his invite.
+fn pair() -> (Engine<MemoryStore>, Engine<MemoryStore>) {
+    let mut alice = engine(MemoryStore::new(), 1, "Alice");
+    let bob = engine(MemoryStore::new(), 2, "Bob");
+    let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    (alice, bob)
+}
+
+#[test]
+fn messages_flow_both_ways_with_receipts() {
+    let (mut alice, mut bob) = pair();
+    let sent = alice.send_text("bob", "hello bob", T0).unwrap();
+    assert_eq!(sent.status, Status::Queued);
+    assert_eq!(pump(&mut alice, b"alice-node", &mut bob, T0), 1);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Sent);
+
+    // Bob did not know Alice: her first contact made her a contact, and she got a receipt.
+    let contacts = bob.store().contacts().unwrap();
+    assert_eq!(contacts.len(), 1);
+    let alice_name = contacts[0].name.clone();
+    assert!(alice_name.starts_with("unknown-"));
+    let got = bob.store().messages(Some(&alice_name), 10).unwrap();
+    assert_eq!((got.len(), got[0].text.as_str(), got[0].direction), (1, "hello bob", Direction::In));
+    assert_eq!(pump(&mut bob, b"bob-node", &mut alice, T0), 1);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
+
+    let reply = bob.send_text(&alice_name, "hi alice", T0).unwrap();
+    pump(&mut bob, b"bob-node", &mut alice, T0);
+    pump(&mut alice, b"alice-node", &mut bob, T0);
+    assert_eq!(bob.message(&reply.id).unwrap().status, Status::Delivered);
+    let texts: Vec<_> =
+        alice.store().messages(Some("bob"), 10).unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, ["hello bob", "hi alice"]);
+}
+
+#[test]
+fn duplicates_are_stored_once_and_acknowledged_again() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "once", T0).unwrap();
+    let attempt = alice.due(T0, None).unwrap().remove(0);
+    for _ in 0..3 {
+        let received = bob.receive(b"alice-node", &attempt.envelope, T0).unwrap();
+        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+    }
+    let name = bob.store().contacts().unwrap()[0].name.clone();
+    assert_eq!(bob.store().messages(Some(&name), 10).unwrap().len(), 1);
+}
+
+#[test]
+fn junk_and_unknown_mailboxes_are_refused_without_storing() {
+    let (_, mut bob) = pair();
+    let r = bob.receive(b"x", b"not an envelope", T0).unwrap();
+    assert!(matches!(r.response, Some(deliver::Response::Refused(Refusal::Malformed))));
+    let mut other_alice = engine(MemoryStore::new(), 9, "Eve");
+    let mut other_bob = engine(MemoryStore::new(), 10, "Carol");
+    let invite = other_bob.invite(b"carol".to_vec(), vec![], T0).unwrap();
+    other_alice.add_contact(&invite, "carol", T0).unwrap();
+    other_alice.send_text("carol", "not for bob", T0).unwrap();
+    pump(&mut other_alice, b"eve", &mut other_bob, T0);
+    let second = other_alice.send_text("carol", "still not for bob", T0).unwrap();
+    let attempt = other_alice.due(T0, None).unwrap().into_iter().find(|a| a.id == second.id).unwrap();
+    let r = bob.receive(b"eve", &attempt.envelope, T0).unwrap();
+    assert!(matches!(r.response, Some(deliver::Response::Refused(Refusal::UnknownMailbox))));
+    assert!(bob.store().messages(None, 10).unwrap().is_empty());
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let (mut alice, _) = pair();
+    assert!(matches!(alice.send_text("nobody", "x", T0), Err(EngineError::UnknownContact(_))));
+    let big = "x".repeat(merpati_proto::frame::MAX_TEXT_LEN + 1);
+    assert!(matches!(alice.send_text("bob", &big, T0), Err(EngineError::TooLarge { .. })));
+    assert!(matches!(alice.add_contact("MERPATI1:AAAA", "x", T0), Err(EngineError::InvalidInvite(_))));
+    let bob_again = engine(MemoryStore::new(), 2, "Bob").invite(b"bob-node".to_vec(), vec![], T0).unwrap();
+    assert!(matches!(alice.add_contact(&bob_again, "bob2", T0), Err(EngineError::InvalidInvite(_))));
+    let carol = engine(MemoryStore::new(), 3, "Carol").invite(b"c".to_vec(), vec![], T0).unwrap();
+    assert!(matches!(alice.add_contact(&carol, "bob", T0), Err(EngineError::ContactExists(_))));
+    assert!(matches!(alice.add_contact(&carol, "", T0), Err(EngineError::InvalidName(_))));
+    let own = alice.invite(b"a".to_vec(), vec![], T0).unwrap();
+    assert!(matches!(alice.add_contact(&own, "me", T0), Err(EngineError::InvalidInvite(_))));
+}
+
+#[test]
+fn failed_attempts_back_off_and_expire() {
+    let (mut alice, _) = pair();
+    let sent = alice.send_text("bob", "are you there?", T0).unwrap();
+    let unreachable = AttemptResult::Unreachable("offline".into());
+    alice.attempt_finished(&sent.id, &unreachable, T0).unwrap();
+    assert!(alice.due(T0, None).unwrap().is_empty(), "retried without waiting");
+    assert_eq!(alice.due(T0.plus(5 * Timestamp::SECOND), None).unwrap().len(), 1);
+    // The contact coming online makes its messages due at once.
+    assert_eq!(alice.due(T0, Some("bob")).unwrap().len(), 1);
+    let late = T0.plus(31 * Timestamp::DAY);
+    let status = alice.attempt_finished(&sent.id, &unreachable, late).unwrap();
+    assert_eq!(status.map(|s| s.0), Some(Status::Failed));
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Failed);
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+}
+
+#[test]
+fn contact_deliveries_go_out_in_order() {
+    let (mut alice, mut bob) = pair();
+    for i in 0..20 {
+        alice.send_text("bob", &format!("m{i}"), T0).unwrap();
+    }
+    // One due entry per contact at a time, oldest first, so nothing arrives out of order.
+    let mut order = Vec::new();
+    while let Some(attempt) = alice.due(T0, None).unwrap().into_iter().next() {
+        let received = bob.receive(b"alice-node", &attempt.envelope, T0).unwrap();
+        order.push(received.message.unwrap().text);
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    }
+    let expected: Vec<_> = (0..20).map(|i| format!("m{i}")).collect();
+    assert_eq!(order, expected);
+}
+
+#[test]
+fn restart_on_sled_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |dir: &std::path::Path| {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let keyring = Keyring::open_or_create(SledStore::key_file(dir), &mut rng).unwrap();
+        SledStore::open(dir, keyring).unwrap()
+    };
+    let mut bob = engine(MemoryStore::new(), 2, "Bob");
+    let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
+    let sent = {
+        let mut alice = engine(open(dir.path()), 1, "Alice");
+        alice.add_contact(&invite, "bob", T0).unwrap();
+        alice.send_text("bob", "survives a restart", T0).unwrap()
+    };
+    let mut alice = engine(open(dir.path()), 1, "Alice");
+    assert_eq!(pump(&mut alice, b"alice-node", &mut bob, T0), 1);
+    let name = bob.store().contacts().unwrap()[0].name.clone();
+    assert_eq!(bob.store().messages(Some(&name), 1).unwrap()[0].text, "survives a restart");
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Sent);
+    // And the session continues after the restart in both directions.
+    alice.send_text("bob", "again", T0).unwrap();
+    pump(&mut alice, b"alice-node", &mut bob, T0);
+    pump(&mut bob, b"bob-node", &mut alice, T0);
+    assert_eq!(bob.store().messages(Some(&name), 10).unwrap().len(), 2);
+    // Another identity's engine refuses this database.
+    drop(alice);
+    assert!(matches!(
+        Engine::start(open(dir.path()), me(5, "Mallory"), Vec::new, T0, ChaCha20Rng::seed_from_u64(1)),
+        Err(EngineError::ForeignDatabase)
+    ));
+}
