@@ -1,0 +1,86 @@
+//! The command line: global options and one subcommand, each subcommand's arguments living next
+//! to its code in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use merpati_control::protocol::check_name;
+use merpati_proto::invite::MAX_NAME_LEN;
+
+use crate::commands::{contact, init, invite, messages, send};
+
+/// Merpati: end-to-end encrypted direct messages, peer to peer.
+///
+/// Most commands talk to the merpatid daemon of the home directory; `init` creates the identity
+/// before the daemon first starts.
+#[derive(Debug, Parser)]
+#[command(name = "merpati", version, about, long_about)]
+pub(crate) struct Cli {
+    /// The node's home directory [default: $MERPATI_HOME, else ~/.local/share/merpati]
+    // The environment variable is read by `Home::resolve`, not clap, so that daemon and CLI agree
+    // on it and an empty MERPATI_HOME counts as unset instead of as an empty path.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+
+    /// Machine-readable output: one JSON object per line
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create this node's identity (no daemon needed)
+    Init(init::Args),
+    /// Print an invite for someone to add you as a contact
+    Invite(invite::Args),
+    /// Add, list and show contacts
+    #[command(subcommand)]
+    Contact(contact::Command),
+    /// Send a text to a contact
+    Send(send::Args),
+    /// List messages, and optionally follow new ones
+    Messages(messages::Args),
+    /// Show the daemon's peer id, addresses, connected contacts and outbox
+    Status,
+}
+
+/// A contact name argument: 1–64 characters, no control characters (what merpatid accepts), so
+/// a bad name is a usage error before anything is sent.
+pub(crate) fn parse_name(name: &str) -> Result<String, String> {
+    check_name(name).map_err(|e| e.to_string())?;
+    Ok(name.to_owned())
+}
+
+/// The node's own name: a contact name that also fits an invite (at most 64 bytes of UTF-8).
+pub(crate) fn parse_own_name(name: &str) -> Result<String, String> {
+    let name = parse_name(name)?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("a name is at most {MAX_NAME_LEN} bytes of UTF-8, this one has {}", name.len()));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(parse_name("bob"), Ok("bob".to_owned()));
+        assert!(parse_name("").is_err());
+        assert!(parse_name("a\nb").is_err());
+        assert!(parse_name(&"é".repeat(33)).is_ok());
+        assert!(parse_own_name(&"é".repeat(33)).is_err());
+        assert!(parse_own_name(&"é".repeat(32)).is_ok());
+    }
+}

@@ -1,0 +1,102 @@
+//! `merpati contact add|list|show`: contacts, through the daemon.
+
+use anyhow::Result;
+use clap::Subcommand;
+use merpati_control::Home;
+use merpati_control::protocol::{ContactAddParams, ContactShowParams, NoParams, method};
+use merpati_proto::invite::MAX_INVITE_TEXT;
+
+use crate::cli::parse_name;
+use crate::commands::{connect, read_stdin};
+use crate::output::{Output, sanitize};
+
+/// The `contact` subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Add someone from the invite they gave you
+    Add {
+        /// The invite (one line starting with MERPATI1:), or - to read it from standard input
+        invite: String,
+        /// The name you will call this contact by (1-64 characters)
+        #[arg(long, value_name = "NAME", value_parser = parse_name)]
+        name: String,
+    },
+    /// List your contacts
+    List,
+    /// Show one contact, with the safety number to compare
+    Show {
+        /// The contact's name
+        name: String,
+    },
+}
+
+/// Runs a `contact` subcommand.
+pub(crate) fn run(home: &Home, out: &mut Output, command: Command) -> Result<()> {
+    match command {
+        Command::Add { invite, name } => add(home, out, invite, name),
+        Command::List => list(home, out),
+        Command::Show { name } => show(home, out, name),
+    }
+}
+
+fn add(home: &Home, out: &mut Output, invite: String, name: String) -> Result<()> {
+    // Paste-friendly: surrounding whitespace (a trailing newline, an indented copy) is not part
+    // of the invite; the daemon judges everything else.
+    let invite = if invite == "-" { read_stdin(MAX_INVITE_TEXT, "invite")? } else { invite };
+    let invite = invite.trim().to_owned();
+    let added = connect(home)?.call::<method::ContactAdd>(ContactAddParams { invite, name })?;
+    if out.is_json() {
+        return out.object(&added);
+    }
+    let name = sanitize(&added.name);
+    out.line(format_args!("Added {name}."))?;
+    out.line(format_args!("fingerprint:   {}", sanitize(&added.fingerprint)))?;
+    out.line(format_args!("safety number: {}", sanitize(&added.safety_number)))?;
+    out.line(format_args!(
+        "Compare the safety number with {name} in person or on a call: if both of you see the same \
+         digits, nobody is in the middle."
+    ))
+}
+
+fn list(home: &Home, out: &mut Output) -> Result<()> {
+    let listed = connect(home)?.call::<method::ContactList>(NoParams {})?;
+    if out.is_json() {
+        for contact in &listed.contacts {
+            out.object(contact)?;
+        }
+        return Ok(());
+    }
+    if listed.contacts.is_empty() {
+        return out.line("No contacts yet; add one with: merpati contact add <INVITE> --name NAME");
+    }
+    let width = listed.contacts.iter().map(|c| sanitize(&c.name).chars().count()).max().unwrap_or(0);
+    for contact in &listed.contacts {
+        let state = if contact.connected { "connected" } else { "-" };
+        let name = sanitize(&contact.name);
+        out.line(format_args!("{name:<width$}  {}  {state}", sanitize(&contact.fingerprint)))?;
+    }
+    Ok(())
+}
+
+fn show(home: &Home, out: &mut Output, name: String) -> Result<()> {
+    let contact = connect(home)?.call::<method::ContactShow>(ContactShowParams { name })?;
+    if out.is_json() {
+        return out.object(&contact);
+    }
+    let name = sanitize(&contact.name);
+    out.line(format_args!("name:          {name}"))?;
+    out.line(format_args!("fingerprint:   {}", sanitize(&contact.fingerprint)))?;
+    out.line(format_args!("safety number: {}", sanitize(&contact.safety_number)))?;
+    out.line(format_args!("peer id:       {}", sanitize(&contact.peer_id)))?;
+    if contact.addrs.is_empty() {
+        out.line("addresses:     none known")?;
+    }
+    for (i, addr) in contact.addrs.iter().enumerate() {
+        let label = if i == 0 { "addresses:" } else { "" };
+        out.line(format_args!("{label:<15}{}", sanitize(addr)))?;
+    }
+    out.line(format_args!(
+        "Compare the safety number with {name} in person or on a call: if both of you see the same \
+         digits, nobody is in the middle."
+    ))
+}

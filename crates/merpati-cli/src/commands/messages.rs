@@ -1,0 +1,76 @@
+//! `merpati messages`: the latest messages, one line each, and with `--follow` new ones as they
+//! are stored.
+
+use std::collections::HashSet;
+
+use anyhow::Result;
+use merpati_control::protocol::{
+    Direction, Event, MAX_MESSAGES_LIMIT, MessageId, MessageView, MessagesParams, method,
+};
+use merpati_control::{ClientError, Home};
+
+use crate::cli::parse_name;
+use crate::commands::connect;
+use crate::output::{Output, local_time, sanitize};
+
+/// Arguments of `merpati messages`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Only the conversation with this contact
+    #[arg(value_parser = parse_name)]
+    name: Option<String>,
+    /// Keep running and print new messages as they are stored
+    #[arg(long, short)]
+    follow: bool,
+    /// How many of the latest messages to print first [default: 100]
+    #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MESSAGES_LIMIT)))]
+    limit: Option<u32>,
+}
+
+/// Prints the latest messages, then follows if asked.
+pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
+    // Subscribe before reading the history, so nothing stored in between is missed; anything
+    // that shows up in both is printed once.
+    let events = if args.follow { Some(connect(home)?.subscribe()?) } else { None };
+    let history = connect(home)?
+        .call::<method::Messages>(MessagesParams { with: args.name.clone(), limit: args.limit })?;
+    let mut printed: HashSet<MessageId> = HashSet::new();
+    for message in history.messages {
+        print(out, &message)?;
+        if events.is_some() {
+            printed.insert(message.id);
+        }
+    }
+    let Some(events) = events else {
+        return Ok(());
+    };
+    for event in events {
+        if let Event::Message(message) = event? {
+            let wanted = args.name.as_ref().is_none_or(|name| *name == message.contact);
+            // `remove`, not `contains`: a message is announced once, so the set only shrinks.
+            if wanted && !printed.remove(&message.id) {
+                print(out, &message)?;
+            }
+        }
+    }
+    Err(ClientError::Closed.into())
+}
+
+/// One message: `id  in|out  contact  local time  text  [status]`, text escaped for the terminal.
+fn print(out: &mut Output, message: &MessageView) -> Result<()> {
+    if out.is_json() {
+        return out.object(message);
+    }
+    let status = match (message.direction, message.status) {
+        (Direction::Out, Some(status)) => format!("  [{status}]"),
+        _ => String::new(),
+    };
+    out.line(format_args!(
+        "{}  {:<3}  {}  {}  {}{status}",
+        message.id,
+        message.direction,
+        sanitize(&message.contact),
+        local_time(message.time),
+        sanitize(&message.text),
+    ))
+}

@@ -1,0 +1,157 @@
+//! `merpati send`: queues a text with the daemon and prints its id; with `--wait`, follows the
+//! message's status until it gets as far as asked, fails, or the time is up.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::ValueEnum;
+use merpati_control::protocol::{
+    Event, MAX_LINE, MessageId, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate,
+    method,
+};
+use merpati_control::{ClientError, Home, Notifications};
+use serde_json::json;
+
+use crate::cli::parse_name;
+use crate::commands::{connect, read_stdin};
+use crate::exit::{Code, Failure};
+use crate::output::{Output, sanitize};
+
+/// Arguments of `merpati send`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The contact's name
+    #[arg(value_parser = parse_name)]
+    to: String,
+    /// The text, or - to read it from standard input (one trailing newline is dropped)
+    text: String,
+    /// Wait until the message has been sent, delivered or read
+    #[arg(long, value_name = "STATUS")]
+    wait: Option<Wait>,
+    /// How long --wait waits, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    timeout: u64,
+}
+
+/// The statuses `--wait` can wait for.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Wait {
+    /// The peer's node or a relay stored it
+    Sent,
+    /// The peer's device received it
+    Delivered,
+    /// The peer read it
+    Read,
+}
+
+impl From<Wait> for MessageStatus {
+    fn from(wait: Wait) -> Self {
+        match wait {
+            Wait::Sent => MessageStatus::Sent,
+            Wait::Delivered => MessageStatus::Delivered,
+            Wait::Read => MessageStatus::Read,
+        }
+    }
+}
+
+/// Sends the text and, with `--wait`, waits.
+pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
+    let text = if args.text == "-" { read_stdin(MAX_LINE, "message")? } else { args.text };
+    if text.is_empty() {
+        return Err(Failure::new(Code::Other, "the message is empty: there is nothing to send").into());
+    }
+    // Subscribe before sending, so no status change can slip by between the two.
+    let events = match args.wait {
+        Some(_) => Some(connect(home)?.subscribe()?),
+        None => None,
+    };
+    let mut client = connect(home)?;
+    let sent = client.call::<method::Send>(SendParams { to: args.to.clone(), text })?;
+    if out.is_json() {
+        out.object(&json!({ "id": sent.id }))?;
+    } else {
+        out.line(&sent.id)?;
+    }
+    let (Some(wait), Some(events)) = (args.wait, events) else {
+        return Ok(());
+    };
+    let target = MessageStatus::from(wait);
+    let deadline = Instant::now() + Duration::from_secs(args.timeout);
+    // The status may have moved before the subscription saw anything worth reporting.
+    let current = client.call::<method::MessageStatus>(MessageStatusParams { id: sent.id.clone() })?;
+    let to = sanitize(&args.to);
+    let reached = match wait_for(events, current, target, deadline) {
+        Ok(reached) => reached,
+        Err(WaitError::TimedOut(status)) => {
+            let message = format!(
+                "gave up waiting after {} s: message {} to {to} is {status}, not yet {target} (merpatid keeps trying)",
+                args.timeout, sent.id
+            );
+            return Err(Failure::new(Code::Timeout, message).into());
+        }
+        Err(WaitError::Failed(reason)) => {
+            let reason = reason.map(|r| format!(": {}", sanitize(&r))).unwrap_or_default();
+            return Err(Failure::new(
+                Code::MessageFailed,
+                format!("message {} to {to} failed{reason}", sent.id),
+            )
+            .into());
+        }
+        Err(WaitError::Client(e)) => return Err(e.into()),
+    };
+    if out.is_json() {
+        out.object(&reached)
+    } else {
+        // Stdout stays the id alone, so `id=$(merpati send …)` works with and without --wait.
+        eprintln_status(&reached.id, reached.status);
+        Ok(())
+    }
+}
+
+/// Why the wait ended without reaching the target.
+enum WaitError {
+    /// The deadline passed; the last status known.
+    TimedOut(MessageStatus),
+    /// The message failed, with the daemon's reason.
+    Failed(Option<String>),
+    /// The connection failed.
+    Client(ClientError),
+}
+
+/// Follows `events` until the message of `current` reaches `target` or fails, or `deadline`.
+fn wait_for(
+    mut events: Notifications,
+    mut current: StatusUpdate,
+    target: MessageStatus,
+    deadline: Instant,
+) -> Result<StatusUpdate, WaitError> {
+    loop {
+        if current.status == MessageStatus::Failed {
+            return Err(WaitError::Failed(current.reason));
+        }
+        if current.status.has_reached(target) {
+            return Ok(current);
+        }
+        let update = match events.next_event_until(deadline) {
+            Ok(Event::Status(update)) => update,
+            Ok(Event::Message(MessageView { id, status: Some(status), .. })) => {
+                StatusUpdate { id, status, reason: None }
+            }
+            Ok(Event::Message(_)) => continue,
+            Err(ClientError::Timeout) => return Err(WaitError::TimedOut(current.status)),
+            Err(e) => return Err(WaitError::Client(e)),
+        };
+        // Notifications queued before `message.status` answered may be older than its answer:
+        // a status only ever moves forward (or to failed), so older news is ignored.
+        let newer = update.status == MessageStatus::Failed || update.status.has_reached(current.status);
+        if update.id == current.id && newer {
+            current = update;
+        }
+    }
+}
+
+/// A progress note on stderr, which keeps stdout for the id.
+fn eprintln_status(id: &MessageId, status: MessageStatus) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "message {id} {status}");
+}

@@ -1,0 +1,97 @@
+//! Everything `merpati` writes to stdout goes through here: human lines or, with `--json`, one
+//! JSON object per line. Text that came from other people is made safe for a terminal first.
+
+use std::borrow::Cow;
+use std::fmt::{Display, Write as _};
+use std::io::{self, Write};
+
+use anyhow::{Context, Result};
+use merpati_proto::Timestamp;
+use serde::Serialize;
+
+/// Standard output, in human or JSON form.
+#[derive(Debug)]
+pub(crate) struct Output {
+    json: bool,
+}
+
+impl Output {
+    /// Output in JSON lines when `json`, human lines otherwise.
+    pub(crate) fn new(json: bool) -> Output {
+        Output { json }
+    }
+
+    /// Whether `--json` was given.
+    pub(crate) fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes one human line (or several, if `text` holds newlines).
+    pub(crate) fn line(&mut self, text: impl Display) -> Result<()> {
+        write_flushed(format_args!("{text}\n"))
+    }
+
+    /// Writes `value` as one JSON line.
+    pub(crate) fn object(&mut self, value: &impl Serialize) -> Result<()> {
+        let line = serde_json::to_string(value).context("cannot encode the output as JSON")?;
+        write_flushed(format_args!("{line}\n"))
+    }
+}
+
+/// Flushes after every line so `--follow` output reaches a pipe as it happens.
+fn write_flushed(args: std::fmt::Arguments<'_>) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    stdout.write_fmt(args).and_then(|()| stdout.flush()).context("cannot write to standard output")
+}
+
+/// `text` with control characters and bidirectional overrides shown as escapes (`\n`, `\u{1b}`,
+/// `\u{202e}`), so a message cannot move the cursor, recolour the terminal, fake extra lines or
+/// reverse how the rest of a line reads.
+pub(crate) fn sanitize(text: &str) -> Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if unsafe_char(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A time in the local time zone, `2026-11-21 14:05:09`; the raw milliseconds if out of range.
+pub(crate) fn local_time(time: Timestamp) -> String {
+    i64::try_from(time.millis())
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|utc| utc.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| time.millis().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_escapes_what_could_fool_a_terminal() {
+        assert_eq!(sanitize("hello, wörld ✓"), "hello, wörld ✓");
+        assert_eq!(sanitize("a\nb\tc\r"), "a\\nb\\tc\\r");
+        assert_eq!(sanitize("\u{1b}[2J"), "\\u{1b}[2J");
+        assert_eq!(sanitize("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
+
+    #[test]
+    fn local_time_is_formatted_or_raw() {
+        assert_eq!(local_time(Timestamp(1_750_000_000_000)).len(), "2025-06-15 15:06:40".len());
+        assert_eq!(local_time(Timestamp(u64::MAX)), u64::MAX.to_string());
+    }
+}

@@ -1,0 +1,63 @@
+//! One marker type per control method, tying its name to its params and result types, so that
+//! `client.call::<method::Send>(params)` is checked by the compiler on both ends.
+
+use std::fmt::Debug;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::types::{
+    ContactAddParams, ContactAddResult, ContactListResult, ContactShowParams, ContactShowResult,
+    InviteResult, MessageStatusParams, MessagesParams, MessagesResult, NoParams, SendParams, SendResult,
+    StatusResult, StatusUpdate, SubscribeResult,
+};
+
+/// A control method: its wire name and the types of its params and result.
+pub trait Method {
+    /// The wire name, e.g. `contact.add`.
+    const NAME: &'static str;
+    /// The `params` object.
+    type Params: Serialize + DeserializeOwned + Debug + Clone + PartialEq;
+    /// The `result` object.
+    type Result: Serialize + DeserializeOwned + Debug + Clone + PartialEq;
+}
+
+macro_rules! methods {
+    ($($(#[$doc:meta])* $marker:ident = $name:literal, $params:ty => $result:ty;)*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+            pub struct $marker;
+
+            impl Method for $marker {
+                const NAME: &'static str = $name;
+                type Params = $params;
+                type Result = $result;
+            }
+        )*
+
+        /// Every method name, in the order of `docs/control-api.md`.
+        pub const NAMES: &[&str] = &[$($name),*];
+    };
+}
+
+methods! {
+    /// `status`: the node's peer id, addresses, connected contacts and outbox size.
+    Status = "status", NoParams => StatusResult;
+    /// `invite`: a fresh invite for this node.
+    Invite = "invite", NoParams => InviteResult;
+    /// `contact.add`: accept someone's invite under a local name.
+    ContactAdd = "contact.add", ContactAddParams => ContactAddResult;
+    /// `contact.list`: every contact.
+    ContactList = "contact.list", NoParams => ContactListResult;
+    /// `contact.show`: one contact, with the safety number.
+    ContactShow = "contact.show", ContactShowParams => ContactShowResult;
+    /// `send`: queue a text to a contact.
+    Send = "send", SendParams => SendResult;
+    /// `message.status`: where an outgoing message is.
+    MessageStatus = "message.status", MessageStatusParams => StatusUpdate;
+    /// `messages`: the latest messages, oldest first.
+    Messages = "messages", MessagesParams => MessagesResult;
+    /// `subscribe`: turn this connection into a notification stream as well.
+    Subscribe = "subscribe", NoParams => SubscribeResult;
+}

@@ -1,0 +1,419 @@
+//! The params and results of every control method, the notification payloads, and the small
+//! value types they share (message ids, statuses, directions, names).
+//!
+//! Params reject unknown members (`deny_unknown_fields`), so a misspelt option is an error
+//! rather than silently ignored; results accept unknown members, so an older client keeps
+//! working against a newer daemon that adds fields.
+
+use std::fmt;
+use std::str::FromStr;
+
+use merpati_proto::Timestamp;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// The longest contact name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// How many messages `messages` returns when no `limit` is given.
+pub const DEFAULT_MESSAGES_LIMIT: u32 = 100;
+/// The largest `limit` `messages` honours.
+pub const MAX_MESSAGES_LIMIT: u32 = 1000;
+
+/// Why a name was refused ([`check_name`]).
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum NameError {
+    /// The empty string.
+    #[error("a name cannot be empty")]
+    Empty,
+    /// More than [`MAX_NAME_CHARS`] characters.
+    #[error("a name is at most {MAX_NAME_CHARS} characters long, this one has {chars}")]
+    TooLong {
+        /// Characters in the name.
+        chars: usize,
+    },
+    /// A control character (newline, tab, escape, …), which could garble a terminal.
+    #[error("a name cannot contain control characters such as newlines or tabs")]
+    ControlCharacter,
+}
+
+/// Checks a contact (or own) name: 1–64 characters, no control characters. The daemon answers
+/// [`super::AppError::InvalidName`] for a name this refuses.
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(NameError::ControlCharacter);
+    }
+    match name.chars().count() {
+        chars if chars > MAX_NAME_CHARS => Err(NameError::TooLong { chars }),
+        _ => Ok(()),
+    }
+}
+
+/// A message id: 32 lowercase hexadecimal digits (16 bytes).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId(String);
+
+/// A string that is not 32 lowercase hexadecimal digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("a message id is 32 lowercase hexadecimal digits")]
+pub struct InvalidMessageId;
+
+impl MessageId {
+    /// Hexadecimal digits in an id.
+    pub const LEN: usize = 32;
+
+    /// The id of the 16 bytes `bytes`.
+    pub fn from_bytes(bytes: [u8; 16]) -> MessageId {
+        MessageId(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The 16 bytes of the id.
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        for (byte, pair) in out.iter_mut().zip(self.0.as_bytes().chunks_exact(2)) {
+            *byte = (hex_value(pair[0]) << 4) | hex_value(pair[1]);
+        }
+        out
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        b'a'..=b'f' => digit - b'a' + 10,
+        // Unreachable for a checked id; zero keeps this total without a panic.
+        _ => 0,
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = InvalidMessageId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = s.len() == MessageId::LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if valid { Ok(MessageId(s.to_owned())) } else { Err(InvalidMessageId) }
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = InvalidMessageId;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageId({})", self.0)
+    }
+}
+
+/// Where an outgoing message is: `queued` → `sent` → `delivered` → `read`, or `failed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageStatus {
+    /// Durably queued in the daemon's outbox.
+    Queued,
+    /// The peer's node (or a relay) acknowledged storing it.
+    Sent,
+    /// The peer's device sent an end-to-end receipt.
+    Delivered,
+    /// The peer read it.
+    Read,
+    /// The daemon gave up; the update carries a reason.
+    Failed,
+}
+
+impl MessageStatus {
+    /// Every status, in order of progress, `failed` last.
+    pub const ALL: [MessageStatus; 5] = [
+        MessageStatus::Queued,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether a message in this status has got at least as far as `target`: `delivered` has
+    /// reached `sent`, `read` has reached everything but `failed`, and `failed` reaches only
+    /// `failed`.
+    pub fn has_reached(self, target: MessageStatus) -> bool {
+        match (self, target) {
+            (MessageStatus::Failed, target) => target == MessageStatus::Failed,
+            (_, MessageStatus::Failed) => false,
+            (status, target) => status.rank() >= target.rank(),
+        }
+    }
+
+    /// Whether the status can never change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, MessageStatus::Read | MessageStatus::Failed)
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            MessageStatus::Queued => 0,
+            MessageStatus::Sent => 1,
+            MessageStatus::Delivered => 2,
+            MessageStatus::Read => 3,
+            MessageStatus::Failed => 4,
+        }
+    }
+}
+
+impl fmt::Display for MessageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A string that names no [`MessageStatus`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+#[error("a message status is one of queued, sent, delivered, read, failed")]
+pub struct InvalidStatus;
+
+impl FromStr for MessageStatus {
+    type Err = InvalidStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MessageStatus::ALL.into_iter().find(|status| status.as_str() == s).ok_or(InvalidStatus)
+    }
+}
+
+/// Whether a message was received or sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// `"in"`: from the contact.
+    #[serde(rename = "in")]
+    In,
+    /// `"out"`: to the contact.
+    #[serde(rename = "out")]
+    Out,
+}
+
+impl Direction {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A stored message, as `messages` lists it and the `message` notification carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    /// The message id.
+    pub id: MessageId,
+    /// Received or sent.
+    pub direction: Direction,
+    /// The contact's name.
+    pub contact: String,
+    /// When it was sent (outgoing) or received (incoming), in Unix milliseconds.
+    pub time: Timestamp,
+    /// The text.
+    pub text: String,
+    /// The status of an outgoing message; absent for incoming ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MessageStatus>,
+    /// The sender's sequence number in the conversation, where known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
+/// The params of a method that takes none: `{}` (absent and `null` are accepted too).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
+/// The result of `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusResult {
+    /// The node's libp2p peer id.
+    pub peer_id: String,
+    /// The multiaddrs it listens on.
+    pub listen: Vec<String>,
+    /// Names of the contacts connected right now.
+    pub connected: Vec<String>,
+    /// Outgoing messages not yet `sent`.
+    pub outbox: u64,
+    /// The node's own identity fingerprint.
+    pub fingerprint: String,
+}
+
+/// The result of `invite`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteResult {
+    /// A fresh invite, `MERPATI1:…`, one line.
+    pub invite: String,
+}
+
+/// The params of `contact.add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactAddParams {
+    /// The invite text the contact gave.
+    pub invite: String,
+    /// The local name to give the contact.
+    pub name: String,
+}
+
+/// The result of `contact.add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactAddResult {
+    /// The contact's name.
+    pub name: String,
+    /// The contact's identity fingerprint.
+    pub fingerprint: String,
+    /// The safety number to compare with the contact out of band.
+    pub safety_number: String,
+}
+
+/// One contact in `contact.list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactSummary {
+    /// The contact's name.
+    pub name: String,
+    /// The contact's identity fingerprint.
+    pub fingerprint: String,
+    /// Whether the contact's node is connected right now.
+    pub connected: bool,
+}
+
+/// The result of `contact.list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactListResult {
+    /// Every contact.
+    pub contacts: Vec<ContactSummary>,
+}
+
+/// The params of `contact.show`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactShowParams {
+    /// The contact's name.
+    pub name: String,
+}
+
+/// The result of `contact.show`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactShowResult {
+    /// The contact's name.
+    pub name: String,
+    /// The contact's identity fingerprint.
+    pub fingerprint: String,
+    /// The safety number to compare with the contact out of band.
+    pub safety_number: String,
+    /// The contact's libp2p peer id.
+    pub peer_id: String,
+    /// The contact's known multiaddrs.
+    pub addrs: Vec<String>,
+}
+
+/// The params of `send`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendParams {
+    /// The contact's name.
+    pub to: String,
+    /// The text.
+    pub text: String,
+}
+
+/// The result of `send`, returned once the message is durably queued.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResult {
+    /// The new message's id.
+    pub id: MessageId,
+}
+
+/// The params of `message.status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageStatusParams {
+    /// The outgoing message's id.
+    pub id: MessageId,
+}
+
+/// An outgoing message's status: the result of `message.status` and the payload of the
+/// `status` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    /// The message id.
+    pub id: MessageId,
+    /// Its status.
+    pub status: MessageStatus,
+    /// Why it failed; present only with `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The params of `messages`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesParams {
+    /// Only the conversation with this contact; all conversations when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
+    /// At most this many of the latest messages ([`DEFAULT_MESSAGES_LIMIT`] when absent, at
+    /// most [`MAX_MESSAGES_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+impl MessagesParams {
+    /// The limit to apply: the default when absent, capped at [`MAX_MESSAGES_LIMIT`].
+    pub fn effective_limit(&self) -> u32 {
+        self.limit.unwrap_or(DEFAULT_MESSAGES_LIMIT).min(MAX_MESSAGES_LIMIT)
+    }
+}
+
+/// The result of `messages`: the latest messages, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagesResult {
+    /// The messages.
+    pub messages: Vec<MessageView>,
+}
+
+/// The result of `subscribe`: `{}`. Notifications follow on the same connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeResult {}
