@@ -1,0 +1,113 @@
+//! Direct delivery between two real daemons on 127.0.0.1: invites exchanged with the CLI,
+//! conversations both ways, restarts (clean and `kill -9`) and a recipient that is away.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use merpati_e2e::{wait_until, Node};
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// Alice and Bob with running daemons, each holding the other as a contact.
+fn pair() -> (Node, Node) {
+    let mut alice = Node::init("Alice");
+    let mut bob = Node::init("Bob");
+    alice.start();
+    bob.start();
+    alice.add(&bob, "bob");
+    bob.add(&alice, "alice");
+    (alice, bob)
+}
+
+fn texts(messages: &[Value], direction: &str) -> Vec<String> {
+    messages
+        .iter()
+        .filter(|m| m["direction"] == direction)
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn all_out_reached(node: &Node, contact: &str, status: &str, count: usize) -> bool {
+    let out: Vec<_> = node.messages(Some(contact)).into_iter().filter(|m| m["direction"] == "out").collect();
+    out.len() == count && out.iter().all(|m| m["status"] == status || (status == "delivered" && m["status"] == "read"))
+}
+
+fn assert_exactly(node: &Node, contact: &str, expected: &[String]) {
+    let messages = node.messages(Some(contact));
+    let got = texts(&messages, "in");
+    assert_eq!(got.len(), expected.len(), "wrong number of messages from {contact}");
+    assert_eq!(got, expected, "messages from {contact} out of order or changed");
+    let ids: HashSet<_> = messages.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), messages.len(), "a message id appears twice");
+}
+
+#[test]
+fn two_hundred_messages_each_way_interleaved() {
+    let (alice, bob) = pair();
+    let mut to_bob = Vec::new();
+    let mut to_alice = Vec::new();
+    for i in 0..200 {
+        let a = format!("from alice #{i}");
+        alice.send("bob", &a);
+        to_bob.push(a);
+        let b = format!("from bob #{i}");
+        bob.send("alice", &b);
+        to_alice.push(b);
+    }
+    wait_until("alice's messages delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 200));
+    wait_until("bob's messages delivered", PATIENCE, || all_out_reached(&bob, "alice", "delivered", 200));
+    assert_exactly(&bob, "alice", &to_bob);
+    assert_exactly(&alice, "bob", &to_alice);
+}
+
+#[test]
+fn restarts_in_the_middle_of_a_burst_lose_and_duplicate_nothing() {
+    let (mut alice, mut bob) = pair();
+    let mut sent = Vec::new();
+    for i in 0..150 {
+        let text = format!("burst #{i}");
+        alice.send("bob", &text);
+        sent.push(text);
+        match i {
+            30 => {
+                bob.stop();
+                bob.start();
+            }
+            60 => {
+                bob.kill();
+                bob.start();
+            }
+            90 => {
+                alice.stop();
+                alice.start();
+            }
+            120 => {
+                alice.kill();
+                alice.start();
+            }
+            _ => {}
+        }
+    }
+    wait_until("the burst delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 150));
+    assert_exactly(&bob, "alice", &sent);
+}
+
+#[test]
+fn a_recipient_away_for_a_while_gets_everything_when_back() {
+    let (alice, mut bob) = pair();
+    bob.stop();
+    let sent: Vec<String> = (0..20).map(|i| format!("while you were away #{i}")).collect();
+    for text in &sent {
+        alice.send("bob", text);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(all_out_reached(&alice, "bob", "queued", 20), "messages should wait in the outbox");
+    let status = alice.ok(&["--json", "status"]);
+    let status: Value = serde_json::from_str(status.lines().next().unwrap()).unwrap();
+    assert_eq!(status["outbox"], 20);
+    bob.start();
+    wait_until("the queued messages delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 20));
+    assert_exactly(&bob, "alice", &sent);
+}

@@ -1,0 +1,119 @@
+//! Bad input against real daemons: each case gets a clear message and its exit code, and the
+//! daemon keeps working.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+
+use merpati_e2e::{text, Node};
+use serde_json::Value;
+
+fn code(out: &std::process::Output) -> Option<i32> {
+    out.status.code()
+}
+
+#[test]
+fn commands_without_a_daemon_or_identity_say_what_to_do() {
+    let node = Node::uninitialised();
+    let out = node.cli(&["status"]);
+    assert_eq!(code(&out), Some(4), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("init"), "{}", text(&out.stderr));
+
+    let node = Node::init("Alice");
+    let out = node.cli(&["status"]);
+    assert_eq!(code(&out), Some(3));
+    assert!(text(&out.stderr).contains("merpatid"), "{}", text(&out.stderr));
+
+    let out = node.cli(&["init"]);
+    assert_ne!(code(&out), Some(0), "init must refuse to overwrite");
+}
+
+#[test]
+fn the_daemon_refuses_a_second_instance_and_a_missing_identity() {
+    let mut node = Node::init("Alice");
+    node.start();
+    let second = node.spawn_daemon().wait_with_output().unwrap();
+    assert!(!second.status.success());
+    assert!(node.log().contains("already running"), "{}", node.log());
+
+    let bare = Node::uninitialised();
+    let out = bare.spawn_daemon().wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(bare.log().contains("merpati init"), "{}", bare.log());
+}
+
+#[test]
+fn bad_requests_get_their_exit_codes() {
+    let mut alice = Node::init("Alice");
+    let mut bob = Node::init("Bob");
+    alice.start();
+    bob.start();
+
+    let out = alice.cli(&["send", "nobody", "hi"]);
+    assert_eq!(code(&out), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("nobody"));
+
+    let mut invite = bob.invite();
+    let out = alice.cli(&["contact", "add", &invite[..invite.len() - 5], "--name", "bob"]);
+    assert_eq!(code(&out), Some(6), "{}", text(&out.stderr));
+    let last = invite.pop().unwrap();
+    invite.push(if last == 'A' { 'B' } else { 'A' });
+    let out = alice.cli(&["contact", "add", &invite, "--name", "bob"]);
+    assert_eq!(code(&out), Some(6), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("invite"), "{}", text(&out.stderr));
+
+    alice.add(&bob, "bob");
+    let big = "x".repeat(20 * 1024);
+    let out = alice.cli_with_input(&["send", "bob", "-"], Some(&big));
+    assert_eq!(code(&out), Some(7), "{}", text(&out.stderr));
+    // Nothing was queued by the refusals.
+    assert!(alice.messages(None).is_empty());
+}
+
+#[test]
+fn garbage_on_the_control_socket_gets_an_error_and_others_are_still_served() {
+    let mut node = Node::init("Alice");
+    node.start();
+    let socket = node.home().join("control.sock");
+    let mut bad = UnixStream::connect(&socket).unwrap();
+    bad.write_all(b"this is not json\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(bad.try_clone().unwrap()).read_line(&mut line).unwrap();
+    let answer: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(answer["error"]["code"], -32700);
+    // The same connection still works, and so does another one.
+    bad.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"status\",\"params\":{}}\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(bad).read_line(&mut line).unwrap();
+    assert!(line.contains("peer_id"), "{line}");
+    assert!(node.cli(&["status"]).status.success());
+}
+
+#[test]
+fn a_corrupt_database_is_a_clear_error_not_a_panic() {
+    let mut node = Node::init("Alice");
+    node.start();
+    node.stop();
+    // Overwrite every file of the database with junk.
+    for entry in walk(&node.home().join("db")) {
+        std::fs::write(&entry, b"junk junk junk").unwrap();
+    }
+    let out = node.spawn_daemon().wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let log = node.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("database"), "{log}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
