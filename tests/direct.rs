@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use merpati_e2e::{wait_until, Node};
+use merpati_e2e::{Node, wait_until};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -31,7 +31,8 @@ fn texts(messages: &[Value], direction: &str) -> Vec<String> {
 
 fn all_out_reached(node: &Node, contact: &str, status: &str, count: usize) -> bool {
     let out: Vec<_> = node.messages(Some(contact)).into_iter().filter(|m| m["direction"] == "out").collect();
-    out.len() == count && out.iter().all(|m| m["status"] == status || (status == "delivered" && m["status"] == "read"))
+    out.len() == count
+        && out.iter().all(|m| m["status"] == status || (status == "delivered" && m["status"] == "read"))
 }
 
 fn assert_exactly(node: &Node, contact: &str, expected: &[String]) {

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
-use merpati_e2e::{text, Node};
+use merpati_e2e::{Node, text};
 use serde_json::Value;
 
 fn code(out: &std::process::Output) -> Option<i32> {

@@ -89,7 +89,11 @@ impl Node {
 
     /// Spawns `merpatid` for this home without waiting for it.
     pub fn spawn_daemon(&self) -> Child {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.home().join("merpatid.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.home().join("merpatid.log"))
+            .unwrap();
         Command::new(&bins().merpatid)
             .arg("--home")
             .arg(self.home())
@@ -118,7 +122,12 @@ impl Node {
             .unwrap_or_else(|_| panic!("merpatid did not start: {line:?}\n{}", self.log()));
         let ready = Ready {
             peer_id: value["peer_id"].as_str().unwrap().to_owned(),
-            listen: value["listen"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect(),
+            listen: value["listen"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect(),
         };
         self.daemon = Some(child);
         self.ready.insert(ready)
@@ -129,7 +138,11 @@ impl Node {
         if let Some(mut child) = self.daemon.take() {
             signal(&child, rustix::process::Signal::TERM);
             let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-            assert!(status.is_some_and(|s| s.success()), "merpatid did not stop cleanly: {status:?}\n{}", self.log());
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "merpatid did not stop cleanly: {status:?}\n{}",
+                self.log()
+            );
         }
     }
 

@@ -1,5 +1,11 @@
 //! The Merpati node: libp2p networking, storage and the control API around `merpati-proto`.
 #![deny(missing_docs)]
 
+pub mod control;
+pub mod daemon;
 pub mod engine;
+pub mod lock;
+pub mod net;
+pub mod ports;
+mod rpc;
 pub mod store;

@@ -1,2 +1,83 @@
-//! `merpatid`, the Merpati node daemon.
-fn main() {}
+//! `merpatid`, the Merpati node daemon: parses arguments, sets up logging, runs the daemon.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use libp2p::Multiaddr;
+use merpati_control::home::Home;
+use merpati_node::daemon::{self, Options};
+use tokio_util::sync::CancellationToken;
+
+/// The Merpati node: keeps your identity, contacts and messages, and delivers end-to-end
+/// encrypted messages to your contacts' nodes.
+#[derive(Debug, Parser)]
+#[command(name = "merpatid", version)]
+struct Args {
+    /// Home directory (identity, database, control socket). Default: $MERPATI_HOME, else the
+    /// platform data directory (~/.local/share/merpati on Linux).
+    #[arg(long)]
+    home: Option<PathBuf>,
+    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001. Default: TCP and QUIC on all
+    /// interfaces, ports chosen by the system.
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Do not look for peers on the local network (mDNS).
+    #[arg(long)]
+    no_mdns: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "merpati_node=info".into()),
+        )
+        .init();
+    let home = match Home::resolve(args.home) {
+        Ok(home) => home,
+        Err(e) => return fail(&e),
+    };
+    let options = Options { home, listen: args.listen, mdns: !args.no_mdns };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        daemon::run(options, shutdown, |ready| {
+            let line = serde_json::to_string(ready).unwrap_or_default();
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{line}");
+            let _ = stdout.flush();
+        })
+        .await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("{e:#}")),
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "merpatid: {error}");
+    ExitCode::FAILURE
+}

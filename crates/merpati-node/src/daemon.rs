@@ -1,0 +1,285 @@
+//! The daemon: wires the store, the engine, the network and the control API together and runs
+//! them until shutdown.
+//!
+//! One task owns the [`Engine`] and handles, in priority order: shutdown, control requests,
+//! envelopes from the network, finished delivery attempts, and a retry timer. Deliveries run as
+//! owned tasks, at most one per contact at a time so a contact receives our messages in the order
+//! they were written, and at most [`MAX_DELIVERIES_IN_FLIGHT`] overall.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use libp2p::{Multiaddr, PeerId};
+use merpati_control::home::Home;
+use merpati_control::identity_file::IdentityFile;
+use merpati_control::protocol::{Event, StatusUpdate};
+use merpati_proto::Timestamp;
+use merpati_proto::frame::MessageId;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::{self, Command};
+use crate::engine::{Attempt, AttemptResult, Engine, Me};
+use crate::net;
+use crate::ports::Ports;
+use crate::rpc;
+use crate::store::{Keyring, SledStore, Status, Store, StoredMessage};
+
+/// The most delivery attempts running at once.
+pub const MAX_DELIVERIES_IN_FLIGHT: usize = 256;
+/// How often due retries are looked for.
+pub const RETRY_TICK: Duration = Duration::from_secs(1);
+
+/// What the daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The home directory.
+    pub home: Home,
+    /// Addresses to listen on; empty: TCP and QUIC on all interfaces, ports chosen by the OS.
+    pub listen: Vec<Multiaddr>,
+    /// Whether to find peers on the local network with mDNS.
+    pub mdns: bool,
+}
+
+/// What a started daemon prints once it is ready (one JSON line on stdout).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ready {
+    /// The node's libp2p peer id.
+    pub peer_id: String,
+    /// Full listen addresses, with `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+    /// The control socket's path.
+    pub control: String,
+}
+
+/// The current time.
+pub fn now() -> Timestamp {
+    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// Fresh randomness from the operating system, expanded by ChaCha20.
+pub fn os_rng() -> ChaCha20Rng {
+    let mut seed = [0u8; 32];
+    // getrandom only fails where the OS has no randomness at all; the node cannot run there.
+    if getrandom::fill(&mut seed).is_err() {
+        panic!("the operating system provides no randomness");
+    }
+    ChaCha20Rng::from_seed(seed)
+}
+
+/// Runs the daemon until `shutdown` is cancelled; `ready` receives the startup line.
+pub async fn run(
+    options: Options,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(&Ready),
+) -> anyhow::Result<()> {
+    let home = options.home;
+    home.create_dir().context("cannot create the home directory")?;
+    let _lock = crate::lock::HomeLock::acquire(&home.lock_file())?;
+    let identity = IdentityFile::load(&home.identity_file())?;
+    let me = Me {
+        identity: identity.identity,
+        device_static: identity.device_static,
+        inbox_secret: identity.inbox_secret,
+        name: identity.name,
+        created_at: identity.created_at,
+    };
+    let db = home.database_dir();
+    std::fs::create_dir_all(&db)
+        .with_context(|| format!("cannot create the database directory {}", db.display()))?;
+    let keyring = Keyring::open_or_create(SledStore::key_file(&db), &mut os_rng())
+        .with_context(|| format!("cannot open the database's key file in {}", db.display()))?;
+    let store = SledStore::open(&db, keyring)
+        .with_context(|| format!("cannot open the database in {}", db.display()))?;
+    let new_key = || libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap_or_default();
+    let engine = Engine::start(store, me, new_key, now(), os_rng())?;
+    let keypair = libp2p::identity::Keypair::from_protobuf_encoding(engine.profile().node_key.as_bytes())
+        .context("the stored node key is damaged")?;
+
+    let config = net::Config::default().with_mdns(options.mdns);
+    let wanted = if options.listen.is_empty() { config.listen_addrs().to_vec() } else { options.listen };
+    let ports_file = home.dir().join("ports");
+    let remembered = Ports::load(&ports_file);
+    let preferred: Vec<Multiaddr> = wanted.iter().map(|addr| remembered.prefer(addr)).collect();
+    let spawned = net::spawn(
+        config.clone().with_listen_addrs(preferred.clone()),
+        keypair.clone(),
+        shutdown.child_token(),
+    )
+    .await;
+    let (net, inbound, net_task) = match spawned {
+        Ok(spawned) => spawned,
+        // The remembered ports are taken: take fresh ones (contacts learn them when we write).
+        Err(net::NetError::Listen { .. }) if preferred != wanted => {
+            tracing::warn!("the ports of the last run are taken; listening on new ones");
+            net::spawn(config.with_listen_addrs(wanted), keypair, shutdown.child_token()).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ports::of(&net.listen_addrs().await).save(&ports_file);
+    let listener = control::bind(&home.control_socket())
+        .with_context(|| format!("cannot create the control socket {}", home.control_socket().display()))?;
+    let (commands_tx, commands) = mpsc::channel(64);
+    let (events, _) = broadcast::channel(1024);
+    let control_task = tokio::spawn(control::serve(listener, commands_tx, events.clone(), shutdown.clone()));
+
+    let listen = net.listen_addrs().await;
+    ready(&Ready {
+        peer_id: net.local_peer_id().to_string(),
+        listen: listen.iter().map(ToString::to_string).collect(),
+        control: home.control_socket().display().to_string(),
+    });
+
+    let mut actor = Actor { engine, net, events, deliveries: JoinSet::new(), busy: HashMap::new() };
+    actor.run(commands, inbound, shutdown.clone()).await;
+    actor.deliveries.shutdown().await;
+    shutdown.cancel();
+    let _ = control_task.await;
+    let _ = net_task.await;
+    let _ = std::fs::remove_file(home.control_socket());
+    Ok(())
+}
+
+struct Actor {
+    engine: Engine<SledStore>,
+    net: net::Handle,
+    events: broadcast::Sender<Event>,
+    deliveries: JoinSet<(MessageId, String, AttemptResult)>,
+    /// Contacts with a delivery in flight, and its message id.
+    busy: HashMap<String, MessageId>,
+}
+
+impl Actor {
+    async fn run(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut inbound: net::Inbound,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(RETRY_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => {
+                    let response = rpc::handle(&mut self.engine, &self.net, &command.request).await;
+                    let _ = command.reply.send(response);
+                    self.kick(None);
+                }
+                Some(event) = inbound.recv() => self.on_network(event),
+                Some(done) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
+                    if let Ok((id, contact, result)) = done {
+                        self.busy.remove(&contact);
+                        match tokio::task::block_in_place(|| self.engine.attempt_finished(&id, &result, now())) {
+                            Ok(Some((status, reason))) => self.publish_status(id, status, reason),
+                            Ok(None) => {}
+                            Err(e) => tracing::error!("cannot record a delivery result: {e}"),
+                        }
+                        // The next message to this contact goes right away after a success.
+                        if matches!(result, AttemptResult::Accepted) {
+                            self.kick(Some(&contact));
+                        }
+                    }
+                }
+                _ = tick.tick() => self.kick(None),
+            }
+        }
+    }
+
+    fn on_network(&mut self, event: net::Event) {
+        match event {
+            net::Event::Delivery { peer, request, reply } => {
+                let received = tokio::task::block_in_place(|| {
+                    self.engine.receive(&peer.to_bytes(), &request.envelope, now())
+                });
+                match received {
+                    Ok(received) => {
+                        if let Some(response) = received.response {
+                            reply.send(response);
+                        }
+                        if let Some(message) = received.message {
+                            self.publish_message(&message);
+                        }
+                        for (id, status) in received.statuses {
+                            self.publish_status(id, status, None);
+                        }
+                        self.kick(None);
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot store an incoming envelope: {e}");
+                        reply.send(merpati_proto::wire::deliver::Response::Refused(
+                            merpati_proto::wire::Refusal::Internal,
+                        ));
+                    }
+                }
+            }
+            net::Event::PeerConnected(peer) => {
+                let bytes = peer.to_bytes();
+                if let Ok(contacts) = self.engine.store().contacts() {
+                    for contact in contacts.into_iter().filter(|c| c.peer_id == bytes) {
+                        self.kick(Some(&contact.name));
+                    }
+                }
+            }
+            net::Event::Discovered { peer, addrs } => {
+                let net = self.net.clone();
+                // Best effort: a stopped network has nothing to add them to.
+                tokio::spawn(async move { net.add_addresses(peer, addrs).await });
+            }
+        }
+    }
+
+    /// Starts the due deliveries (all of one contact's when it just came online).
+    fn kick(&mut self, contact: Option<&str>) {
+        let attempts = match self.engine.due(now(), contact) {
+            Ok(attempts) => attempts,
+            Err(e) => {
+                tracing::error!("cannot read the outbox: {e}");
+                return;
+            }
+        };
+        for attempt in attempts {
+            if self.busy.len() >= MAX_DELIVERIES_IN_FLIGHT {
+                break;
+            }
+            if self.busy.contains_key(&attempt.contact) {
+                continue;
+            }
+            self.busy.insert(attempt.contact.clone(), attempt.id);
+            let net = self.net.clone();
+            self.deliveries.spawn(deliver(net, attempt));
+        }
+    }
+
+    fn publish_message(&self, message: &StoredMessage) {
+        // No subscriber is not an error: notifications are a convenience over the store.
+        let _ = self.events.send(Event::Message(rpc::message_view(message)));
+    }
+
+    fn publish_status(&self, id: MessageId, status: Status, reason: Option<String>) {
+        let update = StatusUpdate { id: rpc::message_id(&id), status: rpc::status_of(status), reason };
+        let _ = self.events.send(Event::Status(update));
+    }
+}
+
+async fn deliver(net: net::Handle, attempt: Attempt) -> (MessageId, String, AttemptResult) {
+    let result = match PeerId::from_bytes(&attempt.peer_id) {
+        Err(_) => AttemptResult::Unreachable("the contact's node id is damaged".into()),
+        Ok(peer) => {
+            let addrs = attempt.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+            match net.deliver(peer, addrs, attempt.envelope).await {
+                Ok(merpati_proto::wire::deliver::Response::Accepted) => AttemptResult::Accepted,
+                Ok(merpati_proto::wire::deliver::Response::Refused(refusal)) => {
+                    AttemptResult::Refused(refusal)
+                }
+                Err(e) => AttemptResult::Unreachable(e.to_string()),
+            }
+        }
+    };
+    (attempt.id, attempt.contact, result)
+}

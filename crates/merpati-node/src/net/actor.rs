@@ -1,0 +1,554 @@
+//! The network task: owns the swarm and every piece of networking state, and reacts, in order of
+//! priority, to shutdown, to commands from [`Handle`](super::Handle)s, to the engine's replies, and
+//! to swarm events.
+//!
+//! Outgoing deliveries wait in a bounded queue per peer; while the peer is connected up to
+//! `max_deliveries_in_flight_per_peer` of them are sent at once, and a missing connection is dialled
+//! once for the whole queue (not once per delivery, as request-response would).
+//! Received deliveries go to the engine through the bounded [`Inbound`](super::Inbound) queue;
+//! their libp2p response channels stay here, keyed by request id, until the engine's [`Reply`]
+//! comes back through a oneshot.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::core::transport::ListenerId;
+use libp2p::request_response::{self, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
+use merpati_proto::wire::{Refusal, deliver};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, trace, warn};
+
+use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::config::Config;
+use super::error::{DeliverError, NetError};
+use super::handle::Command;
+use super::inbound::{Event, Reply};
+
+/// How long [`spawn`](super::spawn) waits for each listener's first address before going on
+/// without it.
+const LISTEN_READY_TIMEOUT: Duration = Duration::from_secs(5);
+/// What a peer is told to wait when we refuse it for load, in milliseconds.
+const RETRY_AFTER_MS: u32 = 1_000;
+/// The most non-delivery events (connections, discoveries) kept while the engine's queue is full.
+/// Beyond it they are dropped: they are hints, and the engine's own timers cover a lost one.
+const MAX_EVENT_BACKLOG: usize = 256;
+
+/// The answer for a delivery we cannot take now.
+const RATE_LIMITED: deliver::Response =
+    deliver::Response::Refused(Refusal::RateLimited { retry_after_ms: RETRY_AFTER_MS });
+
+type DeliverReply = oneshot::Sender<Result<deliver::Response, DeliverError>>;
+
+/// The caps the task keeps, copied from [`Config`].
+#[derive(Debug)]
+struct Limits {
+    in_flight_per_peer: usize,
+    queued_per_peer: usize,
+    outgoing: usize,
+    pending_inbound: usize,
+    pending_inbound_per_peer: usize,
+}
+
+/// A delivery waiting to be sent.
+#[derive(Debug)]
+struct Queued {
+    request: deliver::Request,
+    reply: DeliverReply,
+}
+
+/// Outgoing deliveries to one peer.
+#[derive(Debug, Default)]
+struct Outgoing {
+    queue: VecDeque<Queued>,
+    in_flight: usize,
+    /// A dial is under way; its outcome (a connection, or an error) pumps or fails the queue.
+    dialing: bool,
+}
+
+/// A delivery sent and not yet answered.
+#[derive(Debug)]
+struct InFlight {
+    peer: PeerId,
+    reply: DeliverReply,
+}
+
+/// The engine's answer to a received delivery; `None` if it dropped the [`Reply`].
+#[derive(Debug)]
+struct EngineReply {
+    request_id: InboundRequestId,
+    peer: PeerId,
+    response: Option<deliver::Response>,
+}
+
+/// The network task's state. See the module documentation.
+pub(crate) struct Actor {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    /// Events that found the engine's queue full, sent as room frees up.
+    backlog: VecDeque<Event>,
+    limits: Limits,
+    outgoing: HashMap<PeerId, Outgoing>,
+    /// Deliveries waiting in all of `outgoing`'s queues.
+    queued: usize,
+    in_flight: HashMap<OutboundRequestId, InFlight>,
+    /// Response channels of received deliveries the engine has not answered yet.
+    channels: HashMap<InboundRequestId, ResponseChannel<deliver::Response>>,
+    /// One future per delivery handed to the engine, resolving with its reply. Its length is the
+    /// number the engine holds, which `limits.pending_inbound` caps.
+    replies: FuturesUnordered<BoxFuture<'static, EngineReply>>,
+    /// Per peer, how many of `replies` are theirs.
+    pending_inbound: HashMap<PeerId, usize>,
+}
+
+impl Actor {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        config: &Config,
+        commands: mpsc::Receiver<Command>,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Self {
+            swarm,
+            commands,
+            events,
+            backlog: VecDeque::new(),
+            limits: Limits {
+                in_flight_per_peer: config.max_deliveries_in_flight_per_peer,
+                queued_per_peer: config.max_queued_deliveries_per_peer,
+                outgoing: config.max_outgoing_deliveries,
+                pending_inbound: config.max_pending_inbound,
+                pending_inbound_per_peer: config.max_pending_inbound_per_peer,
+            },
+            outgoing: HashMap::new(),
+            queued: 0,
+            in_flight: HashMap::new(),
+            channels: HashMap::new(),
+            replies: FuturesUnordered::new(),
+            pending_inbound: HashMap::new(),
+        }
+    }
+
+    /// Drives the swarm until every listener in `waiting` has its first address (so that
+    /// [`Handle::listen_addrs`](super::Handle::listen_addrs) is complete once `spawn` returns), or
+    /// [`LISTEN_READY_TIMEOUT`] passes. A listener that fails meanwhile is an error.
+    pub(crate) async fn await_listeners(
+        &mut self,
+        mut waiting: HashMap<ListenerId, Multiaddr>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), NetError> {
+        let deadline = tokio::time::sleep(LISTEN_READY_TIMEOUT);
+        tokio::pin!(deadline);
+        while !waiting.is_empty() {
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                () = &mut deadline => {
+                    warn!(listeners = ?waiting.values().collect::<Vec<_>>(), "listeners have no address yet; going on");
+                    return Ok(());
+                }
+                event = self.swarm.select_next_some() => event,
+            };
+            match event {
+                SwarmEvent::ListenerClosed { listener_id, reason: Err(source), .. } => {
+                    if let Some(addr) = waiting.remove(&listener_id) {
+                        return Err(NetError::ListenerFailed { addr, source });
+                    }
+                    warn!(error = %source, "a listener failed");
+                }
+                SwarmEvent::ListenerClosed { listener_id, .. } => {
+                    waiting.remove(&listener_id);
+                }
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    waiting.remove(&listener_id);
+                    info!(%address, "listening");
+                }
+                other => self.handle_swarm_event(other),
+            }
+        }
+        Ok(())
+    }
+
+    /// The event loop. Ends when `shutdown` is cancelled or every [`Handle`](super::Handle) is
+    /// gone; deliveries still waiting then fail with [`DeliverError::Shutdown`].
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        info!(peer = %self.swarm.local_peer_id(), "network running");
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle_command(command),
+                    None => {
+                        debug!("every handle is gone");
+                        break;
+                    }
+                },
+                Some(reply) = self.replies.next(), if !self.replies.is_empty() => self.handle_engine_reply(reply),
+                // Owned, so that the permit borrows nothing of `self` while the branches run.
+                permit = self.events.clone().reserve_owned(), if !self.backlog.is_empty() => match permit {
+                    Ok(permit) => {
+                        if let Some(event) = self.backlog.pop_front() {
+                            permit.send(event);
+                        }
+                    }
+                    // The engine is gone: nobody will read these.
+                    Err(_) => self.backlog.clear(),
+                },
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+            }
+        }
+        self.fail_everything();
+        info!("network stopped");
+    }
+
+    fn fail_everything(&mut self) {
+        for (_, out) in self.outgoing.drain() {
+            for queued in out.queue {
+                answer(queued.reply, Err(DeliverError::Shutdown));
+            }
+        }
+        for (_, in_flight) in self.in_flight.drain() {
+            answer(in_flight.reply, Err(DeliverError::Shutdown));
+        }
+        self.queued = 0;
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Deliver { peer, addrs, request, reply } => self.enqueue(peer, addrs, request, reply),
+            Command::AddAddresses { peer, addrs, reply } => {
+                self.add_addresses(peer, addrs);
+                answer(reply, ());
+            }
+            Command::ListenAddrs { reply } => {
+                let local = *self.swarm.local_peer_id();
+                let addrs = self
+                    .swarm
+                    .listeners()
+                    .map(|addr| addr.clone().with_p2p(local).unwrap_or_else(|addr| addr))
+                    .collect();
+                answer(reply, addrs);
+            }
+            Command::ConnectedPeers { reply } => {
+                answer(reply, self.swarm.connected_peers().copied().collect())
+            }
+        }
+    }
+
+    fn add_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        for addr in addrs {
+            // Reaches every behaviour's address book (request-response's is the one our dials
+            // use); an address ending in another peer's id is dropped there.
+            self.swarm.add_peer_address(peer, addr);
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: deliver::Request,
+        reply: DeliverReply,
+    ) {
+        if peer == *self.swarm.local_peer_id() {
+            answer(reply, Err(DeliverError::Unreachable { peer, reason: "it is this node".to_owned() }));
+            return;
+        }
+        self.add_addresses(peer, addrs);
+        let out = self.outgoing.entry(peer).or_default();
+        let outgoing = self.queued + self.in_flight.len();
+        if out.queue.len() >= self.limits.queued_per_peer || outgoing >= self.limits.outgoing {
+            debug!(%peer, queued = out.queue.len(), "delivery queue full");
+            answer(reply, Err(DeliverError::QueueFull { peer }));
+            self.forget_if_idle(peer);
+            return;
+        }
+        out.queue.push_back(Queued { request, reply });
+        self.queued += 1;
+        self.pump(peer);
+    }
+
+    /// Moves `peer`'s queue along: sends what the in-flight cap allows if connected, dials if
+    /// not (once), or fails the queue if a dial cannot even start.
+    fn pump(&mut self, peer: PeerId) {
+        let Some(out) = self.outgoing.get_mut(&peer) else { return };
+        // Callers whose deadline passed no longer wait for an answer: do not send for them.
+        let before = out.queue.len();
+        out.queue.retain(|queued| !queued.reply.is_closed());
+        self.queued -= before - out.queue.len();
+
+        if out.queue.is_empty() {
+            // Nothing waits; in-flight answers or a dial outcome call again.
+        } else if self.swarm.is_connected(&peer) {
+            while out.in_flight < self.limits.in_flight_per_peer {
+                let Some(queued) = out.queue.pop_front() else { break };
+                self.queued -= 1;
+                let request_id = self.swarm.behaviour_mut().deliver.send_request(&peer, queued.request);
+                out.in_flight += 1;
+                self.in_flight.insert(request_id, InFlight { peer, reply: queued.reply });
+            }
+        } else if !out.dialing {
+            // The condition keeps one dial per peer, even when another behaviour dials too: then
+            // that dial's outcome serves us just as well.
+            let dial = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+            match self.swarm.dial(dial) {
+                Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {
+                    debug!(%peer, "dialling");
+                    out.dialing = true;
+                }
+                Err(error) => {
+                    debug!(%peer, %error, "cannot dial");
+                    self.fail_queue(peer, &error.to_string());
+                }
+            }
+        }
+        self.forget_if_idle(peer);
+    }
+
+    fn fail_queue(&mut self, peer: PeerId, reason: &str) {
+        let Some(out) = self.outgoing.get_mut(&peer) else { return };
+        self.queued -= out.queue.len();
+        for queued in out.queue.drain(..) {
+            answer(queued.reply, Err(DeliverError::Unreachable { peer, reason: reason.to_owned() }));
+        }
+    }
+
+    fn forget_if_idle(&mut self, peer: PeerId) {
+        if self
+            .outgoing
+            .get(&peer)
+            .is_some_and(|out| out.queue.is_empty() && out.in_flight == 0 && !out.dialing)
+        {
+            self.outgoing.remove(&peer);
+        }
+    }
+
+    fn finish_outbound(
+        &mut self,
+        request_id: OutboundRequestId,
+        result: Result<deliver::Response, DeliverError>,
+    ) {
+        let Some(InFlight { peer, reply }) = self.in_flight.remove(&request_id) else { return };
+        answer(reply, result);
+        if let Some(out) = self.outgoing.get_mut(&peer) {
+            out.in_flight = out.in_flight.saturating_sub(1);
+        }
+        self.pump(peer);
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Deliver(event)) => self.handle_deliver_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.handle_identify_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.handle_mdns_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => trace!(?event, "kad"),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(_)) => {}
+            SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if num_established.get() == 1 {
+                    self.push_event(Event::PeerConnected(peer_id));
+                }
+                if let Some(out) = self.outgoing.get_mut(&peer_id) {
+                    out.dialing = false;
+                }
+                self.pump(peer_id);
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                debug!(%peer, %error, "dial failed");
+                if let Some(out) = self.outgoing.get_mut(&peer) {
+                    out.dialing = false;
+                    // Another connection (say, the peer dialling us meanwhile) still serves.
+                    if !self.swarm.is_connected(&peer) {
+                        self.fail_queue(peer, &error.to_string());
+                    }
+                    self.pump(peer);
+                }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                debug!(from = %send_back_addr, %error, "incoming connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::ExpiredListenAddr { address, .. } => info!(%address, "no longer listening"),
+            SwarmEvent::ListenerClosed { addresses, reason, .. } => match reason {
+                Ok(()) => info!(?addresses, "listener closed"),
+                Err(error) => warn!(?addresses, %error, "listener failed"),
+            },
+            SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            other => trace!(event = ?other, "swarm event"),
+        }
+    }
+
+    fn handle_deliver_event(&mut self, event: request_response::Event<deliver::Request, deliver::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request_id, request, channel } => {
+                    self.handle_inbound(peer, request_id, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.finish_outbound(request_id, Ok(response));
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %request_id, %error, "delivery failed");
+                let error = match error {
+                    OutboundFailure::DialFailure => {
+                        DeliverError::Unreachable { peer, reason: "dial failed".to_owned() }
+                    }
+                    OutboundFailure::Timeout => DeliverError::Timeout { peer },
+                    OutboundFailure::ConnectionClosed => DeliverError::ConnectionClosed { peer },
+                    OutboundFailure::UnsupportedProtocols => DeliverError::Unsupported { peer },
+                    OutboundFailure::Io(source) => DeliverError::Stream { peer, source },
+                };
+                self.finish_outbound(request_id, Err(error));
+            }
+            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %request_id, %error, "received delivery failed");
+                // The engine may still answer; that answer then finds no channel and is dropped.
+                self.channels.remove(&request_id);
+            }
+            request_response::Event::ResponseSent { peer, request_id, .. } => {
+                trace!(%peer, %request_id, "answer sent");
+            }
+        }
+    }
+
+    fn handle_inbound(
+        &mut self,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        request: deliver::Request,
+        channel: ResponseChannel<deliver::Response>,
+    ) {
+        if let Err(error) = request.validate() {
+            debug!(%peer, %error, "refusing an invalid delivery");
+            self.respond(channel, deliver::Response::Refused(error.refusal()));
+            return;
+        }
+        let from_peer = self.pending_inbound.get(&peer).copied().unwrap_or(0);
+        if self.replies.len() >= self.limits.pending_inbound
+            || from_peer >= self.limits.pending_inbound_per_peer
+        {
+            debug!(%peer, from_peer, total = self.replies.len(), "too many unanswered deliveries; refusing");
+            self.respond(channel, RATE_LIMITED);
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        match self.events.try_send(Event::Delivery { peer, request, reply: Reply::new(tx) }) {
+            Ok(()) => {
+                trace!(%peer, %request_id, "delivery handed to the engine");
+                self.channels.insert(request_id, channel);
+                *self.pending_inbound.entry(peer).or_default() += 1;
+                self.replies
+                    .push(Box::pin(async move { EngineReply { request_id, peer, response: rx.await.ok() } }));
+            }
+            Err(TrySendError::Full(_)) => {
+                debug!(%peer, "engine queue full; refusing a delivery");
+                self.respond(channel, RATE_LIMITED);
+            }
+            Err(TrySendError::Closed(_)) => {
+                debug!(%peer, "engine gone; refusing a delivery");
+                self.respond(channel, deliver::Response::Refused(Refusal::Internal));
+            }
+        }
+    }
+
+    fn handle_engine_reply(&mut self, EngineReply { request_id, peer, response }: EngineReply) {
+        if let Some(count) = self.pending_inbound.get_mut(&peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.pending_inbound.remove(&peer);
+            }
+        }
+        let response = response.unwrap_or_else(|| {
+            debug!(%peer, %request_id, "the engine dropped a delivery without answering");
+            deliver::Response::Refused(Refusal::Internal)
+        });
+        match self.channels.remove(&request_id) {
+            Some(channel) => self.respond(channel, response),
+            None => debug!(%peer, %request_id, "the peer no longer waits for this answer"),
+        }
+    }
+
+    fn respond(&mut self, channel: ResponseChannel<deliver::Response>, response: deliver::Response) {
+        if self.swarm.behaviour_mut().deliver.send_response(channel, response).is_err() {
+            // The request timed out or its connection closed; libp2p reports that separately.
+            debug!("answer not sent: the peer no longer waits for it");
+        }
+    }
+
+    fn handle_identify_event(&mut self, event: identify::Event) {
+        match event {
+            identify::Event::Received { peer_id, info, .. } => {
+                debug!(peer = %peer_id, agent = %info.agent_version, version = %info.protocol_version, "identified");
+                // kad learns addresses only from us; a peer that serves our DHT is worth knowing.
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    for addr in info.listen_addrs {
+                        kad.add_address(&peer_id, addr);
+                    }
+                }
+            }
+            identify::Event::Error { peer_id, error, .. } => {
+                debug!(peer = %peer_id, %error, "identify failed")
+            }
+            identify::Event::Sent { .. } | identify::Event::Pushed { .. } => {}
+        }
+    }
+
+    fn handle_mdns_event(&mut self, event: mdns::Event) {
+        match event {
+            mdns::Event::Discovered(found) => {
+                // mDNS already told the swarm's address books; the engine hears once per peer.
+                let local = *self.swarm.local_peer_id();
+                let mut by_peer: BTreeMap<PeerId, Vec<Multiaddr>> = BTreeMap::new();
+                for (peer, addr) in found.into_iter().filter(|(peer, _)| *peer != local) {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    debug!(%peer, ?addrs, "found on the local network");
+                    self.push_event(Event::Discovered { peer, addrs });
+                }
+            }
+            mdns::Event::Expired(gone) => debug!(records = gone.len(), "mDNS records expired"),
+        }
+    }
+
+    /// Hands a non-delivery event to the engine, keeping it in the bounded backlog if the
+    /// engine's queue is full.
+    fn push_event(&mut self, event: Event) {
+        let event = if self.backlog.is_empty() {
+            match self.events.try_send(event) {
+                Ok(()) | Err(TrySendError::Closed(_)) => return,
+                Err(TrySendError::Full(event)) => event,
+            }
+        } else {
+            event
+        };
+        if self.backlog.len() >= MAX_EVENT_BACKLOG {
+            warn!(?event, "the engine is behind; dropping a network event");
+            return;
+        }
+        self.backlog.push_back(event);
+    }
+}
+
+/// Sends an answer to whoever asked. An error means the asker stopped waiting (its deadline
+/// passed, or it was dropped); there is nothing to undo.
+fn answer<T>(reply: oneshot::Sender<T>, value: T) {
+    if reply.send(value).is_err() {
+        trace!("the asker no longer waits");
+    }
+}

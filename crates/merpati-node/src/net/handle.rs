@@ -1,0 +1,113 @@
+//! [`Handle`]: the cloneable front of the network task. Each call is one [`Command`] on a bounded
+//! queue, carrying a oneshot for its answer.
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use merpati_proto::wire::deliver;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use super::error::DeliverError;
+
+/// What a [`Handle`] asks of the network task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Send `request` to `peer` (dialling it on `addrs` or known addresses if need be).
+    Deliver {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: deliver::Request,
+        reply: oneshot::Sender<Result<deliver::Response, DeliverError>>,
+    },
+    /// Remember addresses of a peer for later dials.
+    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<()> },
+    /// Our listen addresses.
+    ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
+    /// The peers we have a connection with.
+    ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+}
+
+/// The network task has stopped (its shutdown token was cancelled).
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+#[error("the network task has stopped")]
+pub struct Stopped;
+
+/// A cloneable handle on the running network task.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+    deliver_timeout: Duration,
+}
+
+impl Handle {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        local_peer_id: PeerId,
+        deliver_timeout: Duration,
+    ) -> Self {
+        Self { commands, local_peer_id, deliver_timeout }
+    }
+
+    /// Hands `envelope` to `peer` and waits for its answer: `Accepted` once the peer has stored
+    /// it, or `Refused` with the peer's reason.
+    ///
+    /// `addrs` (with or without a `/p2p/<peer>` suffix) are remembered for the peer and used, with
+    /// any addresses learned before, if there is no connection yet. Deliveries to one peer are
+    /// sent over its existing connection, at most
+    /// [`Config::with_max_deliveries_in_flight_per_peer`](super::Config::with_max_deliveries_in_flight_per_peer)
+    /// at a time, in the order they were handed over (with several in flight, the peer may
+    /// finish them in another order). The whole call is bounded by
+    /// [`Config::with_deliver_timeout`](super::Config::with_deliver_timeout).
+    pub async fn deliver(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        envelope: Vec<u8>,
+    ) -> Result<deliver::Response, DeliverError> {
+        let request = deliver::Request { envelope };
+        // The receiver would refuse it anyway; checking here saves the bytes and the round trip.
+        request.validate()?;
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.commands
+                .send(Command::Deliver { peer, addrs, request, reply })
+                .await
+                .map_err(|_| DeliverError::Shutdown)?;
+            answer.await.map_err(|_| DeliverError::Shutdown)?
+        };
+        // If the deadline passes first, the dropped answer channel tells the network task to skip
+        // the delivery if it has not been sent yet.
+        tokio::time::timeout(self.deliver_timeout, exchange)
+            .await
+            .unwrap_or(Err(DeliverError::Timeout { peer }))
+    }
+
+    /// Remembers addresses of `peer` for later dials (deliveries without addresses use them).
+    pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), Stopped> {
+        self.ask(|reply| Command::AddAddresses { peer, addrs, reply }).await
+    }
+
+    /// The addresses we listen on, each ending in `/p2p/<our peer id>`, ready to give to a peer.
+    /// Empty once the network task has stopped.
+    pub async fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.ask(|reply| Command::ListenAddrs { reply }).await.unwrap_or_default()
+    }
+
+    /// The peers we have at least one connection with. Empty once the network task has stopped.
+    pub async fn connected_peers(&self) -> Vec<PeerId> {
+        self.ask(|reply| Command::ConnectedPeers { reply }).await.unwrap_or_default()
+    }
+
+    /// Our libp2p peer id (not the user's identity: see the threat model).
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local_peer_id
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(command(reply)).await.map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+}

@@ -1,0 +1,210 @@
+//! Control API methods: each request turned into engine calls and a typed answer.
+
+use libp2p::Multiaddr;
+use merpati_control::protocol::method::{self, Method};
+use merpati_control::protocol::{
+    self, AppError, ContactAddResult, ContactListResult, ContactShowResult, ContactSummary,
+    Direction as ViewDirection, InviteResult, MessageStatus, MessageView, MessagesResult, Request, Response,
+    SendResult, StatusResult, StatusUpdate,
+};
+use merpati_proto::frame::MessageId;
+use merpati_proto::identity::{SafetyNumber, fingerprint};
+use serde::Serialize;
+
+use crate::daemon::now;
+use crate::engine::{Engine, EngineError};
+use crate::net;
+use crate::store::{Direction, SledStore, Status, Store, StoredMessage};
+
+/// Answers one control request.
+pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, request: &Request) -> Response {
+    let id = request.id.clone();
+    let result = match request.method.as_str() {
+        method::Status::NAME => status(engine, net).await.map(to_value),
+        method::Invite::NAME => invite(engine, net).await.map(to_value),
+        method::ContactAdd::NAME => match request.params_of::<method::ContactAdd>() {
+            Err(answer) => return answer,
+            Ok(params) => {
+                blocking(|| engine.add_contact(&params.invite, &params.name, now())).map(|contact| {
+                    to_value(ContactAddResult {
+                        name: contact.name,
+                        fingerprint: fingerprint(&contact.identity),
+                        safety_number: SafetyNumber::new(
+                            &engine.profile().identity.public(),
+                            &contact.identity,
+                        )
+                        .to_string(),
+                    })
+                })
+            }
+        },
+        method::ContactList::NAME => contact_list(engine, net).await.map(to_value),
+        method::ContactShow::NAME => match request.params_of::<method::ContactShow>() {
+            Err(answer) => return answer,
+            Ok(params) => contact_show(engine, &params.name).map(to_value),
+        },
+        method::Send::NAME => match request.params_of::<method::Send>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| engine.send_text(&params.to, &params.text, now()))
+                .map(|message| to_value(SendResult { id: message_id(&message.id) })),
+        },
+        method::MessageStatus::NAME => match request.params_of::<method::MessageStatus>() {
+            Err(answer) => return answer,
+            Ok(params) => engine.message(&MessageId(params.id.to_bytes())).map(|m| {
+                to_value(StatusUpdate {
+                    id: params.id.clone(),
+                    status: status_of(m.status),
+                    reason: m.reason,
+                })
+            }),
+        },
+        method::Messages::NAME => match request.params_of::<method::Messages>() {
+            Err(answer) => return answer,
+            Ok(params) => {
+                let limit = params.effective_limit() as usize;
+                match &params.with {
+                    Some(name) if engine.store().contact(name).ok().flatten().is_none() => {
+                        Err(EngineError::UnknownContact(name.clone()))
+                    }
+                    _ => engine
+                        .store()
+                        .messages(params.with.as_deref(), limit)
+                        .map(|messages| {
+                            to_value(MessagesResult { messages: messages.iter().map(message_view).collect() })
+                        })
+                        .map_err(EngineError::from),
+                }
+            }
+        },
+        _ => return request.method_not_found(),
+    };
+    match result {
+        Ok(value) => Response::ok(id, value),
+        Err(error) => error_response(id, &error),
+    }
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn to_value(value: impl Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn error_response(id: protocol::Id, error: &EngineError) -> Response {
+    let kind = match error {
+        EngineError::UnknownContact(_) => AppError::UnknownContact,
+        EngineError::InvalidInvite(_) => AppError::InvalidInvite,
+        EngineError::TooLarge { .. } => AppError::MessageTooLarge,
+        EngineError::ContactExists(_) => AppError::ContactExists,
+        EngineError::UnknownMessage(_) => AppError::UnknownMessage,
+        EngineError::InvalidName(_) => AppError::InvalidName,
+        EngineError::Store(_) | EngineError::Seal(_) | EngineError::ForeignDatabase => AppError::Storage,
+    };
+    Response::app_error(id, kind, error.to_string(), None)
+}
+
+async fn status(engine: &Engine<SledStore>, net: &net::Handle) -> Result<StatusResult, EngineError> {
+    let connected = connected_contacts(engine, net).await?;
+    Ok(StatusResult {
+        peer_id: net.local_peer_id().to_string(),
+        listen: net.listen_addrs().await.iter().map(ToString::to_string).collect(),
+        connected,
+        outbox: engine.store().outbox_len()? as u64,
+        fingerprint: fingerprint(&engine.profile().identity.public()),
+    })
+}
+
+async fn connected_contacts(
+    engine: &Engine<SledStore>,
+    net: &net::Handle,
+) -> Result<Vec<String>, EngineError> {
+    let peers: Vec<Vec<u8>> = net.connected_peers().await.iter().map(|p| p.to_bytes()).collect();
+    Ok(engine
+        .store()
+        .contacts()?
+        .into_iter()
+        .filter(|c| peers.contains(&c.peer_id))
+        .map(|c| c.name)
+        .collect())
+}
+
+async fn invite(engine: &Engine<SledStore>, net: &net::Handle) -> Result<InviteResult, EngineError> {
+    // Invites carry addresses without the trailing `/p2p/<id>` (the peer id travels separately).
+    let addrs = net.listen_addrs().await.into_iter().map(|addr| strip_p2p(addr).to_vec()).collect();
+    let invite = engine.invite(net.local_peer_id().to_bytes(), addrs, now())?;
+    Ok(InviteResult { invite })
+}
+
+fn strip_p2p(mut addr: Multiaddr) -> Multiaddr {
+    if matches!(addr.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+        addr.pop();
+    }
+    addr
+}
+
+async fn contact_list(
+    engine: &Engine<SledStore>,
+    net: &net::Handle,
+) -> Result<ContactListResult, EngineError> {
+    let connected = connected_contacts(engine, net).await?;
+    let contacts = engine
+        .store()
+        .contacts()?
+        .into_iter()
+        .map(|c| ContactSummary {
+            fingerprint: fingerprint(&c.identity),
+            connected: connected.contains(&c.name),
+            name: c.name,
+        })
+        .collect();
+    Ok(ContactListResult { contacts })
+}
+
+fn contact_show(engine: &Engine<SledStore>, name: &str) -> Result<ContactShowResult, EngineError> {
+    let contact =
+        engine.store().contact(name)?.ok_or_else(|| EngineError::UnknownContact(name.to_owned()))?;
+    Ok(ContactShowResult {
+        fingerprint: fingerprint(&contact.identity),
+        safety_number: SafetyNumber::new(&engine.profile().identity.public(), &contact.identity).to_string(),
+        peer_id: libp2p::PeerId::from_bytes(&contact.peer_id).map(|p| p.to_string()).unwrap_or_default(),
+        addrs: contact
+            .addrs
+            .iter()
+            .filter_map(|a| Multiaddr::try_from(a.clone()).ok())
+            .map(|a| a.to_string())
+            .collect(),
+        name: contact.name,
+    })
+}
+
+/// A control-API message id from a protocol one.
+pub(crate) fn message_id(id: &MessageId) -> protocol::MessageId {
+    protocol::MessageId::from_bytes(id.0)
+}
+
+/// The control-API name of a status.
+pub(crate) fn status_of(status: Status) -> MessageStatus {
+    match status {
+        Status::Queued => MessageStatus::Queued,
+        Status::Sent => MessageStatus::Sent,
+        Status::Delivered => MessageStatus::Delivered,
+        Status::Read => MessageStatus::Read,
+        Status::Failed => MessageStatus::Failed,
+    }
+}
+
+/// How a stored message is shown on the control API.
+pub(crate) fn message_view(message: &StoredMessage) -> MessageView {
+    let outgoing = message.direction == Direction::Out;
+    MessageView {
+        id: message_id(&message.id),
+        direction: if outgoing { ViewDirection::Out } else { ViewDirection::In },
+        contact: message.contact.clone(),
+        time: message.time,
+        text: message.text.clone(),
+        status: outgoing.then(|| status_of(message.status)),
+        seq: message.seq,
+    }
+}
