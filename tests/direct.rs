@@ -112,3 +112,11 @@ fn a_recipient_away_for_a_while_gets_everything_when_back() {
     wait_until("the queued messages delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 20));
     assert_exactly(&bob, "alice", &sent);
 }
+
+#[test]
+fn the_demo_runs_and_exits_zero() {
+    let out = std::process::Command::new(&merpati_e2e::bins().merpatid).arg("demo").output().unwrap();
+    let stdout = merpati_e2e::text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", merpati_e2e::text(&out.stderr));
+    assert!(stdout.contains("nothing lost") && stdout.trim_end().ends_with("Done."), "{stdout}");
+}

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod daemon;
+pub mod demo;
 pub mod engine;
 pub mod lock;
 pub mod net;

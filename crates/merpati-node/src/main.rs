@@ -26,10 +26,29 @@ struct Args {
     /// Do not look for peers on the local network (mDNS).
     #[arg(long)]
     no_mdns: bool,
+    #[command(subcommand)]
+    command: Option<Subcommand>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Subcommand {
+    /// Run a throwaway two-person network on 127.0.0.1 and show messages going both ways,
+    /// surviving a crash. Starts its own daemons in temporary homes; your own home is untouched.
+    Demo {
+        /// Keep the demo's homes in this directory instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Subcommand::Demo { keep }) = args.command {
+        return match merpati_node::demo::run(keep) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!("demo failed: {e:#}")),
+        };
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

@@ -197,3 +197,16 @@ fn restart_on_sled_loses_nothing() {
         Err(EngineError::ForeignDatabase)
     ));
 }
+
+#[test]
+fn a_receipt_that_overtakes_the_delivery_answer_is_not_undone() {
+    let (mut alice, mut bob) = pair();
+    let sent = alice.send_text("bob", "fast", T0).unwrap();
+    let attempt = alice.due(T0, None).unwrap().remove(0);
+    bob.receive(b"alice-node", &attempt.envelope, T0).unwrap();
+    // Bob's receipt arrives before Alice's node has processed Bob's answer to the delivery.
+    pump(&mut bob, b"bob-node", &mut alice, T0);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
+    assert_eq!(alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap(), None);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
+}

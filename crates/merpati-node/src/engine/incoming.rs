@@ -194,6 +194,7 @@ impl<S: Store> Engine<S> {
                     if let Some(ours) = self.store.message(&message_id)?
                         && ours.contact == contact
                         && ours.direction == Direction::Out
+                        && ours.status.advances_to(status)
                     {
                         changes.push(Change::SetStatus { id: message_id, status, reason: None });
                         received.statuses.push((message_id, status));

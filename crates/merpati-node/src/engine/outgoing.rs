@@ -160,7 +160,8 @@ impl<S: Store> Engine<S> {
         let Some(mut entry) = self.store.outbox()?.into_iter().find(|e| e.id == *id) else {
             return Ok(None); // already settled by another attempt
         };
-        let is_message = self.store.message(id)?.is_some();
+        let current = self.store.message(id)?.map(|m| m.status);
+        let is_message = current.is_some();
         let (changes, status) = match result {
             AttemptResult::Accepted => (
                 vec![
@@ -199,7 +200,8 @@ impl<S: Store> Engine<S> {
         let changes: Vec<Change> =
             changes.into_iter().filter(|c| is_message || !matches!(c, Change::SetStatus { .. })).collect();
         self.store.apply(&changes)?;
-        Ok(if is_message { status } else { None })
+        // A receipt can overtake the delivery's own answer: report only a real step forward.
+        Ok(status.filter(|(new, _)| current.is_some_and(|old| old.advances_to(*new))))
     }
 
     /// Exponential backoff with ±25 % jitter, so many queued messages do not retry in lockstep.
