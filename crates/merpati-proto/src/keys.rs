@@ -87,6 +87,43 @@ impl fmt::Debug for SymmetricKey {
     }
 }
 
+/// Whether `u` (as X25519 reads it: bit 255 ignored, reduced mod p) is the u-coordinate of a
+/// point of small order: the eight-torsion points of the curve (u = 0, 1 and the two of order 8)
+/// and u = p − 1 on the twist. Any of them makes the DH result predictable. Comparing against this
+/// short list costs nothing next to decompressing the point, which is what a per-epoch check
+/// must not do.
+fn is_small_order(u: &[u8; 32]) -> bool {
+    static SMALL: std::sync::OnceLock<Vec<[u8; 32]>> = std::sync::OnceLock::new();
+    let small = SMALL.get_or_init(|| {
+        let mut list: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|point| point.to_montgomery().to_bytes())
+            .collect();
+        let mut p_minus_one = [0xff; 32];
+        p_minus_one[0] = 0xec;
+        p_minus_one[31] = 0x7f;
+        list.push(p_minus_one);
+        list.sort_unstable();
+        list.dedup();
+        list
+    });
+    let canonical = canonical_u(u);
+    small.iter().any(|s| bool::from(s.ct_eq(&canonical)))
+}
+
+/// `u` with bit 255 cleared and reduced below p = 2²⁵⁵ − 19 (X25519 accepts both forms).
+fn canonical_u(u: &[u8; 32]) -> [u8; 32] {
+    let mut out = *u;
+    out[31] &= 0x7f;
+    // Values from p to 2²⁵⁵ − 1 are p + k for k < 19: all bytes but the lowest at their maximum.
+    if out[1..31].iter().all(|&b| b == 0xff) && out[31] == 0x7f && out[0] >= 0xed {
+        let k = out[0] - 0xed;
+        out = [0; 32];
+        out[0] = k;
+    }
+    out
+}
+
 /// An X25519 public key that passed the weak-key checks.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct X25519Public([u8; 32]);
@@ -97,10 +134,7 @@ impl X25519Public {
         if bool::from(bytes.ct_eq(&[0u8; 32])) {
             return Err(KeyError::AllZero);
         }
-        // A point whose Edwards form has small order gives an all-zero (or otherwise predictable)
-        // DH result; points that are not on the curve lie on the twist, where X25519 is safe and
-        // the all-zero output check in `diffie_hellman` still applies.
-        if MontgomeryPoint(bytes).to_edwards(0).is_some_and(|p| p.is_small_order()) {
+        if is_small_order(&bytes) {
             return Err(KeyError::SmallOrder);
         }
         Ok(Self(bytes))
@@ -243,6 +277,29 @@ mod tests {
         one[0] = 1; // u = 1: the point of order 4
         assert_eq!(X25519Public::from_bytes(one), Err(KeyError::SmallOrder));
         assert_eq!(X25519Public::from_slice(&[9; 64]), Err(KeyError::WrongLength { expected: 32, got: 64 }));
+        // Every small-order point, in canonical and non-canonical encodings, is refused, and
+        // each of them really does give an all-zero DH result.
+        let secret = X25519Secret::from_bytes([7; 32]);
+        for point in curve25519_dalek::constants::EIGHT_TORSION {
+            let u = point.to_montgomery().to_bytes();
+            let mut high = u;
+            high[31] |= 0x80;
+            for bytes in [u, high] {
+                assert!(X25519Public::from_bytes(bytes).is_err(), "{bytes:02x?}");
+                assert_eq!(secret.diffie_hellman(&bytes), Err(KeyError::ZeroSharedSecret));
+            }
+        }
+        let mut p_plus_one = [0xff; 32];
+        p_plus_one[0] = 0xee;
+        p_plus_one[31] = 0x7f;
+        assert_eq!(X25519Public::from_bytes(p_plus_one), Err(KeyError::SmallOrder), "p + 1 is u = 1");
+        let mut p_minus_one = [0xff; 32];
+        p_minus_one[0] = 0xec;
+        p_minus_one[31] = 0x7f;
+        assert_eq!(X25519Public::from_bytes(p_minus_one), Err(KeyError::SmallOrder));
+        assert_eq!(secret.diffie_hellman(&p_minus_one), Err(KeyError::ZeroSharedSecret));
+        // An ordinary key passes.
+        assert!(X25519Public::from_bytes(*secret.public().as_bytes()).is_ok());
         let secret = X25519Secret::from_bytes([7; 32]);
         assert_eq!(secret.diffie_hellman(&[0; 32]), Err(KeyError::ZeroSharedSecret));
         assert_eq!(secret.diffie_hellman(&one), Err(KeyError::ZeroSharedSecret));

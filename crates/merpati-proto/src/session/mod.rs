@@ -215,11 +215,14 @@ pub enum OpenError {
 #[derive(Debug)]
 pub struct Session {
     state: SessionState,
+    /// The last epoch open that authenticated, kept in memory only: a burst of messages carries the
+    /// same open, and comparing bytes is cheaper than hashing them again for the digest check.
+    last_open: Option<(u32, Vec<u8>)>,
 }
 
 impl Session {
     fn from_state(state: SessionState) -> Self {
-        Self { state }
+        Self { state, last_open: None }
     }
 
     /// Continues a session from persisted state after a restart.

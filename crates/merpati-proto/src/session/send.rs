@@ -5,7 +5,7 @@
 use rand_core::CryptoRng;
 
 use crate::envelope::{self, Envelope, Header, Kind};
-use crate::frame::{Body, Frame, MessageId};
+use crate::frame::{self, Body, Frame, MessageId};
 use crate::kdf::{self, label};
 use crate::keys::{SymmetricKey, X25519Secret};
 use crate::mailbox::{Announcement, DEFAULT_ANNOUNCE_DAYS};
@@ -40,17 +40,10 @@ impl Session {
         now: Timestamp,
         rng: &mut (impl CryptoRng + ?Sized),
     ) -> Result<Sealed, SealError> {
-        let probe = Frame {
-            header_echo: [0; envelope::HEADER_LEN],
-            message_id: MessageId([0; 16]),
-            seq: 0,
-            sent_at: now,
-            ack_epoch: None,
-            body: body.clone(),
-        };
+        let frame_len = frame::FIXED_LEN + body.encoded_len();
         let max_frame = envelope::MAX_ENVELOPE_LEN - envelope::HEADER_LEN - 2 - MAX_OPEN_ATTACHED - TAG_LEN;
-        if probe.unpadded_len() > max_frame {
-            return Err(SealError::TooLarge { len: probe.unpadded_len(), max: max_frame });
+        if frame_len > max_frame {
+            return Err(SealError::TooLarge { len: frame_len, max: max_frame });
         }
 
         let opened = if self.our_turn() { Some(self.open_epoch(now, rng)?) } else { None };
@@ -126,7 +119,12 @@ impl Session {
         let epoch = self.state.latest_epoch.checked_add(1).ok_or(SealError::Broken)?;
         let target = self.state.peer_ratchet.ok_or(SealError::Broken)?;
         let ratchet = X25519Secret::generate(rng);
-        let mailboxes = Announcement::new(&self.state.my_mailbox_secret, now, DEFAULT_ANNOUNCE_DAYS);
+        // The ids only change with the day: reuse today's announcement instead of re-deriving it.
+        let mailboxes = if self.state.my_mailboxes.first_day == now.day() {
+            self.state.my_mailboxes.clone()
+        } else {
+            Announcement::new(&self.state.my_mailbox_secret, now, DEFAULT_ANNOUNCE_DAYS)
+        };
         let payload = EpochPayload { ratchet: ratchet.public(), mailboxes: mailboxes.clone() }.encode();
         debug_assert!(
             payload.len() <= MAX_EPOCH_PAYLOAD && payload.len() + EPOCH_OPEN_OVERHEAD < MAX_OPEN_ATTACHED
