@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use merpati_fuzz::{Input, T0, parties, restart, rng, snapshot, strip_open};
 use merpati_proto::Timestamp;
-use merpati_proto::envelope::{Envelope, Header};
+use merpati_proto::envelope::Envelope;
 use merpati_proto::frame::{Body, MessageId};
 use merpati_proto::identity::{PREKEY_GRACE, PREKEY_LIFETIME};
 use merpati_proto::rand_core::SeedableRng;
@@ -99,8 +99,6 @@ struct Peer {
     roots: HashMap<u32, [u8; 32]>,
     /// Whether the receiving keys ever reached a retention cap (so a late message may be lost).
     capped: bool,
-    /// When this side first accepted a message of each peer epoch (the epoch's `opened_at`).
-    first_seen: HashMap<u32, Timestamp>,
 }
 
 struct World {
@@ -192,7 +190,6 @@ impl World {
                     peer.session = Some(session);
                 }
                 assert!(peer.delivered.insert(incoming.message_id), "a message was accepted twice");
-                peer.first_seen.entry(incoming.epoch).or_insert(now);
                 // A hostile peer's sequence numbers must not upset gap tracking either.
                 let _ = peer.session.as_ref().map(Session::missing);
                 self.rng = rng;
@@ -228,7 +225,6 @@ impl World {
                     || peer.capped
                     || clock_went_back
                     || now.since(sealed_at) >= MAX_KEY_AGE - SUB_EPOCH_MAX_AGE
-                    || pruned_by_epoch_age(peer, &header, now)
             }
             OpenError::TooManyDerivations { .. } => true,
             OpenError::UnknownPrekey { .. } => now > T0.plus(PREKEY_LIFETIME + PREKEY_GRACE),
@@ -326,16 +322,6 @@ impl World {
         }
         self.check();
     }
-}
-
-/// Whether the receiver dropped the envelope's epoch because the epoch was first seen at least
-/// `MAX_KEY_AGE` ago, however recent the envelope. Known issue (see the README): `prune` ages a
-/// peer epoch from when it was opened, not from when a newer epoch replaced it, so a late envelope
-/// of an epoch that lasted longer than the relay TTL is lost. Remove this allowance once fixed.
-fn pruned_by_epoch_age(peer: &Peer, header: &Header, now: Timestamp) -> bool {
-    let retained =
-        peer.session.as_ref().is_some_and(|s| s.state().recv.iter().any(|r| r.epoch == header.epoch));
-    !retained && peer.first_seen.get(&header.epoch).is_some_and(|&at| now.since(at) >= MAX_KEY_AGE)
 }
 
 fuzz_target!(|data: &[u8]| {

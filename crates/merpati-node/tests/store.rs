@@ -105,6 +105,7 @@ impl Fixture {
                     derived_at: NOW,
                 }],
                 opened_at: NOW,
+                superseded_at: None,
             }],
             my_ratchet: Some(ratchet),
             peer_ratchet: Some(peer_ratchet),

@@ -154,6 +154,7 @@ impl Session {
                 next_key: split.k1,
                 subkeys: Vec::new(),
                 opened_at: now,
+                superseded_at: None,
             }],
             my_ratchet: None,
             peer_ratchet: Some(payload.ratchet),

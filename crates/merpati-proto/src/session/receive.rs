@@ -16,8 +16,8 @@ use crate::time::Timestamp;
 use super::payload::EpochPayload;
 use super::state::{RecvEpoch, SubKey};
 use super::{
-    Incoming, MAX_DERIVATIONS, MAX_KEY_AGE, MAX_RETAINED_EPOCHS, MAX_RETAINED_SUBKEYS, OpenError, Session,
-    epoch_prologue, next_root, open_digest,
+    Incoming, MAX_DERIVATIONS, MAX_KEY_AGE, MAX_RETAINED_EPOCHS, MAX_RETAINED_SUBKEYS, OpenError,
+    SUB_EPOCH_MAX_AGE, Session, epoch_prologue, next_root, open_digest,
 };
 
 /// Where the key for one envelope comes from, and what accepting it would change.
@@ -137,6 +137,7 @@ impl Session {
             next_key: split.k1,
             subkeys: Vec::new(),
             opened_at: now,
+            superseded_at: None,
         };
         let root = next_root(&split.k2);
         let mut plan = plan_key(Slot::Known(usize::MAX), &recv, sub)?;
@@ -151,6 +152,9 @@ impl Session {
             Slot::Known(index) => index,
             Slot::New(new) => {
                 let NewEpoch { recv, root, payload } = *new;
+                for older in state.recv.iter_mut().filter(|r| r.superseded_at.is_none()) {
+                    older.superseded_at = Some(now);
+                }
                 state.latest_epoch = recv.epoch;
                 state.root = root;
                 state.my_ratchet = None; // its one use is done: forward secrecy for this epoch
@@ -193,11 +197,14 @@ impl Session {
     fn prune(&mut self, now: Timestamp) {
         let recv = &mut self.state.recv;
         for epoch in recv.iter_mut() {
-            epoch.subkeys.retain(|k| now.since(k.derived_at) < MAX_KEY_AGE);
+            // A sub-epoch key is derived at the latest when the sub-epoch's first message arrives,
+            // and the sender moves on within a day of starting it: its last message was sealed
+            // no later than a day after the derivation.
+            epoch.subkeys.retain(|k| now.since(k.derived_at) < MAX_KEY_AGE + SUB_EPOCH_MAX_AGE);
         }
-        // Keep the newest epoch whatever its age: it is the one the peer is sending in.
-        let newest = recv.iter().map(|r| r.epoch).max();
-        recv.retain(|r| Some(r.epoch) == newest || now.since(r.opened_at) < MAX_KEY_AGE);
+        // An epoch's messages were all sealed before a newer epoch replaced it, so its keys can go
+        // a relay TTL after that; the current epoch is kept whatever its age.
+        recv.retain(|r| r.superseded_at.is_none_or(|at| now.since(at) < MAX_KEY_AGE));
         while recv.len() > MAX_RETAINED_EPOCHS {
             recv.remove(0);
         }

@@ -100,7 +100,7 @@ impl Session {
         send.next_index += 1;
         self.state.send = Some(send);
         let seq = self.state.next_seq;
-        self.state.next_seq += 1;
+        self.state.next_seq = self.state.next_seq.saturating_add(1);
         Ok(Sealed { envelope: bytes, mailbox, message_id: frame.message_id, seq })
     }
 

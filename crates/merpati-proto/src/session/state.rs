@@ -87,8 +87,12 @@ pub struct RecvEpoch {
     pub next_key: SymmetricKey,
     /// Derived sub-epoch keys that may still receive messages.
     pub subkeys: Vec<SubKey>,
-    /// When the epoch was first seen (old epochs' keys expire).
+    /// When the epoch was first seen.
     pub opened_at: Timestamp,
+    /// When a newer peer epoch replaced this one. Its keys expire [`super::MAX_KEY_AGE`] after
+    /// that: every message of this epoch was sealed before then, so none can still be on a relay.
+    #[serde(default)]
+    pub superseded_at: Option<Timestamp>,
 }
 
 /// A retained sub-epoch key with its replay bitmap.
@@ -122,17 +126,23 @@ impl SeqTracker {
         if seq < self.next {
             return;
         }
+        // The sender picks sequence numbers, so arithmetic saturates rather than trusting them
+        // to stay below u64::MAX.
         self.ahead.insert(seq);
-        while self.ahead.remove(&self.next) {
-            self.next += 1;
-        }
+        self.advance();
         while self.ahead.len() > MAX_SEQ_AHEAD {
             if let Some(first) = self.ahead.pop_first() {
-                self.next = first + 1;
-                while self.ahead.remove(&self.next) {
-                    self.next += 1;
-                }
+                self.next = first.saturating_add(1);
+                self.advance();
             }
+        }
+    }
+
+    /// Moves `next` over the numbers that arrived in a row. u64::MAX itself stays in `ahead`:
+    /// `next` cannot go past it.
+    fn advance(&mut self) {
+        while self.next < u64::MAX && self.ahead.remove(&self.next) {
+            self.next += 1;
         }
     }
 
@@ -149,7 +159,7 @@ impl SeqTracker {
             if seq > from {
                 out.push(from..=seq - 1);
             }
-            from = seq + 1;
+            from = seq.saturating_add(1);
         }
         out
     }
@@ -171,6 +181,20 @@ mod tests {
         assert_eq!(t.next, 5);
         assert_eq!(t.missing(), vec![5..=6]);
         assert!(t.has(4) && !t.has(5));
+    }
+
+    #[test]
+    fn seq_tracker_survives_the_largest_sequence_numbers() {
+        let mut t = SeqTracker::default();
+        t.record(0);
+        t.record(u64::MAX);
+        assert_eq!(t.missing(), vec![1..=u64::MAX - 1]);
+        let mut t = SeqTracker::default();
+        for s in u64::MAX - 1100..=u64::MAX {
+            t.record(s);
+        }
+        assert!(t.ahead.len() <= MAX_SEQ_AHEAD);
+        assert!(t.has(u64::MAX));
     }
 
     #[test]
