@@ -5,84 +5,20 @@
 //! kills one daemon, writes to it while it is down, restarts it and shows that nothing was lost.
 //! Everything goes through the real control API, libp2p over TCP with Noise, and sled on disk.
 
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use merpati_control::client::Client;
-use merpati_control::home::Home;
-use merpati_control::identity_file::IdentityFile;
+use anyhow::bail;
 use merpati_control::protocol::method::{ContactAdd, Invite, Messages, Send, Status};
 use merpati_control::protocol::{
     ContactAddParams, Event, MessageStatus, MessagesParams, NoParams, SendParams,
 };
 
-use crate::daemon::{now, os_rng};
+use crate::local::LocalNode as Person;
 
 /// How long the demo waits for any one step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Person {
-    name: &'static str,
-    home: Home,
-    daemon: Option<Child>,
-}
-
-impl Person {
-    fn create(name: &'static str, dir: &Path) -> anyhow::Result<Person> {
-        let home = Home::at(dir.join(name.to_lowercase()))?;
-        home.create_dir()?;
-        IdentityFile::create(&mut os_rng(), Some(name.to_owned()), now())?.save_new(&home.identity_file())?;
-        Ok(Person { name, home, daemon: None })
-    }
-
-    fn start(&mut self) -> anyhow::Result<String> {
-        let exe = std::env::current_exe().context("cannot find the merpatid binary")?;
-        let log = std::fs::File::create(self.home.dir().join("merpatid.log"))?;
-        let mut child = Command::new(exe)
-            .arg("--home")
-            .arg(self.home.dir())
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .context("cannot start merpatid")?;
-        let mut line = String::new();
-        if let Some(stdout) = child.stdout.take() {
-            BufReader::new(stdout).read_line(&mut line)?;
-        }
-        if line.is_empty() {
-            bail!(
-                "{}'s daemon did not start; see {}",
-                self.name,
-                self.home.dir().join("merpatid.log").display()
-            );
-        }
-        self.daemon = Some(child);
-        let ready: serde_json::Value = serde_json::from_str(&line)?;
-        Ok(ready["listen"][0].as_str().unwrap_or_default().to_owned())
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn client(&self) -> anyhow::Result<Client> {
-        Ok(Client::connect(&self.home)?)
-    }
-}
-
-impl Drop for Person {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn say(line: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();
@@ -146,8 +82,9 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     say(format!("homes in {}", dir.display()));
 
     say("1. Alice and Bob create identities and start their nodes");
-    let mut alice = Person::create("Alice", &dir)?;
-    let mut bob = Person::create("Bob", &dir)?;
+    let exe = std::env::current_exe()?;
+    let mut alice = Person::create("Alice", &dir, &exe)?;
+    let mut bob = Person::create("Bob", &dir, &exe)?;
     for person in [&mut alice, &mut bob] {
         let addr = person.start()?;
         say(format!("   {:<5} listening on {addr}", person.name));

@@ -5,6 +5,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod local;
 pub mod lock;
 pub mod net;
 pub mod ports;

@@ -1,0 +1,89 @@
+//! Throwaway local nodes: a `merpatid` process with a fresh identity in a temporary home,
+//! listening on 127.0.0.1 and driven over its control API. Used by `merpatid demo` and the
+//! benchmark harness.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context as _, bail};
+use merpati_control::client::Client;
+use merpati_control::home::Home;
+use merpati_control::identity_file::IdentityFile;
+
+use crate::daemon::{now, os_rng};
+
+/// One user's node on this machine.
+#[derive(Debug)]
+pub struct LocalNode {
+    /// The user's display name.
+    pub name: &'static str,
+    /// The node's home directory.
+    pub home: Home,
+    exe: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl LocalNode {
+    /// A new identity in `<dir>/<name>`, for the daemon binary `exe`.
+    pub fn create(name: &'static str, dir: &Path, exe: &Path) -> anyhow::Result<LocalNode> {
+        let home = Home::at(dir.join(name.to_lowercase()))?;
+        home.create_dir()?;
+        IdentityFile::create(&mut os_rng(), Some(name.to_owned()), now())?.save_new(&home.identity_file())?;
+        Ok(LocalNode { name, home, exe: exe.to_owned(), daemon: None })
+    }
+
+    /// Starts the daemon on 127.0.0.1 (no mDNS) and waits until it is ready; returns its first
+    /// listen address.
+    pub fn start(&mut self) -> anyhow::Result<String> {
+        let log = std::fs::File::create(self.home.dir().join("merpatid.log"))?;
+        let mut child = Command::new(&self.exe)
+            .arg("--home")
+            .arg(self.home.dir())
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            BufReader::new(stdout).read_line(&mut line)?;
+        }
+        if line.is_empty() {
+            let _ = child.kill();
+            bail!(
+                "{}'s daemon did not start; see {}",
+                self.name,
+                self.home.dir().join("merpatid.log").display()
+            );
+        }
+        self.daemon = Some(child);
+        let ready: serde_json::Value = serde_json::from_str(&line)?;
+        Ok(ready["listen"][0].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Kills the daemon (SIGKILL): the hardest way to stop.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A control-API client for this node.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::connect(&self.home)?)
+    }
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
