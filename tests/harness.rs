@@ -3,12 +3,17 @@
 //!
 //! The binaries are the workspace's own, found next to the test executable (cargo builds them for
 //! `cargo test --workspace`); if they are missing, the harness builds them once with cargo.
+//!
+//! Scenarios beyond loopback run daemons inside Linux network namespaces ([`Netns`], joined by
+//! [`veth`] pairs) with a [`DaemonConfig`] of their own; the CLI stays in the machine's namespace,
+//! since the control socket is a file in the home.
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // test support: a failed step is a failed test
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -51,11 +56,32 @@ pub struct Ready {
     pub listen: Vec<String>,
 }
 
+/// How [`Node::start`] runs `merpatid`.
+///
+/// The default is the loopback setup every scenario on 127.0.0.1 uses: TCP on 127.0.0.1 with a
+/// port the system picks, no mDNS, in the machine's own network namespace.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The `--listen` addresses.
+    pub listen: Vec<String>,
+    /// Whether mDNS is on (off passes `--no-mdns`).
+    pub mdns: bool,
+    /// The network namespace to run in (`ip netns exec NAME merpatid …`), if any.
+    pub netns: Option<String>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".to_owned()], mdns: false, netns: None }
+    }
+}
+
 /// One user: a home directory, maybe a running daemon.
 #[derive(Debug)]
 pub struct Node {
     home: tempfile::TempDir,
     daemon: Option<Child>,
+    config: DaemonConfig,
     /// The daemon's startup line, once started.
     pub ready: Option<Ready>,
 }
@@ -66,7 +92,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 impl Node {
     /// A fresh home with an identity (`merpati init --name NAME`).
     pub fn init(name: &str) -> Node {
-        let node = Node { home: tempfile::tempdir().unwrap(), daemon: None, ready: None };
+        let node = Node::uninitialised();
         let out = node.cli(&["init", "--name", name]);
         assert!(out.status.success(), "init failed: {}", text(&out.stderr));
         node
@@ -74,7 +100,17 @@ impl Node {
 
     /// A fresh home without an identity.
     pub fn uninitialised() -> Node {
-        Node { home: tempfile::tempdir().unwrap(), daemon: None, ready: None }
+        Node {
+            home: tempfile::tempdir().unwrap(),
+            daemon: None,
+            config: DaemonConfig::default(),
+            ready: None,
+        }
+    }
+
+    /// How the daemon runs from its next start on.
+    pub fn configure(&mut self, config: DaemonConfig) {
+        self.config = config;
     }
 
     /// The home directory.
@@ -94,10 +130,24 @@ impl Node {
             .append(true)
             .open(self.home().join("merpatid.log"))
             .unwrap();
-        Command::new(&bins().merpatid)
-            .arg("--home")
-            .arg(self.home())
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
+        let mut command = match &self.config.netns {
+            None => Command::new(&bins().merpatid),
+            Some(netns) => {
+                // `ip netns exec` execs the daemon in place: the child's pid is merpatid's, so
+                // signals reach it directly.
+                let mut command = Command::new(ip_command());
+                command.args(["netns", "exec", netns]).arg(&bins().merpatid);
+                command
+            }
+        };
+        command.arg("--home").arg(self.home());
+        for addr in &self.config.listen {
+            command.args(["--listen", addr]);
+        }
+        if !self.config.mdns {
+            command.arg("--no-mdns");
+        }
+        command
             .env("RUST_LOG", "merpati_node=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -259,4 +309,112 @@ pub fn drain(mut reader: impl Read) -> String {
     let mut out = String::new();
     let _ = reader.read_to_string(&mut out);
     out
+}
+
+/// A Linux network namespace (`ip netns`), deleted when dropped. Only root can make one.
+#[derive(Debug)]
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// A new namespace named `mp-<pid>-<n>-<tag>` (unique per test process and call) with its
+    /// loopback up. `Err` says why this machine cannot make one: not root, no `ip` (iproute2), or
+    /// the kernel refused. Namespaces left by test processes that died without cleaning up (say,
+    /// killed by a signal) are removed first.
+    pub fn create(tag: &str) -> Result<Netns, String> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        static STALE_REMOVED: Once = Once::new();
+        if !rustix::process::geteuid().is_root() {
+            return Err("network namespaces need root".to_owned());
+        }
+        if let Err(e) = Command::new(ip_command()).arg("-V").output() {
+            return Err(format!("cannot run `ip` (iproute2): {e}"));
+        }
+        STALE_REMOVED.call_once(remove_stale_namespaces);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{NETNS_PREFIX}{}-{n}-{tag}", std::process::id());
+        ip(&["netns", "add", &name])?;
+        let netns = Netns { name };
+        netns.ip(&["link", "set", "lo", "up"])?;
+        Ok(netns)
+    }
+
+    /// Its name, for `ip netns exec`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip -n NAME ARGS…`; `Err` has the command and its error output.
+    pub fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        ip(&all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Its interfaces (a veth end) go with it.
+        let _ = ip(&["netns", "delete", &self.name]);
+    }
+}
+
+/// Joins `a` and `b` with a veth pair, an interface `NAME` in each with the given address (CIDR,
+/// e.g. `10.213.0.1/24`), both ends up. Nothing is created in the machine's own namespace.
+pub fn veth(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str, name: &str) -> Result<(), String> {
+    a.ip(&["link", "add", name, "type", "veth", "peer", "name", name, "netns", b.name()])?;
+    for (netns, addr) in [(a, a_addr), (b, b_addr)] {
+        netns.ip(&["addr", "add", addr, "dev", name])?;
+        netns.ip(&["link", "set", name, "up"])?;
+    }
+    Ok(())
+}
+
+/// The start of every namespace name [`Netns::create`] makes.
+const NETNS_PREFIX: &str = "mp-";
+
+/// `ip`, from `PATH` or where distributions put it (`/usr/sbin` is not in every `PATH`).
+fn ip_command() -> &'static Path {
+    static IP: OnceLock<PathBuf> = OnceLock::new();
+    IP.get_or_init(|| {
+        let in_path = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+            .map(|dir| dir.join("ip"));
+        in_path
+            .chain(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].map(PathBuf::from))
+            .find(|candidate| candidate.is_file())
+            .unwrap_or_else(|| PathBuf::from("ip"))
+    })
+}
+
+/// Runs `ip ARGS…`; `Err` has the command and its error output.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(ip_command())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run `ip`: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("`ip {}` failed ({}): {}", args.join(" "), out.status, text(&out.stderr).trim()))
+    }
+}
+
+/// Deletes `mp-<pid>-…` namespaces whose test process is gone.
+fn remove_stale_namespaces() {
+    let Ok(out) = Command::new(ip_command()).args(["netns", "list"]).output() else { return };
+    for line in text(&out.stdout).lines() {
+        // Lines read `NAME` or `NAME (id: N)`.
+        let Some(name) = line.split_whitespace().next() else { continue };
+        let Some(pid) = name.strip_prefix(NETNS_PREFIX).and_then(|rest| rest.split('-').next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = ip(&["netns", "delete", name]);
+        }
+    }
 }
