@@ -227,9 +227,16 @@ impl Actor {
                 }
             }
             net::Event::Discovered { peer, addrs } => {
+                let bytes: Vec<Vec<u8>> = addrs.iter().map(|a| a.to_vec()).collect();
                 let net = self.net.clone();
                 // Best effort: a stopped network has nothing to add them to.
                 tokio::spawn(async move { net.add_addresses(peer, addrs).await });
+                match tokio::task::block_in_place(|| self.engine.learn_addresses(&peer.to_bytes(), bytes)) {
+                    // A contact just showed up on the local network: try its queued messages now.
+                    Ok(Some(contact)) => self.kick(Some(&contact)),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("cannot record a discovered address: {e}"),
+                }
             }
         }
     }

@@ -220,6 +220,29 @@ impl<S: Store> Engine<S> {
         }
     }
 
+    /// Records addresses at which the node `peer_id` was found (on the local network); returns
+    /// the name of the contact it belongs to, whose queued messages can now be tried at once.
+    pub fn learn_addresses(
+        &mut self,
+        peer_id: &[u8],
+        addrs: Vec<Vec<u8>>,
+    ) -> Result<Option<String>, EngineError> {
+        let Some(mut contact) = self.store.contacts()?.into_iter().find(|c| c.peer_id == peer_id) else {
+            return Ok(None);
+        };
+        // Newest first: a freshly discovered address is the likeliest to work.
+        let mut merged = addrs;
+        merged.extend(contact.addrs.iter().cloned());
+        let mut seen = std::collections::HashSet::new();
+        merged.retain(|a| seen.insert(a.clone()));
+        merged.truncate(merpati_proto::invite::MAX_ADDRS);
+        if merged != contact.addrs {
+            contact.addrs = merged;
+            self.store.apply(&[Change::PutContact(contact.clone())])?;
+        }
+        Ok(Some(contact.name))
+    }
+
     /// The stored message with `id`.
     pub fn message(&self, id: &MessageId) -> Result<StoredMessage, EngineError> {
         self.store.message(id)?.ok_or_else(|| EngineError::UnknownMessage(hex(&id.0)))

@@ -199,7 +199,11 @@ impl<S: Store> Engine<S> {
         // Receipts travel through the outbox too but have no stored message to update.
         let changes: Vec<Change> =
             changes.into_iter().filter(|c| is_message || !matches!(c, Change::SetStatus { .. })).collect();
-        self.store.apply(&changes)?;
+        if matches!(result, AttemptResult::Accepted) {
+            self.store.apply_relaxed(&changes)?;
+        } else {
+            self.store.apply(&changes)?;
+        }
         // A receipt can overtake the delivery's own answer: report only a real step forward.
         Ok(status.filter(|(new, _)| current.is_some_and(|old| old.advances_to(*new))))
     }

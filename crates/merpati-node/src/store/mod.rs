@@ -450,6 +450,13 @@ pub trait Store: Send + Sync {
     /// Applies `changes` in order, all or none, in one transaction, and returns once they are
     /// durable. Concurrent callers are serialised; a reader sees a batch entirely or not at all.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
+    /// Like [`Store::apply`] (atomic, visible at once) but without waiting for the disk: for
+    /// bookkeeping whose loss in a crash is harmless because it is redone, such as removing an
+    /// outbox entry the peer already acknowledged (a crash only re-sends it, and the peer answers
+    /// `Accepted` again without storing a duplicate). The next durable `apply` flushes it too.
+    fn apply_relaxed(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.apply(changes)
+    }
 }
 
 #[cfg(test)]

@@ -374,6 +374,18 @@ impl Store for SledStore {
         // Never inside the transaction: flushing there deadlocks sled.
         self.commits.make_durable(|| self.sync())
     }
+
+    fn apply_relaxed(&self, changes: &[Change]) -> Result<(), StoreError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let _shared = self.shared();
+        self.trees[..]
+            .transaction(|trees: &Vec<TransactionalTree>| {
+                engine::apply(&SledTx(trees), &self.keyring, changes)
+            })
+            .map_err(from_transaction)
+    }
 }
 
 /// Shares flushes between concurrent committers (see the module documentation).
