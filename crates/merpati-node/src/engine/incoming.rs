@@ -13,8 +13,8 @@ use merpati_proto::identity::fingerprint;
 use merpati_proto::session::{Incoming, OpenError, Responder, Session, SessionId, open_digest};
 use merpati_proto::wire::{Refusal, deliver};
 
-use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError};
-use crate::store::{Change, Contact, Direction, OutboxEntry, Status, Store, StoredMessage};
+use super::{Engine, EngineError};
+use crate::store::{Change, Contact, Direction, Status, Store, StoredMessage};
 
 /// What receiving one envelope did.
 #[derive(Debug, Default)]
@@ -171,17 +171,7 @@ impl<S: Store> Engine<S> {
                 // A receipt that cannot be sealed is only a missing status update for the
                 // sender; the message itself is still stored.
                 if let Some(sealed) = sealed {
-                    changes.push(Change::PutOutbox(OutboxEntry {
-                        id: sealed.message_id,
-                        contact: contact.to_owned(),
-                        envelope: sealed.envelope,
-                        mailbox: sealed.mailbox,
-                        created_at: now,
-                        seq: sealed.seq,
-                        attempts: 0,
-                        next_attempt_at: now,
-                        expires_at: now.plus(DEFAULT_MESSAGE_LIFETIME),
-                    }));
+                    changes.push(Change::PutOutbox(super::outgoing::queue_entry(sealed, contact, now)));
                 }
             }
             Body::Receipt { kind, ids } => {

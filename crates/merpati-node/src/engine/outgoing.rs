@@ -7,7 +7,7 @@
 
 use merpati_proto::Timestamp;
 use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId};
-use merpati_proto::session::Session;
+use merpati_proto::session::{Sealed, Session};
 use merpati_proto::wire::Refusal;
 use rand_core::Rng;
 
@@ -100,17 +100,7 @@ impl<S: Store> Engine<S> {
             self.sessions.get(&session_id).ok_or_else(|| EngineError::UnknownContact(to.to_owned()))?;
         changes.extend(self.persist_session(session, &contact.name));
         changes.push(Change::PutMessage(message.clone()));
-        changes.push(Change::PutOutbox(OutboxEntry {
-            id: sealed.message_id,
-            contact: contact.name.clone(),
-            envelope: sealed.envelope,
-            mailbox: sealed.mailbox,
-            created_at: now,
-            seq: sealed.seq,
-            attempts: 0,
-            next_attempt_at: now,
-            expires_at: now.plus(DEFAULT_MESSAGE_LIFETIME),
-        }));
+        changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));
         if let Err(e) = self.store.apply(&changes) {
             self.forget_session(&session_id);
             return Err(e.into());
@@ -213,6 +203,21 @@ impl<S: Store> Engine<S> {
         let exp = RETRY_BASE.saturating_mul(1u64 << attempts.min(20)).min(RETRY_MAX);
         let jitter = self.rng.next_u64() % (exp / 2 + 1);
         exp - exp / 4 + jitter
+    }
+}
+
+/// A freshly sealed envelope as an outbox entry, due at once and kept for the message lifetime.
+pub(super) fn queue_entry(sealed: Sealed, contact: &str, now: Timestamp) -> OutboxEntry {
+    OutboxEntry {
+        id: sealed.message_id,
+        contact: contact.to_owned(),
+        envelope: sealed.envelope,
+        mailbox: sealed.mailbox,
+        created_at: now,
+        seq: sealed.seq,
+        attempts: 0,
+        next_attempt_at: now,
+        expires_at: now.plus(DEFAULT_MESSAGE_LIFETIME),
     }
 }
 

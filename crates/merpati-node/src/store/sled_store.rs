@@ -193,6 +193,16 @@ impl SledStore {
         sync_path(&blobs)
     }
 
+    /// Runs `changes` as one sled transaction over every tree (not yet durable).
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let _shared = self.shared();
+        self.trees[..]
+            .transaction(|trees: &Vec<TransactionalTree>| {
+                engine::apply(&SledTx(trees), &self.keyring, changes)
+            })
+            .map_err(from_transaction)
+    }
+
     fn tree(&self, tree: Tree) -> &sled::Tree {
         &self.trees[tree.index()]
     }
@@ -363,14 +373,7 @@ impl Store for SledStore {
         if changes.is_empty() {
             return Ok(());
         }
-        {
-            let _shared = self.shared();
-            self.trees[..]
-                .transaction(|trees: &Vec<TransactionalTree>| {
-                    engine::apply(&SledTx(trees), &self.keyring, changes)
-                })
-                .map_err(from_transaction)?;
-        }
+        self.commit(changes)?;
         // Never inside the transaction: flushing there deadlocks sled.
         self.commits.make_durable(|| self.sync())
     }
@@ -379,12 +382,7 @@ impl Store for SledStore {
         if changes.is_empty() {
             return Ok(());
         }
-        let _shared = self.shared();
-        self.trees[..]
-            .transaction(|trees: &Vec<TransactionalTree>| {
-                engine::apply(&SledTx(trees), &self.keyring, changes)
-            })
-            .map_err(from_transaction)
+        self.commit(changes)
     }
 }
 

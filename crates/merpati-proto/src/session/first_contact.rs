@@ -20,7 +20,7 @@ use crate::time::Timestamp;
 
 use super::payload::FirstContactPayload;
 use super::state::{RecvEpoch, SendEpoch, SeqTracker, SessionState};
-use super::{Incoming, OpenError, Role, SealError, Session, next_root, open_digest, session_id};
+use super::{Incoming, OpenError, Role, SealError, Session, next_root, session_id};
 
 /// What the responder needs to accept first contacts: its own current bundle (identity, device id,
 /// version list) and its prekey secrets.
@@ -147,15 +147,7 @@ impl Session {
             root: next_root(&split.k2),
             latest_epoch: 0,
             send: None,
-            recv: vec![RecvEpoch {
-                epoch: 0,
-                open_digest: open_digest(open),
-                next_sub: 0,
-                next_key: split.k1,
-                subkeys: Vec::new(),
-                opened_at: now,
-                superseded_at: None,
-            }],
+            recv: vec![RecvEpoch::new(0, open, split.k1, now)],
             my_ratchet: None,
             peer_ratchet: Some(payload.ratchet),
             my_mailbox_secret,

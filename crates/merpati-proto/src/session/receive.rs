@@ -130,15 +130,7 @@ impl Session {
         let (payload, split) = noise::epoch_open_read(&self.state.root, ratchet, &prologue, open)
             .map_err(|_| OpenError::Rejected)?;
         let payload = EpochPayload::decode(&payload).map_err(OpenError::Payload)?;
-        let recv = RecvEpoch {
-            epoch,
-            open_digest: open_digest(open),
-            next_sub: 0,
-            next_key: split.k1,
-            subkeys: Vec::new(),
-            opened_at: now,
-            superseded_at: None,
-        };
+        let recv = RecvEpoch::new(epoch, open, split.k1, now);
         let root = next_root(&split.k2);
         let mut plan = plan_key(Slot::Known(usize::MAX), &recv, sub)?;
         plan.slot = Slot::New(Box::new(NewEpoch { recv, root, payload }));

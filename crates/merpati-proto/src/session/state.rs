@@ -95,6 +95,21 @@ pub struct RecvEpoch {
     pub superseded_at: Option<Timestamp>,
 }
 
+impl RecvEpoch {
+    /// A peer epoch just opened by `open`, whose first sub-epoch key is `key`.
+    pub(crate) fn new(epoch: u32, open: &[u8], key: SymmetricKey, now: Timestamp) -> Self {
+        RecvEpoch {
+            epoch,
+            open_digest: super::open_digest(open),
+            next_sub: 0,
+            next_key: key,
+            subkeys: Vec::new(),
+            opened_at: now,
+            superseded_at: None,
+        }
+    }
+}
+
 /// A retained sub-epoch key with its replay bitmap.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubKey {
