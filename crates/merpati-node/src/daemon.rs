@@ -27,12 +27,18 @@ use crate::engine::{Attempt, AttemptResult, Engine, Me};
 use crate::net;
 use crate::ports::Ports;
 use crate::rpc;
-use crate::store::{Keyring, SledStore, Status, Store, StoredMessage};
+use crate::store::keyring::KeyInfo;
+use crate::store::{Keyring, SledStore, Status, Store, StoreError, StoredMessage};
 
 /// The most delivery attempts running at once.
 pub const MAX_DELIVERIES_IN_FLIGHT: usize = 256;
 /// How often due retries are looked for.
 pub const RETRY_TICK: Duration = Duration::from_secs(1);
+/// How old the storage key may get before it is replaced and destroyed (ms). Deleted session keys
+/// are unrecoverable from the database files once the key that sealed them is gone.
+pub const STORAGE_KEY_LIFETIME: u64 = Timestamp::DAY;
+/// How often the storage key's age is checked.
+pub const STORAGE_KEY_CHECK: Duration = Duration::from_secs(3600);
 
 /// What the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -162,6 +168,9 @@ impl Actor {
     ) {
         let mut tick = tokio::time::interval(RETRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick fires at once: a key that aged while the daemon was off goes at start.
+        let mut key_check = tokio::time::interval(STORAGE_KEY_CHECK);
+        key_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -187,6 +196,7 @@ impl Actor {
                     }
                 }
                 _ = tick.tick() => self.kick(None),
+                _ = key_check.tick() => self.rotate_storage_key_if_due(),
             }
         }
     }
@@ -241,6 +251,17 @@ impl Actor {
         }
     }
 
+    fn rotate_storage_key_if_due(&mut self) {
+        let store = self.engine.store();
+        match tokio::task::block_in_place(|| rotate_storage_key_if_due(store, now())) {
+            Ok(Some(key)) => {
+                tracing::info!(key = key.id, "storage key rotated; the previous one is destroyed")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!("cannot rotate the storage key: {e}"),
+        }
+    }
+
     /// Starts the due deliveries (all of one contact's when it just came online).
     fn kick(&mut self, contact: Option<&str>) {
         let attempts = match self.engine.due(now(), contact) {
@@ -274,6 +295,14 @@ impl Actor {
     }
 }
 
+/// Replaces the storage key once it is [`STORAGE_KEY_LIFETIME`] old; returns the new key.
+pub fn rotate_storage_key_if_due(store: &SledStore, now: Timestamp) -> Result<Option<KeyInfo>, StoreError> {
+    if now.since(store.keyring().current().created_at) < STORAGE_KEY_LIFETIME {
+        return Ok(None);
+    }
+    store.rotate_storage_key(&mut os_rng()).map(Some)
+}
+
 async fn deliver(net: net::Handle, attempt: Attempt) -> (MessageId, String, AttemptResult) {
     let result = match PeerId::from_bytes(&attempt.peer_id) {
         Err(_) => AttemptResult::Unreachable("the contact's node id is damaged".into()),
@@ -289,4 +318,22 @@ async fn deliver(net: net::Handle, attempt: Attempt) -> (MessageId, String, Atte
         }
     };
     (attempt.id, attempt.contact, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_storage_key_is_replaced_once_a_day_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = Keyring::open_or_create(SledStore::key_file(dir.path()), &mut os_rng()).unwrap();
+        let store = SledStore::open(dir.path(), keyring).unwrap();
+        let first = store.keyring().current();
+        assert!(rotate_storage_key_if_due(&store, now()).unwrap().is_none());
+        let later = now().plus(STORAGE_KEY_LIFETIME + 1);
+        let second = rotate_storage_key_if_due(&store, later).unwrap().unwrap();
+        assert_ne!(second.id, first.id);
+        assert_eq!(store.keyring().keys().iter().map(|k| k.id).collect::<Vec<_>>(), vec![second.id]);
+    }
 }
