@@ -117,3 +117,13 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn a_mistyped_config_file_is_a_clear_error() {
+    let node = Node::init("Alice");
+    std::fs::write(node.home().join("merpatid.toml"), "lisen = [\"/ip4/0.0.0.0/tcp/0\"]\n").unwrap();
+    let out = node.spawn_daemon().wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let log = node.log();
+    assert!(log.contains("merpatid.toml") && log.contains("lisen"), "{log}");
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use libp2p::Multiaddr;
 use merpati_control::home::Home;
+use merpati_node::config::FileConfig;
 use merpati_node::daemon::{self, Options};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +24,10 @@ struct Args {
     /// interfaces, ports chosen by the system.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
+    /// Config file (TOML: `listen = [...]`, `mdns = true|false`). Default: <home>/merpatid.toml if
+    /// it exists. Flags given here override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Do not look for peers on the local network (mDNS).
     #[arg(long)]
     no_mdns: bool,
@@ -60,7 +65,17 @@ fn main() -> ExitCode {
         Ok(home) => home,
         Err(e) => return fail(&e),
     };
-    let options = Options { home, listen: args.listen, mdns: !args.no_mdns };
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path),
+        None => FileConfig::load_if_present(&home.config_file()),
+    };
+    let file = match file {
+        Ok(file) => file,
+        Err(e) => return fail(&e),
+    };
+    let listen = if args.listen.is_empty() { file.listen.unwrap_or_default() } else { args.listen };
+    let mdns = !args.no_mdns && file.mdns.unwrap_or(true);
+    let options = Options { home, listen, mdns };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&e),
