@@ -41,7 +41,7 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
         method::ContactList::NAME => contact_list(engine, net).await.map(to_value),
         method::ContactShow::NAME => match request.params_of::<method::ContactShow>() {
             Err(answer) => return answer,
-            Ok(params) => contact_show(engine, &params.name).map(to_value),
+            Ok(params) => blocking(|| contact_show(engine, &params.name)).map(to_value),
         },
         method::Send::NAME => match request.params_of::<method::Send>() {
             Err(answer) => return answer,
@@ -162,9 +162,10 @@ async fn contact_list(
     Ok(ContactListResult { contacts })
 }
 
-fn contact_show(engine: &Engine<SledStore>, name: &str) -> Result<ContactShowResult, EngineError> {
+fn contact_show(engine: &mut Engine<SledStore>, name: &str) -> Result<ContactShowResult, EngineError> {
     let contact =
         engine.store().contact(name)?.ok_or_else(|| EngineError::UnknownContact(name.to_owned()))?;
+    let missing = engine.missing(name, now())?;
     Ok(ContactShowResult {
         fingerprint: fingerprint(&contact.identity),
         safety_number: SafetyNumber::new(&engine.profile().identity.public(), &contact.identity).to_string(),
@@ -176,6 +177,7 @@ fn contact_show(engine: &Engine<SledStore>, name: &str) -> Result<ContactShowRes
             .map(|a| a.to_string())
             .collect(),
         name: contact.name,
+        missing,
     })
 }
 

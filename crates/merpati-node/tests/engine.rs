@@ -210,3 +210,22 @@ fn a_receipt_that_overtakes_the_delivery_answer_is_not_undone() {
     assert_eq!(alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap(), None);
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
 }
+
+#[test]
+fn a_withheld_message_shows_as_a_gap() {
+    let (mut alice, mut bob) = pair();
+    for text in ["one", "two", "three"] {
+        alice.send_text("bob", text, T0).unwrap();
+    }
+    let attempts: Vec<_> = alice.store().outbox().unwrap();
+    let mut sorted = attempts.clone();
+    sorted.sort_by_key(|e| e.seq);
+    // A relay holds back the second message.
+    for entry in [&sorted[0], &sorted[2]] {
+        bob.receive(b"alice-node", &entry.envelope, T0).unwrap();
+    }
+    let name = bob.store().contacts().unwrap()[0].name.clone();
+    assert_eq!(bob.missing(&name, T0).unwrap(), vec![[1, 1]]);
+    bob.receive(b"alice-node", &sorted[1].envelope, T0).unwrap();
+    assert!(bob.missing(&name, T0).unwrap().is_empty());
+}

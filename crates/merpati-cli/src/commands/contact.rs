@@ -95,6 +95,18 @@ fn show(home: &Home, out: &mut Output, name: String) -> Result<()> {
         let label = if i == 0 { "addresses:" } else { "" };
         out.line(format_args!("{label:<15}{}", sanitize(addr)))?;
     }
+    if !contact.missing.is_empty() {
+        let count: u64 = contact.missing.iter().map(|[a, b]| b.saturating_sub(*a).saturating_add(1)).sum();
+        let ranges: Vec<String> = contact
+            .missing
+            .iter()
+            .map(|[a, b]| if a == b { format!("#{a}") } else { format!("#{a}-#{b}") })
+            .collect();
+        out.line(format_args!(
+            "missing:       {count} message(s) from {name} have not arrived ({}): held back, lost, or still on their way",
+            ranges.join(", ")
+        ))?;
+    }
     out.line(format_args!(
         "Compare the safety number with {name} in person or on a call: if both of you see the same \
          digits, nobody is in the middle."

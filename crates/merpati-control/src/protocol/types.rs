@@ -347,6 +347,10 @@ pub struct ContactShowResult {
     pub peer_id: String,
     /// The contact's known multiaddrs.
     pub addrs: Vec<String>,
+    /// Gaps in what the contact sent us: inclusive ranges of their sequence numbers that never
+    /// arrived (withheld, lost, or still on their way). Empty when nothing is missing.
+    #[serde(default)]
+    pub missing: Vec<[u64; 2]>,
 }
 
 /// The params of `send`.

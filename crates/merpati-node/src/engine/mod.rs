@@ -243,6 +243,17 @@ impl<S: Store> Engine<S> {
         Ok(Some(contact.name))
     }
 
+    /// Ranges of `contact`'s sequence numbers that have not arrived in its current session.
+    pub fn missing(&mut self, contact: &str, now: Timestamp) -> Result<Vec<[u64; 2]>, EngineError> {
+        let found =
+            self.store.contact(contact)?.ok_or_else(|| EngineError::UnknownContact(contact.to_owned()))?;
+        let Some(id) = found.session else { return Ok(Vec::new()) };
+        Ok(match self.session(&id, now)? {
+            Some(session) => session.missing().into_iter().map(|r| [*r.start(), *r.end()]).collect(),
+            None => Vec::new(),
+        })
+    }
+
     /// The stored message with `id`.
     pub fn message(&self, id: &MessageId) -> Result<StoredMessage, EngineError> {
         self.store.message(id)?.ok_or_else(|| EngineError::UnknownMessage(hex(&id.0)))
