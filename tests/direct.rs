@@ -120,3 +120,12 @@ fn the_demo_runs_and_exits_zero() {
     assert!(out.status.success(), "{stdout}\n{}", merpati_e2e::text(&out.stderr));
     assert!(stdout.contains("nothing lost") && stdout.trim_end().ends_with("Done."), "{stdout}");
 }
+
+#[test]
+fn reading_a_conversation_shows_as_read_to_the_sender() {
+    let (alice, bob) = pair();
+    alice.send("bob", "did you see this?");
+    wait_until("delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 1));
+    bob.ok(&["messages", "alice"]);
+    wait_until("read", PATIENCE, || all_out_reached(&alice, "bob", "read", 1));
+}

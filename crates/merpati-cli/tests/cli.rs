@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use merpati_control::protocol::{
     AppError, ContactListResult, ContactSummary, Direction, Event, MessageStatus, MessageView,
-    MessagesResult, Request, Response, StatusResult, StatusUpdate, method, parse_request,
+    MessagesReadResult, MessagesResult, Request, Response, StatusResult, StatusUpdate, method, parse_request,
 };
 use merpati_proto::Timestamp;
 use serde_json::{Value, json};
@@ -147,6 +147,7 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
             },
         ),
         "contact.show" => app_error(request, AppError::UnknownContact, "there is no contact named dave"),
+        "messages.read" => ok(request, MessagesReadResult { count: 1 }),
         "messages" => ok(
             request,
             MessagesResult {

@@ -3,6 +3,7 @@
 //! ```toml
 //! listen = ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
 //! mdns = true
+//! read_receipts = true
 //! ```
 //!
 //! Command-line flags override the file; absent settings keep their defaults (listen on all
@@ -51,6 +52,8 @@ pub struct FileConfig {
     pub listen: Option<Vec<Multiaddr>>,
     /// Whether to find peers on the local network with mDNS.
     pub mdns: Option<bool>,
+    /// Whether contacts are told when their messages were read.
+    pub read_receipts: Option<bool>,
 }
 
 /// The file as written, before addresses are checked.
@@ -59,6 +62,7 @@ pub struct FileConfig {
 struct RawConfig {
     listen: Option<Vec<String>>,
     mdns: Option<bool>,
+    read_receipts: Option<bool>,
 }
 
 impl FileConfig {
@@ -84,7 +88,7 @@ impl FileConfig {
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
-        Ok(FileConfig { listen, mdns: raw.mdns })
+        Ok(FileConfig { listen, mdns: raw.mdns, read_receipts: raw.read_receipts })
     }
 
     /// Reads `path` if it exists.

@@ -49,6 +49,8 @@ pub struct Options {
     pub listen: Vec<Multiaddr>,
     /// Whether to find peers on the local network with mDNS.
     pub mdns: bool,
+    /// Whether contacts are told when their messages were read.
+    pub read_receipts: bool,
 }
 
 /// What a started daemon prints once it is ready (one JSON line on stdout).
@@ -102,7 +104,8 @@ pub async fn run(
     let store = SledStore::open(&db, keyring)
         .with_context(|| format!("cannot open the database in {}", db.display()))?;
     let new_key = || libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap_or_default();
-    let engine = Engine::start(store, me, new_key, now(), os_rng())?;
+    let mut engine = Engine::start(store, me, new_key, now(), os_rng())?;
+    engine.set_read_receipts(options.read_receipts);
     let keypair = libp2p::identity::Keypair::from_protobuf_encoding(engine.profile().node_key.as_bytes())
         .context("the stored node key is damaged")?;
 

@@ -24,7 +24,7 @@ struct Args {
     /// interfaces, ports chosen by the system.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
-    /// Config file (TOML: `listen = [...]`, `mdns = true|false`). Default: <home>/merpatid.toml if
+    /// Config file (TOML: `listen = [...]`, `mdns = true|false`, `read_receipts = true|false`). Default: <home>/merpatid.toml if
     /// it exists. Flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     };
     let listen = if args.listen.is_empty() { file.listen.unwrap_or_default() } else { args.listen };
     let mdns = !args.no_mdns && file.mdns.unwrap_or(true);
-    let options = Options { home, listen, mdns };
+    let options = Options { home, listen, mdns, read_receipts: file.read_receipts.unwrap_or(true) };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&e),

@@ -4,8 +4,8 @@ use libp2p::Multiaddr;
 use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
     self, AppError, ContactAddResult, ContactListResult, ContactShowResult, ContactSummary,
-    Direction as ViewDirection, InviteResult, MessageStatus, MessageView, MessagesResult, Request, Response,
-    SendResult, StatusResult, StatusUpdate,
+    Direction as ViewDirection, InviteResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult,
+    Request, Response, SendResult, StatusResult, StatusUpdate,
 };
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{SafetyNumber, fingerprint};
@@ -75,6 +75,12 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
                         .map_err(EngineError::from),
                 }
             }
+        },
+        method::MessagesRead::NAME => match request.params_of::<method::MessagesRead>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| engine.mark_read(&params.with, now())).map(|count| {
+                to_value(MessagesReadResult { count: u32::try_from(count).unwrap_or(u32::MAX) })
+            }),
         },
         _ => return request.method_not_found(),
     };

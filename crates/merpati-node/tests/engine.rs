@@ -229,3 +229,26 @@ fn a_withheld_message_shows_as_a_gap() {
     bob.receive(b"alice-node", &sorted[1].envelope, T0).unwrap();
     assert!(bob.missing(&name, T0).unwrap().is_empty());
 }
+
+#[test]
+fn reading_a_conversation_sends_read_receipts_when_on() {
+    let (mut alice, mut bob) = pair();
+    let first = alice.send_text("bob", "read me", T0).unwrap();
+    pump(&mut alice, b"alice-node", &mut bob, T0);
+    pump(&mut bob, b"bob-node", &mut alice, T0);
+    assert_eq!(alice.message(&first.id).unwrap().status, Status::Delivered);
+    let name = bob.store().contacts().unwrap()[0].name.clone();
+    assert_eq!(bob.mark_read(&name, T0).unwrap(), 1);
+    assert_eq!(bob.mark_read(&name, T0).unwrap(), 0, "already read");
+    pump(&mut bob, b"bob-node", &mut alice, T0);
+    assert_eq!(alice.message(&first.id).unwrap().status, Status::Read);
+
+    // With read receipts off, reading is private.
+    bob.set_read_receipts(false);
+    let second = alice.send_text("bob", "and me", T0).unwrap();
+    pump(&mut alice, b"alice-node", &mut bob, T0);
+    pump(&mut bob, b"bob-node", &mut alice, T0);
+    assert_eq!(bob.mark_read(&name, T0).unwrap(), 1);
+    assert_eq!(pump(&mut bob, b"bob-node", &mut alice, T0), 0);
+    assert_eq!(alice.message(&second.id).unwrap().status, Status::Delivered);
+}

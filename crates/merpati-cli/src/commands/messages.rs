@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use merpati_control::protocol::{
-    Direction, Event, MAX_MESSAGES_LIMIT, MessageId, MessageView, MessagesParams, method,
+    Direction, Event, MAX_MESSAGES_LIMIT, MessageId, MessageView, MessagesParams, MessagesReadParams, method,
 };
 use merpati_control::{ClientError, Home};
 
@@ -40,6 +40,11 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
         if events.is_some() {
             printed.insert(message.id);
         }
+    }
+    // Showing a conversation is reading it: mark it read (the daemon tells the contact if read
+    // receipts are on).
+    if let Some(name) = &args.name {
+        connect(home)?.call::<method::MessagesRead>(MessagesReadParams { with: name.clone() })?;
     }
     let Some(events) = events else {
         return Ok(());

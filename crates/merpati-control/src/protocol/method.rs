@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 
 use super::types::{
     ContactAddParams, ContactAddResult, ContactListResult, ContactShowParams, ContactShowResult,
-    InviteResult, MessageStatusParams, MessagesParams, MessagesResult, NoParams, SendParams, SendResult,
-    StatusResult, StatusUpdate, SubscribeResult,
+    InviteResult, MessageStatusParams, MessagesParams, MessagesReadParams, MessagesReadResult,
+    MessagesResult, NoParams, SendParams, SendResult, StatusResult, StatusUpdate, SubscribeResult,
 };
 
 /// A control method: its wire name and the types of its params and result.
@@ -58,6 +58,9 @@ methods! {
     MessageStatus = "message.status", MessageStatusParams => StatusUpdate;
     /// `messages`: the latest messages, oldest first.
     Messages = "messages", MessagesParams => MessagesResult;
+    /// `messages.read`: mark a conversation's incoming messages read (and tell the sender, if
+    /// read receipts are on).
+    MessagesRead = "messages.read", MessagesReadParams => MessagesReadResult;
     /// `subscribe`: turn this connection into a notification stream as well.
     Subscribe = "subscribe", NoParams => SubscribeResult;
 }

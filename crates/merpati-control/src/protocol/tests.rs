@@ -239,6 +239,7 @@ fn method_names_match_the_document() {
             "send",
             "message.status",
             "messages",
+            "messages.read",
             "subscribe"
         ]
     );

@@ -353,6 +353,21 @@ pub struct ContactShowResult {
     pub missing: Vec<[u64; 2]>,
 }
 
+/// The params of `messages.read`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesReadParams {
+    /// The contact whose messages were read.
+    pub with: String,
+}
+
+/// The result of `messages.read`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagesReadResult {
+    /// How many messages were newly marked read.
+    pub count: u32,
+}
+
 /// The params of `send`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

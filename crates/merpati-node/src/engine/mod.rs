@@ -102,6 +102,8 @@ pub struct Engine<S: Store> {
     /// Sessions in memory, loaded from the store on first use.
     sessions: HashMap<SessionId, Session>,
     rng: ChaCha20Rng,
+    /// Whether contacts are told when their messages were read.
+    read_receipts: bool,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -146,7 +148,12 @@ impl<S: Store> Engine<S> {
         // Secret keys are not `Clone`: read back what was just stored.
         let profile = store.profile()?.ok_or(EngineError::ForeignDatabase)?;
         let bundle = bundle(&profile)?;
-        Ok(Self { store, me, profile, bundle, sessions: HashMap::new(), rng })
+        Ok(Self { store, me, profile, bundle, sessions: HashMap::new(), rng, read_receipts: true })
+    }
+
+    /// Turns read receipts on (the default) or off.
+    pub fn set_read_receipts(&mut self, on: bool) {
+        self.read_receipts = on;
     }
 
     /// The store.

@@ -6,7 +6,7 @@
 //! lifetime (30 days) runs out.
 
 use merpati_proto::Timestamp;
-use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId};
+use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId, ReceiptKind};
 use merpati_proto::session::{Sealed, Session};
 use merpati_proto::wire::Refusal;
 use rand_core::Rng;
@@ -106,6 +106,56 @@ impl<S: Store> Engine<S> {
             return Err(e.into());
         }
         Ok(message)
+    }
+
+    /// Marks `contact`'s incoming messages read; when read receipts are on, tells the contact in
+    /// one receipt per 64 messages. Returns how many were newly marked.
+    pub fn mark_read(&mut self, contact: &str, now: Timestamp) -> Result<usize, EngineError> {
+        let found =
+            self.store.contact(contact)?.ok_or_else(|| EngineError::UnknownContact(contact.to_owned()))?;
+        let unread: Vec<MessageId> = self
+            .store
+            .messages(Some(contact), usize::MAX)?
+            .into_iter()
+            .filter(|m| m.direction == Direction::In && m.status != Status::Read)
+            .map(|m| m.id)
+            .collect();
+        if unread.is_empty() {
+            return Ok(0);
+        }
+        let mut changes: Vec<Change> = unread
+            .iter()
+            .map(|id| Change::SetStatus { id: *id, status: Status::Read, reason: None })
+            .collect();
+        if let (true, Some(session_id)) = (self.read_receipts, found.session) {
+            let mut rng = self.rng.clone();
+            let Some(session) = self.session(&session_id, now)? else {
+                return Err(EngineError::UnknownContact(contact.to_owned()));
+            };
+            for ids in unread.chunks(merpati_proto::frame::MAX_RECEIPT_IDS) {
+                let receipt = Body::Receipt { kind: ReceiptKind::Read, ids: ids.to_vec() };
+                match session.seal(&receipt, now, &mut rng) {
+                    Ok(sealed) => changes.push(Change::PutOutbox(queue_entry(sealed, contact, now))),
+                    Err(e) => {
+                        self.forget_session(&session_id);
+                        return Err(e.into());
+                    }
+                }
+            }
+            self.rng = rng;
+            let session = self
+                .sessions
+                .get(&session_id)
+                .ok_or_else(|| EngineError::UnknownContact(contact.to_owned()))?;
+            changes.extend(self.persist_session(session, contact));
+        }
+        if let Err(e) = self.store.apply(&changes) {
+            if let Some(id) = found.session {
+                self.forget_session(&id);
+            }
+            return Err(e.into());
+        }
+        Ok(unread.len())
     }
 
     /// The deliveries to try at `now`: for each contact, its oldest queued envelope if that is due
