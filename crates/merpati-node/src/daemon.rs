@@ -69,14 +69,13 @@ pub fn now() -> Timestamp {
     Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
 }
 
-/// Fresh randomness from the operating system, expanded by ChaCha20.
-pub fn os_rng() -> ChaCha20Rng {
-    let mut seed = [0u8; 32];
-    // getrandom only fails where the OS has no randomness at all; the node cannot run there.
-    if getrandom::fill(&mut seed).is_err() {
-        panic!("the operating system provides no randomness");
-    }
-    ChaCha20Rng::from_seed(seed)
+/// Fresh randomness from the operating system, expanded by ChaCha20. Fails only where the
+/// operating system has no randomness to give, where the node cannot run.
+pub fn os_rng() -> std::io::Result<ChaCha20Rng> {
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::fill(&mut *seed)
+        .map_err(|e| std::io::Error::other(format!("the operating system gives no randomness: {e}")))?;
+    Ok(ChaCha20Rng::from_seed(*seed))
 }
 
 /// Runs the daemon until `shutdown` is cancelled; `ready` receives the startup line.
@@ -99,12 +98,12 @@ pub async fn run(
     let db = home.database_dir();
     std::fs::create_dir_all(&db)
         .with_context(|| format!("cannot create the database directory {}", db.display()))?;
-    let keyring = Keyring::open_or_create(SledStore::key_file(&db), &mut os_rng())
+    let keyring = Keyring::open_or_create(SledStore::key_file(&db), &mut os_rng()?)
         .with_context(|| format!("cannot open the database's key file in {}", db.display()))?;
     let store = SledStore::open(&db, keyring)
         .with_context(|| format!("cannot open the database in {}", db.display()))?;
     let new_key = || libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap_or_default();
-    let mut engine = Engine::start(store, me, new_key, now(), os_rng())?;
+    let mut engine = Engine::start(store, me, new_key, now(), os_rng()?)?;
     engine.set_read_receipts(options.read_receipts);
     let keypair = libp2p::identity::Keypair::from_protobuf_encoding(engine.profile().node_key.as_bytes())
         .context("the stored node key is damaged")?;
@@ -303,7 +302,9 @@ pub fn rotate_storage_key_if_due(store: &SledStore, now: Timestamp) -> Result<Op
     if now.since(store.keyring().current().created_at) < STORAGE_KEY_LIFETIME {
         return Ok(None);
     }
-    store.rotate_storage_key(&mut os_rng()).map(Some)
+    let mut rng =
+        os_rng().map_err(|source| StoreError::Io { path: store.keyring().path().to_owned(), source })?;
+    store.rotate_storage_key(&mut rng).map(Some)
 }
 
 async fn deliver(net: net::Handle, attempt: Attempt) -> (MessageId, String, AttemptResult) {
@@ -330,7 +331,8 @@ mod tests {
     #[test]
     fn the_storage_key_is_replaced_once_a_day_old() {
         let dir = tempfile::tempdir().unwrap();
-        let keyring = Keyring::open_or_create(SledStore::key_file(dir.path()), &mut os_rng()).unwrap();
+        let keyring =
+            Keyring::open_or_create(SledStore::key_file(dir.path()), &mut os_rng().unwrap()).unwrap();
         let store = SledStore::open(dir.path(), keyring).unwrap();
         let first = store.keyring().current();
         assert!(rotate_storage_key_if_due(&store, now()).unwrap().is_none());

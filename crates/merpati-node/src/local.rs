@@ -29,7 +29,8 @@ impl LocalNode {
     pub fn create(name: &'static str, dir: &Path, exe: &Path) -> anyhow::Result<LocalNode> {
         let home = Home::at(dir.join(name.to_lowercase()))?;
         home.create_dir()?;
-        IdentityFile::create(&mut os_rng(), Some(name.to_owned()), now())?.save_new(&home.identity_file())?;
+        IdentityFile::create(&mut os_rng()?, Some(name.to_owned()), now())?
+            .save_new(&home.identity_file())?;
         Ok(LocalNode { name, home, exe: exe.to_owned(), daemon: None })
     }
 
