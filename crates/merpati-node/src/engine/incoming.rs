@@ -109,7 +109,7 @@ impl<S: Store> Engine<S> {
             changes.push(Change::IndexOpenDigest { digest: open_digest(&open), session: session.id() });
         }
         let id = session.id();
-        self.sessions.insert(id, session);
+        self.cache_session(session, &contact.name);
         let mut received = self.store_incoming(id, &contact.name, incoming, changes, now)?;
         received.new_contact = new_contact;
         Ok(received)
@@ -121,14 +121,14 @@ impl<S: Store> Engine<S> {
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<Received, EngineError> {
-        let Some(record) = self.store.session(&id)? else {
-            return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
-        };
         let Some(session) = self.session(&id, now)? else {
             return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
         };
-        match session.open(bytes, now) {
-            Ok(incoming) => self.store_incoming(id, &record.contact, incoming, Vec::new(), now),
+        let opened = session.open(bytes, now);
+        // Set by `session` whenever it has the session in memory.
+        let contact = self.session_contacts.get(&id).cloned().unwrap_or_default();
+        match opened {
+            Ok(incoming) => self.store_incoming(id, &contact, incoming, Vec::new(), now),
             // Already stored: say so again, or the sender would keep retrying.
             Err(OpenError::Replay) => Ok(Received::answer(deliver::Response::Accepted)),
             Err(_) => Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed))),

@@ -101,6 +101,9 @@ pub struct Engine<S: Store> {
     bundle: Bundle,
     /// Sessions in memory, loaded from the store on first use.
     sessions: HashMap<SessionId, Session>,
+    /// Whose each known session is, so an incoming envelope does not decrypt the stored session
+    /// record again just to learn its contact.
+    session_contacts: HashMap<SessionId, String>,
     rng: ChaCha20Rng,
     /// Whether contacts are told when their messages were read.
     read_receipts: bool,
@@ -148,7 +151,16 @@ impl<S: Store> Engine<S> {
         // Secret keys are not `Clone`: read back what was just stored.
         let profile = store.profile()?.ok_or(EngineError::ForeignDatabase)?;
         let bundle = bundle(&profile)?;
-        Ok(Self { store, me, profile, bundle, sessions: HashMap::new(), rng, read_receipts: true })
+        Ok(Self {
+            store,
+            me,
+            profile,
+            bundle,
+            sessions: HashMap::new(),
+            session_contacts: HashMap::new(),
+            rng,
+            read_receipts: true,
+        })
     }
 
     /// Turns read receipts on (the default) or off.
@@ -272,9 +284,15 @@ impl<S: Store> Engine<S> {
             let Some(record) = self.store.session(id)? else { return Ok(None) };
             // A session loaded for the first time since start continues on a fresh sub-epoch
             // (restart safety); the apply of the step that uses it persists that.
-            self.sessions.insert(*id, Session::restore(record.state, now));
+            self.cache_session(Session::restore(record.state, now), &record.contact);
         }
         Ok(self.sessions.get_mut(id))
+    }
+
+    /// Keeps `session`, which belongs to `contact`, in memory.
+    fn cache_session(&mut self, session: Session, contact: &str) {
+        self.session_contacts.insert(session.id(), contact.to_owned());
+        self.sessions.insert(session.id(), session);
     }
 
     /// Forgets the in-memory copy of a session whose step could not be stored: the next use

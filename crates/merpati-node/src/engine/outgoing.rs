@@ -66,7 +66,7 @@ impl<S: Store> Engine<S> {
                     &mut self.rng,
                 )?;
                 let id = session.id();
-                self.sessions.insert(id, session);
+                self.cache_session(session, &contact.name);
                 contact.session = Some(id);
                 changes.push(Change::PutContact(contact.clone()));
                 id
