@@ -238,6 +238,7 @@ impl Actor {
                     }
                 }
             }
+            net::Event::RelayReserved(_) => {}
             net::Event::Discovered { peer, addrs } => {
                 let bytes: Vec<Vec<u8>> = addrs.iter().map(|a| a.to_vec()).collect();
                 let net = self.net.clone();

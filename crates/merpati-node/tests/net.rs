@@ -107,7 +107,7 @@ fn engine(
                     Seen::Delivery(peer, request.envelope)
                 }
                 Event::PeerConnected(peer) => Seen::Connected(peer),
-                Event::Discovered { .. } => continue,
+                Event::Discovered { .. } | Event::RelayReserved(_) => continue,
             };
             if tx.send(seen).await.is_err() {
                 break;

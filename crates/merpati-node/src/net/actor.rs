@@ -8,29 +8,40 @@
 //! Received deliveries go to the engine through the bounded [`Inbound`](super::Inbound) queue;
 //! their libp2p response channels stay here, keyed by request id, until the engine's [`Reply`]
 //! comes back through a oneshot.
+//!
+//! Mailbox requests to relays go out as they come (the daemon bounds how many it makes); on a
+//! relay, received mailbox requests are served by the [`MailboxServer`] as futures polled here,
+//! at most `max_mailbox_requests` at once. A user node keeps its relay reservations in
+//! [`Reservations`] and listens through them again after losing one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Duration;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns};
-use merpati_proto::wire::{Refusal, deliver};
+use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, mdns, relay};
+use merpati_proto::wire::{Refusal, deliver, mailbox};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, trace, warn};
 
+use super::Extras;
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::config::Config;
-use super::error::{DeliverError, NetError};
+use super::error::{DeliverError, MailboxError, NetError};
 use super::handle::Command;
 use super::inbound::{Event, Reply};
+use super::mailbox::{self as mailbox_net, MailboxServer, Pending, Served};
+use super::reservations::Reservations;
 
 /// How long [`spawn`](super::spawn) waits for each listener's first address before going on
 /// without it.
@@ -107,6 +118,22 @@ pub(crate) struct Actor {
     replies: FuturesUnordered<BoxFuture<'static, EngineReply>>,
     /// Per peer, how many of `replies` are theirs.
     pending_inbound: HashMap<PeerId, usize>,
+    /// Our mailbox requests waiting for a relay's answer.
+    mailbox_requests: HashMap<OutboundRequestId, Pending>,
+    /// Relay role: the service behind the mailbox protocol, and the requests it is serving.
+    mailbox_server: Option<Arc<dyn MailboxServer>>,
+    serving: FuturesUnordered<BoxFuture<'static, Served>>,
+    max_serving: usize,
+    /// The IP address of each connected peer (its latest connection), for per-address limits.
+    peer_ips: HashMap<PeerId, IpAddr>,
+    /// User node: the relays we listen through.
+    reservations: Reservations,
+    /// Relay role with no public address configured: listen addresses count as public.
+    listen_addrs_are_public: bool,
+    /// Relay role: libp2p's metrics and the gauge of reservations held.
+    metrics: Option<libp2p::metrics::Metrics>,
+    reservations_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+    reservations_held: i64,
 }
 
 impl Actor {
@@ -115,7 +142,10 @@ impl Actor {
         config: &Config,
         commands: mpsc::Receiver<Command>,
         events: mpsc::Sender<Event>,
+        extras: Extras,
     ) -> Self {
+        let listen_addrs_are_public =
+            config.relay_server.as_ref().is_some_and(|relay| relay.public_addrs.is_empty());
         Self {
             swarm,
             commands,
@@ -134,6 +164,16 @@ impl Actor {
             channels: HashMap::new(),
             replies: FuturesUnordered::new(),
             pending_inbound: HashMap::new(),
+            mailbox_requests: HashMap::new(),
+            mailbox_server: extras.mailbox_server,
+            serving: FuturesUnordered::new(),
+            max_serving: config.max_mailbox_requests,
+            peer_ips: HashMap::new(),
+            reservations: Reservations::new(config.relay_retry_max),
+            listen_addrs_are_public,
+            metrics: extras.metrics,
+            reservations_gauge: extras.reservations_gauge,
+            reservations_held: 0,
         }
     }
 
@@ -170,6 +210,7 @@ impl Actor {
                 SwarmEvent::NewListenAddr { listener_id, address } => {
                     waiting.remove(&listener_id);
                     info!(%address, "listening");
+                    self.maybe_publish_listen_addr(address);
                 }
                 other => self.handle_swarm_event(other),
             }
@@ -193,6 +234,10 @@ impl Actor {
                     }
                 },
                 Some(reply) = self.replies.next(), if !self.replies.is_empty() => self.handle_engine_reply(reply),
+                Some((channel, response)) = self.serving.next(), if !self.serving.is_empty() => {
+                    self.respond_mailbox(channel, response);
+                }
+                () = sleep_until(self.reservations.next_retry()) => self.reserve_due(),
                 // Owned, so that the permit borrows nothing of `self` while the branches run.
                 permit = self.events.clone().reserve_owned(), if !self.backlog.is_empty() => match permit {
                     Ok(permit) => {
@@ -219,12 +264,38 @@ impl Actor {
         for (_, in_flight) in self.in_flight.drain() {
             answer(in_flight.reply, Err(DeliverError::Shutdown));
         }
+        for (_, pending) in self.mailbox_requests.drain() {
+            pending.fail(MailboxError::Shutdown);
+        }
         self.queued = 0;
     }
 
     fn handle_command(&mut self, command: Command) {
         match command {
             Command::Deliver { peer, addrs, request, reply } => self.enqueue(peer, addrs, request, reply),
+            Command::Mailbox { relay, addrs, request, reply } => {
+                if relay == *self.swarm.local_peer_id() {
+                    let reason = "it is this node".to_owned();
+                    answer(reply, Err(MailboxError::Unreachable { relay, reason }));
+                    return;
+                }
+                // Direct addresses only: a circuit address for a relay would route mailbox
+                // traffic through another relay.
+                let direct =
+                    addrs.into_iter().filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit)).collect();
+                self.add_addresses(relay, direct);
+                let pending = Pending::new(relay, &request, reply);
+                let id = self.swarm.behaviour_mut().mailbox.send_request(&relay, request);
+                self.mailbox_requests.insert(id, pending);
+            }
+            Command::SetRelays { relays, reply } => {
+                for listener in self.reservations.set(relays, Instant::now()) {
+                    self.swarm.remove_listener(listener);
+                }
+                self.reserve_due();
+                answer(reply, ());
+            }
+            Command::Relays { reply } => answer(reply, self.reservations.status()),
             Command::AddAddresses { peer, addrs, reply } => {
                 self.add_addresses(peer, addrs);
                 answer(reply, ());
@@ -346,8 +417,25 @@ impl Actor {
     }
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            record_metrics(metrics, &event);
+        }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Deliver(event)) => self.handle_deliver_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => self.handle_mailbox_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.handle_relay_client_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => {
+                self.handle_relay_server_event(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => handle_dcutr_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatClient(event)) => {
+                debug!(server = %event.server, addr = %event.tested_addr, ok = event.result.is_ok(), "address probed");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::AutonatServer(event)) => {
+                trace!(client = %event.client, ok = event.result.is_ok(), "probed a client's address");
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.handle_identify_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(event)) => self.handle_mdns_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => trace!(?event, "kad"),
@@ -355,6 +443,9 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if let Some(ip) = mailbox_net::ip_of(endpoint.get_remote_address()) {
+                    self.peer_ips.insert(peer_id, ip);
+                }
                 if num_established.get() == 1 {
                     self.push_event(Event::PeerConnected(peer_id));
                 }
@@ -365,6 +456,9 @@ impl Actor {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
                 debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
+                if num_established == 0 {
+                    self.peer_ips.remove(&peer_id);
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
                 debug!(%peer, %error, "dial failed");
@@ -380,12 +474,21 @@ impl Actor {
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 debug!(from = %send_back_addr, %error, "incoming connection failed");
             }
-            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.maybe_publish_listen_addr(address);
+            }
             SwarmEvent::ExpiredListenAddr { address, .. } => info!(%address, "no longer listening"),
-            SwarmEvent::ListenerClosed { addresses, reason, .. } => match reason {
-                Ok(()) => info!(?addresses, "listener closed"),
-                Err(error) => warn!(?addresses, %error, "listener failed"),
-            },
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                match reason {
+                    Ok(()) => info!(?addresses, "listener closed"),
+                    Err(error) => warn!(?addresses, %error, "listener failed"),
+                }
+                if let Some(relay) = self.reservations.listener_closed(listener_id, Instant::now(), jitter())
+                {
+                    info!(%relay, "lost the relay reservation; will try again");
+                }
+            }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
             other => trace!(event = ?other, "swarm event"),
         }
@@ -489,6 +592,126 @@ impl Actor {
         }
     }
 
+    fn handle_mailbox_event(&mut self, event: request_response::Event<mailbox::Request, mailbox::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.serve_mailbox(peer, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(pending) = self.mailbox_requests.remove(&request_id) {
+                        pending.finish(response);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                debug!(relay = %peer, %request_id, %error, "mailbox request failed");
+                let Some(pending) = self.mailbox_requests.remove(&request_id) else { return };
+                pending.fail(match error {
+                    OutboundFailure::DialFailure => {
+                        MailboxError::Unreachable { relay: peer, reason: "dial failed".to_owned() }
+                    }
+                    OutboundFailure::Timeout => MailboxError::Timeout { relay: peer },
+                    OutboundFailure::UnsupportedProtocols => MailboxError::NotARelay { relay: peer },
+                    OutboundFailure::ConnectionClosed | OutboundFailure::Io(_) => {
+                        MailboxError::ConnectionLost { relay: peer }
+                    }
+                });
+            }
+            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %request_id, %error, "a mailbox request to us failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Relay role: hands a mailbox request to the service, or refuses it when too many are
+    /// being served already (long polls included).
+    fn serve_mailbox(
+        &mut self,
+        peer: PeerId,
+        request: mailbox::Request,
+        channel: ResponseChannel<mailbox::Response>,
+    ) {
+        let Some(server) = &self.mailbox_server else {
+            // Only a relay advertises the protocol; answer a confused peer anyway.
+            self.respond_mailbox(channel, mailbox::Response::Refused(Refusal::Unauthorized));
+            return;
+        };
+        if self.serving.len() >= self.max_serving {
+            debug!(%peer, serving = self.serving.len(), "too many mailbox requests; refusing");
+            let busy = Refusal::RateLimited { retry_after_ms: RETRY_AFTER_MS };
+            self.respond_mailbox(channel, mailbox::Response::Refused(busy));
+            return;
+        }
+        let answer = server.serve(peer, self.peer_ips.get(&peer).copied(), request);
+        self.serving.push(Box::pin(async move { (channel, answer.await) }));
+    }
+
+    fn respond_mailbox(&mut self, channel: ResponseChannel<mailbox::Response>, response: mailbox::Response) {
+        if self.swarm.behaviour_mut().mailbox.send_response(channel, response).is_err() {
+            debug!("mailbox answer not sent: the peer no longer waits for it");
+        }
+    }
+
+    /// Listens through every relay whose turn has come.
+    fn reserve_due(&mut self) {
+        let now = Instant::now();
+        for (relay, circuit) in self.reservations.due(now) {
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(listener) => {
+                    debug!(%relay, "asking the relay for a reservation");
+                    self.reservations.listening(relay, listener);
+                }
+                Err(error) => {
+                    debug!(%relay, %error, "cannot listen through the relay");
+                    self.reservations.failed(relay, now, jitter());
+                }
+            }
+        }
+    }
+
+    fn handle_relay_client_event(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. } => {
+                if !renewal {
+                    info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                self.reservations.reserved(relay_peer_id);
+                self.push_event(Event::RelayReserved(relay_peer_id));
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                debug!(relay = %relay_peer_id, "connected to a peer through a relay");
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                debug!(peer = %src_peer_id, "a peer connected to us through a relay");
+            }
+        }
+    }
+
+    fn handle_relay_server_event(&mut self, event: relay::Event) {
+        let change = match &event {
+            relay::Event::ReservationReqAccepted { renewed: false, .. } => 1,
+            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => -1,
+            _ => 0,
+        };
+        if change != 0 {
+            self.reservations_held = (self.reservations_held + change).max(0);
+            if let Some(gauge) = &self.reservations_gauge {
+                gauge.set(self.reservations_held);
+            }
+        }
+        debug!(?event, "relay");
+    }
+
+    /// Relay role without configured public addresses: a listen address is taken as public, as
+    /// on loopback in tests (without an external address the relay server offers nothing).
+    fn maybe_publish_listen_addr(&mut self, address: Multiaddr) {
+        if self.listen_addrs_are_public && !address.iter().any(|p| p == Protocol::P2pCircuit) {
+            self.swarm.add_external_address(address);
+        }
+    }
+
     fn handle_identify_event(&mut self, event: identify::Event) {
         match event {
             identify::Event::Received { peer_id, info, .. } => {
@@ -550,5 +773,41 @@ impl Actor {
 fn answer<T>(reply: oneshot::Sender<T>, value: T) {
     if reply.send(value).is_err() {
         trace!("the asker no longer waits");
+    }
+}
+
+fn handle_dcutr_event(event: dcutr::Event) {
+    match event.result {
+        Ok(_) => {
+            info!(peer = %event.remote_peer_id, "hole punched: direct connection upgraded from a relayed one")
+        }
+        Err(error) => debug!(peer = %event.remote_peer_id, %error, "hole punching failed; staying relayed"),
+    }
+}
+
+/// Feeds libp2p's metrics with a swarm event and, for behaviours it knows, the inner event.
+fn record_metrics(metrics: &libp2p::metrics::Metrics, event: &SwarmEvent<BehaviourEvent>) {
+    use libp2p::metrics::Recorder;
+    metrics.record(event);
+    match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => metrics.record(event),
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => metrics.record(event),
+        SwarmEvent::Behaviour(BehaviourEvent::Ping(event)) => metrics.record(event),
+        SwarmEvent::Behaviour(BehaviourEvent::RelayServer(event)) => metrics.record(event),
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => metrics.record(event),
+        _ => {}
+    }
+}
+
+/// A factor between 0.5 and 1.5 that spreads retries.
+fn jitter() -> f64 {
+    0.5 + rand::random::<f64>()
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,17 +1,19 @@
-//! The libp2p stack of a user node: transports (TCP with Noise and yamux, QUIC, DNS) and the
-//! composed [`Behaviour`].
+//! The libp2p stack of both roles: transports (TCP with Noise and yamux, QUIC, DNS, relay
+//! circuits) and the composed [`Behaviour`].
 //!
-//! The relay client and DCUtR join later: `with_relay_client` slots in after `with_dns` in
-//! [`build_swarm`], and its behaviour becomes one more field of [`Behaviour`], taken from the
-//! constructor's second argument.
+//! One behaviour type serves both roles; the parts only one role runs are `Toggle`d off in the
+//! other: a user node runs the relay client, DCUtR and an AutoNAT v2 client, and asks relays'
+//! mailbox services; a community relay runs a relay v2 server, an AutoNAT v2 server, Kademlia in
+//! server mode and serves the mailbox protocol.
 
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, cbor};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, connection_limits, identify, kad, mdns, noise, ping, tcp, yamux,
+    StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping,
+    relay, tcp, yamux,
 };
-use merpati_proto::wire::{self, deliver};
+use merpati_proto::wire::{self, deliver, mailbox};
 
 use super::config::Config;
 use super::error::NetError;
@@ -24,8 +26,13 @@ pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/merpati/ka
 /// The deliver protocol as libp2p names it.
 pub(crate) const DELIVER_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::DELIVER_PROTOCOL);
 
+/// The mailbox protocol as libp2p names it.
+pub(crate) const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MAILBOX_PROTOCOL);
+
 /// The deliver protocol's request-response behaviour: CBOR over one stream per request.
 pub(crate) type Deliver = cbor::Behaviour<deliver::Request, deliver::Response>;
+/// The mailbox protocol's request-response behaviour.
+pub(crate) type Mailbox = cbor::Behaviour<mailbox::Request, mailbox::Response>;
 
 /// Every behaviour of a user node. Connection limits come first so that a denied connection is
 /// refused before any other behaviour sets up a handler for it.
@@ -37,11 +44,22 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) deliver: Deliver,
+    pub(crate) mailbox: Mailbox,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    pub(crate) autonat_server: Toggle<autonat::v2::server::Behaviour>,
 }
 
 impl Behaviour {
-    fn new(config: &Config, key: &Keypair) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+    fn new(
+        config: &Config,
+        key: &Keypair,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let peer_id = key.public().to_peer_id();
+        let is_relay = config.is_relay();
 
         let limits = connection_limits::Behaviour::new(
             connection_limits::ConnectionLimits::default()
@@ -63,13 +81,14 @@ impl Behaviour {
         };
 
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-        // A user node asks the DHT but never serves it; nothing to bootstrap towards yet either
-        // (relays, the DHT servers, come with their own issue).
+        // Nothing is looked up in the DHT yet; periodic bootstraps would only cost an idle
+        // laptop traffic.
         kad_config.set_periodic_bootstrap_interval(None);
         let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-        // Pinned: left automatic, kad would switch to server mode as soon as an external
-        // address is confirmed, and a node behind NAT would advertise a service it cannot give.
-        kad.set_mode(Some(kad::Mode::Client));
+        // Pinned both ways: left automatic, a user node would switch to server mode once an
+        // external address is confirmed and advertise a service it cannot give behind NAT, and
+        // a relay would wait for confirmation it may never get.
+        kad.set_mode(Some(if is_relay { kad::Mode::Server } else { kad::Mode::Client }));
 
         let codec = cbor::codec::Codec::default()
             .set_request_size_maximum(len_u64(wire::MAX_REQUEST_LEN))
@@ -89,6 +108,40 @@ impl Behaviour {
                 .with_max_concurrent_streams(max_streams),
         );
 
+        // Relays serve mailboxes; user nodes only ask. Long polls need a longer timeout than
+        // deliveries, and a relay serves many owners at once.
+        let mailbox_codec = cbor::codec::Codec::default()
+            .set_request_size_maximum(len_u64(wire::MAX_REQUEST_LEN))
+            .set_response_size_maximum(len_u64(wire::MAX_RESPONSE_LEN));
+        let mailbox_support = if is_relay { ProtocolSupport::Inbound } else { ProtocolSupport::Outbound };
+        let mailbox = Mailbox::with_codec(
+            mailbox_codec,
+            [(MAILBOX_PROTOCOL, mailbox_support)],
+            request_response::Config::default()
+                .with_request_timeout(config.mailbox_timeout)
+                .with_max_concurrent_streams(config.max_mailbox_requests.saturating_add(STREAM_HEADROOM)),
+        );
+
+        let relay_server = config.relay_server.as_ref().map(|server| {
+            let relay_config = relay::Config {
+                max_reservations: server.max_reservations,
+                max_circuits: server.max_circuits,
+                ..relay::Config::default()
+            };
+            relay::Behaviour::new(peer_id, relay_config)
+        });
+        let (dcutr, autonat_client, autonat_server) = if is_relay {
+            (None, None, Some(autonat::v2::server::Behaviour::default()))
+        } else {
+            let autonat =
+                autonat::v2::client::Config::default().with_probe_interval(config.autonat_probe_interval);
+            (
+                Some(dcutr::Behaviour::new(peer_id)),
+                Some(autonat::v2::client::Behaviour::new(rand_for_autonat(), autonat)),
+                None,
+            )
+        };
+
         Ok(Self {
             limits,
             identify,
@@ -96,6 +149,12 @@ impl Behaviour {
             mdns: Toggle::from(mdns),
             kad,
             deliver,
+            mailbox,
+            relay_client,
+            dcutr: Toggle::from(dcutr),
+            autonat_client: Toggle::from(autonat_client),
+            relay_server: Toggle::from(relay_server),
+            autonat_server: Toggle::from(autonat_server),
         })
     }
 }
@@ -117,10 +176,18 @@ pub(crate) fn build_swarm(config: &Config, keypair: Keypair) -> Result<Swarm<Beh
         .with_quic()
         .with_dns()
         .map_err(|e| NetError::Build { stage: "DNS resolver", source: Box::new(e) })?
-        .with_behaviour(|key| Behaviour::new(config, key))
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Build { stage: "relay client", source: Box::new(e) })?
+        .with_behaviour(|key, relay_client| Behaviour::new(config, key, relay_client))
         .map_err(|e| NetError::Build { stage: "behaviours", source: Box::new(e) })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
         .with_connection_timeout(config.dial_timeout)
         .build();
     Ok(swarm)
+}
+
+/// The randomness AutoNAT's client picks nonces and servers with (its own type, seeded by the
+/// operating system).
+fn rand_for_autonat() -> rand::rngs::StdRng {
+    rand::make_rng()
 }

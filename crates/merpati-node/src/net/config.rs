@@ -37,6 +37,30 @@ pub struct Config {
     pub(crate) max_connections: u32,
     pub(crate) max_connections_per_peer: u32,
     pub(crate) max_pending_connections: u32,
+    pub(crate) mailbox_timeout: Duration,
+    pub(crate) max_mailbox_requests: usize,
+    pub(crate) relay_retry_max: Duration,
+    pub(crate) autonat_probe_interval: Duration,
+    pub(crate) relay_server: Option<RelayServer>,
+}
+
+/// The relay role's network settings: what a community relay offers and how much of it.
+#[derive(Clone, Debug)]
+pub struct RelayServer {
+    /// The relay's public addresses (without `/p2p`), announced as confirmed external addresses:
+    /// without one, libp2p's relay server offers no reservations at all. Empty: every listen
+    /// address counts as public (right on loopback and in tests, wrong behind NAT).
+    pub public_addrs: Vec<Multiaddr>,
+    /// Relay v2 reservations held at once (default 1024).
+    pub max_reservations: usize,
+    /// Relayed connections at once (default 256).
+    pub max_circuits: usize,
+}
+
+impl Default for RelayServer {
+    fn default() -> Self {
+        Self { public_addrs: Vec::new(), max_reservations: 1024, max_circuits: 256 }
+    }
 }
 
 impl Default for Config {
@@ -58,6 +82,15 @@ impl Default for Config {
             max_connections: 256,
             max_connections_per_peer: 8,
             max_pending_connections: 64,
+            // Above the longest long-poll fetch a node asks for, so a long poll ends with an
+            // answer rather than a timeout.
+            mailbox_timeout: Duration::from_millis(
+                u64::from(merpati_proto::wire::MAX_FETCH_WAIT_MS) + 15_000,
+            ),
+            max_mailbox_requests: 8192,
+            relay_retry_max: Duration::from_secs(300),
+            autonat_probe_interval: Duration::from_secs(600),
+            relay_server: None,
         }
     }
 }
@@ -174,6 +207,45 @@ impl Config {
     pub fn with_max_pending_connections(mut self, max: u32) -> Self {
         self.max_pending_connections = max;
         self
+    }
+
+    /// How long a mailbox request to a relay may take, long polls included. Default: 45 s.
+    pub fn with_mailbox_timeout(mut self, timeout: Duration) -> Self {
+        self.mailbox_timeout = timeout;
+        self
+    }
+
+    /// Relay role: the most mailbox requests being served at once, long polls included; beyond
+    /// it requests are answered `RateLimited`. Default: 8192.
+    pub fn with_max_mailbox_requests(mut self, max: usize) -> Self {
+        self.max_mailbox_requests = max.max(1);
+        self
+    }
+
+    /// User node: the longest wait between attempts to regain a lost relay reservation (the wait
+    /// doubles from one second up to this, with jitter). Default: 300 s.
+    pub fn with_relay_retry_max(mut self, max: Duration) -> Self {
+        self.relay_retry_max = max.max(Duration::from_secs(1));
+        self
+    }
+
+    /// User node: how often AutoNAT asks servers to confirm an address candidate. Default:
+    /// 600 s, so an idle laptop sends almost nothing.
+    pub fn with_autonat_probe_interval(mut self, interval: Duration) -> Self {
+        self.autonat_probe_interval = interval;
+        self
+    }
+
+    /// Runs the node as a community relay: Kademlia in server mode, a relay v2 server, an
+    /// AutoNAT v2 server and the mailbox service. Default: a user node.
+    pub fn with_relay_server(mut self, relay: RelayServer) -> Self {
+        self.relay_server = Some(relay);
+        self
+    }
+
+    /// Whether the node runs as a community relay.
+    pub fn is_relay(&self) -> bool {
+        self.relay_server.is_some()
     }
 
     /// The addresses the node will listen on.

@@ -101,3 +101,51 @@ impl DeliverError {
         matches!(self, Self::Timeout { .. } | Self::ConnectionClosed { .. } | Self::Stream { .. })
     }
 }
+
+/// Why a mailbox request to a relay got no usable answer. A refusal by the relay is not an
+/// error: it comes back as [`Response::Refused`](merpati_proto::wire::mailbox::Response::Refused).
+#[derive(Debug, Error)]
+pub enum MailboxError {
+    /// The request breaks the wire limits; it was not sent.
+    #[error("the mailbox request cannot be sent")]
+    Invalid(#[source] WireError),
+    /// No connection to the relay could be made.
+    #[error("relay {relay} is unreachable: {reason}")]
+    Unreachable {
+        /// The relay.
+        relay: PeerId,
+        /// Why, as libp2p reports it.
+        reason: String,
+    },
+    /// The relay did not answer in time. A deposit may still have been stored.
+    #[error("relay {relay} did not answer in time")]
+    Timeout {
+        /// The relay.
+        relay: PeerId,
+    },
+    /// The connection or stream failed before the relay answered. A deposit may still have been
+    /// stored.
+    #[error("the connection to relay {relay} failed before it answered")]
+    ConnectionLost {
+        /// The relay.
+        relay: PeerId,
+    },
+    /// The peer does not run a mailbox service: it is not a relay.
+    #[error("peer {relay} is not a relay (it keeps no mailboxes)")]
+    NotARelay {
+        /// The peer.
+        relay: PeerId,
+    },
+    /// The relay's answer breaks the protocol (more items than asked, another mailbox's
+    /// envelopes, …); it was dropped.
+    #[error("relay {relay} answered against the protocol: {error}")]
+    BadResponse {
+        /// The relay.
+        relay: PeerId,
+        /// The rule it broke.
+        error: WireError,
+    },
+    /// The network task has stopped (shutdown).
+    #[error("the network is shut down")]
+    Shutdown,
+}

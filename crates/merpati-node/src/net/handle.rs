@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use merpati_proto::wire::deliver;
+use merpati_proto::wire::{deliver, mailbox};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use super::error::DeliverError;
+use super::error::{DeliverError, MailboxError};
+use super::reservations::RelayStatus;
 
 /// What a [`Handle`] asks of the network task.
 #[derive(Debug)]
@@ -20,6 +21,17 @@ pub(crate) enum Command {
         request: deliver::Request,
         reply: oneshot::Sender<Result<deliver::Response, DeliverError>>,
     },
+    /// Send a mailbox request to a relay over a direct connection (dialling `addrs` if need be).
+    Mailbox {
+        relay: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: mailbox::Request,
+        reply: oneshot::Sender<Result<mailbox::Response, MailboxError>>,
+    },
+    /// Keep reservations on exactly these relays (direct addresses ending in `/p2p/<relay>`).
+    SetRelays { relays: Vec<Multiaddr>, reply: oneshot::Sender<()> },
+    /// The state of each relay we keep a reservation on.
+    Relays { reply: oneshot::Sender<Vec<RelayStatus>> },
     /// Remember addresses of a peer for later dials.
     AddAddresses { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<()> },
     /// Our listen addresses.
@@ -39,6 +51,7 @@ pub struct Handle {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     deliver_timeout: Duration,
+    mailbox_timeout: Duration,
 }
 
 impl Handle {
@@ -46,8 +59,9 @@ impl Handle {
         commands: mpsc::Sender<Command>,
         local_peer_id: PeerId,
         deliver_timeout: Duration,
+        mailbox_timeout: Duration,
     ) -> Self {
-        Self { commands, local_peer_id, deliver_timeout }
+        Self { commands, local_peer_id, deliver_timeout, mailbox_timeout }
     }
 
     /// Hands `envelope` to `peer` and waits for its answer: `Accepted` once the peer has stored
@@ -82,6 +96,45 @@ impl Handle {
         tokio::time::timeout(self.deliver_timeout, exchange)
             .await
             .unwrap_or(Err(DeliverError::Timeout { peer }))
+    }
+
+    /// Sends `request` to the mailbox service of `relay` and waits for its answer, which has
+    /// been checked against the request (see
+    /// [`Response::validate_for`](merpati_proto::wire::mailbox::Response::validate_for)).
+    /// `addrs` are the relay's direct addresses; mailbox traffic never goes through a circuit.
+    /// Bounded by [`Config::with_mailbox_timeout`](super::Config::with_mailbox_timeout).
+    pub async fn mailbox(
+        &self,
+        relay: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: mailbox::Request,
+    ) -> Result<mailbox::Response, MailboxError> {
+        request.validate().map_err(MailboxError::Invalid)?;
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.commands
+                .send(Command::Mailbox { relay, addrs, request, reply })
+                .await
+                .map_err(|_| MailboxError::Shutdown)?;
+            answer.await.map_err(|_| MailboxError::Shutdown)?
+        };
+        // libp2p's own request timeout normally answers first; this bounds the queueing too.
+        tokio::time::timeout(self.mailbox_timeout, exchange)
+            .await
+            .unwrap_or(Err(MailboxError::Timeout { relay }))
+    }
+
+    /// Keeps a reservation (and a listener on its circuit address) on each of `relays`, and on
+    /// no other: new ones are reserved at once, removed ones released. A lost reservation is
+    /// sought again with backoff and jitter.
+    pub async fn set_relays(&self, relays: Vec<Multiaddr>) -> Result<(), Stopped> {
+        self.ask(|reply| Command::SetRelays { relays, reply }).await
+    }
+
+    /// The relays we keep reservations on, and whether each is connected and reserved. Empty
+    /// once the network task has stopped.
+    pub async fn relays(&self) -> Vec<RelayStatus> {
+        self.ask(|reply| Command::Relays { reply }).await.unwrap_or_default()
     }
 
     /// Remembers addresses of `peer` for later dials (deliveries without addresses use them).

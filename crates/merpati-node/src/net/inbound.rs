@@ -27,6 +27,9 @@ pub enum Event {
     },
     /// The first connection to a peer is up: a good moment to send it what waits in the outbox.
     PeerConnected(PeerId),
+    /// One of our relays accepted our reservation: contacts can reach us through it, and it is
+    /// connected, so a good moment to fetch what it keeps for us.
+    RelayReserved(PeerId),
     /// mDNS found a peer on the local network. The addresses are already known to the network
     /// task; the event says the peer is near.
     Discovered {

@@ -1,6 +1,8 @@
-//! The user node's networking over libp2p: TCP and QUIC transports, connection limits, identify,
-//! ping, mDNS, a client-mode Kademlia on our own protocol name, and direct delivery
-//! (`/merpati/deliver/1`, request-response with CBOR).
+//! Networking over libp2p for both roles: TCP and QUIC transports, connection limits, identify,
+//! ping, mDNS, Kademlia on our own protocol name, direct delivery (`/merpati/deliver/1`) and the
+//! relays' mailboxes (`/merpati/mailbox/1`), both request-response with CBOR. A user node also
+//! keeps relay reservations (relay client, DCUtR hole punching, an AutoNAT v2 client); a
+//! community relay runs the relay v2 server, an AutoNAT v2 server and the mailbox service.
 //!
 //! [`spawn`] starts a network task that owns the swarm and returns:
 //! * a [`Handle`] to deliver envelopes to peers and ask about the node;
@@ -18,7 +20,6 @@
 //! Every queue is bounded: commands, the engine's events, deliveries per peer and in all,
 //! unanswered received deliveries; when one is full, callers wait (commands), get
 //! [`DeliverError::QueueFull`] (outgoing), or peers are answered `RateLimited` (incoming).
-//! The relay role, relay client and DCUtR come later and slot into `behaviour.rs`.
 
 mod actor;
 mod behaviour;
@@ -26,6 +27,8 @@ mod config;
 mod error;
 mod handle;
 mod inbound;
+mod mailbox;
+mod reservations;
 
 use std::collections::HashMap;
 
@@ -34,10 +37,33 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use self::config::Config;
-pub use self::error::{DeliverError, NetError};
+pub use self::config::{Config, RelayServer};
+pub use self::error::{DeliverError, MailboxError, NetError};
 pub use self::handle::{Handle, Stopped};
 pub use self::inbound::{Event, Inbound, Reply};
+pub use self::mailbox::MailboxServer;
+pub use self::reservations::RelayStatus;
+
+/// What a node may plug into its network beyond the [`Config`]: the relay role's mailbox service
+/// and metrics.
+#[derive(Default)]
+pub struct Extras {
+    /// The service behind `/merpati/mailbox/1` (relay role).
+    pub mailbox_server: Option<std::sync::Arc<dyn MailboxServer>>,
+    /// libp2p's metrics, fed with every swarm event.
+    pub metrics: Option<libp2p::metrics::Metrics>,
+    /// Set to the number of relay reservations held (relay role).
+    pub reservations_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
+}
+
+impl std::fmt::Debug for Extras {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Extras")
+            .field("mailbox_server", &self.mailbox_server.is_some())
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
 
 /// Starts the network of a user node with identity `keypair`: builds the transports and
 /// behaviours, listens on `config`'s addresses and waits (a few seconds at most) until each
@@ -52,8 +78,23 @@ pub async fn spawn(
     keypair: Keypair,
     shutdown: CancellationToken,
 ) -> Result<(Handle, Inbound, JoinHandle<()>), NetError> {
+    spawn_with(config, keypair, Extras::default(), shutdown).await
+}
+
+/// [`spawn`] with [`Extras`]: how a community relay starts its network.
+pub async fn spawn_with(
+    config: Config,
+    keypair: Keypair,
+    extras: Extras,
+    shutdown: CancellationToken,
+) -> Result<(Handle, Inbound, JoinHandle<()>), NetError> {
     let local_peer_id = keypair.public().to_peer_id();
     let mut swarm = behaviour::build_swarm(&config, keypair)?;
+    if let Some(relay) = &config.relay_server {
+        for addr in &relay.public_addrs {
+            swarm.add_external_address(addr.clone());
+        }
+    }
     let mut listeners = HashMap::new();
     for addr in &config.listen_addrs {
         let id = swarm
@@ -64,9 +105,10 @@ pub async fn spawn(
 
     let (command_tx, command_rx) = mpsc::channel(config.command_queue);
     let (event_tx, event_rx) = mpsc::channel(config.inbound_queue);
-    let mut actor = actor::Actor::new(swarm, &config, command_rx, event_tx);
+    let mut actor = actor::Actor::new(swarm, &config, command_rx, event_tx, extras);
     actor.await_listeners(listeners, &shutdown).await?;
     let task = tokio::spawn(actor.run(shutdown));
 
-    Ok((Handle::new(command_tx, local_peer_id, config.deliver_timeout), Inbound::new(event_rx), task))
+    let handle = Handle::new(command_tx, local_peer_id, config.deliver_timeout, config.mailbox_timeout);
+    Ok((handle, Inbound::new(event_rx), task))
 }
