@@ -148,7 +148,12 @@ fn daemon_not_running() {
 fn subscribe_streams_typed_events_and_skips_unknown_ones() {
     let (_dir, home) = daemon(answering(|request| {
         assert_eq!(request.method, "subscribe");
-        let status = StatusUpdate { id: ID.parse().unwrap(), status: MessageStatus::Delivered, reason: None, stored: None };
+        let status = StatusUpdate {
+            id: ID.parse().unwrap(),
+            status: MessageStatus::Delivered,
+            reason: None,
+            stored: None,
+        };
         vec![
             // A notification sent before the answer must not be lost.
             Event::Message(view("early")).to_notification().to_line(),
@@ -201,7 +206,8 @@ fn call_times_out_and_skips_the_late_answer() {
         if request.id == 1u64.into() {
             thread::sleep(Duration::from_millis(300));
         }
-        let update = StatusUpdate { id: ID.parse().unwrap(), status: MessageStatus::Sent, reason: None, stored: None };
+        let update =
+            StatusUpdate { id: ID.parse().unwrap(), status: MessageStatus::Sent, reason: None, stored: None };
         vec![Response::ok(request.id, update).to_line()]
     }));
     let config = Config::default().with_read_timeout(Some(Duration::from_millis(100)));

@@ -328,8 +328,12 @@ fn golden_subscribe_and_notifications() {
     let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };
     assert_eq!(Event::from_notification(&n).unwrap(), Some(message));
 
-    let status =
-        Event::Status(StatusUpdate { id: message_id(), status: MessageStatus::Read, reason: None, stored: None });
+    let status = Event::Status(StatusUpdate {
+        id: message_id(),
+        status: MessageStatus::Read,
+        reason: None,
+        stored: None,
+    });
     let line = r#"{"jsonrpc":"2.0","method":"status","params":{"id":"0123456789abcdef0123456789abcdef","status":"read"}}"#;
     assert_line(&status.to_notification().to_line(), line, "status notification");
     let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };

@@ -488,7 +488,8 @@ pub struct RelayView {
     pub reserved: bool,
 }
 
-/// The params of `relay.add`.
+/// The params of `relay.add`. Adding a relay whose peer id is already listed is not an error:
+/// the list is answered as it is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelayAddParams {
