@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use merpati_control::protocol::check_name;
 use merpati_proto::invite::MAX_NAME_LEN;
 
-use crate::commands::{contact, init, invite, messages, send};
+use crate::commands::{contact, init, invite, messages, relay, send};
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
 ///
@@ -46,6 +46,14 @@ pub(crate) enum Command {
     Messages(messages::Args),
     /// Show the daemon's peer id, addresses, connected contacts and outbox
     Status,
+    /// Add, list and remove the relays that keep your messages while you are offline
+    ///
+    /// A relay is a node, usually run by someone you trust, that keeps messages for you while
+    /// you are offline and lets contacts reach you when you are behind NAT. It only ever sees
+    /// ciphertext: it cannot read your messages. You can use up to 4; the invites you give out
+    /// list them, so add relays before you hand out invites.
+    #[command(subcommand)]
+    Relay(relay::Command),
 }
 
 /// A contact name argument: 1–64 characters, no control characters (what merpatid accepts), so

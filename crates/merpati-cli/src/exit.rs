@@ -26,6 +26,13 @@ pub(crate) enum Code {
     Timeout = 8,
     /// 9: the message failed.
     MessageFailed = 9,
+    /// 10: the daemon refused a relay address (not a multiaddr, no `/p2p/<peer id>`, or a
+    /// `p2p-circuit` address).
+    InvalidRelayAddress = 10,
+    /// 11: `relay remove` named a relay that is not in the list.
+    UnknownRelay = 11,
+    /// 12: the relay list is full.
+    RelayListFull = 12,
 }
 
 /// An error found by the CLI itself, with the exit code it calls for.
@@ -64,6 +71,9 @@ pub(crate) fn code_of(error: &anyhow::Error) -> Code {
                     Some(AppError::UnknownContact) => Code::UnknownContact,
                     Some(AppError::InvalidInvite) => Code::InvalidInvite,
                     Some(AppError::MessageTooLarge) => Code::MessageTooLarge,
+                    Some(AppError::InvalidRelayAddress) => Code::InvalidRelayAddress,
+                    Some(AppError::UnknownRelay) => Code::UnknownRelay,
+                    Some(AppError::RelayListFull) => Code::RelayListFull,
                     _ => Code::Other,
                 },
                 _ => Code::Other,
@@ -105,6 +115,12 @@ mod tests {
         assert_eq!(code_of(&remote(2)), Code::InvalidInvite);
         assert_eq!(code_of(&remote(3)), Code::MessageTooLarge);
         assert_eq!(code_of(&remote(4)), Code::Other);
+        assert_eq!(code_of(&remote(8)), Code::InvalidRelayAddress);
+        assert_eq!(code_of(&remote(9)), Code::UnknownRelay);
+        assert_eq!(code_of(&remote(10)), Code::RelayListFull);
+        assert_eq!(Code::InvalidRelayAddress as u8, 10);
+        assert_eq!(Code::UnknownRelay as u8, 11);
+        assert_eq!(Code::RelayListFull as u8, 12);
         assert_eq!(code_of(&remote(-32602)), Code::Other);
         let not_running = ClientError::DaemonNotRunning { socket: PathBuf::from("/h/control.sock") };
         assert_eq!(

@@ -6,6 +6,7 @@ use std::fmt::{Display, Write as _};
 use std::io::{self, Write};
 
 use anyhow::{Context, Result};
+use merpati_control::protocol::{MessageStatus, StoredCount};
 use merpati_proto::Timestamp;
 use serde::Serialize;
 
@@ -68,6 +69,15 @@ pub(crate) fn sanitize(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A status as people read it: the wire name, with the relay count after `stored` (`stored 1/2`:
+/// one of the contact's two relays holds the message).
+pub(crate) fn status_text(status: MessageStatus, stored: Option<StoredCount>) -> String {
+    match (status, stored) {
+        (MessageStatus::Stored, Some(count)) => format!("stored {count}"),
+        (status, _) => status.to_string(),
+    }
+}
+
 /// A time in the local time zone, `2026-11-21 14:05:09`; the raw milliseconds if out of range.
 pub(crate) fn local_time(time: Timestamp) -> String {
     i64::try_from(time.millis())
@@ -87,6 +97,16 @@ mod tests {
         assert_eq!(sanitize("a\nb\tc\r"), "a\\nb\\tc\\r");
         assert_eq!(sanitize("\u{1b}[2J"), "\\u{1b}[2J");
         assert_eq!(sanitize("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
+
+    #[test]
+    fn statuses_show_the_relay_count_after_stored() {
+        let count = Some(StoredCount { accepted: 1, total: 2 });
+        assert_eq!(status_text(MessageStatus::Stored, count), "stored 1/2");
+        assert_eq!(status_text(MessageStatus::Stored, None), "stored");
+        assert_eq!(status_text(MessageStatus::Delivered, None), "delivered");
+        // A count next to another status is stale news and not shown.
+        assert_eq!(status_text(MessageStatus::Read, count), "read");
     }
 
     #[test]

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant};
 
 use merpati_control::protocol::{
     AppError, ContactListResult, ContactSummary, Direction, Event, MessageStatus, MessageView,
-    MessagesReadResult, MessagesResult, Request, Response, StatusResult, StatusUpdate, method, parse_request,
+    MessagesReadResult, MessagesResult, RelayListResult, RelayView, Request, Response, StatusResult,
+    StatusUpdate, StoredCount, method, parse_request,
 };
 use merpati_proto::Timestamp;
 use serde_json::{Value, json};
 
 const ID: &str = "0123456789abcdef0123456789abcdef";
+const RELAY: &str = "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay";
 const INVITE: &str = "MERPATI1:ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 fn merpati(home: &Path, args: &[&str]) -> Output {
@@ -103,6 +105,7 @@ fn view(direction: Direction, text: &str, status: Option<MessageStatus>) -> Mess
         time: Timestamp(1_750_000_000_000),
         text: text.into(),
         status,
+        stored: None,
         seq: None,
     }
 }
@@ -274,6 +277,9 @@ fn without_a_daemon_commands_exit_3_and_say_how_to_start_it() {
         &["messages"],
         &["messages", "bob", "--follow"],
         &["--json", "status"],
+        &["relay", "add", RELAY],
+        &["relay", "list"],
+        &["relay", "remove", "12D3KooWrelay"],
     ] {
         let out = merpati(tmp.path(), args);
         assert_eq!(code(&out), 3, "{args:?}");
@@ -452,7 +458,10 @@ fn reporting(update: StatusUpdate) -> impl Fn(&Request) -> (Vec<String>, bool) +
 fn send_wait_returns_once_the_status_is_reached() {
     let tmp = tempfile::tempdir().unwrap();
     let id = ID.parse().unwrap();
-    fake_daemon(tmp.path(), reporting(StatusUpdate { id, status: MessageStatus::Read, reason: None }));
+    fake_daemon(
+        tmp.path(),
+        reporting(StatusUpdate { id, status: MessageStatus::Read, reason: None, stored: None }),
+    );
     let out = merpati(tmp.path(), &["send", "bob", "hello bob", "--wait", "delivered"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), format!("{ID}\n"));
@@ -470,6 +479,7 @@ fn send_wait_exits_9_when_the_message_fails() {
         id: ID.parse().unwrap(),
         status: MessageStatus::Failed,
         reason: Some("bob's invite expired".into()),
+        stored: None,
     };
     fake_daemon(tmp.path(), reporting(update));
     let out = merpati(tmp.path(), &["send", "bob", "hello bob", "--wait", "read"]);
@@ -523,11 +533,215 @@ fn usage_errors_exit_2() {
         &["frobnicate"],
         &["send", "bob", "x", "--wait", "soon"],
         &["messages", "--limit", "0"],
+        &["relay"],
+        &["relay", "add"],
+        &["relay", "remove"],
+        &["relay", "list", "extra"],
     ] {
         let out = merpati(tmp.path(), args);
         assert_eq!(code(&out), 2, "{args:?}");
     }
     let help = merpati(tmp.path(), &["--help"]);
     assert_eq!(code(&help), 0);
-    assert!(stdout(&help).contains("contact"));
+    assert!(stdout(&help).contains("contact") && stdout(&help).contains("relay"));
+    let help = stdout(&merpati(tmp.path(), &["relay", "--help"]));
+    assert!(help.contains("offline") && help.contains("NAT") && help.contains("ciphertext"), "{help}");
+}
+
+fn relay_view(addr: &str, connected: bool, reserved: bool) -> RelayView {
+    let peer_id = addr.rsplit('/').next().unwrap().to_owned();
+    RelayView { addr: addr.into(), peer_id, connected, reserved }
+}
+
+/// A daemon with two relays that refuses bad addresses, unknown relays and a fifth relay the way
+/// merpatid does.
+fn relays(request: &Request) -> (Vec<String>, bool) {
+    let listed = || RelayListResult {
+        relays: vec![
+            relay_view(RELAY, true, true),
+            relay_view("/dns4/relay.example.org/udp/4001/quic-v1/p2p/12D3KooWother", false, false),
+        ],
+    };
+    match request.method.as_str() {
+        "relay.list" => ok(request, listed()),
+        "relay.add" => {
+            let params = request.params_of::<method::RelayAdd>().unwrap();
+            match params.addr.as_str() {
+                RELAY => ok(request, listed()),
+                "/ip4/198.51.100.5/tcp/4001/p2p/12D3KooWfifth" => app_error(
+                    request,
+                    AppError::RelayListFull,
+                    "this node already uses 4 relays, as many as an invite can list; remove one first",
+                ),
+                _ => app_error(
+                    request,
+                    AppError::InvalidRelayAddress,
+                    "the relay address must end in /p2p/<peer id>",
+                ),
+            }
+        }
+        "relay.remove" => {
+            let params = request.params_of::<method::RelayRemove>().unwrap();
+            if params.relay == "12D3KooWother" {
+                ok(request, RelayListResult { relays: vec![relay_view(RELAY, true, true)] })
+            } else {
+                app_error(request, AppError::UnknownRelay, "this node does not use that relay")
+            }
+        }
+        _ => everyday(request),
+    }
+}
+
+#[test]
+fn relay_list_human_and_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_daemon(tmp.path(), relays);
+    let out = merpati(tmp.path(), &["relay", "list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay                 connected  reserved\n\
+         /dns4/relay.example.org/udp/4001/quic-v1/p2p/12D3KooWother  -          -\n"
+    );
+
+    let out = merpati(tmp.path(), &["--json", "relay", "list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: Vec<Value> = stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        lines,
+        vec![
+            json!({"addr": RELAY, "peer_id": "12D3KooWrelay", "connected": true, "reserved": true}),
+            json!({"addr": "/dns4/relay.example.org/udp/4001/quic-v1/p2p/12D3KooWother", "peer_id": "12D3KooWother", "connected": false, "reserved": false}),
+        ]
+    );
+}
+
+#[test]
+fn relay_add_and_remove() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_daemon(tmp.path(), relays);
+    // Surrounding whitespace from a paste is dropped before the daemon sees the address.
+    let out = merpati(tmp.path(), &["relay", "add", &format!(" {RELAY}\n")]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with(&format!("Added relay {RELAY}.\n")), "{text}");
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    let out = merpati(tmp.path(), &["relay", "remove", "12D3KooWother"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("Removed relay 12D3KooWother.\n{RELAY}  connected  reserved\n"));
+
+    let out = merpati(tmp.path(), &["--json", "relay", "remove", "12D3KooWother"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{{\"addr\":\"{RELAY}\",\"peer_id\":\"12D3KooWrelay\",\"connected\":true,\"reserved\":true}}\n"
+        )
+    );
+}
+
+#[test]
+fn relay_errors_have_their_own_exit_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_daemon(tmp.path(), relays);
+    let out = merpati(tmp.path(), &["relay", "add", "/ip4/203.0.113.7/tcp/4001"]);
+    assert_eq!(code(&out), 10, "{}", stderr(&out));
+    assert_eq!(stderr(&out), "merpati: the relay address must end in /p2p/<peer id>\n");
+    assert!(stdout(&out).is_empty());
+
+    let out = merpati(tmp.path(), &["relay", "remove", "12D3KooWnobody"]);
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert_eq!(stderr(&out), "merpati: this node does not use that relay\n");
+
+    let out = merpati(tmp.path(), &["relay", "add", "/ip4/198.51.100.5/tcp/4001/p2p/12D3KooWfifth"]);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    assert!(stderr(&out).contains("remove one first"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_empty_relay_list_says_how_to_add_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_daemon(tmp.path(), |request| match request.method.as_str() {
+        "relay.list" => ok(request, RelayListResult { relays: vec![] }),
+        _ => everyday(request),
+    });
+    let out = merpati(tmp.path(), &["relay", "list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "No relays; add one with: merpati relay add /ip4/…/tcp/4001/p2p/12D3…\n");
+    let out = merpati(tmp.path(), &["--json", "relay", "list"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+}
+
+fn stored(accepted: u32, total: u32) -> Option<StoredCount> {
+    Some(StoredCount { accepted, total })
+}
+
+#[test]
+fn messages_show_how_many_relays_hold_a_stored_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_daemon(tmp.path(), |request| match request.method.as_str() {
+        "messages" => ok(
+            request,
+            MessagesResult {
+                messages: vec![MessageView {
+                    stored: stored(1, 2),
+                    ..view(Direction::Out, "hi bob", Some(MessageStatus::Stored))
+                }],
+            },
+        ),
+        _ => everyday(request),
+    });
+    let out = merpati(tmp.path(), &["messages"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{ID}  out  bob  2025-06-15 15:06:40  hi bob  [stored 1/2]\n"));
+    let out = merpati(tmp.path(), &["--json", "messages"]);
+    let value: Value = serde_json::from_str(stdout(&out).trim_end()).unwrap();
+    assert_eq!(value["status"], "stored");
+    assert_eq!(value["stored"], json!({"accepted": 1, "total": 2}));
+}
+
+#[test]
+fn send_wait_sent_is_satisfied_by_a_relay() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_daemon(tmp.path(), |request| match request.method.as_str() {
+        "subscribe" => {
+            let update = |accepted| StatusUpdate {
+                id: ID.parse().unwrap(),
+                status: MessageStatus::Stored,
+                reason: None,
+                stored: stored(accepted, 1),
+            };
+            (
+                vec![
+                    Response::ok(request.id.clone(), json!({})).to_line(),
+                    // No relay has it yet: not out of the node, keep waiting.
+                    Event::Status(update(0)).to_notification().to_line(),
+                    Event::Status(update(1)).to_notification().to_line(),
+                ],
+                false,
+            )
+        }
+        _ => everyday(request),
+    });
+    let out = merpati(tmp.path(), &["send", "bob", "hello bob", "--wait", "sent", "--timeout", "5"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("{ID}\n"));
+    assert_eq!(stderr(&out), format!("message {ID} stored 1/1\n"));
+
+    let out =
+        merpati(tmp.path(), &["--json", "send", "bob", "hello bob", "--wait", "sent", "--timeout", "5"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        format!(
+            "{{\"id\":\"{ID}\"}}\n{{\"id\":\"{ID}\",\"status\":\"stored\",\"stored\":{{\"accepted\":1,\"total\":1}}}}\n"
+        )
+    );
+
+    // Waiting for more than that times out and says how far the message got.
+    let out = merpati(tmp.path(), &["send", "bob", "hello bob", "--wait", "delivered", "--timeout", "1"]);
+    assert_eq!(code(&out), 8, "{}", stderr(&out));
+    assert!(stderr(&out).contains("is stored 1/1, not yet delivered"), "{}", stderr(&out));
 }

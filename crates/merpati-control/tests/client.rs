@@ -62,6 +62,7 @@ fn view(text: &str) -> MessageView {
         time: Timestamp(1_750_000_000_000),
         text: text.into(),
         status: None,
+        stored: None,
         seq: Some(1),
     }
 }
@@ -147,7 +148,12 @@ fn daemon_not_running() {
 fn subscribe_streams_typed_events_and_skips_unknown_ones() {
     let (_dir, home) = daemon(answering(|request| {
         assert_eq!(request.method, "subscribe");
-        let status = StatusUpdate { id: ID.parse().unwrap(), status: MessageStatus::Delivered, reason: None };
+        let status = StatusUpdate {
+            id: ID.parse().unwrap(),
+            status: MessageStatus::Delivered,
+            reason: None,
+            stored: None,
+        };
         vec![
             // A notification sent before the answer must not be lost.
             Event::Message(view("early")).to_notification().to_line(),
@@ -164,7 +170,8 @@ fn subscribe_streams_typed_events_and_skips_unknown_ones() {
         Event::Status(StatusUpdate {
             id: ID.parse().unwrap(),
             status: MessageStatus::Delivered,
-            reason: None
+            reason: None,
+            stored: None,
         })
     );
     assert_eq!(events.next().unwrap().unwrap(), Event::Message(view("later")));
@@ -199,7 +206,8 @@ fn call_times_out_and_skips_the_late_answer() {
         if request.id == 1u64.into() {
             thread::sleep(Duration::from_millis(300));
         }
-        let update = StatusUpdate { id: ID.parse().unwrap(), status: MessageStatus::Sent, reason: None };
+        let update =
+            StatusUpdate { id: ID.parse().unwrap(), status: MessageStatus::Sent, reason: None, stored: None };
         vec![Response::ok(request.id, update).to_line()]
     }));
     let config = Config::default().with_read_timeout(Some(Duration::from_millis(100)));

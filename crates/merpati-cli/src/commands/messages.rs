@@ -11,7 +11,7 @@ use merpati_control::{ClientError, Home};
 
 use crate::cli::parse_name;
 use crate::commands::connect;
-use crate::output::{Output, local_time, sanitize};
+use crate::output::{Output, local_time, sanitize, status_text};
 
 /// Arguments of `merpati messages`.
 #[derive(Debug, clap::Args)]
@@ -67,7 +67,7 @@ fn print(out: &mut Output, message: &MessageView) -> Result<()> {
         return out.object(message);
     }
     let status = match (message.direction, message.status) {
-        (Direction::Out, Some(status)) => format!("  [{status}]"),
+        (Direction::Out, Some(status)) => format!("  [{}]", status_text(status, message.stored)),
         _ => String::new(),
     };
     out.line(format_args!(

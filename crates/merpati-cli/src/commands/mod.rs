@@ -4,6 +4,7 @@ pub(crate) mod contact;
 pub(crate) mod init;
 pub(crate) mod invite;
 pub(crate) mod messages;
+pub(crate) mod relay;
 pub(crate) mod send;
 pub(crate) mod status;
 
@@ -27,6 +28,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Send(args) => send::run(&home, &mut out, args),
         Command::Messages(args) => messages::run(&home, &mut out, args),
         Command::Status => status::run(&home, &mut out),
+        Command::Relay(command) => relay::run(&home, &mut out, command),
     }
 }
 

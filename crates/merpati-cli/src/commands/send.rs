@@ -1,13 +1,15 @@
 //! `merpati send`: queues a text with the daemon and prints its id; with `--wait`, follows the
 //! message's status until it gets as far as asked, fails, or the time is up.
+//!
+//! `stored k/n` (some of the contact's relays hold the message because the contact's node was not
+//! reachable) counts as far as `sent`: either way the message is out of this node.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::ValueEnum;
 use merpati_control::protocol::{
-    Event, MAX_LINE, MessageId, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate,
-    method,
+    Event, MAX_LINE, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, method,
 };
 use merpati_control::{ClientError, Home, Notifications};
 use serde_json::json;
@@ -15,7 +17,7 @@ use serde_json::json;
 use crate::cli::parse_name;
 use crate::commands::{connect, read_stdin};
 use crate::exit::{Code, Failure};
-use crate::output::{Output, sanitize};
+use crate::output::{Output, sanitize, status_text};
 
 /// Arguments of `merpati send`.
 #[derive(Debug, clap::Args)]
@@ -25,7 +27,8 @@ pub(crate) struct Args {
     to: String,
     /// The text, or - to read it from standard input (one trailing newline is dropped)
     text: String,
-    /// Wait until the message has been sent, delivered or read
+    /// Wait until the message has been sent (or stored by the contact's relays), delivered or
+    /// read
     #[arg(long, value_name = "STATUS")]
     wait: Option<Wait>,
     /// How long --wait waits, in seconds
@@ -36,7 +39,7 @@ pub(crate) struct Args {
 /// The statuses `--wait` can wait for.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Wait {
-    /// The peer's node or a relay stored it
+    /// The peer's node, or at least one of the peer's relays, stored it
     Sent,
     /// The peer's device received it
     Delivered,
@@ -82,7 +85,8 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
     let to = sanitize(&args.to);
     let reached = match wait_for(events, current, target, deadline) {
         Ok(reached) => reached,
-        Err(WaitError::TimedOut(status)) => {
+        Err(WaitError::TimedOut(last)) => {
+            let status = status_text(last.status, last.stored);
             let message = format!(
                 "gave up waiting after {} s: message {} to {to} is {status}, not yet {target} (merpatid keeps trying)",
                 args.timeout, sent.id
@@ -103,7 +107,7 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
         out.object(&reached)
     } else {
         // Stdout stays the id alone, so `id=$(merpati send …)` works with and without --wait.
-        eprintln_status(&reached.id, reached.status);
+        eprintln_status(&reached);
         Ok(())
     }
 }
@@ -111,7 +115,7 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
 /// Why the wait ended without reaching the target.
 enum WaitError {
     /// The deadline passed; the last status known.
-    TimedOut(MessageStatus),
+    TimedOut(StatusUpdate),
     /// The message failed, with the daemon's reason.
     Failed(Option<String>),
     /// The connection failed.
@@ -129,29 +133,88 @@ fn wait_for(
         if current.status == MessageStatus::Failed {
             return Err(WaitError::Failed(current.reason));
         }
-        if current.status.has_reached(target) {
+        if has_reached(&current, target) {
             return Ok(current);
         }
         let update = match events.next_event_until(deadline) {
             Ok(Event::Status(update)) => update,
-            Ok(Event::Message(MessageView { id, status: Some(status), .. })) => {
-                StatusUpdate { id, status, reason: None }
+            Ok(Event::Message(MessageView { id, status: Some(status), stored, .. })) => {
+                StatusUpdate { id, status, reason: None, stored }
             }
             Ok(Event::Message(_)) => continue,
-            Err(ClientError::Timeout) => return Err(WaitError::TimedOut(current.status)),
+            Err(ClientError::Timeout) => return Err(WaitError::TimedOut(current)),
             Err(e) => return Err(WaitError::Client(e)),
         };
-        // Notifications queued before `message.status` answered may be older than its answer:
-        // a status only ever moves forward (or to failed), so older news is ignored.
-        let newer = update.status == MessageStatus::Failed || update.status.has_reached(current.status);
-        if update.id == current.id && newer {
+        if update.id == current.id && is_newer(&update, &current) {
             current = update;
         }
     }
 }
 
+/// Whether `update` has got as far as `target`. `stored` with no relay holding the message would
+/// not be out of this node at all, so it counts only with at least one relay's acceptance.
+fn has_reached(update: &StatusUpdate, target: MessageStatus) -> bool {
+    let held_by_no_relay =
+        update.status == MessageStatus::Stored && update.stored.is_some_and(|count| count.accepted == 0);
+    update.status.has_reached(target) && !held_by_no_relay
+}
+
+/// Whether `update` is later news than `current`. Notifications queued before `message.status`
+/// answered may be older than its answer: a status only ever moves forward (or to failed), and
+/// relays only ever add acceptances, so older news is ignored.
+fn is_newer(update: &StatusUpdate, current: &StatusUpdate) -> bool {
+    if update.status == MessageStatus::Failed {
+        return true;
+    }
+    let both_stored = update.status == MessageStatus::Stored && current.status == MessageStatus::Stored;
+    let fewer_relays = match (update.stored, current.stored) {
+        (Some(update), Some(current)) => both_stored && update.accepted < current.accepted,
+        _ => false,
+    };
+    update.status.has_reached(current.status) && !fewer_relays
+}
+
 /// A progress note on stderr, which keeps stdout for the id.
-fn eprintln_status(id: &MessageId, status: MessageStatus) {
+fn eprintln_status(update: &StatusUpdate) {
     use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "message {id} {status}");
+    let status = status_text(update.status, update.stored);
+    let _ = writeln!(std::io::stderr().lock(), "message {} {status}", update.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use merpati_control::protocol::{MessageId, StoredCount};
+
+    use super::*;
+
+    fn update(status: MessageStatus, stored: Option<(u32, u32)>) -> StatusUpdate {
+        StatusUpdate {
+            id: MessageId::from_bytes([7; 16]),
+            status,
+            reason: None,
+            stored: stored.map(|(accepted, total)| StoredCount { accepted, total }),
+        }
+    }
+
+    #[test]
+    fn stored_by_a_relay_satisfies_a_wait_for_sent() {
+        use MessageStatus::*;
+        assert!(has_reached(&update(Stored, Some((1, 2))), Sent));
+        assert!(has_reached(&update(Stored, None), Sent));
+        assert!(!has_reached(&update(Stored, Some((0, 2))), Sent));
+        assert!(!has_reached(&update(Stored, Some((2, 2))), Delivered));
+        assert!(has_reached(&update(Sent, None), Sent));
+        assert!(!has_reached(&update(Queued, None), Sent));
+    }
+
+    #[test]
+    fn older_news_is_ignored() {
+        use MessageStatus::*;
+        assert!(is_newer(&update(Stored, Some((2, 3))), &update(Stored, Some((1, 3)))));
+        assert!(!is_newer(&update(Stored, Some((1, 3))), &update(Stored, Some((2, 3)))));
+        assert!(is_newer(&update(Stored, Some((1, 3))), &update(Queued, None)));
+        assert!(is_newer(&update(Delivered, None), &update(Stored, Some((1, 3)))));
+        assert!(!is_newer(&update(Queued, None), &update(Stored, Some((1, 3)))));
+        assert!(is_newer(&update(Failed, None), &update(Read, None)));
+    }
 }

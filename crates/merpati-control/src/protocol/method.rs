@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use super::types::{
     ContactAddParams, ContactAddResult, ContactListResult, ContactShowParams, ContactShowResult,
     InviteResult, MessageStatusParams, MessagesParams, MessagesReadParams, MessagesReadResult,
-    MessagesResult, NoParams, SendParams, SendResult, StatusResult, StatusUpdate, SubscribeResult,
+    MessagesResult, NoParams, RelayAddParams, RelayListResult, RelayRemoveParams, SendParams, SendResult,
+    StatusResult, StatusUpdate, SubscribeResult,
 };
 
 /// A control method: its wire name and the types of its params and result.
@@ -61,6 +62,13 @@ methods! {
     /// `messages.read`: mark a conversation's incoming messages read (and tell the sender, if
     /// read receipts are on).
     MessagesRead = "messages.read", MessagesReadParams => MessagesReadResult;
+    /// `relay.add`: use one more relay (at most [`super::MAX_RELAYS`]); answers every relay.
+    RelayAdd = "relay.add", RelayAddParams => RelayListResult;
+    /// `relay.list`: the relays this node uses, with their connection and reservation state.
+    RelayList = "relay.list", NoParams => RelayListResult;
+    /// `relay.remove`: stop using a relay, named by multiaddr or peer id; answers every relay
+    /// left.
+    RelayRemove = "relay.remove", RelayRemoveParams => RelayListResult;
     /// `subscribe`: turn this connection into a notification stream as well.
     Subscribe = "subscribe", NoParams => SubscribeResult;
 }

@@ -44,7 +44,7 @@ pub const INVALID_PARAMS: i64 = -32602;
 /// The daemon failed in a way that is not the caller's fault.
 pub const INTERNAL_ERROR: i64 = -32603;
 
-/// The application error codes (1–7), each with a message a person can read.
+/// The application error codes (1–10), each with a message a person can read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AppError {
     /// 1: no contact has that name.
@@ -61,11 +61,19 @@ pub enum AppError {
     Storage,
     /// 7: a name that is empty, longer than 64 characters, or holds control characters.
     InvalidName,
+    /// 8: a relay address that is not a multiaddr, lacks the relay's `/p2p/<peer id>`, or is a
+    /// `p2p-circuit` address (an address *through* a relay, not of one); for `relay.remove`,
+    /// neither a multiaddr nor a peer id.
+    InvalidRelayAddress,
+    /// 9: `relay.remove` named a relay that is not in the list.
+    UnknownRelay,
+    /// 10: the list already holds [`MAX_RELAYS`] relays, as many as an invite can carry.
+    RelayListFull,
 }
 
 impl AppError {
     /// Every application error, in code order.
-    pub const ALL: [AppError; 7] = [
+    pub const ALL: [AppError; 10] = [
         AppError::UnknownContact,
         AppError::InvalidInvite,
         AppError::MessageTooLarge,
@@ -73,6 +81,9 @@ impl AppError {
         AppError::UnknownMessage,
         AppError::Storage,
         AppError::InvalidName,
+        AppError::InvalidRelayAddress,
+        AppError::UnknownRelay,
+        AppError::RelayListFull,
     ];
 
     /// The wire code.
@@ -85,6 +96,9 @@ impl AppError {
             AppError::UnknownMessage => 5,
             AppError::Storage => 6,
             AppError::InvalidName => 7,
+            AppError::InvalidRelayAddress => 8,
+            AppError::UnknownRelay => 9,
+            AppError::RelayListFull => 10,
         }
     }
 

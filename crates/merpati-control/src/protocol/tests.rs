@@ -128,7 +128,12 @@ fn golden_message_status() {
     golden::<method::MessageStatus>(
         MessageStatusParams { id: message_id() },
         r#"{"jsonrpc":"2.0","id":1,"method":"message.status","params":{"id":"0123456789abcdef0123456789abcdef"}}"#,
-        StatusUpdate { id: message_id(), status: MessageStatus::Failed, reason: Some("expired".into()) },
+        StatusUpdate {
+            id: message_id(),
+            status: MessageStatus::Failed,
+            reason: Some("expired".into()),
+            stored: None,
+        },
         r#"{"jsonrpc":"2.0","id":1,"result":{"id":"0123456789abcdef0123456789abcdef","status":"failed","reason":"expired"}}"#,
     );
 }
@@ -147,6 +152,7 @@ fn golden_messages() {
                     time: Timestamp(1_750_000_000_000),
                     text: "hi".into(),
                     status: Some(MessageStatus::Delivered),
+                    stored: None,
                     seq: Some(3),
                 },
                 MessageView {
@@ -156,6 +162,7 @@ fn golden_messages() {
                     time: Timestamp(1_750_000_001_000),
                     text: "hey".into(),
                     status: None,
+                    stored: None,
                     seq: None,
                 },
             ],
@@ -168,6 +175,133 @@ fn golden_messages() {
         MessagesResult { messages: vec![] },
         r#"{"jsonrpc":"2.0","id":1,"result":{"messages":[]}}"#,
     );
+}
+
+#[test]
+fn golden_stored_status() {
+    let stored = Some(StoredCount { accepted: 1, total: 2 });
+    golden::<method::MessageStatus>(
+        MessageStatusParams { id: message_id() },
+        r#"{"jsonrpc":"2.0","id":1,"method":"message.status","params":{"id":"0123456789abcdef0123456789abcdef"}}"#,
+        StatusUpdate { id: message_id(), status: MessageStatus::Stored, reason: None, stored },
+        r#"{"jsonrpc":"2.0","id":1,"result":{"id":"0123456789abcdef0123456789abcdef","status":"stored","stored":{"accepted":1,"total":2}}}"#,
+    );
+    golden::<method::Messages>(
+        MessagesParams::default(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"messages","params":{}}"#,
+        MessagesResult {
+            messages: vec![MessageView {
+                id: message_id(),
+                direction: Direction::Out,
+                contact: "bob".into(),
+                time: Timestamp(7),
+                text: "hi".into(),
+                status: Some(MessageStatus::Stored),
+                stored,
+                seq: Some(1),
+            }],
+        },
+        r#"{"jsonrpc":"2.0","id":1,"result":{"messages":[{"id":"0123456789abcdef0123456789abcdef","direction":"out","contact":"bob","time":7,"text":"hi","status":"stored","stored":{"accepted":1,"total":2},"seq":1}]}}"#,
+    );
+    assert_eq!(StoredCount { accepted: 1, total: 2 }.to_string(), "1/2");
+
+    let line = r#"{"jsonrpc":"2.0","method":"status","params":{"id":"0123456789abcdef0123456789abcdef","status":"stored","stored":{"accepted":2,"total":3}}}"#;
+    let event = Event::Status(StatusUpdate {
+        id: message_id(),
+        status: MessageStatus::Stored,
+        reason: None,
+        stored: Some(StoredCount { accepted: 2, total: 3 }),
+    });
+    assert_line(&event.to_notification().to_line(), line, "stored status notification");
+    let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };
+    assert_eq!(Event::from_notification(&n).unwrap(), Some(event));
+}
+
+#[test]
+fn json_without_stored_still_parses() {
+    // What a daemon from before `stored` existed writes: no `stored` member anywhere.
+    let update: StatusUpdate =
+        serde_json::from_str(r#"{"id":"0123456789abcdef0123456789abcdef","status":"sent"}"#).unwrap();
+    assert_eq!(update.stored, None);
+    assert_eq!(update.status, MessageStatus::Sent);
+    let view: MessageView = serde_json::from_str(
+        r#"{"id":"0123456789abcdef0123456789abcdef","direction":"out","contact":"bob","time":5,"text":"hi","status":"queued"}"#,
+    )
+    .unwrap();
+    assert_eq!(view.stored, None);
+    // And nothing is written for it when absent, so older clients see the lines they know.
+    assert!(!serde_json::to_string(&update).unwrap().contains("stored"));
+    assert!(!serde_json::to_string(&view).unwrap().contains("stored"));
+}
+
+#[test]
+fn golden_relays() {
+    let relays = || RelayListResult {
+        relays: vec![
+            RelayView {
+                addr: "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1".into(),
+                peer_id: "12D3KooWrelay1".into(),
+                connected: true,
+                reserved: true,
+            },
+            RelayView {
+                addr: "/dns4/relay.example.org/udp/4001/quic-v1/p2p/12D3KooWrelay2".into(),
+                peer_id: "12D3KooWrelay2".into(),
+                connected: false,
+                reserved: false,
+            },
+        ],
+    };
+    let result = r#"{"jsonrpc":"2.0","id":1,"result":{"relays":[{"addr":"/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1","peer_id":"12D3KooWrelay1","connected":true,"reserved":true},{"addr":"/dns4/relay.example.org/udp/4001/quic-v1/p2p/12D3KooWrelay2","peer_id":"12D3KooWrelay2","connected":false,"reserved":false}]}}"#;
+    golden::<method::RelayAdd>(
+        RelayAddParams { addr: "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1".into() },
+        r#"{"jsonrpc":"2.0","id":1,"method":"relay.add","params":{"addr":"/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1"}}"#,
+        relays(),
+        result,
+    );
+    golden::<method::RelayList>(
+        NoParams {},
+        r#"{"jsonrpc":"2.0","id":1,"method":"relay.list","params":{}}"#,
+        relays(),
+        result,
+    );
+    golden::<method::RelayRemove>(
+        RelayRemoveParams { relay: "12D3KooWrelay3".into() },
+        r#"{"jsonrpc":"2.0","id":1,"method":"relay.remove","params":{"relay":"12D3KooWrelay3"}}"#,
+        relays(),
+        result,
+    );
+    golden::<method::RelayList>(
+        NoParams {},
+        r#"{"jsonrpc":"2.0","id":1,"method":"relay.list","params":{}}"#,
+        RelayListResult { relays: vec![] },
+        r#"{"jsonrpc":"2.0","id":1,"result":{"relays":[]}}"#,
+    );
+
+    // Misspelt or missing params are refused rather than ignored.
+    for line in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"relay.add","params":{"address":"/ip4/1.2.3.4/tcp/1"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"relay.add","params":{}}"#,
+    ] {
+        assert!(parse_request(line).unwrap().params_of::<method::RelayAdd>().is_err(), "{line}");
+    }
+    let line = r#"{"jsonrpc":"2.0","id":1,"method":"relay.remove","params":{"addr":"x"}}"#;
+    assert!(parse_request(line).unwrap().params_of::<method::RelayRemove>().is_err());
+}
+
+#[test]
+fn golden_relay_errors() {
+    for (error, code) in
+        [(AppError::InvalidRelayAddress, 8), (AppError::UnknownRelay, 9), (AppError::RelayListFull, 10)]
+    {
+        let answer = Response::app_error(Id::from(1), error, "m", None);
+        assert_line(
+            &answer.to_line(),
+            &format!(r#"{{"jsonrpc":"2.0","id":1,"error":{{"code":{code},"message":"m"}}}}"#),
+            "relay error",
+        );
+    }
+    assert_eq!(MAX_RELAYS, 4);
 }
 
 #[test]
@@ -186,6 +320,7 @@ fn golden_subscribe_and_notifications() {
         time: Timestamp(5),
         text: "hi".into(),
         status: None,
+        stored: None,
         seq: Some(1),
     });
     let line = r#"{"jsonrpc":"2.0","method":"message","params":{"id":"0123456789abcdef0123456789abcdef","direction":"in","contact":"bob","time":5,"text":"hi","seq":1}}"#;
@@ -193,7 +328,12 @@ fn golden_subscribe_and_notifications() {
     let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };
     assert_eq!(Event::from_notification(&n).unwrap(), Some(message));
 
-    let status = Event::Status(StatusUpdate { id: message_id(), status: MessageStatus::Read, reason: None });
+    let status = Event::Status(StatusUpdate {
+        id: message_id(),
+        status: MessageStatus::Read,
+        reason: None,
+        stored: None,
+    });
     let line = r#"{"jsonrpc":"2.0","method":"status","params":{"id":"0123456789abcdef0123456789abcdef","status":"read"}}"#;
     assert_line(&status.to_notification().to_line(), line, "status notification");
     let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };
@@ -240,6 +380,9 @@ fn method_names_match_the_document() {
             "message.status",
             "messages",
             "messages.read",
+            "relay.add",
+            "relay.list",
+            "relay.remove",
             "subscribe"
         ]
     );
@@ -252,7 +395,7 @@ fn error_codes_match_the_document() {
         [-32700, -32600, -32601, -32602, -32603]
     );
     let codes: Vec<i64> = AppError::ALL.iter().map(|e| e.code()).collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     for e in AppError::ALL {
         assert_eq!(AppError::from_code(e.code()), Some(e));
     }
@@ -403,6 +546,14 @@ fn status_progress() {
     assert!(Failed.has_reached(Failed));
     assert!(!Read.has_reached(Failed));
     assert!(Read.is_final() && Failed.is_final() && !Delivered.is_final());
+
+    // `stored` is `sent` reached through the contact's relays: each satisfies the other.
+    assert!(Stored.has_reached(Sent) && Sent.has_reached(Stored) && Stored.has_reached(Stored));
+    assert!(Stored.has_reached(Queued) && !Queued.has_reached(Stored));
+    assert!(!Stored.has_reached(Delivered) && Delivered.has_reached(Stored) && Read.has_reached(Stored));
+    assert!(!Stored.has_reached(Failed) && !Failed.has_reached(Stored) && !Stored.is_final());
+    assert_eq!(Stored.as_str(), "stored");
+    assert_eq!("stored".parse::<MessageStatus>(), Ok(Stored));
 }
 
 #[test]
@@ -431,26 +582,47 @@ fn arb_view() -> impl Strategy<Value = MessageView> {
         ".{0,50}",
         proptest::option::of(proptest::sample::select(MessageStatus::ALL.to_vec())),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(arb_stored()),
     )
-        .prop_map(|(id, incoming, contact, time, text, status, seq)| MessageView {
+        .prop_map(|(id, incoming, contact, time, text, status, seq, stored)| MessageView {
             id: MessageId::from_bytes(id),
             direction: if incoming { Direction::In } else { Direction::Out },
             contact,
             time: Timestamp(time),
             text,
             status,
+            stored,
             seq,
         })
 }
 
+fn arb_stored() -> impl Strategy<Value = StoredCount> {
+    (any::<u32>(), any::<u32>()).prop_map(|(accepted, total)| StoredCount { accepted, total })
+}
+
 proptest! {
     #[test]
-    fn views_and_events_round_trip(view in arb_view(), reason in proptest::option::of(".{0,30}")) {
+    fn views_and_events_round_trip(
+        view in arb_view(),
+        reason in proptest::option::of(".{0,30}"),
+        stored in proptest::option::of(arb_stored()),
+    ) {
         let text = serde_json::to_string(&view).unwrap();
         prop_assert_eq!(serde_json::from_str::<MessageView>(&text).unwrap(), view.clone());
         for event in [
             Event::Message(view.clone()),
-            Event::Status(StatusUpdate { id: view.id.clone(), status: MessageStatus::Failed, reason }),
+            Event::Status(StatusUpdate {
+                id: view.id.clone(),
+                status: MessageStatus::Failed,
+                reason,
+                stored: None,
+            }),
+            Event::Status(StatusUpdate {
+                id: view.id.clone(),
+                status: MessageStatus::Stored,
+                reason: None,
+                stored,
+            }),
         ] {
             let line = event.to_notification().to_line();
             let Incoming::Notification(n) = parse_incoming(line.trim_end()).unwrap() else {

@@ -18,6 +18,9 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const DEFAULT_MESSAGES_LIMIT: u32 = 100;
 /// The largest `limit` `messages` honours.
 pub const MAX_MESSAGES_LIMIT: u32 = 1000;
+/// The most relays a node keeps: as many as an invite can list, since the point of a relay is
+/// that contacts learn it from the invite.
+pub const MAX_RELAYS: usize = merpati_proto::invite::MAX_RELAYS;
 
 /// Why a name was refused ([`check_name`]).
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -129,14 +132,21 @@ impl fmt::Debug for MessageId {
     }
 }
 
-/// Where an outgoing message is: `queued` → `sent` → `delivered` → `read`, or `failed`.
+/// Where an outgoing message is: `queued` → `sent` or `stored` → `delivered` → `read`, or
+/// `failed`.
+///
+/// `sent` and `stored` are the same step reached two ways: the message has left this node and is
+/// held elsewhere, but the peer's device has not confirmed it end to end yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MessageStatus {
     /// Durably queued in the daemon's outbox.
     Queued,
-    /// The peer's node (or a relay) acknowledged storing it.
+    /// The peer's node acknowledged storing it.
     Sent,
+    /// The peer's node was not reachable, and some of the peer's relays acknowledged storing it
+    /// instead; how many of how many is a [`StoredCount`] next to the status.
+    Stored,
     /// The peer's device sent an end-to-end receipt.
     Delivered,
     /// The peer read it.
@@ -146,10 +156,11 @@ pub enum MessageStatus {
 }
 
 impl MessageStatus {
-    /// Every status, in order of progress, `failed` last.
-    pub const ALL: [MessageStatus; 5] = [
+    /// Every status, in order of progress (`sent` and `stored` rank equal), `failed` last.
+    pub const ALL: [MessageStatus; 6] = [
         MessageStatus::Queued,
         MessageStatus::Sent,
+        MessageStatus::Stored,
         MessageStatus::Delivered,
         MessageStatus::Read,
         MessageStatus::Failed,
@@ -160,6 +171,7 @@ impl MessageStatus {
         match self {
             MessageStatus::Queued => "queued",
             MessageStatus::Sent => "sent",
+            MessageStatus::Stored => "stored",
             MessageStatus::Delivered => "delivered",
             MessageStatus::Read => "read",
             MessageStatus::Failed => "failed",
@@ -167,8 +179,9 @@ impl MessageStatus {
     }
 
     /// Whether a message in this status has got at least as far as `target`: `delivered` has
-    /// reached `sent`, `read` has reached everything but `failed`, and `failed` reaches only
-    /// `failed`.
+    /// reached `sent`, `sent` and `stored` have reached each other (both mean "out of this node,
+    /// not yet confirmed end to end"), `read` has reached everything but `failed`, and `failed`
+    /// reaches only `failed`.
     pub fn has_reached(self, target: MessageStatus) -> bool {
         match (self, target) {
             (MessageStatus::Failed, target) => target == MessageStatus::Failed,
@@ -185,7 +198,7 @@ impl MessageStatus {
     fn rank(self) -> u8 {
         match self {
             MessageStatus::Queued => 0,
-            MessageStatus::Sent => 1,
+            MessageStatus::Sent | MessageStatus::Stored => 1,
             MessageStatus::Delivered => 2,
             MessageStatus::Read => 3,
             MessageStatus::Failed => 4,
@@ -201,7 +214,7 @@ impl fmt::Display for MessageStatus {
 
 /// A string that names no [`MessageStatus`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
-#[error("a message status is one of queued, sent, delivered, read, failed")]
+#[error("a message status is one of queued, sent, stored, delivered, read, failed")]
 pub struct InvalidStatus;
 
 impl FromStr for MessageStatus {
@@ -209,6 +222,22 @@ impl FromStr for MessageStatus {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         MessageStatus::ALL.into_iter().find(|status| status.as_str() == s).ok_or(InvalidStatus)
+    }
+}
+
+/// How many of the contact's relays hold a `stored` message: `accepted` of `total`, shown as
+/// `1/2`. The daemon reports `stored` only once at least one relay accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StoredCount {
+    /// Relays that acknowledged storing the message.
+    pub accepted: u32,
+    /// Relays the contact's invite lists.
+    pub total: u32,
+}
+
+impl fmt::Display for StoredCount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.accepted, self.total)
     }
 }
 
@@ -255,6 +284,9 @@ pub struct MessageView {
     /// The status of an outgoing message; absent for incoming ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<MessageStatus>,
+    /// How many of the contact's relays hold it; present only with [`MessageStatus::Stored`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredCount>,
     /// The sender's sequence number in the conversation, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
@@ -404,6 +436,9 @@ pub struct StatusUpdate {
     /// Why it failed; present only with `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// How many of the contact's relays hold it; present only with [`MessageStatus::Stored`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredCount>,
 }
 
 /// The params of `messages`.
@@ -436,3 +471,43 @@ pub struct MessagesResult {
 /// The result of `subscribe`: `{}`. Notifications follow on the same connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscribeResult {}
+
+/// One relay this node uses, as `relay.list` (and `relay.add`, `relay.remove`) report it.
+///
+/// A relay keeps messages for this node while it is offline and lets contacts reach it from
+/// behind NAT; it only ever sees ciphertext.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayView {
+    /// The relay's multiaddr, ending in `/p2p/<peer id>`.
+    pub addr: String,
+    /// The relay's libp2p peer id.
+    pub peer_id: String,
+    /// Whether this node is connected to the relay right now.
+    pub connected: bool,
+    /// Whether this node holds a reservation on the relay, so contacts can reach it through it.
+    pub reserved: bool,
+}
+
+/// The params of `relay.add`. Adding a relay whose peer id is already listed is not an error:
+/// the list is answered as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayAddParams {
+    /// The relay's multiaddr, ending in `/p2p/<peer id>`; not a `p2p-circuit` address.
+    pub addr: String,
+}
+
+/// The params of `relay.remove`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayRemoveParams {
+    /// The relay to drop: its multiaddr as listed, or its peer id.
+    pub relay: String,
+}
+
+/// The result of `relay.add`, `relay.list` and `relay.remove`: every relay, after the change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayListResult {
+    /// The relays, at most [`MAX_RELAYS`].
+    pub relays: Vec<RelayView>,
+}
