@@ -293,7 +293,12 @@ impl Actor {
     }
 
     fn publish_status(&self, id: MessageId, status: Status, reason: Option<String>) {
-        let update = StatusUpdate { id: rpc::message_id(&id), status: rpc::status_of(status), reason };
+        let update = StatusUpdate {
+            id: rpc::message_id(&id),
+            status: rpc::status_of(status),
+            stored: rpc::stored_of(status),
+            reason,
+        };
         let _ = self.events.send(Event::Status(update));
     }
 }

@@ -54,6 +54,7 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
                 to_value(StatusUpdate {
                     id: params.id.clone(),
                     status: status_of(m.status),
+                    stored: stored_of(m.status),
                     reason: m.reason,
                 })
             }),
@@ -203,6 +204,11 @@ pub(crate) fn status_of(status: Status) -> MessageStatus {
     }
 }
 
+/// How many relays hold a message, for a message in the `stored` status.
+pub(crate) fn stored_of(_status: Status) -> Option<protocol::StoredCount> {
+    None
+}
+
 /// How a stored message is shown on the control API.
 pub(crate) fn message_view(message: &StoredMessage) -> MessageView {
     let outgoing = message.direction == Direction::Out;
@@ -213,6 +219,7 @@ pub(crate) fn message_view(message: &StoredMessage) -> MessageView {
         time: message.time,
         text: message.text.clone(),
         status: outgoing.then(|| status_of(message.status)),
+        stored: stored_of(message.status),
         seq: message.seq,
     }
 }
