@@ -2,15 +2,19 @@
 //! them until shutdown.
 //!
 //! One task owns the [`Engine`] and handles, in priority order: shutdown, control requests,
-//! envelopes from the network, finished delivery attempts, and a retry timer. Deliveries run as
-//! owned tasks, at most one per contact at a time so a contact receives our messages in the order
-//! they were written, and at most [`MAX_DELIVERIES_IN_FLIGHT`] overall.
+//! envelopes from the network, envelopes fetched from our relays, finished delivery attempts,
+//! and a retry timer. Deliveries run as owned tasks, at most one per contact at a time so a
+//! contact receives our messages in the order they were written, and at most
+//! [`MAX_DELIVERIES_IN_FLIGHT`] overall. Each delivery goes to the contact's node directly or,
+//! when that fails, into its mailboxes at its relays ([`relay_client`]). One fetch task per
+//! relay of ours long-polls our mailboxes there.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
 use merpati_control::protocol::{Event, StatusUpdate};
@@ -18,14 +22,16 @@ use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use tokio::sync::{broadcast, mpsc};
+use merpati_proto::mailbox::FetchToken;
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::{self, Command};
-use crate::engine::{Attempt, AttemptResult, Engine, Me};
+use crate::engine::{AttemptResult, Engine, Me};
 use crate::net;
 use crate::ports::Ports;
+use crate::relay_client::{self, Fetched};
 use crate::rpc;
 use crate::store::keyring::KeyInfo;
 use crate::store::{Keyring, SledStore, Status, Store, StoreError, StoredMessage};
@@ -39,6 +45,12 @@ pub const RETRY_TICK: Duration = Duration::from_secs(1);
 pub const STORAGE_KEY_LIFETIME: u64 = Timestamp::DAY;
 /// How often the storage key's age is checked.
 pub const STORAGE_KEY_CHECK: Duration = Duration::from_secs(3600);
+/// After a contact's node could not be reached, how long its messages go straight to its relays
+/// (unless it connects meanwhile): a dial to an offline node can take the whole dial timeout,
+/// and a burst of messages should not pay it once each.
+pub const SKIP_DIRECT_AFTER_FAILURE: Duration = Duration::from_secs(60);
+/// How many batches of fetched envelopes may wait for the engine.
+const FETCHED_QUEUE: usize = 8;
 
 /// What the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -142,9 +154,29 @@ pub async fn run(
         control: home.control_socket().display().to_string(),
     });
 
-    let mut actor = Actor { engine, net, events, deliveries: JoinSet::new(), busy: HashMap::new() };
-    actor.run(commands, inbound, shutdown.clone()).await;
+    let (tokens, _) = watch::channel(Arc::new(Vec::new()));
+    let (fetched_tx, fetched) = mpsc::channel(FETCHED_QUEUE);
+    let mut actor = Actor {
+        engine,
+        net,
+        events,
+        deliveries: JoinSet::new(),
+        busy: HashMap::new(),
+        unreachable: HashMap::new(),
+        tokens,
+        fetched_tx,
+        fetchers: HashMap::new(),
+        fetch_tasks: JoinSet::new(),
+    };
+    actor.engine.set_node_info(
+        actor.net.local_peer_id().to_bytes(),
+        listen.iter().map(|addr| addr.to_vec()).collect(),
+    );
+    actor.refresh_tokens();
+    actor.sync_relays().await;
+    actor.run(commands, inbound, fetched, shutdown.clone()).await;
     actor.deliveries.shutdown().await;
+    actor.fetch_tasks.shutdown().await;
     shutdown.cancel();
     let _ = control_task.await;
     let _ = net_task.await;
@@ -159,6 +191,14 @@ struct Actor {
     deliveries: JoinSet<(MessageId, String, AttemptResult)>,
     /// Contacts with a delivery in flight, and its message id.
     busy: HashMap<String, MessageId>,
+    /// Contacts whose node could not be reached directly, and when.
+    unreachable: HashMap<String, Instant>,
+    /// The fetch tokens of all our mailboxes, for the fetch tasks.
+    tokens: watch::Sender<Arc<Vec<FetchToken>>>,
+    fetched_tx: mpsc::Sender<Fetched>,
+    /// One fetch task per relay of ours, stopped through its token.
+    fetchers: HashMap<libp2p::Multiaddr, CancellationToken>,
+    fetch_tasks: JoinSet<()>,
 }
 
 impl Actor {
@@ -166,6 +206,7 @@ impl Actor {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut inbound: net::Inbound,
+        mut fetched: mpsc::Receiver<Fetched>,
         shutdown: CancellationToken,
     ) {
         let mut tick = tokio::time::interval(RETRY_TICK);
@@ -180,19 +221,35 @@ impl Actor {
                 Some(command) = commands.recv() => {
                     let response = rpc::handle(&mut self.engine, &self.net, &command.request).await;
                     let _ = command.reply.send(response);
+                    if rpc::changes_relays(&command.request) {
+                        self.sync_relays().await;
+                    }
+                    self.refresh_tokens();
                     self.kick(None);
                 }
                 Some(event) = inbound.recv() => self.on_network(event),
+                Some(batch) = fetched.recv() => self.on_fetched(batch),
+                Some(_) = self.fetch_tasks.join_next(), if !self.fetch_tasks.is_empty() => {}
                 Some(done) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
                     if let Ok((id, contact, result)) = done {
                         self.busy.remove(&contact);
+                        match result {
+                            AttemptResult::Accepted | AttemptResult::Refused(_) => {
+                                self.unreachable.remove(&contact);
+                            }
+                            AttemptResult::Deposited { .. } | AttemptResult::Unreachable(_) => {
+                                self.unreachable.insert(contact.clone(), Instant::now());
+                            }
+                        }
                         match tokio::task::block_in_place(|| self.engine.attempt_finished(&id, &result, now())) {
                             Ok(Some((status, reason))) => self.publish_status(id, status, reason),
                             Ok(None) => {}
                             Err(e) => tracing::error!("cannot record a delivery result: {e}"),
                         }
                         // The next message to this contact goes right away after a success.
-                        if matches!(result, AttemptResult::Accepted) {
+                        if matches!(result, AttemptResult::Accepted)
+                            || matches!(result, AttemptResult::Deposited { accepted, .. } if accepted > 0)
+                        {
                             self.kick(Some(&contact));
                         }
                     }
@@ -220,6 +277,9 @@ impl Actor {
                         for (id, status) in received.statuses {
                             self.publish_status(id, status, None);
                         }
+                        if received.new_contact.is_some() {
+                            self.refresh_tokens();
+                        }
                         self.kick(None);
                     }
                     Err(e) => {
@@ -234,10 +294,12 @@ impl Actor {
                 let bytes = peer.to_bytes();
                 if let Ok(contacts) = self.engine.store().contacts() {
                     for contact in contacts.into_iter().filter(|c| c.peer_id == bytes) {
+                        self.unreachable.remove(&contact.name);
                         self.kick(Some(&contact.name));
                     }
                 }
             }
+            // Fetch tasks are already polling; a reservation needs nothing more.
             net::Event::RelayReserved(_) => {}
             net::Event::Discovered { peer, addrs } => {
                 let bytes: Vec<Vec<u8>> = addrs.iter().map(|a| a.to_vec()).collect();
@@ -246,11 +308,98 @@ impl Actor {
                 tokio::spawn(async move { net.add_addresses(peer, addrs).await });
                 match tokio::task::block_in_place(|| self.engine.learn_addresses(&peer.to_bytes(), bytes)) {
                     // A contact just showed up on the local network: try its queued messages now.
-                    Ok(Some(contact)) => self.kick(Some(&contact)),
+                    Ok(Some(contact)) => {
+                        self.unreachable.remove(&contact);
+                        self.kick(Some(&contact));
+                    }
                     Ok(None) => {}
                     Err(e) => tracing::warn!("cannot record a discovered address: {e}"),
                 }
             }
+        }
+    }
+
+    /// Processes envelopes fetched from a relay like delivered ones, and tells the fetch task
+    /// which it may delete: all but those the node failed to store.
+    fn on_fetched(&mut self, batch: Fetched) {
+        let mut processed = Vec::with_capacity(batch.items.len());
+        let mut new_contact = false;
+        for item in batch.items {
+            let received =
+                tokio::task::block_in_place(|| self.engine.receive(None, &item.envelope, now()));
+            match received {
+                Ok(received) => {
+                    let failed = matches!(
+                        received.response,
+                        Some(merpati_proto::wire::deliver::Response::Refused(merpati_proto::wire::Refusal::Internal))
+                    );
+                    if !failed {
+                        processed.push(item.id);
+                    }
+                    if let Some(message) = received.message {
+                        self.publish_message(&message);
+                    }
+                    for (id, status) in received.statuses {
+                        self.publish_status(id, status, None);
+                    }
+                    new_contact |= received.new_contact.is_some();
+                }
+                Err(e) => tracing::error!(relay = %batch.relay, "cannot store a fetched envelope: {e}"),
+            }
+        }
+        // The fetch task may have stopped; the envelopes are then fetched again next time.
+        let _ = batch.done.send(processed);
+        if new_contact {
+            self.refresh_tokens();
+        }
+        self.kick(None);
+    }
+
+    /// Recomputes the fetch tokens of our mailboxes and tells the fetch tasks if they changed.
+    fn refresh_tokens(&mut self) {
+        let tokens = tokio::task::block_in_place(|| self.engine.fetch_tokens(now()));
+        self.tokens.send_if_modified(|current| {
+            if **current == tokens {
+                return false;
+            }
+            *current = Arc::new(tokens);
+            true
+        });
+    }
+
+    /// Makes the network keep reservations on exactly our relays, and runs one fetch task per
+    /// relay.
+    async fn sync_relays(&mut self) {
+        let relays: Vec<libp2p::Multiaddr> = self
+            .engine
+            .relays()
+            .into_iter()
+            .filter_map(|addr| libp2p::Multiaddr::try_from(addr).ok())
+            .collect();
+        if self.net.set_relays(relays.clone()).await.is_err() {
+            return;
+        }
+        self.fetchers.retain(|relay, stop| {
+            let keep = relays.contains(relay);
+            if !keep {
+                stop.cancel();
+            }
+            keep
+        });
+        for relay in relays {
+            if self.fetchers.contains_key(&relay) {
+                continue;
+            }
+            let stop = CancellationToken::new();
+            self.fetchers.insert(relay.clone(), stop.clone());
+            let task = relay_client::fetch_loop(
+                self.net.clone(),
+                relay,
+                self.tokens.subscribe(),
+                self.fetched_tx.clone(),
+                stop,
+            );
+            self.fetch_tasks.spawn(task);
         }
     }
 
@@ -283,7 +432,14 @@ impl Actor {
             }
             self.busy.insert(attempt.contact.clone(), attempt.id);
             let net = self.net.clone();
-            self.deliveries.spawn(deliver(net, attempt));
+            let skip_direct = self
+                .unreachable
+                .get(&attempt.contact)
+                .is_some_and(|since| since.elapsed() < SKIP_DIRECT_AFTER_FAILURE);
+            self.deliveries.spawn(async move {
+                let result = relay_client::deliver(&net, &attempt, skip_direct).await;
+                (attempt.id, attempt.contact, result)
+            });
         }
     }
 
@@ -311,23 +467,6 @@ pub fn rotate_storage_key_if_due(store: &SledStore, now: Timestamp) -> Result<Op
     let mut rng =
         os_rng().map_err(|source| StoreError::Io { path: store.keyring().path().to_owned(), source })?;
     store.rotate_storage_key(&mut rng).map(Some)
-}
-
-async fn deliver(net: net::Handle, attempt: Attempt) -> (MessageId, String, AttemptResult) {
-    let result = match PeerId::from_bytes(&attempt.peer_id) {
-        Err(_) => AttemptResult::Unreachable("the contact's node id is damaged".into()),
-        Ok(peer) => {
-            let addrs = attempt.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
-            match net.deliver(peer, addrs, attempt.envelope).await {
-                Ok(merpati_proto::wire::deliver::Response::Accepted) => AttemptResult::Accepted,
-                Ok(merpati_proto::wire::deliver::Response::Refused(refusal)) => {
-                    AttemptResult::Refused(refusal)
-                }
-                Err(e) => AttemptResult::Unreachable(e.to_string()),
-            }
-        }
-    };
-    (attempt.id, attempt.contact, result)
 }
 
 #[cfg(test)]

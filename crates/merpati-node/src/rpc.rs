@@ -5,7 +5,7 @@ use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
     self, AppError, ContactAddResult, ContactListResult, ContactShowResult, ContactSummary,
     Direction as ViewDirection, InviteResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult,
-    Request, Response, SendResult, StatusResult, StatusUpdate,
+    RelayListResult, RelayView, Request, Response, SendResult, StatusResult, StatusUpdate, StoredCount,
 };
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{SafetyNumber, fingerprint};
@@ -83,6 +83,27 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
                 to_value(MessagesReadResult { count: u32::try_from(count).unwrap_or(u32::MAX) })
             }),
         },
+        method::RelayList::NAME => Ok(to_value(relay_list(engine, net).await)),
+        method::RelayAdd::NAME => match request.params_of::<method::RelayAdd>() {
+            Err(answer) => return answer,
+            Ok(params) => match params.addr.trim().parse::<Multiaddr>() {
+                Err(e) => Err(EngineError::InvalidRelay(format!("\"{}\" is not an address: {e}", params.addr))),
+                Ok(addr) => match blocking(|| engine.add_relay(&addr.to_vec(), now())) {
+                    Ok(_) => Ok(to_value(relay_list(engine, net).await)),
+                    Err(e) => Err(e),
+                },
+            },
+        },
+        method::RelayRemove::NAME => match request.params_of::<method::RelayRemove>() {
+            Err(answer) => return answer,
+            Ok(params) => match relay_peer(&params.relay) {
+                Err(e) => Err(e),
+                Ok(peer) => match blocking(|| engine.remove_relay(&peer.to_bytes(), now())) {
+                    Ok(()) => Ok(to_value(relay_list(engine, net).await)),
+                    Err(e) => Err(e),
+                },
+            },
+        },
         _ => return request.method_not_found(),
     };
     match result {
@@ -107,6 +128,9 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         EngineError::ContactExists(_) => AppError::ContactExists,
         EngineError::UnknownMessage(_) => AppError::UnknownMessage,
         EngineError::InvalidName(_) => AppError::InvalidName,
+        EngineError::InvalidRelay(_) => AppError::InvalidRelayAddress,
+        EngineError::UnknownRelay(_) => AppError::UnknownRelay,
+        EngineError::TooManyRelays { .. } => AppError::RelayListFull,
         EngineError::Store(_) | EngineError::Seal(_) | EngineError::ForeignDatabase => AppError::Storage,
     };
     Response::app_error(id, kind, error.to_string(), None)
@@ -198,6 +222,7 @@ pub(crate) fn status_of(status: Status) -> MessageStatus {
     match status {
         Status::Queued => MessageStatus::Queued,
         Status::Sent => MessageStatus::Sent,
+        Status::Stored { .. } => MessageStatus::Stored,
         Status::Delivered => MessageStatus::Delivered,
         Status::Read => MessageStatus::Read,
         Status::Failed => MessageStatus::Failed,
@@ -205,8 +230,52 @@ pub(crate) fn status_of(status: Status) -> MessageStatus {
 }
 
 /// How many relays hold a message, for a message in the `stored` status.
-pub(crate) fn stored_of(_status: Status) -> Option<protocol::StoredCount> {
-    None
+pub(crate) fn stored_of(status: Status) -> Option<StoredCount> {
+    match status {
+        Status::Stored { accepted, total } => {
+            Some(StoredCount { accepted: u32::from(accepted), total: u32::from(total) })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `request` may have changed our relays (the daemon then re-syncs the network).
+pub(crate) fn changes_relays(request: &Request) -> bool {
+    matches!(request.method.as_str(), method::RelayAdd::NAME | method::RelayRemove::NAME)
+}
+
+/// The relay a user named for removal: a multiaddr ending in `/p2p/<id>`, or a bare peer id.
+fn relay_peer(text: &str) -> Result<libp2p::PeerId, EngineError> {
+    let text = text.trim();
+    if let Ok(peer) = text.parse::<libp2p::PeerId>() {
+        return Ok(peer);
+    }
+    let addr = text.parse::<Multiaddr>().map_err(|_| {
+        EngineError::InvalidRelay(format!("\"{text}\" is neither a relay address nor a peer id"))
+    })?;
+    net::peer_of(&addr)
+        .ok_or_else(|| EngineError::InvalidRelay(format!("\"{text}\" does not end in /p2p/<peer id>")))
+}
+
+/// Our relays with what the network knows of each.
+async fn relay_list(engine: &Engine<SledStore>, net: &net::Handle) -> RelayListResult {
+    let status = net.relays().await;
+    let connected = net.connected_peers().await;
+    let relays = engine
+        .relays()
+        .into_iter()
+        .filter_map(|bytes| Multiaddr::try_from(bytes).ok())
+        .map(|addr| {
+            let peer = net::peer_of(&addr);
+            RelayView {
+                peer_id: peer.map(|p| p.to_string()).unwrap_or_default(),
+                connected: peer.is_some_and(|p| connected.contains(&p)),
+                reserved: peer.is_some_and(|p| status.iter().any(|s| s.peer == p && s.reserved)),
+                addr: addr.to_string(),
+            }
+        })
+        .collect();
+    RelayListResult { relays }
 }
 
 /// How a stored message is shown on the control API.

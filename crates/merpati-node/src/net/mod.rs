@@ -42,7 +42,7 @@ pub use self::error::{DeliverError, MailboxError, NetError};
 pub use self::handle::{Handle, Stopped};
 pub use self::inbound::{Event, Inbound, Reply};
 pub use self::mailbox::MailboxServer;
-pub use self::reservations::RelayStatus;
+pub use self::reservations::{RelayStatus, peer_of};
 
 /// What a node may plug into its network beyond the [`Config`]: the relay role's mailbox service
 /// and metrics.

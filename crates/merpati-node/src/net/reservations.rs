@@ -148,7 +148,7 @@ fn schedule(slot: &mut Slot, now: Instant, retry_max: Duration, jitter: f64) {
 }
 
 /// The peer id an address ends with.
-pub(crate) fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last()? {
         Protocol::P2p(peer) => Some(peer),
         _ => None,

@@ -1,0 +1,246 @@
+//! A user node's use of relays: handing an envelope to a contact directly or, when its node cannot
+//! be reached, depositing it at every one of the contact's relays; and fetching our own mailboxes
+//! from each of our relays, long-polling so a deposit reaches us in milliseconds.
+//!
+//! The fetch loop owns nothing of the engine: it asks the daemon's actor for the current fetch
+//! tokens (a `watch` channel the actor updates when they change) and hands fetched envelopes to
+//! the actor through a bounded queue, deleting at the relay only what the actor reports as
+//! processed (stored, a duplicate, or junk that will never open). An envelope the node failed to
+//! store stays at the relay and is fetched again later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use merpati_proto::mailbox::{FetchToken, MailboxId};
+use merpati_proto::wire::{self, Refusal, deliver, mailbox};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::engine::{Attempt, AttemptResult};
+use crate::net;
+
+/// How long a fetch may wait at the relay for a deposit when nothing is waiting.
+pub const LONG_POLL: Duration = Duration::from_millis(wire::MAX_FETCH_WAIT_MS as u64 - 5_000);
+/// The first pause after a failed fetch; doubles up to [`FETCH_RETRY_MAX`].
+const FETCH_RETRY_BASE: Duration = Duration::from_secs(1);
+/// The longest pause between failed fetches.
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(120);
+
+/// Tries `attempt`: directly to the contact's node (its known addresses and circuits through its
+/// relays) unless `skip_direct`, then, if that fails, a deposit at each of its relays at once.
+pub async fn deliver(net: &net::Handle, attempt: &Attempt, skip_direct: bool) -> AttemptResult {
+    let peer = PeerId::from_bytes(&attempt.peer_id).ok();
+    let relays: Vec<Multiaddr> =
+        attempt.relays.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+    let mut direct_failure = None;
+    if let (Some(peer), false) = (peer, skip_direct) {
+        let mut addrs: Vec<Multiaddr> =
+            attempt.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+        addrs.extend(relays.iter().map(|relay| relay.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))));
+        match net.deliver(peer, addrs, attempt.envelope.clone()).await {
+            Ok(deliver::Response::Accepted) => return AttemptResult::Accepted,
+            // The node itself refused: a relay would only hand it the same envelope later.
+            Ok(deliver::Response::Refused(refusal)) => return AttemptResult::Refused(refusal),
+            Err(error) => direct_failure = Some(error.to_string()),
+        }
+    }
+    if relays.is_empty() {
+        let reason = direct_failure.unwrap_or_else(|| "the contact's node is unknown".to_owned());
+        return AttemptResult::Unreachable(reason);
+    }
+    deposit_everywhere(net, &relays, attempt.mailbox, &attempt.envelope).await
+}
+
+/// Deposits `envelope` into `mailbox` at every relay at once; the result counts how many stored
+/// it and why the others refused.
+async fn deposit_everywhere(
+    net: &net::Handle,
+    relays: &[Multiaddr],
+    mailbox: MailboxId,
+    envelope: &[u8],
+) -> AttemptResult {
+    let deposits = relays.iter().map(|relay| async move {
+        let Some(peer) = net::peer_of(relay) else { return Err(None) };
+        let request = mailbox::Request::Deposit { mailbox, envelope: envelope.to_vec() };
+        match net.mailbox(peer, vec![relay.clone()], request).await {
+            Ok(mailbox::Response::Stored { .. }) => Ok(()),
+            Ok(mailbox::Response::Refused(refusal)) => Err(Some(refusal)),
+            Ok(other) => {
+                debug!(relay = %peer, ?other, "unexpected answer to a deposit");
+                Err(None)
+            }
+            Err(error) => {
+                debug!(relay = %peer, %error, "deposit failed");
+                Err(None)
+            }
+        }
+    });
+    let results = join_all(deposits).await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let refusals: Vec<Refusal> = results.iter().filter_map(|r| r.clone().err().flatten()).collect();
+    if accepted == 0 && refusals.is_empty() {
+        return AttemptResult::Unreachable("neither the contact's node nor any of its relays answered".into());
+    }
+    AttemptResult::Deposited {
+        accepted: u8::try_from(accepted).unwrap_or(u8::MAX),
+        total: u8::try_from(relays.len()).unwrap_or(u8::MAX),
+        refusals,
+    }
+}
+
+/// Envelopes fetched from a relay, for the daemon's actor to process.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The relay they came from.
+    pub relay: PeerId,
+    /// The envelopes, in the relay's order.
+    pub items: Vec<mailbox::StoredEnvelope>,
+    /// Answered with the relay ids of the envelopes that were processed and may be deleted.
+    pub done: oneshot::Sender<Vec<u64>>,
+}
+
+/// The fetch tokens of every mailbox we own, as the actor last computed them.
+pub type Tokens = watch::Receiver<Arc<Vec<FetchToken>>>;
+
+/// Fetches our mailboxes at `relay` until `stop` is cancelled: a long poll while nothing waits,
+/// pages back to back while more does, and a growing pause after failures.
+pub async fn fetch_loop(
+    net: net::Handle,
+    relay: Multiaddr,
+    mut tokens: Tokens,
+    fetched: mpsc::Sender<Fetched>,
+    stop: CancellationToken,
+) {
+    let Some(peer) = net::peer_of(&relay) else { return };
+    let mut after = None;
+    let mut wait = Duration::ZERO;
+    let mut failures = 0u32;
+    loop {
+        let current = tokens.borrow_and_update().clone();
+        let round = fetch_round(&net, peer, &relay, &current, after, wait, &fetched);
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            // New mailboxes (a new conversation, a new day): ask again with the new tokens.
+            changed = tokens.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            outcome = round => outcome,
+        };
+        let pause = match outcome {
+            Ok(Round { last, more }) => {
+                failures = 0;
+                after = last.or(after);
+                wait = if more { Duration::ZERO } else { LONG_POLL };
+                Duration::ZERO
+            }
+            Err(error) => {
+                debug!(relay = %peer, %error, "fetch failed");
+                if failures == 0 {
+                    info!(relay = %peer, %error, "cannot fetch from the relay; will keep trying");
+                }
+                failures = failures.saturating_add(1);
+                wait = Duration::ZERO;
+                FETCH_RETRY_BASE.saturating_mul(1 << failures.min(8)).min(FETCH_RETRY_MAX)
+            }
+        };
+        if !pause.is_zero() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
+struct Round {
+    /// The highest relay id seen, the next cursor.
+    last: Option<u64>,
+    /// Whether more is waiting.
+    more: bool,
+}
+
+/// One fetch (in chunks of at most `MAX_FETCH_TOKENS` tokens), the actor's processing, and the
+/// deletion of what it processed.
+async fn fetch_round(
+    net: &net::Handle,
+    peer: PeerId,
+    relay: &Multiaddr,
+    tokens: &[FetchToken],
+    after: Option<u64>,
+    wait: Duration,
+    fetched: &mpsc::Sender<Fetched>,
+) -> Result<Round, String> {
+    if tokens.is_empty() {
+        std::future::pending::<()>().await;
+    }
+    let mut last = None;
+    let mut more = false;
+    let chunks: Vec<&[FetchToken]> = tokens.chunks(wire::MAX_FETCH_TOKENS).collect();
+    // Several chunks cannot all long-poll in one request: only a single chunk waits.
+    let wait_ms = if chunks.len() == 1 { u32::try_from(wait.as_millis()).unwrap_or(0) } else { 0 };
+    for chunk in chunks {
+        let request = mailbox::Request::Fetch {
+            tokens: chunk.to_vec(),
+            after,
+            limit: wire::MAX_FETCH_LIMIT,
+            wait_ms,
+        };
+        let items = match net.mailbox(peer, vec![relay.clone()], request).await {
+            Ok(mailbox::Response::Envelopes { items, more: page_more }) => {
+                more |= page_more;
+                items
+            }
+            Ok(mailbox::Response::Refused(refusal)) => return Err(refusal.to_string()),
+            Ok(other) => return Err(format!("unexpected answer {other:?}")),
+            Err(error) => return Err(error.to_string()),
+        };
+        if items.is_empty() {
+            continue;
+        }
+        last = last.max(items.iter().map(|item| item.id).max());
+        let owners: HashMap<MailboxId, FetchToken> =
+            chunk.iter().map(|token| (MailboxId::of(token), token.clone())).collect();
+        let mailboxes: HashMap<u64, MailboxId> = items.iter().map(|item| (item.id, item.mailbox)).collect();
+        let (done, processed) = oneshot::channel();
+        fetched.send(Fetched { relay: peer, items, done }).await.map_err(|_| "the node is stopping")?;
+        let processed = processed.await.map_err(|_| "the node is stopping")?;
+        delete(net, peer, relay, &owners, &mailboxes, processed).await;
+    }
+    Ok(Round { last, more })
+}
+
+/// Deletes processed envelopes at the relay, one request per mailbox. A failed delete is only
+/// logged: the envelopes come back in a later fetch and are recognised as duplicates.
+async fn delete(
+    net: &net::Handle,
+    peer: PeerId,
+    relay: &Multiaddr,
+    owners: &HashMap<MailboxId, FetchToken>,
+    mailboxes: &HashMap<u64, MailboxId>,
+    processed: Vec<u64>,
+) {
+    let mut by_mailbox: BTreeMap<MailboxId, Vec<u64>> = BTreeMap::new();
+    for id in processed {
+        if let Some(mailbox) = mailboxes.get(&id) {
+            by_mailbox.entry(*mailbox).or_default().push(id);
+        }
+    }
+    for (mailbox, ids) in by_mailbox {
+        let Some(token) = owners.get(&mailbox) else { continue };
+        for ids in ids.chunks(wire::MAX_DELETE_IDS) {
+            let request = mailbox::Request::Delete { token: token.clone(), ids: ids.to_vec() };
+            match net.mailbox(peer, vec![relay.clone()], request).await {
+                Ok(mailbox::Response::Deleted { .. }) => {}
+                other => debug!(relay = %peer, ?other, "delete at the relay failed"),
+            }
+        }
+    }
+}
