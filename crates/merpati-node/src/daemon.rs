@@ -207,7 +207,7 @@ impl Actor {
         match event {
             net::Event::Delivery { peer, request, reply } => {
                 let received = tokio::task::block_in_place(|| {
-                    self.engine.receive(&peer.to_bytes(), &request.envelope, now())
+                    self.engine.receive(Some(&peer.to_bytes()), &request.envelope, now())
                 });
                 match received {
                     Ok(received) => {

@@ -106,6 +106,9 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         EngineError::ContactExists(_) => AppError::ContactExists,
         EngineError::UnknownMessage(_) => AppError::UnknownMessage,
         EngineError::InvalidName(_) => AppError::InvalidName,
+        EngineError::InvalidRelay(_) | EngineError::TooManyRelays { .. } | EngineError::UnknownRelay(_) => {
+            AppError::InvalidInvite
+        }
         EngineError::Store(_) | EngineError::Seal(_) | EngineError::ForeignDatabase => AppError::Storage,
     };
     Response::app_error(id, kind, error.to_string(), None)
@@ -196,7 +199,7 @@ pub(crate) fn message_id(id: &MessageId) -> protocol::MessageId {
 pub(crate) fn status_of(status: Status) -> MessageStatus {
     match status {
         Status::Queued => MessageStatus::Queued,
-        Status::Sent => MessageStatus::Sent,
+        Status::Sent | Status::Stored { .. } => MessageStatus::Sent,
         Status::Delivered => MessageStatus::Delivered,
         Status::Read => MessageStatus::Read,
         Status::Failed => MessageStatus::Failed,
