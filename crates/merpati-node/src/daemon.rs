@@ -20,9 +20,9 @@ use merpati_control::identity_file::IdentityFile;
 use merpati_control::protocol::{Event, StatusUpdate};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
+use merpati_proto::mailbox::FetchToken;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
-use merpati_proto::mailbox::FetchToken;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -264,7 +264,7 @@ impl Actor {
         match event {
             net::Event::Delivery { peer, request, reply } => {
                 let received = tokio::task::block_in_place(|| {
-                    self.engine.receive(&peer.to_bytes(), &request.envelope, now())
+                    self.engine.receive(Some(&peer.to_bytes()), &request.envelope, now())
                 });
                 match received {
                     Ok(received) => {
@@ -325,13 +325,14 @@ impl Actor {
         let mut processed = Vec::with_capacity(batch.items.len());
         let mut new_contact = false;
         for item in batch.items {
-            let received =
-                tokio::task::block_in_place(|| self.engine.receive(None, &item.envelope, now()));
+            let received = tokio::task::block_in_place(|| self.engine.receive(None, &item.envelope, now()));
             match received {
                 Ok(received) => {
                     let failed = matches!(
                         received.response,
-                        Some(merpati_proto::wire::deliver::Response::Refused(merpati_proto::wire::Refusal::Internal))
+                        Some(merpati_proto::wire::deliver::Response::Refused(
+                            merpati_proto::wire::Refusal::Internal
+                        ))
                     );
                     if !failed {
                         processed.push(item.id);

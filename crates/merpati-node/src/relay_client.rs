@@ -41,7 +41,9 @@ pub async fn deliver(net: &net::Handle, attempt: &Attempt, skip_direct: bool) ->
     if let (Some(peer), false) = (peer, skip_direct) {
         let mut addrs: Vec<Multiaddr> =
             attempt.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
-        addrs.extend(relays.iter().map(|relay| relay.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))));
+        addrs.extend(
+            relays.iter().map(|relay| relay.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))),
+        );
         match net.deliver(peer, addrs, attempt.envelope.clone()).await {
             Ok(deliver::Response::Accepted) => return AttemptResult::Accepted,
             // The node itself refused: a relay would only hand it the same envelope later.
@@ -82,9 +84,11 @@ async fn deposit_everywhere(
     });
     let results = join_all(deposits).await;
     let accepted = results.iter().filter(|r| r.is_ok()).count();
-    let refusals: Vec<Refusal> = results.iter().filter_map(|r| r.clone().err().flatten()).collect();
+    let refusals: Vec<Refusal> = results.iter().filter_map(|r| r.err().flatten()).collect();
     if accepted == 0 && refusals.is_empty() {
-        return AttemptResult::Unreachable("neither the contact's node nor any of its relays answered".into());
+        return AttemptResult::Unreachable(
+            "neither the contact's node nor any of its relays answered".into(),
+        );
     }
     AttemptResult::Deposited {
         accepted: u8::try_from(accepted).unwrap_or(u8::MAX),
@@ -187,12 +191,8 @@ async fn fetch_round(
     // Several chunks cannot all long-poll in one request: only a single chunk waits.
     let wait_ms = if chunks.len() == 1 { u32::try_from(wait.as_millis()).unwrap_or(0) } else { 0 };
     for chunk in chunks {
-        let request = mailbox::Request::Fetch {
-            tokens: chunk.to_vec(),
-            after,
-            limit: wire::MAX_FETCH_LIMIT,
-            wait_ms,
-        };
+        let request =
+            mailbox::Request::Fetch { tokens: chunk.to_vec(), after, limit: wire::MAX_FETCH_LIMIT, wait_ms };
         let items = match net.mailbox(peer, vec![relay.clone()], request).await {
             Ok(mailbox::Response::Envelopes { items, more: page_more }) => {
                 more |= page_more;

@@ -87,7 +87,9 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
         method::RelayAdd::NAME => match request.params_of::<method::RelayAdd>() {
             Err(answer) => return answer,
             Ok(params) => match params.addr.trim().parse::<Multiaddr>() {
-                Err(e) => Err(EngineError::InvalidRelay(format!("\"{}\" is not an address: {e}", params.addr))),
+                Err(e) => {
+                    Err(EngineError::InvalidRelay(format!("\"{}\" is not an address: {e}", params.addr)))
+                }
                 Ok(addr) => match blocking(|| engine.add_relay(&addr.to_vec(), now())) {
                     Ok(_) => Ok(to_value(relay_list(engine, net).await)),
                     Err(e) => Err(e),

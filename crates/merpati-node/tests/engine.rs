@@ -38,7 +38,7 @@ fn pump<S: Store, T: Store>(
 ) -> usize {
     let attempts = from.due(now, None).unwrap();
     for attempt in &attempts {
-        let received = to.receive(from_peer, &attempt.envelope, now).unwrap();
+        let received = to.receive(Some(from_peer), &attempt.envelope, now).unwrap();
         let result = match received.response.unwrap() {
             deliver::Response::Accepted => AttemptResult::Accepted,
             deliver::Response::Refused(r) => AttemptResult::Refused(r),
@@ -90,7 +90,7 @@ fn duplicates_are_stored_once_and_acknowledged_again() {
     alice.send_text("bob", "once", T0).unwrap();
     let attempt = alice.due(T0, None).unwrap().remove(0);
     for _ in 0..3 {
-        let received = bob.receive(b"alice-node", &attempt.envelope, T0).unwrap();
+        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
         assert!(matches!(received.response, Some(deliver::Response::Accepted)));
     }
     let name = bob.store().contacts().unwrap()[0].name.clone();
@@ -100,7 +100,7 @@ fn duplicates_are_stored_once_and_acknowledged_again() {
 #[test]
 fn junk_and_unknown_mailboxes_are_refused_without_storing() {
     let (_, mut bob) = pair();
-    let r = bob.receive(b"x", b"not an envelope", T0).unwrap();
+    let r = bob.receive(Some(&b"x"[..]), b"not an envelope", T0).unwrap();
     assert!(matches!(r.response, Some(deliver::Response::Refused(Refusal::Malformed))));
     let mut other_alice = engine(MemoryStore::new(), 9, "Eve");
     let mut other_bob = engine(MemoryStore::new(), 10, "Carol");
@@ -110,7 +110,7 @@ fn junk_and_unknown_mailboxes_are_refused_without_storing() {
     pump(&mut other_alice, b"eve", &mut other_bob, T0);
     let second = other_alice.send_text("carol", "still not for bob", T0).unwrap();
     let attempt = other_alice.due(T0, None).unwrap().into_iter().find(|a| a.id == second.id).unwrap();
-    let r = bob.receive(b"eve", &attempt.envelope, T0).unwrap();
+    let r = bob.receive(Some(&b"eve"[..]), &attempt.envelope, T0).unwrap();
     assert!(matches!(r.response, Some(deliver::Response::Refused(Refusal::UnknownMailbox))));
     assert!(bob.store().messages(None, 10).unwrap().is_empty());
 }
@@ -157,7 +157,7 @@ fn contact_deliveries_go_out_in_order() {
     // One due entry per contact at a time, oldest first, so nothing arrives out of order.
     let mut order = Vec::new();
     while let Some(attempt) = alice.due(T0, None).unwrap().into_iter().next() {
-        let received = bob.receive(b"alice-node", &attempt.envelope, T0).unwrap();
+        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
         order.push(received.message.unwrap().text);
         alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
     }
@@ -203,7 +203,7 @@ fn a_receipt_that_overtakes_the_delivery_answer_is_not_undone() {
     let (mut alice, mut bob) = pair();
     let sent = alice.send_text("bob", "fast", T0).unwrap();
     let attempt = alice.due(T0, None).unwrap().remove(0);
-    bob.receive(b"alice-node", &attempt.envelope, T0).unwrap();
+    bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
     // Bob's receipt arrives before Alice's node has processed Bob's answer to the delivery.
     pump(&mut bob, b"bob-node", &mut alice, T0);
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
@@ -222,11 +222,11 @@ fn a_withheld_message_shows_as_a_gap() {
     sorted.sort_by_key(|e| e.seq);
     // A relay holds back the second message.
     for entry in [&sorted[0], &sorted[2]] {
-        bob.receive(b"alice-node", &entry.envelope, T0).unwrap();
+        bob.receive(Some(&b"alice-node"[..]), &entry.envelope, T0).unwrap();
     }
     let name = bob.store().contacts().unwrap()[0].name.clone();
     assert_eq!(bob.missing(&name, T0).unwrap(), vec![[1, 1]]);
-    bob.receive(b"alice-node", &sorted[1].envelope, T0).unwrap();
+    bob.receive(Some(&b"alice-node"[..]), &sorted[1].envelope, T0).unwrap();
     assert!(bob.missing(&name, T0).unwrap().is_empty());
 }
 

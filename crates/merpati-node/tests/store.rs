@@ -191,6 +191,8 @@ mod conformance {
         assert!(store.messages(None, 10).unwrap().is_empty());
         assert!(store.outbox().unwrap().is_empty());
         assert_eq!(store.outbox_len().unwrap(), 0);
+        assert!(store.relays().unwrap().is_empty());
+        assert!(store.session_ids().unwrap().is_empty());
         store.apply(&[]).unwrap();
     }
 
@@ -270,10 +272,64 @@ mod conformance {
         store.apply(&[Change::PutSession(next.clone())]).unwrap();
         assert_same_session(&store.session(&a.id).unwrap().unwrap(), &next);
 
+        let mut ids = vec![a.id, b.id];
+        ids.sort();
+        assert_eq!(store.session_ids().unwrap(), ids);
+
         store.apply(&[Change::RemoveSession(a.id)]).unwrap();
         assert!(store.session(&a.id).unwrap().is_none());
         assert_same_session(&store.session(&b.id).unwrap().unwrap(), &b);
+        assert_eq!(store.session_ids().unwrap(), [b.id]);
         store.apply(&[Change::RemoveSession(a.id)]).unwrap();
+    }
+
+    pub(crate) fn relays_are_replaced_as_a_whole<S: Store + ?Sized>(store: &S) {
+        let relays = vec![b"first relay".to_vec(), vec![0xa5; 128]];
+        store.apply(&[Change::SetRelays(relays.clone())]).unwrap();
+        assert_eq!(store.relays().unwrap(), relays);
+        store.apply(&[Change::SetRelays(vec![relays[1].clone()])]).unwrap();
+        assert_eq!(store.relays().unwrap(), [relays[1].clone()]);
+        store.apply(&[Change::SetRelays(Vec::new())]).unwrap();
+        assert!(store.relays().unwrap().is_empty());
+    }
+
+    pub(crate) fn stored_statuses_and_reasons<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(31);
+        let m = f.message("bob", "to a relay");
+        store.apply(&[Change::PutMessage(m.clone())]).unwrap();
+        let get = || {
+            let m = store.message(&m.id).unwrap().unwrap();
+            (m.status, m.reason)
+        };
+        let reason = |text: &str| Change::SetReason { id: m.id, reason: Some(text.to_owned()) };
+        let set =
+            |status: Status| store.apply(&[Change::SetStatus { id: m.id, status, reason: None }]).unwrap();
+
+        // While queued, the reason says why it has not left yet.
+        store.apply(&[reason("the recipient's mailbox is full")]).unwrap();
+        assert_eq!(get(), (Status::Queued, Some("the recipient's mailbox is full".to_owned())));
+        set(Status::Stored { accepted: 1, total: 3 });
+        assert_eq!(get(), (Status::Stored { accepted: 1, total: 3 }, None), "a stored message has no reason");
+        store.apply(&[reason("stale")]).unwrap();
+        assert_eq!(get().1, None, "a reason set after the message left");
+        set(Status::Stored { accepted: 2, total: 3 });
+        set(Status::Stored { accepted: 1, total: 3 });
+        set(Status::Stored { accepted: 3, total: 4 });
+        assert_eq!(get().0, Status::Stored { accepted: 2, total: 3 });
+        set(Status::Sent);
+        set(Status::Stored { accepted: 3, total: 3 });
+        assert_eq!(get().0, Status::Sent, "sent went back to stored");
+        set(Status::Delivered);
+        assert_eq!(get().0, Status::Delivered);
+        // An unknown message's reason is ignored without spoiling its batch.
+        let other = f.message("bob", "other");
+        store
+            .apply(&[
+                Change::SetReason { id: MessageId([0xee; 16]), reason: Some("x".into()) },
+                Change::PutMessage(other.clone()),
+            ])
+            .unwrap();
+        assert!(store.message(&other.id).unwrap().is_some());
     }
 
     pub(crate) fn indexes_find_sessions<S: Store + ?Sized>(store: &S) {
@@ -532,6 +588,8 @@ conformance!(
     outbox_is_ordered_by_next_attempt,
     a_failing_batch_applies_nothing,
     changes_in_a_batch_see_each_other,
+    relays_are_replaced_as_a_whole,
+    stored_statuses_and_reasons,
 );
 
 /// Tests of what only the disk store has.
@@ -557,6 +615,7 @@ mod sled_only {
         sessions: Vec<SessionRecord>,
         messages: Vec<StoredMessage>,
         outbox: Vec<OutboxEntry>,
+        relays: Vec<Vec<u8>>,
     }
 
     fn fill(store: &SledStore, f: &mut Fixture) -> Contents {
@@ -569,6 +628,8 @@ mod sled_only {
         changes.extend(sessions.iter().cloned().map(Change::PutSession));
         changes.push(Change::IndexMailbox { mailbox: MailboxId([7; 16]), session: sessions[0].id });
         changes.push(Change::IndexOpenDigest { digest: [8; 32], session: sessions[1].id });
+        let relays = vec![b"relay one".to_vec(), b"relay two".to_vec()];
+        changes.push(Change::SetRelays(relays.clone()));
         store.apply(&changes).unwrap();
         for i in 0..5 {
             let m = f.message(if i % 2 == 0 { "alice" } else { "bob" }, &format!("message number {i}"));
@@ -580,6 +641,7 @@ mod sled_only {
             sessions,
             messages: store.messages(None, 100).unwrap(),
             outbox: store.outbox().unwrap(),
+            relays,
         }
     }
 
@@ -594,6 +656,7 @@ mod sled_only {
         assert_eq!(store.messages(None, 100).unwrap(), c.messages);
         assert_eq!(store.outbox().unwrap(), c.outbox);
         assert_eq!(store.outbox_len().unwrap(), c.outbox.len());
+        assert_eq!(store.relays().unwrap(), c.relays);
     }
 
     #[test]

@@ -3,8 +3,14 @@
 //! A first contact to our inbox creates a session (and, for someone not yet in our contacts, a
 //! contact named after their fingerprint); later envelopes find their session by mailbox id. An
 //! envelope opened before (a duplicate from another route, or a retry after our answer was lost)
-//! is answered `Accepted` again, so the sender stops retrying. Text is stored and answered with an
-//! end-to-end delivery receipt; receipts move our outgoing messages' status forward.
+//! is answered `Accepted` again, so the sender stops retrying (or, for an envelope fetched from a
+//! relay, so the daemon deletes it there). Text is stored and answered with an end-to-end delivery
+//! receipt; receipts move our outgoing messages' status forward; control messages update the
+//! contact's node and relays.
+//!
+//! Envelopes come from the sender's node directly or are fetched from a relay. Only the first
+//! kind names the sender's node: a contact created from a fetched first contact has no peer id
+//! until its `NodeInfo` control message arrives.
 
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::{Envelope, Kind};
@@ -36,10 +42,15 @@ impl Received {
 }
 
 impl<S: Store> Engine<S> {
-    /// Handles an envelope that node `from_peer` (libp2p peer id bytes) handed us.
+    /// Handles an envelope that node `from_peer` (libp2p peer id bytes) handed us, or, with
+    /// `None`, one fetched from a relay (the relay is not the sender's node).
+    ///
+    /// The answer is `Accepted` once the envelope is stored, and again for every later copy of
+    /// it (so the sender stops retrying and a fetched copy can be deleted at its relay); a
+    /// refusal means it cannot be stored.
     pub fn receive(
         &mut self,
-        from_peer: &[u8],
+        from_peer: Option<&[u8]>,
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<Received, EngineError> {
@@ -62,7 +73,7 @@ impl<S: Store> Engine<S> {
 
     fn accept_first_contact(
         &mut self,
-        from_peer: &[u8],
+        from_peer: Option<&[u8]>,
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<Received, EngineError> {
@@ -74,14 +85,20 @@ impl<S: Store> Engine<S> {
         let identity = session.peer().identity;
         let mut changes = Vec::new();
         let mut new_contact = None;
+        // Whether this session becomes the one we send on: then it is our first word to them.
+        let mut ours = true;
         let contact = match self.store.contacts()?.into_iter().find(|c| c.identity == identity) {
             Some(mut contact) => {
                 // Both sides may start a session at once; the one this contact started becomes
                 // ours for sending only if we have none, and either way we receive on both.
                 if contact.session.is_none() {
                     contact.session = Some(session.id());
-                    contact.peer_id = from_peer.to_vec();
+                    if let Some(peer) = from_peer {
+                        contact.peer_id = peer.to_vec();
+                    }
                     changes.push(Change::PutContact(contact.clone()));
+                } else {
+                    ours = false;
                 }
                 contact
             }
@@ -94,7 +111,8 @@ impl<S: Store> Engine<S> {
                     identity,
                     bundle: None,
                     inbox: None,
-                    peer_id: from_peer.to_vec(),
+                    // Known once their `NodeInfo` arrives, when the envelope came through a relay.
+                    peer_id: from_peer.map(<[u8]>::to_vec).unwrap_or_default(),
                     addrs: Vec::new(),
                     relays: Vec::new(),
                     session: Some(session.id()),
@@ -110,8 +128,25 @@ impl<S: Store> Engine<S> {
         }
         let id = session.id();
         self.cache_session(session, &contact.name);
+        if ours {
+            // Our first reply direction: tell them where our node and relays are, before the
+            // receipt, so they can answer even if their copy of our invite is out of date.
+            for body in self.session_start_bodies() {
+                match self.seal_into_outbox(&id, &contact.name, &body, now) {
+                    Ok(entry) => changes.push(Change::PutOutbox(entry)),
+                    Err(e) => {
+                        self.forget_session(&id);
+                        return Err(e);
+                    }
+                }
+            }
+        }
         let mut received = self.store_incoming(id, &contact.name, incoming, changes, now)?;
-        received.new_contact = new_contact;
+        // Read back: a control message in this first contact may have completed the record.
+        received.new_contact = match new_contact {
+            Some(created) => Some(self.store.contact(&created.name)?.unwrap_or(created)),
+            None => None,
+        };
         Ok(received)
     }
 
@@ -131,6 +166,11 @@ impl<S: Store> Engine<S> {
             Ok(incoming) => self.store_incoming(id, &contact, incoming, Vec::new(), now),
             // Already stored: say so again, or the sender would keep retrying.
             Err(OpenError::Replay) => Ok(Received::answer(deliver::Response::Accepted)),
+            // The key of a sub-epoch is deleted once all its 64 messages arrived, so a further
+            // copy of any of them (say, from a second relay) lands here; otherwise the key
+            // outlived its retention and no copy can ever be read. Either way a retry cannot
+            // help, and a fetched copy is to be deleted at the relay.
+            Err(OpenError::KeyUnavailable) => Ok(Received::answer(deliver::Response::Accepted)),
             Err(_) => Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed))),
         }
     }
@@ -191,9 +231,28 @@ impl<S: Store> Engine<S> {
                     }
                 }
             }
-            // Control frames and fragments are understood by later versions of the node; the
-            // session state still advances so nothing is replayed.
-            Body::Control(_) | Body::Fragment(_) => {}
+            Body::Control(control) => {
+                // The record as this batch leaves it (a first contact adds or updates it too).
+                let pending = changes.iter_mut().rev().find_map(|c| match c {
+                    Change::AddContact(c) | Change::PutContact(c) if c.name == contact => Some(c),
+                    _ => None,
+                });
+                match pending {
+                    Some(record) => {
+                        super::relays::apply_control(record, control);
+                    }
+                    None => {
+                        if let Some(mut record) = self.store.contact(contact)?
+                            && super::relays::apply_control(&mut record, control)
+                        {
+                            changes.push(Change::PutContact(record));
+                        }
+                    }
+                }
+            }
+            // Fragments are understood by later versions of the node; the session state still
+            // advances so nothing is replayed.
+            Body::Fragment(_) => {}
         }
         let session = self.sessions.get(&id).ok_or(EngineError::UnknownContact(contact.to_owned()))?;
         changes.extend(self.persist_session(session, contact));

@@ -8,11 +8,14 @@
 
 mod incoming;
 mod outgoing;
+mod relays;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 
 use merpati_proto::Timestamp;
-use merpati_proto::frame::MessageId;
+use merpati_proto::frame::{Body, MessageId};
 use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION, PrekeyRing};
 use merpati_proto::keys::{SymmetricKey, X25519Secret};
 use merpati_proto::mailbox::{self, INBOX_DAY, MailboxId};
@@ -20,10 +23,13 @@ use merpati_proto::session::{Session, SessionId};
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
-use crate::store::{Change, Contact, NodeKey, Profile, SessionRecord, Store, StoreError, StoredMessage};
+use crate::store::{
+    Change, Contact, NodeKey, OutboxEntry, Profile, SessionRecord, Store, StoreError, StoredMessage,
+};
 
 pub use incoming::Received;
 pub use outgoing::{Attempt, AttemptResult};
+pub use relays::check_relay;
 
 /// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
 pub const DEFAULT_MESSAGE_LIFETIME: u64 = 30 * Timestamp::DAY;
@@ -69,6 +75,18 @@ pub enum EngineError {
     /// The session could not seal (a broken session: it needs a new first contact).
     #[error("could not encrypt the message: {0}")]
     Seal(#[from] merpati_proto::session::SealError),
+    /// A relay address that cannot be used; the text says what is wrong with it.
+    #[error("invalid relay address: {0}")]
+    InvalidRelay(String),
+    /// The relay list is full.
+    #[error("you can have at most {max} relays; remove one first")]
+    TooManyRelays {
+        /// The limit.
+        max: usize,
+    },
+    /// None of the user's relays has that peer id.
+    #[error("no relay with peer id {0} in your relay list")]
+    UnknownRelay(String),
 }
 
 /// This device's long-term keys, as read from the identity file `merpati init` wrote.
@@ -107,6 +125,11 @@ pub struct Engine<S: Store> {
     rng: ChaCha20Rng,
     /// Whether contacts are told when their messages were read.
     read_receipts: bool,
+    /// The user's own relays (binary multiaddrs ending in `/p2p/<peer id>`), as stored.
+    relays: Vec<Vec<u8>>,
+    /// This node's libp2p peer id and listen addresses, as the daemon last told
+    /// ([`Engine::set_node_info`]); told to contacts when a session starts.
+    node_info: Option<(Vec<u8>, Vec<Vec<u8>>)>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -151,6 +174,7 @@ impl<S: Store> Engine<S> {
         // Secret keys are not `Clone`: read back what was just stored.
         let profile = store.profile()?.ok_or(EngineError::ForeignDatabase)?;
         let bundle = bundle(&profile)?;
+        let relays = store.relays()?;
         Ok(Self {
             store,
             me,
@@ -160,6 +184,8 @@ impl<S: Store> Engine<S> {
             session_contacts: HashMap::new(),
             rng,
             read_receipts: true,
+            relays,
+            node_info: None,
         })
     }
 
@@ -189,7 +215,7 @@ impl<S: Store> Engine<S> {
     }
 
     /// This user's invite as text, naming the node `peer_id` reachable at `addrs` (binary libp2p
-    /// peer id and multiaddrs).
+    /// peer id and multiaddrs) and the user's relays.
     pub fn invite(
         &self,
         peer_id: Vec<u8>,
@@ -201,7 +227,7 @@ impl<S: Store> Engine<S> {
             &self.profile.identity,
             self.bundle.clone(),
             self.me.inbox(),
-            Vec::new(),
+            self.relays.clone(),
             peer_id,
             addrs,
             self.me.name.clone(),
@@ -299,6 +325,24 @@ impl<S: Store> Engine<S> {
     /// reloads the last durable state, so nothing half-done survives.
     fn forget_session(&mut self, id: &SessionId) {
         self.sessions.remove(id);
+    }
+
+    /// Seals `body` (a receipt or control message, shown to no one) in session `id` with
+    /// `contact`, as an outbox entry. The session's new state is persisted by the caller's apply,
+    /// which must also forget the session if it fails.
+    fn seal_into_outbox(
+        &mut self,
+        id: &SessionId,
+        contact: &str,
+        body: &Body,
+        now: Timestamp,
+    ) -> Result<OutboxEntry, EngineError> {
+        let mut rng = self.rng.clone();
+        let session =
+            self.session(id, now)?.ok_or_else(|| EngineError::UnknownContact(contact.to_owned()))?;
+        let sealed = session.seal(body, now, &mut rng);
+        self.rng = rng;
+        Ok(outgoing::queue_entry(sealed?, contact, now))
     }
 
     /// The changes that persist `session` for `contact`, with its mailbox index entries.

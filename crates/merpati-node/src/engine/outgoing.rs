@@ -1,12 +1,15 @@
 //! Outgoing messages: sealing into the outbox, and what each delivery attempt's result changes.
 //!
 //! `send_text` returns once the message and its envelope are durably queued. The daemon then asks
-//! for [`Engine::due`] attempts, tries them, and reports each result with
-//! [`Engine::attempt_finished`]; failures back off exponentially with jitter until the message's
-//! lifetime (30 days) runs out.
+//! for [`Engine::due`] attempts, tries each directly and, when the contact's node cannot take it,
+//! deposits it at every one of the contact's relays; it reports each result with
+//! [`Engine::attempt_finished`]. An envelope the node or at least one relay took leaves the
+//! outbox; failures back off exponentially with jitter (at least as long as a rate-limiting
+//! refusal asks) until the message's lifetime (30 days) runs out.
 
 use merpati_proto::Timestamp;
 use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId, ReceiptKind};
+use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::{Sealed, Session};
 use merpati_proto::wire::Refusal;
 use rand_core::Rng;
@@ -21,10 +24,16 @@ pub struct Attempt {
     pub id: MessageId,
     /// The contact's name.
     pub contact: String,
-    /// The contact's libp2p peer id (bytes).
+    /// The contact's libp2p peer id (bytes); empty while unknown (a contact who reached us
+    /// through a relay and whose `NodeInfo` has not arrived): then only the relays can take it.
     pub peer_id: Vec<u8>,
     /// The contact's known addresses (binary multiaddrs).
     pub addrs: Vec<Vec<u8>>,
+    /// The contact's relays (binary multiaddrs ending in `/p2p/<relay peer id>`), where the
+    /// envelope is deposited when the contact's node cannot take it.
+    pub relays: Vec<Vec<u8>>,
+    /// The mailbox the envelope is addressed to (its header's), under which relays store it.
+    pub mailbox: MailboxId,
     /// The envelope.
     pub envelope: Vec<u8>,
 }
@@ -36,8 +45,19 @@ pub enum AttemptResult {
     Accepted,
     /// The peer's node refused it.
     Refused(Refusal),
-    /// The peer could not be reached (offline, no route, timeout).
+    /// The peer could not be reached (offline, no route, timeout) and has no relays.
     Unreachable(String),
+    /// The peer's node could not take it, and the envelope was offered to each of the contact's
+    /// `total` relays: `accepted` stored it; `refusals` are the answers of those that refused
+    /// (relays that could not be reached give none).
+    Deposited {
+        /// How many relays stored the envelope.
+        accepted: u8,
+        /// How many relays it was offered to.
+        total: u8,
+        /// The refusals received.
+        refusals: Vec<Refusal>,
+    },
 }
 
 impl<S: Store> Engine<S> {
@@ -69,6 +89,17 @@ impl<S: Store> Engine<S> {
                 self.cache_session(session, &contact.name);
                 contact.session = Some(id);
                 changes.push(Change::PutContact(contact.clone()));
+                // Ahead of the text: if the contact fetches our first contact from a relay, these
+                // are how it learns which node to answer (a relay does not say who deposited).
+                for body in self.session_start_bodies() {
+                    match self.seal_into_outbox(&id, &contact.name, &body, now) {
+                        Ok(entry) => changes.push(Change::PutOutbox(entry)),
+                        Err(e) => {
+                            self.forget_session(&id);
+                            return Err(e);
+                        }
+                    }
+                }
                 id
             }
         };
@@ -184,13 +215,16 @@ impl<S: Store> Engine<S> {
                 contact: name,
                 peer_id: c.peer_id.clone(),
                 addrs: c.addrs.clone(),
+                relays: c.relays.clone(),
+                mailbox: entry.mailbox,
                 envelope: entry.envelope,
             });
         }
         Ok(attempts)
     }
 
-    /// Records how a delivery attempt ended. Returns the message's new status, if it changed.
+    /// Records how a delivery attempt ended. Returns the message's status and reason to publish,
+    /// if they changed: a new status, or, for a message still queued, why it has not left yet.
     pub fn attempt_finished(
         &mut self,
         id: &MessageId,
@@ -200,52 +234,75 @@ impl<S: Store> Engine<S> {
         let Some(mut entry) = self.store.outbox()?.into_iter().find(|e| e.id == *id) else {
             return Ok(None); // already settled by another attempt
         };
-        let current = self.store.message(id)?.map(|m| m.status);
-        let is_message = current.is_some();
-        let (changes, status) = match result {
-            AttemptResult::Accepted => (
-                vec![
-                    Change::RemoveOutbox(*id),
-                    Change::SetStatus { id: *id, status: Status::Sent, reason: None },
-                ],
-                Some((Status::Sent, None)),
-            ),
+        let stored = self.store.message(id)?;
+        let current = stored.as_ref().map(|m| (m.status, m.reason.clone()));
+        let failed = |reason: String| Outcome::Done(Status::Failed, Some(reason));
+        let outcome = match result {
+            AttemptResult::Accepted => Outcome::Done(Status::Sent, None),
+            AttemptResult::Deposited { accepted, total, .. } if *accepted >= 1 => {
+                Outcome::Done(Status::Stored { accepted: *accepted, total: (*total).max(*accepted) }, None)
+            }
             AttemptResult::Refused(refusal) if permanent(refusal) => {
-                let reason = format!("refused by the recipient's node: {refusal}");
-                (
-                    vec![
-                        Change::RemoveOutbox(*id),
-                        Change::SetStatus { id: *id, status: Status::Failed, reason: Some(reason.clone()) },
-                    ],
-                    Some((Status::Failed, Some(reason))),
-                )
+                failed(format!("refused by the recipient's node: {refusal}"))
             }
-            _ if now >= entry.expires_at => {
-                let reason = "could not be delivered before it expired".to_owned();
-                (
-                    vec![
-                        Change::RemoveOutbox(*id),
-                        Change::SetStatus { id: *id, status: Status::Failed, reason: Some(reason.clone()) },
-                    ],
-                    Some((Status::Failed, Some(reason))),
-                )
+            // Every relay said the envelope is too large: no retry can change that.
+            AttemptResult::Deposited { total, refusals, .. }
+                if !refusals.is_empty()
+                    && refusals.len() == usize::from(*total)
+                    && refusals.iter().all(|r| matches!(r, Refusal::TooLarge { .. })) =>
+            {
+                failed(format!("refused by the recipient's relays: {}", refusals[0]))
             }
-            _ => {
-                entry.attempts = entry.attempts.saturating_add(1);
-                entry.next_attempt_at = now.plus(self.backoff(entry.attempts));
-                (vec![Change::PutOutbox(entry)], None)
+            _ if now >= entry.expires_at => failed("could not be delivered before it expired".to_owned()),
+            AttemptResult::Refused(refusal) => Outcome::Retry {
+                wait: retry_after(std::slice::from_ref(refusal)),
+                reason: Some(format!("the recipient's node refused it for now: {refusal}")),
+            },
+            // Keeps whatever reason an earlier attempt gave.
+            AttemptResult::Unreachable(_) => Outcome::Retry { wait: 0, reason: None },
+            AttemptResult::Deposited { refusals, .. } => {
+                Outcome::Retry { wait: retry_after(refusals), reason: Some(relay_reason(refusals)) }
             }
         };
-        // Receipts travel through the outbox too but have no stored message to update.
-        let changes: Vec<Change> =
-            changes.into_iter().filter(|c| is_message || !matches!(c, Change::SetStatus { .. })).collect();
-        if matches!(result, AttemptResult::Accepted) {
+        let (changes, update) = match outcome {
+            Outcome::Done(status, reason) => (
+                vec![
+                    Change::RemoveOutbox(*id),
+                    Change::SetStatus { id: *id, status, reason: reason.clone() },
+                ],
+                // A receipt can overtake the delivery's own answer: report only a real step
+                // forward.
+                current.as_ref().filter(|(old, _)| old.advances_to(status)).map(|_| (status, reason)),
+            ),
+            Outcome::Retry { wait, reason } => {
+                entry.attempts = entry.attempts.saturating_add(1);
+                entry.next_attempt_at = now.plus(self.backoff(entry.attempts).max(wait));
+                let mut changes = vec![Change::PutOutbox(entry)];
+                let update = match (&current, reason) {
+                    (Some((Status::Queued, old)), Some(reason)) if old.as_ref() != Some(&reason) => {
+                        changes.push(Change::SetReason { id: *id, reason: Some(reason.clone()) });
+                        Some((Status::Queued, Some(reason)))
+                    }
+                    _ => None,
+                };
+                (changes, update)
+            }
+        };
+        // Receipts and controls travel through the outbox too but have no stored message.
+        let changes: Vec<Change> = changes
+            .into_iter()
+            .filter(|c| stored.is_some() || !matches!(c, Change::SetStatus { .. } | Change::SetReason { .. }))
+            .collect();
+        // Once the node or a relay holds the envelope, losing this step in a crash only sends it
+        // again, and the recipient stores it once.
+        let taken = matches!(result, AttemptResult::Accepted)
+            || matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted >= 1);
+        if taken {
             self.store.apply_relaxed(&changes)?;
         } else {
             self.store.apply(&changes)?;
         }
-        // A receipt can overtake the delivery's own answer: report only a real step forward.
-        Ok(status.filter(|(new, _)| current.is_some_and(|old| old.advances_to(*new))))
+        Ok(update)
     }
 
     /// Exponential backoff with ±25 % jitter, so many queued messages do not retry in lockstep.
@@ -268,6 +325,43 @@ pub(super) fn queue_entry(sealed: Sealed, contact: &str, now: Timestamp) -> Outb
         attempts: 0,
         next_attempt_at: now,
         expires_at: now.plus(DEFAULT_MESSAGE_LIFETIME),
+    }
+}
+
+/// What a delivery result leads to.
+enum Outcome {
+    /// The entry leaves the outbox; the message moves to this status with this reason.
+    Done(Status, Option<String>),
+    /// The entry stays, tried again after the backoff but not before `wait` ms; the message's
+    /// reason becomes `reason`, if given.
+    Retry { wait: u64, reason: Option<String> },
+}
+
+/// The longest wait (ms) any of `refusals` asks for.
+fn retry_after(refusals: &[Refusal]) -> u64 {
+    refusals
+        .iter()
+        .filter_map(|r| match r {
+            Refusal::RateLimited { retry_after_ms } => Some(u64::from(*retry_after_ms)),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Why no relay took an envelope, for the user: each distinct refusal once.
+fn relay_reason(refusals: &[Refusal]) -> String {
+    let mut texts: Vec<String> = Vec::new();
+    for refusal in refusals {
+        let text = refusal.to_string();
+        if !texts.contains(&text) {
+            texts.push(text);
+        }
+    }
+    if texts.is_empty() {
+        "neither the recipient's node nor its relays could be reached".to_owned()
+    } else {
+        format!("the recipient's relays refused it for now: {}", texts.join("; "))
     }
 }
 

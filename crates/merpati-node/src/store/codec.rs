@@ -209,6 +209,25 @@ mod tests {
     }
 
     #[test]
+    fn statuses_keep_their_stored_encoding() {
+        // Stored by variant index: what older versions wrote must still decode to the same status,
+        // and the later variant is appended after them.
+        let old = [Status::Queued, Status::Sent, Status::Delivered, Status::Read, Status::Failed];
+        for (index, status) in old.into_iter().enumerate() {
+            let bytes = encode("status", &status).expect("encode");
+            assert_eq!(bytes[1..], [index as u8]);
+            assert_eq!(decode::<Status>("status", &bytes).expect("decode"), status);
+        }
+        let stored = Status::Stored { accepted: 2, total: 3 };
+        let bytes = encode("status", &stored).expect("encode");
+        assert_eq!(bytes[1..], [5, 2, 3]);
+        assert_eq!(decode::<Status>("status", &bytes).expect("decode"), stored);
+        let message = StoredMessage { status: stored, ..message() };
+        let bytes = encode("message", &message).expect("encode");
+        assert_eq!(decode::<StoredMessage>("message", &bytes).expect("decode"), message);
+    }
+
+    #[test]
     fn wrong_format_trailing_bytes_and_oversize_are_corrupt() {
         let mut bytes = encode("message", &message()).expect("encode");
         bytes[0] = FORMAT_VERSION + 1;

@@ -8,6 +8,7 @@
 //! | tree | key | value |
 //! |---|---|---|
 //! | `meta` | `next-order`, `outbox-len` | counters (u64) |
+//! | `meta` | `relays` | the user's own relays (list of binary multiaddrs); absent = none |
 //! | `profile` | `profile` | sealed [`Profile`] |
 //! | `contacts` | name | [`Contact`] |
 //! | `sessions` | session id | sealed [`SessionRecord`] |
@@ -88,6 +89,9 @@ impl Tree {
 const PROFILE_KEY: &[u8] = b"profile";
 const NEXT_ORDER_KEY: &[u8] = b"next-order";
 const OUTBOX_LEN_KEY: &[u8] = b"outbox-len";
+/// In `meta` rather than a tree of its own: one small value, and a database written before relays
+/// existed simply lacks the key, which reads as an empty list.
+const RELAYS_KEY: &[u8] = b"relays";
 
 /// Turns the encoding of a secret record into sealed bytes and back. The sled store seals with
 /// its keyring; the memory store keeps records as they are.
@@ -179,6 +183,20 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 tx.remove(Tree::Outbox, &id.0)?;
                 tx.remove(Tree::OutboxDue, &due_key(old.next_attempt_at.0, &id.0))?;
                 add_to_counter(tx, OUTBOX_LEN_KEY, -1)?;
+            }
+            Change::SetRelays(relays) => {
+                let relays: Vec<&serde_bytes::Bytes> =
+                    relays.iter().map(|r| serde_bytes::Bytes::new(r)).collect();
+                tx.insert(Tree::Meta, RELAYS_KEY, codec::encode("relay list", &relays)?)?;
+            }
+            Change::SetReason { id, reason } => {
+                let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { continue };
+                let mut message: StoredMessage = codec::decode("message", &bytes)?;
+                if message.status != super::Status::Queued || message.reason == *reason {
+                    continue;
+                }
+                message.reason.clone_from(reason);
+                tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
             }
         }
     }
@@ -362,6 +380,22 @@ pub(crate) fn outbox(view: &dyn View) -> Result<Vec<OutboxEntry>, StoreError> {
             Ok(entry)
         })
         .collect()
+}
+
+pub(crate) fn relays(view: &dyn View) -> Result<Vec<Vec<u8>>, StoreError> {
+    let relays: Option<Vec<serde_bytes::ByteBuf>> = get_plain(view, Tree::Meta, RELAYS_KEY, "relay list")?;
+    Ok(relays.unwrap_or_default().into_iter().map(serde_bytes::ByteBuf::into_vec).collect())
+}
+
+pub(crate) fn session_ids(view: &dyn View) -> Result<Vec<SessionId>, StoreError> {
+    let mut ids = Vec::new();
+    view.scan(Tree::Sessions, &[], false, &mut |key, _| {
+        ids.push(SessionId(
+            <[u8; 16]>::try_from(key).map_err(|_| StoreError::Corrupt { what: "session id" })?,
+        ));
+        Ok(true)
+    })?;
+    Ok(ids)
 }
 
 pub(crate) fn outbox_len(view: &dyn View) -> Result<usize, StoreError> {

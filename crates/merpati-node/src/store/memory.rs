@@ -164,6 +164,14 @@ impl Store for MemoryStore {
         engine::outbox_len(&MemoryView(&self.lock()))
     }
 
+    fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        engine::relays(&MemoryView(&self.lock()))
+    }
+
+    fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
+        engine::session_ids(&MemoryView(&self.lock()))
+    }
+
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         let mut trees = self.lock();
         let overlay = Overlay { base: &trees, writes: RefCell::new(BTreeMap::new()) };

@@ -244,9 +244,9 @@ pub enum Direction {
 /// Stored by variant index: variants may be appended, never reordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Status {
-    /// Durably queued, not yet accepted by the peer's node or a relay.
+    /// Durably queued, not yet accepted by the peer's node or a relay; `reason` may say why.
     Queued,
-    /// The peer's node (or a relay) acknowledged storing it.
+    /// The peer's node acknowledged storing it.
     Sent,
     /// The peer's device confirmed receipt end to end.
     Delivered,
@@ -254,19 +254,35 @@ pub enum Status {
     Read,
     /// Given up on; the message's `reason` says why.
     Failed,
+    /// The peer's node could not be reached, and `accepted` of the peer's `total` relays stored
+    /// the envelope for it to fetch. Ranks with [`Status::Sent`]; more relays accepting later is
+    /// a move forward.
+    Stored {
+        /// How many relays accepted the envelope (at least 1).
+        accepted: u8,
+        /// How many relays it was offered to.
+        total: u8,
+    },
 }
 
 impl Status {
     /// Whether a message in this status may move to `next`.
     ///
-    /// Queued < Sent < Delivered < Read, and only forward: receipts and acknowledgements arrive
-    /// late, duplicated and out of order, and a late "sent" must not undo a "read". Failed is
-    /// terminal and is reachable only before the message was delivered: a message the peer
-    /// confirmed did not fail. Moving to the same status is not a move.
+    /// Queued < Sent = Stored < Delivered < Read, and only forward: receipts and
+    /// acknowledgements arrive late, duplicated and out of order, and a late "sent" must not undo
+    /// a "read". Stored moves to Sent (the peer's node itself took it after all) and to Stored
+    /// with more relays accepting out of the same total; Sent never becomes Stored, which would
+    /// read as a step back. Failed is terminal and is reachable only before the message was
+    /// delivered: a message the peer confirmed did not fail. Moving to the same status is not a
+    /// move.
     pub fn advances_to(self, next: Status) -> bool {
         match (self, next) {
             (Status::Failed, _) => false,
-            (_, Status::Failed) => matches!(self, Status::Queued | Status::Sent),
+            (_, Status::Failed) => matches!(self, Status::Queued | Status::Sent | Status::Stored { .. }),
+            (Status::Stored { accepted, total }, Status::Stored { accepted: more, total: of }) => {
+                of == total && more > accepted
+            }
+            (Status::Stored { .. }, Status::Sent) => true,
             _ => next.rank() > self.rank(),
         }
     }
@@ -275,7 +291,7 @@ impl Status {
     fn rank(self) -> u8 {
         match self {
             Status::Queued => 0,
-            Status::Sent => 1,
+            Status::Sent | Status::Stored { .. } => 1,
             Status::Delivered => 2,
             Status::Read => 3,
             Status::Failed => 4,
@@ -420,6 +436,18 @@ pub enum Change {
     PutOutbox(OutboxEntry),
     /// Deletes an outbox entry, if there is one.
     RemoveOutbox(MessageId),
+    /// Replaces the user's own relays (binary multiaddrs, checked by the engine), the list
+    /// [`Store::relays`] returns.
+    SetRelays(Vec<Vec<u8>>),
+    /// Sets why a message that is still [`Status::Queued`] has not left yet (the last failed
+    /// attempt's cause), so the user sees it; `None` clears it. A message past Queued, or an
+    /// unknown id, is left alone: the reason would be stale.
+    SetReason {
+        /// The message.
+        id: MessageId,
+        /// The reason.
+        reason: Option<String>,
+    },
 }
 
 /// The node's storage, in domain terms. Synchronous: the daemon calls it from a blocking-friendly
@@ -447,6 +475,12 @@ pub trait Store: Send + Sync {
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
     /// How many entries the outbox holds.
     fn outbox_len(&self) -> Result<usize, StoreError>;
+    /// The user's own relays, as last set with [`Change::SetRelays`]; empty if never set
+    /// (including in databases written before relays existed).
+    fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// The ids of every stored session record, in byte order. Reads no record, so it opens no
+    /// sealed value.
+    fn session_ids(&self) -> Result<Vec<SessionId>, StoreError>;
     /// Applies `changes` in order, all or none, in one transaction, and returns once they are
     /// durable. Concurrent callers are serialised; a reader sees a batch entirely or not at all.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
@@ -459,6 +493,52 @@ pub trait Store: Send + Sync {
     }
 }
 
+/// A shared store is a store: the daemon and tests can hold it in several places.
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn profile(&self) -> Result<Option<Profile>, StoreError> {
+        (**self).profile()
+    }
+    fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
+        (**self).contacts()
+    }
+    fn contact(&self, name: &str) -> Result<Option<Contact>, StoreError> {
+        (**self).contact(name)
+    }
+    fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        (**self).session(id)
+    }
+    fn session_by_mailbox(&self, mailbox: &MailboxId) -> Result<Option<SessionId>, StoreError> {
+        (**self).session_by_mailbox(mailbox)
+    }
+    fn session_by_open_digest(&self, digest: &[u8; 32]) -> Result<Option<SessionId>, StoreError> {
+        (**self).session_by_open_digest(digest)
+    }
+    fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        (**self).message(id)
+    }
+    fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        (**self).messages(contact, limit)
+    }
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
+        (**self).outbox()
+    }
+    fn outbox_len(&self) -> Result<usize, StoreError> {
+        (**self).outbox_len()
+    }
+    fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        (**self).relays()
+    }
+    fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
+        (**self).session_ids()
+    }
+    fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        (**self).apply(changes)
+    }
+    fn apply_relaxed(&self, changes: &[Change]) -> Result<(), StoreError> {
+        (**self).apply_relaxed(changes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,7 +546,10 @@ mod tests {
     #[test]
     fn status_moves_only_forward() {
         use Status::*;
-        let all = [Queued, Sent, Delivered, Read, Failed];
+        let one = Stored { accepted: 1, total: 3 };
+        let two = Stored { accepted: 2, total: 3 };
+        let other = Stored { accepted: 2, total: 2 };
+        let all = [Queued, Sent, Delivered, Read, Failed, one, two, other];
         let allowed = [
             (Queued, Sent),
             (Queued, Delivered),
@@ -476,6 +559,22 @@ mod tests {
             (Sent, Read),
             (Sent, Failed),
             (Delivered, Read),
+            (Queued, one),
+            (Queued, two),
+            (Queued, other),
+            (one, two),
+            (one, Sent),
+            (two, Sent),
+            (other, Sent),
+            (one, Delivered),
+            (two, Delivered),
+            (other, Delivered),
+            (one, Read),
+            (two, Read),
+            (other, Read),
+            (one, Failed),
+            (two, Failed),
+            (other, Failed),
         ];
         for from in all {
             for to in all {

@@ -369,6 +369,14 @@ impl Store for SledStore {
         engine::outbox_len(&SledView(&self.trees))
     }
 
+    fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        engine::relays(&SledView(&self.trees))
+    }
+
+    fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
+        engine::session_ids(&SledView(&self.trees))
+    }
+
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());

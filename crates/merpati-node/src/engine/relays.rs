@@ -1,0 +1,222 @@
+//! Relays: the user's own list, telling contacts where to reach us, learning where to reach them,
+//! and the fetch tokens the daemon presents to collect what relays hold for us.
+//!
+//! Flow. The user's relays are stored durably and printed in invites. Whenever the list changes,
+//! every contact with a session gets a sealed `RelayHints` control message through the outbox,
+//! and a new session (ours or a peer's first contact) starts with `NodeInfo` and `RelayHints`,
+//! because a first contact fetched from a relay does not reveal the sender's node. The same
+//! controls from contacts update their records. Relay addresses are binary multiaddrs that end in
+//! `/p2p/<relay peer id>`, so the daemon can dial them without a lookup.
+
+use std::collections::HashSet;
+
+use libp2p::PeerId;
+use libp2p::multiaddr::{Multiaddr, Protocol};
+use merpati_proto::Timestamp;
+use merpati_proto::frame::{self, Body, Control};
+use merpati_proto::invite::{MAX_ADDR_LEN, MAX_ADDRS, MAX_RELAYS};
+use merpati_proto::mailbox::{self, FetchToken, INBOX_DAY};
+
+use super::{Engine, EngineError, hex};
+use crate::store::{Change, Contact, Store};
+
+/// Checks one relay address and returns the relay's peer id: a binary multiaddr of at most
+/// [`MAX_ADDR_LEN`] bytes (so it fits in invites) that ends in `/p2p/<peer id>` and does not go
+/// through another relay (`p2p-circuit`): a relay must be reachable directly.
+pub fn check_relay(addr: &[u8]) -> Result<PeerId, String> {
+    if addr.len() > MAX_ADDR_LEN {
+        return Err(format!("it is {} bytes long, at most {MAX_ADDR_LEN} are allowed", addr.len()));
+    }
+    let parsed = Multiaddr::try_from(addr.to_vec()).map_err(|e| format!("not a multiaddr ({e})"))?;
+    if parsed.iter().any(|p| matches!(p, Protocol::P2pCircuit)) {
+        return Err(format!("{parsed} goes through another relay (p2p-circuit)"));
+    }
+    match parsed.iter().last() {
+        Some(Protocol::P2p(peer)) if parsed.iter().count() > 1 => Ok(peer),
+        _ => Err(format!("{parsed} must be an address ending in /p2p/<the relay's peer id>")),
+    }
+}
+
+/// The usable entries of a relay list a contact sent: valid, one per relay peer id, at most
+/// [`MAX_RELAYS`]. Entries this version does not understand are dropped rather than failing the
+/// list, so a newer peer's hints still teach us what we can use.
+fn usable_relays(list: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut peers = HashSet::new();
+    list.iter()
+        .filter(|addr| check_relay(addr).is_ok_and(|peer| peers.insert(peer)))
+        .take(MAX_RELAYS)
+        .cloned()
+        .collect()
+}
+
+impl<S: Store> Engine<S> {
+    /// The user's relays (binary multiaddrs ending in `/p2p/<peer id>`).
+    pub fn relays(&self) -> Vec<Vec<u8>> {
+        self.relays.clone()
+    }
+
+    /// Adds a relay (a binary multiaddr ending in `/p2p/<peer id>`), or replaces the address of
+    /// the relay with the same peer id. Returns whether the list changed; when it did, every
+    /// contact with a session is told the new list.
+    pub fn add_relay(&mut self, addr: &[u8], now: Timestamp) -> Result<bool, EngineError> {
+        let peer = check_relay(addr).map_err(EngineError::InvalidRelay)?;
+        let mut relays = self.relays.clone();
+        match relays.iter().position(|r| check_relay(r).ok() == Some(peer)) {
+            Some(i) if relays[i] == addr => return Ok(false),
+            Some(i) => relays[i] = addr.to_vec(),
+            None if relays.len() >= MAX_RELAYS => return Err(EngineError::TooManyRelays { max: MAX_RELAYS }),
+            None => relays.push(addr.to_vec()),
+        }
+        self.replace_relays(relays, now)?;
+        Ok(true)
+    }
+
+    /// Removes the relay whose peer id is `peer_id` (binary libp2p peer id) and tells every
+    /// contact with a session the new list.
+    pub fn remove_relay(&mut self, peer_id: &[u8], now: Timestamp) -> Result<(), EngineError> {
+        let mut relays = self.relays.clone();
+        relays.retain(|r| check_relay(r).ok().is_none_or(|peer| peer.to_bytes() != peer_id));
+        if relays.len() == self.relays.len() {
+            let shown = PeerId::from_bytes(peer_id).map_or_else(|_| hex(peer_id), |p| p.to_string());
+            return Err(EngineError::UnknownRelay(shown));
+        }
+        self.replace_relays(relays, now)
+    }
+
+    /// Records this node's libp2p peer id and listen addresses (binary), which a new session
+    /// tells the peer. Kept in memory only: the daemon calls it at start and whenever its
+    /// listen addresses change.
+    pub fn set_node_info(&mut self, peer_id: Vec<u8>, addrs: Vec<Vec<u8>>) {
+        // Only what a `NodeInfo` frame can carry, or sealing it would fail.
+        let addrs = addrs
+            .into_iter()
+            .filter(|a| (1..=frame::MAX_ADDR_LEN).contains(&a.len()))
+            .take(frame::MAX_HINTS)
+            .collect();
+        self.node_info = Some((peer_id, addrs));
+    }
+
+    /// The fetch tokens of every mailbox that may hold something for us: the first-contact
+    /// inbox's and, for every session, the mailboxes of the days around `now` and the one a
+    /// sender uses when our announcement's window has passed. Deduplicated. A session that
+    /// cannot be read is skipped (and logged): the others are still worth fetching.
+    pub fn fetch_tokens(&mut self, now: Timestamp) -> Vec<FetchToken> {
+        let mut tokens = vec![mailbox::fetch_token(&self.me.inbox_secret, INBOX_DAY)];
+        let ids = self.store.session_ids().unwrap_or_else(|e| {
+            tracing::warn!("cannot list sessions for fetching: {e}");
+            Vec::new()
+        });
+        for id in ids {
+            let session = match self.session(&id, now) {
+                Ok(Some(session)) => session,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("cannot load a session for fetching: {e}");
+                    continue;
+                }
+            };
+            tokens.extend(session.fetch_tokens(now));
+            // A sender addresses the nearest announced id when today lies outside the announced
+            // window (`Announcement::current`): after a long silence that is the last one, which
+            // the days around today do not cover.
+            let announced = session.my_mailboxes();
+            let last = announced.first_day + (announced.ids.len() as u64).saturating_sub(1);
+            let day = now.day().clamp(announced.first_day, last);
+            tokens.push(mailbox::fetch_token(&session.state().my_mailbox_secret, day));
+        }
+        let mut seen = HashSet::new();
+        tokens.retain(|t| seen.insert(t.0));
+        tokens
+    }
+
+    /// Stores `relays` as the user's list and queues a `RelayHints` message to every contact
+    /// with a session, all in one apply.
+    fn replace_relays(&mut self, relays: Vec<Vec<u8>>, now: Timestamp) -> Result<(), EngineError> {
+        let mut changes = vec![Change::SetRelays(relays.clone())];
+        let body = Body::Control(Control::RelayHints(relays.clone()));
+        let mut touched = Vec::new();
+        for contact in self.store.contacts()? {
+            let Some(id) = contact.session else { continue };
+            match self.seal_into_outbox(&id, &contact.name, &body, now) {
+                Ok(entry) => {
+                    changes.push(Change::PutOutbox(entry));
+                    if let Some(session) = self.sessions.get(&id) {
+                        changes.extend(self.persist_session(session, &contact.name));
+                    }
+                    touched.push(id);
+                }
+                // A broken session cannot carry anything; its contact learns the relays with
+                // the next session. The list itself still changes.
+                Err(e) => tracing::debug!("relay hints not sent to {}: {e}", contact.name),
+            }
+        }
+        if let Err(e) = self.store.apply(&changes) {
+            for id in &touched {
+                self.forget_session(id);
+            }
+            return Err(e.into());
+        }
+        self.relays = relays;
+        Ok(())
+    }
+
+    /// The control messages that open a session: where our node is, and which relays hold our
+    /// mailboxes. Only what is known: a peer learns nothing from an empty hint list it did not
+    /// already assume.
+    pub(super) fn session_start_bodies(&self) -> Vec<Body> {
+        let mut bodies = Vec::new();
+        if let Some((peer_id, addrs)) = &self.node_info
+            && !peer_id.is_empty()
+            && peer_id.len() <= frame::MAX_PEER_ID_LEN
+        {
+            bodies.push(Body::Control(Control::NodeInfo { peer_id: peer_id.clone(), addrs: addrs.clone() }));
+        }
+        if !self.relays.is_empty() {
+            bodies.push(Body::Control(Control::RelayHints(self.relays.clone())));
+        }
+        bodies
+    }
+}
+
+/// Applies a control message from `contact` to its record; returns whether anything changed.
+/// Content that does not check out is ignored (and logged): the frame was authentic, so the
+/// session still advances and the message is not refused.
+pub(super) fn apply_control(contact: &mut Contact, control: Control) -> bool {
+    match control {
+        Control::RelayHints(list) => {
+            let usable = usable_relays(&list);
+            if usable.is_empty() && !list.is_empty() {
+                tracing::debug!("ignoring relay hints from {}: none is usable", contact.name);
+                return false;
+            }
+            if usable == contact.relays {
+                return false;
+            }
+            contact.relays = usable;
+            true
+        }
+        Control::NodeInfo { peer_id, addrs } => {
+            if PeerId::from_bytes(&peer_id).is_err() {
+                tracing::debug!("ignoring node info from {}: not a peer id", contact.name);
+                return false;
+            }
+            let addrs: Vec<Vec<u8>> = addrs
+                .into_iter()
+                .filter(|a| a.len() <= MAX_ADDR_LEN && Multiaddr::try_from(a.clone()).is_ok())
+                .take(MAX_ADDRS)
+                .collect();
+            let moved = peer_id != contact.peer_id;
+            // Addresses of another node are worthless; the same node with no addresses to tell
+            // (not listening yet) leaves the ones we know.
+            let addrs = if moved || !addrs.is_empty() { addrs } else { contact.addrs.clone() };
+            if !moved && addrs == contact.addrs {
+                return false;
+            }
+            contact.peer_id = peer_id;
+            contact.addrs = addrs;
+            true
+        }
+        // Announcements travel inside epoch opens; a separate one changes nothing here.
+        Control::MailboxRotation(_) => false,
+    }
+}

@@ -1,0 +1,382 @@
+//! Engine tests around relays: two users' engines over memory stores hand envelopes to each other,
+//! either directly (the sending node is known) or as if fetched from a relay (it is not), and
+//! delivery results are reported as the daemon would after depositing at relays.
+
+use std::sync::Arc;
+
+use libp2p::PeerId;
+use libp2p::multiaddr::Multiaddr;
+use merpati_proto::Timestamp;
+use merpati_proto::envelope::Envelope;
+use merpati_proto::frame::Control;
+use merpati_proto::identity::IdentityKey;
+use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::wire::{Refusal, deliver};
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+use super::relays::apply_control;
+use super::{AttemptResult, Engine, EngineError, Me};
+use crate::store::{Contact, MemoryStore, Status, Store};
+
+const T0: Timestamp = Timestamp(1_795_219_200_000);
+
+fn me(seed: u64, name: &str) -> Me {
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    Me {
+        identity: IdentityKey::generate(&mut rng),
+        device_static: X25519Secret::generate(&mut rng),
+        inbox_secret: SymmetricKey::generate(&mut rng),
+        name: Some(name.to_owned()),
+        created_at: T0,
+    }
+}
+
+fn engine<S: Store>(store: S, seed: u64, name: &str) -> Engine<S> {
+    Engine::start(store, me(seed, name), || vec![seed as u8; 68], T0, ChaCha20Rng::seed_from_u64(seed + 100))
+        .unwrap()
+}
+
+/// A libp2p peer id, deterministic in `n`.
+fn peer(n: u8) -> PeerId {
+    libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap().public().to_peer_id()
+}
+
+fn addr(text: &str) -> Vec<u8> {
+    text.parse::<Multiaddr>().unwrap().to_vec()
+}
+
+/// The address of relay `n`, on host `host`.
+fn relay_at(n: u8, host: u8) -> Vec<u8> {
+    addr(&format!("/ip4/10.0.0.{host}/tcp/4001/p2p/{}", peer(n)))
+}
+
+fn relay(n: u8) -> Vec<u8> {
+    relay_at(n, n)
+}
+
+/// Hands every due envelope from `from` to `to`, one at a time in delivery order, as node `via`
+/// or (`None`) through a relay; reports each answer back. Returns how many were handed over.
+fn pump<S: Store, T: Store>(
+    from: &mut Engine<S>,
+    via: Option<&[u8]>,
+    to: &mut Engine<T>,
+    now: Timestamp,
+) -> usize {
+    let mut handed = 0;
+    while let Some(attempt) = from.due(now, None).unwrap().into_iter().next() {
+        let received = to.receive(via, &attempt.envelope, now).unwrap();
+        let result = match received.response.unwrap() {
+            deliver::Response::Accepted => AttemptResult::Accepted,
+            deliver::Response::Refused(r) => AttemptResult::Refused(r),
+        };
+        from.attempt_finished(&attempt.id, &result, now).unwrap();
+        handed += 1;
+    }
+    handed
+}
+
+/// Alice and Bob, where Alice added Bob from his invite.
+fn pair() -> (Engine<MemoryStore>, Engine<MemoryStore>) {
+    let mut alice = engine(MemoryStore::new(), 1, "Alice");
+    let bob = engine(MemoryStore::new(), 2, "Bob");
+    let invite = bob.invite(peer(2).to_bytes(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    (alice, bob)
+}
+
+/// The name of `engine`'s only contact.
+fn only_contact<S: Store>(engine: &Engine<S>) -> Contact {
+    let mut contacts = engine.store().contacts().unwrap();
+    assert_eq!(contacts.len(), 1);
+    contacts.remove(0)
+}
+
+#[test]
+fn the_relay_list_is_checked_and_survives_a_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let mut alice = engine(store.clone(), 1, "Alice");
+    assert!(alice.relays().is_empty());
+    assert!(alice.add_relay(&relay(1), T0).unwrap());
+    assert!(!alice.add_relay(&relay(1), T0).unwrap(), "the same address again changes nothing");
+
+    let circuit = addr(&format!("/ip4/10.0.0.9/tcp/1/p2p/{}/p2p-circuit/p2p/{}", peer(8), peer(9)));
+    for bad in [
+        b"not a multiaddr".to_vec(),
+        addr("/ip4/10.0.0.9/tcp/4001"),
+        circuit,
+        addr(&format!("/p2p/{}", peer(9))),
+    ] {
+        let err = alice.add_relay(&bad, T0).unwrap_err();
+        assert!(matches!(err, EngineError::InvalidRelay(_)), "{err}");
+        assert!(err.to_string().starts_with("invalid relay address: "), "{err}");
+    }
+    for n in 2..=4 {
+        assert!(alice.add_relay(&relay(n), T0).unwrap());
+    }
+    let err = alice.add_relay(&relay(5), T0).unwrap_err();
+    assert!(matches!(err, EngineError::TooManyRelays { max: 4 }), "{err}");
+    assert_eq!(err.to_string(), "you can have at most 4 relays; remove one first");
+    // A relay that moved keeps its place in the list under its new address.
+    assert!(alice.add_relay(&relay_at(1, 99), T0).unwrap());
+    assert_eq!(alice.relays(), [relay_at(1, 99), relay(2), relay(3), relay(4)]);
+
+    let err = alice.remove_relay(&peer(9).to_bytes(), T0).unwrap_err();
+    assert!(matches!(err, EngineError::UnknownRelay(_)), "{err}");
+    assert!(err.to_string().contains(&peer(9).to_string()), "{err}");
+    alice.remove_relay(&peer(2).to_bytes(), T0).unwrap();
+    let expected = vec![relay_at(1, 99), relay(3), relay(4)];
+    assert_eq!(alice.relays(), expected);
+
+    drop(alice);
+    let alice = engine(store, 1, "Alice");
+    assert_eq!(alice.relays(), expected);
+    let invite = alice.invite(peer(1).to_bytes(), vec![], T0).unwrap();
+    let invite = merpati_proto::invite::Invite::parse(&invite, T0).unwrap();
+    assert_eq!(invite.relays, expected);
+}
+
+#[test]
+fn relay_hints_reach_every_contact_with_a_session() {
+    let (mut alice, mut bob) = pair();
+    let carol = engine(MemoryStore::new(), 3, "Carol");
+    alice.add_contact(&carol.invite(peer(3).to_bytes(), vec![], T0).unwrap(), "carol", T0).unwrap();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0);
+    pump(&mut bob, Some(&peer(2).to_bytes()), &mut alice, T0);
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+
+    alice.add_relay(&relay(1), T0).unwrap();
+    // Bob has a session; Carol has none yet and learns the relays from the next session.
+    let outbox = alice.store().outbox().unwrap();
+    assert_eq!(outbox.iter().map(|e| e.contact.as_str()).collect::<Vec<_>>(), ["bob"]);
+    let shown = |e: &Engine<MemoryStore>| e.store().messages(None, 100).unwrap().len();
+    let (alice_shown, bob_shown) = (shown(&alice), shown(&bob));
+    assert_eq!(pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0), 1);
+    assert_eq!(only_contact(&bob).relays, [relay(1)]);
+    assert_eq!((shown(&alice), shown(&bob)), (alice_shown, bob_shown), "a control message is not shown");
+
+    alice.add_relay(&relay(2), T0).unwrap();
+    alice.remove_relay(&peer(1).to_bytes(), T0).unwrap();
+    assert_eq!(pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0), 2);
+    assert_eq!(only_contact(&bob).relays, [relay(2)]);
+    alice.remove_relay(&peer(2).to_bytes(), T0).unwrap();
+    pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0);
+    assert!(only_contact(&bob).relays.is_empty());
+}
+
+#[test]
+fn node_info_names_the_sender_of_a_first_contact_fetched_from_a_relay() {
+    let (mut alice, mut bob) = pair();
+    let alice_addr = addr("/ip4/192.0.2.1/tcp/4001");
+    alice.set_node_info(peer(1).to_bytes(), vec![alice_addr.clone()]);
+    alice.add_relay(&relay(11), T0).unwrap();
+    bob.set_node_info(peer(2).to_bytes(), vec![addr("/ip4/192.0.2.2/udp/4001/quic-v1")]);
+    bob.add_relay(&relay(12), T0).unwrap();
+
+    let sent = alice.send_text("bob", "hi, through a relay", T0).unwrap();
+    // Node info and relay hints go first, then the text.
+    assert_eq!(alice.store().outbox_len().unwrap(), 3);
+    assert_eq!(pump(&mut alice, None, &mut bob, T0), 3);
+    let alice_at_bob = only_contact(&bob);
+    assert_eq!(alice_at_bob.peer_id, peer(1).to_bytes());
+    assert_eq!(alice_at_bob.addrs, [alice_addr]);
+    assert_eq!(alice_at_bob.relays, [relay(11)]);
+    let shown = bob.store().messages(None, 10).unwrap();
+    assert_eq!(shown.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["hi, through a relay"]);
+
+    // Bob's first words in this session tell Alice where he is now, ahead of his receipt.
+    let attempt = bob.due(T0, None).unwrap().remove(0);
+    assert_eq!(attempt.peer_id, peer(1).to_bytes());
+    assert_eq!(attempt.relays, [relay(11)]);
+    assert_eq!(pump(&mut bob, Some(&peer(2).to_bytes()), &mut alice, T0), 3);
+    let bob_at_alice = alice.store().contact("bob").unwrap().unwrap();
+    assert_eq!(bob_at_alice.peer_id, peer(2).to_bytes());
+    assert_eq!(bob_at_alice.relays, [relay(12)]);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
+
+    // Without node info, a fetched first contact leaves the sender's node unknown, not the relay's.
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "who am I?", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    assert!(only_contact(&bob).peer_id.is_empty());
+    assert!(bob.due(T0, None).unwrap().iter().all(|a| a.peer_id.is_empty()));
+}
+
+#[test]
+fn control_messages_with_bad_content_change_nothing() {
+    let (alice, _) = pair();
+    let mut contact = alice.store().contact("bob").unwrap().unwrap();
+    contact.relays = vec![relay(1)];
+    let before = contact.clone();
+    let circuit = addr(&format!("/ip4/10.0.0.9/tcp/1/p2p/{}/p2p-circuit/p2p/{}", peer(8), peer(9)));
+    assert!(!apply_control(&mut contact, Control::RelayHints(vec![b"junk".to_vec(), circuit])));
+    assert!(!apply_control(
+        &mut contact,
+        Control::NodeInfo { peer_id: b"not a peer".to_vec(), addrs: vec![] }
+    ));
+    assert_eq!(contact, before);
+    // Usable entries are kept, one per relay and at most four.
+    let many = vec![b"junk".to_vec(), relay(2), relay_at(2, 50), relay(3), relay(4), relay(5), relay(6)];
+    assert!(apply_control(&mut contact, Control::RelayHints(many)));
+    assert_eq!(contact.relays, [relay(2), relay(3), relay(4), relay(5)]);
+    // The same node with no addresses to tell keeps the ones known.
+    contact.addrs = vec![addr("/ip4/192.0.2.7/tcp/1")];
+    let node = contact.peer_id.clone();
+    assert!(!apply_control(&mut contact, Control::NodeInfo { peer_id: node, addrs: vec![] }));
+    assert_eq!(contact.addrs, [addr("/ip4/192.0.2.7/tcp/1")]);
+}
+
+#[test]
+fn a_deposit_at_relays_shows_as_stored_until_the_receipt() {
+    let mut alice = engine(MemoryStore::new(), 1, "Alice");
+    let mut bob = engine(MemoryStore::new(), 2, "Bob");
+    bob.add_relay(&relay(1), T0).unwrap();
+    bob.add_relay(&relay(2), T0).unwrap();
+    alice.add_contact(&bob.invite(peer(2).to_bytes(), vec![], T0).unwrap(), "bob", T0).unwrap();
+
+    let sent = alice.send_text("bob", "for the mailbox", T0).unwrap();
+    let attempt = alice.due(T0, None).unwrap().remove(0);
+    assert_eq!(attempt.relays, [relay(1), relay(2)]);
+    assert_eq!(attempt.mailbox, Envelope::decode(&attempt.envelope).unwrap().header.mailbox);
+    assert_eq!(attempt.mailbox, bob.me().inbox());
+
+    let deposited = AttemptResult::Deposited { accepted: 1, total: 2, refusals: vec![Refusal::RelayFull] };
+    let stored = Status::Stored { accepted: 1, total: 2 };
+    assert_eq!(alice.attempt_finished(&attempt.id, &deposited, T0).unwrap(), Some((stored, None)));
+    assert_eq!(alice.message(&sent.id).unwrap().status, stored);
+    assert_eq!(alice.store().outbox_len().unwrap(), 0, "a relay holds it now");
+
+    // Bob fetches it later; his receipt moves it on.
+    assert!(bob.receive(None, &attempt.envelope, T0).unwrap().message.is_some());
+    pump(&mut bob, Some(&peer(2).to_bytes()), &mut alice, T0);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
+}
+
+#[test]
+fn refused_deposits_retry_with_a_reason_and_too_large_fails() {
+    let (mut alice, _) = pair();
+    let sent = alice.send_text("bob", "knock knock", T0).unwrap();
+    let full = AttemptResult::Deposited {
+        accepted: 0,
+        total: 2,
+        refusals: vec![Refusal::MailboxFull, Refusal::RateLimited { retry_after_ms: 3_600_000 }],
+    };
+    let (status, reason) = alice.attempt_finished(&sent.id, &full, T0).unwrap().unwrap();
+    assert_eq!(status, Status::Queued);
+    let reason = reason.unwrap();
+    assert!(reason.contains("the recipient's mailbox is full"), "{reason}");
+    let message = alice.message(&sent.id).unwrap();
+    assert_eq!((message.status, message.reason.as_deref()), (Status::Queued, Some(reason.as_str())));
+    // The rate limit outlasts the longest backoff.
+    assert!(alice.due(T0.plus(30 * 60 * Timestamp::SECOND), None).unwrap().is_empty());
+    let later = T0.plus(3_600_000 + Timestamp::SECOND);
+    assert_eq!(alice.due(later, None).unwrap().len(), 1);
+    // The same refusals again: nothing new to tell.
+    assert_eq!(alice.attempt_finished(&sent.id, &full, later).unwrap(), None);
+    // Nothing reachable at all says so.
+    let (_, reason) = alice
+        .attempt_finished(
+            &sent.id,
+            &AttemptResult::Deposited { accepted: 0, total: 2, refusals: vec![] },
+            later,
+        )
+        .unwrap()
+        .unwrap();
+    assert!(reason.unwrap().contains("could be reached"));
+    // Taken at last: stored, and the reason is gone.
+    let one = AttemptResult::Deposited { accepted: 1, total: 2, refusals: vec![Refusal::MailboxFull] };
+    alice.attempt_finished(&sent.id, &one, later).unwrap();
+    let message = alice.message(&sent.id).unwrap();
+    assert_eq!((message.status, message.reason), (Status::Stored { accepted: 1, total: 2 }, None));
+
+    // Too large for one relay while the other was unreachable: maybe the other takes it later.
+    let big = alice.send_text("bob", "big", T0).unwrap();
+    let too_large = Refusal::TooLarge { max: 4096 };
+    let partly = AttemptResult::Deposited { accepted: 0, total: 2, refusals: vec![too_large] };
+    assert_eq!(alice.attempt_finished(&big.id, &partly, T0).unwrap().unwrap().0, Status::Queued);
+    // Too large for every relay: retrying cannot help.
+    let all = AttemptResult::Deposited { accepted: 0, total: 2, refusals: vec![too_large, too_large] };
+    let (status, reason) = alice.attempt_finished(&big.id, &all, T0).unwrap().unwrap();
+    assert_eq!(status, Status::Failed);
+    assert!(reason.unwrap().contains("too large"));
+    assert_eq!(alice.message(&big.id).unwrap().status, Status::Failed);
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+}
+
+#[test]
+fn a_duplicate_is_shown_once_and_answered_as_stored() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "once", T0).unwrap();
+    let attempt = alice.due(T0, None).unwrap().remove(0);
+    // From two relays, then directly from Alice's node.
+    let first = bob.receive(None, &attempt.envelope, T0).unwrap();
+    assert!(first.message.is_some() && first.new_contact.is_some());
+    for via in [None, Some(&b"alice-node"[..])] {
+        let again = bob.receive(via, &attempt.envelope, T0).unwrap();
+        assert!(matches!(again.response, Some(deliver::Response::Accepted)));
+        assert!(again.message.is_none() && again.new_contact.is_none());
+    }
+    alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    pump(&mut bob, None, &mut alice, T0);
+
+    // In the session proper: a whole sub-epoch (whose key goes once all 64 arrived), each
+    // envelope handed over twice.
+    for i in 0..64 {
+        alice.send_text("bob", &format!("m{i}"), T0).unwrap();
+    }
+    let envelopes: Vec<Vec<u8>> = alice.store().outbox().unwrap().into_iter().map(|e| e.envelope).collect();
+    let mut shown = 0;
+    for round in 0..2 {
+        for envelope in &envelopes {
+            let received = bob.receive(None, envelope, T0).unwrap();
+            assert!(matches!(received.response, Some(deliver::Response::Accepted)), "round {round}");
+            shown += usize::from(received.message.is_some());
+        }
+    }
+    assert_eq!(shown, 64);
+    let name = only_contact(&bob).name;
+    assert_eq!(bob.store().messages(Some(&name), 1000).unwrap().len(), 65);
+}
+
+#[test]
+fn fetch_tokens_open_the_mailboxes_envelopes_are_addressed_to() {
+    let (mut alice, mut bob) = pair();
+    let opens =
+        |tokens: &[merpati_proto::mailbox::FetchToken], mailbox| tokens.iter().any(|t| t.opens(&mailbox));
+
+    alice.send_text("bob", "to the inbox", T0).unwrap();
+    let first = alice.due(T0, None).unwrap().remove(0);
+    assert!(opens(&bob.fetch_tokens(T0), first.mailbox), "first contact inbox");
+    pump(&mut alice, None, &mut bob, T0);
+
+    // Bob answers to a mailbox Alice announced in her first contact.
+    bob.send_text(&only_contact(&bob).name, "to your mailbox", T0).unwrap();
+    let reply = bob.due(T0, None).unwrap().remove(0);
+    assert!(opens(&alice.fetch_tokens(T0), reply.mailbox));
+    assert!(alice.store().session_by_mailbox(&reply.mailbox).unwrap().is_some());
+    pump(&mut bob, None, &mut alice, T0);
+
+    // Alice's next epoch writes to a mailbox Bob announced in his.
+    alice.send_text("bob", "session", T0).unwrap();
+    let next = alice.due(T0, None).unwrap().remove(0);
+    assert_ne!(next.mailbox, first.mailbox);
+    assert!(opens(&bob.fetch_tokens(T0), next.mailbox));
+    assert!(bob.store().session_by_mailbox(&next.mailbox).unwrap().is_some());
+    pump(&mut alice, None, &mut bob, T0);
+
+    // After weeks of silence the sender uses the last announced mailbox, which Bob still fetches.
+    let later = T0.plus(20 * Timestamp::DAY);
+    alice.send_text("bob", "long time", later).unwrap();
+    let late = alice.due(later, None).unwrap().remove(0);
+    assert_ne!(late.mailbox, next.mailbox);
+    let tokens = bob.fetch_tokens(later);
+    assert!(opens(&tokens, late.mailbox), "the last announced mailbox");
+    assert!(bob.receive(None, &late.envelope, later).unwrap().message.is_some());
+
+    // Each token once.
+    let mut distinct: Vec<[u8; 32]> = tokens.iter().map(|t| t.0).collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), tokens.len());
+}
