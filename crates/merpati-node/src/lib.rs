@@ -10,5 +10,6 @@ pub mod local;
 pub mod lock;
 pub mod net;
 pub mod ports;
+pub mod relay;
 mod rpc;
 pub mod store;
