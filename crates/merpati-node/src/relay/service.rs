@@ -278,3 +278,191 @@ impl Drop for Waiter<'_> {
         self.service.inner.metrics.set_long_polls(waiters.total);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::relay::mailboxes::MailboxLimits;
+    use crate::relay::mailboxes::tests::{envelope, mailbox, token};
+    use crate::relay::rate::Rate;
+
+    const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+    fn service(dir: &std::path::Path, rate: RateLimits) -> (MailboxService, Registry) {
+        let mut registry = Registry::default();
+        let metrics = MailboxMetrics::register(&mut registry);
+        let mailboxes = Mailboxes::open(dir, MailboxLimits::default()).unwrap();
+        (MailboxService::new(mailboxes, rate, metrics), registry)
+    }
+
+    fn deposit(n: u8) -> Request {
+        Request::Deposit { mailbox: mailbox(n), envelope: envelope(mailbox(n), 512, n) }
+    }
+
+    fn fetch(n: u8, wait_ms: u32) -> Request {
+        Request::Fetch { tokens: vec![token(n)], after: None, limit: 64, wait_ms }
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, registry) = service(dir.path(), RateLimits::default());
+        let peer = PeerId::random();
+        let Response::Stored { id } = service.handle(peer, None, deposit(1), T0).await else {
+            panic!("not stored")
+        };
+        let Response::Envelopes { items, more } = service.handle(peer, None, fetch(1, 0), T0).await else {
+            panic!("no page")
+        };
+        assert_eq!((items.len(), items[0].id, more), (1, id, false));
+        let delete = Request::Delete { token: token(2), ids: vec![id] };
+        assert_eq!(service.handle(peer, None, delete, T0).await, Response::Refused(Refusal::Unauthorized));
+        let delete = Request::Delete { token: token(1), ids: vec![id] };
+        assert_eq!(service.handle(peer, None, delete, T0).await, Response::Deleted { count: 1 });
+        // Fails `validate`: no tokens.
+        let bad = Request::Fetch { tokens: Vec::new(), after: None, limit: 1, wait_ms: 0 };
+        assert_eq!(service.handle(peer, None, bad, T0).await, Response::Refused(Refusal::Malformed));
+        let wrong = Request::Deposit { mailbox: mailbox(1), envelope: envelope(mailbox(2), 512, 0) };
+        assert_eq!(service.handle(peer, None, wrong, T0).await, Response::Refused(Refusal::Malformed));
+
+        let text = exposition(&registry);
+        for line in [
+            "merpati_mailbox_deposits_total 1",
+            "merpati_mailbox_fetches_total 1",
+            "merpati_mailbox_envelopes_fetched_total 1",
+            "merpati_mailbox_envelopes_deleted_total 1",
+            "merpati_mailbox_refusals_total{kind=\"unauthorized\"} 1",
+            "merpati_mailbox_refusals_total{kind=\"malformed\"} 2",
+            "merpati_mailbox_stored_envelopes 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flooding_peer_is_rate_limited_while_another_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = RateLimits {
+            per_peer: Rate { per_second: 1, burst: 10 },
+            per_ip: Rate { per_second: 1_000, burst: 1_000 },
+        };
+        let (service, registry) = service(dir.path(), rate);
+        let (flooder, other) = (PeerId::random(), PeerId::random());
+        let ip = Some(IpAddr::from([192, 0, 2, 1]));
+        let mut limited = 0;
+        for _ in 0..50 {
+            if let Response::Refused(Refusal::RateLimited { retry_after_ms }) =
+                service.handle(flooder, ip, fetch(1, 0), T0).await
+            {
+                assert!(retry_after_ms >= 1);
+                limited += 1;
+            }
+        }
+        assert_eq!(limited, 40);
+        assert!(matches!(service.handle(other, ip, fetch(1, 0), T0).await, Response::Envelopes { .. }));
+        assert!(exposition(&registry).contains("merpati_mailbox_refusals_total{kind=\"rate_limited\"} 40"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_poll_wakes_on_a_deposit_and_times_out_empty_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, _registry) = service(dir.path(), RateLimits::default());
+        let owner = PeerId::random();
+        let poll = {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = service.handle(owner, None, fetch(1, 10_000), T0).await;
+                (response, Instant::now())
+            })
+        };
+        // Let the poll register; a deposit elsewhere does not wake it with anything.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(service.long_polls(), 1);
+        let sender = PeerId::random();
+        assert!(matches!(service.handle(sender, None, deposit(2), T0).await, Response::Stored { .. }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!poll.is_finished());
+        let Response::Stored { id } = service.handle(sender, None, deposit(1), T0).await else { panic!() };
+        let stored_at = Instant::now();
+        let (response, answered_at) =
+            tokio::time::timeout(Duration::from_secs(2), poll).await.unwrap().unwrap();
+        let Response::Envelopes { items, .. } = response else { panic!("{response:?}") };
+        assert_eq!(items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+        let latency = answered_at.saturating_duration_since(stored_at);
+        assert!(latency < Duration::from_millis(50), "woke after {latency:?}");
+        assert_eq!(service.long_polls(), 0);
+
+        // Nothing comes: the poll ends empty after its wait.
+        let started = Instant::now();
+        let response = service.handle(owner, None, fetch(3, 150), T0).await;
+        assert_eq!(response, Response::Envelopes { items: Vec::new(), more: false });
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(2), "{waited:?}");
+        assert_eq!(service.long_polls(), 0);
+    }
+
+    #[tokio::test]
+    async fn long_polls_are_capped_per_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, _registry) = service(dir.path(), RateLimits::default());
+        let peer = PeerId::random();
+        let polls: Vec<_> = (0..MAX_LONG_POLLS_PER_PEER)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { service.handle(peer, None, fetch(1, 5_000), T0).await })
+            })
+            .collect();
+        while service.long_polls() < MAX_LONG_POLLS_PER_PEER as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            service.handle(peer, None, fetch(1, 5_000), T0).await,
+            Response::Refused(Refusal::RateLimited { retry_after_ms: LONG_POLL_RETRY_MS })
+        );
+        // One deposit answers them all.
+        assert!(matches!(
+            service.handle(PeerId::random(), None, deposit(1), T0).await,
+            Response::Stored { .. }
+        ));
+        for poll in polls {
+            let response = tokio::time::timeout(Duration::from_secs(2), poll).await.unwrap().unwrap();
+            assert!(matches!(response, Response::Envelopes { ref items, .. } if items.len() == 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn maintenance_purges_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, registry) = service(dir.path(), RateLimits::default());
+        // Deposited long ago: already past the 30-day TTL by the wall clock.
+        let ancient = Timestamp(1_000);
+        assert!(matches!(
+            service.handle(PeerId::random(), None, deposit(1), ancient).await,
+            Response::Stored { .. }
+        ));
+        let shutdown = CancellationToken::new();
+        let task = {
+            let service = service.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { service.run_maintenance(Duration::from_millis(20), shutdown).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while service.mailboxes().stats().envelopes > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(service.mailboxes().stats().envelopes, 0);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+        let text = exposition(&registry);
+        assert!(text.contains("merpati_mailbox_envelopes_expired_total 1"), "{text}");
+        assert!(text.contains("merpati_mailbox_stored_envelopes 0"), "{text}");
+    }
+}
