@@ -10,6 +10,7 @@ pub mod local;
 pub mod lock;
 pub mod net;
 pub mod ports;
+pub mod relay;
 pub mod relay_client;
 mod rpc;
 pub mod store;

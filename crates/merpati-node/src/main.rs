@@ -1,4 +1,5 @@
-//! `merpatid`, the Merpati node daemon: parses arguments, sets up logging, runs the daemon.
+//! `merpatid`, the Merpati node daemon: parses arguments, sets up logging, runs the daemon as a
+//! user node or, with `--relay`, as a community relay.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,12 +8,16 @@ use std::process::ExitCode;
 use clap::Parser;
 use libp2p::Multiaddr;
 use merpati_control::home::Home;
-use merpati_node::config::FileConfig;
+use merpati_node::config::{FileConfig, Role};
 use merpati_node::daemon::{self, Options};
+use merpati_node::relay::run::{self as relay, RelayOptions};
 use tokio_util::sync::CancellationToken;
 
 /// The Merpati node: keeps your identity, contacts and messages, and delivers end-to-end
-/// encrypted messages to your contacts' nodes.
+/// encrypted messages to your contacts' nodes (directly, or through their relays).
+///
+/// With --relay it runs a community relay instead: it keeps encrypted envelopes for people who
+/// are offline and lets nodes behind NAT be reached (see docs/relay-operators.md).
 #[derive(Debug, Parser)]
 #[command(name = "merpatid", version)]
 struct Args {
@@ -24,13 +29,18 @@ struct Args {
     /// interfaces, ports chosen by the system.
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
-    /// Config file (TOML: `listen = [...]`, `mdns = true|false`, `read_receipts = true|false`). Default: <home>/merpatid.toml if
-    /// it exists. Flags given here override it.
+    /// Config file (TOML: `role = "user"|"relay"`, `listen = [...]`, `mdns`, `read_receipts`,
+    /// and for relays a `[relay]` section; see docs/relay-operators.md). Default:
+    /// <home>/merpatid.toml if it exists. Flags given here override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Do not look for peers on the local network (mDNS).
     #[arg(long)]
     no_mdns: bool,
+    /// Run as a community relay (the same as `role = "relay"` in the config file): keep
+    /// mailboxes for others and relay connections to nodes behind NAT. Needs no identity.
+    #[arg(long)]
+    relay: bool,
     #[command(subcommand)]
     command: Option<Subcommand>,
 }
@@ -73,28 +83,42 @@ fn main() -> ExitCode {
         Ok(file) => file,
         Err(e) => return fail(&e),
     };
-    let listen = if args.listen.is_empty() { file.listen.unwrap_or_default() } else { args.listen };
-    let mdns = !args.no_mdns && file.mdns.unwrap_or(true);
-    let options = Options { home, listen, mdns, read_receipts: file.read_receipts.unwrap_or(true) };
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&e),
     };
+    let is_relay = args.relay || file.role == Some(Role::Relay);
+    if !is_relay && file.relay.is_some() {
+        return fail(&"the config file has a [relay] section: add role = \"relay\" or run merpatid --relay");
+    }
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        daemon::run(options, shutdown, |ready| {
-            let line = serde_json::to_string(ready).unwrap_or_default();
-            let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(stdout, "{line}");
-            let _ = stdout.flush();
-        })
-        .await
+        if is_relay {
+            let mut options = RelayOptions::new(home).with_file(&file);
+            if !args.listen.is_empty() {
+                options.listen = args.listen;
+            }
+            relay::run(options, shutdown, print_ready).await
+        } else {
+            let listen = if args.listen.is_empty() { file.listen.unwrap_or_default() } else { args.listen };
+            let mdns = !args.no_mdns && file.mdns.unwrap_or(true);
+            let options = Options { home, listen, mdns, read_receipts: file.read_receipts.unwrap_or(true) };
+            daemon::run(options, shutdown, print_ready).await
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&format!("{e:#}")),
     }
+}
+
+/// Prints the startup line: one JSON object on stdout, flushed, for scripts and tests to wait on.
+fn print_ready(ready: &impl serde::Serialize) {
+    let line = serde_json::to_string(ready).unwrap_or_default();
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

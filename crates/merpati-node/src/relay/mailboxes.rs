@@ -1,0 +1,1109 @@
+//! The relay's mailbox store: envelopes kept in sled on disk until their owner fetches and
+//! deletes them, or they expire.
+//!
+//! Layout. Everything lives in sled's default tree, under one-byte key prefixes:
+//!
+//! ```text
+//! "!merpati-relay"                 → schema version (u16 BE), the marker of a relay database
+//! 'n'                              → the next envelope id (u64 BE)
+//! 'e' mailbox(16) id(8 BE)         → deposited_at(8 BE) envelope   (the envelopes, by mailbox)
+//! 'i' id(8 BE)                     → mailbox(16) deposited_at(8 BE) len(4 BE)  (the id index)
+//! ```
+//!
+//! Fetching is a range scan per mailbox under `'e'`, merged by id. The id index answers "whose is
+//! this id" for deletes and is also the expiry index: deposit times are clamped to never go
+//! backwards, so id order is time order, and a purge reads the index from its start and stops at
+//! the first envelope that is still alive. On open, the same index rebuilds the per-mailbox
+//! counters (count, bytes) and the totals, so quotas hold across restarts.
+//!
+//! Ordering. Ids are handed out and inserted under one lock, so an envelope with a larger id never
+//! becomes visible before one with a smaller id; a fetch only looks at ids up to the last one whose
+//! insert finished. A fetch that pages with `after` therefore never skips an envelope.
+//!
+//! Durability. A deposit is answered only once a flush that started after its insert has ended:
+//! sled's flush, then `fdatasync` of sled's log and `fsync` of new blob files and the blob
+//! directory (sled's flush ends with `sync_file_range`, which survives neither power loss nor a
+//! drive's volatile cache). Flushes run on one dedicated thread and are shared: every deposit
+//! waiting when a flush starts is answered when it ends (group commit), so concurrent deposits
+//! cost one fsync together. A failed flush answers its waiters `Refusal::Internal`.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::fmt;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+use merpati_proto::Timestamp;
+use merpati_proto::envelope::{Envelope, MAX_ENVELOPE_LEN};
+use merpati_proto::mailbox::{FetchToken, MailboxId};
+use merpati_proto::wire::mailbox::StoredEnvelope;
+use merpati_proto::wire::{MAX_FETCH_PAGE_BYTES, Refusal};
+use thiserror::Error;
+use tokio::sync::{Semaphore, oneshot};
+
+/// The database layout version this build writes and reads.
+pub const SCHEMA_VERSION: u16 = 1;
+/// The most deposits that may be inserted and waiting for their flush at once; more are refused
+/// with `RateLimited` rather than queued, so the waiter list stays bounded.
+pub const MAX_PENDING_DEPOSITS: usize = 4096;
+/// sled's page cache. The default (1 GiB) is for databases that are read far more than written;
+/// a relay reads each envelope about once, so a small cache costs little and keeps RSS low.
+const CACHE_CAPACITY: u64 = 8 * 1024 * 1024;
+/// How many index entries a purge removes per lock hold, so deposits are not stalled by a long one.
+const PURGE_CHUNK: usize = 512;
+/// The marker key, in sled's default tree.
+const MARKER_KEY: &[u8] = b"!merpati-relay";
+/// The key of the next id.
+const NEXT_ID_KEY: &[u8] = b"n";
+const ENVELOPE_PREFIX: u8 = b'e';
+const INDEX_PREFIX: u8 = b'i';
+/// sled's log file and blob directory, inside the database directory.
+const LOG_FILE: &str = "db";
+const BLOB_DIR: &str = "blobs";
+/// Index value: mailbox(16) deposited_at(8) len(4).
+const INDEX_VALUE_LEN: usize = 28;
+/// Envelope value header: deposited_at(8).
+const STAMP_LEN: usize = 8;
+
+/// The relay's limits on what it stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MailboxLimits {
+    /// The largest envelope accepted, in bytes. Default: `MAX_ENVELOPE_LEN` (64 KiB).
+    pub max_envelope_len: usize,
+    /// The most envelopes one mailbox holds. Default: 10 000.
+    pub max_envelopes_per_mailbox: u32,
+    /// The most envelope bytes one mailbox holds. Default: 64 MiB.
+    pub max_bytes_per_mailbox: u64,
+    /// How long an envelope is kept, in milliseconds from its deposit. Default: 30 days.
+    pub ttl_ms: u64,
+    /// The most envelope bytes stored in all mailboxes together (sled's own overhead comes on
+    /// top). Default: 1 GiB.
+    pub disk_budget: u64,
+    /// The most mailboxes holding envelopes at once. Default: 100 000.
+    pub max_mailboxes: u64,
+}
+
+impl Default for MailboxLimits {
+    fn default() -> Self {
+        Self {
+            max_envelope_len: MAX_ENVELOPE_LEN,
+            max_envelopes_per_mailbox: 10_000,
+            max_bytes_per_mailbox: 64 * 1024 * 1024,
+            ttl_ms: 30 * Timestamp::DAY,
+            disk_budget: 1024 * 1024 * 1024,
+            max_mailboxes: 100_000,
+        }
+    }
+}
+
+/// What the relay stores, in numbers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxStats {
+    /// Mailboxes holding at least one envelope.
+    pub mailboxes: u64,
+    /// Envelopes stored.
+    pub envelopes: u64,
+    /// Envelope bytes stored (without sled's overhead).
+    pub bytes: u64,
+}
+
+/// Why the mailbox store could not be opened or maintained.
+#[derive(Debug, Error)]
+pub enum MailboxError {
+    /// A file or directory could not be created, read or synced.
+    #[error("mailbox store I/O error at {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// sled failed (unreadable or damaged database files, I/O error).
+    #[error("mailbox database error: {0}")]
+    Db(#[from] sled::Error),
+    /// The database holds something that is not a relay's mailboxes.
+    #[error("the database is not a Merpati relay database: {reason}")]
+    Foreign {
+        /// What gave it away.
+        reason: &'static str,
+    },
+    /// The database was written by a newer version.
+    #[error("the relay database has layout version {found}; this build reads {supported}")]
+    TooNew {
+        /// The version found.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// A record in the database does not have the expected shape.
+    #[error("damaged mailbox record: {what}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+    },
+}
+
+/// The relay's mailboxes: a cloneable handle to one sled database and its flusher thread.
+#[derive(Clone)]
+pub struct Mailboxes {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Mailboxes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mailboxes")
+            .field("dir", &self.inner.dir)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    db: sled::Db,
+    limits: MailboxLimits,
+    /// Counters and the id allocator; held across "check quotas, allocate, insert" so those are
+    /// one step for every other deposit, delete and purge.
+    state: Mutex<State>,
+    /// The largest id whose insert has finished (0: none). Fetches look no further.
+    visible: AtomicU64,
+    flusher: Flusher,
+    /// Bounds the deposits waiting for a flush.
+    pending: Semaphore,
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    /// The latest deposit time stored; later deposits are stamped no earlier.
+    last_stamp: u64,
+    per_mailbox: HashMap<MailboxId, Usage>,
+    envelopes: u64,
+    bytes: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    count: u32,
+    bytes: u64,
+}
+
+impl Mailboxes {
+    /// Opens (or creates) the mailbox database in `dir` and starts its flusher thread.
+    ///
+    /// Refuses a database that is not a relay's ([`MailboxError::Foreign`]) or is of a newer
+    /// layout ([`MailboxError::TooNew`]); damaged files give [`MailboxError::Db`] or
+    /// [`MailboxError::Corrupt`].
+    pub fn open(dir: &Path, limits: MailboxLimits) -> Result<Self, MailboxError> {
+        create_private_dir(dir)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY)
+            // Envelopes are deposited once and deleted soon: favour reclaiming space over write
+            // speed, since the relay's disk is the resource its operator budgets.
+            .mode(sled::Mode::LowSpace)
+            .open()?;
+        check_marker(&db)?;
+        let state = rebuild_state(&db)?;
+        let log_path = dir.join(LOG_FILE);
+        let log = File::open(&log_path).map_err(|source| MailboxError::Io { path: log_path, source })?;
+        let syncer = Syncer { db: db.clone(), dir: dir.to_path_buf(), log, synced_blobs: HashSet::new() };
+        // The marker of a new database and the directory entries sled created become durable
+        // before anything is stored in it.
+        let mut syncer = syncer;
+        syncer.sync()?;
+        sync_path(dir)?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_path(parent)?;
+        }
+        let visible = AtomicU64::new(state.next_id.saturating_sub(1));
+        let flusher = Flusher::start(syncer)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                db,
+                limits,
+                state: Mutex::new(state),
+                visible,
+                flusher,
+                pending: Semaphore::new(MAX_PENDING_DEPOSITS),
+            }),
+        })
+    }
+
+    /// The limits this store enforces.
+    pub fn limits(&self) -> &MailboxLimits {
+        &self.inner.limits
+    }
+
+    /// Stores `envelope` in `mailbox` and returns its id, once it is durable.
+    ///
+    /// Refuses, changing nothing: an envelope over `max_envelope_len` (`TooLarge`), one that does
+    /// not parse or whose header names another mailbox (`Malformed`), a mailbox at its count or
+    /// byte quota (`MailboxFull`), a relay at its disk budget or mailbox count (`RelayFull`), and
+    /// too many deposits waiting for a flush (`RateLimited`). A storage failure, including a failed
+    /// flush, gives `Internal`: the envelope may then be stored but was never claimed durable.
+    pub async fn deposit(
+        &self,
+        mailbox: MailboxId,
+        envelope: Vec<u8>,
+        now: Timestamp,
+    ) -> Result<u64, Refusal> {
+        let max = self.inner.limits.max_envelope_len;
+        if envelope.len() > max {
+            return Err(Refusal::TooLarge { max: u32::try_from(max).unwrap_or(u32::MAX) });
+        }
+        match Envelope::decode(&envelope) {
+            Ok(parsed) if parsed.header.mailbox == mailbox => {}
+            _ => return Err(Refusal::Malformed),
+        }
+        let Ok(_slot) = self.inner.pending.try_acquire() else {
+            return Err(Refusal::RateLimited { retry_after_ms: 100 });
+        };
+        let id = self.insert(mailbox, &envelope, now)?;
+        // Registered after the insert returned, so the flush that answers covers it.
+        let durable = self.inner.flusher.wait();
+        match durable.await {
+            Ok(true) => Ok(id),
+            _ => Err(Refusal::Internal),
+        }
+    }
+
+    /// Checks quotas and inserts, as one step under the state lock.
+    fn insert(&self, mailbox: MailboxId, envelope: &[u8], now: Timestamp) -> Result<u64, Refusal> {
+        let limits = &self.inner.limits;
+        let len = envelope.len() as u64;
+        let mut state = self.lock();
+        let usage = state.per_mailbox.get(&mailbox).copied();
+        let usage_now = usage.unwrap_or_default();
+        if usage_now.count >= limits.max_envelopes_per_mailbox
+            || usage_now.bytes.saturating_add(len) > limits.max_bytes_per_mailbox
+        {
+            return Err(Refusal::MailboxFull);
+        }
+        if state.bytes.saturating_add(len) > limits.disk_budget
+            || (usage.is_none() && state.per_mailbox.len() as u64 >= limits.max_mailboxes)
+        {
+            return Err(Refusal::RelayFull);
+        }
+        let id = state.next_id;
+        let stamp = now.millis().max(state.last_stamp);
+        let mut value = Vec::with_capacity(STAMP_LEN + envelope.len());
+        value.extend_from_slice(&stamp.to_be_bytes());
+        value.extend_from_slice(envelope);
+        let mut index = [0u8; INDEX_VALUE_LEN];
+        index[..16].copy_from_slice(&mailbox.0);
+        index[16..24].copy_from_slice(&stamp.to_be_bytes());
+        index[24..].copy_from_slice(&u32::try_from(envelope.len()).unwrap_or(u32::MAX).to_be_bytes());
+        let mut batch = sled::Batch::default();
+        batch.insert(&envelope_key(&mailbox, id)[..], value);
+        batch.insert(&index_key(id)[..], &index[..]);
+        batch.insert(NEXT_ID_KEY, &(id + 1).to_be_bytes()[..]);
+        if let Err(e) = self.inner.db.apply_batch(batch) {
+            tracing::error!(error = %e, "relay: storing a deposit failed");
+            return Err(Refusal::Internal);
+        }
+        state.next_id = id + 1;
+        state.last_stamp = stamp;
+        let entry = state.per_mailbox.entry(mailbox).or_default();
+        entry.count += 1;
+        entry.bytes += len;
+        state.envelopes += 1;
+        state.bytes += len;
+        // Still under the lock: ids become visible in order.
+        self.inner.visible.store(id, Ordering::Release);
+        Ok(id)
+    }
+
+    /// Envelopes of the mailboxes `tokens` open with ids above `after`, in increasing id order
+    /// across those mailboxes: at most `limit` of them and at most `MAX_FETCH_PAGE_BYTES` bytes.
+    /// The flag says whether more are waiting. Expired envelopes are skipped.
+    pub fn fetch(
+        &self,
+        tokens: &[FetchToken],
+        after: Option<u64>,
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<(Vec<StoredEnvelope>, bool), Refusal> {
+        let visible = self.inner.visible.load(Ordering::Acquire);
+        let first = match after {
+            None => 0,
+            Some(after) => match after.checked_add(1) {
+                Some(first) => first,
+                None => return Ok((Vec::new(), false)),
+            },
+        };
+        if first > visible || limit == 0 {
+            return Ok((Vec::new(), false));
+        }
+        let mailboxes: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
+        let mut cursors = Vec::with_capacity(mailboxes.len());
+        let mut heap = BinaryHeap::with_capacity(mailboxes.len());
+        for mailbox in mailboxes {
+            let mut range =
+                self.inner.db.range(envelope_key(&mailbox, first)..=envelope_key(&mailbox, visible));
+            if let Some(item) = next_item(&mut range)? {
+                heap.push(Reverse((item.id, cursors.len())));
+                cursors.push(Cursor { mailbox, range, current: Some(item) });
+            }
+        }
+        let ttl = self.inner.limits.ttl_ms;
+        let mut items = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        while let Some(Reverse((_, at))) = heap.pop() {
+            let cursor = &mut cursors[at];
+            let Some(item) = cursor.current.take() else { continue };
+            if item.stamp.saturating_add(ttl) > now.millis() {
+                let envelope = &item.value[STAMP_LEN..];
+                if items.len() >= limit as usize || bytes + envelope.len() > MAX_FETCH_PAGE_BYTES {
+                    more = true;
+                    break;
+                }
+                bytes += envelope.len();
+                items.push(StoredEnvelope {
+                    mailbox: cursor.mailbox,
+                    id: item.id,
+                    envelope: envelope.to_vec(),
+                });
+            }
+            if let Some(next) = next_item(&mut cursor.range)? {
+                heap.push(Reverse((next.id, at)));
+                cursor.current = Some(next);
+            }
+        }
+        Ok((items, more))
+    }
+
+    /// Deletes the envelopes named by `ids` from the mailbox `token` opens and returns how many
+    /// were there. Ids already gone are not counted; if any id belongs to another mailbox, nothing
+    /// is deleted and the answer is `Unauthorized`. Durable at the next flush (which the call
+    /// asks for, without waiting for it).
+    pub fn delete(&self, token: &FetchToken, ids: &[u64]) -> Result<u32, Refusal> {
+        let mailbox = MailboxId::of(token);
+        let ids: BTreeSet<u64> = ids.iter().copied().collect();
+        let mut state = self.lock();
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(value) = self.inner.db.get(index_key(id)).map_err(internal("reading the id index"))?
+            else {
+                continue;
+            };
+            let entry = IndexEntry::parse(&value).map_err(internal("reading the id index"))?;
+            if entry.mailbox != mailbox {
+                return Err(Refusal::Unauthorized);
+            }
+            found.push((id, entry.len));
+        }
+        if found.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = sled::Batch::default();
+        for &(id, _) in &found {
+            batch.remove(&index_key(id)[..]);
+            batch.remove(&envelope_key(&mailbox, id)[..]);
+        }
+        self.inner.db.apply_batch(batch).map_err(internal("deleting envelopes"))?;
+        let freed: u64 = found.iter().map(|&(_, len)| u64::from(len)).sum();
+        state.release(mailbox, found.len() as u64, freed);
+        drop(state);
+        self.inner.flusher.request();
+        Ok(u32::try_from(found.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Drops every envelope deposited `ttl_ms` or longer before `now`; returns how many. Reads the
+    /// id index from its oldest entry and stops at the first live one.
+    pub fn purge_expired(&self, now: Timestamp) -> Result<u64, MailboxError> {
+        let ttl = self.inner.limits.ttl_ms;
+        let mut purged = 0u64;
+        loop {
+            let mut state = self.lock();
+            let mut batch = sled::Batch::default();
+            let mut freed: HashMap<MailboxId, (u64, u64)> = HashMap::new();
+            let mut chunk = 0usize;
+            let mut done = true;
+            for entry in self.inner.db.scan_prefix([INDEX_PREFIX]) {
+                let (key, value) = entry?;
+                let id = parse_index_key(&key)?;
+                let entry = IndexEntry::parse(&value)?;
+                if entry.stamp.saturating_add(ttl) > now.millis() {
+                    break;
+                }
+                if chunk == PURGE_CHUNK {
+                    done = false;
+                    break;
+                }
+                batch.remove(&key[..]);
+                batch.remove(&envelope_key(&entry.mailbox, id)[..]);
+                let f = freed.entry(entry.mailbox).or_default();
+                f.0 += 1;
+                f.1 += u64::from(entry.len);
+                chunk += 1;
+            }
+            if chunk > 0 {
+                self.inner.db.apply_batch(batch)?;
+                for (mailbox, (count, bytes)) in freed {
+                    state.release(mailbox, count, bytes);
+                }
+                purged += chunk as u64;
+            }
+            drop(state);
+            if done {
+                break;
+            }
+        }
+        if purged > 0 {
+            self.inner.flusher.request();
+        }
+        Ok(purged)
+    }
+
+    /// Mailboxes, envelopes and envelope bytes stored now.
+    pub fn stats(&self) -> MailboxStats {
+        let state = self.lock();
+        MailboxStats {
+            mailboxes: state.per_mailbox.len() as u64,
+            envelopes: state.envelopes,
+            bytes: state.bytes,
+        }
+    }
+
+    /// How many flushes (sled flush plus fsync) have completed since open; with group commit,
+    /// fewer than the deposits made.
+    pub fn flushes(&self) -> u64 {
+        self.inner.flusher.flushes()
+    }
+
+    /// Makes everything stored so far durable, waiting for it.
+    pub async fn flush(&self) -> Result<(), Refusal> {
+        match self.inner.flusher.wait().await {
+            Ok(true) => Ok(()),
+            _ => Err(Refusal::Internal),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn release(&mut self, mailbox: MailboxId, count: u64, bytes: u64) {
+        if let Some(usage) = self.per_mailbox.get_mut(&mailbox) {
+            usage.count = usage.count.saturating_sub(u32::try_from(count).unwrap_or(u32::MAX));
+            usage.bytes = usage.bytes.saturating_sub(bytes);
+            if usage.count == 0 {
+                self.per_mailbox.remove(&mailbox);
+            }
+        }
+        self.envelopes = self.envelopes.saturating_sub(count);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
+/// One mailbox's range scan in a fetch, with its next item.
+struct Cursor {
+    mailbox: MailboxId,
+    range: sled::Iter,
+    current: Option<Item>,
+}
+
+struct Item {
+    id: u64,
+    stamp: u64,
+    value: sled::IVec,
+}
+
+fn next_item(range: &mut sled::Iter) -> Result<Option<Item>, Refusal> {
+    let Some(entry) = range.next() else { return Ok(None) };
+    let (key, value) = entry.map_err(internal("reading envelopes"))?;
+    let id = key
+        .get(17..25)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| internal("reading envelopes")(MailboxError::Corrupt { what: "envelope key" }))?;
+    let stamp =
+        value.get(..STAMP_LEN).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).ok_or_else(
+            || internal("reading envelopes")(MailboxError::Corrupt { what: "envelope record" }),
+        )?;
+    Ok(Some(Item { id, stamp, value }))
+}
+
+/// A parsed id index value.
+struct IndexEntry {
+    mailbox: MailboxId,
+    stamp: u64,
+    len: u32,
+}
+
+impl IndexEntry {
+    fn parse(value: &[u8]) -> Result<Self, MailboxError> {
+        let value: &[u8; INDEX_VALUE_LEN] =
+            value.try_into().map_err(|_| MailboxError::Corrupt { what: "id index entry" })?;
+        let mut mailbox = [0u8; 16];
+        mailbox.copy_from_slice(&value[..16]);
+        let mut stamp = [0u8; 8];
+        stamp.copy_from_slice(&value[16..24]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&value[24..]);
+        Ok(Self {
+            mailbox: MailboxId(mailbox),
+            stamp: u64::from_be_bytes(stamp),
+            len: u32::from_be_bytes(len),
+        })
+    }
+}
+
+fn envelope_key(mailbox: &MailboxId, id: u64) -> [u8; 25] {
+    let mut key = [0u8; 25];
+    key[0] = ENVELOPE_PREFIX;
+    key[1..17].copy_from_slice(&mailbox.0);
+    key[17..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn index_key(id: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = INDEX_PREFIX;
+    key[1..].copy_from_slice(&id.to_be_bytes());
+    key
+}
+
+fn parse_index_key(key: &[u8]) -> Result<u64, MailboxError> {
+    key.get(1..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .ok_or(MailboxError::Corrupt { what: "id index key" })
+}
+
+/// Logs a storage error (no envelope content, no tokens) and turns it into `Internal`.
+fn internal<E: fmt::Display>(what: &'static str) -> impl Fn(E) -> Refusal {
+    move |e| {
+        tracing::error!(error = %e, "relay: {what} failed");
+        Refusal::Internal
+    }
+}
+
+/// Checks the schema marker, writing it into a new, empty database.
+fn check_marker(db: &sled::Db) -> Result<(), MailboxError> {
+    match db.get(MARKER_KEY)? {
+        Some(value) => {
+            let version = <[u8; 2]>::try_from(value.as_ref())
+                .map(u16::from_be_bytes)
+                .map_err(|_| MailboxError::Foreign { reason: "malformed schema marker" })?;
+            match version {
+                SCHEMA_VERSION => Ok(()),
+                0 => Err(MailboxError::Foreign { reason: "malformed schema marker" }),
+                found => Err(MailboxError::TooNew { found, supported: SCHEMA_VERSION }),
+            }
+        }
+        None => {
+            if !db.is_empty() || db.tree_names().len() > 1 {
+                return Err(MailboxError::Foreign { reason: "no relay schema marker" });
+            }
+            db.insert(MARKER_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+    }
+}
+
+/// Rebuilds the counters and the id allocator from the id index.
+fn rebuild_state(db: &sled::Db) -> Result<State, MailboxError> {
+    let mut state = State { next_id: 1, ..State::default() };
+    if let Some(value) = db.get(NEXT_ID_KEY)? {
+        let next = <[u8; 8]>::try_from(value.as_ref())
+            .map(u64::from_be_bytes)
+            .map_err(|_| MailboxError::Corrupt { what: "next id" })?;
+        state.next_id = next.max(1);
+    }
+    for entry in db.scan_prefix([INDEX_PREFIX]) {
+        let (key, value) = entry?;
+        let id = parse_index_key(&key)?;
+        let entry = IndexEntry::parse(&value)?;
+        state.next_id = state.next_id.max(id.saturating_add(1));
+        state.last_stamp = state.last_stamp.max(entry.stamp);
+        let usage = state.per_mailbox.entry(entry.mailbox).or_default();
+        usage.count = usage.count.saturating_add(1);
+        usage.bytes += u64::from(entry.len);
+        state.envelopes += 1;
+        state.bytes += u64::from(entry.len);
+    }
+    Ok(state)
+}
+
+/// Creates a directory (and its parents) only the owner can enter, unless it exists.
+fn create_private_dir(path: &Path) -> Result<(), MailboxError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(MailboxError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// Fsyncs a file or directory by path.
+fn sync_path(path: &Path) -> Result<(), MailboxError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| MailboxError::Io { path: path.to_path_buf(), source })
+}
+
+/// Makes sled's state durable (see the module documentation).
+struct Syncer {
+    db: sled::Db,
+    dir: PathBuf,
+    /// sled's log file, kept open to sync it (a sync applies to the file, whichever handle).
+    log: File,
+    /// Blob files already synced: sled writes each blob once, so each needs one sync.
+    synced_blobs: HashSet<std::ffi::OsString>,
+}
+
+impl Syncer {
+    fn sync(&mut self) -> Result<(), MailboxError> {
+        self.db.flush()?;
+        // fdatasync: it writes the metadata needed to read the data back (the size), which is
+        // all durability needs, and skips timestamps.
+        self.log.sync_data().map_err(|source| MailboxError::Io { path: self.dir.join(LOG_FILE), source })?;
+        let blobs = self.dir.join(BLOB_DIR);
+        let entries = match fs::read_dir(&blobs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(MailboxError::Io { path: blobs, source }),
+        };
+        let mut present = HashSet::new();
+        let mut new_blobs = false;
+        for entry in entries {
+            let entry = entry.map_err(|source| MailboxError::Io { path: blobs.clone(), source })?;
+            let name = entry.file_name();
+            if !self.synced_blobs.contains(&name) {
+                let path = entry.path();
+                match File::open(&path).and_then(|f| f.sync_all()) {
+                    Ok(()) => new_blobs = true,
+                    // Collected by sled since the listing: nothing left to make durable.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(source) => return Err(MailboxError::Io { path, source }),
+                }
+            }
+            present.insert(name);
+        }
+        self.synced_blobs = present;
+        if new_blobs { sync_path(&blobs) } else { Ok(()) }
+    }
+}
+
+/// The flusher thread and the queue of deposits waiting for it.
+struct Flusher {
+    shared: Arc<FlushShared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct FlushShared {
+    queue: Mutex<FlushQueue>,
+    wake: Condvar,
+    flushes: AtomicU64,
+}
+
+#[derive(Default)]
+struct FlushQueue {
+    /// Waiting for the next flush to start and end. Bounded by `MAX_PENDING_DEPOSITS` deposits
+    /// plus the callers of `flush`.
+    waiters: Vec<oneshot::Sender<bool>>,
+    /// Something changed that no waiter asked to be made durable (a delete, a purge).
+    dirty: bool,
+    stop: bool,
+}
+
+impl Flusher {
+    fn start(mut syncer: Syncer) -> Result<Self, MailboxError> {
+        let shared = Arc::new(FlushShared {
+            queue: Mutex::new(FlushQueue::default()),
+            wake: Condvar::new(),
+            flushes: AtomicU64::new(0),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("relay-flusher".into())
+            .spawn(move || flush_loop(&thread_shared, &mut syncer))
+            .map_err(|source| MailboxError::Io { path: PathBuf::from("relay-flusher thread"), source })?;
+        Ok(Self { shared, thread: Some(thread) })
+    }
+
+    /// Resolves `true` once a flush that started after this call has made everything durable,
+    /// `false` if that flush failed.
+    fn wait(&self) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        let mut queue = self.shared.lock();
+        if queue.stop {
+            drop(tx);
+        } else {
+            queue.waiters.push(tx);
+            self.shared.wake.notify_one();
+        }
+        rx
+    }
+
+    /// Asks for a flush soon, without waiting for it.
+    fn request(&self) {
+        let mut queue = self.shared.lock();
+        queue.dirty = true;
+        self.shared.wake.notify_one();
+    }
+
+    fn flushes(&self) -> u64 {
+        self.shared.flushes.load(Ordering::Relaxed)
+    }
+}
+
+impl FlushShared {
+    fn lock(&self) -> MutexGuard<'_, FlushQueue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // The thread finishes the flush it may be running and one for the waiters left.
+            let _ = thread.join();
+        }
+    }
+}
+
+fn flush_loop(shared: &FlushShared, syncer: &mut Syncer) {
+    loop {
+        let waiters = {
+            let mut queue = shared.lock();
+            while queue.waiters.is_empty() && !queue.dirty && !queue.stop {
+                queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
+            }
+            if queue.waiters.is_empty() && !queue.dirty {
+                // Stopping with nothing to make durable.
+                return;
+            }
+            queue.dirty = false;
+            std::mem::take(&mut queue.waiters)
+        };
+        let ok = match syncer.sync() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "relay: flushing the mailbox database failed");
+                false
+            }
+        };
+        shared.flushes.fetch_add(1, Ordering::Relaxed);
+        for waiter in waiters {
+            // A waiter that gave up (its request was dropped) is no error.
+            let _ = waiter.send(ok);
+        }
+        // When stopping, the next round flushes for any waiter that came meanwhile, then returns.
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use merpati_proto::envelope::{Header, Kind, VERSION};
+
+    use super::*;
+
+    /// A valid envelope of exactly `len` bytes (at least 45) addressed to `mailbox`.
+    pub(crate) fn envelope(mailbox: MailboxId, len: usize, fill: u8) -> Vec<u8> {
+        let header =
+            Header { version: VERSION, kind: Kind::Session, mailbox, epoch: 1, sub_epoch: 0, index: 0 };
+        let bytes = Envelope { header, open: None, ciphertext: vec![fill; len - HEADER_FIXED] }.encode();
+        assert_eq!(bytes.len(), len);
+        bytes
+    }
+    const HEADER_FIXED: usize = merpati_proto::envelope::HEADER_LEN + 2;
+
+    pub(crate) fn token(n: u8) -> FetchToken {
+        FetchToken([n; 32])
+    }
+
+    pub(crate) fn mailbox(n: u8) -> MailboxId {
+        MailboxId::of(&token(n))
+    }
+
+    fn open(dir: &Path, limits: MailboxLimits) -> Mailboxes {
+        Mailboxes::open(dir, limits).unwrap()
+    }
+
+    fn ids(page: &(Vec<StoredEnvelope>, bool)) -> Vec<u64> {
+        page.0.iter().map(|e| e.id).collect()
+    }
+
+    const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+    #[tokio::test]
+    async fn deposit_fetch_delete_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = open(dir.path(), MailboxLimits::default());
+        let mut deposited = Vec::new();
+        for (i, n) in [1u8, 2, 1, 1, 2].into_iter().enumerate() {
+            let bytes = envelope(mailbox(n), 512, i as u8);
+            let id = boxes.deposit(mailbox(n), bytes.clone(), T0).await.unwrap();
+            deposited.push((n, id, bytes));
+        }
+        let all: Vec<u64> = deposited.iter().map(|d| d.1).collect();
+        assert!(all.windows(2).all(|w| w[0] < w[1]), "ids increase: {all:?}");
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 5, bytes: 5 * 512 });
+
+        let one = boxes.fetch(&[token(1)], None, 64, T0).unwrap();
+        assert_eq!(ids(&one), vec![all[0], all[2], all[3]]);
+        assert!(!one.1);
+        assert_eq!(one.0[1].envelope, deposited[2].2);
+        assert_eq!(one.0[1].mailbox, mailbox(1));
+        // Both mailboxes at once: merged in id order, and a token named twice counts once.
+        let both = boxes.fetch(&[token(2), token(1), token(2)], None, 64, T0).unwrap();
+        assert_eq!(ids(&both), all);
+        let after = boxes.fetch(&[token(1), token(2)], Some(all[2]), 64, T0).unwrap();
+        assert_eq!(ids(&after), all[3..].to_vec());
+
+        assert_eq!(boxes.delete(&token(1), &[all[0], all[2], all[2], 999]).unwrap(), 2);
+        assert_eq!(boxes.delete(&token(1), &[all[0]]).unwrap(), 0, "a repeated delete is harmless");
+        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, T0).unwrap()), vec![all[3]]);
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 3, bytes: 3 * 512 });
+        assert_eq!(boxes.delete(&token(2), &[all[1], all[4]]).unwrap(), 2);
+        assert_eq!(boxes.stats().mailboxes, 1);
+    }
+
+    #[tokio::test]
+    async fn deposits_survive_a_restart_and_ids_keep_increasing() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = envelope(mailbox(1), 1024, 9);
+        let (first, second) = {
+            let boxes = open(dir.path(), MailboxLimits::default());
+            let first = boxes.deposit(mailbox(1), bytes.clone(), T0).await.unwrap();
+            let second = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 1), T0).await.unwrap();
+            // Deleted: the next id must still be above it after the restart.
+            boxes.delete(&token(2), &[second]).unwrap();
+            (first, second)
+        };
+        let boxes = open(dir.path(), MailboxLimits::default());
+        let page = boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap();
+        assert_eq!(page.0.len(), 1);
+        assert_eq!((page.0[0].id, &page.0[0].envelope), (first, &bytes));
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 1, envelopes: 1, bytes: 1024 });
+        let third = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 2), T0).await.unwrap();
+        assert!(third > second, "{third} > {second}");
+    }
+
+    #[tokio::test]
+    async fn quotas_refuse_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = MailboxLimits {
+            max_envelopes_per_mailbox: 3,
+            max_bytes_per_mailbox: 2048,
+            disk_budget: 4096,
+            max_mailboxes: 3,
+            ..MailboxLimits::default()
+        };
+        let boxes = open(dir.path(), limits);
+        for _ in 0..3 {
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
+        }
+        let check = |boxes: &Mailboxes| {
+            (
+                boxes.stats(),
+                ids(&boxes.fetch(&[token(1), token(2), token(3), token(4)], None, 64, T0).unwrap()),
+            )
+        };
+        let before = check(&boxes);
+        // Count quota.
+        assert_eq!(
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 100, 0), T0).await,
+            Err(Refusal::MailboxFull)
+        );
+        // Byte quota.
+        boxes.deposit(mailbox(2), envelope(mailbox(2), 1024, 0), T0).await.unwrap();
+        let before_bytes = check(&boxes);
+        assert_eq!(
+            boxes.deposit(mailbox(2), envelope(mailbox(2), 1025, 0), T0).await,
+            Err(Refusal::MailboxFull)
+        );
+        assert_eq!(check(&boxes), before_bytes);
+        assert_ne!(before, before_bytes);
+        // Disk budget: 1536 + 1024 stored, 1537 more would pass 4096.
+        assert_eq!(
+            boxes.deposit(mailbox(3), envelope(mailbox(3), 1537, 0), T0).await,
+            Err(Refusal::RelayFull)
+        );
+        assert_eq!(check(&boxes), before_bytes);
+        // Mailbox count: a third mailbox fits, a fourth does not.
+        boxes.deposit(mailbox(3), envelope(mailbox(3), 100, 0), T0).await.unwrap();
+        let full = check(&boxes);
+        assert_eq!(
+            boxes.deposit(mailbox(4), envelope(mailbox(4), 100, 0), T0).await,
+            Err(Refusal::RelayFull)
+        );
+        assert_eq!(check(&boxes), full);
+        // The quotas hold across a restart.
+        drop(boxes);
+        let boxes = open(dir.path(), limits);
+        assert_eq!(check(&boxes), full);
+        assert_eq!(
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 100, 0), T0).await,
+            Err(Refusal::MailboxFull)
+        );
+        assert_eq!(
+            boxes.deposit(mailbox(4), envelope(mailbox(4), 100, 0), T0).await,
+            Err(Refusal::RelayFull)
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_and_malformed_deposits_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = MailboxLimits { max_envelope_len: 1024, ..MailboxLimits::default() };
+        let boxes = open(dir.path(), limits);
+        assert_eq!(
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 1025, 0), T0).await,
+            Err(Refusal::TooLarge { max: 1024 })
+        );
+        // The header names another mailbox.
+        assert_eq!(
+            boxes.deposit(mailbox(1), envelope(mailbox(2), 512, 0), T0).await,
+            Err(Refusal::Malformed)
+        );
+        // Not an envelope at all, and an envelope cut short.
+        assert_eq!(boxes.deposit(mailbox(1), vec![0xAB; 512], T0).await, Err(Refusal::Malformed));
+        let mut cut = envelope(mailbox(1), 512, 0);
+        cut.truncate(30);
+        assert_eq!(boxes.deposit(mailbox(1), cut, T0).await, Err(Refusal::Malformed));
+        assert_eq!(boxes.stats(), MailboxStats::default());
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_sees_nothing_and_deletes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = open(dir.path(), MailboxLimits::default());
+        let id = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
+        let mine = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), T0).await.unwrap();
+        assert_eq!(ids(&boxes.fetch(&[token(2)], None, 64, T0).unwrap()), vec![mine]);
+        assert_eq!(ids(&boxes.fetch(&[token(3)], None, 64, T0).unwrap()), Vec::<u64>::new());
+        // One id of another mailbox spoils the whole delete.
+        assert_eq!(boxes.delete(&token(2), &[mine, id]), Err(Refusal::Unauthorized));
+        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap()), vec![id, mine]);
+        assert_eq!(boxes.stats().envelopes, 2);
+    }
+
+    #[tokio::test]
+    async fn expired_envelopes_are_hidden_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = MailboxLimits { ttl_ms: 1_000, ..MailboxLimits::default() };
+        let boxes = open(dir.path(), limits);
+        let old = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
+        let newer = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 1), T0.plus(600)).await.unwrap();
+        // A clock that steps back does not make an envelope older than the one before it.
+        let stepped = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 2), T0.plus(100)).await.unwrap();
+        let at = T0.plus(1_200);
+        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, at).unwrap()), vec![newer, stepped]);
+        assert_eq!(boxes.purge_expired(at).unwrap(), 1);
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 2, bytes: 1024 });
+        assert_eq!(boxes.delete(&token(1), &[old]).unwrap(), 0, "already gone");
+        assert_eq!(boxes.purge_expired(at).unwrap(), 0);
+        assert_eq!(boxes.purge_expired(T0.plus(1_600)).unwrap(), 2);
+        assert_eq!(boxes.stats(), MailboxStats::default());
+    }
+
+    #[tokio::test]
+    async fn a_purge_of_many_works_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = MailboxLimits { ttl_ms: 1_000, ..MailboxLimits::default() };
+        let boxes = open(dir.path(), limits);
+        for i in 0..(PURGE_CHUNK + 10) {
+            let n = (i % 3) as u8;
+            boxes.insert(mailbox(n), &envelope(mailbox(n), 100, 0), T0).unwrap();
+        }
+        boxes.insert(mailbox(0), &envelope(mailbox(0), 100, 0), T0.plus(5_000)).unwrap();
+        assert_eq!(boxes.purge_expired(T0.plus(2_000)).unwrap(), (PURGE_CHUNK + 10) as u64);
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 1, envelopes: 1, bytes: 100 });
+    }
+
+    #[tokio::test]
+    async fn pages_stop_at_the_limit_and_the_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = open(dir.path(), MailboxLimits::default());
+        let mut all = Vec::new();
+        for i in 0..5u8 {
+            let n = 1 + i % 2;
+            all.push(boxes.deposit(mailbox(n), envelope(mailbox(n), 512, i), T0).await.unwrap());
+        }
+        let tokens = [token(1), token(2)];
+        let page = boxes.fetch(&tokens, None, 2, T0).unwrap();
+        assert_eq!((ids(&page), page.1), (all[..2].to_vec(), true));
+        let page = boxes.fetch(&tokens, Some(all[1]), 2, T0).unwrap();
+        assert_eq!((ids(&page), page.1), (all[2..4].to_vec(), true));
+        let page = boxes.fetch(&tokens, Some(all[3]), 2, T0).unwrap();
+        assert_eq!((ids(&page), page.1), (all[4..].to_vec(), false));
+        assert_eq!(boxes.fetch(&tokens, Some(u64::MAX), 2, T0).unwrap().0.len(), 0);
+
+        // 20 envelopes of 64 KiB: 16 fill a page of 1 MiB exactly.
+        for _ in 0..20 {
+            boxes.deposit(mailbox(3), envelope(mailbox(3), MAX_ENVELOPE_LEN, 3), T0).await.unwrap();
+        }
+        let page = boxes.fetch(&[token(3)], None, 64, T0).unwrap();
+        assert_eq!(page.0.len(), MAX_FETCH_PAGE_BYTES / MAX_ENVELOPE_LEN);
+        assert!(page.1);
+        let last = page.0.last().map(|e| e.id);
+        let rest = boxes.fetch(&[token(3)], last, 64, T0).unwrap();
+        assert_eq!((rest.0.len(), rest.1), (4, false));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_deposits_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = open(dir.path(), MailboxLimits::default());
+        let start = boxes.flushes();
+        let tasks: Vec<_> = (0..64u8)
+            .map(|i| {
+                let boxes = boxes.clone();
+                tokio::spawn(async move {
+                    let n = i % 8;
+                    boxes.deposit(mailbox(n), envelope(mailbox(n), 1024, i), T0).await
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await.unwrap().unwrap());
+        }
+        let flushes = boxes.flushes() - start;
+        assert!(flushes < 64, "64 deposits took {flushes} flushes");
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 64);
+    }
+
+    #[test]
+    fn a_damaged_or_foreign_database_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(b"something", b"else").unwrap();
+            db.flush().unwrap();
+        }
+        assert!(matches!(
+            Mailboxes::open(dir.path(), MailboxLimits::default()),
+            Err(MailboxError::Foreign { .. })
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let boxes = open(dir.path(), MailboxLimits::default());
+            rt.block_on(boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0)).unwrap();
+        }
+        std::fs::write(dir.path().join("conf"), b"\xff\xfe garbage").unwrap();
+        std::fs::write(dir.path().join(LOG_FILE), vec![0x5A; 4096]).unwrap();
+        assert!(Mailboxes::open(dir.path(), MailboxLimits::default()).is_err());
+    }
+}

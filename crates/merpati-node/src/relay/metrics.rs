@@ -1,0 +1,312 @@
+//! The relay's Prometheus metrics and a minimal HTTP endpoint serving them.
+//!
+//! Names carry the `merpati_` prefix: `merpati_mailbox_deposits_total`,
+//! `merpati_mailbox_refusals_total{kind="mailbox_full"}`, `merpati_mailbox_stored_bytes`,
+//! `merpati_relay_reservations`, …
+//!
+//! The endpoint answers `GET /metrics` with the OpenMetrics text exposition and anything else with
+//! 404. It is deliberately tiny (no HTTP crate): it reads at most [`MAX_REQUEST_HEAD`] bytes of
+//! request head within [`HEAD_TIMEOUT`], answers once and closes, and serves at most
+//! [`MAX_CONNECTIONS`] connections at a time; more wait in the listener's backlog.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use merpati_proto::wire::Refusal;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::mailboxes::MailboxStats;
+
+/// The most bytes of request line and headers read from a metrics client.
+pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+/// How long a metrics client has to send its request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most metrics connections served at once.
+pub const MAX_CONNECTIONS: usize = 16;
+/// How long, and for how many bytes, a closing connection's leftover input is read.
+const LINGER: Duration = Duration::from_secs(1);
+const MAX_LINGER_BYTES: usize = 64 * 1024;
+/// The content type of the OpenMetrics text exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    kind: &'static str,
+}
+
+/// The mailbox service's metrics. Cloning shares the same metrics.
+#[derive(Clone, Debug, Default)]
+pub struct MailboxMetrics {
+    deposits: Counter,
+    fetches: Counter,
+    deletes: Counter,
+    envelopes_fetched: Counter,
+    envelopes_deleted: Counter,
+    envelopes_expired: Counter,
+    refusals: Family<RefusalLabels, Counter>,
+    stored_bytes: Gauge,
+    stored_envelopes: Gauge,
+    mailboxes: Gauge,
+    long_polls: Gauge,
+    relay_reservations: Gauge,
+}
+
+impl MailboxMetrics {
+    /// Creates the metrics and registers them in `registry` under the `merpati` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let r = registry.sub_registry_with_prefix("merpati");
+        r.register("mailbox_deposits", "Deposits stored durably", metrics.deposits.clone());
+        r.register("mailbox_fetches", "Fetch requests answered with a page", metrics.fetches.clone());
+        r.register("mailbox_deletes", "Delete requests answered", metrics.deletes.clone());
+        r.register(
+            "mailbox_envelopes_fetched",
+            "Envelopes returned by fetches",
+            metrics.envelopes_fetched.clone(),
+        );
+        r.register(
+            "mailbox_envelopes_deleted",
+            "Envelopes deleted by their owners",
+            metrics.envelopes_deleted.clone(),
+        );
+        r.register(
+            "mailbox_envelopes_expired",
+            "Envelopes dropped when their TTL ran out",
+            metrics.envelopes_expired.clone(),
+        );
+        r.register("mailbox_refusals", "Mailbox requests refused, by reason", metrics.refusals.clone());
+        r.register("mailbox_stored_bytes", "Envelope bytes stored", metrics.stored_bytes.clone());
+        r.register("mailbox_stored_envelopes", "Envelopes stored", metrics.stored_envelopes.clone());
+        r.register("mailbox_mailboxes", "Mailboxes holding envelopes", metrics.mailboxes.clone());
+        r.register("mailbox_long_polls", "Fetches waiting for a deposit now", metrics.long_polls.clone());
+        r.register(
+            "relay_reservations",
+            "Relay circuit reservations held now",
+            metrics.relay_reservations.clone(),
+        );
+        metrics
+    }
+
+    /// Sets the number of relay reservations held (the network layer calls this).
+    pub fn set_relay_reservations(&self, reservations: u64) {
+        self.relay_reservations.set(i64::try_from(reservations).unwrap_or(i64::MAX));
+    }
+
+    /// The gauge of relay reservations held, for the network layer to keep current.
+    pub fn relay_reservations_gauge(&self) -> Gauge {
+        self.relay_reservations.clone()
+    }
+
+    /// Counts a refusal by its kind.
+    pub fn refused(&self, refusal: &Refusal) {
+        self.refusals.get_or_create(&RefusalLabels { kind: refusal_kind(refusal) }).inc();
+    }
+
+    /// Counts a stored deposit.
+    pub(crate) fn deposited(&self) {
+        self.deposits.inc();
+    }
+
+    /// Counts a fetch answered with `items` envelopes.
+    pub(crate) fn fetched(&self, items: usize) {
+        self.fetches.inc();
+        self.envelopes_fetched.inc_by(items as u64);
+    }
+
+    /// Counts a delete that removed `count` envelopes.
+    pub(crate) fn deleted(&self, count: u32) {
+        self.deletes.inc();
+        self.envelopes_deleted.inc_by(u64::from(count));
+    }
+
+    /// Counts envelopes dropped for age.
+    pub(crate) fn expired(&self, count: u64) {
+        self.envelopes_expired.inc_by(count);
+    }
+
+    /// Sets the number of fetches waiting for a deposit.
+    pub(crate) fn set_long_polls(&self, waiting: usize) {
+        self.long_polls.set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the storage gauges.
+    pub fn set_stored(&self, stats: &MailboxStats) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.stored_bytes.set(gauge(stats.bytes));
+        self.stored_envelopes.set(gauge(stats.envelopes));
+        self.mailboxes.set(gauge(stats.mailboxes));
+    }
+}
+
+/// The label value of a refusal.
+fn refusal_kind(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::MailboxFull => "mailbox_full",
+        Refusal::TooLarge { .. } => "too_large",
+        Refusal::RateLimited { .. } => "rate_limited",
+        Refusal::Unauthorized => "unauthorized",
+        Refusal::RelayFull => "relay_full",
+        Refusal::Malformed => "malformed",
+        Refusal::UnknownMailbox => "unknown_mailbox",
+        Refusal::Internal => "internal",
+    }
+}
+
+/// Serves `registry` on `listener` (`GET /metrics`) until `shutdown` is cancelled; then stops
+/// accepting and ends the connections in progress.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        // A slot first, then a connection: at the cap, clients wait in the backlog.
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let registry = Arc::clone(&registry);
+        connections.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = answer(stream, &registry).await {
+                tracing::debug!(error = %e, "metrics: connection ended with an error");
+            }
+        });
+    }
+    connections.shutdown().await;
+}
+
+/// Reads one request head and answers it.
+async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    let mut head = vec![0u8; MAX_REQUEST_HEAD];
+    let read = tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut head)).await;
+    let response = match read {
+        Err(_) => return Ok(()),
+        Ok(Err(e)) => return Err(e),
+        Ok(Ok(None)) => simple_response("431 Request Header Fields Too Large"),
+        Ok(Ok(Some(len))) => {
+            let mut parts = head[..len].split(|&b| b == b' ' || b == b'\r');
+            let method = parts.next().unwrap_or_default();
+            let target = parts.next().unwrap_or_default();
+            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
+            if method == b"GET" && path == b"/metrics" {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, registry) {
+                    Ok(()) => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    ),
+                    Err(_) => simple_response("500 Internal Server Error"),
+                }
+            } else {
+                simple_response("404 Not Found")
+            }
+        }
+    };
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await?;
+    // Lingering close: closing with unread input sends a reset, which can destroy the answer
+    // before the client reads it (the 431 case), so read what is left, briefly and bounded.
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        let mut drained = 0;
+        while drained < MAX_LINGER_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Reads until the blank line ending a request head; `None` if it does not fit in `buf`.
+async fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    let mut len = 0;
+    loop {
+        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            return Ok(Some(len));
+        }
+        if len == buf.len() {
+            return Ok(None);
+        }
+        let n = stream.read(&mut buf[len..]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        len += n;
+    }
+}
+
+fn simple_response(status: &str) -> String {
+    format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn get(addr: std::net::SocketAddr, request: &str) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn the_endpoint_serves_counters_and_404_otherwise() {
+        let mut registry = Registry::default();
+        let metrics = MailboxMetrics::register(&mut registry);
+        metrics.deposited();
+        metrics.deposited();
+        metrics.refused(&Refusal::MailboxFull);
+        metrics.set_relay_reservations(3);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::new(registry), shutdown.clone()));
+
+        let response = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains(CONTENT_TYPE));
+        assert!(response.contains("merpati_mailbox_deposits_total 2"), "{response}");
+        assert!(response.contains("merpati_mailbox_refusals_total{kind=\"mailbox_full\"} 1"), "{response}");
+        assert!(response.contains("merpati_relay_reservations 3"), "{response}");
+        assert!(response.trim_end().ends_with("# EOF"));
+
+        let response = get(addr, "GET /other HTTP/1.1\r\n\r\n").await;
+        assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+        let response = get(addr, &format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000))).await;
+        assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+}

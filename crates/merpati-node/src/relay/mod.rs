@@ -1,0 +1,28 @@
+//! The community relay's mailbox part: store-and-forward of envelopes for offline recipients.
+//!
+//! A community relay keeps, for anyone, envelopes addressed to mailbox ids it cannot link to
+//! people: anyone may deposit into a mailbox, only the holder of the mailbox's fetch token may
+//! fetch from it or delete from it (the mailbox id is a hash of the token). Each deposit is
+//! answered only once it is durable on disk, with an id from one relay-wide increasing counter,
+//! so one `after` cursor pages through all of a recipient's mailboxes at once.
+//!
+//! * [`mailboxes`]: the sled store (quotas, TTL, group-committed flushes).
+//! * [`rate`]: token buckets per peer and per IP address.
+//! * [`service`]: answers `/merpati/mailbox/1` requests, including long-poll fetches, with no
+//!   network of its own: the network layer passes in requests and sends the responses.
+//! * [`metrics`]: Prometheus metrics and a minimal `GET /metrics` endpoint.
+//! * [`run`]: the relay daemon: node key, mailboxes, the network in the relay role, metrics.
+//!
+//! The wire types are `merpati_proto::wire::mailbox`; the relay never sees more of an envelope
+//! than its clear header, which it checks names the mailbox the envelope is deposited into.
+
+pub mod mailboxes;
+pub mod metrics;
+pub mod rate;
+pub mod run;
+pub mod service;
+
+pub use mailboxes::{MailboxError, MailboxLimits, MailboxStats, Mailboxes};
+pub use metrics::{MailboxMetrics, serve as serve_metrics};
+pub use rate::{Rate, RateLimiter, RateLimits};
+pub use service::MailboxService;

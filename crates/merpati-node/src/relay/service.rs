@@ -1,0 +1,468 @@
+//! The mailbox service: answers `/merpati/mailbox/1` requests from [`Mailboxes`], with rate limits,
+//! long polls and metrics. It knows nothing of the network: the network layer hands it a peer, the
+//! peer's IP address, a request and the time, and sends back the response.
+//!
+//! Order of checks: rate limit first (so junk costs its sender the same budget as a real request),
+//! then the request's own bounds (`validate`), then the operation.
+//!
+//! Long polls. A fetch that finds nothing and allows a wait registers a waiter on each of its
+//! mailboxes, fetches once more (a deposit may have landed between the first fetch and the
+//! registration), and then sleeps until a deposit into one of those mailboxes is stored or the
+//! wait runs out, and fetches again. Waiters are bounded: [`MAX_LONG_POLLS`] in all and
+//! [`MAX_LONG_POLLS_PER_PEER`] per peer; beyond that the fetch is answered `RateLimited`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::PeerId;
+use merpati_proto::Timestamp;
+use merpati_proto::mailbox::{FetchToken, MailboxId};
+use merpati_proto::wire::Refusal;
+use merpati_proto::wire::mailbox::{Request, Response};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::mailboxes::Mailboxes;
+use super::metrics::MailboxMetrics;
+use super::rate::{RateLimiter, RateLimits};
+
+/// The most fetches waiting for deposits at once, relay-wide.
+pub const MAX_LONG_POLLS: usize = 4_096;
+/// The most fetches one peer may have waiting at once.
+pub const MAX_LONG_POLLS_PER_PEER: u32 = 8;
+/// What a fetch beyond the long-poll caps is told to wait before retrying, in milliseconds.
+const LONG_POLL_RETRY_MS: u32 = 1_000;
+
+/// The relay's mailbox service. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct MailboxService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    mailboxes: Mailboxes,
+    rate: RateLimiter,
+    metrics: MailboxMetrics,
+    waiters: Mutex<Waiters>,
+}
+
+/// Fetches waiting for deposits.
+#[derive(Debug, Default)]
+struct Waiters {
+    by_mailbox: HashMap<MailboxId, Vec<(u64, Arc<Notify>)>>,
+    per_peer: HashMap<PeerId, u32>,
+    total: usize,
+    next: u64,
+}
+
+impl MailboxService {
+    /// A service over `mailboxes` with the given rate limits, reporting to `metrics`.
+    pub fn new(mailboxes: Mailboxes, rate: RateLimits, metrics: MailboxMetrics) -> Self {
+        metrics.set_stored(&mailboxes.stats());
+        Self {
+            inner: Arc::new(Inner {
+                mailboxes,
+                rate: RateLimiter::new(rate),
+                metrics,
+                waiters: Mutex::new(Waiters::default()),
+            }),
+        }
+    }
+
+    /// The mailbox store.
+    pub fn mailboxes(&self) -> &Mailboxes {
+        &self.inner.mailboxes
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &MailboxMetrics {
+        &self.inner.metrics
+    }
+
+    /// Answers one request of `peer`, connected from `ip`, received at `now`.
+    ///
+    /// A deposit is answered `Stored` only once durable; a fetch with `wait_ms > 0` that finds
+    /// nothing may take up to `wait_ms` to answer.
+    pub async fn handle(
+        &self,
+        peer: PeerId,
+        ip: Option<IpAddr>,
+        request: Request,
+        now: Timestamp,
+    ) -> Response {
+        let response = self.answer(peer, ip, request, now).await;
+        if let Response::Refused(refusal) = &response {
+            self.inner.metrics.refused(refusal);
+        }
+        response
+    }
+
+    async fn answer(&self, peer: PeerId, ip: Option<IpAddr>, request: Request, now: Timestamp) -> Response {
+        if let Err(retry_after_ms) = self.inner.rate.check(&peer, ip, Instant::now()) {
+            return Response::Refused(Refusal::RateLimited { retry_after_ms });
+        }
+        if let Err(e) = request.validate() {
+            return Response::Refused(e.refusal());
+        }
+        let inner = &self.inner;
+        match request {
+            Request::Deposit { mailbox, envelope } => {
+                match inner.mailboxes.deposit(mailbox, envelope, now).await {
+                    Ok(id) => {
+                        inner.metrics.deposited();
+                        inner.metrics.set_stored(&inner.mailboxes.stats());
+                        self.wake(&mailbox);
+                        Response::Stored { id }
+                    }
+                    Err(refusal) => Response::Refused(refusal),
+                }
+            }
+            Request::Fetch { tokens, after, limit, wait_ms } => {
+                match self.fetch(peer, &tokens, after, limit, wait_ms, now).await {
+                    Ok((items, more)) => {
+                        inner.metrics.fetched(items.len());
+                        Response::Envelopes { items, more }
+                    }
+                    Err(refusal) => Response::Refused(refusal),
+                }
+            }
+            Request::Delete { token, ids } => match inner.mailboxes.delete(&token, &ids) {
+                Ok(count) => {
+                    inner.metrics.deleted(count);
+                    inner.metrics.set_stored(&inner.mailboxes.stats());
+                    Response::Deleted { count }
+                }
+                Err(refusal) => Response::Refused(refusal),
+            },
+        }
+    }
+
+    async fn fetch(
+        &self,
+        peer: PeerId,
+        tokens: &[FetchToken],
+        after: Option<u64>,
+        limit: u32,
+        wait_ms: u32,
+        now: Timestamp,
+    ) -> Result<(Vec<merpati_proto::wire::mailbox::StoredEnvelope>, bool), Refusal> {
+        let mailboxes = &self.inner.mailboxes;
+        let page = mailboxes.fetch(tokens, after, limit, now)?;
+        if !page.0.is_empty() || wait_ms == 0 {
+            return Ok(page);
+        }
+        let started = Instant::now();
+        let wait = Duration::from_millis(u64::from(wait_ms));
+        let ids: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
+        let waiter = self.register(peer, ids)?;
+        loop {
+            let elapsed = started.elapsed();
+            let now = now.plus(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+            let page = mailboxes.fetch(tokens, after, limit, now)?;
+            if !page.0.is_empty() {
+                return Ok(page);
+            }
+            let Some(left) = wait.checked_sub(elapsed).filter(|d| !d.is_zero()) else {
+                return Ok(page);
+            };
+            // A deposit stored after the registration leaves a permit, so none is missed
+            // between the fetch above and this wait.
+            if tokio::time::timeout(left, waiter.notify.notified()).await.is_err() {
+                return Ok(page);
+            }
+        }
+    }
+
+    /// Registers a long-poll waiter on `ids`, within the caps.
+    fn register(&self, peer: PeerId, ids: BTreeSet<MailboxId>) -> Result<Waiter<'_>, Refusal> {
+        let mut waiters = self.lock_waiters();
+        let of_peer = waiters.per_peer.get(&peer).copied().unwrap_or(0);
+        if waiters.total >= MAX_LONG_POLLS || of_peer >= MAX_LONG_POLLS_PER_PEER {
+            return Err(Refusal::RateLimited { retry_after_ms: LONG_POLL_RETRY_MS });
+        }
+        let notify = Arc::new(Notify::new());
+        let key = waiters.next;
+        waiters.next += 1;
+        for id in &ids {
+            waiters.by_mailbox.entry(*id).or_default().push((key, Arc::clone(&notify)));
+        }
+        *waiters.per_peer.entry(peer).or_default() += 1;
+        waiters.total += 1;
+        self.inner.metrics.set_long_polls(waiters.total);
+        Ok(Waiter { service: self, peer, key, ids, notify })
+    }
+
+    /// Wakes the fetches waiting on `mailbox`.
+    fn wake(&self, mailbox: &MailboxId) {
+        let waiters = self.lock_waiters();
+        if let Some(list) = waiters.by_mailbox.get(mailbox) {
+            for (_, notify) in list {
+                notify.notify_one();
+            }
+        }
+    }
+
+    /// How many fetches are waiting for deposits now.
+    pub fn long_polls(&self) -> usize {
+        self.lock_waiters().total
+    }
+
+    fn lock_waiters(&self) -> MutexGuard<'_, Waiters> {
+        self.inner.waiters.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Purges expired envelopes and refreshes the storage gauges every `every`, until `shutdown`.
+    pub async fn run_maintenance(&self, every: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let mailboxes = self.inner.mailboxes.clone();
+            // A purge of many envelopes is seconds of sled work: off the async workers.
+            let purged = tokio::task::spawn_blocking(move || mailboxes.purge_expired(wall_clock())).await;
+            match purged {
+                Ok(Ok(count)) => {
+                    if count > 0 {
+                        tracing::info!(count, "relay: purged expired envelopes");
+                    }
+                    self.inner.metrics.expired(count);
+                }
+                Ok(Err(e)) => tracing::error!(error = %e, "relay: purging expired envelopes failed"),
+                Err(e) => tracing::error!(error = %e, "relay: the purge task failed"),
+            }
+            self.inner.metrics.set_stored(&self.inner.mailboxes.stats());
+        }
+    }
+}
+
+/// The current wall-clock time (0 if the clock is before 1970).
+fn wall_clock() -> Timestamp {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
+}
+
+/// A registered long poll; unregisters on drop, whichever way the fetch ends.
+struct Waiter<'a> {
+    service: &'a MailboxService,
+    peer: PeerId,
+    key: u64,
+    ids: BTreeSet<MailboxId>,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.service.lock_waiters();
+        for id in &self.ids {
+            if let Some(list) = waiters.by_mailbox.get_mut(id) {
+                list.retain(|(key, _)| *key != self.key);
+                if list.is_empty() {
+                    waiters.by_mailbox.remove(id);
+                }
+            }
+        }
+        if let Some(count) = waiters.per_peer.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                waiters.per_peer.remove(&self.peer);
+            }
+        }
+        waiters.total -= 1;
+        self.service.inner.metrics.set_long_polls(waiters.total);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+    use crate::relay::mailboxes::MailboxLimits;
+    use crate::relay::mailboxes::tests::{envelope, mailbox, token};
+    use crate::relay::rate::Rate;
+
+    const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+    fn service(dir: &std::path::Path, rate: RateLimits) -> (MailboxService, Registry) {
+        let mut registry = Registry::default();
+        let metrics = MailboxMetrics::register(&mut registry);
+        let mailboxes = Mailboxes::open(dir, MailboxLimits::default()).unwrap();
+        (MailboxService::new(mailboxes, rate, metrics), registry)
+    }
+
+    fn deposit(n: u8) -> Request {
+        Request::Deposit { mailbox: mailbox(n), envelope: envelope(mailbox(n), 512, n) }
+    }
+
+    fn fetch(n: u8, wait_ms: u32) -> Request {
+        Request::Fetch { tokens: vec![token(n)], after: None, limit: 64, wait_ms }
+    }
+
+    fn exposition(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn requests_are_answered_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, registry) = service(dir.path(), RateLimits::default());
+        let peer = PeerId::random();
+        let Response::Stored { id } = service.handle(peer, None, deposit(1), T0).await else {
+            panic!("not stored")
+        };
+        let Response::Envelopes { items, more } = service.handle(peer, None, fetch(1, 0), T0).await else {
+            panic!("no page")
+        };
+        assert_eq!((items.len(), items[0].id, more), (1, id, false));
+        let delete = Request::Delete { token: token(2), ids: vec![id] };
+        assert_eq!(service.handle(peer, None, delete, T0).await, Response::Refused(Refusal::Unauthorized));
+        let delete = Request::Delete { token: token(1), ids: vec![id] };
+        assert_eq!(service.handle(peer, None, delete, T0).await, Response::Deleted { count: 1 });
+        // Fails `validate`: no tokens.
+        let bad = Request::Fetch { tokens: Vec::new(), after: None, limit: 1, wait_ms: 0 };
+        assert_eq!(service.handle(peer, None, bad, T0).await, Response::Refused(Refusal::Malformed));
+        let wrong = Request::Deposit { mailbox: mailbox(1), envelope: envelope(mailbox(2), 512, 0) };
+        assert_eq!(service.handle(peer, None, wrong, T0).await, Response::Refused(Refusal::Malformed));
+
+        let text = exposition(&registry);
+        for line in [
+            "merpati_mailbox_deposits_total 1",
+            "merpati_mailbox_fetches_total 1",
+            "merpati_mailbox_envelopes_fetched_total 1",
+            "merpati_mailbox_envelopes_deleted_total 1",
+            "merpati_mailbox_refusals_total{kind=\"unauthorized\"} 1",
+            "merpati_mailbox_refusals_total{kind=\"malformed\"} 2",
+            "merpati_mailbox_stored_envelopes 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flooding_peer_is_rate_limited_while_another_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let rate = RateLimits {
+            per_peer: Rate { per_second: 1, burst: 10 },
+            per_ip: Rate { per_second: 1_000, burst: 1_000 },
+        };
+        let (service, registry) = service(dir.path(), rate);
+        let (flooder, other) = (PeerId::random(), PeerId::random());
+        let ip = Some(IpAddr::from([192, 0, 2, 1]));
+        let mut limited = 0;
+        for _ in 0..50 {
+            if let Response::Refused(Refusal::RateLimited { retry_after_ms }) =
+                service.handle(flooder, ip, fetch(1, 0), T0).await
+            {
+                assert!(retry_after_ms >= 1);
+                limited += 1;
+            }
+        }
+        assert_eq!(limited, 40);
+        assert!(matches!(service.handle(other, ip, fetch(1, 0), T0).await, Response::Envelopes { .. }));
+        assert!(exposition(&registry).contains("merpati_mailbox_refusals_total{kind=\"rate_limited\"} 40"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_poll_wakes_on_a_deposit_and_times_out_empty_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, _registry) = service(dir.path(), RateLimits::default());
+        let owner = PeerId::random();
+        let poll = {
+            let service = service.clone();
+            tokio::spawn(async move {
+                let response = service.handle(owner, None, fetch(1, 10_000), T0).await;
+                (response, Instant::now())
+            })
+        };
+        // Let the poll register; a deposit elsewhere does not wake it with anything.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(service.long_polls(), 1);
+        let sender = PeerId::random();
+        assert!(matches!(service.handle(sender, None, deposit(2), T0).await, Response::Stored { .. }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!poll.is_finished());
+        let Response::Stored { id } = service.handle(sender, None, deposit(1), T0).await else { panic!() };
+        let stored_at = Instant::now();
+        let (response, answered_at) =
+            tokio::time::timeout(Duration::from_secs(2), poll).await.unwrap().unwrap();
+        let Response::Envelopes { items, .. } = response else { panic!("{response:?}") };
+        assert_eq!(items.iter().map(|e| e.id).collect::<Vec<_>>(), vec![id]);
+        let latency = answered_at.saturating_duration_since(stored_at);
+        assert!(latency < Duration::from_millis(50), "woke after {latency:?}");
+        assert_eq!(service.long_polls(), 0);
+
+        // Nothing comes: the poll ends empty after its wait.
+        let started = Instant::now();
+        let response = service.handle(owner, None, fetch(3, 150), T0).await;
+        assert_eq!(response, Response::Envelopes { items: Vec::new(), more: false });
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(150) && waited < Duration::from_secs(2), "{waited:?}");
+        assert_eq!(service.long_polls(), 0);
+    }
+
+    #[tokio::test]
+    async fn long_polls_are_capped_per_peer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, _registry) = service(dir.path(), RateLimits::default());
+        let peer = PeerId::random();
+        let polls: Vec<_> = (0..MAX_LONG_POLLS_PER_PEER)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move { service.handle(peer, None, fetch(1, 5_000), T0).await })
+            })
+            .collect();
+        while service.long_polls() < MAX_LONG_POLLS_PER_PEER as usize {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            service.handle(peer, None, fetch(1, 5_000), T0).await,
+            Response::Refused(Refusal::RateLimited { retry_after_ms: LONG_POLL_RETRY_MS })
+        );
+        // One deposit answers them all.
+        assert!(matches!(
+            service.handle(PeerId::random(), None, deposit(1), T0).await,
+            Response::Stored { .. }
+        ));
+        for poll in polls {
+            let response = tokio::time::timeout(Duration::from_secs(2), poll).await.unwrap().unwrap();
+            assert!(matches!(response, Response::Envelopes { ref items, .. } if items.len() == 1));
+        }
+    }
+
+    #[tokio::test]
+    async fn maintenance_purges_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, registry) = service(dir.path(), RateLimits::default());
+        // Deposited long ago: already past the 30-day TTL by the wall clock.
+        let ancient = Timestamp(1_000);
+        assert!(matches!(
+            service.handle(PeerId::random(), None, deposit(1), ancient).await,
+            Response::Stored { .. }
+        ));
+        let shutdown = CancellationToken::new();
+        let task = {
+            let service = service.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { service.run_maintenance(Duration::from_millis(20), shutdown).await })
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while service.mailboxes().stats().envelopes > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(service.mailboxes().stats().envelopes, 0);
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+        let text = exposition(&registry);
+        assert!(text.contains("merpati_mailbox_envelopes_expired_total 1"), "{text}");
+        assert!(text.contains("merpati_mailbox_stored_envelopes 0"), "{text}");
+    }
+}
