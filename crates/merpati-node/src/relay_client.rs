@@ -6,7 +6,8 @@
 //! tokens (a `watch` channel the actor updates when they change) and hands fetched envelopes to
 //! the actor through a bounded queue, deleting at the relay only what the actor reports as
 //! processed (stored, a duplicate, or junk that will never open). An envelope the node failed to
-//! store stays at the relay and is fetched again later.
+//! store stays at the relay and is fetched again when the node restarts or its set of mailboxes
+//! changes (a cursor per request keeps it from being fetched in a tight loop meanwhile).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,6 +27,8 @@ use crate::net;
 
 /// How long a fetch may wait at the relay for a deposit when nothing is waiting.
 pub const LONG_POLL: Duration = Duration::from_millis(wire::MAX_FETCH_WAIT_MS as u64 - 5_000);
+/// Between empty fetch rounds of a node with too many mailboxes for one long poll.
+const SPLIT_POLL_PAUSE: Duration = Duration::from_secs(10);
 /// The first pause after a failed fetch; doubles up to [`FETCH_RETRY_MAX`].
 const FETCH_RETRY_BASE: Duration = Duration::from_secs(1);
 /// The longest pause between failed fetches.
@@ -121,19 +124,24 @@ pub async fn fetch_loop(
     stop: CancellationToken,
 ) {
     let Some(peer) = net::peer_of(&relay) else { return };
-    let mut after = None;
+    // Per chunk of tokens, the highest relay id seen: envelopes the node could not store stay at
+    // the relay, and the cursor keeps them from being fetched again at once, in a loop.
+    let mut cursors: Vec<Option<u64>> = Vec::new();
     let mut wait = Duration::ZERO;
     let mut failures = 0u32;
     loop {
         let current = tokens.borrow_and_update().clone();
-        let round = fetch_round(&net, peer, &relay, &current, after, wait, &fetched);
+        let round = fetch_round(&net, peer, &relay, &current, &cursors, wait, &fetched);
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
-            // New mailboxes (a new conversation, a new day): ask again with the new tokens.
+            // New mailboxes (a new conversation, a new day): ask again with the new tokens, from
+            // the start, since the chunks changed.
             changed = tokens.changed() => {
                 if changed.is_err() {
                     return;
                 }
+                cursors.clear();
+                wait = Duration::ZERO;
                 continue;
             }
             outcome = round => outcome,
@@ -141,7 +149,7 @@ pub async fn fetch_loop(
         let pause = match outcome {
             Ok(Round { last, more }) => {
                 failures = 0;
-                after = last.or(after);
+                cursors = last;
                 wait = if more { Duration::ZERO } else { LONG_POLL };
                 Duration::ZERO
             }
@@ -165,8 +173,8 @@ pub async fn fetch_loop(
 }
 
 struct Round {
-    /// The highest relay id seen, the next cursor.
-    last: Option<u64>,
+    /// Per chunk, the highest relay id seen: the next cursors.
+    last: Vec<Option<u64>>,
     /// Whether more is waiting.
     more: bool,
 }
@@ -178,19 +186,26 @@ async fn fetch_round(
     peer: PeerId,
     relay: &Multiaddr,
     tokens: &[FetchToken],
-    after: Option<u64>,
+    cursors: &[Option<u64>],
     wait: Duration,
     fetched: &mpsc::Sender<Fetched>,
 ) -> Result<Round, String> {
     if tokens.is_empty() {
         std::future::pending::<()>().await;
     }
-    let mut last = None;
+    let mut last = Vec::new();
     let mut more = false;
     let chunks: Vec<&[FetchToken]> = tokens.chunks(wire::MAX_FETCH_TOKENS).collect();
-    // Several chunks cannot all long-poll in one request: only a single chunk waits.
-    let wait_ms = if chunks.len() == 1 { u32::try_from(wait.as_millis()).unwrap_or(0) } else { 0 };
-    for chunk in chunks {
+    // One request cannot long-poll several chunks: with more mailboxes than one request names,
+    // the node polls instead, pausing between empty rounds.
+    let split = chunks.len() > 1;
+    if split && !wait.is_zero() {
+        tokio::time::sleep(SPLIT_POLL_PAUSE).await;
+    }
+    let wait_ms = if split { 0 } else { u32::try_from(wait.as_millis()).unwrap_or(0) };
+    for (index, chunk) in chunks.into_iter().enumerate() {
+        let after = cursors.get(index).copied().flatten();
+        last.push(after);
         let request =
             mailbox::Request::Fetch { tokens: chunk.to_vec(), after, limit: wire::MAX_FETCH_LIMIT, wait_ms };
         let items = match net.mailbox(peer, vec![relay.clone()], request).await {
@@ -205,7 +220,7 @@ async fn fetch_round(
         if items.is_empty() {
             continue;
         }
-        last = last.max(items.iter().map(|item| item.id).max());
+        last[index] = last[index].max(items.iter().map(|item| item.id).max());
         let owners: HashMap<MailboxId, FetchToken> =
             chunk.iter().map(|token| (MailboxId::of(token), token.clone())).collect();
         let mailboxes: HashMap<u64, MailboxId> = items.iter().map(|item| (item.id, item.mailbox)).collect();

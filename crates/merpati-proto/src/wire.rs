@@ -41,9 +41,10 @@ pub const MAX_FETCH_PAGE_BYTES: usize = 1024 * 1024;
 pub const MAX_RESPONSE_LEN: usize = MAX_FETCH_PAGE_BYTES + 64 * 1024;
 /// The most envelopes one fetch may ask for.
 pub const MAX_FETCH_LIMIT: u32 = 64;
-/// The most fetch tokens (mailboxes) one fetch may name: two weeks of daily mailboxes for a few
-/// conversations, or one each for many.
-pub const MAX_FETCH_TOKENS: usize = 64;
+/// The most fetch tokens (mailboxes) one fetch may name. A node watches about four mailboxes per
+/// conversation (yesterday, today, tomorrow and the last announced one), so one long poll covers
+/// some sixty conversations; nodes with more split their fetches.
+pub const MAX_FETCH_TOKENS: usize = 256;
 /// The longest a fetch may ask the relay to wait for new deposits, in milliseconds. Below the
 /// node's request timeout, so a long poll ends with an answer, not a timeout.
 pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
