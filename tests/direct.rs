@@ -119,6 +119,9 @@ fn the_demo_runs_and_exits_zero() {
     let stdout = merpati_e2e::text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", merpati_e2e::text(&out.stderr));
     assert!(stdout.contains("nothing lost") && stdout.trim_end().ends_with("Done."), "{stdout}");
+    // Each status step of the offline delivery through the relay is shown.
+    assert!(stdout.contains("queued → stored 1/1"), "{stdout}");
+    assert!(stdout.contains("stored 1/1 → delivered"), "{stdout}");
 }
 
 #[test]

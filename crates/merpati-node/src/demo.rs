@@ -1,21 +1,26 @@
-//! `merpatid demo`: a throwaway two-person network on 127.0.0.1 that shows Merpati working.
+//! `merpatid demo`: a throwaway network on 127.0.0.1 that shows Merpati working: a community
+//! relay and two people.
 //!
-//! It creates two identities in temporary homes, starts a daemon for each (this same binary),
-//! exchanges invites, sends messages both ways while following their status to `delivered`, then
-//! kills one daemon, writes to it while it is down, restarts it and shows that nothing was lost.
-//! Everything goes through the real control API, libp2p over TCP with Noise, and sled on disk.
+//! It starts a relay (this same binary with `--relay`), creates two identities in temporary
+//! homes, starts a daemon for each, lets Bob use the relay, exchanges invites, sends messages
+//! both ways while following their status to `delivered`, then kills Bob's daemon and writes to
+//! him while he is offline: the messages wait at his relay (`stored 1/1`), and when he comes back
+//! his node fetches them and Alice sees them `delivered`. Everything goes through the real
+//! control API, libp2p over TCP with Noise, and sled on disk.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use merpati_control::protocol::method::{ContactAdd, Invite, Messages, Send, Status};
+use merpati_control::client::Notifications;
+use merpati_control::protocol::method::{ContactAdd, Invite, Messages, RelayAdd, RelayList, Send};
 use merpati_control::protocol::{
-    ContactAddParams, Event, MessageStatus, MessagesParams, NoParams, SendParams,
+    ContactAddParams, Event, MessageId, MessageStatus, MessagesParams, NoParams, RelayAddParams, SendParams,
+    StatusUpdate,
 };
 
-use crate::local::LocalNode as Person;
+use crate::local::{LocalNode as Person, LocalRelay};
 
 /// How long the demo waits for any one step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,71 +31,89 @@ fn say(line: impl AsRef<str>) {
     let _ = out.flush();
 }
 
-/// Sends `text` from `from` to contact `to` and prints each status it reaches until delivered.
-fn send_and_follow(from: &Person, to: &str, text: &str) -> anyhow::Result<()> {
-    let mut events = from.client()?.subscribe()?;
-    let started = Instant::now();
-    let id = from.client()?.call::<Send>(SendParams { to: to.to_owned(), text: text.to_owned() })?.id;
-    say(format!("   {} → {to}: \"{text}\"", from.name));
-    let mut line = String::from("      queued");
+/// How a status update reads in the demo: `stored 1/1` for a message held by relays.
+fn status_text(update: &StatusUpdate) -> String {
+    match &update.stored {
+        Some(count) => format!("{} {count}", update.status.as_str()),
+        None => update.status.as_str().to_owned(),
+    }
+}
+
+/// Follows the status of message `id` from `from` and prints each step, until it has reached
+/// `until`.
+fn follow(
+    events: &mut Notifications,
+    id: &MessageId,
+    from: &str,
+    until: MessageStatus,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let mut line = format!("      {from}");
     let deadline = started + STEP_TIMEOUT;
     loop {
-        match events.next_event_until(deadline)? {
-            Event::Status(update) if update.id == id => {
-                line.push_str(&format!(
-                    " → {} ({} ms)",
-                    update.status.as_str(),
-                    started.elapsed().as_millis()
-                ));
-                if update.status == MessageStatus::Failed {
-                    bail!("the message failed: {}", update.reason.unwrap_or_default());
-                }
-                if update.status.has_reached(MessageStatus::Delivered) {
-                    say(line);
-                    return Ok(());
-                }
+        if let Event::Status(update) = events.next_event_until(deadline)? {
+            if update.id != *id {
+                continue;
             }
-            _ => {}
+            line.push_str(&format!(" → {} ({} ms)", status_text(&update), started.elapsed().as_millis()));
+            if update.status == MessageStatus::Failed {
+                bail!("the message failed: {}", update.reason.unwrap_or_default());
+            }
+            if update.status.has_reached(until) {
+                say(line);
+                return Ok(());
+            }
         }
     }
 }
 
-fn wait_delivered(person: &Person, contact: &str, count: usize) -> anyhow::Result<()> {
+/// Sends `text` from `from` to contact `to` and prints each status it reaches until `until`.
+fn send_and_follow(from: &Person, to: &str, text: &str, until: MessageStatus) -> anyhow::Result<MessageId> {
+    let mut events = from.client()?.subscribe()?;
+    let started = Instant::now();
+    let id = from.client()?.call::<Send>(SendParams { to: to.to_owned(), text: text.to_owned() })?.id;
+    say(format!("   {} → {to}: \"{text}\"", from.name));
+    follow(&mut events, &id, "queued", until, started)?;
+    Ok(id)
+}
+
+/// Waits until Bob's relay holds his reservation, so the relay can also pass contacts through.
+fn wait_reserved(person: &Person) -> anyhow::Result<()> {
     let deadline = Instant::now() + STEP_TIMEOUT;
-    loop {
-        let messages = person
-            .client()?
-            .call::<Messages>(MessagesParams { with: Some(contact.to_owned()), limit: None })?;
-        let out: Vec<_> = messages.messages.iter().filter(|m| m.status.is_some()).collect();
-        if out.len() >= count
-            && out.iter().all(|m| m.status.is_some_and(|s| s.has_reached(MessageStatus::Delivered)))
-        {
-            return Ok(());
-        }
+    while !person.client()?.call::<RelayList>(NoParams {})?.relays.iter().all(|r| r.reserved) {
         if Instant::now() > deadline {
-            bail!("messages to {contact} were not delivered in time");
+            bail!("{}'s relay did not accept a reservation in time", person.name);
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 /// Runs the demo; temporary homes are removed at the end unless `keep` names a directory to use.
 pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     let temp = tempfile::tempdir()?;
     let dir = keep.unwrap_or_else(|| temp.path().to_owned());
-    say("Merpati demo: two people, each with their own node, on this machine (127.0.0.1)");
+    say("Merpati demo: a community relay and two people, each with their own node, on this machine");
     say(format!("homes in {}", dir.display()));
-
-    say("1. Alice and Bob create identities and start their nodes");
     let exe = std::env::current_exe()?;
+
+    say("1. A community relay starts (it keeps encrypted envelopes for people who are offline)");
+    let mut relay = LocalRelay::new(&dir.join("relay"), &exe);
+    let relay_info = relay.start(0, None)?;
+    say(format!("   relay at {}", relay_info.addr));
+
+    say("2. Alice and Bob create identities and start their nodes; Bob uses the relay");
     let mut alice = Person::create("Alice", &dir, &exe)?;
     let mut bob = Person::create("Bob", &dir, &exe)?;
     for person in [&mut alice, &mut bob] {
         let addr = person.start()?;
         say(format!("   {:<5} listening on {addr}", person.name));
     }
+    bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay_info.addr.clone() })?;
+    wait_reserved(&bob)?;
+    say("   Bob: relay added and reserved (his invite now names it)");
 
-    say("2. They exchange invites once (each adds the other)");
+    say("3. They exchange invites once (each adds the other)");
     let bob_invite = bob.client()?.call::<Invite>(NoParams {})?.invite;
     let alice_invite = alice.client()?.call::<Invite>(NoParams {})?.invite;
     say(format!(
@@ -103,26 +126,32 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     bob.client()?.call::<ContactAdd>(ContactAddParams { invite: alice_invite, name: "alice".into() })?;
     say(format!("   safety number (both see the same): {}", added.safety_number));
 
-    say("3. Messages both ways, end-to-end encrypted (NDR1 over libp2p)");
-    send_and_follow(&alice, "bob", "Hi Bob! Is the order for Friday still on?")?;
-    send_and_follow(&bob, "alice", "Yes: two boxes, as before.")?;
-    send_and_follow(&alice, "bob", "Great, see you Friday.")?;
+    say("4. Messages both ways, end-to-end encrypted (NDR1 over libp2p), straight from node to node");
+    send_and_follow(&alice, "bob", "Hi Bob! Is the order for Friday still on?", MessageStatus::Delivered)?;
+    send_and_follow(&bob, "alice", "Yes: two boxes, as before.", MessageStatus::Delivered)?;
+    send_and_follow(&alice, "bob", "Great, see you Friday.", MessageStatus::Delivered)?;
 
-    say("4. Bob's node crashes (kill -9); Alice writes while it is down");
+    say("5. Bob goes offline (his node is killed); Alice writes anyway");
     bob.kill();
     let texts = ["Are you there?", "I'll bring the invoice.", "Call me when you're back."];
+    let mut ids = Vec::new();
     for text in texts {
-        alice.client()?.call::<Send>(SendParams { to: "bob".into(), text: text.into() })?;
-        say(format!("   Alice → bob: \"{text}\" (queued in Alice's outbox)"));
+        let id = send_and_follow(&alice, "bob", text, MessageStatus::Stored)?;
+        ids.push((id, text));
     }
-    let status = alice.client()?.call::<Status>(NoParams {})?;
-    say(format!("   Alice's outbox: {} waiting", status.outbox));
-    bob.start()?;
-    say("   Bob's node is back");
-    wait_delivered(&alice, "bob", 5)?;
-    say("   all of Alice's messages delivered; nothing lost, nothing twice");
+    say("   Bob's relay holds them, encrypted; it cannot read them or tell who wrote them");
 
-    say("5. Bob's conversation with Alice, from his node's database");
+    say("6. Bob comes back: his node fetches them from the relay; Alice sees them delivered");
+    let mut events = alice.client()?.subscribe()?;
+    let back = Instant::now();
+    bob.start()?;
+    for (id, text) in &ids {
+        say(format!("   \"{text}\""));
+        follow(&mut events, id, "stored 1/1", MessageStatus::Delivered, back)?;
+    }
+    say("   nothing lost, nothing twice");
+
+    say("7. Bob's conversation with Alice, from his node's database");
     let messages =
         bob.client()?.call::<Messages>(MessagesParams { with: Some("alice".into()), limit: None })?;
     for m in &messages.messages {
@@ -135,6 +164,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     }
     alice.kill();
     bob.kill();
+    relay.kill();
     say("Done.");
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Throwaway local nodes: a `merpatid` process with a fresh identity in a temporary home,
-//! listening on 127.0.0.1 and driven over its control API. Used by `merpatid demo` and the
-//! benchmark harness.
+//! listening on 127.0.0.1 and driven over its control API, and a throwaway community relay
+//! (`merpatid --relay`). Used by `merpatid demo` and the benchmark harness.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -80,6 +80,88 @@ impl LocalNode {
     /// A control-API client for this node.
     pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.home)?)
+    }
+}
+
+/// A community relay on this machine.
+#[derive(Debug)]
+pub struct LocalRelay {
+    /// The relay's home directory.
+    pub dir: PathBuf,
+    exe: PathBuf,
+    daemon: Option<Child>,
+}
+
+/// What a started relay said about itself.
+#[derive(Debug, Clone)]
+pub struct RelayInfo {
+    /// The address users add (`merpati relay add`), ending in `/p2p/<peer id>`.
+    pub addr: String,
+    /// The relay's peer id.
+    pub peer_id: String,
+}
+
+impl LocalRelay {
+    /// A relay with its home in `dir`, for the daemon binary `exe`.
+    pub fn new(dir: &Path, exe: &Path) -> LocalRelay {
+        LocalRelay { dir: dir.to_owned(), exe: exe.to_owned(), daemon: None }
+    }
+
+    /// Starts the relay on 127.0.0.1 (on `port`, or one the system picks) with `config` (TOML,
+    /// if any) and waits until it is ready.
+    pub fn start(&mut self, port: u16, config: Option<&str>) -> anyhow::Result<RelayInfo> {
+        std::fs::create_dir_all(&self.dir)?;
+        let log = std::fs::File::options().create(true).append(true).open(self.dir.join("merpatid.log"))?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("--relay")
+            .arg("--home")
+            .arg(&self.dir)
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")]);
+        if let Some(config) = config {
+            let path = self.dir.join("relay.toml");
+            std::fs::write(&path, config)?;
+            command.arg("--config").arg(path);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.exe.display()))?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.take() {
+            BufReader::new(stdout).read_line(&mut line)?;
+        }
+        if line.is_empty() {
+            let _ = child.kill();
+            bail!("the relay did not start; see {}", self.dir.join("merpatid.log").display());
+        }
+        self.daemon = Some(child);
+        let ready: serde_json::Value = serde_json::from_str(&line)?;
+        Ok(RelayInfo {
+            addr: ready["public"][0].as_str().unwrap_or_default().to_owned(),
+            peer_id: ready["peer_id"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+
+    /// The relay's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(Child::id)
+    }
+
+    /// Kills the relay (SIGKILL).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for LocalRelay {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
