@@ -160,24 +160,12 @@ impl Node {
     pub fn start(&mut self) -> &Ready {
         assert!(self.daemon.is_none(), "daemon already running");
         let mut child = self.spawn_daemon();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(START_TIMEOUT).unwrap_or_default();
+        let line = ready_line(&mut child);
         let value: Value = serde_json::from_str(&line)
             .unwrap_or_else(|_| panic!("merpatid did not start: {line:?}\n{}", self.log()));
         let ready = Ready {
             peer_id: value["peer_id"].as_str().unwrap().to_owned(),
-            listen: value["listen"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_str().unwrap().to_owned())
-                .collect(),
+            listen: strings(&value["listen"]),
         };
         self.daemon = Some(child);
         self.ready.insert(ready)
@@ -256,6 +244,27 @@ impl Node {
         self.ok(&["send", to, "--", text]).trim().to_owned()
     }
 
+    /// Calls `method` with `params` on the daemon's control API (JSON-RPC over `control.sock`)
+    /// and returns its result, failing the test on an error answer.
+    pub fn rpc(&self, method: &str, params: Value) -> Value {
+        use std::io::Write;
+        let mut socket = std::os::unix::net::UnixStream::connect(self.home().join("control.sock")).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let request = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        writeln!(socket, "{request}").unwrap();
+        let mut line = String::new();
+        BufReader::new(socket).read_line(&mut line).unwrap();
+        let mut answer: Value = serde_json::from_str(&line).unwrap();
+        assert!(answer["error"].is_null(), "{method} should succeed, got {line}");
+        answer["result"].take()
+    }
+
+    /// Where the outgoing message `id` is: the control API's `message.status` (status, relay
+    /// count, and the reason it is still queued or failed).
+    pub fn message_status(&self, id: &str) -> Value {
+        self.rpc("message.status", serde_json::json!({ "id": id }))
+    }
+
     /// The messages with `with` (all if `None`), as the CLI's JSON lines.
     pub fn messages(&self, with: Option<&str>) -> Vec<Value> {
         let mut args = vec!["--json", "messages", "--limit", "1000"];
@@ -268,6 +277,211 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// What `merpatid --relay` prints when it is ready.
+#[derive(Debug, Clone)]
+pub struct RelayReady {
+    /// The relay's peer id.
+    pub peer_id: String,
+    /// Its listen addresses, with `/p2p/<peer id>`.
+    pub listen: Vec<String>,
+    /// The addresses users add (`merpati relay add`), with `/p2p/<peer id>`.
+    pub public: Vec<String>,
+    /// The metrics endpoint (`http://…/metrics`), if the config asks for one.
+    pub metrics: Option<String>,
+}
+
+/// A community relay: `merpatid --relay` with a home of its own and, if given, a config file.
+///
+/// The first start listens on a port the system picks on 127.0.0.1; every later start listens on
+/// the same port again, so the address users were given stays valid across restarts (the peer id
+/// does too: it comes from `<home>/relay.key`).
+#[derive(Debug)]
+pub struct Relay {
+    home: tempfile::TempDir,
+    config: Option<PathBuf>,
+    daemon: Option<Child>,
+    port: u16,
+    /// The relay's startup line, once started.
+    pub ready: Option<RelayReady>,
+}
+
+impl Relay {
+    /// A relay with a fresh home and `config` (TOML, see `contrib/relay.toml`) as its config
+    /// file, if given. Nothing runs yet.
+    pub fn new(config: Option<&str>) -> Relay {
+        let home = tempfile::tempdir().unwrap();
+        let config = config.map(|text| {
+            // Next to the home rather than inside it, so the home holds only what the relay wrote.
+            let path = home.path().with_extension("toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
+        Relay { home, config, daemon: None, port: 0, ready: None }
+    }
+
+    /// The home directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// Where the mailboxes are stored (the default, `<home>/mailboxes`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.home().join("mailboxes")
+    }
+
+    /// The relay's log (its stderr, over all its runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        // Outside the home: the log is the test's, not the relay's data.
+        self.home().with_extension("log")
+    }
+
+    /// Starts the relay and waits for its ready line.
+    pub fn start(&mut self) -> &RelayReady {
+        assert!(self.daemon.is_none(), "relay already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let mut command = Command::new(&bins().merpatid);
+        command
+            .arg("--relay")
+            .arg("--home")
+            .arg(self.home())
+            .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{}", self.port)])
+            .arg("--no-mdns");
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let mut child = command
+            .env("RUST_LOG", "merpati_node=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let line = ready_line(&mut child);
+        let value: Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the relay did not start: {line:?}\n{}", self.log())
+        });
+        assert_eq!(value["role"], "relay", "the relay's ready line should say role relay: {line}");
+        let ready = RelayReady {
+            peer_id: value["peer_id"].as_str().unwrap().to_owned(),
+            listen: strings(&value["listen"]),
+            public: strings(&value["public"]),
+            metrics: value["metrics"].as_str().map(str::to_owned),
+        };
+        let port = ready
+            .public
+            .first()
+            .and_then(|addr| addr.split('/').skip_while(|part| *part != "tcp").nth(1))
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("the relay's public address should carry its TCP port: {line}"));
+        if self.port != 0 {
+            assert_eq!(port, self.port, "a restarted relay should listen on its old port");
+        }
+        self.port = port;
+        if let Some(previous) = &self.ready {
+            assert_eq!(previous.peer_id, ready.peer_id, "a restarted relay should keep its peer id");
+        }
+        self.daemon = Some(child);
+        self.ready.insert(ready)
+    }
+
+    /// The address users add: the first public address, ending in `/p2p/<peer id>`.
+    pub fn addr(&self) -> String {
+        self.ready.as_ref().expect("the relay has been started").public[0].clone()
+    }
+
+    /// The relay's peer id.
+    pub fn peer_id(&self) -> String {
+        self.ready.as_ref().expect("the relay has been started").peer_id.clone()
+    }
+
+    /// Whether the relay process is running.
+    pub fn is_running(&self) -> bool {
+        self.daemon.is_some()
+    }
+
+    /// Stops the relay cleanly (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            signal(&child, rustix::process::Signal::TERM);
+            let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "the relay did not stop cleanly: {status:?}\n{}",
+                self.log()
+            );
+        }
+    }
+
+    /// Kills the relay (SIGKILL): no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The metrics endpoint's exposition text; the relay must run with `metrics` configured.
+    pub fn metrics(&self) -> String {
+        let url = self.ready.as_ref().and_then(|r| r.metrics.clone()).expect("the relay serves metrics");
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut stream = std::net::TcpStream::connect(host).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        use std::io::Write;
+        write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+        let response = drain(stream);
+        assert!(response.starts_with("HTTP/1.1 200"), "the metrics endpoint should answer 200: {response}");
+        response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    }
+
+    /// The value of metric `name` (a line `name value`, without labels), if present.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics().lines().find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            (key == name).then(|| value.trim().parse().ok()).flatten()
+        })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.log_path());
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
+    }
+}
+
+/// A TCP port of 127.0.0.1 that was free a moment ago (the system picked it), for settings that
+/// need a fixed port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits (up to [`START_TIMEOUT`]) for the first line a daemon prints on stdout.
+fn ready_line(child: &mut Child) -> String {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(START_TIMEOUT).unwrap_or_default()
+}
+
+/// A JSON array of strings.
+fn strings(value: &Value) -> Vec<String> {
+    value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
 }
 
 /// Waits until `check` holds, polling, or panics with `what` after `timeout`.

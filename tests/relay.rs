@@ -1,0 +1,586 @@
+//! Community relays with real processes on 127.0.0.1: a `merpatid --relay` keeps a recipient's
+//! envelopes while the recipient's node is off, survives crashes and restarts, covers for a relay
+//! that is down, never holds plaintext, keeps mailboxes to their owners, rate-limits floods, and
+//! makes its limits visible to the sender.
+//!
+//! Every wait polls with a deadline; nothing sleeps to synchronise.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use merpati_e2e::{Node, Relay, wait_until};
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A relay config: metrics on a free port of 127.0.0.1 (so the tests can read the relay's counts),
+/// plus `extra` lines of the `[relay]` section.
+fn relay_config(extra: &str) -> String {
+    format!("[relay]\nmetrics = \"127.0.0.1:{}\"\n{extra}\n", merpati_e2e::free_port())
+}
+
+/// A started relay with `extra` `[relay]` settings.
+fn relay(extra: &str) -> Relay {
+    let mut relay = Relay::new(Some(&relay_config(extra)));
+    relay.start();
+    relay
+}
+
+/// The text Alice and Bob exchange first when `users` is asked to `greet`.
+const GREETING: &str = "hello, before going offline";
+
+/// Alice and Bob with running daemons, each holding the other as a contact; Bob lists `relays`
+/// (added before he hands out his invite, which carries them).
+///
+/// With `greet`, they exchange a [`GREETING`] each way while both are up, so their session is
+/// established: Alice's later messages then go to the session's mailbox, without the session's
+/// opening control envelope ahead of them. Without, Alice's first message to Bob is a first
+/// contact, deposited in the inbox his invite names.
+fn users(relays: &[&Relay], greet: bool) -> (Node, Node) {
+    let mut alice = Node::init("Alice");
+    let mut bob = Node::init("Bob");
+    alice.start();
+    bob.start();
+    for relay in relays {
+        bob.ok(&["relay", "add", &relay.addr()]);
+    }
+    let listed = bob.ok(&["--json", "relay", "list"]);
+    assert_eq!(listed.lines().count(), relays.len(), "Bob should list every relay he added: {listed}");
+    alice.add(&bob, "bob");
+    bob.add(&alice, "alice");
+    if greet {
+        let to_bob = alice.send("bob", GREETING);
+        let to_alice = bob.send("alice", GREETING);
+        for (name, node, id) in [("Alice", &alice, &to_bob), ("Bob", &bob, &to_alice)] {
+            wait_until(&format!("{name}'s greeting to be delivered"), PATIENCE, || {
+                is_delivered(&node.message_status(id))
+            });
+        }
+    }
+    // Whatever the greeting left in the outboxes (receipts, the session's opening controls) goes
+    // out while both are up, so later only the test's own messages wait for Bob at his relays.
+    for (name, node) in [("Alice", &alice), ("Bob", &bob)] {
+        wait_until(&format!("{name}'s outbox to empty after the contacts were added"), PATIENCE, || {
+            outbox(node) == 0
+        });
+    }
+    (alice, bob)
+}
+
+/// How many entries wait in `node`'s outbox.
+fn outbox(node: &Node) -> u64 {
+    let status: Value = serde_json::from_str(node.ok(&["--json", "status"]).trim()).unwrap();
+    status["outbox"].as_u64().unwrap()
+}
+
+/// Alice's messages to Bob, oldest first, without the greeting.
+fn outgoing(alice: &Node) -> Vec<Value> {
+    alice
+        .messages(Some("bob"))
+        .into_iter()
+        .filter(|m| m["direction"] == "out" && m["text"] != GREETING)
+        .collect()
+}
+
+/// Whether `message` is `stored accepted/total`.
+fn is_stored(message: &Value, accepted: u64, total: u64) -> bool {
+    message["status"] == "stored"
+        && message["stored"]["accepted"] == accepted
+        && message["stored"]["total"] == total
+}
+
+/// Whether `message` reached Bob's device (`delivered`, or beyond: `read`).
+fn is_delivered(message: &Value) -> bool {
+    message["status"] == "delivered" || message["status"] == "read"
+}
+
+/// Waits until Alice has exactly `count` messages to Bob and every one satisfies `check`.
+fn wait_all_out(alice: &Node, what: &str, count: usize, check: impl Fn(&Value) -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let last = loop {
+        let last = outgoing(alice);
+        if last.len() == count && last.iter().all(&check) {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            break last;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let statuses: Vec<String> = last.iter().map(summary).collect();
+    panic!(
+        "timed out waiting for all {count} of Alice's messages to be {what}; \
+         she has {} with statuses {statuses:?}\n--- alice's log tail ---\n{}",
+        last.len(),
+        tail(&alice.log(), 40)
+    );
+}
+
+fn summary(message: &Value) -> String {
+    let mut text = message["status"].as_str().unwrap_or("?").to_owned();
+    if message["status"] == "stored" {
+        text += &format!(" {}/{}", message["stored"]["accepted"], message["stored"]["total"]);
+    }
+    if let Some(reason) = message["reason"].as_str() {
+        text += &format!(" ({reason})");
+    }
+    text
+}
+
+fn tail(log: &str, lines: usize) -> String {
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The texts Bob received from Alice, in the order he shows them.
+fn received(bob: &Node) -> Vec<String> {
+    bob.messages(Some("alice"))
+        .into_iter()
+        .filter(|m| m["direction"] == "in" && m["text"] != GREETING)
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until Bob has received `expected.len()` messages, then checks they are exactly `expected`
+/// (in order when `ordered`, as a set otherwise) with no message id twice.
+fn assert_bob_received_exactly(bob: &Node, expected: &[String], ordered: bool) {
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while got.len() < expected.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        got = received(bob);
+    }
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "Bob should have received exactly {} messages from Alice, got {}\n--- bob's log tail ---\n{}",
+        expected.len(),
+        got.len(),
+        tail(&bob.log(), 40)
+    );
+    if ordered {
+        assert!(got == expected, "Bob should have Alice's messages in the order she sent them");
+    } else {
+        let got_set: HashSet<&String> = got.iter().collect();
+        let expected_set: HashSet<&String> = expected.iter().collect();
+        assert_eq!(got_set, expected_set, "Bob should have exactly the messages Alice sent");
+    }
+    let messages = bob.messages(Some("alice"));
+    let ids: HashSet<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), messages.len(), "no message id should appear twice in Bob's conversation");
+}
+
+/// Sends `count` texts made from `prefix`; returns them.
+fn send_all(alice: &Node, prefix: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let text = format!("{prefix} #{i}");
+            alice.send("bob", &text);
+            text
+        })
+        .collect()
+}
+
+/// The relay's count of stored envelopes, from its metrics.
+fn stored_envelopes(relay: &Relay) -> f64 {
+    relay.metric("merpati_mailbox_stored_envelopes").expect("the relay reports its stored envelopes")
+}
+
+#[test]
+fn offline_delivery_of_500_messages() {
+    let relay = relay("");
+    let (alice, mut bob) = users(&[&relay], false);
+    bob.stop();
+    let sent = send_all(&alice, "kept by the relay", 500);
+    wait_all_out(&alice, "stored 1/1", 500, |m| is_stored(m, 1, 1));
+    assert!(
+        stored_envelopes(&relay) >= 500.0,
+        "the relay should hold at least the 500 envelopes it acknowledged"
+    );
+    bob.start();
+    assert_bob_received_exactly(&bob, &sent, true);
+    wait_all_out(&alice, "delivered", 500, is_delivered);
+    // Bob deletes what he stored: nothing of his is left behind.
+    wait_until("the relay's mailboxes to be emptied by Bob", PATIENCE, || stored_envelopes(&relay) == 0.0);
+    assert_bob_received_exactly(&bob, &sent, true);
+}
+
+#[test]
+fn relay_crash_after_stored_loses_nothing() {
+    let mut relay = relay("");
+    let (alice, mut bob) = users(&[&relay], true);
+    bob.stop();
+    let sent = send_all(&alice, "survives a relay crash", 30);
+    wait_all_out(&alice, "stored 1/1", 30, |m| is_stored(m, 1, 1));
+    let before = stored_envelopes(&relay);
+    assert!(before >= 30.0, "the relay should hold the 30 envelopes it acknowledged, reports {before}");
+    relay.kill();
+    relay.start();
+    assert_eq!(
+        stored_envelopes(&relay),
+        before,
+        "every envelope acknowledged before the kill -9 should still be stored after the restart"
+    );
+    bob.start();
+    assert_bob_received_exactly(&bob, &sent, true);
+    wait_all_out(&alice, "delivered", 30, is_delivered);
+}
+
+#[test]
+fn redundancy_one_relay_down_the_whole_time() {
+    let up = relay("");
+    let mut down = relay("");
+    down.stop();
+    let (alice, mut bob) = users(&[&up, &down], false);
+    bob.stop();
+    let sent = send_all(&alice, "one of two relays", 20);
+    wait_all_out(&alice, "stored 1/2", 20, |m| is_stored(m, 1, 2));
+    let held = stored_envelopes(&up);
+    assert!(
+        held >= 20.0,
+        "the relay that is up should hold the 20 envelopes it acknowledged, reports {held}"
+    );
+    bob.start();
+    assert_bob_received_exactly(&bob, &sent, true);
+    wait_all_out(&alice, "delivered", 20, is_delivered);
+    assert!(!down.is_running(), "the second relay should have stayed down throughout");
+}
+
+/// Every regular file under `dir`.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// The files under `dir` that contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            bytes.windows(needle.len()).any(|window| window == needle)
+        })
+        .collect()
+}
+
+#[test]
+fn security_the_relay_never_holds_plaintext() {
+    let relay = relay("");
+    let (alice, mut bob) = users(&[&relay], true);
+    bob.stop();
+    // Distinctive, and unlike anything a relay writes of its own.
+    let canary = format!("CANARY-{:x}-PLAINTEXT", std::process::id() ^ 0x5eed_cafe);
+    let sent = send_all(&alice, &format!("secret {canary} meet at the old mill"), 10);
+    wait_all_out(&alice, "stored 1/1", 10, |m| is_stored(m, 1, 1));
+    let bytes = relay.metric("merpati_mailbox_stored_bytes").unwrap();
+    assert!(
+        bytes >= 10.0 * 512.0,
+        "the relay should hold the ten envelopes (at least 5120 bytes), has {bytes}"
+    );
+    let files = files_under(relay.home());
+    assert!(!files.is_empty(), "the relay's home should hold its mailbox store");
+    let check = |when: &str| {
+        for needle in [canary.as_bytes(), sent[3].as_bytes(), b"meet at the old mill".as_slice()] {
+            let found = files_containing(relay.home(), needle);
+            assert!(
+                found.is_empty(),
+                "{when}, no file of the relay should contain message plaintext {:?}, found in {found:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+    };
+    check("while the envelopes wait for Bob");
+    bob.start();
+    assert_bob_received_exactly(&bob, &sent, true);
+    check("after Bob fetched them");
+}
+
+mod client {
+    //! A bare mailbox client: a libp2p node of the test's own, speaking `/merpati/mailbox/1` to a
+    //! relay directly, with no Merpati identity behind it.
+
+    use std::time::Duration;
+
+    use libp2p::identity::Keypair;
+    use libp2p::{Multiaddr, PeerId};
+    use merpati_node::net::{self, Config, Handle, MailboxError};
+    use merpati_proto::envelope::{Envelope, Header, Kind, VERSION};
+    use merpati_proto::mailbox::{FetchToken, MailboxId};
+    use merpati_proto::wire::mailbox::{Request, Response};
+    use tokio_util::sync::CancellationToken;
+
+    pub(crate) struct Client {
+        pub(crate) handle: Handle,
+        pub(crate) relay: PeerId,
+        pub(crate) relay_addr: Multiaddr,
+        shutdown: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        // Kept so the network's event queue stays open.
+        _inbound: net::Inbound,
+    }
+
+    impl Client {
+        pub(crate) async fn start(relay_addr: &str) -> Client {
+            let relay_addr: Multiaddr = relay_addr.parse().unwrap();
+            let relay = net::peer_of(&relay_addr).expect("the relay address ends in /p2p/<peer id>");
+            let config = Config::default()
+                .with_listen_addrs(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+                .with_mdns(false)
+                .with_dial_timeout(Duration::from_secs(5))
+                .with_request_timeout(Duration::from_secs(10))
+                .with_mailbox_timeout(Duration::from_secs(15));
+            let shutdown = CancellationToken::new();
+            let (handle, inbound, task) =
+                net::spawn(config, Keypair::generate_ed25519(), shutdown.clone()).await.unwrap();
+            Client { handle, relay, relay_addr, shutdown, task, _inbound: inbound }
+        }
+
+        pub(crate) async fn ask(&self, request: Request) -> Result<Response, MailboxError> {
+            self.handle.mailbox(self.relay, vec![self.relay_addr.clone()], request).await
+        }
+
+        pub(crate) async fn stop(self) {
+            self.shutdown.cancel();
+            tokio::time::timeout(Duration::from_secs(15), self.task)
+                .await
+                .expect("the client's network stops in time")
+                .expect("the client's network task does not panic");
+        }
+    }
+
+    /// A well-formed session envelope of 512 bytes (the smallest bucket) addressed to `mailbox`;
+    /// `fill` makes each one distinct.
+    pub(crate) fn envelope(mailbox: MailboxId, fill: u8) -> Vec<u8> {
+        let header =
+            Header { version: VERSION, kind: Kind::Session, mailbox, epoch: 1, sub_epoch: 0, index: 0 };
+        let envelope = Envelope { header, open: None, ciphertext: vec![fill; 512 - 29] };
+        envelope.validate().unwrap();
+        let bytes = envelope.encode();
+        assert_eq!(bytes.len(), 512);
+        bytes
+    }
+
+    pub(crate) fn token(byte: u8) -> FetchToken {
+        let mut token = [byte; 32];
+        token[0] = std::process::id() as u8;
+        FetchToken(token)
+    }
+
+    pub(crate) fn deposit(token: &FetchToken, fill: u8) -> Request {
+        let mailbox = MailboxId::of(token);
+        Request::Deposit { mailbox, envelope: envelope(mailbox, fill) }
+    }
+
+    pub(crate) fn fetch(token: &FetchToken) -> Request {
+        Request::Fetch { tokens: vec![token.clone()], after: None, limit: 64, wait_ms: 0 }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+fn security_fetch_and_delete_need_the_token() {
+    use merpati_proto::wire::Refusal;
+    use merpati_proto::wire::mailbox::{Request, Response};
+
+    let relay = relay("");
+    runtime().block_on(async {
+        let owner = client::Client::start(&relay.addr()).await;
+        let mine = client::token(1);
+        let other = client::token(2);
+        let deposited = client::envelope(merpati_proto::mailbox::MailboxId::of(&mine), 0x42);
+        let id = match owner.ask(client::deposit(&mine, 0x42)).await {
+            Ok(Response::Stored { id }) => id,
+            answer => panic!("a valid deposit should be stored, got {answer:?}"),
+        };
+
+        // The relay keeps the envelope as it came, which is also what makes the plaintext search of
+        // `security_the_relay_never_holds_plaintext` meaningful: stored bytes are found by it.
+        assert!(
+            !files_containing(relay.home(), &deposited).is_empty(),
+            "a deposit answered Stored should be on disk under the relay's home, byte for byte"
+        );
+
+        // Another client, and the owner too, with a token that does not open the mailbox.
+        let stranger = client::Client::start(&relay.addr()).await;
+        for (who, client) in [("a stranger", &stranger), ("the owner", &owner)] {
+            match client.ask(client::fetch(&other)).await {
+                Ok(Response::Envelopes { items, .. }) => assert!(
+                    items.iter().all(|item| item.id != id && item.envelope != deposited),
+                    "{who} fetching with the wrong token should see nothing of the deposit, got {items:?}"
+                ),
+                answer => {
+                    panic!("{who} fetching with the wrong token should get an empty page, got {answer:?}")
+                }
+            }
+            let delete = Request::Delete { token: other.clone(), ids: vec![id] };
+            assert_eq!(
+                client.ask(delete).await.unwrap(),
+                Response::Refused(Refusal::Unauthorized),
+                "{who} deleting with the wrong token should be refused as unauthorized"
+            );
+        }
+
+        // The envelope is still there for whoever holds the right token, byte for byte.
+        match stranger.ask(client::fetch(&mine)).await {
+            Ok(Response::Envelopes { items, more }) => {
+                assert_eq!(items.len(), 1, "the right token should fetch exactly the one deposit");
+                assert_eq!(items[0].id, id, "the fetched envelope should be the deposited one");
+                assert_eq!(items[0].envelope, deposited, "the fetched envelope should be unchanged");
+                assert!(!more, "nothing else should be waiting in the mailbox");
+            }
+            answer => panic!("fetching with the right token should return the deposit, got {answer:?}"),
+        }
+        let delete = Request::Delete { token: mine.clone(), ids: vec![id] };
+        assert_eq!(
+            owner.ask(delete).await.unwrap(),
+            Response::Deleted { count: 1 },
+            "deleting with the right token should delete the deposit"
+        );
+        owner.stop().await;
+        stranger.stop().await;
+    });
+}
+
+#[test]
+fn security_a_flooding_peer_is_limited_while_others_are_served() {
+    use merpati_proto::wire::Refusal;
+    use merpati_proto::wire::mailbox::Response;
+
+    // Per peer 5/s (burst 10); per IP high, since every peer here comes from 127.0.0.1.
+    let relay = relay(
+        "peer_rate = { per_second = 5, burst = 10 }\n\
+         ip_rate = { per_second = 100000, burst = 100000 }",
+    );
+    runtime().block_on(async {
+        let flooder = client::Client::start(&relay.addr()).await;
+        let token = client::token(3);
+        let requests: Vec<_> = (0..100u8)
+            .map(|i| {
+                let (handle, relay, addr) =
+                    (flooder.handle.clone(), flooder.relay, flooder.relay_addr.clone());
+                let request = client::deposit(&token, i);
+                tokio::spawn(async move { handle.mailbox(relay, vec![addr], request).await })
+            })
+            .collect();
+        let (mut stored, mut limited) = (0, 0);
+        for request in requests {
+            match request.await.unwrap() {
+                Ok(Response::Stored { .. }) => stored += 1,
+                Ok(Response::Refused(Refusal::RateLimited { retry_after_ms })) => {
+                    assert!(retry_after_ms >= 1, "a rate-limit refusal should say how long to wait");
+                    limited += 1;
+                }
+                answer => panic!("a flood deposit should be stored or rate-limited, got {answer:?}"),
+            }
+        }
+        assert!(limited > 0, "a peer sending 100 deposits at once should be rate-limited ({stored} stored)");
+        assert!(stored > 0, "the first deposits of the burst should be stored ({limited} refused)");
+        assert!(
+            stored <= 30,
+            "a peer limited to 5/s with a burst of 10 should not get {stored} of 100 stored"
+        );
+
+        // Another peer, from the same IP, is served at once.
+        let other = client::Client::start(&relay.addr()).await;
+        let answer = other.ask(client::deposit(&client::token(4), 0)).await;
+        assert!(
+            matches!(answer, Ok(Response::Stored { .. })),
+            "another peer should be able to deposit right after the flood, got {answer:?}"
+        );
+        flooder.stop().await;
+        other.stop().await;
+    });
+}
+
+#[test]
+fn limits_are_shown_to_the_sender() {
+    let relay = relay("mailbox_max_envelopes = 5\nmax_envelope_bytes = 1024");
+    let (alice, mut bob) = users(&[&relay], true);
+    bob.stop();
+    let sent = send_all(&alice, "into a small mailbox", 8);
+
+    // Five fit; the rest stay queued, in order, and the first of them says why it waits.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let (messages, head) = loop {
+        let messages = outgoing(&alice);
+        let stored = messages.iter().take_while(|m| is_stored(m, 1, 1)).count();
+        let head = messages.get(5).map(|m| alice.message_status(m["id"].as_str().unwrap()));
+        if stored == 5
+            && head.as_ref().is_some_and(|h| h["reason"].as_str().is_some_and(|r| r.contains("full")))
+        {
+            break (messages, head.unwrap());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Alice's first 5 messages should be stored 1/1 and the 6th queued with a reason saying the mailbox \
+             is full; she has {:?}, the 6th's status is {head:?}",
+            messages.iter().map(summary).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(messages.len(), 8, "none of Alice's 8 messages should disappear");
+    for message in &messages[5..] {
+        assert_eq!(
+            message["status"], "queued",
+            "a message the relay had no room for should stay queued: {message}"
+        );
+    }
+    assert_eq!(head["status"], "queued", "the 6th message should be queued: {head}");
+    // `send --wait` tells a sender whose message cannot leave yet.
+    let out = alice.cli(&["send", "bob", "--wait", "sent", "--timeout", "2", "--", "one more"]);
+    let stderr = merpati_e2e::text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(8),
+        "waiting for a message to a full mailbox should time out (exit 8): {stderr}"
+    );
+    assert!(stderr.contains("queued"), "the timeout should say the message is still queued: {stderr}");
+    let mut sent = sent;
+    sent.push("one more".to_owned());
+    assert_eq!(outgoing(&alice).len(), 9, "the message sent with --wait should be kept too");
+
+    bob.start();
+    assert_bob_received_exactly(&bob, &sent, true);
+    wait_all_out(&alice, "delivered", 9, is_delivered);
+
+    // Too large for this relay: the message fails, and Alice sees why.
+    bob.stop();
+    let big = "x".repeat(3000);
+    let out = alice.cli(&["send", "bob", "--wait", "delivered", "--timeout", "60", "--", &big]);
+    let stderr = merpati_e2e::text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "sending a text over the relay's size limit should fail (exit 9): {stderr}"
+    );
+    assert!(
+        stderr.contains("too large") && stderr.contains("1024"),
+        "send --wait should say the message is over the relay's limit of 1024 bytes: {stderr}"
+    );
+    let failed: Vec<Value> = outgoing(&alice).into_iter().filter(|m| m["text"] == big.as_str()).collect();
+    assert_eq!(failed.len(), 1, "the oversized message should stay visible to Alice");
+    assert_eq!(
+        failed[0]["status"], "failed",
+        "the oversized message should end failed: {}",
+        failed[0]["status"]
+    );
+    let status = alice.message_status(failed[0]["id"].as_str().unwrap());
+    let reason = status["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("too large") && reason.contains("1024"),
+        "the failure reason should mention the size limit of 1024 bytes, got {reason:?}"
+    );
+}
