@@ -106,6 +106,7 @@ fn view(direction: Direction, text: &str, status: Option<MessageStatus>) -> Mess
         text: text.into(),
         status,
         stored: None,
+        reason: None,
         seq: None,
     }
 }
@@ -687,6 +688,7 @@ fn messages_show_how_many_relays_hold_a_stored_message() {
             MessagesResult {
                 messages: vec![MessageView {
                     stored: stored(1, 2),
+                    reason: None,
                     ..view(Direction::Out, "hi bob", Some(MessageStatus::Stored))
                 }],
             },

@@ -63,6 +63,7 @@ fn view(text: &str) -> MessageView {
         text: text.into(),
         status: None,
         stored: None,
+        reason: None,
         seq: Some(1),
     }
 }

@@ -291,6 +291,7 @@ pub(crate) fn message_view(message: &StoredMessage) -> MessageView {
         text: message.text.clone(),
         status: outgoing.then(|| status_of(message.status)),
         stored: stored_of(message.status),
+        reason: if outgoing { message.reason.clone() } else { None },
         seq: message.seq,
     }
 }

@@ -61,13 +61,18 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
     Err(ClientError::Closed.into())
 }
 
-/// One message: `id  in|out  contact  local time  text  [status]`, text escaped for the terminal.
+/// One message: `id  in|out  contact  local time  text  [status: reason]`, text escaped for the
+/// terminal.
 fn print(out: &mut Output, message: &MessageView) -> Result<()> {
     if out.is_json() {
         return out.object(message);
     }
     let status = match (message.direction, message.status) {
-        (Direction::Out, Some(status)) => format!("  [{}]", status_text(status, message.stored)),
+        (Direction::Out, Some(status)) => match &message.reason {
+            // Why it waits or failed, e.g. "the recipient's mailbox is full".
+            Some(reason) => format!("  [{}: {}]", status_text(status, message.stored), sanitize(reason)),
+            None => format!("  [{}]", status_text(status, message.stored)),
+        },
         _ => String::new(),
     };
     out.line(format_args!(

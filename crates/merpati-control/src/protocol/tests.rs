@@ -153,6 +153,7 @@ fn golden_messages() {
                     text: "hi".into(),
                     status: Some(MessageStatus::Delivered),
                     stored: None,
+                    reason: None,
                     seq: Some(3),
                 },
                 MessageView {
@@ -163,6 +164,7 @@ fn golden_messages() {
                     text: "hey".into(),
                     status: None,
                     stored: None,
+                    reason: None,
                     seq: None,
                 },
             ],
@@ -198,10 +200,11 @@ fn golden_stored_status() {
                 text: "hi".into(),
                 status: Some(MessageStatus::Stored),
                 stored,
+                reason: Some("a relay was down".into()),
                 seq: Some(1),
             }],
         },
-        r#"{"jsonrpc":"2.0","id":1,"result":{"messages":[{"id":"0123456789abcdef0123456789abcdef","direction":"out","contact":"bob","time":7,"text":"hi","status":"stored","stored":{"accepted":1,"total":2},"seq":1}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"messages":[{"id":"0123456789abcdef0123456789abcdef","direction":"out","contact":"bob","time":7,"text":"hi","status":"stored","stored":{"accepted":1,"total":2},"reason":"a relay was down","seq":1}]}}"#,
     );
     assert_eq!(StoredCount { accepted: 1, total: 2 }.to_string(), "1/2");
 
@@ -321,6 +324,7 @@ fn golden_subscribe_and_notifications() {
         text: "hi".into(),
         status: None,
         stored: None,
+        reason: None,
         seq: Some(1),
     });
     let line = r#"{"jsonrpc":"2.0","method":"message","params":{"id":"0123456789abcdef0123456789abcdef","direction":"in","contact":"bob","time":5,"text":"hi","seq":1}}"#;
@@ -583,8 +587,9 @@ fn arb_view() -> impl Strategy<Value = MessageView> {
         proptest::option::of(proptest::sample::select(MessageStatus::ALL.to_vec())),
         proptest::option::of(any::<u64>()),
         proptest::option::of(arb_stored()),
+        proptest::option::of(".{0,30}"),
     )
-        .prop_map(|(id, incoming, contact, time, text, status, seq, stored)| MessageView {
+        .prop_map(|(id, incoming, contact, time, text, status, seq, stored, reason)| MessageView {
             id: MessageId::from_bytes(id),
             direction: if incoming { Direction::In } else { Direction::Out },
             contact,
@@ -592,6 +597,7 @@ fn arb_view() -> impl Strategy<Value = MessageView> {
             text,
             status,
             stored,
+            reason,
             seq,
         })
 }

@@ -287,6 +287,10 @@ pub struct MessageView {
     /// How many of the contact's relays hold it; present only with [`MessageStatus::Stored`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredCount>,
+    /// Outgoing only: why the message is not moving on (a relay's refusal while it waits, or why
+    /// it failed), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The sender's sequence number in the conversation, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
