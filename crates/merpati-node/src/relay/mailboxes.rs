@@ -1139,6 +1139,30 @@ pub(crate) mod tests {
         assert_eq!(ids.len(), 64);
     }
 
+    #[tokio::test]
+    async fn an_index_entry_left_without_its_envelope_is_harmless() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = MailboxLimits { ttl_ms: 1_000, ..MailboxLimits::default() };
+        let (kept, lost) = {
+            let boxes = open(dir.path(), limits);
+            let kept = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
+            let lost = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 1), T0).await.unwrap();
+            // What a crash between the two inserts (or the two removes) leaves behind.
+            boxes.inner.db.remove(envelope_key(&mailbox(1), lost)).unwrap();
+            boxes.flush().await.unwrap();
+            (kept, lost)
+        };
+        let boxes = open(dir.path(), limits);
+        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, T0).unwrap()), vec![kept]);
+        // Counted until deleted or expired, and the owner can delete it.
+        assert_eq!(boxes.stats().envelopes, 2);
+        assert_eq!(boxes.delete(&token(2), &[lost]), Err(Refusal::Unauthorized));
+        assert_eq!(boxes.delete(&token(1), &[lost]).unwrap(), 1);
+        assert_eq!(boxes.stats().envelopes, 1);
+        assert_eq!(boxes.purge_expired(T0.plus(5_000)).unwrap(), 1);
+        assert_eq!(boxes.stats(), MailboxStats::default());
+    }
+
     #[test]
     fn a_damaged_or_foreign_database_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
