@@ -48,15 +48,20 @@ fn pair(rng: &mut ChaCha20Rng) -> anyhow::Result<(Session, Session)> {
         .map_err(|e| anyhow::anyhow!("initiate: {e:?}"))?;
     let first = a.seal(&Body::Text("hi".into()), NOW, rng).map_err(|e| anyhow::anyhow!("seal: {e:?}"))?;
     let responder = Responder { bundle: &bob.bundle, prekeys: &bob.prekeys };
-    let (mut b, _) =
-        Session::accept(responder, &first.envelope, NOW, rng).map_err(|e| anyhow::anyhow!("accept: {e:?}"))?;
+    let (mut b, _) = Session::accept(responder, &first.envelope, NOW, rng)
+        .map_err(|e| anyhow::anyhow!("accept: {e:?}"))?;
     let reply = b.seal(&Body::Text("hi".into()), NOW, rng).map_err(|e| anyhow::anyhow!("seal: {e:?}"))?;
     a.open(&reply.envelope, NOW).map_err(|e| anyhow::anyhow!("open: {e:?}"))?;
     Ok((a, b))
 }
 
 /// `seal` then `open` of `body` from `a` to `b`, timed.
-fn seal_open(a: &mut Session, b: &mut Session, body: &Body, rng: &mut ChaCha20Rng) -> anyhow::Result<Duration> {
+fn seal_open(
+    a: &mut Session,
+    b: &mut Session,
+    body: &Body,
+    rng: &mut ChaCha20Rng,
+) -> anyhow::Result<Duration> {
     let t0 = Instant::now();
     let sealed = a.seal(std::hint::black_box(body), NOW, rng).map_err(|e| anyhow::anyhow!("seal: {e:?}"))?;
     let opened = b.open(&sealed.envelope, NOW).map_err(|e| anyhow::anyhow!("open: {e:?}"))?;
@@ -108,8 +113,9 @@ pub(crate) fn run(quick: bool) -> anyhow::Result<()> {
     let mut samples = Vec::with_capacity(slow_iterations);
     for i in 0..slow_iterations + 10 {
         let t0 = Instant::now();
-        let mut a = Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, &mut rng)
-            .map_err(|e| anyhow::anyhow!("initiate: {e:?}"))?;
+        let mut a =
+            Session::initiate(&alice.cert, &alice.device_static, &bob.bundle, bob.inbox, NOW, &mut rng)
+                .map_err(|e| anyhow::anyhow!("initiate: {e:?}"))?;
         let first = a.seal(&body, NOW, &mut rng).map_err(|e| anyhow::anyhow!("seal: {e:?}"))?;
         let responder = Responder { bundle: &bob.bundle, prekeys: &bob.prekeys };
         let accepted = Session::accept(responder, &first.envelope, NOW, &mut rng)

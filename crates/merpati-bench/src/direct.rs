@@ -60,7 +60,8 @@ fn measure(alice: &LocalNode, bob: &LocalNode, count: usize, window: usize) -> a
                 let seq = {
                     let Ok(mut w) = lock.lock() else { return };
                     // The warm-up goes one at a time.
-                    while w.failed.is_none() && (w.in_flight >= window || (w.next < WARMUP as u64 && w.in_flight > 0))
+                    while w.failed.is_none()
+                        && (w.in_flight >= window || (w.next < WARMUP as u64 && w.in_flight > 0))
                     {
                         let Ok(g) = cv.wait(w) else { return };
                         w = g;
@@ -97,7 +98,8 @@ fn measure(alice: &LocalNode, bob: &LocalNode, count: usize, window: usize) -> a
         if view.direction != Direction::In {
             continue;
         }
-        let Some(seq) = view.text.strip_prefix("bench ").and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
+        let Some(seq) =
+            view.text.strip_prefix("bench ").and_then(|t| t.split(' ').next()?.parse::<u64>().ok())
         else {
             continue;
         };

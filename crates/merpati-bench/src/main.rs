@@ -22,7 +22,8 @@ use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 7] = ["crypto", "direct", "relay-deposit", "relay-fetch", "offline", "idle", "connections"];
+const SCENARIOS: [&str; 7] =
+    ["crypto", "direct", "relay-deposit", "relay-fetch", "offline", "idle", "connections"];
 
 /// Benchmarks of a real Merpati network on this machine.
 #[derive(Debug, Parser)]

@@ -41,8 +41,12 @@ fn start_node(exe: &Path, home: &Path, port: u16) -> anyhow::Result<Daemon> {
 
 fn create_identity(home: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(home)?;
-    IdentityFile::create(&mut merpati_node::daemon::os_rng()?, Some(name.to_owned()), merpati_node::daemon::now())?
-        .save_new(&merpati_control::home::Home::at(home.to_path_buf())?.identity_file())?;
+    IdentityFile::create(
+        &mut merpati_node::daemon::os_rng()?,
+        Some(name.to_owned()),
+        merpati_node::daemon::now(),
+    )?
+    .save_new(&merpati_control::home::Home::at(home.to_path_buf())?.identity_file())?;
     Ok(())
 }
 

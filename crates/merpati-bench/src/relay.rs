@@ -26,7 +26,9 @@ use rand_core::{Rng as _, SeedableRng};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::util::{self, Relay, Unit, cpu_seconds, dir_bytes, mib, peak_rss_kib, report, round, rss_kib, summary};
+use crate::util::{
+    self, Relay, Unit, cpu_seconds, dir_bytes, mib, peak_rss_kib, report, round, rss_kib, summary,
+};
 
 /// The size of every deposited envelope: the 1 KiB bucket.
 pub(crate) const ENVELOPE_LEN: usize = 1024;
@@ -68,7 +70,12 @@ pub(crate) fn run(exe: &Path, params: Params, deposit: bool, fetch: bool) -> any
     util::runtime()?.block_on(async_run(&relay, params, deposit, fetch))
 }
 
-async fn async_run(relay: &Relay, params: Params, print_deposit: bool, print_fetch: bool) -> anyhow::Result<()> {
+async fn async_run(
+    relay: &Relay,
+    params: Params,
+    print_deposit: bool,
+    print_fetch: bool,
+) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     let mut rng = ChaCha20Rng::seed_from_u64(7);
@@ -117,7 +124,11 @@ async fn async_run(relay: &Relay, params: Params, print_deposit: bool, print_fet
                 let envelope = envelope(owner.mailbox, (n / owners.len()) as u32, &mut rng);
                 let t0 = Instant::now();
                 let answer = client
-                    .mailbox(relay_peer, vec![relay_addr.clone()], Request::Deposit { mailbox: owner.mailbox, envelope })
+                    .mailbox(
+                        relay_peer,
+                        vec![relay_addr.clone()],
+                        Request::Deposit { mailbox: owner.mailbox, envelope },
+                    )
                     .await?;
                 latencies.push(t0.elapsed());
                 if !matches!(answer, Response::Stored { .. }) {
@@ -178,7 +189,8 @@ async fn async_run(relay: &Relay, params: Params, print_deposit: bool, print_fet
             let mut rounds = Vec::new();
             loop {
                 let t0 = Instant::now();
-                let fetch = Request::Fetch { tokens: vec![owner.token.clone()], after: None, limit: 64, wait_ms: 0 };
+                let fetch =
+                    Request::Fetch { tokens: vec![owner.token.clone()], after: None, limit: 64, wait_ms: 0 };
                 let answer = client.mailbox(relay_peer, vec![relay_addr.clone()], fetch).await?;
                 let Response::Envelopes { items, more } = answer else { bail!("fetch answered {answer:?}") };
                 if items.is_empty() {

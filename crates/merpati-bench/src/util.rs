@@ -209,10 +209,8 @@ impl Relay {
         let config = config.display().to_string();
         let daemon =
             Daemon::start(exe, home, &["--relay", "--config", &config, "--listen", "/ip4/127.0.0.1/tcp/0"])?;
-        let addr: libp2p::Multiaddr = daemon.ready["public"][0]
-            .as_str()
-            .context("the relay announced no public address")?
-            .parse()?;
+        let addr: libp2p::Multiaddr =
+            daemon.ready["public"][0].as_str().context("the relay announced no public address")?.parse()?;
         let peer = daemon.ready["peer_id"].as_str().context("no peer id")?.parse()?;
         let port = addr
             .iter()
@@ -243,7 +241,8 @@ pub(crate) async fn client_net(
         .with_mdns(false)
         .with_idle_connection_timeout(Duration::from_secs(600));
     let keypair = libp2p::identity::Keypair::generate_ed25519();
-    let (handle, mut inbound, _task) = merpati_node::net::spawn(config, keypair, shutdown.child_token()).await?;
+    let (handle, mut inbound, _task) =
+        merpati_node::net::spawn(config, keypair, shutdown.child_token()).await?;
     // Nobody delivers to a client; drain its events so its queue never fills.
     tokio::spawn(async move { while inbound.recv().await.is_some() {} });
     Ok(handle)
