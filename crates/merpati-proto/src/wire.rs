@@ -39,15 +39,17 @@ pub const MAX_FETCH_PAGE_BYTES: usize = 1024 * 1024;
 /// The largest encoded response: a full fetch page plus the per-item framing of
 /// [`MAX_FETCH_LIMIT`] items (field names, mailbox id, id; well under 1 KiB each).
 pub const MAX_RESPONSE_LEN: usize = MAX_FETCH_PAGE_BYTES + 64 * 1024;
-/// The most envelopes one fetch may ask for.
-pub const MAX_FETCH_LIMIT: u32 = 64;
+/// The most envelopes one fetch may ask for: a page of 1 KiB envelopes fits well within
+/// [`MAX_FETCH_PAGE_BYTES`], so an owner coming back online takes a backlog in few round trips.
+pub const MAX_FETCH_LIMIT: u32 = 256;
 /// The most fetch tokens (mailboxes) one fetch may name. A node watches about four mailboxes per
 /// conversation (yesterday, today, tomorrow and the last announced one), so one long poll covers
 /// some sixty conversations; nodes with more split their fetches.
 pub const MAX_FETCH_TOKENS: usize = 256;
-/// The longest a fetch may ask the relay to wait for new deposits, in milliseconds. Below the
-/// node's request timeout, so a long poll ends with an answer, not a timeout.
-pub const MAX_FETCH_WAIT_MS: u32 = 30_000;
+/// The longest a fetch may ask the relay to wait for new deposits, in milliseconds: two minutes,
+/// so an idle node renews its long poll about 30 times an hour. Below the node's request
+/// timeout, so a long poll ends with an answer, not a timeout.
+pub const MAX_FETCH_WAIT_MS: u32 = 120_000;
 /// The most envelope ids one delete may name.
 pub const MAX_DELETE_IDS: usize = 256;
 

@@ -145,7 +145,7 @@ impl Behaviour {
         Ok(Self {
             limits,
             identify,
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(config.ping_interval)),
             mdns: Toggle::from(mdns),
             kad,
             deliver,

@@ -41,6 +41,7 @@ pub struct Config {
     pub(crate) max_mailbox_requests: usize,
     pub(crate) relay_retry_max: Duration,
     pub(crate) autonat_probe_interval: Duration,
+    pub(crate) ping_interval: Duration,
     pub(crate) relay_server: Option<RelayServer>,
 }
 
@@ -90,6 +91,9 @@ impl Default for Config {
             max_mailbox_requests: 8192,
             relay_retry_max: Duration::from_secs(300),
             autonat_probe_interval: Duration::from_secs(600),
+            // libp2p's default is 15 s: most of an idle node's traffic. Long polls and
+            // reservations already notice a dead relay; a NAT keeps a TCP mapping far longer.
+            ping_interval: Duration::from_secs(90),
             relay_server: None,
         }
     }
@@ -233,6 +237,12 @@ impl Config {
     /// 600 s, so an idle laptop sends almost nothing.
     pub fn with_autonat_probe_interval(mut self, interval: Duration) -> Self {
         self.autonat_probe_interval = interval;
+        self
+    }
+
+    /// How often each connection is pinged (liveness and round-trip time). Default: 90 s.
+    pub fn with_ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
         self
     }
 
