@@ -21,8 +21,8 @@
 #   mp-pub    the public segment; run the relay here, listening on 198.51.100.10 (or 0.0.0.0)
 #             and announcing /ip4/198.51.100.10/tcp/4001 and /ip4/198.51.100.10/udp/4001/quic-v1.
 #   mp-nat-a  Alice's home router: forwards 10.0.1.0/24 <-> the public segment, source NAT to
-#             198.51.100.101; drops unsolicited inbound traffic (only replies to connections
-#             opened from inside get in, as on a real home router).
+#             198.51.100.101; drops unsolicited inbound traffic without an answer (only replies
+#             to connections opened from inside get in, as on a real home router).
 #   mp-nat-b  Bob's home router: the same for 10.0.2.0/24, public address 198.51.100.102.
 #   mp-a      Alice's machine, 10.0.1.2.
 #   mp-b      Bob's machine, 10.0.2.2.
@@ -163,6 +163,13 @@ table ip filter {
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
         iifname "lan0" oifname "pub0" accept
+    }
+    # Unsolicited packets to the router's own public address are dropped, not answered: left to
+    # the kernel, a TCP SYN would get a reset (and UDP an ICMP error), which kills a hole punch
+    # whose first packet arrives before the other side's has opened the mapping.
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "pub0" ct state != { established, related } drop
     }
 }
 EOF

@@ -317,10 +317,29 @@ impl Actor {
 
     fn add_addresses(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         for addr in addrs {
+            if self.is_own_listen_addr(&addr) {
+                trace!(%peer, %addr, "not dialling a peer at an address we listen on ourselves");
+                continue;
+            }
             // Reaches every behaviour's address book (request-response's is the one our dials
             // use); an address ending in another peer's id is dropped there.
             self.swarm.add_peer_address(peer, addr);
         }
+    }
+
+    /// Whether `addr`, with or without a final `/p2p/<peer id>`, is one of our own listen
+    /// addresses. Dialling it reaches this node, not the peer: a contact on another host that
+    /// listens on our port names our `127.0.0.1:<port>`, and maybe our private address behind
+    /// another router. Worse, a dial tries all of a peer's addresses at once and takes the first
+    /// connection, so reaching ourselves ends the whole dial with a wrong peer id, relayed
+    /// addresses included. libp2p drops a dial's own listen addresses itself, but compares them
+    /// with the `/p2p/<peer id>` that the behaviours' address books add, so never matches them.
+    fn is_own_listen_addr(&self, addr: &Multiaddr) -> bool {
+        let mut bare = addr.clone();
+        if matches!(bare.iter().last(), Some(Protocol::P2p(_))) {
+            bare.pop();
+        }
+        self.swarm.listeners().any(|own| *own == bare)
     }
 
     fn enqueue(
