@@ -188,7 +188,7 @@ struct Actor {
     engine: Engine<SledStore>,
     net: net::Handle,
     events: broadcast::Sender<Event>,
-    deliveries: JoinSet<(MessageId, String, AttemptResult)>,
+    deliveries: JoinSet<(MessageId, String, relay_client::Delivery)>,
     /// Contacts with a delivery in flight, and its message id.
     busy: HashMap<String, MessageId>,
     /// Contacts whose node could not be reached directly, and when.
@@ -231,15 +231,14 @@ impl Actor {
                 Some(batch) = fetched.recv() => self.on_fetched(batch),
                 Some(_) = self.fetch_tasks.join_next(), if !self.fetch_tasks.is_empty() => {}
                 Some(done) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
-                    if let Ok((id, contact, result)) = done {
+                    if let Ok((id, contact, relay_client::Delivery { result, direct_failed })) = done {
                         self.busy.remove(&contact);
-                        match result {
-                            AttemptResult::Accepted | AttemptResult::Refused(_) => {
-                                self.unreachable.remove(&contact);
-                            }
-                            AttemptResult::Deposited { .. } | AttemptResult::Unreachable(_) => {
-                                self.unreachable.insert(contact.clone(), Instant::now());
-                            }
+                        if matches!(result, AttemptResult::Accepted | AttemptResult::Refused(_)) {
+                            self.unreachable.remove(&contact);
+                        } else if direct_failed {
+                            // Only a real failed try starts the wait, so the node is tried again
+                            // once it is over.
+                            self.unreachable.insert(contact.clone(), Instant::now());
                         }
                         match tokio::task::block_in_place(|| self.engine.attempt_finished(&id, &result, now())) {
                             Ok(Some((status, reason))) => self.publish_status(id, status, reason),
@@ -438,8 +437,8 @@ impl Actor {
                 .get(&attempt.contact)
                 .is_some_and(|since| since.elapsed() < SKIP_DIRECT_AFTER_FAILURE);
             self.deliveries.spawn(async move {
-                let result = relay_client::deliver(&net, &attempt, skip_direct).await;
-                (attempt.id, attempt.contact, result)
+                let delivery = relay_client::deliver(&net, &attempt, skip_direct).await;
+                (attempt.id, attempt.contact, delivery)
             });
         }
     }

@@ -34,13 +34,25 @@ const FETCH_RETRY_BASE: Duration = Duration::from_secs(1);
 /// The longest pause between failed fetches.
 const FETCH_RETRY_MAX: Duration = Duration::from_secs(120);
 
+/// How a delivery went, and whether the contact's node was tried directly (and not reached).
+#[derive(Debug)]
+pub struct Delivery {
+    /// The result for the engine.
+    pub result: AttemptResult,
+    /// Whether a direct attempt was made and failed to reach the node.
+    pub direct_failed: bool,
+}
+
 /// Tries `attempt`: directly to the contact's node (its known addresses and circuits through its
-/// relays) unless `skip_direct`, then, if that fails, a deposit at each of its relays at once.
-pub async fn deliver(net: &net::Handle, attempt: &Attempt, skip_direct: bool) -> AttemptResult {
+/// relays), then, if that fails, a deposit at each of its relays at once. With `skip_direct` and
+/// relays to deposit at, it goes straight to the relays (the node was just found unreachable).
+pub async fn deliver(net: &net::Handle, attempt: &Attempt, skip_direct: bool) -> Delivery {
     let peer = PeerId::from_bytes(&attempt.peer_id).ok();
     let relays: Vec<Multiaddr> =
         attempt.relays.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+    let skip_direct = skip_direct && !relays.is_empty();
     let mut direct_failure = None;
+    let done = |result| Delivery { result, direct_failed: false };
     if let (Some(peer), false) = (peer, skip_direct) {
         let mut addrs: Vec<Multiaddr> =
             attempt.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
@@ -48,17 +60,20 @@ pub async fn deliver(net: &net::Handle, attempt: &Attempt, skip_direct: bool) ->
             relays.iter().map(|relay| relay.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))),
         );
         match net.deliver(peer, addrs, attempt.envelope.clone()).await {
-            Ok(deliver::Response::Accepted) => return AttemptResult::Accepted,
+            Ok(deliver::Response::Accepted) => return done(AttemptResult::Accepted),
             // The node itself refused: a relay would only hand it the same envelope later.
-            Ok(deliver::Response::Refused(refusal)) => return AttemptResult::Refused(refusal),
+            Ok(deliver::Response::Refused(refusal)) => return done(AttemptResult::Refused(refusal)),
             Err(error) => direct_failure = Some(error.to_string()),
         }
     }
-    if relays.is_empty() {
+    let direct_failed = direct_failure.is_some();
+    let result = if relays.is_empty() {
         let reason = direct_failure.unwrap_or_else(|| "the contact's node is unknown".to_owned());
-        return AttemptResult::Unreachable(reason);
-    }
-    deposit_everywhere(net, &relays, attempt.mailbox, &attempt.envelope).await
+        AttemptResult::Unreachable(reason)
+    } else {
+        deposit_everywhere(net, &relays, attempt.mailbox, &attempt.envelope).await
+    };
+    Delivery { result, direct_failed }
 }
 
 /// Deposits `envelope` into `mailbox` at every relay at once; the result counts how many stored
