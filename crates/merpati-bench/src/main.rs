@@ -45,6 +45,9 @@ struct Args {
     /// `relay-*`: concurrent senders.
     #[arg(long, default_value_t = 8)]
     senders: usize,
+    /// `relay-deposit`: deposits each sender keeps in flight (each still waits for `Stored`).
+    #[arg(long, default_value_t = 1)]
+    deposit_window: usize,
     /// `relay-*`: envelopes deposited.
     #[arg(long, default_value_t = 20_000)]
     envelopes: usize,
@@ -89,9 +92,14 @@ fn main() -> anyhow::Result<()> {
     }
     if run("relay-deposit") || run("relay-fetch") {
         let params = if quick {
-            relay::Params { senders: 4, envelopes: 2000, mailboxes: 20 }
+            relay::Params { senders: 4, window: args.deposit_window, envelopes: 2000, mailboxes: 20 }
         } else {
-            relay::Params { senders: args.senders, envelopes: args.envelopes, mailboxes: args.mailboxes }
+            relay::Params {
+                senders: args.senders,
+                window: args.deposit_window.max(1),
+                envelopes: args.envelopes,
+                mailboxes: args.mailboxes,
+            }
         };
         relay::run(&exe, params, run("relay-deposit"), run("relay-fetch"))?;
     }

@@ -12,7 +12,7 @@
 //!    cannot send receipts to A either (A has no relay), so no connection between them ever
 //!    comes up to clear A's "unreachable" mark.
 //! 4. A warm-up message: A's direct attempt fails and it deposits at R (status `stored`); for 60 s
-//!    after a failed direct attempt (renewed by every deposit) A goes straight to the relay.
+//!    after a failed direct attempt A goes straight to the relay (the run takes a few seconds).
 //!
 //! The statuses A publishes are counted to show which path each message took: `stored` is a
 //! deposit at B's relay, `sent` would be a direct delivery.

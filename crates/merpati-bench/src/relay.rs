@@ -2,7 +2,7 @@
 //! its request rates raised so the bench is not throttled), driven by libp2p clients in this
 //! process through the real mailbox protocol (`merpati_node::net`, `/merpati/mailbox/1`).
 //!
-//! * `relay-deposit`: S concurrent senders (one libp2p node each, one request outstanding each)
+//! * `relay-deposit`: S concurrent senders (one libp2p node each, W requests outstanding each)
 //!   deposit N envelopes of 1 KiB (valid envelopes addressed to the deposit's mailbox, random
 //!   ciphertext) spread over M mailboxes, each waiting for `Stored` (durable). Deposits per
 //!   second, latency p50/p99, the relay's CPU seconds, peak RSS (`VmHWM`), and disk bytes per
@@ -37,6 +37,8 @@ pub(crate) const ENVELOPE_LEN: usize = 1024;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Params {
     pub(crate) senders: usize,
+    /// Deposits each sender keeps in flight.
+    pub(crate) window: usize,
     pub(crate) envelopes: usize,
     pub(crate) mailboxes: usize,
 }
@@ -111,15 +113,18 @@ async fn async_run(
     let cpu0 = cpu_seconds(pid)?;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (s, client) in clients.iter().enumerate() {
-        let client = client.clone();
+    // S senders with W lanes each; a lane deposits one envelope at a time and waits for `Stored`.
+    let lanes = params.senders * params.window;
+    for lane in 0..lanes {
+        let s = lane;
+        let client = clients[lane % clients.len()].clone();
         let owners = owners.clone();
         let relay_peer = relay.peer;
         let relay_addr = relay.addr.clone();
         let mut rng = ChaCha20Rng::seed_from_u64(100 + s as u64);
         tasks.spawn(async move {
             let mut latencies = Vec::new();
-            for n in (s..params.envelopes).step_by(params.senders) {
+            for n in (s..params.envelopes).step_by(lanes) {
                 let owner = &owners[n % owners.len()];
                 let envelope = envelope(owner.mailbox, (n / owners.len()) as u32, &mut rng);
                 let t0 = Instant::now();
@@ -151,10 +156,11 @@ async fn async_run(
             "relay-deposit",
             json!({
                 "senders": params.senders,
+                "window_per_sender": params.window,
                 "envelopes": params.envelopes,
                 "mailboxes": params.mailboxes,
                 "envelope_bytes": ENVELOPE_LEN,
-                "what": "each sender keeps one deposit outstanding and waits for Stored (durable on disk)",
+                "what": "each sender keeps `window_per_sender` deposits outstanding, each waiting for Stored (durable on disk)",
             }),
             json!({
                 "deposits_per_second": round(params.envelopes as f64 / elapsed.as_secs_f64(), 0),
