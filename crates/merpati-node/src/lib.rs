@@ -13,4 +13,5 @@ pub mod ports;
 pub mod relay;
 pub mod relay_client;
 mod rpc;
+mod sled_disk;
 pub mod store;

@@ -30,16 +30,15 @@
 //! prefix, and inserts happen under one lock, so deposits in flight leave at most one such entry.
 //!
 //! Durability. A deposit is answered only once a flush that started after its insert has ended:
-//! sled's flush, then `fdatasync` of sled's log and `fsync` of new blob files and the blob
-//! directory (sled's flush ends with `sync_file_range`, which survives neither power loss nor a
-//! drive's volatile cache). Flushes run on one dedicated thread and are shared: every deposit
+//! sled's flush, then the syncs of [`crate::sled_disk`] (sled's flush alone survives neither
+//! power loss nor a drive's volatile cache). Flushes run on one dedicated thread and are shared: every deposit
 //! waiting when a flush starts is answered when it ends (group commit), so concurrent deposits
 //! cost one fsync together. A failed flush answers its waiters `Refusal::Internal`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +53,8 @@ use merpati_proto::wire::mailbox::StoredEnvelope;
 use merpati_proto::wire::{MAX_FETCH_PAGE_BYTES, Refusal};
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot};
+
+use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
 
 /// The database layout version this build writes and reads.
 pub const SCHEMA_VERSION: u16 = 1;
@@ -73,9 +74,6 @@ const MARKER_KEY: &[u8] = b"!merpati-relay";
 const NEXT_ID_KEY: &[u8] = b"n";
 const ENVELOPE_PREFIX: u8 = b'e';
 const INDEX_PREFIX: u8 = b'i';
-/// sled's log file and blob directory, inside the database directory.
-const LOG_FILE: &str = "db";
-const BLOB_DIR: &str = "blobs";
 /// Index value: mailbox(16) deposited_at(8) len(4).
 const INDEX_VALUE_LEN: usize = 28;
 /// Envelope value header: deposited_at(8).
@@ -159,6 +157,25 @@ pub enum MailboxError {
     },
 }
 
+impl From<MarkerError> for MailboxError {
+    fn from(error: MarkerError) -> Self {
+        match error {
+            MarkerError::Foreign(reason) => Self::Foreign { reason },
+            MarkerError::TooNew(found) => Self::TooNew { found, supported: SCHEMA_VERSION },
+            MarkerError::Db(e) => Self::Db(e),
+        }
+    }
+}
+
+impl From<SyncError> for MailboxError {
+    fn from(error: SyncError) -> Self {
+        match error {
+            SyncError::Db(e) => Self::Db(e),
+            SyncError::Io { path, source } => Self::Io { path, source },
+        }
+    }
+}
+
 /// The relay's mailboxes: a cloneable handle to one sled database and its flusher thread.
 #[derive(Clone)]
 pub struct Mailboxes {
@@ -221,14 +238,11 @@ impl Mailboxes {
             // speed, since the relay's disk is the resource its operator budgets.
             .mode(sled::Mode::LowSpace)
             .open()?;
-        check_marker(&db)?;
+        sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no relay schema marker")?;
         let state = rebuild_state(&db)?;
-        let log_path = dir.join(LOG_FILE);
-        let log = File::open(&log_path).map_err(|source| MailboxError::Io { path: log_path, source })?;
-        let syncer = Syncer { db: db.clone(), dir: dir.to_path_buf(), log, synced_blobs: HashSet::new() };
+        let mut syncer = Syncer::open(db.clone(), dir)?;
         // The marker of a new database and the directory entries sled created become durable
         // before anything is stored in it.
-        let mut syncer = syncer;
         syncer.sync()?;
         sync_path(dir)?;
         if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -625,29 +639,6 @@ fn internal<E: fmt::Display>(what: &'static str) -> impl Fn(E) -> Refusal {
     }
 }
 
-/// Checks the schema marker, writing it into a new, empty database.
-fn check_marker(db: &sled::Db) -> Result<(), MailboxError> {
-    match db.get(MARKER_KEY)? {
-        Some(value) => {
-            let version = <[u8; 2]>::try_from(value.as_ref())
-                .map(u16::from_be_bytes)
-                .map_err(|_| MailboxError::Foreign { reason: "malformed schema marker" })?;
-            match version {
-                SCHEMA_VERSION => Ok(()),
-                0 => Err(MailboxError::Foreign { reason: "malformed schema marker" }),
-                found => Err(MailboxError::TooNew { found, supported: SCHEMA_VERSION }),
-            }
-        }
-        None => {
-            if !db.is_empty() || db.tree_names().len() > 1 {
-                return Err(MailboxError::Foreign { reason: "no relay schema marker" });
-            }
-            db.insert(MARKER_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            Ok(())
-        }
-    }
-}
-
 /// Rebuilds the counters and the id allocator from the id index.
 fn rebuild_state(db: &sled::Db) -> Result<State, MailboxError> {
     let mut state = State { next_id: 1, ..State::default() };
@@ -683,56 +674,6 @@ fn create_private_dir(path: &Path) -> Result<(), MailboxError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(source) => Err(MailboxError::Io { path: path.to_path_buf(), source }),
-    }
-}
-
-/// Fsyncs a file or directory by path.
-fn sync_path(path: &Path) -> Result<(), MailboxError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| MailboxError::Io { path: path.to_path_buf(), source })
-}
-
-/// Makes sled's state durable (see the module documentation).
-struct Syncer {
-    db: sled::Db,
-    dir: PathBuf,
-    /// sled's log file, kept open to sync it (a sync applies to the file, whichever handle).
-    log: File,
-    /// Blob files already synced: sled writes each blob once, so each needs one sync.
-    synced_blobs: HashSet<std::ffi::OsString>,
-}
-
-impl Syncer {
-    fn sync(&mut self) -> Result<(), MailboxError> {
-        self.db.flush()?;
-        // fdatasync: it writes the metadata needed to read the data back (the size), which is
-        // all durability needs, and skips timestamps.
-        self.log.sync_data().map_err(|source| MailboxError::Io { path: self.dir.join(LOG_FILE), source })?;
-        let blobs = self.dir.join(BLOB_DIR);
-        let entries = match fs::read_dir(&blobs) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(MailboxError::Io { path: blobs, source }),
-        };
-        let mut present = HashSet::new();
-        let mut new_blobs = false;
-        for entry in entries {
-            let entry = entry.map_err(|source| MailboxError::Io { path: blobs.clone(), source })?;
-            let name = entry.file_name();
-            if !self.synced_blobs.contains(&name) {
-                let path = entry.path();
-                match File::open(&path).and_then(|f| f.sync_all()) {
-                    Ok(()) => new_blobs = true,
-                    // Collected by sled since the listing: nothing left to make durable.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(source) => return Err(MailboxError::Io { path, source }),
-                }
-            }
-            present.insert(name);
-        }
-        self.synced_blobs = present;
-        if new_blobs { sync_path(&blobs) } else { Ok(()) }
     }
 }
 
@@ -1183,7 +1124,7 @@ pub(crate) mod tests {
             rt.block_on(boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0)).unwrap();
         }
         std::fs::write(dir.path().join("conf"), b"\xff\xfe garbage").unwrap();
-        std::fs::write(dir.path().join(LOG_FILE), vec![0x5A; 4096]).unwrap();
+        std::fs::write(dir.path().join("db"), vec![0x5A; 4096]).unwrap();
         assert!(Mailboxes::open(dir.path(), MailboxLimits::default()).is_err());
     }
 }

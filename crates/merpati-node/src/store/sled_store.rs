@@ -16,15 +16,13 @@
 //! therefore covers it. Under load this gives one fsync per group of concurrent batches instead of
 //! one per batch; a lone caller flushes for itself, with no added delay.
 //!
-//! What a flush is. sled's own `flush` is not enough on Linux: it ends with `sync_file_range`,
-//! which writes the log's pages but neither the file's metadata nor the drive's volatile write
-//! cache, and it never syncs the separate files it writes for large pages (`blobs/`). So a flush
-//! here is sled's flush followed by `fsync` of the log file, of every blob file and of the blob
-//! directory (`SledStore::sync`). That is what lets a returned `apply` survive power loss, and
-//! what makes sharing flushes worth it: a real fsync costs milliseconds.
+//! What a flush is. sled's own `flush` is not enough on Linux (see [`crate::sled_disk`]), so a
+//! flush here is sled's flush followed by syncs of its log and blob files (`SledStore::sync`).
+//! That is what lets a returned `apply` survive power loss, and what makes sharing flushes worth
+//! it: a real fsync costs milliseconds.
 
 use std::fmt;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock};
@@ -39,15 +37,12 @@ use zeroize::Zeroizing;
 use super::engine::{self, SEALED_TREES, Sealer, Tree, Tx, View, Visit};
 use super::keyring::{KEY_FILE, KeyInfo, Keyring, KeyringError};
 use super::{Change, Contact, OutboxEntry, Profile, SessionRecord, Store, StoreError, StoredMessage};
+use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
 
 /// The database layout version this build writes and reads.
 pub const SCHEMA_VERSION: u16 = 1;
 /// sled's directory inside the store directory.
 const SLED_DIR: &str = "sled";
-/// sled's log file, inside its directory.
-const LOG_FILE: &str = "db";
-/// sled's directory of pages too large for the log, inside its directory.
-const BLOB_DIR: &str = "blobs";
 /// The marker key in sled's default tree.
 const MARKER_KEY: &[u8] = b"merpati-db";
 /// sled's page cache size: the default (1 GiB) is sized for servers, not a desktop daemon.
@@ -56,9 +51,8 @@ const CACHE_CAPACITY: u64 = 64 * 1024 * 1024;
 /// The sled-backed [`Store`].
 pub struct SledStore {
     dir: PathBuf,
-    db: sled::Db,
-    /// sled's log file, kept open to fsync it (fsync applies to the file, whichever handle).
-    log: File,
+    /// Makes sled's flushes durable; one flush at a time.
+    syncer: Mutex<Syncer>,
     /// One per [`Tree`], in [`Tree::ALL`] order.
     trees: Vec<sled::Tree>,
     keyring: Keyring,
@@ -97,12 +91,11 @@ impl SledStore {
         create_private_dir(&sled_dir)?;
         let db = sled::Config::new().path(&sled_dir).cache_capacity(CACHE_CAPACITY).open()?;
         // Before opening any tree: opening one creates it, in whatever database this is.
-        check_marker(&db)?;
-        let log_path = sled_dir.join(LOG_FILE);
-        let log = File::open(&log_path).map_err(|source| StoreError::Io { path: log_path, source })?;
+        sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no Merpati schema marker")?;
+        let syncer = Mutex::new(Syncer::open(db.clone(), &sled_dir)?);
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let store =
-            Self { dir, db, log, trees, keyring, rotation: RwLock::new(()), commits: GroupCommit::default() };
+            Self { dir, syncer, trees, keyring, rotation: RwLock::new(()), commits: GroupCommit::default() };
         // The marker of a new database, and the directory entries sled created, become durable.
         store.sync()?;
         for path in [&sled_dir, &store.dir] {
@@ -169,28 +162,10 @@ impl SledStore {
         Ok(())
     }
 
-    /// Makes everything committed so far durable: sled's flush, then fsync of its files (see the
-    /// module documentation for why sled's flush alone is not enough).
+    /// Makes everything committed so far durable: sled's flush, then syncs of its files (see
+    /// the module documentation for why sled's flush alone is not enough).
     fn sync(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        let sled_dir = self.dir.join(SLED_DIR);
-        self.log.sync_all().map_err(|source| StoreError::Io { path: sled_dir.join(LOG_FILE), source })?;
-        let blobs = sled_dir.join(BLOB_DIR);
-        let entries = match fs::read_dir(&blobs) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(source) => return Err(StoreError::Io { path: blobs, source }),
-        };
-        for entry in entries {
-            let path = entry.map_err(|source| StoreError::Io { path: blobs.clone(), source })?.path();
-            match File::open(&path).and_then(|f| f.sync_all()) {
-                Ok(()) => {}
-                // Collected by sled since the listing: nothing left to make durable.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(StoreError::Io { path, source }),
-            }
-        }
-        sync_path(&blobs)
+        Ok(self.syncer.lock().unwrap_or_else(PoisonError::into_inner).sync()?)
     }
 
     /// Runs `changes` as one sled transaction over every tree (not yet durable).
@@ -225,33 +200,21 @@ fn create_private_dir(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Fsyncs a file or directory by path.
-fn sync_path(path: &Path) -> Result<(), StoreError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|source| StoreError::Io { path: path.to_path_buf(), source })
+impl From<MarkerError> for StoreError {
+    fn from(error: MarkerError) -> Self {
+        match error {
+            MarkerError::Foreign(reason) => Self::Foreign { reason },
+            MarkerError::TooNew(found) => Self::TooNew { found, supported: SCHEMA_VERSION },
+            MarkerError::Db(e) => Self::Db(e),
+        }
+    }
 }
 
-/// Checks the schema marker, writing it into a new, empty database.
-fn check_marker(db: &sled::Db) -> Result<(), StoreError> {
-    match db.get(MARKER_KEY)? {
-        Some(value) => {
-            let version = <[u8; 2]>::try_from(value.as_ref())
-                .map(u16::from_be_bytes)
-                .map_err(|_| StoreError::Foreign { reason: "malformed schema marker" })?;
-            match version {
-                SCHEMA_VERSION => Ok(()),
-                0 => Err(StoreError::Foreign { reason: "malformed schema marker" }),
-                found => Err(StoreError::TooNew { found, supported: SCHEMA_VERSION }),
-            }
-        }
-        None => {
-            // sled always has its default tree; anything else means someone else's data.
-            if !db.is_empty() || db.tree_names().len() > 1 {
-                return Err(StoreError::Foreign { reason: "no Merpati schema marker" });
-            }
-            db.insert(MARKER_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            Ok(())
+impl From<SyncError> for StoreError {
+    fn from(error: SyncError) -> Self {
+        match error {
+            SyncError::Db(e) => Self::Db(e),
+            SyncError::Io { path, source } => Self::Io { path, source },
         }
     }
 }
