@@ -1,11 +1,10 @@
 //! What the scenarios share: statistics, `/proc` readings, starting daemons, the output line.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use merpati_control::client::Client;
 use merpati_control::home::Home;
 use serde_json::{Value, json};
@@ -139,27 +138,10 @@ impl Daemon {
     pub(crate) fn start(exe: &Path, home: &Path, args: &[&str]) -> anyhow::Result<Daemon> {
         let home = Home::at(home.to_path_buf())?;
         home.create_dir()?;
-        let log_path = home.dir().join("merpatid.log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-        let mut child = Command::new(exe)
-            .arg("--home")
-            .arg(home.dir())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("cannot start {}", exe.display()))?;
-        let mut line = String::new();
-        if let Some(stdout) = child.stdout.take() {
-            BufReader::new(stdout).read_line(&mut line)?;
-        }
-        if line.is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("merpatid did not start; see {}", log_path.display());
-        }
-        let ready = serde_json::from_str(&line)?;
+        let mut command = Command::new(exe);
+        command.arg("--home").arg(home.dir()).args(args);
+        let (child, ready) =
+            merpati_node::local::spawn_until_ready(command, &home.dir().join("merpatid.log"))?;
         Ok(Daemon { home, ready, child })
     }
 

@@ -37,30 +37,10 @@ impl LocalNode {
     /// Starts the daemon on 127.0.0.1 (no mDNS) and waits until it is ready; returns its first
     /// listen address.
     pub fn start(&mut self) -> anyhow::Result<String> {
-        let log = std::fs::File::create(self.home.dir().join("merpatid.log"))?;
-        let mut child = Command::new(&self.exe)
-            .arg("--home")
-            .arg(self.home.dir())
-            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.exe.display()))?;
-        let mut line = String::new();
-        if let Some(stdout) = child.stdout.take() {
-            BufReader::new(stdout).read_line(&mut line)?;
-        }
-        if line.is_empty() {
-            let _ = child.kill();
-            bail!(
-                "{}'s daemon did not start; see {}",
-                self.name,
-                self.home.dir().join("merpatid.log").display()
-            );
-        }
+        let mut command = Command::new(&self.exe);
+        command.arg("--home").arg(self.home.dir()).args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"]);
+        let (child, ready) = spawn_until_ready(command, &self.home.dir().join("merpatid.log"))?;
         self.daemon = Some(child);
-        let ready: serde_json::Value = serde_json::from_str(&line)?;
         Ok(ready["listen"][0].as_str().unwrap_or_default().to_owned())
     }
 
@@ -81,6 +61,32 @@ impl LocalNode {
     pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::connect(&self.home)?)
     }
+}
+
+/// Starts `command` (a `merpatid`) with its stderr appended to `log_path`, and waits for its
+/// startup line, which it returns parsed.
+pub fn spawn_until_ready(
+    mut command: Command,
+    log_path: &Path,
+) -> anyhow::Result<(Child, serde_json::Value)> {
+    let log = std::fs::File::options().create(true).append(true).open(log_path)?;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("cannot start {:?}", command.get_program()))?;
+    let mut line = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        BufReader::new(stdout).read_line(&mut line)?;
+    }
+    if line.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("merpatid did not start; see {}", log_path.display());
+    }
+    let ready = serde_json::from_str(&line)?;
+    Ok((child, ready))
 }
 
 /// A community relay on this machine.
@@ -111,7 +117,6 @@ impl LocalRelay {
     /// if any) and waits until it is ready.
     pub fn start(&mut self, port: u16, config: Option<&str>) -> anyhow::Result<RelayInfo> {
         std::fs::create_dir_all(&self.dir)?;
-        let log = std::fs::File::options().create(true).append(true).open(self.dir.join("merpatid.log"))?;
         let mut command = Command::new(&self.exe);
         command
             .arg("--relay")
@@ -123,22 +128,8 @@ impl LocalRelay {
             std::fs::write(&path, config)?;
             command.arg("--config").arg(path);
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.exe.display()))?;
-        let mut line = String::new();
-        if let Some(stdout) = child.stdout.take() {
-            BufReader::new(stdout).read_line(&mut line)?;
-        }
-        if line.is_empty() {
-            let _ = child.kill();
-            bail!("the relay did not start; see {}", self.dir.join("merpatid.log").display());
-        }
+        let (child, ready) = spawn_until_ready(command, &self.dir.join("merpatid.log"))?;
         self.daemon = Some(child);
-        let ready: serde_json::Value = serde_json::from_str(&line)?;
         Ok(RelayInfo {
             addr: ready["public"][0].as_str().unwrap_or_default().to_owned(),
             peer_id: ready["peer_id"].as_str().unwrap_or_default().to_owned(),
