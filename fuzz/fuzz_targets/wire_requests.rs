@@ -1,0 +1,42 @@
+//! Fuzzes the request-response messages as a relay and a node read them off the wire: bytes
+//! decoded as CBOR (the codec libp2p uses for our protocols) into mailbox and deliver requests
+//! and mailbox responses. Decoding and validating never panic; whatever validates encodes and
+//! decodes back to itself, and a response that validates against a request keeps every bound.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use merpati_proto::wire::{self, deliver, mailbox};
+
+fn round_trips<T>(value: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let bytes = cbor4ii::serde::to_vec(Vec::new(), value).expect("encodes");
+    let back: T = cbor4ii::serde::from_slice(&bytes).expect("decodes what it encoded");
+    assert_eq!(&back, value);
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(request) = cbor4ii::serde::from_slice::<mailbox::Request>(data) {
+        if request.validate().is_ok() {
+            round_trips(&request);
+        }
+        // A response decoded from the same bytes, checked against this request.
+        if let Ok(response) = cbor4ii::serde::from_slice::<mailbox::Response>(data) {
+            let _ = response.validate_for(&request);
+        }
+    }
+    if let Ok(response) = cbor4ii::serde::from_slice::<mailbox::Response>(data)
+        && response.validate().is_ok()
+    {
+        if let mailbox::Response::Envelopes { items, .. } = &response {
+            assert!(items.len() <= wire::MAX_FETCH_LIMIT as usize);
+        }
+        round_trips(&response);
+    }
+    if let Ok(request) = cbor4ii::serde::from_slice::<deliver::Request>(data)
+        && request.validate().is_ok()
+    {
+        round_trips(&request);
+    }
+});
