@@ -8,7 +8,7 @@
 //!   second, latency p50/p99, the relay's CPU seconds, peak RSS (`VmHWM`), and disk bytes per
 //!   envelope (the files under the relay's `mailboxes` directory after the run, divided by N).
 //! * `relay-fetch`: then the M owners (M concurrent tasks over the S client nodes, each with its
-//!   mailbox's fetch token) fetch everything (limit 64 per page) and delete what they fetched.
+//!   mailbox's fetch token) fetch everything (a full page at a time) and delete what they fetched.
 //!   Envelopes per second, latency of fetch+delete rounds, CPU, disk after.
 
 use std::path::Path;
@@ -20,6 +20,7 @@ use merpati_node::net::Handle;
 use merpati_proto::envelope::{Envelope, Header, Kind, VERSION};
 use merpati_proto::keys::SymmetricKey;
 use merpati_proto::mailbox::{FetchToken, MailboxId, fetch_token};
+use merpati_proto::wire::MAX_FETCH_LIMIT;
 use merpati_proto::wire::mailbox::{Request, Response};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng as _, SeedableRng};
@@ -195,8 +196,12 @@ async fn async_run(
             let mut rounds = Vec::new();
             loop {
                 let t0 = Instant::now();
-                let fetch =
-                    Request::Fetch { tokens: vec![owner.token.clone()], after: None, limit: 64, wait_ms: 0 };
+                let fetch = Request::Fetch {
+                    tokens: vec![owner.token.clone()],
+                    after: None,
+                    limit: MAX_FETCH_LIMIT,
+                    wait_ms: 0,
+                };
                 let answer = client.mailbox(relay_peer, vec![relay_addr.clone()], fetch).await?;
                 let Response::Envelopes { items, more } = answer else { bail!("fetch answered {answer:?}") };
                 if items.is_empty() {
@@ -237,7 +242,7 @@ async fn async_run(
             "owners": owners.len(),
             "client_nodes": clients.len(),
             "envelopes": params.envelopes,
-            "fetch_limit": 64,
+            "fetch_limit": MAX_FETCH_LIMIT,
             "what": "each owner fetches a page of up to 64 with its token, deletes those ids, until empty",
         }),
         json!({
