@@ -84,8 +84,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Records this node's libp2p peer id and listen addresses (binary), which a new session
-    /// tells the peer. Kept in memory only: the daemon calls it at start and whenever its
-    /// listen addresses change.
+    /// tells the peer. Kept in memory only: the daemon calls it at start with the addresses it
+    /// listens on then.
     pub fn set_node_info(&mut self, peer_id: Vec<u8>, addrs: Vec<Vec<u8>>) {
         // Only what a `NodeInfo` frame can carry, or sealing it would fail.
         let addrs = addrs
