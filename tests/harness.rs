@@ -173,23 +173,12 @@ impl Node {
 
     /// Stops the daemon cleanly (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            signal(&child, rustix::process::Signal::TERM);
-            let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-            assert!(
-                status.is_some_and(|s| s.success()),
-                "merpatid did not stop cleanly: {status:?}\n{}",
-                self.log()
-            );
-        }
+        stop_cleanly(self.daemon.take(), "merpatid", || self.log());
     }
 
     /// Kills the daemon (SIGKILL): no chance to clean up.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_now(self.daemon.take());
     }
 
     /// Runs `merpati --home HOME ARGS…`.
@@ -409,23 +398,12 @@ impl Relay {
 
     /// Stops the relay cleanly (SIGTERM) and waits for it.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            signal(&child, rustix::process::Signal::TERM);
-            let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-            assert!(
-                status.is_some_and(|s| s.success()),
-                "the relay did not stop cleanly: {status:?}\n{}",
-                self.log()
-            );
-        }
+        stop_cleanly(self.daemon.take(), "the relay", || self.log());
     }
 
     /// Kills the relay (SIGKILL): no chance to flush or clean up.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill_now(self.daemon.take());
     }
 
     /// The metrics endpoint's exposition text; the relay must run with `metrics` configured.
@@ -482,6 +460,23 @@ fn ready_line(child: &mut Child) -> String {
 /// A JSON array of strings.
 fn strings(value: &Value) -> Vec<String> {
     value.as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+}
+
+/// Stops a daemon with SIGTERM and checks that it exits cleanly; `log` is shown if not.
+fn stop_cleanly(child: Option<Child>, what: &str, log: impl FnOnce() -> String) {
+    if let Some(mut child) = child {
+        signal(&child, rustix::process::Signal::TERM);
+        let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+        assert!(status.is_some_and(|s| s.success()), "{what} did not stop cleanly: {status:?}\n{}", log());
+    }
+}
+
+/// Kills a daemon with SIGKILL and reaps it.
+fn kill_now(child: Option<Child>) {
+    if let Some(mut child) = child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Waits until `check` holds, polling, or panics with `what` after `timeout`.
