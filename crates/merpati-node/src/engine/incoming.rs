@@ -131,15 +131,7 @@ impl<S: Store> Engine<S> {
         if ours {
             // Our first reply direction: tell them where our node and relays are, before the
             // receipt, so they can answer even if their copy of our invite is out of date.
-            for body in self.session_start_bodies() {
-                match self.seal_into_outbox(&id, &contact.name, &body, now) {
-                    Ok(entry) => changes.push(Change::PutOutbox(entry)),
-                    Err(e) => {
-                        self.forget_session(&id);
-                        return Err(e);
-                    }
-                }
-            }
+            changes.extend(self.seal_session_start(&id, &contact.name, now)?);
         }
         let mut received = self.store_incoming(id, &contact.name, incoming, changes, now)?;
         // Read back: a control message in this first contact may have completed the record.

@@ -91,15 +91,7 @@ impl<S: Store> Engine<S> {
                 changes.push(Change::PutContact(contact.clone()));
                 // Ahead of the text: if the contact fetches our first contact from a relay, these
                 // are how it learns which node to answer (a relay does not say who deposited).
-                for body in self.session_start_bodies() {
-                    match self.seal_into_outbox(&id, &contact.name, &body, now) {
-                        Ok(entry) => changes.push(Change::PutOutbox(entry)),
-                        Err(e) => {
-                            self.forget_session(&id);
-                            return Err(e);
-                        }
-                    }
-                }
+                changes.extend(self.seal_session_start(&id, &contact.name, now)?);
                 id
             }
         };

@@ -16,6 +16,7 @@ use merpati_proto::Timestamp;
 use merpati_proto::frame::{self, Body, Control};
 use merpati_proto::invite::{MAX_ADDR_LEN, MAX_ADDRS, MAX_RELAYS};
 use merpati_proto::mailbox::{self, FetchToken, INBOX_DAY};
+use merpati_proto::session::SessionId;
 
 use super::{Engine, EngineError, hex};
 use crate::store::{Change, Contact, Store};
@@ -163,7 +164,7 @@ impl<S: Store> Engine<S> {
     /// The control messages that open a session: where our node is, and which relays hold our
     /// mailboxes. Only what is known: a peer learns nothing from an empty hint list it did not
     /// already assume.
-    pub(super) fn session_start_bodies(&self) -> Vec<Body> {
+    fn session_start_bodies(&self) -> Vec<Body> {
         let mut bodies = Vec::new();
         if let Some((peer_id, addrs)) = &self.node_info
             && !peer_id.is_empty()
@@ -175,6 +176,28 @@ impl<S: Store> Engine<S> {
             bodies.push(Body::Control(Control::RelayHints(self.relays.clone())));
         }
         bodies
+    }
+
+    /// Seals the session-opening control messages into outbox entries for `contact`, in the
+    /// order they must arrive. On failure the in-memory session is dropped, so the next use
+    /// reloads its last durable state.
+    pub(super) fn seal_session_start(
+        &mut self,
+        session: &SessionId,
+        contact: &str,
+        now: Timestamp,
+    ) -> Result<Vec<Change>, EngineError> {
+        let mut changes = Vec::new();
+        for body in self.session_start_bodies() {
+            match self.seal_into_outbox(session, contact, &body, now) {
+                Ok(entry) => changes.push(Change::PutOutbox(entry)),
+                Err(e) => {
+                    self.forget_session(session);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(changes)
     }
 }
 
