@@ -68,11 +68,18 @@ pub struct DaemonConfig {
     pub mdns: bool,
     /// The network namespace to run in (`ip netns exec NAME merpatid …`), if any.
     pub netns: Option<String>,
+    /// The daemon's clock offset in days (`MERPATI_CLOCK_OFFSET`): a start "days later".
+    pub clock_days: i64,
 }
 
 impl Default for DaemonConfig {
     fn default() -> Self {
-        DaemonConfig { listen: vec!["/ip4/127.0.0.1/tcp/0".to_owned()], mdns: false, netns: None }
+        DaemonConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".to_owned()],
+            mdns: false,
+            netns: None,
+            clock_days: 0,
+        }
     }
 }
 
@@ -113,6 +120,11 @@ impl Node {
         self.config = config;
     }
 
+    /// Moves the daemon's clock to `days` after the real time, from its next start on.
+    pub fn set_clock_days(&mut self, days: i64) {
+        self.config.clock_days = days;
+    }
+
     /// The home directory.
     pub fn home(&self) -> &Path {
         self.home.path()
@@ -149,6 +161,7 @@ impl Node {
         }
         command
             .env("RUST_LOG", "merpati_node=debug")
+            .env("MERPATI_CLOCK_OFFSET", format!("{}d", self.config.clock_days))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -292,6 +305,7 @@ pub struct Relay {
     config: Option<PathBuf>,
     daemon: Option<Child>,
     port: u16,
+    clock_days: i64,
     /// The relay's startup line, once started.
     pub ready: Option<RelayReady>,
 }
@@ -307,12 +321,17 @@ impl Relay {
             std::fs::write(&path, text).unwrap();
             path
         });
-        Relay { home, config, daemon: None, port: 0, ready: None }
+        Relay { home, config, daemon: None, port: 0, clock_days: 0, ready: None }
     }
 
     /// The home directory.
     pub fn home(&self) -> &Path {
         self.home.path()
+    }
+
+    /// Moves the relay's clock to `days` after the real time, from its next start on.
+    pub fn set_clock_days(&mut self, days: i64) {
+        self.clock_days = days;
     }
 
     /// Where the mailboxes are stored (the default, `<home>/mailboxes`).
@@ -346,6 +365,7 @@ impl Relay {
         }
         let mut child = command
             .env("RUST_LOG", "merpati_node=debug")
+            .env("MERPATI_CLOCK_OFFSET", format!("{}d", self.clock_days))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))

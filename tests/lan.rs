@@ -60,7 +60,12 @@ fn lan_or_skip(test: &str) -> Option<Lan> {
 
 /// A daemon in `netns` listening on every interface, mDNS on or off.
 fn on_the_lan(netns: &Netns, mdns: bool) -> DaemonConfig {
-    DaemonConfig { listen: vec!["/ip4/0.0.0.0/tcp/0".into()], mdns, netns: Some(netns.name().into()) }
+    DaemonConfig {
+        listen: vec!["/ip4/0.0.0.0/tcp/0".into()],
+        mdns,
+        netns: Some(netns.name().into()),
+        ..DaemonConfig::default()
+    }
 }
 
 /// Alice and Bob running on `lan`, Alice holding Bob as a contact whose only address is on Bob's
@@ -74,6 +79,7 @@ fn alice_knows_no_usable_address(lan: &Lan, mdns: bool) -> (Node, Node) {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         mdns: false,
         netns: Some(lan.b.name().into()),
+        ..DaemonConfig::default()
     });
     bob.start();
     let invite = bob.invite();

@@ -228,6 +228,40 @@ fn relay_crash_after_stored_loses_nothing() {
     wait_all_out(&alice, "delivered", 30, is_delivered);
 }
 
+/// Weeks, not minutes: Bob's node is off for 2, then 3, 7 and 29 days while Alice writes; each
+/// time every daemon comes back with its clock that many days later. Alice wrote under the
+/// mailbox of the day she wrote, which has left Bob's window of live mailboxes by the time he is
+/// back: his node must still collect all of it from the relay, and Alice must see it delivered.
+#[test]
+fn a_recipient_away_for_days_and_weeks_gets_everything() {
+    let mut relay = relay("");
+    let (mut alice, mut bob) = users(&[&relay], true);
+    let mut days = 0;
+    let mut sent_so_far = 0;
+    let mut all_sent = Vec::new();
+    for away in [2, 3, 7, 29] {
+        bob.stop();
+        let sent = send_all(&alice, &format!("written while Bob is away for {away} days"), 3);
+        sent_so_far += sent.len();
+        all_sent.extend(sent);
+        wait_until(&format!("Alice's messages to be stored at the relay ({away} days)"), PATIENCE, || {
+            outgoing(&alice).iter().rev().take(3).all(|m| is_stored(m, 1, 1))
+        });
+        alice.stop();
+        relay.stop();
+        days += away;
+        relay.set_clock_days(days);
+        alice.set_clock_days(days);
+        bob.set_clock_days(days);
+        relay.start();
+        alice.start();
+        bob.start();
+        assert_bob_received_exactly(&bob, &all_sent, true);
+        wait_all_out(&alice, &format!("delivered after {away} days away"), sent_so_far, is_delivered);
+    }
+    wait_until("the relay's mailboxes to be emptied by Bob", PATIENCE, || stored_envelopes(&relay) == 0.0);
+}
+
 #[test]
 fn redundancy_one_relay_down_the_whole_time() {
     let up = relay("");

@@ -8,8 +8,8 @@
 //! the payload, after the edit script ran over its text. `parse` documents that it ignores
 //! surrounding and internal whitespace and accepts lowercase, and looks at no more than
 //! `MAX_INVITE_TEXT` bytes once the text is trimmed; so the edited text must parse exactly when it
-//! differs from the original only in whitespace and letter case, that limit holds, and the prekey
-//! has not expired. It must then give back the original invite.
+//! differs from the original only in whitespace and letter case, that limit holds, and the
+//! last-resort prekey has not expired. It must then give back the original invite.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use merpati_fuzz::{Mode, T0, apply_edits, assert_verdict, parties};
 use merpati_proto::Timestamp;
-use merpati_proto::identity::PREKEY_LIFETIME;
+use merpati_proto::identity::{LAST_RESORT_LIFETIME, PREKEY_LIFETIME};
 use merpati_proto::invite::{Invite, MAX_INVITE_TEXT};
 
 /// Valid invites: the smallest possible, a typical one, and one with every list full.
@@ -42,6 +42,7 @@ fn invites() -> &'static [(Invite, String)] {
                 let invite = Invite::new(
                     &alice.identity,
                     alice.bundle.clone(),
+                    alice.prekeys.last_resort().expect("a last-resort prekey").clone(),
                     alice.inbox(),
                     relays,
                     peer_id,
@@ -82,16 +83,21 @@ fuzz_target!(|data: &[u8]| {
         Mode::Edit { payload, edits } => {
             let all = invites();
             let (invite, valid) = &all[usize::from(payload.first().copied().unwrap_or(0)) % all.len()];
-            // Steps of 1/128 of the prekey's lifetime: step 128 is its last valid millisecond.
+            // Steps of 1/128 of the last-resort prekey's lifetime: step 128 is the invite's last
+            // valid millisecond.
             let step = u64::from(payload.get(1).copied().unwrap_or(0));
-            let now = T0.plus(step * (PREKEY_LIFETIME / 128));
+            let now = T0.plus(step * (LAST_RESORT_LIFETIME / 128));
             let mut bytes = valid.clone().into_bytes();
             apply_edits(&mut bytes, edits);
             let text = String::from_utf8_lossy(&bytes);
             let same = normalize(&text) == *valid
                 && text.trim().len() <= MAX_INVITE_TEXT
-                && now <= invite.bundle.prekey.expires_at;
+                && invite.last_resort.as_ref().is_some_and(|p| now <= p.expires_at);
             assert_eq!(invite.bundle.prekey.expires_at, Timestamp(T0.0 + PREKEY_LIFETIME));
+            assert_eq!(
+                invite.last_resort.as_ref().map(|p| p.expires_at),
+                Some(Timestamp(T0.0 + LAST_RESORT_LIFETIME))
+            );
             assert_verdict(same, Invite::parse(&text, now), |got| {
                 assert_eq!(&got, invite);
                 check_accepted(&got, &text);

@@ -142,7 +142,9 @@ impl Party {
         let identity = IdentityKey::generate(&mut rng);
         let device_static = X25519Secret::generate(&mut rng);
         let cert = DeviceCert::issue(&identity, &device_static.public(), T0);
-        let prekeys = PrekeyRing::new(&identity, &cert.device_id(), T0, &mut rng);
+        let mut prekeys = PrekeyRing::new(&identity, &cert.device_id(), T0, &mut rng);
+        // The first check makes the last-resort prekey invites carry.
+        prekeys.rotate_if_due(&identity, &cert.device_id(), T0, &mut rng);
         let bundle = Bundle::new(&identity, cert.clone(), prekeys.current().clone(), vec![PROTOCOL_VERSION])
             .expect("signing a bundle");
         let inbox_secret = SymmetricKey::generate(&mut rng);

@@ -44,7 +44,7 @@ fn create_identity(home: &Path, name: &str) -> anyhow::Result<()> {
     IdentityFile::create(
         &mut merpati_node::daemon::os_rng()?,
         Some(name.to_owned()),
-        merpati_node::daemon::now(),
+        merpati_node::clock::Clock::system().now(),
     )?
     .save_new(&merpati_control::home::Home::at(home.to_path_buf())?.identity_file())?;
     Ok(())

@@ -3,7 +3,9 @@
 //!
 //! One task owns the [`Engine`] and handles, in priority order: shutdown, control requests,
 //! envelopes from the network, envelopes fetched from our relays, finished delivery attempts,
-//! and a retry timer. Deliveries run as owned tasks, at most one per contact at a time so a
+//! a retry timer, a day-change check (a new day means new mailboxes to fetch) and the hourly
+//! maintenance pass (also run at start). Every timestamp comes from one [`Clock`]. When the store
+//! reports a failed flush the task stops at once: what it would act on may not be on disk. Deliveries run as owned tasks, at most one per contact at a time so a
 //! contact receives our messages in the order they were written, and at most
 //! [`MAX_DELIVERIES_IN_FLIGHT`] overall. Each delivery goes to the contact's node directly or,
 //! when that fails, into its mailboxes at its relays ([`relay_client`]). One fetch task per
@@ -11,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use libp2p::Multiaddr;
@@ -20,15 +22,15 @@ use merpati_control::identity_file::IdentityFile;
 use merpati_control::protocol::{Event, StatusUpdate};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
-use merpati_proto::mailbox::FetchToken;
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::control::{self, Command};
-use crate::engine::{AttemptResult, Engine, Me};
+use crate::engine::{AttemptResult, Engine, MailboxTokens, Me};
 use crate::net;
 use crate::ports::Ports;
 use crate::relay_client::{self, Fetched};
@@ -43,8 +45,10 @@ pub const RETRY_TICK: Duration = Duration::from_secs(1);
 /// How old the storage key may get before it is replaced and destroyed (ms). Deleted session keys
 /// are unrecoverable from the database files once the key that sealed them is gone.
 pub const STORAGE_KEY_LIFETIME: u64 = Timestamp::DAY;
-/// How often the storage key's age is checked.
-pub const STORAGE_KEY_CHECK: Duration = Duration::from_secs(3600);
+/// How often the maintenance pass runs (prekeys, session keys, the storage key); also at start.
+pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the daemon checks whether the day changed, which changes the mailboxes it fetches.
+pub const DAY_CHECK: Duration = Duration::from_secs(60);
 /// After a contact's node could not be reached, how long its messages go straight to its relays
 /// (unless it connects meanwhile): a dial to an offline node can take the whole dial timeout,
 /// and a burst of messages should not pay it once each.
@@ -63,6 +67,8 @@ pub struct Options {
     pub mdns: bool,
     /// Whether contacts are told when their messages were read.
     pub read_receipts: bool,
+    /// Where every timestamp comes from.
+    pub clock: Clock,
 }
 
 /// What a started daemon prints once it is ready (one JSON line on stdout).
@@ -74,11 +80,6 @@ pub struct Ready {
     pub listen: Vec<String>,
     /// The control socket's path.
     pub control: String,
-}
-
-/// The current time.
-pub fn now() -> Timestamp {
-    Timestamp(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
 }
 
 /// Fresh randomness from the operating system, expanded by ChaCha20. Fails only where the
@@ -97,6 +98,14 @@ pub async fn run(
     ready: impl FnOnce(&Ready),
 ) -> anyhow::Result<()> {
     let home = options.home;
+    let clock = options.clock;
+    if clock.offset_ms() != 0 {
+        tracing::warn!(
+            offset_ms = clock.offset_ms(),
+            "the clock is shifted ({})",
+            crate::clock::OFFSET_VARIABLE
+        );
+    }
     home.create_dir().context("cannot create the home directory")?;
     let _lock = crate::lock::HomeLock::acquire(&home.lock_file())?;
     let identity = IdentityFile::load(&home.identity_file())?;
@@ -115,7 +124,7 @@ pub async fn run(
     let store = SledStore::open(&db, keyring)
         .with_context(|| format!("cannot open the database in {}", db.display()))?;
     let new_key = || libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap_or_default();
-    let mut engine = Engine::start(store, me, new_key, now(), os_rng()?)?;
+    let mut engine = Engine::start(store, me, new_key, clock.now(), os_rng()?)?;
     engine.set_read_receipts(options.read_receipts);
     let keypair = libp2p::identity::Keypair::from_protobuf_encoding(engine.profile().node_key.as_bytes())
         .context("the stored node key is damaged")?;
@@ -154,10 +163,12 @@ pub async fn run(
         control: home.control_socket().display().to_string(),
     });
 
-    let (tokens, _) = watch::channel(Arc::new(Vec::new()));
+    let (tokens, _) = watch::channel(Arc::new(MailboxTokens::default()));
     let (fetched_tx, fetched) = mpsc::channel(FETCHED_QUEUE);
     let mut actor = Actor {
         engine,
+        clock,
+        tokens_day: 0,
         net,
         events,
         deliveries: JoinSet::new(),
@@ -172,20 +183,26 @@ pub async fn run(
         actor.net.local_peer_id().to_bytes(),
         listen.iter().map(|addr| addr.to_vec()).collect(),
     );
+    // Before anything is sealed or fetched: every session restored and its fresh sending
+    // sub-epoch on disk, prekeys and keys as old as the clock says.
+    actor.maintain();
     actor.refresh_tokens();
     actor.sync_relays().await;
-    actor.run(commands, inbound, fetched, shutdown.clone()).await;
+    let outcome = actor.run(commands, inbound, fetched, shutdown.clone()).await;
     actor.deliveries.shutdown().await;
     actor.fetch_tasks.shutdown().await;
     shutdown.cancel();
     let _ = control_task.await;
     let _ = net_task.await;
     let _ = std::fs::remove_file(home.control_socket());
-    Ok(())
+    outcome
 }
 
 struct Actor {
     engine: Engine<SledStore>,
+    clock: Clock,
+    /// The day the fetch tokens were last computed for.
+    tokens_day: u64,
     net: net::Handle,
     events: broadcast::Sender<Event>,
     deliveries: JoinSet<(MessageId, String, relay_client::Delivery)>,
@@ -194,7 +211,7 @@ struct Actor {
     /// Contacts whose node could not be reached directly, and when.
     unreachable: HashMap<String, Instant>,
     /// The fetch tokens of all our mailboxes, for the fetch tasks.
-    tokens: watch::Sender<Arc<Vec<FetchToken>>>,
+    tokens: watch::Sender<Arc<MailboxTokens>>,
     fetched_tx: mpsc::Sender<Fetched>,
     /// One fetch task per relay of ours, stopped through its token.
     fetchers: HashMap<libp2p::Multiaddr, CancellationToken>,
@@ -208,18 +225,30 @@ impl Actor {
         mut inbound: net::Inbound,
         mut fetched: mpsc::Receiver<Fetched>,
         shutdown: CancellationToken,
-    ) {
+    ) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(RETRY_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick fires at once: a key that aged while the daemon was off goes at start.
-        let mut key_check = tokio::time::interval(STORAGE_KEY_CHECK);
-        key_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Both have just run at start: their first ticks come one period later.
+        let mut maintenance =
+            tokio::time::interval_at(tokio::time::Instant::now() + MAINTENANCE_EVERY, MAINTENANCE_EVERY);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut day_check = tokio::time::interval_at(tokio::time::Instant::now() + DAY_CHECK, DAY_CHECK);
+        day_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // A write that may not be on disk must not be acted on: stop, and let the next start
+            // go on from what is durable.
+            if let Some(error) = self.engine.store().failure() {
+                tracing::error!("stopping: the database could not be written to disk: {error}");
+                return Err(anyhow::anyhow!(
+                    "the database could not be written to disk ({error}); nothing that was not saved has been sent or acknowledged"
+                ));
+            }
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => {
-                    let response = rpc::handle(&mut self.engine, &self.net, &command.request).await;
+                    let now = self.clock.now();
+                    let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
                     let _ = command.reply.send(response);
                     if rpc::changes_relays(&command.request) {
                         self.sync_relays().await;
@@ -240,7 +269,7 @@ impl Actor {
                             // once it is over.
                             self.unreachable.insert(contact.clone(), Instant::now());
                         }
-                        match tokio::task::block_in_place(|| self.engine.attempt_finished(&id, &result, now())) {
+                        match tokio::task::block_in_place(|| self.engine.attempt_finished(&id, &result, self.clock.now())) {
                             Ok(Some((status, reason))) => self.publish_status(id, status, reason),
                             Ok(None) => {}
                             Err(e) => tracing::error!("cannot record a delivery result: {e}"),
@@ -254,16 +283,25 @@ impl Actor {
                     }
                 }
                 _ = tick.tick() => self.kick(None),
-                _ = key_check.tick() => self.rotate_storage_key_if_due(),
+                _ = day_check.tick() => {
+                    if self.clock.now().day() != self.tokens_day {
+                        self.refresh_tokens();
+                    }
+                }
+                _ = maintenance.tick() => {
+                    self.maintain();
+                    self.refresh_tokens();
+                }
             }
         }
+        Ok(())
     }
 
     fn on_network(&mut self, event: net::Event) {
         match event {
             net::Event::Delivery { peer, request, reply } => {
                 let received = tokio::task::block_in_place(|| {
-                    self.engine.receive(Some(&peer.to_bytes()), &request.envelope, now())
+                    self.engine.receive(Some(&peer.to_bytes()), &request.envelope, self.clock.now())
                 });
                 match received {
                     Ok(received) => {
@@ -324,7 +362,8 @@ impl Actor {
         let mut processed = Vec::with_capacity(batch.items.len());
         let mut new_contact = false;
         for item in batch.items {
-            let received = tokio::task::block_in_place(|| self.engine.receive(None, &item.envelope, now()));
+            let now = self.clock.now();
+            let received = tokio::task::block_in_place(|| self.engine.receive(None, &item.envelope, now));
             match received {
                 Ok(received) => {
                     let failed = matches!(
@@ -357,7 +396,9 @@ impl Actor {
 
     /// Recomputes the fetch tokens of our mailboxes and tells the fetch tasks if they changed.
     fn refresh_tokens(&mut self) {
-        let tokens = tokio::task::block_in_place(|| self.engine.fetch_tokens(now()));
+        let now = self.clock.now();
+        self.tokens_day = now.day();
+        let tokens = tokio::task::block_in_place(|| self.engine.mailbox_tokens(now));
         self.tokens.send_if_modified(|current| {
             if **current == tokens {
                 return false;
@@ -403,9 +444,17 @@ impl Actor {
         }
     }
 
-    fn rotate_storage_key_if_due(&mut self) {
+    /// The maintenance pass: the engine's (prekeys, sessions), then the storage key, whose
+    /// rotation re-seals what the engine just wrote. A failed step is logged and tried again at
+    /// the next pass.
+    fn maintain(&mut self) {
+        let now = self.clock.now();
+        match tokio::task::block_in_place(|| self.engine.maintain(now)) {
+            Ok(done) => tracing::debug!(?done, "maintenance pass"),
+            Err(e) => tracing::error!("maintenance failed: {e}"),
+        }
         let store = self.engine.store();
-        match tokio::task::block_in_place(|| rotate_storage_key_if_due(store, now())) {
+        match tokio::task::block_in_place(|| rotate_storage_key_if_due(store, now)) {
             Ok(Some(key)) => {
                 tracing::info!(key = key.id, "storage key rotated; the previous one is destroyed")
             }
@@ -416,7 +465,10 @@ impl Actor {
 
     /// Starts the due deliveries (all of one contact's when it just came online).
     fn kick(&mut self, contact: Option<&str>) {
-        let attempts = match self.engine.due(now(), contact) {
+        if self.engine.store().failure().is_some() {
+            return;
+        }
+        let attempts = match self.engine.due(self.clock.now(), contact) {
             Ok(attempts) => attempts,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");
@@ -480,8 +532,9 @@ mod tests {
             Keyring::open_or_create(SledStore::key_file(dir.path()), &mut os_rng().unwrap()).unwrap();
         let store = SledStore::open(dir.path(), keyring).unwrap();
         let first = store.keyring().current();
-        assert!(rotate_storage_key_if_due(&store, now()).unwrap().is_none());
-        let later = now().plus(STORAGE_KEY_LIFETIME + 1);
+        let now = Clock::system().now();
+        assert!(rotate_storage_key_if_due(&store, now).unwrap().is_none());
+        let later = now.plus(STORAGE_KEY_LIFETIME + 1);
         let second = rotate_storage_key_if_due(&store, later).unwrap().unwrap();
         assert_ne!(second.id, first.id);
         assert_eq!(store.keyring().keys().iter().map(|k| k.id).collect::<Vec<_>>(), vec![second.id]);

@@ -11,7 +11,8 @@ use merpati_control::client::Client;
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
 
-use crate::daemon::{now, os_rng};
+use crate::clock::Clock;
+use crate::daemon::os_rng;
 
 /// One user's node on this machine.
 #[derive(Debug)]
@@ -29,7 +30,7 @@ impl LocalNode {
     pub fn create(name: &'static str, dir: &Path, exe: &Path) -> anyhow::Result<LocalNode> {
         let home = Home::at(dir.join(name.to_lowercase()))?;
         home.create_dir()?;
-        IdentityFile::create(&mut os_rng()?, Some(name.to_owned()), now())?
+        IdentityFile::create(&mut os_rng()?, Some(name.to_owned()), Clock::system().now())?
             .save_new(&home.identity_file())?;
         Ok(LocalNode { name, home, exe: exe.to_owned(), daemon: None })
     }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use libp2p::Multiaddr;
 use merpati_control::home::Home;
+use merpati_node::clock::Clock;
 use merpati_node::config::{FileConfig, Role};
 use merpati_node::daemon::{self, Options};
 use merpati_node::relay::run::{self as relay, RelayOptions};
@@ -18,8 +19,15 @@ use tokio_util::sync::CancellationToken;
 ///
 /// With --relay it runs a community relay instead: it keeps encrypted envelopes for people who
 /// are offline and lets nodes behind NAT be reached (see docs/relay-operators.md).
+/// The environment variables `merpatid` reads, shown at the end of `--help`.
+const ENVIRONMENT: &str = "Environment:
+  MERPATI_HOME          the home directory when --home is not given
+  RUST_LOG              log filter (default merpati_node=info), e.g. merpati_node=debug
+  MERPATI_CLOCK_OFFSET  for tests only: shift the daemon's clock, e.g. 3d, -12h, 90m (mailbox
+                        days, prekey rotation and expiry all follow it)";
+
 #[derive(Debug, Parser)]
-#[command(name = "merpatid", version)]
+#[command(name = "merpatid", version, after_help = ENVIRONMENT)]
 struct Args {
     /// Home directory (identity, database, control socket). Default: $MERPATI_HOME, else the
     /// platform data directory (~/.local/share/merpati on Linux).
@@ -87,6 +95,11 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(&e),
     };
+    // For tests that start a daemon "days later"; see docs/cli.md.
+    let clock = match Clock::from_env() {
+        Ok(clock) => clock,
+        Err(e) => return fail(&e),
+    };
     let is_relay = args.relay || file.role == Some(Role::Relay);
     if !is_relay && file.relay.is_some() {
         return fail(&"the config file has a [relay] section: add role = \"relay\" or run merpatid --relay");
@@ -96,6 +109,7 @@ fn main() -> ExitCode {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         if is_relay {
             let mut options = RelayOptions::new(home).with_file(&file);
+            options.clock = clock;
             if !args.listen.is_empty() {
                 options.listen = args.listen;
             }
@@ -103,7 +117,8 @@ fn main() -> ExitCode {
         } else {
             let listen = if args.listen.is_empty() { file.listen.unwrap_or_default() } else { args.listen };
             let mdns = !args.no_mdns && file.mdns.unwrap_or(true);
-            let options = Options { home, listen, mdns, read_receipts: file.read_receipts.unwrap_or(true) };
+            let read_receipts = file.read_receipts.unwrap_or(true);
+            let options = Options { home, listen, mdns, read_receipts, clock };
             daemon::run(options, shutdown, print_ready).await
         }
     });

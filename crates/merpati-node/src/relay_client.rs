@@ -3,13 +3,14 @@
 //! from each of our relays, long-polling so a deposit reaches us in milliseconds.
 //!
 //! The fetch loop owns nothing of the engine: it asks the daemon's actor for the current fetch
-//! tokens (a `watch` channel the actor updates when they change) and hands fetched envelopes to
+//! tokens (a `watch` channel the actor updates when they change, at least at every day change),
+//! sweeps old mailboxes once and long-polls the live ones and hands fetched envelopes to
 //! the actor through a bounded queue, deleting at the relay only what the actor reports as
 //! processed (stored, a duplicate, or junk that will never open). An envelope the node failed to
 //! store stays at the relay and is fetched again when the node restarts or its set of mailboxes
 //! changes (a cursor per request keeps it from being fetched in a tight loop meanwhile).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::engine::{Attempt, AttemptResult};
+use crate::engine::{Attempt, AttemptResult, MailboxTokens};
 use crate::net;
 
 /// How long a fetch may wait at the relay for a deposit when nothing is waiting.
@@ -127,10 +128,11 @@ pub struct Fetched {
 }
 
 /// The fetch tokens of every mailbox we own, as the actor last computed them.
-pub type Tokens = watch::Receiver<Arc<Vec<FetchToken>>>;
+pub type Tokens = watch::Receiver<Arc<MailboxTokens>>;
 
-/// Fetches our mailboxes at `relay` until `stop` is cancelled: a long poll while nothing waits,
-/// pages back to back while more does, and a growing pause after failures.
+/// Fetches our mailboxes at `relay` until `stop` is cancelled: first a sweep of every old
+/// mailbox not yet swept here (see [`MailboxTokens`]), then a long poll of the live ones while
+/// nothing waits, pages back to back while more does, and a growing pause after failures.
 pub async fn fetch_loop(
     net: net::Handle,
     relay: Multiaddr,
@@ -142,11 +144,22 @@ pub async fn fetch_loop(
     // Per chunk of tokens, the highest relay id seen: envelopes the node could not store stay at
     // the relay, and the cursor keeps them from being fetched again at once, in a loop.
     let mut cursors: Vec<Option<u64>> = Vec::new();
+    // The old mailboxes fetched to the end at this relay since the task started. Only the
+    // current old set is kept, so this stays as small as one day's list.
+    let mut swept: HashSet<[u8; 32]> = HashSet::new();
     let mut wait = Duration::ZERO;
     let mut failures = 0u32;
     loop {
         let current = tokens.borrow_and_update().clone();
-        let round = fetch_round(&net, peer, &relay, &current, &cursors, wait, &fetched);
+        let unswept: Vec<FetchToken> =
+            current.old.iter().filter(|token| !swept.contains(&token.0)).cloned().collect();
+        let work = async {
+            if unswept.is_empty() {
+                fetch_round(&net, peer, &relay, &current.live, &cursors, wait, &fetched).await.map(Some)
+            } else {
+                sweep(&net, peer, &relay, &unswept, &fetched).await.map(|()| None)
+            }
+        };
         let outcome = tokio::select! {
             () = stop.cancelled() => return,
             // New mailboxes (a new conversation, a new day): ask again with the new tokens, from
@@ -159,13 +172,21 @@ pub async fn fetch_loop(
                 wait = Duration::ZERO;
                 continue;
             }
-            outcome = round => outcome,
+            outcome = work => outcome,
         };
         let pause = match outcome {
-            Ok(Round { last, more }) => {
+            Ok(Some(Round { last, more })) => {
                 failures = 0;
                 cursors = last;
                 wait = if more { Duration::ZERO } else { LONG_POLL };
+                Duration::ZERO
+            }
+            Ok(None) => {
+                failures = 0;
+                if !unswept.is_empty() {
+                    debug!(relay = %peer, mailboxes = unswept.len(), "swept old mailboxes");
+                }
+                swept = current.old.iter().map(|token| token.0).collect();
                 Duration::ZERO
             }
             Err(error) => {
@@ -184,6 +205,25 @@ pub async fn fetch_loop(
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+/// Fetches `tokens` page after page, without waiting at the relay, until nothing is left.
+async fn sweep(
+    net: &net::Handle,
+    peer: PeerId,
+    relay: &Multiaddr,
+    tokens: &[FetchToken],
+    fetched: &mpsc::Sender<Fetched>,
+) -> Result<(), String> {
+    let mut cursors = Vec::new();
+    loop {
+        let Round { last, more } =
+            fetch_round(net, peer, relay, tokens, &cursors, Duration::ZERO, fetched).await?;
+        if !more {
+            return Ok(());
+        }
+        cursors = last;
     }
 }
 

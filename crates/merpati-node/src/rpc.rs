@@ -7,45 +7,45 @@ use merpati_control::protocol::{
     Direction as ViewDirection, InviteResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult,
     RelayListResult, RelayView, Request, Response, SendResult, StatusResult, StatusUpdate, StoredCount,
 };
+use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{SafetyNumber, fingerprint};
 use serde::Serialize;
 
-use crate::daemon::now;
 use crate::engine::{Engine, EngineError};
 use crate::net;
 use crate::store::{Direction, SledStore, Status, Store, StoredMessage};
 
-/// Answers one control request.
-pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, request: &Request) -> Response {
+/// Answers one control request received at `now`.
+pub(crate) async fn handle(
+    engine: &mut Engine<SledStore>,
+    net: &net::Handle,
+    request: &Request,
+    now: Timestamp,
+) -> Response {
     let id = request.id.clone();
     let result = match request.method.as_str() {
         method::Status::NAME => status(engine, net).await.map(to_value),
-        method::Invite::NAME => invite(engine, net).await.map(to_value),
+        method::Invite::NAME => invite(engine, net, now).await.map(to_value),
         method::ContactAdd::NAME => match request.params_of::<method::ContactAdd>() {
             Err(answer) => return answer,
-            Ok(params) => {
-                blocking(|| engine.add_contact(&params.invite, &params.name, now())).map(|contact| {
-                    to_value(ContactAddResult {
-                        name: contact.name,
-                        fingerprint: fingerprint(&contact.identity),
-                        safety_number: SafetyNumber::new(
-                            &engine.profile().identity.public(),
-                            &contact.identity,
-                        )
+            Ok(params) => blocking(|| engine.add_contact(&params.invite, &params.name, now)).map(|contact| {
+                to_value(ContactAddResult {
+                    name: contact.name,
+                    fingerprint: fingerprint(&contact.identity),
+                    safety_number: SafetyNumber::new(&engine.profile().identity.public(), &contact.identity)
                         .to_string(),
-                    })
                 })
-            }
+            }),
         },
         method::ContactList::NAME => contact_list(engine, net).await.map(to_value),
         method::ContactShow::NAME => match request.params_of::<method::ContactShow>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| contact_show(engine, &params.name)).map(to_value),
+            Ok(params) => blocking(|| contact_show(engine, &params.name, now)).map(to_value),
         },
         method::Send::NAME => match request.params_of::<method::Send>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| engine.send_text(&params.to, &params.text, now()))
+            Ok(params) => blocking(|| engine.send_text(&params.to, &params.text, now))
                 .map(|message| to_value(SendResult { id: message_id(&message.id) })),
         },
         method::MessageStatus::NAME => match request.params_of::<method::MessageStatus>() {
@@ -79,7 +79,7 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
         },
         method::MessagesRead::NAME => match request.params_of::<method::MessagesRead>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| engine.mark_read(&params.with, now())).map(|count| {
+            Ok(params) => blocking(|| engine.mark_read(&params.with, now)).map(|count| {
                 to_value(MessagesReadResult { count: u32::try_from(count).unwrap_or(u32::MAX) })
             }),
         },
@@ -90,7 +90,7 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
                 Err(e) => {
                     Err(EngineError::InvalidRelay(format!("\"{}\" is not an address: {e}", params.addr)))
                 }
-                Ok(addr) => match blocking(|| engine.add_relay(&addr.to_vec(), now())) {
+                Ok(addr) => match blocking(|| engine.add_relay(&addr.to_vec(), now)) {
                     Ok(_) => Ok(to_value(relay_list(engine, net).await)),
                     Err(e) => Err(e),
                 },
@@ -100,7 +100,7 @@ pub(crate) async fn handle(engine: &mut Engine<SledStore>, net: &net::Handle, re
             Err(answer) => return answer,
             Ok(params) => match relay_peer(&params.relay) {
                 Err(e) => Err(e),
-                Ok(peer) => match blocking(|| engine.remove_relay(&peer.to_bytes(), now())) {
+                Ok(peer) => match blocking(|| engine.remove_relay(&peer.to_bytes(), now)) {
                     Ok(()) => Ok(to_value(relay_list(engine, net).await)),
                     Err(e) => Err(e),
                 },
@@ -163,10 +163,14 @@ async fn connected_contacts(
         .collect())
 }
 
-async fn invite(engine: &Engine<SledStore>, net: &net::Handle) -> Result<InviteResult, EngineError> {
+async fn invite(
+    engine: &Engine<SledStore>,
+    net: &net::Handle,
+    now: Timestamp,
+) -> Result<InviteResult, EngineError> {
     // Invites carry addresses without the trailing `/p2p/<id>` (the peer id travels separately).
     let addrs = net.listen_addrs().await.into_iter().map(|addr| strip_p2p(addr).to_vec()).collect();
-    let invite = engine.invite(net.local_peer_id().to_bytes(), addrs, now())?;
+    let invite = engine.invite(net.local_peer_id().to_bytes(), addrs, now)?;
     Ok(InviteResult { invite })
 }
 
@@ -195,10 +199,14 @@ async fn contact_list(
     Ok(ContactListResult { contacts })
 }
 
-fn contact_show(engine: &mut Engine<SledStore>, name: &str) -> Result<ContactShowResult, EngineError> {
+fn contact_show(
+    engine: &mut Engine<SledStore>,
+    name: &str,
+    now: Timestamp,
+) -> Result<ContactShowResult, EngineError> {
     let contact =
         engine.store().contact(name)?.ok_or_else(|| EngineError::UnknownContact(name.to_owned()))?;
-    let missing = engine.missing(name, now())?;
+    let missing = engine.missing(name, now)?;
     Ok(ContactShowResult {
         fingerprint: fingerprint(&contact.identity),
         safety_number: SafetyNumber::new(&engine.profile().identity.public(), &contact.identity).to_string(),
@@ -211,6 +219,7 @@ fn contact_show(engine: &mut Engine<SledStore>, name: &str) -> Result<ContactSho
             .collect(),
         name: contact.name,
         missing,
+        last_heard: contact.last_heard.map(|t| t.millis()),
     })
 }
 

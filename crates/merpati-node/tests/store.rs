@@ -69,6 +69,8 @@ impl Fixture {
             relays: vec![],
             session: None,
             added_at: NOW,
+            last_resort: prekeys.last_resort().cloned(),
+            last_heard: None,
         }
     }
 

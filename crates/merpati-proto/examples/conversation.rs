@@ -40,7 +40,9 @@ impl Device {
         let identity = IdentityKey::generate(rng);
         let device_static = X25519Secret::generate(rng);
         let cert = DeviceCert::issue(&identity, &device_static.public(), now);
-        let prekeys = PrekeyRing::new(&identity, &cert.device_id(), now, rng);
+        let mut prekeys = PrekeyRing::new(&identity, &cert.device_id(), now, rng);
+        // The first check makes the last-resort prekey invites carry.
+        prekeys.rotate_if_due(&identity, &cert.device_id(), now, rng);
         let bundle = Bundle::new(&identity, cert.clone(), prekeys.current().clone(), vec![PROTOCOL_VERSION])?;
         let inbox_secret = SymmetricKey::generate(rng);
         Ok(Self { name, identity, device_static, cert, prekeys, bundle, inbox_secret })
@@ -96,6 +98,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let invite = Invite::new(
         &bob.identity,
         bob.bundle.clone(),
+        bob.prekeys.last_resort().ok_or("no last-resort prekey")?.clone(),
         bob.inbox(),
         Vec::new(),
         b"bob's node".to_vec(),

@@ -51,6 +51,22 @@ pub const PREKEY_LIFETIME: u64 = PREKEY_ROTATION + PREKEY_GRACE;
 /// The most replaced prekeys a [`PrekeyRing`] keeps (count). With weekly rotation at most five
 /// are still valid; the cap only bounds the state if the clock misbehaves.
 pub const MAX_PREVIOUS_PREKEYS: usize = 10;
+/// How long a last-resort prekey is the one invites carry before a new one replaces it, in
+/// milliseconds (30 days).
+pub const LAST_RESORT_ROTATION: u64 = 30 * Timestamp::DAY;
+/// A last-resort prekey's whole validity, from creation to `expires_at`, in milliseconds (400
+/// days): an invite made on any day carries one with at least [`INVITE_LIFETIME`] left.
+pub const LAST_RESORT_LIFETIME: u64 = 400 * Timestamp::DAY;
+/// How long an invite stays usable at the least, in milliseconds (365 days): the last-resort
+/// prekey it carries is at most [`LAST_RESORT_ROTATION`] old when it is made, plus however long
+/// the owner's rotation check waits (five days of slack; a node checks hourly).
+pub const INVITE_LIFETIME: u64 = 365 * Timestamp::DAY;
+const _: () = assert!(LAST_RESORT_LIFETIME - LAST_RESORT_ROTATION >= INVITE_LIFETIME + 5 * Timestamp::DAY);
+/// The id bit that marks a last-resort prekey; rotating prekeys never have it.
+pub const LAST_RESORT_ID_BIT: u32 = 1 << 31;
+/// The most last-resort prekeys a [`PrekeyRing`] keeps (count). With monthly rotation at most 15
+/// are usable at once (400 days of validity and 30 days of grace).
+pub const MAX_LAST_RESORT_PREKEYS: usize = 16;
 /// Decimal digits in a [`SafetyNumber`].
 pub const SAFETY_NUMBER_DIGITS: usize = 60;
 
@@ -480,6 +496,8 @@ struct PrekeyEntry {
 }
 
 impl PrekeyEntry {
+    /// A new prekey `id`, valid from `now` for [`PREKEY_LIFETIME`], or for
+    /// [`LAST_RESORT_LIFETIME`] if `id` has the [`LAST_RESORT_ID_BIT`].
     fn generate(
         identity: &IdentityKey,
         device: &DeviceId,
@@ -488,8 +506,8 @@ impl PrekeyEntry {
         rng: &mut (impl CryptoRng + ?Sized),
     ) -> Self {
         let secret = X25519Secret::generate(rng);
-        let prekey =
-            SignedPrekey::issue(identity, device, id, &secret.public(), now, now.plus(PREKEY_LIFETIME));
+        let lifetime = if is_last_resort(id) { LAST_RESORT_LIFETIME } else { PREKEY_LIFETIME };
+        let prekey = SignedPrekey::issue(identity, device, id, &secret.public(), now, now.plus(lifetime));
         Self { prekey, secret }
     }
 
@@ -500,32 +518,62 @@ impl PrekeyEntry {
     }
 }
 
+/// Whether prekey `id` is a last-resort one.
+pub fn is_last_resort(id: u32) -> bool {
+    id & LAST_RESORT_ID_BIT != 0
+}
+
 /// A device's prekeys with their private keys: the current one, published in bundles, and
-/// replaced ones kept until they expire so first contacts still in flight can be opened.
+/// replaced ones kept until they expire so first contacts still in flight can be opened; and the
+/// last-resort prekeys invites carry besides the bundle, for first contacts made after the
+/// bundle's prekey expired (an invite is good for over a year, a rotating prekey for 37 days).
 ///
 /// Dropping a prekey (at [`PrekeyRing::purge`] or when the ring is dropped) zeroizes its private
 /// key; once it is gone, first contacts encrypted to it stay sealed (forward secrecy).
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(try_from = "PrekeyRingState")]
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "PrekeyRingState<PrekeyEntry>")]
 pub struct PrekeyRing {
     current: PrekeyEntry,
     /// Replaced prekeys, oldest first; at most [`MAX_PREVIOUS_PREKEYS`].
     previous: Vec<PrekeyEntry>,
+    /// Last-resort prekeys, oldest first, the newest being the one invites carry; at most
+    /// [`MAX_LAST_RESORT_PREKEYS`]. Empty only in a new ring, or one stored before they existed,
+    /// until the next [`PrekeyRing::rotate_if_due`].
+    last_resort: Vec<PrekeyEntry>,
 }
 
-/// The persisted form of a ring, checked before it becomes a [`PrekeyRing`].
-#[derive(Deserialize)]
-struct PrekeyRingState {
-    current: PrekeyEntry,
-    previous: Vec<PrekeyEntry>,
+/// The persisted form of a ring, checked before it becomes a [`PrekeyRing`]. Last-resort
+/// prekeys are persisted in `previous`, told apart by [`LAST_RESORT_ID_BIT`]: rings stored
+/// before they existed load unchanged.
+#[derive(Serialize, Deserialize)]
+struct PrekeyRingState<E> {
+    current: E,
+    previous: Vec<E>,
 }
 
-impl TryFrom<PrekeyRingState> for PrekeyRing {
+impl Serialize for PrekeyRing {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let state = PrekeyRingState {
+            current: &self.current,
+            previous: self.previous.iter().chain(&self.last_resort).collect(),
+        };
+        state.serialize(serializer)
+    }
+}
+
+impl TryFrom<PrekeyRingState<PrekeyEntry>> for PrekeyRing {
     type Error = IdentityError;
 
-    fn try_from(state: PrekeyRingState) -> Result<Self, IdentityError> {
+    fn try_from(state: PrekeyRingState<PrekeyEntry>) -> Result<Self, IdentityError> {
         let invalid = |reason| Err(IdentityError::InvalidPrekeyRing { reason });
-        if state.previous.len() > MAX_PREVIOUS_PREKEYS {
+        if is_last_resort(state.current.prekey.id) {
+            return invalid("the current prekey is a last-resort one");
+        }
+        let last_resort_count = state.previous.iter().filter(|e| is_last_resort(e.prekey.id)).count();
+        if last_resort_count > MAX_LAST_RESORT_PREKEYS {
+            return invalid("too many last-resort prekeys");
+        }
+        if state.previous.len() - last_resort_count > MAX_PREVIOUS_PREKEYS {
             return invalid("too many previous prekeys");
         }
         let entries = || std::iter::once(&state.current).chain(&state.previous);
@@ -538,14 +586,18 @@ impl TryFrom<PrekeyRingState> for PrekeyRing {
                 return invalid("two prekeys share an id");
             }
         }
-        let mut previous = state.previous;
+        let (mut last_resort, mut previous): (Vec<_>, Vec<_>) =
+            state.previous.into_iter().partition(|e| is_last_resort(e.prekey.id));
         previous.reserve_exact((MAX_PREVIOUS_PREKEYS + 1).saturating_sub(previous.len()));
-        Ok(Self { current: state.current, previous })
+        last_resort.reserve_exact((MAX_LAST_RESORT_PREKEYS + 1).saturating_sub(last_resort.len()));
+        Ok(Self { current: state.current, previous, last_resort })
     }
 }
 
 impl PrekeyRing {
-    /// A ring with a first prekey (id 1) made at `now`.
+    /// A ring with a first prekey (id 1) made at `now`, and no last-resort prekey until the first
+    /// [`PrekeyRing::rotate_if_due`] (which makes one at once), so that making a ring draws the
+    /// same randomness as before last-resort prekeys existed.
     pub fn new(
         identity: &IdentityKey,
         device: &DeviceId,
@@ -555,7 +607,8 @@ impl PrekeyRing {
         // Room for the cap up front, so rotating never reallocates and leaves copies of private
         // keys behind in freed memory.
         let previous = Vec::with_capacity(MAX_PREVIOUS_PREKEYS + 1);
-        Self { current: PrekeyEntry::generate(identity, device, 1, now, rng), previous }
+        let last_resort = Vec::with_capacity(MAX_LAST_RESORT_PREKEYS + 1);
+        Self { current: PrekeyEntry::generate(identity, device, 1, now, rng), previous, last_resort }
     }
 
     /// The prekey to publish.
@@ -563,9 +616,15 @@ impl PrekeyRing {
         &self.current.prekey
     }
 
+    /// The last-resort prekey invites carry now: the newest one.
+    pub fn last_resort(&self) -> Option<&SignedPrekey> {
+        self.last_resort.last().map(|e| &e.prekey)
+    }
+
     /// Replaces the current prekey with a new one (id + 1) if it is at least [`PREKEY_ROTATION`]
-    /// old, keeping the old one until it expires. Returns whether it rotated, in which case the
-    /// caller persists the ring and republishes its bundle.
+    /// old, and the last-resort prekey if it is at least [`LAST_RESORT_ROTATION`] old (or there
+    /// is none), keeping the old ones until they expire. Returns whether either rotated, in which
+    /// case the caller persists the ring and republishes its bundle and invites.
     pub fn rotate_if_due(
         &mut self,
         identity: &IdentityKey,
@@ -573,26 +632,38 @@ impl PrekeyRing {
         now: Timestamp,
         rng: &mut (impl CryptoRng + ?Sized),
     ) -> bool {
-        if now.since(self.current.prekey.created_at) < PREKEY_ROTATION {
-            return false;
+        let mut rotated = false;
+        if now.since(self.current.prekey.created_at) >= PREKEY_ROTATION {
+            // Ids only have to differ among the prekeys alive at once; the low 31 bits last 40
+            // million years of weekly rotation.
+            let id = self.current.prekey.id.wrapping_add(1) & !LAST_RESORT_ID_BIT;
+            let fresh = PrekeyEntry::generate(identity, device, id, now, rng);
+            self.previous.push(std::mem::replace(&mut self.current, fresh));
+            if self.previous.len() > MAX_PREVIOUS_PREKEYS {
+                self.previous.remove(0);
+            }
+            rotated = true;
         }
-        // Ids only have to differ among the prekeys alive at once; a u32 lasts 80 million years.
-        let id = self.current.prekey.id.wrapping_add(1);
-        let fresh = PrekeyEntry::generate(identity, device, id, now, rng);
-        self.previous.push(std::mem::replace(&mut self.current, fresh));
-        if self.previous.len() > MAX_PREVIOUS_PREKEYS {
-            self.previous.remove(0);
+        let newest = self.last_resort.last().map(|e| &e.prekey);
+        if newest.is_none_or(|p| now.since(p.created_at) >= LAST_RESORT_ROTATION) {
+            let id = LAST_RESORT_ID_BIT | newest.map_or(1, |p| p.id.wrapping_add(1));
+            self.last_resort.push(PrekeyEntry::generate(identity, device, id, now, rng));
+            if self.last_resort.len() > MAX_LAST_RESORT_PREKEYS {
+                self.last_resort.remove(0);
+            }
+            rotated = true;
         }
-        true
+        rotated
     }
 
     /// Deletes the private keys of replaced prekeys that have expired; returns how many. The
     /// current prekey is never deleted here: [`PrekeyRing::rotate_if_due`] replaces it long before
     /// it expires.
     pub fn purge(&mut self, now: Timestamp) -> usize {
-        let before = self.previous.len();
+        let before = self.previous.len() + self.last_resort.len();
         self.previous.retain(|e| e.usable(now));
-        before - self.previous.len()
+        self.last_resort.retain(|e| e.usable(now));
+        before - self.previous.len() - self.last_resort.len()
     }
 
     /// The private key of prekey `id`, if it is known and still usable at `now` (until
@@ -600,15 +671,19 @@ impl PrekeyRing {
     pub fn secret_for(&self, id: u32, now: Timestamp) -> Option<&X25519Secret> {
         std::iter::once(&self.current)
             .chain(self.previous.iter().rev())
+            .chain(self.last_resort.iter().rev())
             .find(|e| e.prekey.id == id)
             .filter(|e| e.usable(now))
             .map(|e| &e.secret)
     }
 
     /// Every prekey the ring holds a private key for: the current one, then replaced ones from
-    /// the newest.
+    /// the newest, then last-resort ones from the newest.
     pub fn prekeys(&self) -> impl Iterator<Item = &SignedPrekey> {
-        std::iter::once(&self.current).chain(self.previous.iter().rev()).map(|e| &e.prekey)
+        std::iter::once(&self.current)
+            .chain(self.previous.iter().rev())
+            .chain(self.last_resort.iter().rev())
+            .map(|e| &e.prekey)
     }
 }
 
@@ -1028,6 +1103,7 @@ mod tests {
         let first = d.ring.current().clone();
         let first_secret = d.ring.secret_for(1, T0).expect("first").as_bytes().to_owned();
         assert_eq!(X25519Secret::from_bytes(first_secret).public(), first.public);
+        assert!(d.ring.rotate_if_due(&d.identity, &device_id, T0, &mut rng), "makes the last-resort prekey");
 
         assert!(!d.ring.rotate_if_due(&d.identity, &device_id, T0.plus(PREKEY_ROTATION - 1), &mut rng));
         assert!(!d.ring.rotate_if_due(&d.identity, &device_id, Timestamp(0), &mut rng), "clock went back");
@@ -1038,7 +1114,7 @@ mod tests {
         assert_eq!(second.id, 2);
         assert_ne!(second.public, first.public);
         assert_eq!(second.verify(&d.identity.public(), &device_id, t1), Ok(()));
-        assert_eq!(d.ring.prekeys().count(), 2);
+        assert_eq!(d.ring.prekeys().count(), 3, "two rotating prekeys and a last-resort one");
 
         // The replaced prekey still opens first contacts until the relay grace period after its
         // expiry (a first contact written just before expiry may wait on a relay), then is deleted.
@@ -1050,7 +1126,47 @@ mod tests {
         assert_eq!(d.ring.purge(gone.plus(1)), 1);
         assert!(d.ring.secret_for(1, T0).is_none(), "deleted, whatever the time");
         assert!(d.ring.secret_for(2, gone.plus(1)).is_some());
-        assert_eq!(d.ring.prekeys().count(), 1);
+        assert_eq!(d.ring.prekeys().count(), 2);
+    }
+
+    #[test]
+    fn last_resort_prekeys_rotate_monthly_and_keep_invites_alive_for_a_year() {
+        let mut d = device(11);
+        let mut rng = ChaCha20Rng::seed_from_u64(101);
+        let device_id = d.cert.device_id();
+        assert_eq!(d.ring.last_resort(), None, "a new ring has none yet");
+        assert!(d.ring.rotate_if_due(&d.identity, &device_id, T0, &mut rng), "the first check makes one");
+        let first = d.ring.last_resort().expect("last-resort prekey").clone();
+        assert!(is_last_resort(first.id));
+        assert_eq!(first.expires_at, T0.plus(LAST_RESORT_LIFETIME));
+        assert_eq!(first.verify(&d.identity.public(), &device_id, T0.plus(LAST_RESORT_LIFETIME)), Ok(()));
+        // Two years of hourly checks: whatever the day, the invite made then lasts a year, and the
+        // secret of every last-resort prekey an invite of the last 400 days carried is at hand.
+        let mut now = T0;
+        let mut handed_out = vec![first];
+        for _ in 0..(2 * 365 * 24) {
+            now = now.plus(Timestamp::HOUR);
+            d.ring.rotate_if_due(&d.identity, &device_id, now, &mut rng);
+            d.ring.purge(now);
+            let current = d.ring.last_resort().expect("last-resort prekey").clone();
+            assert!(current.expires_at >= now.plus(INVITE_LIFETIME), "an invite made now lasts a year");
+            if handed_out.last() != Some(&current) {
+                handed_out.push(current);
+            }
+            assert!(d.ring.prekeys().filter(|p| is_last_resort(p.id)).count() <= MAX_LAST_RESORT_PREKEYS);
+        }
+        assert_eq!(handed_out.len(), 1 + (2 * 365) / 30, "one a month");
+        for prekey in &handed_out {
+            let usable = now <= prekey.expires_at.plus(PREKEY_GRACE);
+            assert_eq!(
+                d.ring.secret_for(prekey.id, now).is_some(),
+                usable,
+                "last-resort prekey {:x}",
+                prekey.id
+            );
+        }
+        // Rotating and last-resort ids never meet.
+        assert!(d.ring.prekeys().filter(|p| !is_last_resort(p.id)).all(|p| p.id < LAST_RESORT_ID_BIT));
     }
 
     #[test]
@@ -1062,12 +1178,15 @@ mod tests {
         for _ in 0..120 {
             now = now.plus(PREKEY_ROTATION);
             assert!(d.ring.rotate_if_due(&d.identity, &device_id, now, &mut rng));
-            // Without purging, the cap applies; with it, only unexpired keys remain.
-            assert!(d.ring.prekeys().count() <= MAX_PREVIOUS_PREKEYS + 1);
+            // Without purging, the caps apply; with it, only unexpired keys remain.
+            let rotating = d.ring.prekeys().filter(|p| !is_last_resort(p.id)).count();
+            assert!(rotating <= MAX_PREVIOUS_PREKEYS + 1);
+            assert!(d.ring.prekeys().count() - rotating <= MAX_LAST_RESORT_PREKEYS);
         }
         d.ring.purge(now);
         // A prekey is usable for 37 days plus the 30-day grace: the current one and nine weeks back.
-        assert_eq!(d.ring.prekeys().count(), 10, "current plus nine weeks of still-usable prekeys");
+        let rotating = d.ring.prekeys().filter(|p| !is_last_resort(p.id)).count();
+        assert_eq!(rotating, 10, "current plus nine weeks of still-usable prekeys");
         assert_eq!(d.ring.current().id, 121);
         for id in 112..=121 {
             assert!(d.ring.secret_for(id, now).is_some(), "prekey {id}");
@@ -1089,6 +1208,22 @@ mod tests {
                 d.ring.secret_for(id, T0.plus(PREKEY_ROTATION)).map(X25519Secret::as_bytes)
             );
         }
+        let last_resort = d.ring.last_resort().expect("last-resort prekey");
+        assert_eq!(back.last_resort(), Some(last_resort));
+        assert!(back.secret_for(last_resort.id, T0).is_some());
+
+        // A ring stored before last-resort prekeys existed loads without one; the next rotation
+        // check makes one.
+        let mut value: serde_json::Value = serde_json::from_str(&json).expect("value");
+        let previous = value["previous"].as_array().expect("list").clone();
+        // A prekey is persisted as its bytes, the id (u32 BE) first.
+        let rotating: Vec<_> =
+            previous.into_iter().filter(|e| e["prekey"][0].as_u64() < Some(0x80)).collect();
+        value["previous"] = serde_json::Value::Array(rotating);
+        let mut old: PrekeyRing = serde_json::from_value(value).expect("an old ring");
+        assert_eq!(old.last_resort(), None);
+        assert!(old.rotate_if_due(&d.identity, &device_id, T0.plus(PREKEY_ROTATION), &mut rng));
+        assert!(old.last_resort().is_some());
 
         let mut value: serde_json::Value = serde_json::from_str(&json).expect("value");
         value["current"]["secret"] = serde_json::json!(vec![7u8; 32]);

@@ -2,8 +2,14 @@
 //!
 //! An invite carries the inviter's [`Bundle`] (identity, device, prekey, versions), the mailbox
 //! where the invitee writes the first contact, how to reach the inviter (relays, libp2p peer id and
-//! addresses, opaque to this crate), an optional display name and its creation time, all signed by
-//! the inviter's identity key.
+//! addresses, opaque to this crate), an optional display name, its creation time and a
+//! last-resort prekey, all signed by the inviter's identity key.
+//!
+//! Lifetime. People exchange invites long before they need them, so an invite lasts over a year
+//! ([`INVITE_LIFETIME`]), although the bundle's prekey rotates weekly and expires after 37 days:
+//! while that prekey is valid a first contact uses it ([`Invite::bundle_at`]), and after, the
+//! last-resort prekey, which lives 400 days. The cost is forward secrecy for late first contacts:
+//! the last-resort prekey's private key stays on the inviter's device that much longer.
 //!
 //! Text form: `MERPATI1:` then RFC 4648 base32 (uppercase, no padding) of
 //! `invite ‖ checksum`, where `checksum = H("NDR1/invite-checksum" ‖ invite)[..4]`. Uppercase
@@ -14,14 +20,17 @@
 //!
 //! Binary layout of `invite`: bundle ‖ inbox mailbox id (16) ‖ relay count (u8) ‖ relays (u8
 //! length ‖ bytes each) ‖ peer id (u8 length ‖ bytes) ‖ address count (u8) ‖ addresses (u8 length ‖
-//! bytes each) ‖ name (u8 length ‖ UTF-8, empty for none) ‖ created at (u64 ms) ‖ signature (64)
-//! over `H("NDR1/invite" ‖ everything before the signature)`.
+//! bytes each) ‖ name (u8 length ‖ UTF-8, empty for none) ‖ created at (u64 ms) ‖ last-resort
+//! prekey (a signed prekey, absent in invites made before they existed) ‖ signature (64) over
+//! `H("NDR1/invite" ‖ everything before the signature)`.
 
 use data_encoding::BASE32_NOPAD;
 use thiserror::Error;
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::identity::{Bundle, IdentityError, IdentityKey, IdentityPublic};
+use crate::identity::{Bundle, IdentityError, IdentityKey, IdentityPublic, SignedPrekey, is_last_resort};
+
+pub use crate::identity::INVITE_LIFETIME;
 use crate::kdf::{self, label};
 use crate::mailbox::MailboxId;
 use crate::time::Timestamp;
@@ -29,7 +38,7 @@ use crate::time::Timestamp;
 /// The text form's prefix; the digit is the invite format version.
 pub const PREFIX: &str = "MERPATI1:";
 /// The longest text [`Invite::parse`] looks at, in bytes, after trimming surrounding whitespace.
-/// The largest possible invite is about 3 400 characters.
+/// The largest possible invite is about 3 600 characters.
 pub const MAX_INVITE_TEXT: usize = 4096;
 /// The most relays an invite lists.
 pub const MAX_RELAYS: usize = 4;
@@ -53,6 +62,7 @@ pub const MAX_INVITE_LEN: usize = Bundle::MAX_ENCODED_LEN
     + 1
     + MAX_NAME_LEN
     + 8
+    + SignedPrekey::ENCODED_LEN
     + 64;
 
 /// Checksum bytes appended before base32 encoding.
@@ -108,9 +118,12 @@ pub enum InviteError {
     /// The keys inside are invalid (a weak identity key, a bad certificate or bundle).
     #[error("the invite's keys are invalid: {0}")]
     Identity(IdentityError),
-    /// The prekey inside has expired, so a first contact could no longer be opened.
-    #[error("the invite has expired: ask for a new one")]
-    ExpiredPrekey,
+    /// Every prekey inside has expired, so a first contact could no longer be opened.
+    #[error("the invite expired on {}: ask for a new one", on.date())]
+    Expired {
+        /// When its last prekey expired.
+        on: Timestamp,
+    },
     /// [`Invite::new`] was given a field outside its bounds.
     #[error("cannot make this invite: {0}")]
     InvalidField(DecodeError),
@@ -119,7 +132,7 @@ pub enum InviteError {
 impl From<IdentityError> for InviteError {
     fn from(e: IdentityError) -> Self {
         match e {
-            IdentityError::Expired { .. } => Self::ExpiredPrekey,
+            IdentityError::Expired { expires_at, .. } => Self::Expired { on: expires_at },
             IdentityError::Decode(e) => Self::Malformed(e),
             e => Self::Identity(e),
         }
@@ -149,16 +162,21 @@ pub struct Invite {
     pub name: Option<String>,
     /// When the invite was made.
     pub created_at: Timestamp,
+    /// The prekey a first contact uses once the bundle's has expired (see the module
+    /// documentation); none in invites made before last-resort prekeys existed.
+    pub last_resort: Option<SignedPrekey>,
     /// The inviter identity's signature.
     pub signature: [u8; 64],
 }
 
 impl Invite {
-    /// Signs an invite. `identity` must be the key of `bundle`; an empty name counts as none.
+    /// Signs an invite. `identity` must be the key of `bundle`, and `last_resort` a last-resort
+    /// prekey it signed for the same device; an empty name counts as none.
     #[expect(clippy::too_many_arguments, reason = "one argument per invite field")]
     pub fn new(
         identity: &IdentityKey,
         bundle: Bundle,
+        last_resort: SignedPrekey,
         inbox: MailboxId,
         relays: Vec<Vec<u8>>,
         peer_id: Vec<u8>,
@@ -173,8 +191,19 @@ impl Invite {
         check_fields(&relays, &peer_id, &addrs, name.as_deref()).map_err(InviteError::InvalidField)?;
         // Handing out an invite that its recipient will refuse helps nobody.
         bundle.verify(now)?;
-        let mut invite =
-            Self { bundle, inbox, relays, peer_id, addrs, name, created_at: now, signature: [0; 64] };
+        let last_resort = Some(last_resort);
+        let mut invite = Self {
+            bundle,
+            inbox,
+            relays,
+            peer_id,
+            addrs,
+            name,
+            created_at: now,
+            last_resort,
+            signature: [0; 64],
+        };
+        invite.check_last_resort()?;
         invite.signature = identity.sign(label::INVITE, &[&invite.body()]);
         Ok(invite)
     }
@@ -184,15 +213,33 @@ impl Invite {
         self.bundle.identity()
     }
 
-    /// Checks the invite signature, then the bundle (certificate, prekey not expired at `now`,
-    /// versions).
+    /// Checks the invite signature, the last-resort prekey's signature, then that the bundle
+    /// (certificate, versions, a prekey valid at `now`) can be used: see [`Invite::bundle_at`].
     pub fn verify(&self, now: Timestamp) -> Result<(), InviteError> {
         self.identity().verify(label::INVITE, &[&self.body()], &self.signature).map_err(|e| match e {
             IdentityError::BadSignature { .. } => InviteError::BadSignature,
             e => e.into(),
         })?;
-        self.bundle.verify(now)?;
-        Ok(())
+        self.check_last_resort()?;
+        self.bundle_at(now).map(|_| ())
+    }
+
+    /// The bundle a first contact written at `now` uses; see [`bundle_at`].
+    pub fn bundle_at(&self, now: Timestamp) -> Result<Bundle, InviteError> {
+        bundle_at(&self.bundle, self.last_resort.as_ref(), now)
+    }
+
+    /// The last-resort prekey, if any, must be one (by its id) and signed by the invite's
+    /// identity for the bundle's device; its age is checked when it is used.
+    fn check_last_resort(&self) -> Result<(), InviteError> {
+        let Some(prekey) = &self.last_resort else { return Ok(()) };
+        if !is_last_resort(prekey.id) {
+            return Err(InviteError::Malformed(DecodeError::Invalid { what: "last-resort prekey id" }));
+        }
+        match prekey.verify(self.identity(), &self.bundle.device_id(), prekey.created_at) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(InviteError::Identity(e)),
+        }
     }
 
     /// The text form, `MERPATI1:…`, one line.
@@ -257,6 +304,9 @@ impl Invite {
         write_list(w, &self.addrs);
         w.bytes_u8(self.name.as_deref().unwrap_or("").as_bytes());
         w.u64(self.created_at.0);
+        if let Some(prekey) = &self.last_resort {
+            prekey.encode(w);
+        }
     }
 
     /// The length of the binary encoding, signature included.
@@ -271,6 +321,7 @@ impl Invite {
             + 1
             + self.name.as_ref().map_or(0, String::len)
             + 8
+            + self.last_resort.as_ref().map_or(0, |_| SignedPrekey::ENCODED_LEN)
             + 64
     }
 
@@ -296,9 +347,12 @@ impl Invite {
             }
         };
         let created_at = Timestamp(r.u64("invite time")?);
+        // Optional, and the last field before the signature: present when more than the
+        // signature is left.
+        let last_resort = if r.remaining() > 64 { Some(SignedPrekey::decode(r)?) } else { None };
         let signature = r.array("invite signature")?;
         check_fields(&relays, &peer_id, &addrs, name.as_deref())?;
-        Ok(Self { bundle, inbox, relays, peer_id, addrs, name, created_at, signature })
+        Ok(Self { bundle, inbox, relays, peer_id, addrs, name, created_at, last_resort, signature })
     }
 
     /// The binary encoding as a vector.
@@ -315,6 +369,30 @@ impl Invite {
         r.finish()?;
         Ok(invite)
     }
+}
+
+/// The bundle a first contact written at `now` uses, from an invite's `bundle` and `last_resort`
+/// prekey (kept by whoever added the contact, since the first message may come months later):
+/// the bundle itself while its prekey is valid, else the same bundle with the last-resort prekey
+/// in its place. Refused when both prekeys have expired, with the date the last one did.
+///
+/// In the second case the bundle's `signature` still covers the rotating prekey: the invite's
+/// signature is what vouches for the last-resort one ([`Invite::verify`]).
+pub fn bundle_at(
+    bundle: &Bundle,
+    last_resort: Option<&SignedPrekey>,
+    now: Timestamp,
+) -> Result<Bundle, InviteError> {
+    let expired_on = match bundle.verify(now) {
+        Ok(()) => return Ok(bundle.clone()),
+        Err(IdentityError::Expired { expires_at, .. }) => expires_at,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(last_resort) = last_resort else { return Err(InviteError::Expired { on: expired_on }) };
+    // Everything but the rotating prekey's age must still check out.
+    bundle.verify(bundle.prekey.created_at)?;
+    last_resort.verify(bundle.identity(), &bundle.device_id(), now)?;
+    Ok(Bundle { prekey: last_resort.clone(), ..bundle.clone() })
 }
 
 /// The part of `compact` after the prefix, or why there is none.
@@ -391,16 +469,19 @@ mod tests {
     struct Inviter {
         identity: IdentityKey,
         bundle: Bundle,
+        last_resort: SignedPrekey,
     }
 
     fn inviter(seed: u64) -> Inviter {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let identity = IdentityKey::generate(&mut rng);
         let cert = DeviceCert::issue(&identity, &X25519Secret::generate(&mut rng).public(), T0);
-        let ring = PrekeyRing::new(&identity, &cert.device_id(), T0, &mut rng);
+        let mut ring = PrekeyRing::new(&identity, &cert.device_id(), T0, &mut rng);
+        ring.rotate_if_due(&identity, &cert.device_id(), T0, &mut rng);
         let bundle = Bundle::new(&identity, cert, ring.current().clone(), SUPPORTED_VERSIONS.to_vec())
             .expect("bundle");
-        Inviter { identity, bundle }
+        let last_resort = ring.last_resort().expect("a new ring has a last-resort prekey").clone();
+        Inviter { identity, bundle, last_resort }
     }
 
     /// The typical invite: one relay of 40 bytes, an IPv4 and an IPv6 QUIC address, an ed25519
@@ -410,6 +491,7 @@ mod tests {
         let invite = Invite::new(
             &who.identity,
             who.bundle.clone(),
+            who.last_resort.clone(),
             MailboxId([7; 16]),
             vec![vec![0x36; 40]],
             vec![0x00; 38],
@@ -432,10 +514,10 @@ mod tests {
     fn typical_invite_round_trips_at_the_expected_length() {
         let (_, invite) = typical(1);
         let text = invite.to_text();
-        assert_eq!(invite.encoded_len(), 531);
+        assert_eq!(invite.encoded_len(), 531 + SignedPrekey::ENCODED_LEN);
         assert_eq!(invite.to_bytes().len(), invite.encoded_len());
         assert_eq!(text.len(), invite.text_len());
-        assert_eq!(text.len(), 865);
+        assert_eq!(text.len(), 1051);
         assert!(text.starts_with(PREFIX));
         assert!(text.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b':'));
         assert_eq!(Invite::parse(&text, T0), Ok(invite.clone()));
@@ -528,7 +610,7 @@ mod tests {
 
     #[test]
     fn weak_identity_and_expired_prekey_are_refused() {
-        let (_, invite) = typical(6);
+        let (signer, invite) = typical(6);
         let mut payload = invite.to_bytes();
         let mut neutral = [0u8; 32];
         neutral[0] = 1;
@@ -542,11 +624,30 @@ mod tests {
         let expiry = invite.bundle.prekey.expires_at;
         assert_eq!(expiry, T0.plus(PREKEY_LIFETIME));
         assert!(Invite::parse(&text, expiry).is_ok());
-        assert_eq!(Invite::parse(&text, expiry.plus(1)), Err(InviteError::ExpiredPrekey));
+        assert_eq!(invite.bundle_at(expiry).expect("bundle"), invite.bundle);
+        // Past the rotating prekey's expiry, first contacts use the last-resort prekey, for over
+        // a year after the invite was made.
+        let later = expiry.plus(1);
+        assert!(Invite::parse(&text, later).is_ok());
+        let last_resort = invite.last_resort.clone().expect("last-resort prekey");
+        assert_eq!(invite.bundle_at(later).expect("bundle").prekey, last_resort);
+        assert!(last_resort.expires_at >= T0.plus(INVITE_LIFETIME));
+        assert!(Invite::parse(&text, T0.plus(INVITE_LIFETIME)).is_ok());
+        let dead = last_resort.expires_at.plus(1);
+        let error = Invite::parse(&text, dead).expect_err("expired");
+        assert_eq!(error, InviteError::Expired { on: last_resort.expires_at });
+        assert!(error.to_string().contains(&last_resort.expires_at.date()), "{error}");
+        // An invite made before last-resort prekeys existed lasts as long as its bundle.
+        let mut old = invite.clone();
+        old.last_resort = None;
+        old.signature = signer.identity.sign(label::INVITE, &[&old.body()]);
+        assert_eq!(Invite::from_bytes(&old.to_bytes()), Ok(old.clone()));
+        assert_eq!(Invite::parse(&old.to_text(), later), Err(InviteError::Expired { on: expiry }));
         let who = inviter(6);
         let late = Invite::new(
             &who.identity,
             who.bundle,
+            who.last_resort.clone(),
             MailboxId([1; 16]),
             vec![],
             vec![1],
@@ -554,7 +655,7 @@ mod tests {
             None,
             expiry.plus(1),
         );
-        assert_eq!(late, Err(InviteError::ExpiredPrekey));
+        assert_eq!(late, Err(InviteError::Expired { on: expiry }));
     }
 
     #[test]
@@ -564,6 +665,7 @@ mod tests {
             Invite::new(
                 &who.identity,
                 who.bundle.clone(),
+                who.last_resort.clone(),
                 MailboxId([0; 16]),
                 relays,
                 peer,
@@ -628,6 +730,7 @@ mod tests {
             Invite::new(
                 &other.identity,
                 who.bundle.clone(),
+                who.last_resort.clone(),
                 MailboxId([0; 16]),
                 vec![],
                 vec![1],
@@ -657,6 +760,7 @@ mod tests {
         let invite = Invite::new(
             &who.identity,
             who.bundle.clone(),
+            who.last_resort.clone(),
             MailboxId([0; 16]),
             vec![full.clone(); MAX_RELAYS],
             vec![1; MAX_PEER_ID_LEN],
@@ -689,7 +793,7 @@ mod tests {
         ) {
             let who = inviter(seed);
             let now = T0.plus(offset);
-            let invite = Invite::new(&who.identity, who.bundle, MailboxId(inbox), relays, peer_id, addrs, name, now)
+            let invite = Invite::new(&who.identity, who.bundle, who.last_resort.clone(), MailboxId(inbox), relays, peer_id, addrs, name, now)
                 .expect("invite");
             let bytes = invite.to_bytes();
             prop_assert_eq!(bytes.len(), invite.encoded_len());

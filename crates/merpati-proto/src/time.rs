@@ -36,4 +36,52 @@ impl Timestamp {
     pub fn day(self) -> u64 {
         self.0 / Self::DAY
     }
+
+    /// The UTC calendar date, `YYYY-MM-DD`, for messages people read (an invite's expiry).
+    pub fn date(self) -> String {
+        let (year, month, day) = civil_from_days(self.day());
+        format!("{year:04}-{month:02}-{day:02}")
+    }
+}
+
+impl std::fmt::Display for Timestamp {
+    /// `YYYY-MM-DD HH:MM UTC`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let minutes = (self.0 % Self::DAY) / (60 * Self::SECOND);
+        write!(f, "{} {:02}:{:02} UTC", self.date(), minutes / 60, minutes % 60)
+    }
+}
+
+/// The proleptic Gregorian date of `days` since 1970-01-01 (Howard Hinnant's `civil_from_days`,
+/// for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 { shifted_month + 3 } else { shifted_month - 9 };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_gregorian_utc() {
+        assert_eq!(Timestamp(0).date(), "1970-01-01");
+        assert_eq!(Timestamp(951_782_400_000).date(), "2000-02-29");
+        assert_eq!(Timestamp(951_868_800_000).date(), "2000-03-01");
+        assert_eq!(Timestamp(1_795_219_200_000).date(), "2026-11-21");
+        assert_eq!(Timestamp(4_107_456_000_000).date(), "2100-02-28");
+        assert_eq!(Timestamp(4_107_542_400_000).date(), "2100-03-01");
+        assert_eq!(
+            Timestamp(1_795_219_200_000 + 13 * Timestamp::HOUR + 5 * 60_000).to_string(),
+            "2026-11-21 13:05 UTC"
+        );
+    }
 }

@@ -5,8 +5,8 @@
 use data_encoding::BASE32_NOPAD;
 use merpati_proto::Timestamp;
 use merpati_proto::identity::{
-    Bundle, DeviceCert, IdentityError, IdentityKey, PREKEY_GRACE, PREKEY_LIFETIME, PREKEY_ROTATION,
-    PrekeyRing, SafetyNumber, SignedPrekey, fingerprint,
+    Bundle, DeviceCert, IdentityError, IdentityKey, LAST_RESORT_ID_BIT, LAST_RESORT_LIFETIME, PREKEY_GRACE,
+    PREKEY_LIFETIME, PREKEY_ROTATION, PrekeyRing, SafetyNumber, SignedPrekey, fingerprint,
 };
 use merpati_proto::invite::{Invite, InviteError, PREFIX};
 use merpati_proto::kdf::{self, label};
@@ -27,7 +27,9 @@ fn device(seed: u64) -> Device {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let identity = IdentityKey::generate(&mut rng);
     let cert = DeviceCert::issue(&identity, &X25519Secret::generate(&mut rng).public(), T0);
-    let ring = PrekeyRing::new(&identity, &cert.device_id(), T0, &mut rng);
+    let mut ring = PrekeyRing::new(&identity, &cert.device_id(), T0, &mut rng);
+    // The first check makes the last-resort prekey invites carry.
+    ring.rotate_if_due(&identity, &cert.device_id(), T0, &mut rng);
     Device { identity, cert, ring }
 }
 
@@ -40,6 +42,7 @@ fn invite(d: &Device, bundle: Bundle, now: Timestamp) -> Invite {
     Invite::new(
         &d.identity,
         bundle,
+        d.ring.last_resort().expect("last-resort prekey").clone(),
         MailboxId([7; 16]),
         vec![(0..40).collect()],
         (100..138).collect(),
@@ -88,7 +91,11 @@ fn invite_gets_bob_to_alice_and_both_see_the_same_safety_number() {
     let last_day = prekey.expires_at;
     assert!(Invite::parse(&text, last_day).is_ok());
     assert!(alice.ring.secret_for(prekey.id, last_day).is_some());
-    assert_eq!(Invite::parse(&text, last_day.plus(1)), Err(InviteError::ExpiredPrekey));
+    // After that a first contact uses the invite's last-resort prekey, which Alice keeps as long.
+    let late = Invite::parse(&text, last_day.plus(1)).expect("the last-resort prekey carries on");
+    let last_resort = late.bundle_at(last_day.plus(1)).expect("bundle").prekey;
+    assert_ne!(last_resort.id, prekey.id);
+    assert!(alice.ring.secret_for(last_resort.id, last_day.plus(1)).is_some());
     // The secret outlives the invite by the relay grace period, for first contacts still queued.
     let gone = last_day.plus(PREKEY_GRACE);
     assert!(alice.ring.secret_for(prekey.id, gone).is_some());
@@ -204,14 +211,16 @@ fn typical_invite_length() {
     let alice = device(11);
     let text = invite(&alice, bundle(&alice, vec![1]), T0).to_text();
     eprintln!("typical invite: {} characters", text.len());
-    // 531 bytes, of which 256 are the four ed25519 signatures (certificate, prekey, bundle, invite).
-    assert_eq!(text.len(), 865);
+    // 647 bytes, of which 320 are the five ed25519 signatures (certificate, prekey, bundle,
+    // last-resort prekey, invite).
+    assert_eq!(text.len(), 1051);
 }
 
 /// A fixed invite from fixed keys. Any change of the invite or bundle wire format, of a label or
-/// of a signed field list changes this text, so such a change is a visible decision. The expected
-/// text was produced by an independent Python implementation of the layout (hashlib.blake2s and
-/// the `cryptography` package's ed25519 and X25519).
+/// of a signed field list changes this text, so such a change is a visible decision. The text of
+/// the same invite without its last-resort prekey (the layout before they existed) was produced by
+/// an independent Python implementation (hashlib.blake2s and the `cryptography` package's ed25519
+/// and X25519), and still parses.
 #[test]
 fn golden_invite() {
     let identity = IdentityKey::from_bytes(&[1; 32]);
@@ -226,12 +235,56 @@ fn golden_invite() {
         cert: bundle.cert.clone(),
         identity,
     };
-    let invite = invite(&d, bundle, T0);
+    let last_resort_public = X25519Secret::from_bytes([4; 32]).public();
+    let last_resort = SignedPrekey::issue(
+        &d.identity,
+        &d.cert.device_id(),
+        LAST_RESORT_ID_BIT | 1,
+        &last_resort_public,
+        T0,
+        T0.plus(LAST_RESORT_LIFETIME),
+    );
+    let invite = Invite::new(
+        &d.identity,
+        bundle,
+        last_resort,
+        MailboxId([7; 16]),
+        vec![(0..40).collect()],
+        (100..138).collect(),
+        vec![vec![4; 11], vec![0x29; 23]],
+        Some("Alice".into()),
+        T0,
+    )
+    .expect("invite");
     assert_eq!(invite.to_text(), GOLDEN_INVITE);
-    assert_eq!(Invite::parse(GOLDEN_INVITE, T0), Ok(invite));
+    assert_eq!(Invite::parse(GOLDEN_INVITE, T0), Ok(invite.clone()));
+
+    // The same invite as made before last-resort prekeys existed still parses, and differs only
+    // in that field (and so in its signature).
+    let before = Invite::parse(GOLDEN_INVITE_WITHOUT_LAST_RESORT, T0).expect("an invite of the first layout");
+    assert_eq!(before.last_resort, None);
+    assert_eq!(
+        Invite { last_resort: invite.last_resort.clone(), signature: invite.signature, ..before },
+        invite
+    );
 }
 
 const GOLDEN_INVITE: &str = concat!(
+    "MERPATI1:RKEOHXLUBHYZL7KS3MWTZOS5OLFGOCN7DWKBEG7TOSEADNAPN5OM5DJ22HGLMM7MPNYMC6AUUXDW5TICS",
+    "2CQKDJUI5C3UBMHBZMH2WIAAAAZO5BA3QALQV4NG4PPRCCX7VYJRXQ4VIVARCU7LFI67F4Z7JO3D36EXJHYPJGAY3B",
+    "YFGATDJBZQ2SCCKYYEDS3O7JLMJIDO73YVADDICDBMVLGB4AAAAABLX7N2O3L2R7W7IUO4FOZNHK3WDVFG52NJCF5V",
+    "6O7DRXACJFT54RAAAABS52CBXAAAAAADGBSVQUABHL3HNYJ6LHHL5UFASUMZHZBNISFHIT4IMUK3GZK4BQC3ONGKYS",
+    "GWMBIQKV5KAGBNB3JBLUMBFOUQAAVFQEDV6RLT2KWLI6PZIUDSUGQCAAB3AM5FQ6XR4ZLG5VOEEX2A7G2B6DHY6IPG",
+    "FNULWZFZVSQ2AUVIC7F4IADFYTMYH6IVB4Q2DYSA52URDM4YBLFRXELYYZDLSCWJXC6CBYHA4DQOBYHA4DQOBYHA4D",
+    "QOBYHAEUAAAICAMCAKBQHBAEQUCYMBUHA6EARCIJRIFIWC4MBSGQ3DQOR4HZAEERCGJBFEYTSMZDFMZTWQ2LKNNWG2",
+    "3TPOBYXE43UOV3HO6DZPJ5XY7L6P6AIDAUDQSCYNB4IREBAWBAEAQCAIBAEAQCAIBAXFEUSSKJJFEUSSKJJFEUSSKJ",
+    "JFEUSSKJJFEUSSBKBNRUWGZIAAAAZO5BA3QAIAAAAAGWADMRAT2DDKT5YKMRXWXPA6T5LCPD7ZP2DHJQ4AGJWSYL75",
+    "TYQWAAAAGLXIIG4AAAAAAM7QAIJYADMJNWSKGVWQH6E6HI7ZDMMLWMTBJXKLBPY4EE67CMG3ZICCGIZLS7ELVSKQI2",
+    "R4JDNME63XEPWOLQXCSANDPKRUMBEGMPSCV562EKAX3HYC54RFPERDQ6KRUD7DMJ3VCUQNJ5HXOGIW66MMCKNPDPML",
+    "MIR2C6Q2DGARGWUSVWFIOFTDLUZTVZ67SSWOJFNUEAQSEN5NBMHRUFA3ATQHI",
+);
+
+const GOLDEN_INVITE_WITHOUT_LAST_RESORT: &str = concat!(
     "MERPATI1:RKEOHXLUBHYZL7KS3MWTZOS5OLFGOCN7DWKBEG7TOSEADNAPN5OM5DJ22HGLMM7MPNYMC6AUUXDW5TICS2C",
     "QKDJUI5C3UBMHBZMH2WIAAAAZO5BA3QALQV4NG4PPRCCX7VYJRXQ4VIVARCU7LFI67F4Z7JO3D36EXJHYPJGAY3BYFGA",
     "TDJBZQ2SCCKYYEDS3O7JLMJIDO73YVADDICDBMVLGB4AAAAABLX7N2O3L2R7W7IUO4FOZNHK3WDVFG52NJCF5V6O7DRX",

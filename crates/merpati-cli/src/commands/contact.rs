@@ -4,11 +4,12 @@ use anyhow::Result;
 use clap::Subcommand;
 use merpati_control::Home;
 use merpati_control::protocol::{ContactAddParams, ContactShowParams, NoParams, method};
+use merpati_proto::Timestamp;
 use merpati_proto::invite::MAX_INVITE_TEXT;
 
 use crate::cli::parse_name;
 use crate::commands::{connect, read_stdin};
-use crate::output::{Output, sanitize};
+use crate::output::{Output, local_time, sanitize};
 
 /// The `contact` subcommands.
 #[derive(Debug, Subcommand)]
@@ -94,6 +95,10 @@ fn show(home: &Home, out: &mut Output, name: String) -> Result<()> {
     for (i, addr) in contact.addrs.iter().enumerate() {
         let label = if i == 0 { "addresses:" } else { "" };
         out.line(format_args!("{label:<15}{}", sanitize(addr)))?;
+    }
+    match contact.last_heard {
+        Some(at) => out.line(format_args!("last heard:    {}", local_time(Timestamp(at))))?,
+        None => out.line("last heard:    never")?,
     }
     if !contact.missing.is_empty() {
         let count: u64 = contact.missing.iter().map(|[a, b]| b.saturating_sub(*a).saturating_add(1)).sum();

@@ -108,8 +108,9 @@ fn golden_contact_show() {
             peer_id: "12D3KooWbob".into(),
             addrs: vec!["/ip4/192.168.1.7/tcp/4001".into()],
             missing: vec![[5, 6]],
+            last_heard: Some(1_795_219_200_000),
         },
-        r#"{"jsonrpc":"2.0","id":1,"result":{"name":"bob","fingerprint":"aaaa","safety_number":"01234 56789","peer_id":"12D3KooWbob","addrs":["/ip4/192.168.1.7/tcp/4001"],"missing":[[5,6]]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"name":"bob","fingerprint":"aaaa","safety_number":"01234 56789","peer_id":"12D3KooWbob","addrs":["/ip4/192.168.1.7/tcp/4001"],"missing":[[5,6]],"last_heard":1795219200000}}"#,
     );
 }
 

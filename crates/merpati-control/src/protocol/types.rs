@@ -387,6 +387,10 @@ pub struct ContactShowResult {
     /// arrived (withheld, lost, or still on their way). Empty when nothing is missing.
     #[serde(default)]
     pub missing: Vec<[u64; 2]>,
+    /// When something from the contact last arrived (ms since the Unix epoch, to the minute);
+    /// absent if nothing ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard: Option<u64>,
 }
 
 /// The params of `messages.read`.

@@ -117,6 +117,8 @@ impl<S: Store> Engine<S> {
                     relays: Vec::new(),
                     session: Some(session.id()),
                     added_at: now,
+                    last_resort: None,
+                    last_heard: None,
                 };
                 changes.push(Change::AddContact(contact.clone()));
                 new_contact = Some(contact.clone());
@@ -223,29 +225,23 @@ impl<S: Store> Engine<S> {
                     }
                 }
             }
-            Body::Control(control) => {
-                // The record as this batch leaves it (a first contact adds or updates it too).
-                let pending = changes.iter_mut().rev().find_map(|c| match c {
-                    Change::AddContact(c) | Change::PutContact(c) if c.name == contact => Some(c),
-                    _ => None,
-                });
-                match pending {
-                    Some(record) => {
-                        super::relays::apply_control(record, control);
-                    }
-                    None => {
-                        if let Some(mut record) = self.store.contact(contact)?
-                            && super::relays::apply_control(&mut record, control)
-                        {
-                            changes.push(Change::PutContact(record));
-                        }
+            Body::Control(control) => match pending_contact(&mut changes, contact) {
+                Some(record) => {
+                    super::relays::apply_control(record, control);
+                }
+                None => {
+                    if let Some(mut record) = self.store.contact(contact)?
+                        && super::relays::apply_control(&mut record, control)
+                    {
+                        changes.push(Change::PutContact(record));
                     }
                 }
-            }
+            },
             // Fragments are understood by later versions of the node; the session state still
             // advances so nothing is replayed.
             Body::Fragment(_) => {}
         }
+        self.note_heard(contact, &mut changes, now)?;
         let session = self.sessions.get(&id).ok_or(EngineError::UnknownContact(contact.to_owned()))?;
         changes.extend(self.persist_session(session, contact));
         if let Err(e) = self.store.apply(&changes) {
@@ -254,4 +250,36 @@ impl<S: Store> Engine<S> {
         }
         Ok(received)
     }
+
+    /// Records in `changes` that `contact` was heard from at `now`: in the record the batch
+    /// already writes, or in a write of its own when the last note is a minute old or more.
+    fn note_heard(
+        &self,
+        contact: &str,
+        changes: &mut Vec<Change>,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        if let Some(record) = pending_contact(changes, contact) {
+            record.last_heard = Some(now);
+        } else if let Some(mut record) = self.store.contact(contact)?
+            && record.last_heard.is_none_or(|at| now.since(at) >= LAST_HEARD_PRECISION)
+        {
+            record.last_heard = Some(now);
+            changes.push(Change::PutContact(record));
+        }
+        Ok(())
+    }
+}
+
+/// How stale `Contact::last_heard` may get before an incoming envelope rewrites it (ms): not
+/// every message needs a write of the contact record.
+const LAST_HEARD_PRECISION: u64 = 60 * Timestamp::SECOND;
+
+/// The record of `contact` as the batch `changes` leaves it, if the batch writes it (a first
+/// contact adds or updates it).
+fn pending_contact<'a>(changes: &'a mut [Change], contact: &str) -> Option<&'a mut Contact> {
+    changes.iter_mut().rev().find_map(|c| match c {
+        Change::AddContact(c) | Change::PutContact(c) if c.name == contact => Some(c),
+        _ => None,
+    })
 }

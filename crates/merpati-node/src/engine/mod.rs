@@ -7,6 +7,7 @@
 //! the daemon acknowledge anything to a peer or a client.
 
 mod incoming;
+mod maintenance;
 mod outgoing;
 mod relays;
 #[cfg(test)]
@@ -28,8 +29,9 @@ use crate::store::{
 };
 
 pub use incoming::Received;
+pub use maintenance::Maintenance;
 pub use outgoing::{Attempt, AttemptResult};
-pub use relays::check_relay;
+pub use relays::{MailboxTokens, SWEEP_DAYS, check_relay};
 
 /// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
 pub const DEFAULT_MESSAGE_LIFETIME: u64 = 30 * Timestamp::DAY;
@@ -223,9 +225,17 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
     ) -> Result<String, EngineError> {
         let addrs = addrs.into_iter().take(merpati_proto::invite::MAX_ADDRS).collect();
+        // Every ring has one once the engine started (`PrekeyRing::rotate_if_due`).
+        let last_resort = self
+            .profile
+            .prekeys
+            .last_resort()
+            .ok_or_else(|| EngineError::InvalidInvite("no last-resort prekey yet".into()))?
+            .clone();
         let invite = merpati_proto::invite::Invite::new(
             &self.profile.identity,
             self.bundle.clone(),
+            last_resort,
             self.me.inbox(),
             self.relays.clone(),
             peer_id,
@@ -258,6 +268,8 @@ impl<S: Store> Engine<S> {
             relays: invite.relays,
             session: None,
             added_at: now,
+            last_resort: invite.last_resort,
+            last_heard: None,
         };
         match self.store.apply(&[Change::AddContact(contact.clone())]) {
             Err(StoreError::Conflict { .. }) => Err(EngineError::ContactExists(name.to_owned())),

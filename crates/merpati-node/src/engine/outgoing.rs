@@ -77,10 +77,13 @@ impl<S: Store> Engine<S> {
                 let (Some(bundle), Some(inbox)) = (contact.bundle.as_ref(), contact.inbox) else {
                     return Err(EngineError::UnknownContact(to.to_owned()));
                 };
+                // The invite's rotating prekey, or its last-resort one once that expired.
+                let bundle = merpati_proto::invite::bundle_at(bundle, contact.last_resort.as_ref(), now)
+                    .map_err(|e| EngineError::InvalidInvite(format!("{}'s invite: {e}", contact.name)))?;
                 let session = Session::initiate(
                     &self.profile.cert,
                     &self.profile.device_static,
-                    bundle,
+                    &bundle,
                     inbox,
                     now,
                     &mut self.rng,

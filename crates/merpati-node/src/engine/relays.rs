@@ -19,7 +19,30 @@ use merpati_proto::mailbox::{self, FetchToken, INBOX_DAY};
 use merpati_proto::session::SessionId;
 
 use super::{Engine, EngineError, hex};
+use crate::relay::DEFAULT_TTL_DAYS;
 use crate::store::{Change, Contact, Store};
+
+/// How many days back a node looks for mail in its mailboxes: what a relay keeps by default (its
+/// TTL), plus one day for senders whose clock runs behind.
+pub const SWEEP_DAYS: u64 = DEFAULT_TTL_DAYS + 1;
+
+/// The fetch tokens of our mailboxes, in two sets.
+///
+/// Mailbox ids rotate daily, and a sender writes under the id of the day on its own clock, so
+/// mail may wait under any day since we last fetched. `live` are the mailboxes that may still
+/// receive mail (the first-contact inbox, and per session yesterday, today and tomorrow, or the
+/// last announced day once the announcement has run out): the node long-polls them. `old` are the
+/// days before those, back to [`SWEEP_DAYS`]: closed, since senders have moved on, but they may
+/// hold what was written while we were away. Each relay's fetch task sweeps every old token once
+/// (at start, and each day for the day that just closed), so a node that was off for weeks
+/// collects everything its relays still keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailboxTokens {
+    /// Mailboxes to long-poll.
+    pub live: Vec<FetchToken>,
+    /// Mailboxes to fetch once.
+    pub old: Vec<FetchToken>,
+}
 
 /// Checks one relay address and returns the relay's peer id: a binary multiaddr of at most
 /// [`MAX_ADDR_LEN`] bytes (so it fits in invites) that ends in `/p2p/<peer id>` and does not go
@@ -97,16 +120,17 @@ impl<S: Store> Engine<S> {
         self.node_info = Some((peer_id, addrs));
     }
 
-    /// The fetch tokens of every mailbox that may hold something for us: the first-contact
-    /// inbox's and, for every session, the mailboxes of the days around `now` and the one a
-    /// sender uses when our announcement's window has passed. Deduplicated. A session that
-    /// cannot be read is skipped (and logged): the others are still worth fetching.
-    pub fn fetch_tokens(&mut self, now: Timestamp) -> Vec<FetchToken> {
-        let mut tokens = vec![mailbox::fetch_token(&self.me.inbox_secret, INBOX_DAY)];
+    /// The fetch tokens of every mailbox that may hold something for us (see [`MailboxTokens`]).
+    /// A session that cannot be read is skipped (and logged): the others are still worth
+    /// fetching.
+    pub fn mailbox_tokens(&mut self, now: Timestamp) -> MailboxTokens {
+        let mut live = vec![mailbox::fetch_token(&self.me.inbox_secret, INBOX_DAY)];
+        let mut old = Vec::new();
         let ids = self.store.session_ids().unwrap_or_else(|e| {
             tracing::warn!("cannot list sessions for fetching: {e}");
             Vec::new()
         });
+        let today = now.day();
         for id in ids {
             let session = match self.session(&id, now) {
                 Ok(Some(session)) => session,
@@ -116,18 +140,31 @@ impl<S: Store> Engine<S> {
                     continue;
                 }
             };
-            tokens.extend(session.fetch_tokens(now));
-            // A sender addresses the nearest announced id when today lies outside the announced
-            // window (`Announcement::current`): after a long silence that is the last one, which
-            // the days around today do not cover.
+            let secret = &session.state().my_mailbox_secret;
+            // A sender addresses the nearest announced id when its day lies outside the announced
+            // window (`Announcement::current`): after a long silence that is the last one.
             let announced = session.my_mailboxes();
-            let last = announced.first_day + (announced.ids.len() as u64).saturating_sub(1);
-            let day = now.day().clamp(announced.first_day, last);
-            tokens.push(mailbox::fetch_token(&session.state().my_mailbox_secret, day));
+            let first = announced.first_day;
+            let last = first + (announced.ids.len() as u64).saturating_sub(1);
+            let days = |range: std::ops::RangeInclusive<u64>| {
+                let mut days: Vec<u64> = range.map(|day| day.clamp(first, last)).collect();
+                days.dedup();
+                days
+            };
+            let live_days = days(today.saturating_sub(1)..=today + 1);
+            live.extend(live_days.iter().map(|day| mailbox::fetch_token(secret, *day)));
+            let old_days = days(today.saturating_sub(SWEEP_DAYS)..=today.saturating_sub(2));
+            old.extend(
+                old_days
+                    .into_iter()
+                    .filter(|day| !live_days.contains(day))
+                    .map(|day| mailbox::fetch_token(secret, day)),
+            );
         }
         let mut seen = HashSet::new();
-        tokens.retain(|t| seen.insert(t.0));
-        tokens
+        live.retain(|t| seen.insert(t.0));
+        old.retain(|t| seen.insert(t.0));
+        MailboxTokens { live, old }
     }
 
     /// Stores `relays` as the user's list and queues a `RelayHints` message to every contact

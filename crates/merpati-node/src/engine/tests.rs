@@ -2,6 +2,7 @@
 //! either directly (the sending node is known) or as if fetched from a relay (it is not), and
 //! delivery results are reported as the daemon would after depositing at relays.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use libp2p::PeerId;
@@ -9,14 +10,15 @@ use libp2p::multiaddr::Multiaddr;
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::Envelope;
 use merpati_proto::frame::Control;
-use merpati_proto::identity::IdentityKey;
+use merpati_proto::identity::{IdentityKey, PREKEY_GRACE, PREKEY_ROTATION};
 use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::session::{MAX_KEY_AGE, SUB_EPOCH_MAX_AGE};
 use merpati_proto::wire::{Refusal, deliver};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use super::relays::apply_control;
-use super::{AttemptResult, Engine, EngineError, Me};
+use super::{AttemptResult, Engine, EngineError, Me, SWEEP_DAYS};
 use crate::store::{Contact, MemoryStore, Status, Store};
 
 const T0: Timestamp = Timestamp(1_795_219_200_000);
@@ -344,16 +346,17 @@ fn fetch_tokens_open_the_mailboxes_envelopes_are_addressed_to() {
     let (mut alice, mut bob) = pair();
     let opens =
         |tokens: &[merpati_proto::mailbox::FetchToken], mailbox| tokens.iter().any(|t| t.opens(&mailbox));
+    let live = |engine: &mut Engine<MemoryStore>, now| engine.mailbox_tokens(now).live;
 
     alice.send_text("bob", "to the inbox", T0).unwrap();
     let first = alice.due(T0, None).unwrap().remove(0);
-    assert!(opens(&bob.fetch_tokens(T0), first.mailbox), "first contact inbox");
+    assert!(opens(&live(&mut bob, T0), first.mailbox), "first contact inbox");
     pump(&mut alice, None, &mut bob, T0);
 
     // Bob answers to a mailbox Alice announced in her first contact.
     bob.send_text(&only_contact(&bob).name, "to your mailbox", T0).unwrap();
     let reply = bob.due(T0, None).unwrap().remove(0);
-    assert!(opens(&alice.fetch_tokens(T0), reply.mailbox));
+    assert!(opens(&live(&mut alice, T0), reply.mailbox));
     assert!(alice.store().session_by_mailbox(&reply.mailbox).unwrap().is_some());
     pump(&mut bob, None, &mut alice, T0);
 
@@ -361,7 +364,7 @@ fn fetch_tokens_open_the_mailboxes_envelopes_are_addressed_to() {
     alice.send_text("bob", "session", T0).unwrap();
     let next = alice.due(T0, None).unwrap().remove(0);
     assert_ne!(next.mailbox, first.mailbox);
-    assert!(opens(&bob.fetch_tokens(T0), next.mailbox));
+    assert!(opens(&live(&mut bob, T0), next.mailbox));
     assert!(bob.store().session_by_mailbox(&next.mailbox).unwrap().is_some());
     pump(&mut alice, None, &mut bob, T0);
 
@@ -370,13 +373,156 @@ fn fetch_tokens_open_the_mailboxes_envelopes_are_addressed_to() {
     alice.send_text("bob", "long time", later).unwrap();
     let late = alice.due(later, None).unwrap().remove(0);
     assert_ne!(late.mailbox, next.mailbox);
-    let tokens = bob.fetch_tokens(later);
-    assert!(opens(&tokens, late.mailbox), "the last announced mailbox");
+    let tokens = bob.mailbox_tokens(later);
+    assert!(opens(&tokens.live, late.mailbox), "the last announced mailbox");
     assert!(bob.receive(None, &late.envelope, later).unwrap().message.is_some());
 
-    // Each token once.
-    let mut distinct: Vec<[u8; 32]> = tokens.iter().map(|t| t.0).collect();
+    // Each token once, in one of the two sets.
+    let all: Vec<[u8; 32]> = tokens.live.iter().chain(&tokens.old).map(|t| t.0).collect();
+    let mut distinct = all.clone();
     distinct.sort_unstable();
     distinct.dedup();
-    assert_eq!(distinct.len(), tokens.len());
+    assert_eq!(distinct.len(), all.len());
+}
+
+#[test]
+fn mail_left_while_away_is_in_the_old_mailboxes_for_a_relay_ttl() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    bob.send_text(&only_contact(&bob).name, "hi", T0).unwrap();
+    pump(&mut bob, None, &mut alice, T0);
+    // Alice's receipt, then nothing is left to send.
+    pump(&mut alice, None, &mut bob, T0);
+    assert!(alice.due(T0, None).unwrap().is_empty());
+    // Bob goes away; Alice writes on each of the next days, under each day's mailbox.
+    let mut left = Vec::new();
+    for day in 1..=5u64 {
+        let at = T0.plus(day * Timestamp::DAY);
+        alice.send_text("bob", &format!("day {day}"), at).unwrap();
+        left.push((day, alice.due(at, None).unwrap().remove(0)));
+        let id = left.last().unwrap().1.id;
+        alice
+            .attempt_finished(&id, &AttemptResult::Deposited { accepted: 1, total: 1, refusals: vec![] }, at)
+            .unwrap();
+    }
+    let mailboxes: HashSet<_> = left.iter().map(|(_, attempt)| attempt.mailbox).collect();
+    assert_eq!(mailboxes.len(), 5, "one mailbox per day");
+    let opens =
+        |tokens: &[merpati_proto::mailbox::FetchToken], mailbox| tokens.iter().any(|t| t.opens(&mailbox));
+    // Bob is back on day 5 + `away`: every day's mailbox is live or old until the relay TTL.
+    for away in [0, 2, 3, 7, 25] {
+        let back = T0.plus((5 + away) * Timestamp::DAY);
+        let tokens = bob.mailbox_tokens(back);
+        for (day, attempt) in &left {
+            let live = opens(&tokens.live, attempt.mailbox);
+            let old = opens(&tokens.old, attempt.mailbox);
+            assert!(live ^ old, "day {day}'s mailbox, back after {away} days: live {live}, old {old}");
+            assert_eq!(live, 5 + away - day <= 1, "day {day}, away {away}: yesterday's and today's are live");
+        }
+    }
+    // Past the relay TTL the oldest day is no longer looked at (the relay no longer has it).
+    let tokens = bob.mailbox_tokens(T0.plus((1 + SWEEP_DAYS + 1) * Timestamp::DAY));
+    assert!(!opens(&tokens.old, left[0].1.mailbox));
+    // And everything fetched opens.
+    let back = T0.plus(12 * Timestamp::DAY);
+    for (day, attempt) in &left {
+        let received = bob.receive(None, &attempt.envelope, back).unwrap();
+        assert_eq!(received.message.unwrap().text, format!("day {day}"));
+    }
+}
+
+#[test]
+fn a_node_left_running_for_months_keeps_fresh_prekeys_and_deletes_old_keys() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    let first_prekey = bob.profile().prekeys.current().id;
+    let mut now = T0;
+    let mut rotations = 0;
+    let mut current = first_prekey;
+    // 90 days of hourly maintenance passes, and nothing else.
+    for _ in 0..(90 * 24) {
+        now = now.plus(Timestamp::HOUR);
+        bob.maintain(now).unwrap();
+        if bob.profile().prekeys.current().id != current {
+            current = bob.profile().prekeys.current().id;
+            rotations += 1;
+        }
+        // The published prekey is never older than a rotation period and a pass.
+        let current = bob.profile().prekeys.current();
+        assert!(now.since(current.created_at) <= PREKEY_ROTATION + Timestamp::HOUR);
+        assert_eq!(bob.bundle().prekey.id, current.id, "the bundle follows the ring");
+        // No replaced prekey is kept past its grace.
+        for prekey in bob.profile().prekeys.prekeys() {
+            assert!(now <= prekey.expires_at.plus(PREKEY_GRACE), "prekey {} kept too long", prekey.id);
+        }
+    }
+    assert_eq!(rotations, 90 / 7, "one rotation a week");
+    assert_ne!(bob.profile().prekeys.current().id, first_prekey);
+    // Nothing in the session is older than the retention.
+    let name = only_contact(&bob).name;
+    let id = bob.store().contact(&name).unwrap().unwrap().session.unwrap();
+    let state = bob.store().session(&id).unwrap().unwrap().state;
+    for epoch in &state.recv {
+        assert!(epoch.subkeys.iter().all(|k| now.since(k.derived_at) < MAX_KEY_AGE + SUB_EPOCH_MAX_AGE));
+        assert!(epoch.superseded_at.is_none_or(|at| now.since(at) < MAX_KEY_AGE));
+    }
+    // A stranger's first contact with today's invite works, and the old session still does.
+    let mut carol = engine(MemoryStore::new(), 3, "carol");
+    let invite = bob.invite(peer(2).to_bytes(), vec![], now).unwrap();
+    carol.add_contact(&invite, "bob", now).unwrap();
+    carol.send_text("bob", "hi from carol", now).unwrap();
+    let first = carol.due(now, None).unwrap().remove(0);
+    assert!(bob.receive(None, &first.envelope, now).unwrap().message.is_some());
+    alice.send_text("bob", "still there?", now).unwrap();
+    let late = alice.due(now, None).unwrap().remove(0);
+    assert_eq!(bob.receive(None, &late.envelope, now).unwrap().message.unwrap().text, "still there?");
+}
+
+#[test]
+fn an_invite_eleven_months_old_still_starts_a_conversation() {
+    let mut bob = engine(MemoryStore::new(), 2, "Bob");
+    let invite = bob.invite(peer(2).to_bytes(), vec![], T0).unwrap();
+    // Alice adds Bob at once but writes only months later; Carol finds the invite months later.
+    let mut alice = engine(MemoryStore::new(), 1, "Alice");
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    let mut now = T0;
+    for _ in 0..335 {
+        now = now.plus(Timestamp::DAY);
+        bob.maintain(now).unwrap();
+    }
+    let mut carol = engine(MemoryStore::new(), 3, "Carol");
+    carol.add_contact(&invite, "bob", now).unwrap();
+    for (who, writer) in [("alice", &mut alice), ("carol", &mut carol)] {
+        writer.send_text("bob", &format!("{who} found your old invite"), now).unwrap();
+        let first = writer.due(now, None).unwrap().remove(0);
+        let received = bob.receive(None, &first.envelope, now).unwrap();
+        assert_eq!(received.message.expect("opened").text, format!("{who} found your old invite"));
+    }
+    // Past its life the invite is refused with the date it expired.
+    let dead = T0.plus(merpati_proto::identity::LAST_RESORT_LIFETIME + 1);
+    let mut dave = engine(MemoryStore::new(), 4, "Dave");
+    let error = dave.add_contact(&invite, "bob", dead).unwrap_err().to_string();
+    let expired_on = T0.plus(merpati_proto::identity::LAST_RESORT_LIFETIME).date();
+    assert!(error.contains(&format!("expired on {expired_on}")), "{error}");
+    // A contact added in time whose first message comes too late is told the same.
+    let mut erin = engine(MemoryStore::new(), 5, "Erin");
+    erin.add_contact(&invite, "bob", T0).unwrap();
+    let error = erin.send_text("bob", "too late", dead).unwrap_err().to_string();
+    assert!(error.contains(&format!("expired on {expired_on}")), "{error}");
+}
+
+#[test]
+fn contacts_remember_when_they_were_last_heard_from() {
+    let (mut alice, mut bob) = pair();
+    assert_eq!(alice.store().contact("bob").unwrap().unwrap().last_heard, None);
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    let name = only_contact(&bob).name;
+    assert_eq!(bob.store().contact(&name).unwrap().unwrap().last_heard, Some(T0));
+    // Bob's receipt reaches Alice an hour later.
+    let later = T0.plus(Timestamp::HOUR);
+    pump(&mut bob, None, &mut alice, later);
+    assert_eq!(alice.store().contact("bob").unwrap().unwrap().last_heard, Some(later));
 }

@@ -79,6 +79,10 @@ const INDEX_VALUE_LEN: usize = 28;
 /// Envelope value header: deposited_at(8).
 const STAMP_LEN: usize = 8;
 
+/// How many days a relay keeps an envelope by default. Senders give up on a message after as
+/// long, and nodes look this far back in their mailboxes.
+pub const DEFAULT_TTL_DAYS: u64 = 30;
+
 /// The relay's limits on what it stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MailboxLimits {
@@ -88,7 +92,8 @@ pub struct MailboxLimits {
     pub max_envelopes_per_mailbox: u32,
     /// The most envelope bytes one mailbox holds. Default: 64 MiB.
     pub max_bytes_per_mailbox: u64,
-    /// How long an envelope is kept, in milliseconds from its deposit. Default: 30 days.
+    /// How long an envelope is kept, in milliseconds from its deposit. Default:
+    /// [`DEFAULT_TTL_DAYS`] (30 days).
     pub ttl_ms: u64,
     /// The most envelope bytes stored in all mailboxes together (sled's own overhead comes on
     /// top). Default: 1 GiB.
@@ -103,7 +108,7 @@ impl Default for MailboxLimits {
             max_envelope_len: MAX_ENVELOPE_LEN,
             max_envelopes_per_mailbox: 10_000,
             max_bytes_per_mailbox: 64 * 1024 * 1024,
-            ttl_ms: 30 * Timestamp::DAY,
+            ttl_ms: DEFAULT_TTL_DAYS * Timestamp::DAY,
             disk_budget: 1024 * 1024 * 1024,
             max_mailboxes: 100_000,
         }

@@ -22,7 +22,7 @@ pub mod rate;
 pub mod run;
 pub mod service;
 
-pub use mailboxes::{MailboxError, MailboxLimits, MailboxStats, Mailboxes};
+pub use mailboxes::{DEFAULT_TTL_DAYS, MailboxError, MailboxLimits, MailboxStats, Mailboxes};
 pub use metrics::{MailboxMetrics, serve as serve_metrics};
 pub use rate::{Rate, RateLimiter, RateLimits};
 pub use service::MailboxService;

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use super::{MailboxLimits, MailboxMetrics, MailboxService, Mailboxes, Rate, RateLimits};
-use crate::daemon::now;
+use crate::clock::Clock;
 use crate::net::{self, MailboxServer};
 
 /// How often expired envelopes are purged and the stored-bytes gauges refreshed.
@@ -47,6 +47,8 @@ pub struct RelayOptions {
     pub max_reservations: usize,
     /// Relayed connections at once.
     pub max_circuits: usize,
+    /// Where every timestamp comes from (deposit times, expiry).
+    pub clock: Clock,
 }
 
 impl RelayOptions {
@@ -63,6 +65,7 @@ impl RelayOptions {
             rates: RateLimits::default(),
             max_reservations: defaults.max_reservations,
             max_circuits: defaults.max_circuits,
+            clock: Clock::system(),
         }
     }
 
@@ -166,7 +169,7 @@ pub async fn run(
             max_circuits: options.max_circuits,
         });
     let extras = net::Extras {
-        mailbox_server: Some(Arc::new(service.clone())),
+        mailbox_server: Some(Arc::new(Clocked { service: service.clone(), clock: options.clock.clone() })),
         metrics: Some(libp2p_metrics),
         reservations_gauge: Some(reservations),
     };
@@ -188,7 +191,8 @@ pub async fn run(
     {
         let service = service.clone();
         let shutdown = shutdown.clone();
-        tasks.spawn(async move { service.run_maintenance(MAINTENANCE_EVERY, shutdown).await });
+        let clock = options.clock.clone();
+        tasks.spawn(async move { service.run_maintenance(MAINTENANCE_EVERY, clock, shutdown).await });
     }
 
     let peer = net.local_peer_id();
@@ -227,15 +231,22 @@ pub async fn run(
     Ok(())
 }
 
-impl MailboxServer for MailboxService {
+/// The mailbox service as the network serves it: each request stamped by the relay's clock.
+struct Clocked {
+    service: MailboxService,
+    clock: Clock,
+}
+
+impl MailboxServer for Clocked {
     fn serve(
         &self,
         peer: PeerId,
         ip: Option<std::net::IpAddr>,
         request: mailbox::Request,
     ) -> BoxFuture<'static, mailbox::Response> {
-        let service = self.clone();
-        Box::pin(async move { service.handle(peer, ip, request, now()).await })
+        let service = self.service.clone();
+        let now = self.clock.now();
+        Box::pin(async move { service.handle(peer, ip, request, now).await })
     }
 }
 

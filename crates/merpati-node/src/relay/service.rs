@@ -14,7 +14,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use merpati_proto::Timestamp;
@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::mailboxes::Mailboxes;
 use super::metrics::MailboxMetrics;
 use super::rate::{RateLimiter, RateLimits};
+use crate::clock::Clock;
 
 /// The most fetches waiting for deposits at once, relay-wide.
 pub const MAX_LONG_POLLS: usize = 4_096;
@@ -214,8 +215,9 @@ impl MailboxService {
         self.inner.waiters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Purges expired envelopes and refreshes the storage gauges every `every`, until `shutdown`.
-    pub async fn run_maintenance(&self, every: Duration, shutdown: CancellationToken) {
+    /// Purges envelopes expired by `clock` and refreshes the storage gauges every `every`, until
+    /// `shutdown`.
+    pub async fn run_maintenance(&self, every: Duration, clock: Clock, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -226,7 +228,8 @@ impl MailboxService {
             }
             let mailboxes = self.inner.mailboxes.clone();
             // A purge of many envelopes is seconds of sled work: off the async workers.
-            let purged = tokio::task::spawn_blocking(move || mailboxes.purge_expired(wall_clock())).await;
+            let now = clock.now();
+            let purged = tokio::task::spawn_blocking(move || mailboxes.purge_expired(now)).await;
             match purged {
                 Ok(Ok(count)) => {
                     if count > 0 {
@@ -240,12 +243,6 @@ impl MailboxService {
             self.inner.metrics.set_stored(&self.inner.mailboxes.stats());
         }
     }
-}
-
-/// The current wall-clock time (0 if the clock is before 1970).
-fn wall_clock() -> Timestamp {
-    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    Timestamp(u64::try_from(millis).unwrap_or(u64::MAX))
 }
 
 /// A registered long poll; unregisters on drop, whichever way the fetch ends.
@@ -452,7 +449,9 @@ mod tests {
         let task = {
             let service = service.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { service.run_maintenance(Duration::from_millis(20), shutdown).await })
+            tokio::spawn(async move {
+                service.run_maintenance(Duration::from_millis(20), Clock::system(), shutdown).await
+            })
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while service.mailboxes().stats().envelopes > 0 && Instant::now() < deadline {

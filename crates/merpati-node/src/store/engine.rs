@@ -29,7 +29,7 @@ use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::SessionId;
 
 use super::codec::{self, aad, check_name, conversation_key, conversation_prefix, due_key};
-use super::{Change, Contact, OutboxEntry, Profile, SessionRecord, StoreError, StoredMessage};
+use super::{Change, Contact, ContactV1, OutboxEntry, Profile, SessionRecord, StoreError, StoredMessage};
 
 /// The trees (sled's name for independent keyspaces) of the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -298,14 +298,22 @@ pub(crate) fn profile(view: &dyn View, sealer: &dyn Sealer) -> Result<Option<Pro
 pub(crate) fn contacts(view: &dyn View) -> Result<Vec<Contact>, StoreError> {
     let mut out = Vec::new();
     view.scan(Tree::Contacts, &[], false, &mut |_, value| {
-        out.push(codec::decode("contact", value)?);
+        out.push(decode_contact(value)?);
         Ok(true)
     })?;
     Ok(out)
 }
 
 pub(crate) fn contact(view: &dyn View, name: &str) -> Result<Option<Contact>, StoreError> {
-    get_plain(view, Tree::Contacts, name.as_bytes(), "contact")
+    view.get(Tree::Contacts, name.as_bytes())?.map(|bytes| decode_contact(&bytes)).transpose()
+}
+
+/// A contact record in the current layout or, failing that, the first one ([`ContactV1`]). The
+/// two cannot be mistaken for each other: the current layout has more fields, and a decode must
+/// use every byte.
+pub(crate) fn decode_contact(bytes: &[u8]) -> Result<Contact, StoreError> {
+    codec::decode("contact", bytes)
+        .or_else(|e| codec::decode::<ContactV1>("contact", bytes).map(Contact::from).map_err(|_| e))
 }
 
 pub(crate) fn session(

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
-use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, IdentityPublic, PrekeyRing};
+use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, IdentityPublic, PrekeyRing, SignedPrekey};
 use merpati_proto::keys::X25519Secret;
 use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::{SessionId, SessionState};
@@ -130,6 +130,13 @@ pub enum StoreError {
     /// sled reported an error (I/O, or damage to its own files).
     #[error("database error: {0}")]
     Db(#[from] sled::Error),
+    /// An earlier write could not be made durable, so nothing more is written until the
+    /// daemon restarts from what is on disk.
+    #[error("an earlier write could not be saved to disk ({reason}); restart the daemon")]
+    Failed {
+        /// The first failure.
+        reason: String,
+    },
     /// Creating or syncing the database's files failed.
     #[error("syncing {}: {source}", path.display())]
     Io {
@@ -215,6 +222,46 @@ pub struct Contact {
     pub session: Option<SessionId>,
     /// When the contact was added.
     pub added_at: Timestamp,
+    /// The last-resort prekey from their invite, for a first contact written after the bundle's
+    /// prekey expired; none for contacts from older invites or who reached us first.
+    pub last_resort: Option<SignedPrekey>,
+    /// When an envelope of theirs last opened here, if ever.
+    pub last_heard: Option<Timestamp>,
+}
+
+/// A contact as stored before `last_resort` and `last_heard` existed: records are postcard,
+/// which has no optional trailing fields, so such a record is read as this and converted.
+#[derive(Deserialize)]
+pub(crate) struct ContactV1 {
+    name: String,
+    identity: IdentityPublic,
+    bundle: Option<Bundle>,
+    inbox: Option<MailboxId>,
+    #[serde(with = "serde_bytes")]
+    peer_id: Vec<u8>,
+    addrs: Vec<Vec<u8>>,
+    relays: Vec<Vec<u8>>,
+    session: Option<SessionId>,
+    added_at: Timestamp,
+}
+
+impl From<ContactV1> for Contact {
+    fn from(old: ContactV1) -> Self {
+        let ContactV1 { name, identity, bundle, inbox, peer_id, addrs, relays, session, added_at } = old;
+        Contact {
+            name,
+            identity,
+            bundle,
+            inbox,
+            peer_id,
+            addrs,
+            relays,
+            session,
+            added_at,
+            last_resort: None,
+            last_heard: None,
+        }
+    }
 }
 
 /// One NDR1 session's persisted state and whose it is. Stored sealed.
@@ -542,6 +589,50 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first contact layout, as a database of that time holds it.
+    #[derive(Serialize)]
+    struct FirstLayout {
+        name: String,
+        identity: IdentityPublic,
+        bundle: Option<Bundle>,
+        inbox: Option<MailboxId>,
+        #[serde(with = "serde_bytes")]
+        peer_id: Vec<u8>,
+        addrs: Vec<Vec<u8>>,
+        relays: Vec<Vec<u8>>,
+        session: Option<SessionId>,
+        added_at: Timestamp,
+    }
+
+    #[test]
+    fn contacts_of_the_first_layout_still_load() {
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let identity = IdentityKey::generate(&mut rng).public();
+        let old = FirstLayout {
+            name: "bob".into(),
+            identity,
+            bundle: None,
+            inbox: Some(MailboxId([3; 16])),
+            peer_id: vec![1, 2, 3],
+            addrs: vec![vec![4]],
+            relays: vec![vec![5]],
+            session: Some(SessionId([6; 16])),
+            added_at: Timestamp(7),
+        };
+        let bytes = codec::encode("contact", &old).unwrap();
+        let contact = engine::decode_contact(&bytes).unwrap();
+        assert_eq!((contact.name.as_str(), contact.identity, contact.inbox), ("bob", identity, old.inbox));
+        assert_eq!((contact.peer_id, contact.addrs, contact.relays), (old.peer_id, old.addrs, old.relays));
+        assert_eq!((contact.session, contact.added_at), (old.session, old.added_at));
+        assert_eq!((contact.last_resort, contact.last_heard), (None, None));
+        // The current layout reads back as itself, and junk as neither.
+        let current = Contact { last_heard: Some(Timestamp(8)), ..engine::decode_contact(&bytes).unwrap() };
+        let bytes = codec::encode("contact", &current).unwrap();
+        assert_eq!(engine::decode_contact(&bytes).unwrap(), current);
+        assert!(matches!(engine::decode_contact(&bytes[..bytes.len() - 1]), Err(StoreError::Corrupt { .. })));
+    }
 
     #[test]
     fn status_moves_only_forward() {

@@ -61,6 +61,13 @@ pub struct SledStore {
     /// racing the rotation could find its key gone.
     rotation: RwLock<()>,
     commits: GroupCommit,
+    /// Set by the first flush that failed. sled keeps a committed batch visible whether or not
+    /// its flush worked, so after a failure reads may show what is not on disk: from then on
+    /// every apply is refused, and the daemon stops rather than act on such data.
+    failure: std::sync::OnceLock<String>,
+    /// Makes every flush fail, to test what follows a failed one.
+    #[cfg(test)]
+    fail_flushes: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for SledStore {
@@ -73,6 +80,12 @@ impl fmt::Debug for SledStore {
 }
 
 impl SledStore {
+    /// Why the store stopped taking writes, if a flush ever failed (see the `failure` field):
+    /// the daemon stops when it sees one.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
     /// The key file's path for a store in `dir`, to pass to [`Keyring::open_or_create`].
     pub fn key_file(dir: impl AsRef<Path>) -> PathBuf {
         dir.as_ref().join(KEY_FILE)
@@ -94,8 +107,17 @@ impl SledStore {
         sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no Merpati schema marker")?;
         let syncer = Mutex::new(Syncer::open(db.clone(), &sled_dir)?);
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
-        let store =
-            Self { dir, syncer, trees, keyring, rotation: RwLock::new(()), commits: GroupCommit::default() };
+        let store = Self {
+            dir,
+            syncer,
+            trees,
+            keyring,
+            rotation: RwLock::new(()),
+            commits: GroupCommit::default(),
+            failure: std::sync::OnceLock::new(),
+            #[cfg(test)]
+            fail_flushes: std::sync::atomic::AtomicBool::new(false),
+        };
         // The marker of a new database, and the directory entries sled created, become durable.
         store.sync()?;
         for path in [&sled_dir, &store.dir] {
@@ -165,6 +187,13 @@ impl SledStore {
     /// Makes everything committed so far durable: sled's flush, then syncs of its files (see
     /// the module documentation for why sled's flush alone is not enough).
     fn sync(&self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if self.fail_flushes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Io {
+                path: self.dir.clone(),
+                source: io::Error::other("injected failure"),
+            });
+        }
         Ok(self.syncer.lock().unwrap_or_else(PoisonError::into_inner).sync()?)
     }
 
@@ -344,9 +373,14 @@ impl Store for SledStore {
         if changes.is_empty() {
             return Ok(());
         }
+        if let Some(reason) = self.failure.get() {
+            return Err(StoreError::Failed { reason: reason.clone() });
+        }
         self.commit(changes)?;
         // Never inside the transaction: flushing there deadlocks sled.
-        self.commits.make_durable(|| self.sync())
+        self.commits.make_durable(|| self.sync()).inspect_err(|e| {
+            let _ = self.failure.set(e.to_string());
+        })
     }
 
     fn apply_relaxed(&self, changes: &[Change]) -> Result<(), StoreError> {
@@ -448,6 +482,26 @@ mod tests {
             Keyring::open_or_create(SledStore::key_file(dir), &mut ChaCha20Rng::seed_from_u64(seed))
                 .expect("keyring");
         SledStore::open(dir, keyring).expect("open")
+    }
+
+    #[test]
+    fn after_a_failed_flush_nothing_more_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 1);
+        store.apply(&[Change::PutMessage(message(1, 1))]).unwrap();
+        assert_eq!(store.failure(), None);
+        store.fail_flushes.store(true, Ordering::Relaxed);
+        assert!(matches!(store.apply(&[Change::PutMessage(message(1, 2))]), Err(StoreError::Io { .. })));
+        assert!(store.failure().is_some_and(|reason| reason.contains("injected failure")));
+        // Even once the disk would work again: what the failed flush left visible may not be on
+        // disk, so the store takes nothing more until it is opened again.
+        store.fail_flushes.store(false, Ordering::Relaxed);
+        let refused = store.apply(&[Change::PutMessage(message(1, 3))]);
+        assert!(
+            matches!(&refused, Err(StoreError::Failed { reason }) if reason.contains("injected failure"))
+        );
+        assert!(refused.unwrap_err().to_string().contains("restart the daemon"));
+        assert!(store.message(&message(1, 3).id).unwrap().is_none(), "the refused batch was not applied");
     }
 
     fn message(thread: u64, i: u64) -> StoredMessage {

@@ -237,6 +237,29 @@ impl Session {
         Self::from_state(state)
     }
 
+    /// Keeps the promises of forward secrecy for a session that sees no traffic: steps a sending
+    /// sub-epoch that sealed something and is [`SUB_EPOCH_MAX_AGE`] old (its key is deleted, as
+    /// the next seal would), and deletes receiving keys past their age ([`MAX_KEY_AGE`]). A
+    /// sub-epoch that sealed nothing is left alone: its key protects no message, and stepping it
+    /// would only make the peer derive more keys. Returns whether anything changed, in which case
+    /// the caller persists the state.
+    pub fn maintain(&mut self, now: Timestamp) -> bool {
+        let mut changed = false;
+        if let Some(send) = &mut self.state.send
+            && send.next_index > 0
+            && now.since(send.sub_started_at) >= SUB_EPOCH_MAX_AGE
+        {
+            send::next_sub_epoch(send, now);
+            changed = true;
+        }
+        let keys = |state: &SessionState| {
+            (state.recv.len(), state.recv.iter().map(|r| r.subkeys.len()).sum::<usize>())
+        };
+        let before = keys(&self.state);
+        self.prune(now);
+        changed || keys(&self.state) != before
+    }
+
     /// The state to persist.
     pub fn state(&self) -> &SessionState {
         &self.state

@@ -186,7 +186,7 @@ impl Session {
     }
 
     /// Deletes receiving keys past their age, and the oldest beyond the retention caps.
-    fn prune(&mut self, now: Timestamp) {
+    pub(super) fn prune(&mut self, now: Timestamp) {
         let recv = &mut self.state.recv;
         for epoch in recv.iter_mut() {
             // A sub-epoch key is derived at the latest when the sub-epoch's first message arrives,

@@ -1,0 +1,83 @@
+//! The maintenance pass: what has to happen as time passes, whether or not anyone writes.
+//!
+//! The daemon runs it at start and then on a timer ([`crate::daemon::MAINTENANCE_EVERY`]). It
+//! rotates the signed prekey and deletes the private keys of expired ones (so invites stay
+//! fresh and first contacts keep working on a node that runs for months), and gives every
+//! session its [`Session::maintain`] step (stale sending keys stepped, old receiving keys
+//! deleted). Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
+//! either, and the next pass tries again.
+//!
+//! Every session is loaded, so every session restored since start is persisted here too: its
+//! fresh sending sub-epoch is on disk before anything is sealed with it.
+
+use merpati_proto::Timestamp;
+use merpati_proto::session::Session;
+
+use super::{Engine, EngineError, bundle};
+use crate::store::{Change, Store};
+
+/// What one maintenance pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Whether a new signed prekey replaced the current one.
+    pub prekey_rotated: bool,
+    /// How many expired prekeys' private keys were deleted.
+    pub prekeys_purged: usize,
+    /// How many sessions were written back (changed by their step, or restored since start).
+    pub sessions_written: usize,
+}
+
+impl<S: Store> Engine<S> {
+    /// Runs the maintenance pass at `now`; see the module documentation.
+    pub fn maintain(&mut self, now: Timestamp) -> Result<Maintenance, EngineError> {
+        let mut done = self.maintain_prekeys(now)?;
+        done.sessions_written = self.maintain_sessions(now)?;
+        Ok(done)
+    }
+
+    /// Rotates and purges prekeys; on a change, stores the profile and republishes the bundle.
+    fn maintain_prekeys(&mut self, now: Timestamp) -> Result<Maintenance, EngineError> {
+        // Secret keys are not `Clone`: change a copy read from the store, and adopt it only once
+        // it is stored.
+        let Some(mut profile) = self.store.profile()? else { return Err(EngineError::ForeignDatabase) };
+        let device = profile.cert.device_id();
+        let prekey_rotated = profile.prekeys.rotate_if_due(&profile.identity, &device, now, &mut self.rng);
+        let prekeys_purged = profile.prekeys.purge(now);
+        if prekey_rotated || prekeys_purged > 0 {
+            let bundle = bundle(&profile)?;
+            self.store.apply(&[Change::PutProfile(profile)])?;
+            self.profile = self.store.profile()?.ok_or(EngineError::ForeignDatabase)?;
+            self.bundle = bundle;
+            tracing::info!(prekey_rotated, prekeys_purged, "prekeys maintained");
+        }
+        Ok(Maintenance { prekey_rotated, prekeys_purged, sessions_written: 0 })
+    }
+
+    /// Gives every session its maintenance step and stores, in one apply, every session that
+    /// changed or was restored since start. Returns how many were written.
+    fn maintain_sessions(&mut self, now: Timestamp) -> Result<usize, EngineError> {
+        let mut changes = Vec::new();
+        let mut written = Vec::new();
+        for id in self.store.session_ids()? {
+            let restored = !self.sessions.contains_key(&id);
+            let Some(session) = self.session(&id, now)? else { continue };
+            let changed = Session::maintain(session, now);
+            if !(changed || restored) {
+                continue;
+            }
+            let contact = self.session_contacts.get(&id).cloned().unwrap_or_default();
+            if let Some(session) = self.sessions.get(&id) {
+                changes.extend(self.persist_session(session, &contact));
+                written.push(id);
+            }
+        }
+        if let Err(e) = self.store.apply(&changes) {
+            // What is in memory is not on disk: reload the durable state on next use.
+            for id in &written {
+                self.forget_session(id);
+            }
+            return Err(e.into());
+        }
+        Ok(written.len())
+    }
+}
