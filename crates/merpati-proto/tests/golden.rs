@@ -7,8 +7,9 @@
 //!
 //! * `tests/golden/ndr1.txt`: one conversation. Both parties' secret and public keys and signed
 //!   objects, Bob's invite, the first contact, epochs 1 to 3, a sub-epoch rollover after 64
-//!   messages and envelopes padded to several buckets, with each handshake's prologue, payload,
-//!   ephemeral key, hash and split keys, each sub-epoch key and nonce, and each decoded frame.
+//!   messages, envelopes padded to several buckets and epoch 4 carrying a receipt, each control and
+//!   a fragment, with each handshake's prologue, payload, ephemeral key, hash and split keys, each
+//!   sub-epoch key and nonce, and each decoded frame.
 //! * `tests/golden/identity.txt`: a certificate, prekey, bundle and invite from fixed keys, and
 //!   safety numbers and fingerprints with their intermediate values.
 //!
@@ -31,7 +32,8 @@ use chacha20poly1305::aead::{Aead, Payload};
 use common::{Party, T0, text};
 use ed25519_dalek::{Signature, VerifyingKey};
 use merpati_proto::envelope::{Envelope, HEADER_LEN};
-use merpati_proto::frame::{Body, Frame};
+use merpati_proto::fragment;
+use merpati_proto::frame::{Body, Control, Frame, ReceiptKind};
 use merpati_proto::identity::{
     Bundle, DeviceCert, IdentityKey, IdentityPublic, PREKEY_LIFETIME, SafetyNumber, SignedPrekey, fingerprint,
 };
@@ -308,24 +310,62 @@ fn envelope_lines(out: &mut Vectors, name: &str, sealed: &Sealed, key: &Symmetri
     assert_eq!(&frame.header_echo[..], &sealed.envelope[..HEADER_LEN]);
     let unpadded = frame.unpadded_len();
     assert!(plaintext[unpadded..].iter().all(|&b| b == 0));
-    let Body::Text(body) = &frame.body else { panic!("the transcript sends texts") };
     assert_eq!((frame.seq, frame.message_id, &frame.body), (got.seq, got.message_id, &got.body));
+    let body_len = frame.body.encoded_len();
     out.hex(&format!("{name}.key"), key.as_bytes());
     out.hex(&format!("{name}.nonce"), &nonce);
     out.hex(&format!("{name}.frame"), &plaintext[..unpadded]);
     out.value(
         &format!("{name}.frame.fields"),
         format_args!(
-            "message_id={} seq={} sent_at={} ack_epoch={} body_type=1 body_len={} padding={}",
+            "message_id={} seq={} sent_at={} ack_epoch={} body_type={} body_len={body_len} padding={}",
             hex::encode(frame.message_id.0),
             frame.seq,
             frame.sent_at.millis(),
             frame.ack_epoch.map_or("none".to_owned(), |e| e.to_string()),
-            body.len(),
+            plaintext[FRAME_BODY_TYPE_AT],
             plaintext.len() - unpadded
         ),
     );
-    out.value(&format!("{name}.frame.text"), show_text(body));
+    match &frame.body {
+        Body::Text(body) => out.value(&format!("{name}.frame.text"), show_text(body)),
+        body => {
+            out.hex(&format!("{name}.frame.body"), &plaintext[unpadded - body_len..unpadded]);
+            out.value(&format!("{name}.frame.body.fields"), show_body(body));
+        }
+    }
+}
+
+/// The offset of `body_type` in a frame: after the echo, id, seq, time and ack.
+const FRAME_BODY_TYPE_AT: usize = HEADER_LEN + 16 + 8 + 8 + 4;
+
+/// The decoded fields of a body other than text, as the vector file shows them.
+fn show_body(body: &Body) -> String {
+    let list = |items: &[Vec<u8>]| items.iter().map(hex::encode).collect::<Vec<_>>().join(",");
+    match body {
+        Body::Text(text) => show_text(text),
+        Body::Receipt { kind, ids } => format!(
+            "receipt kind={} ids={}",
+            *kind as u8,
+            ids.iter().map(|id| hex::encode(id.0)).collect::<Vec<_>>().join(",")
+        ),
+        Body::Control(Control::MailboxRotation(a)) => {
+            format!("mailbox_rotation first_day={} count={}", a.first_day, a.ids.len())
+        }
+        Body::Control(Control::RelayHints(hints)) => format!("relay_hints addrs={}", list(hints)),
+        Body::Control(Control::NodeInfo { peer_id, addrs }) => {
+            format!("node_info peer_id={} addrs={}", hex::encode(peer_id), list(addrs))
+        }
+        Body::Fragment(f) => format!(
+            "fragment group={} content={} index={} count={} total_len={} chunk_len={}",
+            hex::encode(f.group),
+            f.content,
+            f.index,
+            f.count,
+            f.total_len,
+            f.chunk.len()
+        ),
+    }
 }
 
 /// The sending sub-epoch key a session used for its last envelope.
@@ -351,12 +391,12 @@ fn epoch_lines(
     out: &mut Vectors,
     rng: &mut Recorder,
     (opener, peer): (&mut Session, &mut Session),
-    (epoch, name, who, message): (u32, &str, &str, &str),
+    (epoch, name, who, body): (u32, &str, &str, Body),
 ) {
     let psk = peer.state().root.clone();
     let target = peer.state().my_ratchet.clone().unwrap();
     rng.take();
-    let sealed = opener.seal(&text(message), T0, rng).unwrap();
+    let sealed = opener.seal(&body, T0, rng).unwrap();
     let draws = rng.take();
     let open = send_open(opener);
     let prologue = epoch_prologue(opener, epoch);
@@ -442,9 +482,9 @@ fn ndr1_transcript() -> String {
     out.hex("epoch0.alice.ratchet", ratchet.public().as_bytes());
     handshake_lines(&mut out, "epoch0", (&prologue, &payload, message), &split, &draws);
     out.hex("epoch0.open", &open);
-    let (mut b, got) = Session::accept(bob.responder(), &first.envelope, T0, &mut rng).unwrap();
+    let (mut b, got_first) = Session::accept(bob.responder(), &first.envelope, T0, &mut rng).unwrap();
     assert_eq!(split.k1, send_key(&a));
-    envelope_lines(&mut out, "epoch0.first_contact", &first, &split.k1, &got);
+    envelope_lines(&mut out, "epoch0.first_contact", &first, &split.k1, &got_first);
     let session_id = prefix16(&h(label::SESSION_ID, &[&split.handshake_hash]));
     assert_eq!((session_id, b.id()), (a.id().0, a.id()));
     out.hex("session_id", &session_id);
@@ -452,9 +492,9 @@ fn ndr1_transcript() -> String {
     assert_eq!((&root, &root), (a.state().root.as_bytes(), b.state().root.as_bytes()));
     out.hex("root.after_epoch0", &root);
 
-    epoch_lines(&mut out, &mut rng, (&mut b, &mut a), (1, "epoch1", "bob", "epoch one"));
-    epoch_lines(&mut out, &mut rng, (&mut a, &mut b), (2, "epoch2", "alice", "epoch two"));
-    epoch_lines(&mut out, &mut rng, (&mut b, &mut a), (3, "epoch3", "bob", "epoch three"));
+    epoch_lines(&mut out, &mut rng, (&mut b, &mut a), (1, "epoch1", "bob", text("epoch one")));
+    epoch_lines(&mut out, &mut rng, (&mut a, &mut b), (2, "epoch2", "alice", text("epoch two")));
+    epoch_lines(&mut out, &mut rng, (&mut b, &mut a), (3, "epoch3", "bob", text("epoch three")));
 
     // B sends 64 more messages in epoch 3: the 64th is the first of sub-epoch 1.
     let sub0 = send_key(&b);
@@ -473,6 +513,28 @@ fn ndr1_transcript() -> String {
         let m = b.seal(&Body::Text("x".repeat(len)), T0, &mut rng).unwrap();
         let got = a.open(&m.envelope, T0).unwrap();
         envelope_lines(&mut out, name, &m, &send_key(&b), &got);
+    }
+
+    // Epoch 4: Alice answers with every other body type, the first of them opening the epoch.
+    let receipt =
+        Body::Receipt { kind: ReceiptKind::Read, ids: vec![got_first.message_id, rollover.message_id] };
+    epoch_lines(&mut out, &mut rng, (&mut a, &mut b), (4, "epoch4", "alice", receipt));
+    let rotation = Body::Control(Control::MailboxRotation(a.my_mailboxes().clone()));
+    let hints = Body::Control(Control::RelayHints(vec![(0..40).collect(), vec![0x29; 23]]));
+    let node = Body::Control(Control::NodeInfo { peer_id: (100..138).collect(), addrs: vec![vec![4; 11]] });
+    // The second fragment of a 49 200-byte text: 48 bytes after the first fragment's 49 152.
+    let data: Vec<u8> = (0..49_200u32).map(|i| b"abcdefghijklmnopqrstuvwxyz"[(i % 26) as usize]).collect();
+    let fragments = fragment::split(fragment::CONTENT_TEXT, &data, [0x66; 16]).unwrap();
+    let second = Body::Fragment(fragments[1].clone());
+    for (name, body) in [
+        ("control.rotation", rotation),
+        ("control.hints", hints),
+        ("control.node", node),
+        ("fragment", second),
+    ] {
+        let m = a.seal(&body, T0, &mut rng).unwrap();
+        let got = b.open(&m.envelope, T0).unwrap();
+        envelope_lines(&mut out, name, &m, &send_key(&a), &got);
     }
     out.0
 }
