@@ -381,6 +381,13 @@ fn send_open(session: &Session) -> Vec<u8> {
     session.state().send.as_ref().unwrap().open.clone()
 }
 
+/// Writes the digest by which `receiver`, which just accepted `open`, recognises it again.
+fn open_digest_line(out: &mut Vectors, name: &str, open: &[u8], receiver: &Session) {
+    let digest = h(label::OPEN_DIGEST, &[open]);
+    assert_eq!(receiver.state().recv.last().unwrap().open_digest, digest);
+    out.hex(&format!("{name}.open_digest"), &digest);
+}
+
 /// `len8(label) ‖ session_id ‖ epoch (u32)`: the prologue of an epoch open.
 fn epoch_prologue(session: &Session, epoch: u32) -> Vec<u8> {
     [&[u8::try_from(label::EPOCH.len()).unwrap()][..], label::EPOCH, &session.id().0, &epoch.to_be_bytes()]
@@ -419,6 +426,7 @@ fn epoch_lines(
     handshake_lines(out, name, (&prologue, &payload, &open), &split, &draws);
     out.hex(&format!("{name}.open"), &open);
     let got = peer.open(&sealed.envelope, T0).unwrap();
+    open_digest_line(out, name, &open, peer);
     envelope_lines(out, name, &sealed, &split.k1, &got);
     out.hex(&format!("root.after_{name}"), peer.state().root.as_bytes());
     assert_eq!(opener.state().root, peer.state().root);
@@ -487,6 +495,7 @@ fn ndr1_transcript() -> String {
     out.hex("epoch0.open", &open);
     let (mut b, got_first) = Session::accept(bob.responder(), &first.envelope, T0, &mut rng).unwrap();
     assert_eq!(split.k1, send_key(&a));
+    open_digest_line(&mut out, "epoch0", &open, &b);
     envelope_lines(&mut out, "epoch0.first_contact", &first, &split.k1, &got_first);
     let session_id = prefix16(&h(label::SESSION_ID, &[&split.handshake_hash]));
     assert_eq!((session_id, b.id()), (a.id().0, a.id()));
