@@ -342,7 +342,7 @@ fn envelope_lines(out: &mut Vectors, name: &str, sealed: &Sealed, key: &Symmetri
 /// The offset of `body_type` in a frame: after the echo, id, seq, time and ack.
 const FRAME_BODY_TYPE_AT: usize = HEADER_LEN + 16 + 8 + 8 + 4;
 
-/// The decoded fields of a body other than text, as the vector file shows them.
+/// The decoded fields of a body, as the vector file shows them.
 fn show_body(body: &Body) -> String {
     let list = |items: &[Vec<u8>]| items.iter().map(hex::encode).collect::<Vec<_>>().join(",");
     match body {
