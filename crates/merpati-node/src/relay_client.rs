@@ -144,15 +144,12 @@ pub async fn fetch_loop(
     // Per chunk of tokens, the highest relay id seen: envelopes the node could not store stay at
     // the relay, and the cursor keeps them from being fetched again at once, in a loop.
     let mut cursors: Vec<Option<u64>> = Vec::new();
-    // The old mailboxes fetched to the end at this relay since the task started. Only the
-    // current old set is kept, so this stays as small as one day's list.
-    let mut swept: HashSet<[u8; 32]> = HashSet::new();
+    let mut sweeps = Sweeps::default();
     let mut wait = Duration::ZERO;
     let mut failures = 0u32;
     loop {
         let current = tokens.borrow_and_update().clone();
-        let unswept: Vec<FetchToken> =
-            current.old.iter().filter(|token| !swept.contains(&token.0)).cloned().collect();
+        let unswept = sweeps.pending(&current);
         let work = async {
             if unswept.is_empty() {
                 fetch_round(&net, peer, &relay, &current.live, &cursors, wait, &fetched).await.map(Some)
@@ -186,7 +183,7 @@ pub async fn fetch_loop(
                 if !unswept.is_empty() {
                     debug!(relay = %peer, mailboxes = unswept.len(), "swept old mailboxes");
                 }
-                swept = current.old.iter().map(|token| token.0).collect();
+                sweeps.done(&current);
                 Duration::ZERO
             }
             Err(error) => {
@@ -205,6 +202,27 @@ pub async fn fetch_loop(
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+/// Which old mailboxes a relay has been swept of (see [`MailboxTokens`]): each once, from the
+/// task's start.
+#[derive(Debug, Default)]
+pub struct Sweeps {
+    /// The old mailboxes fetched to the end at this relay. Only the current old set is kept, so
+    /// this stays as small as one day's list.
+    swept: HashSet<[u8; 32]>,
+}
+
+impl Sweeps {
+    /// The old mailboxes of `tokens` still to sweep.
+    pub fn pending(&self, tokens: &MailboxTokens) -> Vec<FetchToken> {
+        tokens.old.iter().filter(|token| !self.swept.contains(&token.0)).cloned().collect()
+    }
+
+    /// Records that every old mailbox of `tokens` has been fetched to the end.
+    pub fn done(&mut self, tokens: &MailboxTokens) {
+        self.swept = tokens.old.iter().map(|token| token.0).collect();
     }
 }
 

@@ -9,7 +9,7 @@ use merpati_proto::keys::{SymmetricKey, X25519Secret};
 use merpati_proto::mailbox::{self, INBOX_DAY, MailboxId};
 use merpati_proto::session::{Responder, Session};
 use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand_core::{CryptoRng, SeedableRng};
 
 /// 2026-11-21T00:00:00Z, a fixed start for every test clock.
 pub const T0: Timestamp = Timestamp(1_795_219_200_000);
@@ -25,7 +25,7 @@ pub struct Party {
 }
 
 impl Party {
-    pub fn new(rng: &mut ChaCha20Rng, now: Timestamp) -> Self {
+    pub fn new(rng: &mut (impl CryptoRng + ?Sized), now: Timestamp) -> Self {
         let identity = IdentityKey::generate(rng);
         let device_static = X25519Secret::generate(rng);
         let cert = DeviceCert::issue(&identity, &device_static.public(), now);
@@ -45,7 +45,7 @@ impl Party {
     }
 
     /// Starts a session to `peer`.
-    pub fn initiate(&self, peer: &Party, now: Timestamp, rng: &mut ChaCha20Rng) -> Session {
+    pub fn initiate(&self, peer: &Party, now: Timestamp, rng: &mut (impl CryptoRng + ?Sized)) -> Session {
         Session::initiate(&self.cert, &self.device_static, &peer.bundle, peer.inbox(), now, rng)
             .expect("initiate")
     }
