@@ -28,15 +28,17 @@ pub struct Maintenance {
 }
 
 impl<S: Store> Engine<S> {
-    /// Runs the maintenance pass at `now`; see the module documentation.
+    /// Runs the maintenance pass at `now`: [`Engine::maintain_prekeys`], then
+    /// [`Engine::maintain_sessions`]; see the module documentation.
     pub fn maintain(&mut self, now: Timestamp) -> Result<Maintenance, EngineError> {
         let mut done = self.maintain_prekeys(now)?;
         done.sessions_written = self.maintain_sessions(now)?;
         Ok(done)
     }
 
-    /// Rotates and purges prekeys; on a change, stores the profile and republishes the bundle.
-    fn maintain_prekeys(&mut self, now: Timestamp) -> Result<Maintenance, EngineError> {
+    /// The pass's first step: rotates and purges prekeys; on a change, stores the profile and
+    /// republishes the bundle.
+    pub fn maintain_prekeys(&mut self, now: Timestamp) -> Result<Maintenance, EngineError> {
         // Secret keys are not `Clone`: change a copy read from the store, and adopt it only once
         // it is stored.
         let Some(mut profile) = self.store.profile()? else { return Err(EngineError::ForeignDatabase) };
@@ -53,9 +55,9 @@ impl<S: Store> Engine<S> {
         Ok(Maintenance { prekey_rotated, prekeys_purged, sessions_written: 0 })
     }
 
-    /// Gives every session its maintenance step and stores, in one apply, every session that
-    /// changed or was restored since start. Returns how many were written.
-    fn maintain_sessions(&mut self, now: Timestamp) -> Result<usize, EngineError> {
+    /// The pass's second step: gives every session its maintenance step and stores, in one apply,
+    /// every session that changed or was restored since start. Returns how many were written.
+    pub fn maintain_sessions(&mut self, now: Timestamp) -> Result<usize, EngineError> {
         let mut changes = Vec::new();
         let mut written = Vec::new();
         for id in self.store.session_ids()? {
