@@ -416,7 +416,10 @@ impl Actor {
 
     /// Starts the due deliveries (all of one contact's when it just came online).
     fn kick(&mut self, contact: Option<&str>) {
-        let attempts = match self.engine.due(now(), contact) {
+        // Only the attempts that can start now: the engine reads no envelope for the others.
+        let free = MAX_DELIVERIES_IN_FLIGHT.saturating_sub(self.busy.len());
+        let busy = &self.busy;
+        let attempts = match self.engine.due_except(now(), contact, free, |c| busy.contains_key(c)) {
             Ok(attempts) => attempts,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");
