@@ -34,12 +34,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::util::{self, Daemon, Relay, Unit, free_port, report, round, summary};
 
-fn start_node(exe: &Path, home: &Path, port: u16) -> anyhow::Result<Daemon> {
+pub(crate) fn start_node(exe: &Path, home: &Path, port: u16) -> anyhow::Result<Daemon> {
     let listen = format!("/ip4/127.0.0.1/tcp/{port}");
     Daemon::start(exe, home, &["--listen", &listen, "--no-mdns"])
 }
 
-fn create_identity(home: &Path, name: &str) -> anyhow::Result<()> {
+pub(crate) fn create_identity(home: &Path, name: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(home)?;
     IdentityFile::create(
         &mut merpati_node::daemon::os_rng()?,
@@ -51,7 +51,7 @@ fn create_identity(home: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 /// Waits for an incoming message whose text is `text` on `events`.
-fn wait_message(events: &mut Notifications, text: &str) -> anyhow::Result<Instant> {
+pub(crate) fn wait_message(events: &mut Notifications, text: &str) -> anyhow::Result<Instant> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match events.next_event_until(deadline).with_context(|| format!("waiting for {text:?}"))? {

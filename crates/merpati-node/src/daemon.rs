@@ -468,7 +468,11 @@ impl Actor {
         if self.engine.store().failure().is_some() {
             return;
         }
-        let attempts = match self.engine.due(self.clock.now(), contact) {
+        // Only the attempts that can start now: the engine reads no envelope for the others.
+        let free = MAX_DELIVERIES_IN_FLIGHT.saturating_sub(self.busy.len());
+        let busy = &self.busy;
+        let now = self.clock.now();
+        let attempts = match self.engine.due_except(now, contact, free, |c| busy.contains_key(c)) {
             Ok(attempts) => attempts,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");

@@ -34,22 +34,24 @@ pub(crate) enum MarkerError {
     Db(sled::Error),
 }
 
-/// Checks the marker under `key` is schema `version`, writing it into a new, empty database;
-/// `missing` is the reason given when a non-empty database has no marker at all.
+/// Checks the marker under `key` is a schema from 1 to `version`, writing `version` into a new,
+/// empty database; `missing` is the reason given when a non-empty database has no marker at all.
+/// Returns the schema found (`version` for a new database): an older one is the caller's to
+/// migrate.
 pub(crate) fn check_marker(
     db: &sled::Db,
     key: &[u8],
     version: u16,
     missing: &'static str,
-) -> Result<(), MarkerError> {
+) -> Result<u16, MarkerError> {
     match db.get(key).map_err(MarkerError::Db)? {
         Some(value) => {
             let found = <[u8; 2]>::try_from(value.as_ref())
                 .map(u16::from_be_bytes)
                 .map_err(|_| MarkerError::Foreign("malformed schema marker"))?;
             match found {
-                _ if found == version => Ok(()),
                 0 => Err(MarkerError::Foreign("malformed schema marker")),
+                _ if found <= version => Ok(found),
                 found => Err(MarkerError::TooNew(found)),
             }
         }
@@ -59,7 +61,7 @@ pub(crate) fn check_marker(
                 return Err(MarkerError::Foreign(missing));
             }
             db.insert(key, &version.to_be_bytes()).map_err(MarkerError::Db)?;
-            Ok(())
+            Ok(version)
         }
     }
 }

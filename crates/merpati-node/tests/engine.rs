@@ -3,10 +3,15 @@
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 use merpati_node::engine::{AttemptResult, Engine, EngineError, Me};
-use merpati_node::store::{Direction, Keyring, MemoryStore, SledStore, Status, Store};
+use merpati_node::store::{
+    self, Change, Direction, Keyring, MemoryStore, OutboxEntry, OutboxHead, SledStore, Status, Store,
+};
 use merpati_proto::Timestamp;
+use merpati_proto::frame::MessageId;
 use merpati_proto::identity::IdentityKey;
 use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_proto::mailbox::MailboxId;
+use merpati_proto::session::SessionId;
 use merpati_proto::wire::{Refusal, deliver};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -251,4 +256,159 @@ fn reading_a_conversation_sends_read_receipts_when_on() {
     assert_eq!(bob.mark_read(&name, T0).unwrap(), 1);
     assert_eq!(pump(&mut bob, b"bob-node", &mut alice, T0), 0);
     assert_eq!(alice.message(&second.id).unwrap().status, Status::Delivered);
+}
+
+/// Store reads of one delivery from Alice's outbox: `due`, then `attempt_finished` with `result`
+/// (a failed attempt is followed by the `due` that finds it again after its backoff).
+fn reads_of_one_delivery(alice: &mut Engine<MemoryStore>, result: &AttemptResult, now: Timestamp) -> u64 {
+    let before = alice.store().reads();
+    let attempt = alice.due(now, None).unwrap().remove(0);
+    alice.attempt_finished(&attempt.id, result, now).unwrap();
+    alice.store().reads() - before
+}
+
+/// A backlog costs the same store reads per delivery (and per send) whatever its size: `due`,
+/// `attempt_finished` and `send_text` read indexes and the entry at hand, never the whole outbox.
+/// Counted by the memory store (each point read and each entry a scan visits), not timed.
+#[test]
+fn store_reads_per_delivery_do_not_grow_with_the_outbox() {
+    const BACKLOG: usize = 10_000;
+    let (mut alice, _bob) = pair();
+    let first = alice.send_text("bob", "first", T0).unwrap();
+    let template = alice.store().outbox_entry(&first.id).unwrap().unwrap();
+    // It and the controls that opened the session leave first.
+    while let Some(attempt) = alice.due(T0, None).unwrap().into_iter().next() {
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    }
+    // The backlog goes straight into the store: the engine delivers envelopes without opening
+    // them, and sealing 10 000 texts would only slow the test down.
+    let entries: Vec<OutboxEntry> = (0..BACKLOG)
+        .map(|i| {
+            let mut id = [0xb0; 16];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            OutboxEntry { id: MessageId(id), seq: template.seq + 1 + i as u64, ..template.clone() }
+        })
+        .collect();
+    for chunk in entries.chunks(1000) {
+        alice.store().apply(&chunk.iter().cloned().map(Change::PutOutbox).collect::<Vec<_>>()).unwrap();
+    }
+    let later = T0.plus(Timestamp::HOUR);
+    let unreachable = AttemptResult::Unreachable("offline".into());
+    let costs = |alice: &mut Engine<MemoryStore>| {
+        let send = {
+            let before = alice.store().reads();
+            // A moment later: it queues behind the backlog.
+            alice.send_text("bob", "one more", T0.plus(1)).unwrap();
+            alice.store().reads() - before
+        };
+        let failed = reads_of_one_delivery(alice, &unreachable, T0);
+        let delivered = reads_of_one_delivery(alice, &AttemptResult::Accepted, later);
+        (send, failed, delivered)
+    };
+    assert_eq!(alice.store().outbox_len().unwrap(), BACKLOG);
+    let full = costs(&mut alice);
+
+    // Drain nearly all of it, counting every read.
+    let before = alice.store().reads();
+    let drained = BACKLOG - 3;
+    for _ in 0..drained {
+        let attempt = alice.due(T0, None).unwrap().remove(0);
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    }
+    let per_delivery = (alice.store().reads() - before) as f64 / drained as f64;
+    assert_eq!(alice.store().outbox_len().unwrap(), 3);
+    let small = costs(&mut alice);
+    eprintln!(
+        "store reads with {BACKLOG} queued: {full:?}, with 3: {small:?} (send, failed attempt, delivery); \
+         {per_delivery:.1} per delivery over the drain"
+    );
+    assert_eq!(full, small, "reads per send/attempt grew with the outbox (send, failed, delivered)");
+    assert!(per_delivery <= small.2 as f64, "the drain read {per_delivery:.1} per delivery");
+}
+
+/// A store whose heads index names, ahead of everything, an entry that does not exist (what a
+/// damaged database could hold).
+struct GhostHead(MemoryStore);
+
+impl Store for GhostHead {
+    fn profile(&self) -> Result<Option<store::Profile>, store::StoreError> {
+        self.0.profile()
+    }
+    fn contacts(&self) -> Result<Vec<store::Contact>, store::StoreError> {
+        self.0.contacts()
+    }
+    fn contact(&self, name: &str) -> Result<Option<store::Contact>, store::StoreError> {
+        self.0.contact(name)
+    }
+    fn session(&self, id: &SessionId) -> Result<Option<store::SessionRecord>, store::StoreError> {
+        self.0.session(id)
+    }
+    fn session_by_mailbox(&self, mailbox: &MailboxId) -> Result<Option<SessionId>, store::StoreError> {
+        self.0.session_by_mailbox(mailbox)
+    }
+    fn session_by_open_digest(&self, digest: &[u8; 32]) -> Result<Option<SessionId>, store::StoreError> {
+        self.0.session_by_open_digest(digest)
+    }
+    fn message(&self, id: &MessageId) -> Result<Option<store::StoredMessage>, store::StoreError> {
+        self.0.message(id)
+    }
+    fn messages(
+        &self,
+        contact: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<store::StoredMessage>, store::StoreError> {
+        self.0.messages(contact, limit)
+    }
+    fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
+        self.0.outbox()
+    }
+    fn outbox_entry(&self, id: &MessageId) -> Result<Option<OutboxEntry>, store::StoreError> {
+        self.0.outbox_entry(id)
+    }
+    fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, store::StoreError> {
+        self.0.outbox_head(contact)
+    }
+    fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, store::StoreError> {
+        let ghost =
+            OutboxHead { id: MessageId([0x99; 16]), contact: "bob".into(), next_attempt_at: Timestamp(0) };
+        let mut heads = vec![ghost];
+        heads.extend(self.0.outbox_due(now)?);
+        Ok(heads)
+    }
+    fn outbox_len(&self) -> Result<usize, store::StoreError> {
+        self.0.outbox_len()
+    }
+    fn relays(&self) -> Result<Vec<Vec<u8>>, store::StoreError> {
+        self.0.relays()
+    }
+    fn session_ids(&self) -> Result<Vec<SessionId>, store::StoreError> {
+        self.0.session_ids()
+    }
+    fn apply(&self, changes: &[Change]) -> Result<(), store::StoreError> {
+        self.0.apply(changes)
+    }
+}
+
+#[test]
+fn an_index_entry_pointing_at_nothing_neither_stops_nor_doubles_a_queue() {
+    let mut alice = engine(GhostHead(MemoryStore::new()), 1, "Alice");
+    let mut bob = engine(MemoryStore::new(), 2, "Bob");
+    let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    assert!(alice.due(T0, None).unwrap().is_empty(), "an attempt for nothing");
+    for text in ["one", "two"] {
+        alice.send_text("bob", text, T0).unwrap();
+    }
+    // The controls that open the session go first; then the texts, in order, one at a time.
+    let mut got = Vec::new();
+    loop {
+        let attempts = alice.due(T0, None).unwrap();
+        assert!(attempts.len() <= 1, "more than one delivery for one contact");
+        let Some(attempt) = attempts.into_iter().next() else { break };
+        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
+        got.extend(received.message.map(|m| m.text));
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    }
+    assert_eq!(got, ["one", "two"]);
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
 }

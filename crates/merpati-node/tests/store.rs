@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use merpati_node::store::keyring::KEY_FILE;
 use merpati_node::store::{
     Change, Contact, Direction, Keyring, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, NodeKey, OutboxEntry,
-    Profile, SCHEMA_VERSION, SessionRecord, SledStore, Status, Store, StoreError, StoredMessage,
+    OutboxHead, Profile, SCHEMA_VERSION, SessionRecord, SledStore, Status, Store, StoreError, StoredMessage,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -193,6 +193,9 @@ mod conformance {
         assert!(store.messages(None, 10).unwrap().is_empty());
         assert!(store.outbox().unwrap().is_empty());
         assert_eq!(store.outbox_len().unwrap(), 0);
+        assert!(store.outbox_entry(&MessageId([1; 16])).unwrap().is_none());
+        assert!(store.outbox_head("nobody").unwrap().is_none());
+        assert!(store.outbox_due(Timestamp(u64::MAX)).unwrap().is_empty());
         assert!(store.relays().unwrap().is_empty());
         assert!(store.session_ids().unwrap().is_empty());
         store.apply(&[]).unwrap();
@@ -485,6 +488,78 @@ mod conformance {
         assert_eq!(store.outbox_len().unwrap(), 3);
     }
 
+    pub(crate) fn head(entry: &OutboxEntry) -> OutboxHead {
+        OutboxHead { id: entry.id, contact: entry.contact.clone(), next_attempt_at: entry.next_attempt_at }
+    }
+
+    pub(crate) fn outbox_heads_are_each_contacts_oldest_entry<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(10);
+        let entry = |f: &mut Fixture, contact: &str, created_at: u64, seq: u64, next: u64| OutboxEntry {
+            created_at: Timestamp(created_at),
+            seq,
+            ..f.outbox(contact, next)
+        };
+        // Bob's oldest entry is tried late; his later ones are due earlier but wait behind it.
+        let b1 = entry(&mut f, "bob", 10, 7, 100);
+        let b2 = entry(&mut f, "bob", 10, 8, 50);
+        let b3 = entry(&mut f, "bob", 11, 0, 10);
+        let c1 = entry(&mut f, "carol", 20, 0, 300);
+        store
+            .apply(&[
+                Change::PutOutbox(b3.clone()),
+                Change::PutOutbox(c1.clone()),
+                Change::PutOutbox(b2.clone()),
+                Change::PutOutbox(b1.clone()),
+            ])
+            .unwrap();
+        assert_eq!(store.outbox_head("bob").unwrap(), Some(head(&b1)));
+        assert_eq!(store.outbox_head("carol").unwrap(), Some(head(&c1)));
+        assert_eq!(store.outbox_head("bo").unwrap(), None);
+        assert_eq!(store.outbox_head("bobby").unwrap(), None);
+        assert_eq!(store.outbox_entry(&b2.id).unwrap(), Some(b2.clone()));
+        assert_eq!(store.outbox_entry(&MessageId([0xee; 16])).unwrap(), None);
+        assert!(store.outbox_due(Timestamp(99)).unwrap().is_empty());
+        assert_eq!(store.outbox_due(Timestamp(100)).unwrap(), vec![head(&b1)]);
+        assert_eq!(store.outbox_due(Timestamp(1000)).unwrap(), vec![head(&b1), head(&c1)]);
+
+        // A retry moves the head to its new time.
+        let retried = OutboxEntry { attempts: 1, next_attempt_at: Timestamp(500), ..b1.clone() };
+        store.apply(&[Change::PutOutbox(retried.clone())]).unwrap();
+        assert_eq!(store.outbox_due(Timestamp(400)).unwrap(), vec![head(&c1)]);
+        assert_eq!(store.outbox_due(Timestamp(500)).unwrap(), vec![head(&c1), head(&retried)]);
+
+        // Delivered: the next one in order becomes the head, due at its own time.
+        store.apply(&[Change::RemoveOutbox(b1.id)]).unwrap();
+        assert_eq!(store.outbox_head("bob").unwrap(), Some(head(&b2)));
+        assert_eq!(store.outbox_due(Timestamp(60)).unwrap(), vec![head(&b2)]);
+
+        // Within one batch: the head leaves and an older entry arrives.
+        let b0 = entry(&mut f, "bob", 5, 0, 70);
+        store.apply(&[Change::RemoveOutbox(b2.id), Change::PutOutbox(b0.clone())]).unwrap();
+        assert_eq!(store.outbox_head("bob").unwrap(), Some(head(&b0)));
+        assert_eq!(store.outbox_due(Timestamp(1000)).unwrap(), vec![head(&b0), head(&c1)]);
+
+        // An entry put under another contact leaves the first contact's queue.
+        let moved = OutboxEntry { contact: "carol".into(), ..b0.clone() };
+        store.apply(&[Change::PutOutbox(moved.clone())]).unwrap();
+        assert_eq!(store.outbox_head("bob").unwrap(), Some(head(&b3)));
+        assert_eq!(store.outbox_head("carol").unwrap(), Some(head(&moved)));
+        assert_eq!(store.outbox_due(Timestamp(1000)).unwrap(), vec![head(&b3), head(&moved)]);
+
+        // Empty queues have no head.
+        store
+            .apply(&[
+                Change::RemoveOutbox(b3.id),
+                Change::RemoveOutbox(moved.id),
+                Change::RemoveOutbox(c1.id),
+            ])
+            .unwrap();
+        assert_eq!(store.outbox_head("bob").unwrap(), None);
+        assert_eq!(store.outbox_head("carol").unwrap(), None);
+        assert!(store.outbox_due(Timestamp(u64::MAX)).unwrap().is_empty());
+        assert_eq!(store.outbox_len().unwrap(), 0);
+    }
+
     pub(crate) fn a_failing_batch_applies_nothing<S: Store + ?Sized>(store: &S) {
         let mut f = Fixture::new(8);
         let (bob, first) = (f.contact("bob"), f.message("bob", "first"));
@@ -514,6 +589,8 @@ mod conformance {
         assert_eq!(store.message(&first.id).unwrap().unwrap().status, Status::Queued);
         assert!(store.outbox().unwrap().is_empty());
         assert_eq!(store.outbox_len().unwrap(), 0);
+        assert!(store.outbox_head("bob").unwrap().is_none());
+        assert!(store.outbox_due(Timestamp(u64::MAX)).unwrap().is_empty());
         assert_eq!(store.contact("bob").unwrap().unwrap(), bob);
         assert!(store.profile().unwrap().is_none());
         assert_eq!(store.messages(None, 10).unwrap().len(), 1);
@@ -554,7 +631,32 @@ mod conformance {
 }
 
 fn open_sled(dir: &Path) -> SledStore {
-    SledStore::open(dir, keyring(dir, 1)).unwrap()
+    open_store(dir, 1).unwrap()
+}
+
+/// Whether `error` is sled finding its database still locked by an instance just closed.
+fn still_locked(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"))
+}
+
+/// Runs `open` until sled's lock is free: sled lets go of its file lock when the last reference to a
+/// closed database drops, which can be a moment later, on one of its own threads.
+fn when_unlocked<T, E>(open: impl Fn() -> Result<T, E>, locked: impl Fn(&E) -> bool) -> Result<T, E> {
+    for _ in 0..200 {
+        match open() {
+            Err(e) if locked(&e) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            other => return other,
+        }
+    }
+    open()
+}
+
+/// Opens the sled store in `dir` with the key file made from `seed` (see [`when_unlocked`]).
+fn open_store(dir: &Path, seed: u64) -> Result<SledStore, StoreError> {
+    when_unlocked(
+        || SledStore::open(dir, keyring(dir, seed)),
+        |e| matches!(e, StoreError::Db(e) if still_locked(e)),
+    )
 }
 
 fn keyring(dir: &Path, seed: u64) -> Keyring {
@@ -588,6 +690,7 @@ conformance!(
     messages_are_stored_once_and_in_order,
     status_only_moves_forward,
     outbox_is_ordered_by_next_attempt,
+    outbox_heads_are_each_contacts_oldest_entry,
     a_failing_batch_applies_nothing,
     changes_in_a_batch_see_each_other,
     relays_are_replaced_as_a_whole,
@@ -605,7 +708,7 @@ mod sled_only {
 
     /// Runs `edit` on the raw sled database of a closed store.
     fn edit_raw(dir: &Path, edit: impl FnOnce(&sled::Db)) {
-        let db = sled::open(sled_dir(dir)).unwrap();
+        let db = when_unlocked(|| sled::open(sled_dir(dir)), still_locked).unwrap();
         edit(&db);
         db.flush().unwrap();
     }
@@ -634,8 +737,10 @@ mod sled_only {
         changes.push(Change::SetRelays(relays.clone()));
         store.apply(&changes).unwrap();
         for i in 0..5 {
-            let m = f.message(if i % 2 == 0 { "alice" } else { "bob" }, &format!("message number {i}"));
-            store.apply(&[Change::PutMessage(m), Change::PutOutbox(f.outbox("bob", 100 - i))]).unwrap();
+            let contact = if i % 2 == 0 { "alice" } else { "bob" };
+            let m = f.message(contact, &format!("message number {i}"));
+            let entry = OutboxEntry { seq: 10 - i, ..f.outbox(contact, 100 - i) };
+            store.apply(&[Change::PutMessage(m), Change::PutOutbox(entry)]).unwrap();
         }
         Contents {
             profile: profile_bytes,
@@ -658,6 +763,21 @@ mod sled_only {
         assert_eq!(store.messages(None, 100).unwrap(), c.messages);
         assert_eq!(store.outbox().unwrap(), c.outbox);
         assert_eq!(store.outbox_len().unwrap(), c.outbox.len());
+        for entry in &c.outbox {
+            assert_eq!(store.outbox_entry(&entry.id).unwrap().as_ref(), Some(entry));
+        }
+        let oldest = |contact: &str| {
+            c.outbox
+                .iter()
+                .filter(|e| e.contact == contact)
+                .min_by_key(|e| (e.created_at, e.seq, e.id.0))
+                .map(conformance::head)
+        };
+        let mut due: Vec<OutboxHead> = ["alice", "bob"].into_iter().filter_map(oldest).collect();
+        due.sort_by_key(|h| (h.next_attempt_at, h.id.0));
+        assert_eq!(store.outbox_head("alice").unwrap(), oldest("alice"));
+        assert_eq!(store.outbox_head("bob").unwrap(), oldest("bob"));
+        assert_eq!(store.outbox_due(Timestamp(u64::MAX)).unwrap(), due);
         assert_eq!(store.relays().unwrap(), c.relays);
     }
 
@@ -699,6 +819,9 @@ mod sled_only {
         judge(store.messages(Some("bob"), 10), strict, &format!("{name}: conversation"));
         judge(store.outbox(), strict, &format!("{name}: outbox"));
         judge(store.outbox_len(), strict, &format!("{name}: outbox length"));
+        judge(store.outbox_entry(&contents.outbox[0].id), strict, &format!("{name}: outbox entry"));
+        judge(store.outbox_head("bob"), strict, &format!("{name}: outbox head"));
+        judge(store.outbox_due(Timestamp(u64::MAX)), strict, &format!("{name}: due heads"));
         // Writes that read what they change report the damage, and then change nothing.
         judge(
             store.apply(&[Change::SetStatus { id, status: Status::Read, reason: None }]),
@@ -710,6 +833,60 @@ mod sled_only {
             strict,
             &format!("{name}: outbox removal"),
         );
+    }
+
+    #[test]
+    fn a_schema_1_database_gets_its_outbox_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(27);
+        let contents = fill(&open_sled(dir.path()), &mut f);
+        // Schema 1 had the outbox and its due index, nothing more.
+        edit_raw(dir.path(), |db| {
+            assert!(db.drop_tree("outbox-order").unwrap());
+            assert!(db.drop_tree("outbox-heads").unwrap());
+            db.insert("merpati-db", &1u16.to_be_bytes()).unwrap();
+        });
+        let store = open_sled(dir.path());
+        check(&store, &contents);
+        edit_raw_after(store, dir.path(), |db| {
+            assert_eq!(db.get("merpati-db").unwrap().unwrap().as_ref(), &SCHEMA_VERSION.to_be_bytes()[..]);
+        });
+        // Opened again: migrated once, nothing changes.
+        check(&open_sled(dir.path()), &contents);
+    }
+
+    #[test]
+    fn index_entries_pointing_at_nothing_are_passed_over_and_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(28);
+        let entries: Vec<OutboxEntry> =
+            (0..3).map(|seq| OutboxEntry { seq, ..f.outbox("bob", 100) }).collect();
+        open_sled(dir.path())
+            .apply(&entries.iter().cloned().map(Change::PutOutbox).collect::<Vec<_>>())
+            .unwrap();
+        // Damage only can do this: Bob's head vanishes from the outbox with its index entries
+        // left behind, and Carol gets a head that points at nothing.
+        let ghost = MessageId([0x99; 16]);
+        edit_raw(dir.path(), |db| {
+            db.open_tree("outbox").unwrap().remove(entries[0].id.0).unwrap();
+            let mut key = 5u64.to_be_bytes().to_vec();
+            key.extend_from_slice(&ghost.0);
+            let mut carol = vec![1, 5];
+            carol.extend_from_slice(b"carol");
+            db.open_tree("outbox-heads").unwrap().insert(key, carol).unwrap();
+        });
+        let store = open_sled(dir.path());
+        // Readers pass over them: Bob's queue goes on behind the lost entry.
+        assert_eq!(store.outbox_head("bob").unwrap(), Some(conformance::head(&entries[1])));
+        assert_eq!(store.outbox_head("carol").unwrap(), None);
+        assert!(store.outbox_entry(&ghost).unwrap().is_none());
+        // The next write to Bob's queue drops what pointed at the lost entry.
+        store.apply(&[Change::PutOutbox(entries[2].clone())]).unwrap();
+        let due = store.outbox_due(Timestamp(1000)).unwrap();
+        assert_eq!(due.iter().map(|h| h.id).collect::<Vec<_>>(), [ghost, entries[1].id]);
+        store.apply(&[Change::RemoveOutbox(entries[1].id)]).unwrap();
+        assert_eq!(store.outbox_head("bob").unwrap(), Some(conformance::head(&entries[2])));
+        assert_eq!(store.outbox_len().unwrap(), 2, "the count still includes the lost entry");
     }
 
     #[cfg(unix)]
@@ -772,7 +949,7 @@ mod sled_only {
                 damage(&mut value);
                 tree.insert(key, value).unwrap();
             });
-            let err = SledStore::open(dir.path(), keyring(dir.path(), 1)).unwrap_err();
+            let err = open_store(dir.path(), 1).unwrap_err();
             assert!(matches!(err, StoreError::Corrupt { what: "profile" }), "{name}: {err}");
         }
     }
@@ -785,7 +962,7 @@ mod sled_only {
         db.open_tree("users").unwrap().insert("x", "y").unwrap();
         db.flush().unwrap();
         drop(db);
-        let err = SledStore::open(dir.path(), keyring(dir.path(), 1)).unwrap_err();
+        let err = open_store(dir.path(), 1).unwrap_err();
         assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
         assert!(err.to_string().contains("not a Merpati database"), "{err}");
 
@@ -794,17 +971,14 @@ mod sled_only {
         db.insert("some key", "some value").unwrap();
         db.flush().unwrap();
         drop(db);
-        assert!(matches!(
-            SledStore::open(dir.path(), keyring(dir.path(), 1)),
-            Err(StoreError::Foreign { .. })
-        ));
+        assert!(matches!(open_store(dir.path(), 1), Err(StoreError::Foreign { .. })));
 
         let dir = tempfile::tempdir().unwrap();
         drop(open_sled(dir.path()));
         edit_raw(dir.path(), |db| {
             db.insert("merpati-db", &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
         });
-        let err = SledStore::open(dir.path(), keyring(dir.path(), 1)).unwrap_err();
+        let err = open_store(dir.path(), 1).unwrap_err();
         assert!(
             matches!(err, StoreError::TooNew { found, supported } if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
             "{err}"
@@ -812,10 +986,7 @@ mod sled_only {
         edit_raw(dir.path(), |db| {
             db.insert("merpati-db", &[1u8][..]).unwrap();
         });
-        assert!(matches!(
-            SledStore::open(dir.path(), keyring(dir.path(), 1)),
-            Err(StoreError::Foreign { .. })
-        ));
+        assert!(matches!(open_store(dir.path(), 1), Err(StoreError::Foreign { .. })));
     }
 
     #[test]
@@ -824,7 +995,7 @@ mod sled_only {
         let mut f = Fixture::new(22);
         fill(&open_sled(dir.path()), &mut f);
         fs::remove_file(dir.path().join(KEY_FILE)).unwrap();
-        let err = SledStore::open(dir.path(), keyring(dir.path(), 2)).unwrap_err();
+        let err = open_store(dir.path(), 2).unwrap_err();
         assert!(matches!(err, StoreError::KeyUnavailable { what: "profile", .. }), "{err}");
     }
 
@@ -932,7 +1103,7 @@ mod sled_only {
             let record = db.open_tree("sessions").unwrap().get(a.0).unwrap().unwrap();
             db.open_tree("profile").unwrap().insert("profile", record).unwrap();
         });
-        let err = SledStore::open(dir.path(), keyring(dir.path(), 1)).unwrap_err();
+        let err = open_store(dir.path(), 1).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { what: "profile" }), "{err}");
     }
 

@@ -188,29 +188,53 @@ impl<S: Store> Engine<S> {
     /// (or whatever its backoff says, for `contact`, which just came online). One per contact at a
     /// time keeps a contact's messages arriving in the order they were written.
     pub fn due(&self, now: Timestamp, contact: Option<&str>) -> Result<Vec<Attempt>, EngineError> {
-        let mut oldest: std::collections::BTreeMap<String, OutboxEntry> = std::collections::BTreeMap::new();
-        for entry in self.store.outbox()? {
-            match oldest.get(&entry.contact) {
-                Some(first) if (first.created_at, first.seq) <= (entry.created_at, entry.seq) => {}
-                _ => {
-                    oldest.insert(entry.contact.clone(), entry);
-                }
+        self.due_except(now, contact, usize::MAX, |_| false)
+    }
+
+    /// Like [`Engine::due`], but at most `limit` attempts and none for a contact `busy` names (one
+    /// whose delivery is in flight): the store reads the index entries of the contacts that are
+    /// due, and the entries and envelopes of the attempts returned, never the rest of the outbox.
+    pub fn due_except(
+        &self,
+        now: Timestamp,
+        contact: Option<&str>,
+        limit: usize,
+        busy: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Attempt>, EngineError> {
+        let heads = match contact {
+            Some(name) => self.store.outbox_head(name)?.into_iter().collect(),
+            None => self.store.outbox_due(now)?,
+        };
+        let mut attempts: Vec<Attempt> = Vec::new();
+        for head in heads {
+            if attempts.len() >= limit {
+                break;
             }
-        }
-        let contacts = self.store.contacts()?;
-        let mut attempts = Vec::new();
-        for (name, entry) in oldest {
-            let wanted = match contact {
-                Some(online) => name == online,
-                None => entry.next_attempt_at <= now,
+            // A damaged heads index could name a contact twice; one delivery per contact holds.
+            if busy(&head.contact) || attempts.iter().any(|a| a.contact == head.contact) {
+                continue;
+            }
+            let entry = match self.store.outbox_entry(&head.id)? {
+                Some(entry) => entry,
+                // A heads entry left pointing at nothing: the contact's queue goes on behind it.
+                None => match self.store.outbox_head(&head.contact)? {
+                    Some(real) => match self.store.outbox_entry(&real.id)? {
+                        Some(entry) => entry,
+                        None => continue,
+                    },
+                    None => continue,
+                },
             };
-            let Some(c) = contacts.iter().find(|c| c.name == name).filter(|_| wanted) else { continue };
+            if contact.is_none() && entry.next_attempt_at > now {
+                continue;
+            }
+            let Some(c) = self.store.contact(&entry.contact)? else { continue };
             attempts.push(Attempt {
                 id: entry.id,
-                contact: name,
-                peer_id: c.peer_id.clone(),
-                addrs: c.addrs.clone(),
-                relays: c.relays.clone(),
+                contact: entry.contact,
+                peer_id: c.peer_id,
+                addrs: c.addrs,
+                relays: c.relays,
                 mailbox: entry.mailbox,
                 envelope: entry.envelope,
             });
@@ -226,7 +250,7 @@ impl<S: Store> Engine<S> {
         result: &AttemptResult,
         now: Timestamp,
     ) -> Result<Option<(Status, Option<String>)>, EngineError> {
-        let Some(mut entry) = self.store.outbox()?.into_iter().find(|e| e.id == *id) else {
+        let Some(mut entry) = self.store.outbox_entry(id)? else {
             return Ok(None); // already settled by another attempt
         };
         let stored = self.store.message(id)?;

@@ -148,6 +148,33 @@ pub(crate) fn id_of_due_key(key: &[u8]) -> Result<[u8; 16], StoreError> {
         .ok_or(StoreError::Corrupt { what: "outbox index" })
 }
 
+/// The next-attempt time at the start of a due-order key.
+pub(crate) fn time_of_due_key(key: &[u8]) -> Result<u64, StoreError> {
+    key.get(..8)
+        .and_then(|time| <[u8; 8]>::try_from(time).ok())
+        .map(u64::from_be_bytes)
+        .ok_or(StoreError::Corrupt { what: "outbox index" })
+}
+
+/// Key of an outbox entry in its contact's delivery order: `conversation_prefix(name) ‖ u64
+/// created at ‖ u64 seq ‖ message id`, so the first key under a contact's prefix is the entry to
+/// deliver next (oldest first; the id only separates equal times).
+pub(crate) fn order_key(name: &str, created_at: u64, seq: u64, id: &[u8; 16]) -> Vec<u8> {
+    let mut key = conversation_prefix(name);
+    key.extend_from_slice(&created_at.to_be_bytes());
+    key.extend_from_slice(&seq.to_be_bytes());
+    key.extend_from_slice(id);
+    key
+}
+
+/// The message id at the end of a delivery-order key.
+pub(crate) fn id_of_order_key(key: &[u8]) -> Result<[u8; 16], StoreError> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|start| <[u8; 16]>::try_from(&key[start..]).ok())
+        .ok_or(StoreError::Corrupt { what: "outbox index" })
+}
+
 /// The smallest key greater than every key starting with `prefix`, or `None` when there is none
 /// (the prefix is empty or all `0xff`).
 pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -260,6 +287,21 @@ mod tests {
         assert!(conversation_key("ann", 1).starts_with(&ann));
         assert!(!conversation_key("anne", 1).starts_with(&ann));
         assert!(conversation_key("ann", 255) < conversation_key("ann", 256));
+    }
+
+    #[test]
+    fn order_keys_group_by_name_and_sort_oldest_first() {
+        let ann = conversation_prefix("ann");
+        let key = order_key("ann", 5, 1, &[9; 16]);
+        assert!(key.starts_with(&ann));
+        assert!(!order_key("anne", 5, 1, &[9; 16]).starts_with(&ann));
+        assert_eq!(id_of_order_key(&key).expect("id"), [9; 16]);
+        assert!(order_key("ann", 5, 1, &[9; 16]) < order_key("ann", 5, 2, &[0; 16]));
+        assert!(order_key("ann", 5, 300, &[9; 16]) < order_key("ann", 6, 0, &[0; 16]));
+        assert!(id_of_order_key(&[1; 15]).is_err());
+        let due = due_key(258, &[3; 16]);
+        assert_eq!((time_of_due_key(&due).expect("time"), id_of_due_key(&due).expect("id")), (258, [3; 16]));
+        assert!(time_of_due_key(&[1; 7]).is_err());
     }
 
     #[test]

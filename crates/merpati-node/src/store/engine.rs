@@ -19,6 +19,17 @@
 //! | `conversations` | name length ‖ name ‖ order | message id |
 //! | `outbox` | message id | [`OutboxEntry`] |
 //! | `outbox-due` | next attempt (u64 BE) ‖ message id | nothing |
+//! | `outbox-order` | name length ‖ name ‖ created at ‖ seq ‖ message id | next attempt (u64) |
+//! | `outbox-heads` | next attempt (u64 BE) ‖ message id | contact name |
+//!
+//! The outbox's indexes (schema 2) keep delivery from ever reading the whole outbox:
+//! `outbox-order` sorts each contact's entries in delivery order, so its first entry under the
+//! contact's prefix is the one to deliver next (the contact's *head*), and `outbox-heads` holds
+//! exactly the heads, by next attempt, so the due deliveries are a scan that stops at the first
+//! head not yet due. Every change to an outbox entry updates both in the same batch, recomputing
+//! the heads of the contacts it touches (a few point reads and two prefix lookups). An index entry
+//! that points at no outbox entry (only damage can leave one) is skipped by every read and dropped
+//! by the next write that meets it, so it can neither hide a queue nor stop one.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -28,8 +39,15 @@ use merpati_proto::frame::MessageId;
 use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::SessionId;
 
-use super::codec::{self, aad, check_name, conversation_key, conversation_prefix, due_key};
-use super::{Change, Contact, ContactV1, OutboxEntry, Profile, SessionRecord, StoreError, StoredMessage};
+use merpati_proto::Timestamp;
+
+use super::codec::{
+    self, aad, check_name, conversation_key, conversation_prefix, due_key, id_of_due_key, id_of_order_key,
+    order_key, time_of_due_key,
+};
+use super::{
+    Change, Contact, ContactV1, OutboxEntry, OutboxHead, Profile, SessionRecord, StoreError, StoredMessage,
+};
 
 /// The trees (sled's name for independent keyspaces) of the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,11 +63,13 @@ pub(crate) enum Tree {
     Conversations,
     Outbox,
     OutboxDue,
+    OutboxOrder,
+    OutboxHeads,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 11] = [
+    pub(crate) const ALL: [Tree; 13] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -61,6 +81,8 @@ impl Tree {
         Tree::Conversations,
         Tree::Outbox,
         Tree::OutboxDue,
+        Tree::OutboxOrder,
+        Tree::OutboxHeads,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -82,6 +104,8 @@ impl Tree {
             Tree::Conversations => "conversations",
             Tree::Outbox => "outbox",
             Tree::OutboxDue => "outbox-due",
+            Tree::OutboxOrder => "outbox-order",
+            Tree::OutboxHeads => "outbox-heads",
         }
     }
 }
@@ -109,7 +133,12 @@ pub(crate) trait Tx {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error>;
     fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), Self::Error>;
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), Self::Error>;
+    /// The entry with the smallest key starting with `prefix`.
+    fn first(&self, tree: Tree, prefix: &[u8]) -> Result<Option<Entry>, Self::Error>;
 }
+
+/// A stored `(key, value)` pair.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
 
 /// A visitor of `(key, value)` entries: returns whether to go on.
 pub(crate) type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
@@ -163,27 +192,8 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 message.reason.clone_from(reason);
                 tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
             }
-            Change::PutOutbox(entry) => {
-                check_name(&entry.contact)?;
-                let value = codec::encode("outbox entry", entry)?;
-                match tx.get(Tree::Outbox, &entry.id.0)? {
-                    Some(old) => {
-                        let old: OutboxEntry = codec::decode("outbox entry", &old)?;
-                        tx.remove(Tree::OutboxDue, &due_key(old.next_attempt_at.0, &old.id.0))?;
-                    }
-                    None => add_to_counter(tx, OUTBOX_LEN_KEY, 1)?,
-                }
-                tx.insert(Tree::Outbox, &entry.id.0, value)?;
-                let due = due_key(entry.next_attempt_at.0, &entry.id.0);
-                tx.insert(Tree::OutboxDue, &due, codec::encode("outbox index", &())?)?;
-            }
-            Change::RemoveOutbox(id) => {
-                let Some(old) = tx.get(Tree::Outbox, &id.0)? else { continue };
-                let old: OutboxEntry = codec::decode("outbox entry", &old)?;
-                tx.remove(Tree::Outbox, &id.0)?;
-                tx.remove(Tree::OutboxDue, &due_key(old.next_attempt_at.0, &id.0))?;
-                add_to_counter(tx, OUTBOX_LEN_KEY, -1)?;
-            }
+            Change::PutOutbox(entry) => put_outbox(tx, entry)?,
+            Change::RemoveOutbox(id) => remove_outbox(tx, id)?,
             Change::SetRelays(relays) => {
                 let relays: Vec<&serde_bytes::Bytes> =
                     relays.iter().map(|r| serde_bytes::Bytes::new(r)).collect();
@@ -222,6 +232,123 @@ fn put_message<T: Tx>(tx: &T, message: &StoredMessage) -> Result<(), T::Error> {
     tx.insert(Tree::Messages, &message.id.0, codec::encode("message", &stored)?)?;
     tx.insert(Tree::Timeline, &order.to_be_bytes(), id.clone())?;
     tx.insert(Tree::Conversations, &conversation_key(&message.contact, order), id)?;
+    Ok(())
+}
+
+fn put_outbox<T: Tx>(tx: &T, entry: &OutboxEntry) -> Result<(), T::Error> {
+    check_name(&entry.contact)?;
+    let value = codec::encode("outbox entry", entry)?;
+    let old: Option<OutboxEntry> =
+        tx.get(Tree::Outbox, &entry.id.0)?.map(|bytes| codec::decode("outbox entry", &bytes)).transpose()?;
+    // The entry may become its contact's head, or stop being it (a replacement with another
+    // contact, which only a bug would write, is handled all the same).
+    let mut contacts = vec![entry.contact.as_str()];
+    if let Some(old) = &old
+        && old.contact != entry.contact
+    {
+        contacts.push(&old.contact);
+    }
+    for contact in &contacts {
+        unmark_head(tx, contact)?;
+    }
+    match &old {
+        Some(old) => unindex_entry(tx, old)?,
+        None => add_to_counter(tx, OUTBOX_LEN_KEY, 1)?,
+    }
+    tx.insert(Tree::Outbox, &entry.id.0, value)?;
+    tx.insert(
+        Tree::OutboxDue,
+        &due_key(entry.next_attempt_at.0, &entry.id.0),
+        codec::encode("outbox index", &())?,
+    )?;
+    index_order(tx, entry)?;
+    for contact in &contacts {
+        mark_head(tx, contact)?;
+    }
+    Ok(())
+}
+
+fn remove_outbox<T: Tx>(tx: &T, id: &MessageId) -> Result<(), T::Error> {
+    let Some(old) = tx.get(Tree::Outbox, &id.0)? else { return Ok(()) };
+    let old: OutboxEntry = codec::decode("outbox entry", &old)?;
+    unmark_head(tx, &old.contact)?;
+    tx.remove(Tree::Outbox, &id.0)?;
+    unindex_entry(tx, &old)?;
+    add_to_counter(tx, OUTBOX_LEN_KEY, -1)?;
+    mark_head(tx, &old.contact)
+}
+
+/// Files `entry` in its contact's delivery order.
+fn index_order<T: Tx>(tx: &T, entry: &OutboxEntry) -> Result<(), T::Error> {
+    let key = order_key(&entry.contact, entry.created_at.0, entry.seq, &entry.id.0);
+    tx.insert(Tree::OutboxOrder, &key, codec::encode("outbox index", &entry.next_attempt_at.0)?)
+}
+
+/// Removes the index entries of `old`, as it was stored.
+fn unindex_entry<T: Tx>(tx: &T, old: &OutboxEntry) -> Result<(), T::Error> {
+    tx.remove(Tree::OutboxDue, &due_key(old.next_attempt_at.0, &old.id.0))?;
+    tx.remove(Tree::OutboxOrder, &order_key(&old.contact, old.created_at.0, old.seq, &old.id.0))
+}
+
+/// `contact`'s head as the batch sees it: its first entry in delivery order, with that entry's
+/// next attempt. Order entries that point at no outbox entry are dropped on the way.
+fn head<T: Tx>(tx: &T, contact: &str) -> Result<Option<([u8; 16], u64)>, T::Error> {
+    let prefix = conversation_prefix(contact);
+    while let Some((key, value)) = tx.first(Tree::OutboxOrder, &prefix)? {
+        let id = id_of_order_key(&key)?;
+        if tx.get(Tree::Outbox, &id)?.is_none() {
+            tx.remove(Tree::OutboxOrder, &key)?;
+            if let Ok(next) = codec::decode::<u64>("outbox index", &value) {
+                tx.remove(Tree::OutboxHeads, &due_key(next, &id))?;
+            }
+            continue;
+        }
+        return Ok(Some((id, codec::decode("outbox index", &value)?)));
+    }
+    Ok(None)
+}
+
+/// Takes `contact`'s current head out of the heads index (before a change that may replace it).
+fn unmark_head<T: Tx>(tx: &T, contact: &str) -> Result<(), T::Error> {
+    match head(tx, contact)? {
+        Some((id, next)) => tx.remove(Tree::OutboxHeads, &due_key(next, &id)),
+        None => Ok(()),
+    }
+}
+
+/// Files `contact`'s current head in the heads index (after a change).
+fn mark_head<T: Tx>(tx: &T, contact: &str) -> Result<(), T::Error> {
+    match head(tx, contact)? {
+        Some((id, next)) => {
+            tx.insert(Tree::OutboxHeads, &due_key(next, &id), codec::encode("outbox index", contact)?)
+        }
+        None => Ok(()),
+    }
+}
+
+/// Builds the outbox's order and heads indexes from the outbox itself, for a database written
+/// before they existed (schema 1). An entry that does not decode is left out: no read could
+/// deliver it before either, and it stays stored as it was.
+pub(crate) fn index_outbox<T: Tx>(tx: &T, view: &dyn View) -> Result<(), T::Error> {
+    let mut entries: Vec<OutboxEntry> = Vec::new();
+    view.scan(Tree::Outbox, &[], false, &mut |key, value| {
+        if let Ok(entry) = codec::decode::<OutboxEntry>("outbox entry", value)
+            && entry.id.0 == key
+            && check_name(&entry.contact).is_ok()
+        {
+            // The envelope is not needed to index the entry.
+            entries.push(OutboxEntry { envelope: Vec::new(), ..entry });
+        }
+        Ok(true)
+    })?;
+    let mut contacts = std::collections::BTreeSet::new();
+    for entry in &entries {
+        index_order(tx, entry)?;
+        contacts.insert(entry.contact.as_str());
+    }
+    for contact in contacts {
+        mark_head(tx, contact)?;
+    }
     Ok(())
 }
 
@@ -388,6 +515,50 @@ pub(crate) fn outbox(view: &dyn View) -> Result<Vec<OutboxEntry>, StoreError> {
             Ok(entry)
         })
         .collect()
+}
+
+pub(crate) fn outbox_entry(view: &dyn View, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
+    let entry: Option<OutboxEntry> = get_plain(view, Tree::Outbox, &id.0, "outbox entry")?;
+    if entry.as_ref().is_some_and(|e| e.id != *id) {
+        return Err(StoreError::Corrupt { what: "outbox entry" });
+    }
+    Ok(entry)
+}
+
+pub(crate) fn outbox_head(view: &dyn View, contact: &str) -> Result<Option<OutboxHead>, StoreError> {
+    let mut head = None;
+    view.scan(Tree::OutboxOrder, &conversation_prefix(contact), false, &mut |key, value| {
+        let id = id_of_order_key(key)?;
+        // An entry that points at nothing is passed over: the queue goes on behind it.
+        if view.get(Tree::Outbox, &id)?.is_none() {
+            return Ok(true);
+        }
+        let next: u64 = codec::decode("outbox index", value)?;
+        head = Some(OutboxHead {
+            id: MessageId(id),
+            contact: contact.to_owned(),
+            next_attempt_at: Timestamp(next),
+        });
+        Ok(false)
+    })?;
+    Ok(head)
+}
+
+pub(crate) fn outbox_due(view: &dyn View, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {
+    let mut heads = Vec::new();
+    view.scan(Tree::OutboxHeads, &[], false, &mut |key, value| {
+        let next = time_of_due_key(key)?;
+        if next > now.0 {
+            return Ok(false);
+        }
+        heads.push(OutboxHead {
+            id: MessageId(id_of_due_key(key)?),
+            contact: codec::decode("outbox index", value)?,
+            next_attempt_at: Timestamp(next),
+        });
+        Ok(true)
+    })?;
+    Ok(heads)
 }
 
 pub(crate) fn relays(view: &dyn View) -> Result<Vec<Vec<u8>>, StoreError> {

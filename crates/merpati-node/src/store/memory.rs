@@ -2,30 +2,34 @@
 //! `engine` module) over `BTreeMap`s, so tests of the daemon behave as they would on disk, minus
 //! durability and sealing.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::SessionId;
 use zeroize::Zeroizing;
 
 use super::codec::prefix_end;
-use super::engine::{self, Sealer, Tree, Tx, View, Visit};
-use super::{Change, Contact, OutboxEntry, Profile, SessionRecord, Store, StoreError, StoredMessage};
+use super::engine::{self, Sealer, Tree, View, Visit};
+use super::overlay::Overlay;
+use super::{
+    Change, Contact, OutboxEntry, OutboxHead, Profile, SessionRecord, Store, StoreError, StoredMessage,
+};
 
 type Trees = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
-/// Pending writes of a transaction: `None` deletes.
-type Writes = BTreeMap<(Tree, Vec<u8>), Option<Vec<u8>>>;
 
 /// A [`Store`] that keeps everything in memory and forgets it when dropped.
 pub struct MemoryStore {
     /// One map per [`Tree`], in [`Tree::ALL`] order. One lock for everything: batches are applied
     /// one at a time, and a reader sees a batch entirely or not at all.
     trees: Mutex<Trees>,
+    /// Values read so far (see [`MemoryStore::reads`]).
+    reads: AtomicU64,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -43,7 +47,7 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { trees: Mutex::new(vec![BTreeMap::new(); Tree::ALL.len()]) }
+        Self { trees: Mutex::new(vec![BTreeMap::new(); Tree::ALL.len()]), reads: AtomicU64::new(0) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Trees> {
@@ -71,39 +75,16 @@ impl Sealer for Clear {
     }
 }
 
-/// A transaction: writes collect in an overlay and reach the maps only if the whole batch
-/// succeeds.
-struct Overlay<'a> {
-    base: &'a Trees,
-    writes: RefCell<Writes>,
+/// The committed maps as a view, counting what it reads.
+struct MemoryView<'a> {
+    trees: &'a Trees,
+    reads: &'a AtomicU64,
 }
-
-impl Tx for Overlay<'_> {
-    type Error = StoreError;
-
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        if let Some(write) = self.writes.borrow().get(&(tree, key.to_vec())) {
-            return Ok(write.clone());
-        }
-        Ok(self.base[tree.index()].get(key).cloned())
-    }
-
-    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), StoreError> {
-        self.writes.borrow_mut().insert((tree, key.to_vec()), Some(value));
-        Ok(())
-    }
-
-    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), StoreError> {
-        self.writes.borrow_mut().insert((tree, key.to_vec()), None);
-        Ok(())
-    }
-}
-
-struct MemoryView<'a>(&'a Trees);
 
 impl View for MemoryView<'_> {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.0[tree.index()].get(key).cloned())
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        Ok(self.trees[tree.index()].get(key).cloned())
     }
 
     fn scan(&self, tree: Tree, prefix: &[u8], rev: bool, visit: &mut Visit<'_>) -> Result<(), StoreError> {
@@ -111,10 +92,11 @@ impl View for MemoryView<'_> {
             Some(end) => Bound::Excluded(end),
             None => Bound::Unbounded,
         };
-        let range = self.0[tree.index()].range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), end));
+        let range = self.trees[tree.index()].range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), end));
         let iter: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> =
             if rev { Box::new(range.rev()) } else { Box::new(range) };
         for (key, value) in iter {
+            self.reads.fetch_add(1, Ordering::Relaxed);
             if !visit(key, value)? {
                 break;
             }
@@ -123,60 +105,87 @@ impl View for MemoryView<'_> {
     }
 }
 
+impl MemoryStore {
+    fn view<'a>(&'a self, trees: &'a Trees) -> MemoryView<'a> {
+        MemoryView { trees, reads: &self.reads }
+    }
+
+    /// How many stored values were read so far, by reads and by batches: each point read and
+    /// each entry a scan visited counts one. Tests use it to show what an operation costs.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+}
+
 impl Store for MemoryStore {
     fn profile(&self) -> Result<Option<Profile>, StoreError> {
-        engine::profile(&MemoryView(&self.lock()), &Clear)
+        engine::profile(&self.view(&self.lock()), &Clear)
     }
 
     fn contacts(&self) -> Result<Vec<Contact>, StoreError> {
-        engine::contacts(&MemoryView(&self.lock()))
+        engine::contacts(&self.view(&self.lock()))
     }
 
     fn contact(&self, name: &str) -> Result<Option<Contact>, StoreError> {
-        engine::contact(&MemoryView(&self.lock()), name)
+        engine::contact(&self.view(&self.lock()), name)
     }
 
     fn session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        engine::session(&MemoryView(&self.lock()), &Clear, id)
+        engine::session(&self.view(&self.lock()), &Clear, id)
     }
 
     fn session_by_mailbox(&self, mailbox: &MailboxId) -> Result<Option<SessionId>, StoreError> {
-        engine::session_by_mailbox(&MemoryView(&self.lock()), mailbox)
+        engine::session_by_mailbox(&self.view(&self.lock()), mailbox)
     }
 
     fn session_by_open_digest(&self, digest: &[u8; 32]) -> Result<Option<SessionId>, StoreError> {
-        engine::session_by_open_digest(&MemoryView(&self.lock()), digest)
+        engine::session_by_open_digest(&self.view(&self.lock()), digest)
     }
 
     fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        engine::message(&MemoryView(&self.lock()), id)
+        engine::message(&self.view(&self.lock()), id)
     }
 
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        engine::messages(&MemoryView(&self.lock()), contact, limit)
+        engine::messages(&self.view(&self.lock()), contact, limit)
     }
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
-        engine::outbox(&MemoryView(&self.lock()))
+        engine::outbox(&self.view(&self.lock()))
+    }
+
+    fn outbox_entry(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
+        engine::outbox_entry(&self.view(&self.lock()), id)
+    }
+
+    fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, StoreError> {
+        engine::outbox_head(&self.view(&self.lock()), contact)
+    }
+
+    fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {
+        engine::outbox_due(&self.view(&self.lock()), now)
     }
 
     fn outbox_len(&self) -> Result<usize, StoreError> {
-        engine::outbox_len(&MemoryView(&self.lock()))
+        engine::outbox_len(&self.view(&self.lock()))
     }
 
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        engine::relays(&MemoryView(&self.lock()))
+        engine::relays(&self.view(&self.lock()))
     }
 
     fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
-        engine::session_ids(&MemoryView(&self.lock()))
+        engine::session_ids(&self.view(&self.lock()))
     }
 
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         let mut trees = self.lock();
-        let overlay = Overlay { base: &trees, writes: RefCell::new(BTreeMap::new()) };
-        engine::apply(&overlay, &Clear, changes)?;
-        let writes = overlay.writes.into_inner();
+        let writes = {
+            let view = self.view(&trees);
+            let overlay = Overlay::new(&view);
+            engine::apply(&overlay, &Clear, changes)?;
+            overlay.into_writes()
+        };
         for ((tree, key), value) in writes {
             let map = &mut trees[tree.index()];
             match value {

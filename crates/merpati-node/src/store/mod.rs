@@ -24,6 +24,7 @@ mod codec;
 mod engine;
 pub mod keyring;
 mod memory;
+mod overlay;
 mod sled_store;
 
 use std::fmt;
@@ -427,6 +428,18 @@ impl fmt::Debug for OutboxEntry {
     }
 }
 
+/// A contact's head: its outbox entry to deliver next (the oldest, by `created_at` then `seq`),
+/// as the outbox's indexes know it, without the entry itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxHead {
+    /// The entry's id.
+    pub id: MessageId,
+    /// The contact.
+    pub contact: String,
+    /// When the entry is to be tried next.
+    pub next_attempt_at: Timestamp,
+}
+
 /// One change in a batch given to [`Store::apply`].
 #[derive(Debug)]
 pub enum Change {
@@ -479,7 +492,7 @@ pub enum Change {
         reason: Option<String>,
     },
     /// Stores an outbox entry under its message id, replacing any (e.g. after an attempt, with a
-    /// later `next_attempt_at`).
+    /// later `next_attempt_at`), and files it in the outbox's indexes.
     PutOutbox(OutboxEntry),
     /// Deletes an outbox entry, if there is one.
     RemoveOutbox(MessageId),
@@ -518,8 +531,17 @@ pub trait Store: Send + Sync {
     /// The newest `limit` messages with `contact` (or with everyone), oldest first, in
     /// conversation order.
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
-    /// Every outbox entry, the one to try first first (by `next_attempt_at`, then id).
+    /// Every outbox entry, the one to try first first (by `next_attempt_at`, then id). Reads the
+    /// whole outbox: for inspection and tests; delivery uses the three queries below.
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// The outbox entry with this id. Reads that one entry.
+    fn outbox_entry(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError>;
+    /// `contact`'s head: its entry to deliver next, whatever its next attempt. Reads O(log n).
+    fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, StoreError>;
+    /// The head of every contact whose head is due at `now` (next attempt at or before it),
+    /// soonest first. Reads one index entry per such contact, whatever else the outbox holds: a
+    /// contact's later entries wait behind its head and are not visited.
+    fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError>;
     /// How many entries the outbox holds.
     fn outbox_len(&self) -> Result<usize, StoreError>;
     /// The user's own relays, as last set with [`Change::SetRelays`]; empty if never set
@@ -568,6 +590,15 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         (**self).outbox()
+    }
+    fn outbox_entry(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
+        (**self).outbox_entry(id)
+    }
+    fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, StoreError> {
+        (**self).outbox_head(contact)
+    }
+    fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {
+        (**self).outbox_due(now)
     }
     fn outbox_len(&self) -> Result<usize, StoreError> {
         (**self).outbox_len()

@@ -27,6 +27,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 
+use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::SessionId;
@@ -34,13 +35,18 @@ use rand_core::CryptoRng;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional, TransactionalTree};
 use zeroize::Zeroizing;
 
-use super::engine::{self, SEALED_TREES, Sealer, Tree, Tx, View, Visit};
+use super::engine::{self, SEALED_TREES, Sealer, Tree, View, Visit};
 use super::keyring::{KEY_FILE, KeyInfo, Keyring, KeyringError};
-use super::{Change, Contact, OutboxEntry, Profile, SessionRecord, Store, StoreError, StoredMessage};
+use super::overlay::{Overlay, Writes};
+use super::{
+    Change, Contact, OutboxEntry, OutboxHead, Profile, SessionRecord, Store, StoreError, StoredMessage,
+};
 use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
 
 /// The database layout version this build writes and reads.
-pub const SCHEMA_VERSION: u16 = 1;
+/// Version 2 added the outbox's order and heads indexes; a version 1 database is migrated when
+/// opened (see [`SledStore::open`]).
+pub const SCHEMA_VERSION: u16 = 2;
 /// sled's directory inside the store directory.
 const SLED_DIR: &str = "sled";
 /// The marker key in sled's default tree.
@@ -55,6 +61,10 @@ pub struct SledStore {
     syncer: Mutex<Syncer>,
     /// One per [`Tree`], in [`Tree::ALL`] order.
     trees: Vec<sled::Tree>,
+    /// Held while a batch is computed and committed. A batch reads the committed state (the
+    /// outbox's indexes need prefix lookups, which sled transactions do not offer) and then
+    /// writes in one transaction; no other batch may commit in between.
+    writer: Mutex<()>,
     keyring: Keyring,
     /// Held shared by everything that seals or opens records, and exclusively by a key rotation:
     /// a record sealed under a key the rotation is about to destroy would be lost, and a read
@@ -104,13 +114,14 @@ impl SledStore {
         create_private_dir(&sled_dir)?;
         let db = sled::Config::new().path(&sled_dir).cache_capacity(CACHE_CAPACITY).open()?;
         // Before opening any tree: opening one creates it, in whatever database this is.
-        sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no Merpati schema marker")?;
+        let found = sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no Merpati schema marker")?;
         let syncer = Mutex::new(Syncer::open(db.clone(), &sled_dir)?);
         let trees = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<Vec<_>, _>>()?;
         let store = Self {
             dir,
             syncer,
             trees,
+            writer: Mutex::new(()),
             keyring,
             rotation: RwLock::new(()),
             commits: GroupCommit::default(),
@@ -118,6 +129,10 @@ impl SledStore {
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
         };
+        // Schema 1 had no outbox indexes.
+        if found < 2 {
+            store.index_outbox(&db)?;
+        }
         // The marker of a new database, and the directory entries sled created, become durable.
         store.sync()?;
         for path in [&sled_dir, &store.dir] {
@@ -184,6 +199,28 @@ impl SledStore {
         Ok(())
     }
 
+    /// Migrates a schema 1 database to schema 2: builds the outbox's order and heads indexes from
+    /// the outbox and sets the marker to 2 in one transaction, so a crash leaves either the old
+    /// database untouched (and the next start migrates it) or the new one complete. The outbox
+    /// itself is not rewritten. The caller makes it durable.
+    fn index_outbox(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let view = SledView(&self.trees);
+        let overlay = Overlay::new(&view);
+        engine::index_outbox(&overlay, &view)?;
+        let writes = overlay.into_writes();
+        let mut trees = self.trees.clone();
+        // The default tree, which holds the marker, joins the transaction last.
+        trees.push((**db).clone());
+        trees[..]
+            .transaction(|t: &Vec<TransactionalTree>| {
+                write_all(t, &writes)?;
+                t[t.len() - 1].insert(MARKER_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(from_transaction)
+    }
+
     /// Makes everything committed so far durable: sled's flush, then syncs of its files (see
     /// the module documentation for why sled's flush alone is not enough).
     fn sync(&self) -> Result<(), StoreError> {
@@ -197,13 +234,17 @@ impl SledStore {
         Ok(self.syncer.lock().unwrap_or_else(PoisonError::into_inner).sync()?)
     }
 
-    /// Runs `changes` as one sled transaction over every tree (not yet durable).
+    /// Computes `changes` against the committed state and writes the result as one sled
+    /// transaction over every tree (not yet durable).
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let _shared = self.shared();
+        let view = SledView(&self.trees);
+        let overlay = Overlay::new(&view);
+        engine::apply(&overlay, &self.keyring, changes)?;
+        let writes = overlay.into_writes();
         self.trees[..]
-            .transaction(|trees: &Vec<TransactionalTree>| {
-                engine::apply(&SledTx(trees), &self.keyring, changes)
-            })
+            .transaction(|trees: &Vec<TransactionalTree>| write_all(trees, &writes))
             .map_err(from_transaction)
     }
 
@@ -275,25 +316,19 @@ impl From<StoreError> for ConflictableTransactionError<StoreError> {
     }
 }
 
-/// The engine's transaction interface over sled's transactional trees.
-struct SledTx<'a>(&'a [TransactionalTree]);
-
-impl Tx for SledTx<'_> {
-    type Error = ConflictableTransactionError<StoreError>;
-
-    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Self::Error> {
-        Ok(self.0[tree.index()].get(key)?.map(|v| v.to_vec()))
+/// Writes a batch's computed writes into sled's transactional trees (in [`Tree::ALL`] order).
+fn write_all(
+    trees: &[TransactionalTree],
+    writes: &Writes,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    for ((tree, key), value) in writes {
+        let tree = &trees[tree.index()];
+        match value {
+            Some(value) => tree.insert(key.as_slice(), value.as_slice())?,
+            None => tree.remove(key.as_slice())?,
+        };
     }
-
-    fn insert(&self, tree: Tree, key: &[u8], value: Vec<u8>) -> Result<(), Self::Error> {
-        self.0[tree.index()].insert(key, value)?;
-        Ok(())
-    }
-
-    fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), Self::Error> {
-        self.0[tree.index()].remove(key)?;
-        Ok(())
-    }
+    Ok(())
 }
 
 /// The engine's read interface over sled's trees.
@@ -355,6 +390,18 @@ impl Store for SledStore {
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         engine::outbox(&SledView(&self.trees))
+    }
+
+    fn outbox_entry(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError> {
+        engine::outbox_entry(&SledView(&self.trees), id)
+    }
+
+    fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, StoreError> {
+        engine::outbox_head(&SledView(&self.trees), contact)
+    }
+
+    fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {
+        engine::outbox_due(&SledView(&self.trees), now)
     }
 
     fn outbox_len(&self) -> Result<usize, StoreError> {
