@@ -68,6 +68,8 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
     bob.client()?.call::<Send>(SendParams { to: "alice".into(), text: "back".into() })?;
     let mut seen = HashSet::with_capacity(count);
     let mut first = None;
+    // When half had arrived: a drain that slows down as it goes shows as a slower second half.
+    let mut half = None;
     while seen.len() < count {
         let deadline = Instant::now() + Duration::from_secs(60);
         let event = b_events
@@ -82,9 +84,14 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
         {
             first.get_or_insert_with(Instant::now);
             seen.insert(i);
+            if seen.len() == count / 2 {
+                half = Some(back.elapsed());
+            }
         }
     }
     let drained = back.elapsed();
+    let half = half.unwrap_or(drained);
+    let per_second = |n: usize, d: Duration| round(n as f64 / d.as_secs_f64().max(1e-9), 0);
     let first = first.map_or(drained, |t| t - back);
     let peak_kib = peak_rss_kib(alice.pid())?;
     let after_kib = rss_kib(alice.pid())?;
@@ -96,7 +103,8 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
             "what": "A queues N texts for B while B's node is off (one send at a time), then B comes back and writes to A; A drains the backlog to B",
         }),
         json!({
-            "drain_messages_per_second": round(count as f64 / drained.as_secs_f64(), 0),
+            "drain_messages_per_second": per_second(count, drained),
+            "drain_halves_per_second": [per_second(count / 2, half), per_second(count - count / 2, drained - half)],
             "drain_seconds": round(drained.as_secs_f64(), 2),
             "first_message_after_return_ms": round(first.as_secs_f64() * 1e3, 1),
             "queued_in_outbox": queued,
