@@ -262,6 +262,36 @@ fn a_recipient_away_for_days_and_weeks_gets_everything() {
     wait_until("the relay's mailboxes to be emptied by Bob", PATIENCE, || stored_envelopes(&relay) == 0.0);
 }
 
+/// Past what relays keep: Bob is away for 31 days. The relay has deleted what it kept (its TTL is
+/// 30 days), so Bob never sees it, and Alice's messages end as failed with the reason instead of
+/// showing `stored 1/1` forever.
+#[test]
+fn a_recipient_away_longer_than_relays_keep_anything_makes_the_sender_see_expired() {
+    let mut relay = relay("");
+    let (mut alice, mut bob) = users(&[&relay], true);
+    bob.stop();
+    send_all(&alice, "left for a month", 2);
+    wait_all_out(&alice, "stored 1/1", 2, |m| is_stored(m, 1, 1));
+    alice.stop();
+    relay.stop();
+    relay.set_clock_days(31);
+    alice.set_clock_days(31);
+    bob.set_clock_days(31);
+    relay.start();
+    wait_until("the relay to purge what it kept for 30 days", PATIENCE, || stored_envelopes(&relay) == 0.0);
+    alice.start();
+    wait_all_out(&alice, "expired", 2, |m| {
+        m["status"] == "failed" && m["reason"].as_str().is_some_and(|r| r.starts_with("expired: "))
+    });
+    bob.start();
+    // Bob's node sweeps the month at start; there is nothing left to find.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < deadline {
+        assert!(received(&bob).is_empty(), "nothing the relay deleted can reach Bob");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn redundancy_one_relay_down_the_whole_time() {
     let up = relay("");

@@ -450,7 +450,12 @@ impl Actor {
     fn maintain(&mut self) {
         let now = self.clock.now();
         match tokio::task::block_in_place(|| self.engine.maintain(now)) {
-            Ok(done) => tracing::debug!(?done, "maintenance pass"),
+            Ok(done) => {
+                tracing::debug!(?done, "maintenance pass");
+                for (id, reason) in done.expired {
+                    self.publish_status(id, Status::Failed, Some(reason));
+                }
+            }
             Err(e) => tracing::error!("maintenance failed: {e}"),
         }
         let store = self.engine.store();

@@ -378,6 +378,13 @@ impl Store for GhostHead {
     fn outbox_len(&self) -> Result<usize, store::StoreError> {
         self.0.outbox_len()
     }
+    fn awaiting(
+        &self,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, MessageId)>, store::StoreError> {
+        self.0.awaiting(until, limit)
+    }
     fn relays(&self) -> Result<Vec<Vec<u8>>, store::StoreError> {
         self.0.relays()
     }

@@ -337,6 +337,32 @@ mod conformance {
         assert!(store.message(&other.id).unwrap().is_some());
     }
 
+    pub(crate) fn receipt_deadlines_are_listed_soonest_first_and_removed<S: Store + ?Sized>(store: &S) {
+        let at = |n: u64| Timestamp(1_000 * n);
+        let (a, b, c) = (MessageId([0xa; 16]), MessageId([0xb; 16]), MessageId([0xc; 16]));
+        assert!(store.awaiting(Timestamp(u64::MAX), 10).unwrap().is_empty());
+        store
+            .apply(&[
+                Change::AwaitReceipt { id: b, until: at(20) },
+                Change::AwaitReceipt { id: a, until: at(30) },
+                Change::AwaitReceipt { id: c, until: at(10) },
+            ])
+            .unwrap();
+        assert_eq!(store.awaiting(at(9), 10).unwrap(), vec![]);
+        assert_eq!(store.awaiting(at(20), 10).unwrap(), vec![(at(10), c), (at(20), b)]);
+        assert_eq!(store.awaiting(at(99), 2).unwrap(), vec![(at(10), c), (at(20), b)], "at most the limit");
+        // Removing needs the deadline it was noted with; another one removes nothing.
+        store.apply(&[Change::StopAwaiting { id: c, until: at(11) }]).unwrap();
+        assert_eq!(store.awaiting(at(10), 10).unwrap(), vec![(at(10), c)]);
+        store
+            .apply(&[
+                Change::StopAwaiting { id: c, until: at(10) },
+                Change::StopAwaiting { id: b, until: at(20) },
+            ])
+            .unwrap();
+        assert_eq!(store.awaiting(at(99), 10).unwrap(), vec![(at(30), a)]);
+    }
+
     pub(crate) fn indexes_find_sessions<S: Store + ?Sized>(store: &S) {
         let (one, two) = (SessionId([1; 16]), SessionId([2; 16]));
         let (m1, m2) = (MailboxId([0xa1; 16]), MailboxId([0xa2; 16]));
@@ -695,6 +721,7 @@ conformance!(
     changes_in_a_batch_see_each_other,
     relays_are_replaced_as_a_whole,
     stored_statuses_and_reasons,
+    receipt_deadlines_are_listed_soonest_first_and_removed,
 );
 
 /// Tests of what only the disk store has.

@@ -2,22 +2,24 @@
 //!
 //! The daemon runs it at start and then on a timer ([`crate::daemon::MAINTENANCE_EVERY`]). It
 //! rotates the signed prekey and deletes the private keys of expired ones (so invites stay
-//! fresh and first contacts keep working on a node that runs for months), and gives every
-//! session its [`Session::maintain`] step (stale sending keys stepped, old receiving keys
-//! deleted). Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
+//! fresh and first contacts keep working on a node that runs for months), gives every session its
+//! [`Session::maintain`] step (stale sending keys stepped, old receiving keys deleted), and
+//! reports as expired the messages left at relays that their recipient never collected while
+//! the relays kept them. Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
 //! either, and the next pass tries again.
 //!
 //! Every session is loaded, so every session restored since start is persisted here too: its
 //! fresh sending sub-epoch is on disk before anything is sealed with it.
 
 use merpati_proto::Timestamp;
+use merpati_proto::frame::MessageId;
 use merpati_proto::session::Session;
 
-use super::{Engine, EngineError, bundle};
-use crate::store::{Change, Store};
+use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, bundle};
+use crate::store::{Change, Status, Store};
 
 /// What one maintenance pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Maintenance {
     /// Whether a new signed prekey replaced the current one.
     pub prekey_rotated: bool,
@@ -25,7 +27,12 @@ pub struct Maintenance {
     pub prekeys_purged: usize,
     /// How many sessions were written back (changed by their step, or restored since start).
     pub sessions_written: usize,
+    /// Messages now failed as expired, with the reason they show.
+    pub expired: Vec<(MessageId, String)>,
 }
+
+/// The most deadlines one apply of [`Engine::expire_uncollected`] settles.
+const EXPIRE_BATCH: usize = 256;
 
 impl<S: Store> Engine<S> {
     /// Runs the maintenance pass at `now`: [`Engine::maintain_prekeys`], then
@@ -33,6 +40,7 @@ impl<S: Store> Engine<S> {
     pub fn maintain(&mut self, now: Timestamp) -> Result<Maintenance, EngineError> {
         let mut done = self.maintain_prekeys(now)?;
         done.sessions_written = self.maintain_sessions(now)?;
+        done.expired = self.expire_uncollected(now)?;
         Ok(done)
     }
 
@@ -52,7 +60,47 @@ impl<S: Store> Engine<S> {
             self.bundle = bundle;
             tracing::info!(prekey_rotated, prekeys_purged, "prekeys maintained");
         }
-        Ok(Maintenance { prekey_rotated, prekeys_purged, sessions_written: 0 })
+        Ok(Maintenance { prekey_rotated, prekeys_purged, ..Maintenance::default() })
+    }
+
+    /// The pass's third step: every message left at relays whose receipt deadline has passed
+    /// ([`crate::engine::RECEIPT_DEADLINE`]) and that is still only `stored` fails, with a reason
+    /// saying so; the deadline is dropped whatever the message's status (a delivered one needs
+    /// nothing). Returns the expired messages and their reason, for the daemon to publish.
+    pub fn expire_uncollected(&mut self, now: Timestamp) -> Result<Vec<(MessageId, String)>, EngineError> {
+        let mut expired = Vec::new();
+        loop {
+            let due = self.store.awaiting(now, EXPIRE_BATCH)?;
+            if due.is_empty() {
+                return Ok(expired);
+            }
+            let mut changes = Vec::with_capacity(2 * due.len());
+            let mut batch = Vec::new();
+            for (until, id) in due {
+                changes.push(Change::StopAwaiting { id, until });
+                let Some(message) = self.store.message(&id)? else { continue };
+                if let Status::Stored { total, .. } = message.status {
+                    let reason = format!(
+                        "expired: {} did not collect it from {} within {} days",
+                        message.contact,
+                        if total == 1 {
+                            "their relay".to_owned()
+                        } else {
+                            format!("any of their {total} relays")
+                        },
+                        DEFAULT_MESSAGE_LIFETIME / Timestamp::DAY
+                    );
+                    changes.push(Change::SetStatus {
+                        id,
+                        status: Status::Failed,
+                        reason: Some(reason.clone()),
+                    });
+                    batch.push((id, reason));
+                }
+            }
+            self.store.apply(&changes)?;
+            expired.extend(batch);
+        }
     }
 
     /// The pass's second step: gives every session its maintenance step and stores, in one apply,

@@ -35,6 +35,9 @@ pub use relays::{MailboxTokens, SWEEP_DAYS, check_relay};
 
 /// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
 pub const DEFAULT_MESSAGE_LIFETIME: u64 = 30 * Timestamp::DAY;
+/// How long after a message was left at relays its delivery receipt may come before it is
+/// reported expired (ms): the relay TTL, plus half a day for clocks that disagree.
+pub const RECEIPT_DEADLINE: u64 = DEFAULT_MESSAGE_LIFETIME + 12 * Timestamp::HOUR;
 /// The first retry delay after a failed delivery attempt (ms); doubles per attempt.
 pub const RETRY_BASE: u64 = 2 * Timestamp::SECOND;
 /// The longest retry delay (ms).

@@ -14,7 +14,7 @@ use merpati_proto::session::{Sealed, Session};
 use merpati_proto::wire::Refusal;
 use rand_core::Rng;
 
-use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, RETRY_BASE, RETRY_MAX};
+use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, RECEIPT_DEADLINE, RETRY_BASE, RETRY_MAX};
 use crate::store::{Change, Direction, OutboxEntry, Status, Store, StoredMessage};
 
 /// One delivery to try: an outbox entry with where its recipient's node can be reached.
@@ -288,6 +288,9 @@ impl<S: Store> Engine<S> {
                 vec![
                     Change::RemoveOutbox(*id),
                     Change::SetStatus { id: *id, status, reason: reason.clone() },
+                    // Left at relays: it must be collected while they keep it, or its sender is
+                    // told (`Engine::expire_uncollected`).
+                    Change::AwaitReceipt { id: *id, until: now.plus(RECEIPT_DEADLINE) },
                 ],
                 // A receipt can overtake the delivery's own answer: report only a real step
                 // forward.
@@ -310,7 +313,14 @@ impl<S: Store> Engine<S> {
         // Receipts and controls travel through the outbox too but have no stored message.
         let changes: Vec<Change> = changes
             .into_iter()
-            .filter(|c| stored.is_some() || !matches!(c, Change::SetStatus { .. } | Change::SetReason { .. }))
+            .filter(|c| match c {
+                Change::SetStatus { .. } | Change::SetReason { .. } => stored.is_some(),
+                Change::AwaitReceipt { .. } => {
+                    stored.is_some()
+                        && matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted >= 1)
+                }
+                _ => true,
+            })
             .collect();
         // Once the node or a relay holds the envelope, losing this step in a crash only sends it
         // again, and the recipient stores it once.

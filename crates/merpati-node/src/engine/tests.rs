@@ -18,7 +18,7 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 
 use super::relays::apply_control;
-use super::{AttemptResult, Engine, EngineError, Me, SWEEP_DAYS};
+use super::{AttemptResult, Engine, EngineError, Me, RECEIPT_DEADLINE, SWEEP_DAYS};
 use crate::store::{Contact, MemoryStore, Status, Store};
 
 const T0: Timestamp = Timestamp(1_795_219_200_000);
@@ -525,4 +525,70 @@ fn contacts_remember_when_they_were_last_heard_from() {
     let later = T0.plus(Timestamp::HOUR);
     pump(&mut bob, None, &mut alice, later);
     assert_eq!(alice.store().contact("bob").unwrap().unwrap().last_heard, Some(later));
+}
+
+#[test]
+fn a_message_left_at_relays_and_never_collected_expires_and_a_late_receipt_still_counts() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    bob.send_text(&only_contact(&bob).name, "hi", T0).unwrap();
+    pump(&mut bob, None, &mut alice, T0);
+    pump(&mut alice, None, &mut bob, T0);
+    // Bob goes away; two messages are left at his relay.
+    let stored = AttemptResult::Deposited { accepted: 1, total: 1, refusals: vec![] };
+    let mut left = Vec::new();
+    for text in ["never collected", "collected late"] {
+        let id = alice.send_text("bob", text, T0).unwrap().id;
+        let attempt = alice.due(T0, None).unwrap().remove(0);
+        alice.attempt_finished(&id, &stored, T0).unwrap();
+        left.push(attempt);
+    }
+    assert_eq!(alice.message(&left[0].id).unwrap().status, Status::Stored { accepted: 1, total: 1 });
+    // Within the relay TTL nothing happens.
+    assert!(alice.maintain(T0.plus(30 * Timestamp::DAY)).unwrap().expired.is_empty());
+    // Past it (and the half day for clocks), both are reported expired, with a reason.
+    let late = T0.plus(RECEIPT_DEADLINE);
+    let done = alice.maintain(late).unwrap();
+    let mut expired: Vec<_> = done.expired.iter().map(|(id, _)| *id).collect();
+    let mut expected = vec![left[0].id, left[1].id];
+    expired.sort_unstable_by_key(|id| id.0);
+    expected.sort_unstable_by_key(|id| id.0);
+    assert_eq!(expired, expected);
+    let message = alice.message(&left[0].id).unwrap();
+    assert_eq!(message.status, Status::Failed);
+    let reason = message.reason.unwrap();
+    assert!(
+        reason.starts_with("expired: bob did not collect it from their relay within 30 days"),
+        "{reason}"
+    );
+    assert!(alice.maintain(late.plus(Timestamp::DAY)).unwrap().expired.is_empty(), "reported once");
+    // The second was collected after all, and its receipt arrives late: it counts.
+    bob.receive(None, &left[1].envelope, late).unwrap();
+    pump(&mut bob, None, &mut alice, late);
+    let message = alice.message(&left[1].id).unwrap();
+    assert_eq!((message.status, message.reason), (Status::Delivered, None));
+}
+
+#[test]
+fn a_message_collected_in_time_never_expires() {
+    let (mut alice, mut bob) = pair();
+    let id = alice.send_text("bob", "hello", T0).unwrap().id;
+    let attempt = alice.due(T0, None).unwrap().remove(0);
+    alice
+        .attempt_finished(&id, &AttemptResult::Deposited { accepted: 1, total: 2, refusals: vec![] }, T0)
+        .unwrap();
+    let day5 = T0.plus(5 * Timestamp::DAY);
+    bob.receive(None, &attempt.envelope, day5).unwrap();
+    pump(&mut bob, None, &mut alice, day5);
+    assert_eq!(alice.message(&id).unwrap().status, Status::Delivered);
+    assert!(alice.maintain(T0.plus(RECEIPT_DEADLINE)).unwrap().expired.is_empty());
+    assert!(
+        alice.store().awaiting(T0.plus(RECEIPT_DEADLINE), 10).unwrap().is_empty(),
+        "the deadline is gone"
+    );
+    // Nor does a message the contact's node took directly.
+    let direct = alice.send_text("bob", "direct", day5).unwrap().id;
+    alice.attempt_finished(&direct, &AttemptResult::Accepted, day5).unwrap();
+    assert!(alice.store().awaiting(Timestamp(u64::MAX), 10).unwrap().is_empty());
 }

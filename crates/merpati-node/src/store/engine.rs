@@ -21,6 +21,7 @@
 //! | `outbox-due` | next attempt (u64 BE) ‖ message id | nothing |
 //! | `outbox-order` | name length ‖ name ‖ created at ‖ seq ‖ message id | next attempt (u64) |
 //! | `outbox-heads` | next attempt (u64 BE) ‖ message id | contact name |
+//! | `awaiting-receipt` | deadline (u64 BE) ‖ message id | nothing |
 //!
 //! The outbox's indexes (schema 2) keep delivery from ever reading the whole outbox:
 //! `outbox-order` sorts each contact's entries in delivery order, so its first entry under the
@@ -65,11 +66,12 @@ pub(crate) enum Tree {
     OutboxDue,
     OutboxOrder,
     OutboxHeads,
+    AwaitingReceipt,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 13] = [
+    pub(crate) const ALL: [Tree; 14] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -83,6 +85,7 @@ impl Tree {
         Tree::OutboxDue,
         Tree::OutboxOrder,
         Tree::OutboxHeads,
+        Tree::AwaitingReceipt,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -106,6 +109,7 @@ impl Tree {
             Tree::OutboxDue => "outbox-due",
             Tree::OutboxOrder => "outbox-order",
             Tree::OutboxHeads => "outbox-heads",
+            Tree::AwaitingReceipt => "awaiting-receipt",
         }
     }
 }
@@ -194,6 +198,16 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             }
             Change::PutOutbox(entry) => put_outbox(tx, entry)?,
             Change::RemoveOutbox(id) => remove_outbox(tx, id)?,
+            Change::AwaitReceipt { id, until } => {
+                tx.insert(
+                    Tree::AwaitingReceipt,
+                    &due_key(until.0, &id.0),
+                    codec::encode("receipt deadline", &())?,
+                )?;
+            }
+            Change::StopAwaiting { id, until } => {
+                tx.remove(Tree::AwaitingReceipt, &due_key(until.0, &id.0))?
+            }
             Change::SetRelays(relays) => {
                 let relays: Vec<&serde_bytes::Bytes> =
                     relays.iter().map(|r| serde_bytes::Bytes::new(r)).collect();
@@ -559,6 +573,23 @@ pub(crate) fn outbox_due(view: &dyn View, now: Timestamp) -> Result<Vec<OutboxHe
         Ok(true)
     })?;
     Ok(heads)
+}
+
+pub(crate) fn awaiting(
+    view: &dyn View,
+    until: Timestamp,
+    limit: usize,
+) -> Result<Vec<(Timestamp, MessageId)>, StoreError> {
+    let mut due = Vec::new();
+    view.scan(Tree::AwaitingReceipt, &[], false, &mut |key, _| {
+        let deadline = time_of_due_key(key)?;
+        if deadline > until.0 || due.len() >= limit {
+            return Ok(false);
+        }
+        due.push((Timestamp(deadline), MessageId(id_of_due_key(key)?)));
+        Ok(true)
+    })?;
+    Ok(due)
 }
 
 pub(crate) fn relays(view: &dyn View) -> Result<Vec<Vec<u8>>, StoreError> {

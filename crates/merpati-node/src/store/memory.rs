@@ -170,6 +170,10 @@ impl Store for MemoryStore {
         engine::outbox_len(&self.view(&self.lock()))
     }
 
+    fn awaiting(&self, until: Timestamp, limit: usize) -> Result<Vec<(Timestamp, MessageId)>, StoreError> {
+        engine::awaiting(&self.view(&self.lock()), until, limit)
+    }
+
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         engine::relays(&self.view(&self.lock()))
     }

@@ -320,11 +320,14 @@ impl Status {
     /// acknowledgements arrive late, duplicated and out of order, and a late "sent" must not undo
     /// a "read". Stored moves to Sent (the peer's node itself took it after all) and to Stored
     /// with more relays accepting out of the same total; Sent never becomes Stored, which would
-    /// read as a step back. Failed is terminal and is reachable only before the message was
-    /// delivered: a message the peer confirmed did not fail. Moving to the same status is not a
-    /// move.
+    /// read as a step back. Failed is reachable only before the message was delivered: a
+    /// message the peer confirmed did not fail. It is terminal except for the peer's own word:
+    /// a delivery or read receipt (authenticated end to end) proves delivery, so it overrides a
+    /// failure, such as an expiry reported while the receipt was still on its way. Moving to the
+    /// same status is not a move.
     pub fn advances_to(self, next: Status) -> bool {
         match (self, next) {
+            (Status::Failed, Status::Delivered | Status::Read) => true,
             (Status::Failed, _) => false,
             (_, Status::Failed) => matches!(self, Status::Queued | Status::Sent | Status::Stored { .. }),
             (Status::Stored { accepted, total }, Status::Stored { accepted: more, total: of }) => {
@@ -496,6 +499,21 @@ pub enum Change {
     PutOutbox(OutboxEntry),
     /// Deletes an outbox entry, if there is one.
     RemoveOutbox(MessageId),
+    /// Notes that a message left for the contact's relays should be confirmed by `until`
+    /// ([`Store::awaiting`]).
+    AwaitReceipt {
+        /// The message.
+        id: MessageId,
+        /// By when.
+        until: Timestamp,
+    },
+    /// Removes the note [`Change::AwaitReceipt`] made.
+    StopAwaiting {
+        /// The message.
+        id: MessageId,
+        /// The deadline it was noted with.
+        until: Timestamp,
+    },
     /// Replaces the user's own relays (binary multiaddrs, checked by the engine), the list
     /// [`Store::relays`] returns.
     SetRelays(Vec<Vec<u8>>),
@@ -544,6 +562,9 @@ pub trait Store: Send + Sync {
     fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError>;
     /// How many entries the outbox holds.
     fn outbox_len(&self) -> Result<usize, StoreError>;
+    /// Messages noted with [`Change::AwaitReceipt`] whose deadline is at or before `until`,
+    /// soonest first, at most `limit`. Reads only those notes.
+    fn awaiting(&self, until: Timestamp, limit: usize) -> Result<Vec<(Timestamp, MessageId)>, StoreError>;
     /// The user's own relays, as last set with [`Change::SetRelays`]; empty if never set
     /// (including in databases written before relays existed).
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError>;
@@ -602,6 +623,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn outbox_len(&self) -> Result<usize, StoreError> {
         (**self).outbox_len()
+    }
+    fn awaiting(&self, until: Timestamp, limit: usize) -> Result<Vec<(Timestamp, MessageId)>, StoreError> {
+        (**self).awaiting(until, limit)
     }
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         (**self).relays()
@@ -697,6 +721,8 @@ mod tests {
             (one, Failed),
             (two, Failed),
             (other, Failed),
+            (Failed, Delivered),
+            (Failed, Read),
         ];
         for from in all {
             for to in all {

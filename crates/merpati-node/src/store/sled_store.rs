@@ -408,6 +408,10 @@ impl Store for SledStore {
         engine::outbox_len(&SledView(&self.trees))
     }
 
+    fn awaiting(&self, until: Timestamp, limit: usize) -> Result<Vec<(Timestamp, MessageId)>, StoreError> {
+        engine::awaiting(&SledView(&self.trees), until, limit)
+    }
+
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         engine::relays(&SledView(&self.trees))
     }
