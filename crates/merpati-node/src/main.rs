@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 /// The environment variables `merpatid` reads, shown at the end of `--help`.
 const ENVIRONMENT: &str = "Environment:
   MERPATI_HOME          the home directory when --home is not given
-  RUST_LOG              log filter (default merpati_node=info), e.g. merpati_node=debug
+  RUST_LOG              log filter, e.g. merpati_node=debug (default: warnings and errors for a
+                        user node, -v and -vv for more; merpati_node=info for a relay)
   MERPATI_CLOCK_OFFSET  for tests only: shift the daemon's clock, e.g. 3d, -12h, 90m (mailbox
                         days, prekey rotation and expiry all follow it)";
 
@@ -49,6 +50,10 @@ struct Args {
     /// mailboxes for others and relay connections to nodes behind NAT. Needs no identity.
     #[arg(long)]
     relay: bool,
+    /// Log more: -v for what the node does (the default of a relay), -vv for debugging. Without
+    /// it a user node logs only warnings and errors. RUST_LOG, when set, overrides both.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Option<Subcommand>,
 }
@@ -72,13 +77,6 @@ fn main() -> ExitCode {
             Err(e) => fail(&format!("demo failed: {e:#}")),
         };
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "merpati_node=info".into()),
-        )
-        .init();
     let home = match Home::resolve(args.home) {
         Ok(home) => home,
         Err(e) => return fail(&e),
@@ -101,6 +99,21 @@ fn main() -> ExitCode {
         Err(e) => return fail(&e),
     };
     let is_relay = args.relay || file.role == Some(Role::Relay);
+    // A relay is a service whose log is read; a user's node is quiet unless asked.
+    let level = match (args.verbose, is_relay) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in a journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| format!("merpati_node={level}").into()),
+        )
+        .init();
     if !is_relay && file.relay.is_some() {
         return fail(&"the config file has a [relay] section: add role = \"relay\" or run merpatid --relay");
     }

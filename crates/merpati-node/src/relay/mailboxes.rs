@@ -418,9 +418,9 @@ impl Mailboxes {
     }
 
     /// Deletes the envelopes named by `ids` from the mailbox `token` opens and returns how many
-    /// were there. Ids already gone are not counted; if any id belongs to another mailbox, nothing
-    /// is deleted and the answer is `Unauthorized`. Durable at the next flush (which the call
-    /// asks for, without waiting for it).
+    /// were there. Ids already gone and ids of other mailboxes are passed over alike, so the
+    /// answer tells no one whether an id exists elsewhere (or when its owner fetched it). Durable
+    /// at the next flush (which the call asks for, without waiting for it).
     pub fn delete(&self, token: &FetchToken, ids: &[u64]) -> Result<u32, Refusal> {
         let mailbox = MailboxId::of(token);
         let ids: BTreeSet<u64> = ids.iter().copied().collect();
@@ -432,10 +432,9 @@ impl Mailboxes {
                 continue;
             };
             let entry = IndexEntry::parse(&value).map_err(internal("reading the id index"))?;
-            if entry.mailbox != mailbox {
-                return Err(Refusal::Unauthorized);
+            if entry.mailbox == mailbox {
+                found.push((id, entry.len));
             }
-            found.push((id, entry.len));
         }
         if found.is_empty() {
             return Ok(0);
@@ -991,10 +990,16 @@ pub(crate) mod tests {
         let mine = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), T0).await.unwrap();
         assert_eq!(ids(&boxes.fetch(&[token(2)], None, 64, T0).unwrap()), vec![mine]);
         assert_eq!(ids(&boxes.fetch(&[token(3)], None, 64, T0).unwrap()), Vec::<u64>::new());
-        // One id of another mailbox spoils the whole delete.
-        assert_eq!(boxes.delete(&token(2), &[mine, id]), Err(Refusal::Unauthorized));
+        // An id of another mailbox is passed over exactly like one that is gone: no answer tells
+        // whether it exists (or when its owner fetched it).
+        let gone = id + 1_000;
+        assert_eq!(boxes.delete(&token(2), &[id]), Ok(0));
+        assert_eq!(boxes.delete(&token(2), &[gone]), Ok(0));
         assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap()), vec![id, mine]);
         assert_eq!(boxes.stats().envelopes, 2);
+        // Next to the token's own ids it deletes only those.
+        assert_eq!(boxes.delete(&token(2), &[mine, id]), Ok(1));
+        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap()), vec![id]);
     }
 
     #[tokio::test]
@@ -1102,7 +1107,7 @@ pub(crate) mod tests {
         assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, T0).unwrap()), vec![kept]);
         // Counted until deleted or expired, and the owner can delete it.
         assert_eq!(boxes.stats().envelopes, 2);
-        assert_eq!(boxes.delete(&token(2), &[lost]), Err(Refusal::Unauthorized));
+        assert_eq!(boxes.delete(&token(2), &[lost]), Ok(0));
         assert_eq!(boxes.delete(&token(1), &[lost]).unwrap(), 1);
         assert_eq!(boxes.stats().envelopes, 1);
         assert_eq!(boxes.purge_expired(T0.plus(5_000)).unwrap(), 1);
