@@ -194,6 +194,9 @@ async fn mailbox_requests_reach_the_service_and_bad_answers_are_dropped() {
     let deposit = mailbox::Request::Deposit { mailbox: MailboxId([1; 16]), envelope: vec![1] };
     let answer = user.handle.mailbox(other.id(), vec![other_addr], deposit).await;
     assert!(matches!(answer, Err(MailboxError::NotARelay { .. })), "{answer:?}");
+    // Nor does a relay take deliveries: it does not even speak the protocol.
+    let answer = user.handle.deliver(relay.id(), vec![relay.addr().await], vec![1; 512]).await;
+    assert!(matches!(answer, Err(net::DeliverError::Unsupported { .. })), "{answer:?}");
     for node in [user, other, relay] {
         node.stop().await;
     }

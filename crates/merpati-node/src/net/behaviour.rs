@@ -100,9 +100,12 @@ impl Behaviour {
             .max_deliveries_in_flight_per_peer
             .saturating_add(config.max_pending_inbound_per_peer)
             .saturating_add(STREAM_HEADROOM);
+        // A relay keeps mailboxes, not conversations: it neither takes deliveries nor says it
+        // would (identify lists only the protocols a node accepts).
+        let deliver_support = if is_relay { ProtocolSupport::Outbound } else { ProtocolSupport::Full };
         let deliver = Deliver::with_codec(
             codec,
-            [(DELIVER_PROTOCOL, ProtocolSupport::Full)],
+            [(DELIVER_PROTOCOL, deliver_support)],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(max_streams),

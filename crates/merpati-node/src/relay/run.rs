@@ -210,7 +210,8 @@ pub async fn run(
         metrics: metrics_addr.map(|addr| format!("http://{addr}/metrics")),
     });
 
-    // A relay keeps mailboxes, not conversations: a delivery meant for a user node is refused.
+    // A relay keeps mailboxes, not conversations, and does not speak the deliver protocol; should
+    // a delivery reach it anyway, it is refused.
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
