@@ -65,18 +65,19 @@ impl<S: Store> Engine<S> {
         match known {
             Some(id) => self.receive_in_session(id, bytes, now),
             None if header.kind == Kind::FirstContact && header.mailbox == self.me.inbox() => {
-                self.accept_first_contact(from_peer, bytes, now)
+                // Whoever handed it over is not taken for the sender's node: anyone holding a
+                // copy (a relay of ours) could hand it over first and then swallow our answers.
+                // Only the invite and the sender's end-to-end `NodeInfo` say where that is.
+                if let Some(peer) = from_peer {
+                    tracing::debug!(via = %super::hex(peer), "first contact handed over directly");
+                }
+                self.accept_first_contact(bytes, now)
             }
             None => Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox))),
         }
     }
 
-    fn accept_first_contact(
-        &mut self,
-        from_peer: Option<&[u8]>,
-        bytes: &[u8],
-        now: Timestamp,
-    ) -> Result<Received, EngineError> {
+    fn accept_first_contact(&mut self, bytes: &[u8], now: Timestamp) -> Result<Received, EngineError> {
         let responder = Responder { bundle: &self.bundle, prekeys: &self.profile.prekeys };
         let (session, incoming) = match Session::accept(responder, bytes, now, &mut self.rng) {
             Ok(accepted) => accepted,
@@ -93,9 +94,6 @@ impl<S: Store> Engine<S> {
                 // ours for sending only if we have none, and either way we receive on both.
                 if contact.session.is_none() {
                     contact.session = Some(session.id());
-                    if let Some(peer) = from_peer {
-                        contact.peer_id = peer.to_vec();
-                    }
                     changes.push(Change::PutContact(contact.clone()));
                 } else {
                     ours = false;
@@ -111,8 +109,8 @@ impl<S: Store> Engine<S> {
                     identity,
                     bundle: None,
                     inbox: None,
-                    // Known once their `NodeInfo` arrives, when the envelope came through a relay.
-                    peer_id: from_peer.map(<[u8]>::to_vec).unwrap_or_default(),
+                    // Known once their `NodeInfo` arrives: it comes first in every session.
+                    peer_id: Vec::new(),
                     addrs: Vec::new(),
                     relays: Vec::new(),
                     session: Some(session.id()),

@@ -206,6 +206,28 @@ fn node_info_names_the_sender_of_a_first_contact_fetched_from_a_relay() {
 }
 
 #[test]
+fn whoever_hands_over_a_first_contact_does_not_become_the_senders_node() {
+    // A relay of Bob's (or anyone holding a copy) hands Alice's first contact over before
+    // Alice's own node does: Bob must not take it for Alice's node, or it could swallow his
+    // answers.
+    let (mut alice, mut bob) = pair();
+    alice.set_node_info(peer(1).to_bytes(), vec![addr("/ip4/192.0.2.1/tcp/4001")]);
+    alice.send_text("bob", "hello", T0).unwrap();
+    let intruder = peer(66).to_bytes();
+    pump(&mut alice, Some(&intruder), &mut bob, T0);
+    assert_eq!(only_contact(&bob).peer_id, peer(1).to_bytes(), "the node Alice's own NodeInfo names");
+    assert!(bob.due(T0, None).unwrap().iter().all(|a| a.peer_id == peer(1).to_bytes()));
+
+    // Nor does it replace the node of a contact Bob added from an invite.
+    let (mut alice, mut bob) = pair();
+    let invite = alice.invite(peer(1).to_bytes(), vec![], T0).unwrap();
+    bob.add_contact(&invite, "alice", T0).unwrap();
+    alice.send_text("bob", "hello again", T0).unwrap();
+    pump(&mut alice, Some(&intruder), &mut bob, T0);
+    assert_eq!(bob.store().contact("alice").unwrap().unwrap().peer_id, peer(1).to_bytes());
+}
+
+#[test]
 fn control_messages_with_bad_content_change_nothing() {
     let (alice, _) = pair();
     let mut contact = alice.store().contact("bob").unwrap().unwrap();
