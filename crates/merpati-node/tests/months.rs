@@ -12,7 +12,7 @@ use libp2p::multiaddr::{Multiaddr, Protocol};
 use merpati_node::engine::{Attempt, AttemptResult, Engine, Me};
 use merpati_node::relay::{DEFAULT_TTL_DAYS, MailboxLimits, Mailboxes};
 use merpati_node::relay_client::Sweeps;
-use merpati_node::store::{Direction, Keyring, SledStore, Status, Store, StoredMessage};
+use merpati_node::store::{Direction, Keyring, MemoryStore, SledStore, Status, Store, StoredMessage};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{INVITE_LIFETIME, IdentityKey, PREKEY_GRACE, PREKEY_ROTATION};
@@ -722,6 +722,7 @@ fn four_months(seed: u64) -> (Plan, [Clock; 4]) {
 #[test]
 fn four_months_deliver_everything_once_and_keep_key_lifetimes() {
     let seed = seed(0x6d6f6e746873);
+    eprintln!("seed {seed:#x} (set MERPATI_MONTHS_SEED to reproduce)");
     let (plan, clocks) = four_months(seed);
     let days = plan.days;
     let mut world = World::new(seed, plan, clocks);
@@ -750,6 +751,7 @@ fn a_long_absence(seed: u64) -> (Plan, [Clock; 4], Range<u64>) {
 #[test]
 fn what_waits_past_the_relay_ttl_is_not_shown_and_nothing_else_is_lost() {
     let seed = seed(0x6162_7365_6e74);
+    eprintln!("seed {seed:#x} (set MERPATI_MONTHS_SEED to reproduce)");
     let (plan, clocks, absence) = a_long_absence(seed);
     let days = plan.days;
     let mut world = World::new(seed, plan, clocks);
@@ -766,4 +768,57 @@ fn what_waits_past_the_relay_ttl_is_not_shown_and_nothing_else_is_lost() {
         (absence.start / DAY, absence.end as f64 / DAY as f64)
     );
     assert!(lost > 0 && arrived > lost, "{}: the absence tested nothing", world.summary());
+}
+
+/// Hands every due envelope of `from` to `to` directly and reports the answers back.
+fn hand_over<S: Store, T: Store>(from: &mut Engine<S>, from_node: &[u8], to: &mut Engine<T>, now: Timestamp) {
+    for attempt in from.due(now, None).unwrap() {
+        let received = to.receive(Some(from_node), &attempt.envelope, now).unwrap();
+        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+        from.attempt_finished(&attempt.id, &AttemptResult::Accepted, now).unwrap();
+    }
+}
+
+/// What the long runs found with other seeds (0x2, 0x5, 0x6 of either test), step by step.
+#[test]
+#[ignore = "lost: mail addressed under the owner's previous announcement is not fetched once the \
+            owner opened a new epoch (Engine::mailbox_tokens derives days from the newest \
+            announcement only)"]
+fn mail_under_a_replaced_announcement_is_still_fetched() {
+    let day = |n: u64| T0.plus(n * DAY);
+    let start = |seed: u64, name: &str| {
+        let rng = ChaCha20Rng::seed_from_u64(seed + 100);
+        Engine::start(MemoryStore::new(), me(seed, name), || vec![1; 68], T0, rng).unwrap()
+    };
+    let (mut alice, mut bob) = (start(1, "Alice"), start(2, "Bob"));
+    let invite = bob.invite(peer_of(2).to_bytes(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    // Day 0: a message and Bob's receipt, which announces Bob's mailboxes of days 0 to 13.
+    alice.send_text("bob", "hello", day(0)).unwrap();
+    hand_over(&mut alice, b"alice-node", &mut bob, day(0));
+    hand_over(&mut bob, b"bob-node", &mut alice, day(0));
+    // Day 16, Bob away: Alice writes under the last id she knows (day 13's), and a relay keeps it.
+    let relay_dir = tempfile::tempdir().unwrap();
+    let relay = Mailboxes::open(relay_dir.path(), MailboxLimits::default()).unwrap();
+    alice.send_text("bob", "while you were away", day(16)).unwrap();
+    let attempt = alice.due(day(16), None).unwrap().remove(0);
+    futures::executor::block_on(relay.deposit(attempt.mailbox, attempt.envelope.clone(), day(16))).unwrap();
+    let deposited = AttemptResult::Deposited { accepted: 1, total: 1, refusals: Vec::new() };
+    alice.attempt_finished(&attempt.id, &deposited, day(16)).unwrap();
+    // Day 20, Bob is back: a direct message arrives before his first fetch, and his receipt
+    // opens a new epoch announcing days 20 to 33.
+    alice.send_text("bob", "are you back?", day(20)).unwrap();
+    hand_over(&mut alice, b"alice-node", &mut bob, day(20));
+    let tokens = bob.mailbox_tokens(day(20));
+    let every: Vec<FetchToken> = tokens.live.iter().chain(&tokens.old).cloned().collect();
+    assert!(
+        every.iter().any(|token| MailboxId::of(token) == attempt.mailbox),
+        "Bob no longer fetches the mailbox Alice wrote to while he was away"
+    );
+    let (items, _) = relay.fetch(&every, None, wire::MAX_FETCH_LIMIT, day(20)).unwrap();
+    for item in &items {
+        bob.receive(None, &item.envelope, day(20)).unwrap();
+    }
+    let texts: Vec<String> = bob.store().messages(None, 100).unwrap().into_iter().map(|m| m.text).collect();
+    assert!(texts.iter().any(|t| t == "while you were away"), "Bob shows only {texts:?}");
 }
