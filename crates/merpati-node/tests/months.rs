@@ -779,7 +779,10 @@ fn hand_over<S: Store, T: Store>(from: &mut Engine<S>, from_node: &[u8], to: &mu
     }
 }
 
-/// What the long runs found with other seeds (0x2, 0x5, 0x6 of either test), step by step.
+/// What the long runs found with other seeds, step by step. They reach it two ways: a direct
+/// message arrives before the first fetch after an absence (seed 0x6 of the long absence), or a
+/// relay is down when the owner comes back and is swept only after the owner's receipts, for what
+/// the other relay held, opened a new epoch (seeds 0x2 and 0x5 of the four months).
 #[test]
 #[ignore = "lost: mail addressed under the owner's previous announcement is not fetched once the \
             owner opened a new epoch (Engine::mailbox_tokens derives days from the newest \
