@@ -11,7 +11,7 @@
 //! The home is `--home DIR` when given, else `$MERPATI_HOME`, else the platform data directory
 //! (`~/.local/share/merpati` on Linux). It is created with mode 0700 so other users cannot list it.
 
-use std::fs::DirBuilder;
+use std::fs::{self, DirBuilder};
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -87,6 +87,15 @@ pub enum HomeError {
         /// The version found.
         found: u8,
     },
+    /// A file or directory of the home that others could read or change, or that belongs to
+    /// another user: trusting it would hand them the identity.
+    #[error("refusing {}: {problem}", path.display())]
+    Unsafe {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
     /// The name given for a new identity was refused.
     #[error("invalid name: {0}")]
     InvalidName(#[from] NameError),
@@ -96,6 +105,30 @@ pub enum HomeError {
         /// Its length in bytes.
         bytes: usize,
     },
+}
+
+/// Refuses `path` if it belongs to another user than this process's, or if any of the mode bits
+/// `forbidden` is set; `fix` is the chmod that repairs it.
+pub fn check_owned(path: &Path, metadata: &fs::Metadata, forbidden: u32, fix: &str) -> Result<(), HomeError> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(HomeError::Unsafe {
+            path: path.to_owned(),
+            problem: format!(
+                "it belongs to another user (uid {}, you are {me}): use a home directory of your own",
+                metadata.uid()
+            ),
+        });
+    }
+    let mode = metadata.mode() & 0o777;
+    if mode & forbidden != 0 {
+        return Err(HomeError::Unsafe {
+            path: path.to_owned(),
+            problem: format!("others may read or change it (mode {mode:03o}): run {fix} {}", path.display()),
+        });
+    }
+    Ok(())
 }
 
 /// The directory a path lives in, for messages that name the home.
@@ -150,7 +183,13 @@ impl Home {
             action: "create the directory",
             path: self.dir.clone(),
             source,
-        })
+        })?;
+        let metadata = fs::metadata(&self.dir).map_err(|source| HomeError::Io {
+            action: "inspect the directory",
+            path: self.dir.clone(),
+            source,
+        })?;
+        check_owned(&self.dir, &metadata, 0o022, "chmod go-w")
     }
 
     /// `<home>/control.sock`: the control API socket.
@@ -188,6 +227,24 @@ impl Home {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_home_others_can_write_to_or_that_is_not_ours_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path().join("home")).unwrap();
+        home.create_dir().unwrap();
+        fs::set_permissions(home.dir(), fs::Permissions::from_mode(0o777)).unwrap();
+        let text = home.create_dir().unwrap_err().to_string();
+        assert!(text.contains("mode 777") && text.contains("chmod go-w"), "{text}");
+        // Readable by others is the user's choice; writable is not.
+        fs::set_permissions(home.dir(), fs::Permissions::from_mode(0o755)).unwrap();
+        home.create_dir().unwrap();
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(home.dir(), Some(4242), None).unwrap();
+            let text = home.create_dir().unwrap_err().to_string();
+            assert!(text.contains("belongs to another user"), "{text}");
+        }
+    }
 
     #[test]
     fn paths_are_inside_the_home() {

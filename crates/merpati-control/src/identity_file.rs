@@ -230,6 +230,10 @@ impl IdentityFile {
             }
             other => other.map_err(io_error)?,
         };
+        // Secrets others can read are no longer secret, and a file someone else owns may not be
+        // the user's identity at all.
+        let metadata = file.metadata().map_err(io_error)?;
+        crate::home::check_owned(path, &metadata, 0o077, "chmod 600")?;
         // A fixed buffer one byte longer than any valid file, read into in place: it is never
         // reallocated (which would leave copies of the secrets behind) and bounds the read.
         let mut buf = Zeroizing::new(vec![0u8; MAX_FILE_LEN + 1]);
@@ -320,6 +324,27 @@ mod tests {
     }
 
     #[test]
+    fn an_identity_file_others_can_read_or_that_is_not_ours_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("identity");
+        sample(Some("Alice")).save_new(&path).unwrap();
+        assert!(IdentityFile::load(&path).is_ok());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = IdentityFile::load(&path).unwrap_err();
+        assert!(matches!(error, HomeError::Unsafe { .. }), "{error}");
+        let text = error.to_string();
+        assert!(text.contains("mode 644") && text.contains("chmod 600"), "{text}");
+        assert!(!text.contains("Alice"), "no contents in the message: {text}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        // Another user's file (only root can make one to try).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(4242), None).unwrap();
+            let text = IdentityFile::load(&path).unwrap_err().to_string();
+            assert!(text.contains("belongs to another user (uid 4242"), "{text}");
+        }
+    }
+
+    #[test]
     fn save_load_and_refuse_overwrite() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("identity");
@@ -345,6 +370,8 @@ mod tests {
         assert!(matches!(IdentityFile::load(&path), Err(HomeError::NotInitialised { .. })));
 
         fs::write(&path, b"hello, I am not an identity").unwrap();
+        // Private, as `save_new` makes it: only the contents are wrong.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let err = IdentityFile::load(&path).unwrap_err();
         assert!(matches!(err, HomeError::Corrupt { reason: FormatError::NotAnIdentityFile, .. }), "{err}");
 

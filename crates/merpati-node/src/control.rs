@@ -59,6 +59,10 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if !same_user(&stream) => {
+                    // The socket is 0600 in a 0700 home; this is the second lock on that door.
+                    tracing::warn!("refused a control connection from another user");
+                }
                 Ok((stream, _)) if connections.len() < MAX_CONNECTIONS => {
                     connections.spawn(connection(stream, commands.clone(), events.clone(), shutdown.clone()));
                 }
@@ -68,6 +72,11 @@ pub async fn serve(
         }
     }
     connections.shutdown().await;
+}
+
+/// Whether the process at the other end of `stream` runs as the daemon's own user.
+fn same_user(stream: &UnixStream) -> bool {
+    stream.peer_cred().is_ok_and(|cred| cred.uid() == rustix::process::geteuid().as_raw())
 }
 
 async fn connection(

@@ -19,6 +19,13 @@ pub enum LockError {
         /// The lock file.
         path: PathBuf,
     },
+    /// The lock file is a symbolic link: following it would let whoever made it have the daemon
+    /// write to another file.
+    #[error("{path} is a symbolic link, not the daemon's lock file: remove it")]
+    Symlink {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The lock file could not be opened.
     #[error("cannot open {path}: {source}")]
     Io {
@@ -38,8 +45,21 @@ pub struct HomeLock {
 impl HomeLock {
     /// Takes the lock, or says which daemon has it.
     pub fn acquire(path: &Path) -> Result<HomeLock, LockError> {
+        use std::os::unix::fs::OpenOptionsExt;
         let io = |source| LockError::Io { path: path.to_owned(), source };
-        let mut file = OpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io)?;
+        let opened = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(path);
+        let mut file = match opened {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                return Err(LockError::Symlink { path: path.to_owned() });
+            }
+            other => other.map_err(io)?,
+        };
         flock(&file, FlockOperation::NonBlockingLockExclusive)
             .map_err(|_| LockError::AlreadyRunning { path: path.to_owned() })?;
         // The pid is for people looking at the file; the lock is what counts.
@@ -61,5 +81,18 @@ mod tests {
         assert!(matches!(HomeLock::acquire(&path), Err(LockError::AlreadyRunning { .. })));
         drop(first);
         assert!(HomeLock::acquire(&path).is_ok());
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_lock_file_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, "keep me").unwrap();
+        let path = dir.path().join("merpatid.lock");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let error = HomeLock::acquire(&path).unwrap_err();
+        assert!(matches!(error, LockError::Symlink { .. }), "{error}");
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
     }
 }

@@ -141,22 +141,20 @@ impl<S: Store> Engine<S> {
                 }
             };
             let secret = &session.state().my_mailbox_secret;
-            // A sender addresses the nearest announced id when its day lies outside the announced
-            // window (`Announcement::current`): after a long silence that is the last one.
+            // A sender writes under the id of its own day while that day is in the announcement
+            // it knows, and under that announcement's last id after it; the announcement it knows
+            // may be one we have since replaced (it learns the new one only with our next
+            // epoch). Every id is some day's, so every day in the window is looked at, whatever
+            // announcement it was in; and today's id in our latest announcement, which after a
+            // long silence is its last one, however old.
             let announced = session.my_mailboxes();
-            let first = announced.first_day;
-            let last = first + (announced.ids.len() as u64).saturating_sub(1);
-            let days = |range: std::ops::RangeInclusive<u64>| {
-                let mut days: Vec<u64> = range.map(|day| day.clamp(first, last)).collect();
-                days.dedup();
-                days
-            };
-            let live_days = days(today.saturating_sub(1)..=today + 1);
+            let last = announced.first_day + (announced.ids.len() as u64).saturating_sub(1);
+            let live_days: Vec<u64> = (today.saturating_sub(1)..=today + 1)
+                .chain(std::iter::once(today.clamp(announced.first_day, last)))
+                .collect();
             live.extend(live_days.iter().map(|day| mailbox::fetch_token(secret, *day)));
-            let old_days = days(today.saturating_sub(SWEEP_DAYS)..=today.saturating_sub(2));
             old.extend(
-                old_days
-                    .into_iter()
+                (today.saturating_sub(SWEEP_DAYS)..=today.saturating_sub(2))
                     .filter(|day| !live_days.contains(day))
                     .map(|day| mailbox::fetch_token(secret, day)),
             );
