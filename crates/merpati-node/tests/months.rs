@@ -634,9 +634,11 @@ impl World {
                 assert_eq!(
                     copies.len(),
                     1,
-                    "{context}: {recipient} shows {:?} from {sender} {} times",
+                    "{context}: {recipient} shows {:?} from {sender} {} times ({sender} wrote it on day {:.2} \
+                     and sees it as {status:?})",
                     written.text,
-                    copies.len()
+                    copies.len(),
+                    written.at as f64 / DAY as f64
                 );
                 assert_eq!(
                     copies[0].id, written.id,
