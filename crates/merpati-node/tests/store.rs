@@ -463,9 +463,13 @@ mod conformance {
 
         set(b.id, Status::Failed, Some("expired"));
         assert_eq!(status(&b.id), (Status::Failed, Some("expired".to_owned())));
-        set(b.id, Status::Delivered, None);
+        set(b.id, Status::Sent, None);
+        set(b.id, Status::Queued, Some("again"));
         set(b.id, Status::Failed, Some("again"));
         assert_eq!(status(&b.id), (Status::Failed, Some("expired".to_owned())), "failed is terminal");
+        // Except for the peer's own word: a late receipt proves delivery.
+        set(b.id, Status::Delivered, None);
+        assert_eq!(status(&b.id), (Status::Delivered, None), "a receipt overrides an expiry");
 
         // A receipt for a message we do not have is ignored, and does not spoil its batch.
         let c = f.message("bob", "c");
