@@ -5,8 +5,9 @@
 //! envelopes from the network, envelopes fetched from our relays, finished delivery attempts,
 //! a retry timer, a day-change check (a new day means new mailboxes to fetch) and the hourly
 //! maintenance pass (also run at start). Every timestamp comes from one [`Clock`]. When the store
-//! reports a failed flush the task stops at once: what it would act on may not be on disk. Deliveries run as owned tasks, at most one per contact at a time so a
-//! contact receives our messages in the order they were written, and at most
+//! reports a failed flush the task stops at once: what it would act on may not be on disk.
+//! Deliveries run as owned tasks, at most one per contact at a time so a contact receives our
+//! messages in the order they were written, and at most
 //! [`MAX_DELIVERIES_IN_FLIGHT`] overall. Each delivery goes to the contact's node directly or,
 //! when that fails, into its mailboxes at its relays ([`relay_client`]). One fetch task per
 //! relay of ours long-polls our mailboxes there.
