@@ -385,6 +385,9 @@ impl Store for GhostHead {
     ) -> Result<Vec<(Timestamp, MessageId)>, store::StoreError> {
         self.0.awaiting(until, limit)
     }
+    fn announced(&self, session: &SessionId) -> Result<Vec<u64>, store::StoreError> {
+        self.0.announced(session)
+    }
     fn relays(&self) -> Result<Vec<Vec<u8>>, store::StoreError> {
         self.0.relays()
     }

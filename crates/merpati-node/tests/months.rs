@@ -723,7 +723,17 @@ fn four_months(seed: u64) -> (Plan, [Clock; 4]) {
 
 #[test]
 fn four_months_deliver_everything_once_and_keep_key_lifetimes() {
-    let seed = seed(0x6d6f6e746873);
+    four_months_with(seed(0x6d6f6e746873));
+}
+
+/// Seed 0xe lost a message until nodes watched the last day of their earlier announcements: a
+/// sender that never got the newer one wrote, for weeks, under an id more than 31 days old.
+#[test]
+fn four_months_where_a_sender_keeps_an_announcement_older_than_the_window() {
+    four_months_with(0xe);
+}
+
+fn four_months_with(seed: u64) {
     eprintln!("seed {seed:#x} (set MERPATI_MONTHS_SEED to reproduce)");
     let (plan, clocks) = four_months(seed);
     let days = plan.days;

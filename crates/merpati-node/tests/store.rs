@@ -363,6 +363,17 @@ mod conformance {
         assert_eq!(store.awaiting(at(99), 10).unwrap(), vec![(at(30), a)]);
     }
 
+    pub(crate) fn announcement_notes_are_per_session_newest_first<S: Store + ?Sized>(store: &S) {
+        let (one, two) = (SessionId([1; 16]), SessionId([2; 16]));
+        assert!(store.announced(&one).unwrap().is_empty());
+        let note = |session, last_day| Change::NoteAnnouncement { session, last_day };
+        store.apply(&[note(one, 20_013), note(two, 20_100), note(one, 20_040), note(one, 20_013)]).unwrap();
+        assert_eq!(store.announced(&one).unwrap(), vec![20_040, 20_013], "newest first, each once");
+        assert_eq!(store.announced(&two).unwrap(), vec![20_100]);
+        store.apply(&[Change::ForgetAnnouncement { session: one, last_day: 20_013 }]).unwrap();
+        assert_eq!(store.announced(&one).unwrap(), vec![20_040]);
+    }
+
     pub(crate) fn indexes_find_sessions<S: Store + ?Sized>(store: &S) {
         let (one, two) = (SessionId([1; 16]), SessionId([2; 16]));
         let (m1, m2) = (MailboxId([0xa1; 16]), MailboxId([0xa2; 16]));
@@ -726,6 +737,7 @@ conformance!(
     relays_are_replaced_as_a_whole,
     stored_statuses_and_reasons,
     receipt_deadlines_are_listed_soonest_first_and_removed,
+    announcement_notes_are_per_session_newest_first,
 );
 
 /// Tests of what only the disk store has.

@@ -112,6 +112,14 @@ impl<S: Store> Engine<S> {
             let restored = !self.sessions.contains_key(&id);
             let Some(session) = self.session(&id, now)? else { continue };
             let changed = Session::maintain(session, now);
+            // Older announcements than those a peer may still use need no watching.
+            changes.extend(
+                self.store
+                    .announced(&id)?
+                    .into_iter()
+                    .skip(super::relays::ANNOUNCEMENTS_WATCHED)
+                    .map(|last_day| Change::ForgetAnnouncement { session: id, last_day }),
+            );
             if !(changed || restored) {
                 continue;
             }

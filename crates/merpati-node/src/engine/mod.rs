@@ -31,7 +31,7 @@ use crate::store::{
 pub use incoming::Received;
 pub use maintenance::Maintenance;
 pub use outgoing::{Attempt, AttemptResult};
-pub use relays::{MailboxTokens, SWEEP_DAYS, check_relay};
+pub use relays::{ANNOUNCEMENTS_WATCHED, MailboxTokens, SWEEP_DAYS, check_relay};
 
 /// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
 pub const DEFAULT_MESSAGE_LIFETIME: u64 = 30 * Timestamp::DAY;
@@ -367,13 +367,16 @@ impl<S: Store> Engine<S> {
             contact: contact.to_owned(),
             state: session.state().clone(),
         })];
+        let announced = session.my_mailboxes();
         changes.extend(
-            session
-                .my_mailboxes()
+            announced
                 .ids
                 .iter()
                 .map(|mailbox| Change::IndexMailbox { mailbox: *mailbox, session: session.id() }),
         );
+        // A peer that never receives a newer one keeps writing under this one's last id.
+        let last_day = announced.first_day + (announced.ids.len() as u64).saturating_sub(1);
+        changes.push(Change::NoteAnnouncement { session: session.id(), last_day });
         changes
     }
 }

@@ -22,6 +22,10 @@ use super::{Engine, EngineError, hex};
 use crate::relay::DEFAULT_TTL_DAYS;
 use crate::store::{Change, Contact, Store};
 
+/// How many of a session's announcements a peer may still be writing under: the latest, the one
+/// before (until the peer has the latest), and one more for good measure.
+pub const ANNOUNCEMENTS_WATCHED: usize = 3;
+
 /// How many days back a node looks for mail in its mailboxes: what a relay keeps by default (its
 /// TTL), plus one day for senders whose clock runs behind.
 pub const SWEEP_DAYS: u64 = DEFAULT_TTL_DAYS + 1;
@@ -132,6 +136,12 @@ impl<S: Store> Engine<S> {
         });
         let today = now.day();
         for id in ids {
+            // The last days of its announcements, the latest first: a peer may still write under
+            // one it knew before our latest reached it, whose window may have ended long ago.
+            let earlier = self.store.announced(&id).unwrap_or_else(|e| {
+                tracing::warn!("cannot read a session's announcements: {e}");
+                Vec::new()
+            });
             let session = match self.session(&id, now) {
                 Ok(Some(session)) => session,
                 Ok(None) => continue,
@@ -151,6 +161,7 @@ impl<S: Store> Engine<S> {
             let last = announced.first_day + (announced.ids.len() as u64).saturating_sub(1);
             let live_days: Vec<u64> = (today.saturating_sub(1)..=today + 1)
                 .chain(std::iter::once(today.clamp(announced.first_day, last)))
+                .chain(earlier.into_iter().take(ANNOUNCEMENTS_WATCHED).filter(|day| *day <= today))
                 .collect();
             live.extend(live_days.iter().map(|day| mailbox::fetch_token(secret, *day)));
             old.extend(

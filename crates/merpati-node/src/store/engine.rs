@@ -22,6 +22,7 @@
 //! | `outbox-order` | name length ‖ name ‖ created at ‖ seq ‖ message id | next attempt (u64) |
 //! | `outbox-heads` | next attempt (u64 BE) ‖ message id | contact name |
 //! | `awaiting-receipt` | deadline (u64 BE) ‖ message id | nothing |
+//! | `announced` | session id ‖ last day (u64 BE) | nothing |
 //!
 //! The outbox's indexes (schema 2) keep delivery from ever reading the whole outbox:
 //! `outbox-order` sorts each contact's entries in delivery order, so its first entry under the
@@ -67,11 +68,12 @@ pub(crate) enum Tree {
     OutboxOrder,
     OutboxHeads,
     AwaitingReceipt,
+    Announced,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 14] = [
+    pub(crate) const ALL: [Tree; 15] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -86,6 +88,7 @@ impl Tree {
         Tree::OutboxOrder,
         Tree::OutboxHeads,
         Tree::AwaitingReceipt,
+        Tree::Announced,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -110,6 +113,7 @@ impl Tree {
             Tree::OutboxOrder => "outbox-order",
             Tree::OutboxHeads => "outbox-heads",
             Tree::AwaitingReceipt => "awaiting-receipt",
+            Tree::Announced => "announced",
         }
     }
 }
@@ -207,6 +211,16 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             }
             Change::StopAwaiting { id, until } => {
                 tx.remove(Tree::AwaitingReceipt, &due_key(until.0, &id.0))?
+            }
+            Change::NoteAnnouncement { session, last_day } => {
+                tx.insert(
+                    Tree::Announced,
+                    &announced_key(session, *last_day),
+                    codec::encode("announcement", &())?,
+                )?;
+            }
+            Change::ForgetAnnouncement { session, last_day } => {
+                tx.remove(Tree::Announced, &announced_key(session, *last_day))?;
             }
             Change::SetRelays(relays) => {
                 let relays: Vec<&serde_bytes::Bytes> =
@@ -590,6 +604,24 @@ pub(crate) fn awaiting(
         Ok(true)
     })?;
     Ok(due)
+}
+
+/// `session id ‖ last day (u64 BE)`: a session's notes sort by day under its prefix.
+fn announced_key(session: &SessionId, last_day: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&session.0);
+    key[16..].copy_from_slice(&last_day.to_be_bytes());
+    key
+}
+
+pub(crate) fn announced(view: &dyn View, session: &SessionId) -> Result<Vec<u64>, StoreError> {
+    let mut days = Vec::new();
+    view.scan(Tree::Announced, &session.0, true, &mut |key, _| {
+        let day = key.get(16..24).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        days.push(day.ok_or(StoreError::Corrupt { what: "announcement note" })?);
+        Ok(true)
+    })?;
+    Ok(days)
 }
 
 pub(crate) fn relays(view: &dyn View) -> Result<Vec<Vec<u8>>, StoreError> {

@@ -174,6 +174,10 @@ impl Store for MemoryStore {
         engine::awaiting(&self.view(&self.lock()), until, limit)
     }
 
+    fn announced(&self, session: &SessionId) -> Result<Vec<u64>, StoreError> {
+        engine::announced(&self.view(&self.lock()), session)
+    }
+
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         engine::relays(&self.view(&self.lock()))
     }

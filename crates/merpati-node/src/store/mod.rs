@@ -469,6 +469,21 @@ pub enum Change {
     },
     /// Forgets a mailbox id (it rotated out of use).
     UnindexMailbox(MailboxId),
+    /// Notes the last day of a mailbox announcement a session made ([`Store::announced`]): a
+    /// peer that knows no newer one writes under that day's id however long ago it was.
+    NoteAnnouncement {
+        /// The session.
+        session: SessionId,
+        /// The announcement's last day.
+        last_day: u64,
+    },
+    /// Forgets a note of [`Change::NoteAnnouncement`].
+    ForgetAnnouncement {
+        /// The session.
+        session: SessionId,
+        /// The day noted.
+        last_day: u64,
+    },
     /// Files the digest of an epoch open under a session, so a repeated first contact or epoch
     /// open is recognised without any Diffie-Hellman.
     IndexOpenDigest {
@@ -562,6 +577,9 @@ pub trait Store: Send + Sync {
     fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError>;
     /// How many entries the outbox holds.
     fn outbox_len(&self) -> Result<usize, StoreError>;
+    /// The last days of `session`'s noted announcements ([`Change::NoteAnnouncement`]), newest
+    /// first. Reads only those notes.
+    fn announced(&self, session: &SessionId) -> Result<Vec<u64>, StoreError>;
     /// Messages noted with [`Change::AwaitReceipt`] whose deadline is at or before `until`,
     /// soonest first, at most `limit`. Reads only those notes.
     fn awaiting(&self, until: Timestamp, limit: usize) -> Result<Vec<(Timestamp, MessageId)>, StoreError>;
@@ -626,6 +644,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn awaiting(&self, until: Timestamp, limit: usize) -> Result<Vec<(Timestamp, MessageId)>, StoreError> {
         (**self).awaiting(until, limit)
+    }
+    fn announced(&self, session: &SessionId) -> Result<Vec<u64>, StoreError> {
+        (**self).announced(session)
     }
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         (**self).relays()

@@ -412,6 +412,10 @@ impl Store for SledStore {
         engine::awaiting(&SledView(&self.trees), until, limit)
     }
 
+    fn announced(&self, session: &SessionId) -> Result<Vec<u64>, StoreError> {
+        engine::announced(&SledView(&self.trees), session)
+    }
+
     fn relays(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         engine::relays(&SledView(&self.trees))
     }
