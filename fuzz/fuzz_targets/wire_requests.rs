@@ -1,7 +1,8 @@
 //! Fuzzes the request-response messages as a relay and a node read them off the wire: bytes
 //! decoded as CBOR (the codec libp2p uses for our protocols) into mailbox and deliver requests
-//! and mailbox responses. Decoding and validating never panic; whatever validates encodes and
-//! decodes back to itself, and a response that validates against a request keeps every bound.
+//! (single and batched) and their responses. Decoding and validating never panic; whatever
+//! validates encodes and decodes back to itself, and a response that validates against a request
+//! keeps every bound.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -38,5 +39,17 @@ fuzz_target!(|data: &[u8]| {
         && request.validate().is_ok()
     {
         round_trips(&request);
+    }
+    if let Ok(batch) = cbor4ii::serde::from_slice::<deliver::Batch>(data)
+        && batch.validate().is_ok()
+    {
+        assert!(batch.envelopes.len() <= wire::MAX_BATCH_ENVELOPES);
+        assert!(batch.envelopes.iter().map(|e| e.len()).sum::<usize>() <= wire::MAX_BATCH_BYTES);
+        round_trips(&batch);
+        if let Ok(response) = cbor4ii::serde::from_slice::<deliver::BatchResponse>(data)
+            && response.validate_for(&batch).is_ok()
+        {
+            assert_eq!(response.results.len(), batch.envelopes.len());
+        }
     }
 });

@@ -6,23 +6,25 @@
 //! a retry timer, a day-change check (a new day means new mailboxes to fetch) and the hourly
 //! maintenance pass (also run at start). Every timestamp comes from one [`Clock`]. When the store
 //! reports a failed flush the task stops at once: what it would act on may not be on disk.
-//! Deliveries run as owned tasks, at most one per contact at a time so a contact receives our
-//! messages in the order they were written, and at most
-//! [`MAX_DELIVERIES_IN_FLIGHT`] overall. Each delivery goes to the contact's node directly or,
-//! when that fails, into its mailboxes at its relays ([`relay_client`]). One fetch task per
-//! relay of ours long-polls our mailboxes there.
+//! Deliveries run as owned tasks, one batch of a contact's queue (up to 64 envelopes) per contact
+//! at a time so a contact receives our messages in the order they were written, and at most
+//! [`MAX_DELIVERIES_IN_FLIGHT`] batches overall. Each batch goes to the contact's node in one
+//! exchange or, when that fails, into its mailboxes at its relays ([`relay_client`]). Envelopes
+//! received together (a batch, a page fetched from a relay) are stored with one durable write.
+//! One fetch task per relay of ours long-polls our mailboxes there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
 use merpati_control::protocol::{Event, StatusUpdate};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
+use merpati_proto::wire::{Refusal, deliver};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -173,7 +175,7 @@ pub async fn run(
         net,
         events,
         deliveries: JoinSet::new(),
-        busy: HashMap::new(),
+        busy: HashSet::new(),
         unreachable: HashMap::new(),
         tokens,
         fetched_tx,
@@ -206,9 +208,9 @@ struct Actor {
     tokens_day: u64,
     net: net::Handle,
     events: broadcast::Sender<Event>,
-    deliveries: JoinSet<(MessageId, String, relay_client::Delivery)>,
-    /// Contacts with a delivery in flight, and its message id.
-    busy: HashMap<String, MessageId>,
+    deliveries: JoinSet<(String, relay_client::BatchDelivery)>,
+    /// Contacts with a batch in flight.
+    busy: HashSet<String>,
     /// Contacts whose node could not be reached directly, and when.
     unreachable: HashMap<String, Instant>,
     /// The fetch tokens of all our mailboxes, for the fetch tasks.
@@ -261,26 +263,8 @@ impl Actor {
                 Some(batch) = fetched.recv() => self.on_fetched(batch),
                 Some(_) = self.fetch_tasks.join_next(), if !self.fetch_tasks.is_empty() => {}
                 Some(done) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
-                    if let Ok((id, contact, relay_client::Delivery { result, direct_failed })) = done {
-                        self.busy.remove(&contact);
-                        if matches!(result, AttemptResult::Accepted | AttemptResult::Refused(_)) {
-                            self.unreachable.remove(&contact);
-                        } else if direct_failed {
-                            // Only a real failed try starts the wait, so the node is tried again
-                            // once it is over.
-                            self.unreachable.insert(contact.clone(), Instant::now());
-                        }
-                        match tokio::task::block_in_place(|| self.engine.attempt_finished(&id, &result, self.clock.now())) {
-                            Ok(Some((status, reason))) => self.publish_status(id, status, reason),
-                            Ok(None) => {}
-                            Err(e) => tracing::error!("cannot record a delivery result: {e}"),
-                        }
-                        // The next message to this contact goes right away after a success.
-                        if matches!(result, AttemptResult::Accepted)
-                            || matches!(result, AttemptResult::Deposited { accepted, .. } if accepted > 0)
-                        {
-                            self.kick(Some(&contact));
-                        }
+                    if let Ok((contact, delivery)) = done {
+                        self.batch_finished(contact, delivery);
                     }
                 }
                 _ = tick.tick() => self.kick(None),
@@ -301,32 +285,11 @@ impl Actor {
     fn on_network(&mut self, event: net::Event) {
         match event {
             net::Event::Delivery { peer, request, reply } => {
-                let received = tokio::task::block_in_place(|| {
-                    self.engine.receive(Some(&peer.to_bytes()), &request.envelope, self.clock.now())
-                });
-                match received {
-                    Ok(received) => {
-                        if let Some(response) = received.response {
-                            reply.send(response);
-                        }
-                        if let Some(message) = received.message {
-                            self.publish_message(&message);
-                        }
-                        for (id, status) in received.statuses {
-                            self.publish_status(id, status, None);
-                        }
-                        if received.new_contact.is_some() {
-                            self.refresh_tokens();
-                        }
-                        self.kick(None);
-                    }
-                    Err(e) => {
-                        tracing::error!("cannot store an incoming envelope: {e}");
-                        reply.send(merpati_proto::wire::deliver::Response::Refused(
-                            merpati_proto::wire::Refusal::Internal,
-                        ));
-                    }
-                }
+                let mut responses = self.receive(Some(peer), &[request.envelope]);
+                reply.send(responses.pop().unwrap_or(deliver::Response::Refused(Refusal::Internal)));
+            }
+            net::Event::Deliveries { peer, batch, reply } => {
+                reply.send(self.receive(Some(peer), &batch.envelopes));
             }
             net::Event::PeerConnected(peer) => {
                 let bytes = peer.to_bytes();
@@ -360,39 +323,52 @@ impl Actor {
     /// Processes envelopes fetched from a relay like delivered ones, and tells the fetch task
     /// which it may delete: all but those the node failed to store.
     fn on_fetched(&mut self, batch: Fetched) {
-        let mut processed = Vec::with_capacity(batch.items.len());
-        let mut new_contact = false;
-        for item in batch.items {
-            let now = self.clock.now();
-            let received = tokio::task::block_in_place(|| self.engine.receive(None, &item.envelope, now));
-            match received {
-                Ok(received) => {
-                    let failed = matches!(
-                        received.response,
-                        Some(merpati_proto::wire::deliver::Response::Refused(
-                            merpati_proto::wire::Refusal::Internal
-                        ))
-                    );
-                    if !failed {
-                        processed.push(item.id);
-                    }
-                    if let Some(message) = received.message {
-                        self.publish_message(&message);
-                    }
-                    for (id, status) in received.statuses {
-                        self.publish_status(id, status, None);
-                    }
-                    new_contact |= received.new_contact.is_some();
-                }
-                Err(e) => tracing::error!(relay = %batch.relay, "cannot store a fetched envelope: {e}"),
-            }
-        }
+        let envelopes: Vec<&[u8]> = batch.items.iter().map(|item| item.envelope.as_slice()).collect();
+        let responses = self.receive(None, &envelopes);
+        let processed = batch
+            .items
+            .iter()
+            .zip(responses)
+            .filter(|(_, response)| *response != deliver::Response::Refused(Refusal::Internal))
+            .map(|(item, _)| item.id)
+            .collect();
         // The fetch task may have stopped; the envelopes are then fetched again next time.
         let _ = batch.done.send(processed);
+    }
+
+    /// Stores envelopes received together (from `peer`'s node, or fetched from a relay with
+    /// `None`) with one durable write, publishes what they changed, and returns one answer per
+    /// envelope: `Refused(Internal)` for all when the store failed, so none is acknowledged.
+    fn receive<B: AsRef<[u8]>>(&mut self, peer: Option<PeerId>, envelopes: &[B]) -> Vec<deliver::Response> {
+        let from = peer.map(|peer| peer.to_bytes());
+        let now = self.clock.now();
+        let received =
+            tokio::task::block_in_place(|| self.engine.receive_batch(from.as_deref(), envelopes, now));
+        let received = match received {
+            Ok(received) => received,
+            Err(e) => {
+                tracing::error!("cannot store received envelopes: {e}");
+                return vec![deliver::Response::Refused(Refusal::Internal); envelopes.len()];
+            }
+        };
+        let mut responses = Vec::with_capacity(received.len());
+        let mut new_contact = false;
+        for received in received {
+            if let Some(message) = &received.message {
+                self.publish_message(message);
+            }
+            for (id, status) in received.statuses {
+                self.publish_status(id, status, None);
+            }
+            new_contact |= received.new_contact.is_some();
+            // Every envelope gets an answer from the engine; none would be an engine bug.
+            responses.push(received.response.unwrap_or(deliver::Response::Refused(Refusal::Internal)));
+        }
         if new_contact {
             self.refresh_tokens();
         }
         self.kick(None);
+        responses
     }
 
     /// Recomputes the fetch tokens of our mailboxes and tells the fetch tasks if they changed.
@@ -469,38 +445,74 @@ impl Actor {
         }
     }
 
-    /// Starts the due deliveries (all of one contact's when it just came online).
+    /// Records how a contact's batch went, and sends its next one at once if this one got
+    /// through.
+    fn batch_finished(&mut self, contact: String, delivery: relay_client::BatchDelivery) {
+        self.busy.remove(&contact);
+        let taken = |result: &AttemptResult| {
+            matches!(result, AttemptResult::Accepted)
+                || matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted > 0)
+        };
+        let reached = delivery
+            .results
+            .iter()
+            .any(|(_, result)| matches!(result, AttemptResult::Accepted | AttemptResult::Refused(_)));
+        if reached {
+            self.unreachable.remove(&contact);
+        } else if delivery.direct_failed {
+            // Only a real failed try starts the wait, so the node is tried again once it is over.
+            self.unreachable.insert(contact.clone(), Instant::now());
+        }
+        let progress = delivery.results.iter().any(|(_, result)| taken(result));
+        let now = self.clock.now();
+        match tokio::task::block_in_place(|| self.engine.attempts_finished(&delivery.results, now)) {
+            Ok(updates) => {
+                for (id, update) in updates {
+                    if let Some((status, reason)) = update {
+                        self.publish_status(id, status, reason);
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot record delivery results: {e}"),
+        }
+        // The next batch to this contact goes right away after a success.
+        if progress {
+            self.kick(Some(&contact));
+        }
+    }
+
+    /// Starts the due deliveries (all of one contact's when it just came online): one batch per
+    /// contact at a time, so a contact receives our messages in the order they were written.
     fn kick(&mut self, contact: Option<&str>) {
         if self.engine.store().failure().is_some() {
             return;
         }
-        // Only the attempts that can start now: the engine reads no envelope for the others.
+        // Only the batches that can start now: the engine reads no envelope for the others.
         let free = MAX_DELIVERIES_IN_FLIGHT.saturating_sub(self.busy.len());
         let busy = &self.busy;
         let now = self.clock.now();
-        let attempts = match self.engine.due_except(now, contact, free, |c| busy.contains_key(c)) {
-            Ok(attempts) => attempts,
+        let batches = match self.engine.due_batches(now, contact, free, |c| busy.contains(c)) {
+            Ok(batches) => batches,
             Err(e) => {
                 tracing::error!("cannot read the outbox: {e}");
                 return;
             }
         };
-        for attempt in attempts {
-            if self.busy.len() >= MAX_DELIVERIES_IN_FLIGHT {
-                break;
-            }
-            if self.busy.contains_key(&attempt.contact) {
+        for batch in batches {
+            let Some(first) = batch.first() else { continue };
+            if self.busy.len() >= MAX_DELIVERIES_IN_FLIGHT || self.busy.contains(&first.contact) {
                 continue;
             }
-            self.busy.insert(attempt.contact.clone(), attempt.id);
+            let contact = first.contact.clone();
+            self.busy.insert(contact.clone());
             let net = self.net.clone();
             let skip_direct = self
                 .unreachable
-                .get(&attempt.contact)
+                .get(&contact)
                 .is_some_and(|since| since.elapsed() < SKIP_DIRECT_AFTER_FAILURE);
             self.deliveries.spawn(async move {
-                let delivery = relay_client::deliver(&net, &attempt, skip_direct).await;
-                (attempt.id, attempt.contact, delivery)
+                let delivery = relay_client::deliver_batch(&net, &batch, skip_direct).await;
+                (contact, delivery)
             });
         }
     }

@@ -77,6 +77,87 @@ pub async fn deliver(net: &net::Handle, attempt: &Attempt, skip_direct: bool) ->
     Delivery { result, direct_failed }
 }
 
+/// How a batch went: a result for each attempt tried, in order, and whether the contact's node
+/// was tried directly (and not reached). Attempts not tried (behind one no relay answered) have
+/// no result and stay as they were, to go with the next batch.
+#[derive(Debug)]
+pub struct BatchDelivery {
+    /// The results, for a prefix of the batch.
+    pub results: Vec<(merpati_proto::frame::MessageId, AttemptResult)>,
+    /// Whether a direct attempt was made and failed to reach the node.
+    pub direct_failed: bool,
+}
+
+/// Tries a batch of one contact's attempts, in order: all in one exchange with the contact's
+/// node (one at a time over `/merpati/deliver/1` if it does not speak the batched protocol);
+/// when the node cannot be reached, each deposited at every one of the contact's relays, one
+/// after the other so the relays keep them in order. `skip_direct` as for [`deliver`].
+pub async fn deliver_batch(net: &net::Handle, batch: &[Attempt], skip_direct: bool) -> BatchDelivery {
+    let Some(first) = batch.first() else {
+        return BatchDelivery { results: Vec::new(), direct_failed: false };
+    };
+    let peer = PeerId::from_bytes(&first.peer_id).ok();
+    let relays: Vec<Multiaddr> =
+        first.relays.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+    let skip_direct = skip_direct && !relays.is_empty();
+    let mut direct_failure = None;
+    if let (Some(peer), false) = (peer, skip_direct) {
+        let mut addrs: Vec<Multiaddr> =
+            first.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+        addrs.extend(
+            relays.iter().map(|relay| relay.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))),
+        );
+        let envelopes = batch.iter().map(|attempt| attempt.envelope.clone()).collect();
+        match net.deliver_batch(peer, addrs, envelopes).await {
+            Ok(responses) => {
+                let results = batch
+                    .iter()
+                    .zip(responses)
+                    .map(|(attempt, response)| {
+                        let result = match response {
+                            deliver::Response::Accepted => AttemptResult::Accepted,
+                            deliver::Response::Refused(refusal) => AttemptResult::Refused(refusal),
+                        };
+                        (attempt.id, result)
+                    })
+                    .collect();
+                return BatchDelivery { results, direct_failed: false };
+            }
+            // A node of an earlier version: its single deliveries, in order, as far as they go.
+            Err(net::DeliverError::Unsupported { .. }) => {
+                let mut results = Vec::new();
+                for attempt in batch {
+                    let delivery = deliver(net, attempt, false).await;
+                    let stop = !matches!(delivery.result, AttemptResult::Accepted);
+                    results.push((attempt.id, delivery.result));
+                    if stop {
+                        return BatchDelivery { results, direct_failed: delivery.direct_failed };
+                    }
+                }
+                return BatchDelivery { results, direct_failed: false };
+            }
+            Err(error) => direct_failure = Some(error.to_string()),
+        }
+    }
+    let direct_failed = direct_failure.is_some();
+    if relays.is_empty() {
+        let reason = direct_failure.unwrap_or_else(|| "the contact's node is unknown".to_owned());
+        let results = batch.iter().map(|a| (a.id, AttemptResult::Unreachable(reason.clone()))).collect();
+        return BatchDelivery { results, direct_failed };
+    }
+    let mut results = Vec::with_capacity(batch.len());
+    for attempt in batch {
+        let result = deposit_everywhere(net, &relays, attempt.mailbox, &attempt.envelope).await;
+        let answered = !matches!(result, AttemptResult::Unreachable(_));
+        results.push((attempt.id, result));
+        // No relay answered: the rest would fare no better now.
+        if !answered {
+            break;
+        }
+    }
+    BatchDelivery { results, direct_failed }
+}
+
 /// Deposits `envelope` into `mailbox` at every relay at once; the result counts how many stored
 /// it and why the others refused.
 async fn deposit_everywhere(

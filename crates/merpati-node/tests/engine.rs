@@ -368,6 +368,9 @@ impl Store for GhostHead {
     fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, store::StoreError> {
         self.0.outbox_head(contact)
     }
+    fn outbox_queue(&self, contact: &str, limit: usize) -> Result<Vec<OutboxHead>, store::StoreError> {
+        self.0.outbox_queue(contact, limit)
+    }
     fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, store::StoreError> {
         let ghost =
             OutboxHead { id: MessageId([0x99; 16]), contact: "bob".into(), next_attempt_at: Timestamp(0) };
@@ -421,4 +424,119 @@ fn an_index_entry_pointing_at_nothing_neither_stops_nor_doubles_a_queue() {
     }
     assert_eq!(got, ["one", "two"]);
     assert_eq!(alice.store().outbox_len().unwrap(), 0);
+}
+
+/// Hands `batch` to `to` in one `receive_batch` and reports its answers back in one
+/// `attempts_finished`; returns the texts stored and the writes each side made.
+fn deliver_batch(
+    from: &mut Engine<MemoryStore>,
+    to: &mut Engine<MemoryStore>,
+    batch: &[merpati_node::engine::Attempt],
+    now: Timestamp,
+) -> (Vec<String>, u64, u64) {
+    let envelopes: Vec<&[u8]> = batch.iter().map(|a| a.envelope.as_slice()).collect();
+    let to_before = to.store().batches();
+    let received = to.receive_batch(Some(&b"sender-node"[..]), &envelopes, now).unwrap();
+    let to_writes = to.store().batches() - to_before;
+    assert_eq!(received.len(), batch.len(), "one answer per envelope");
+    let results: Vec<_> = batch
+        .iter()
+        .zip(&received)
+        .map(|(attempt, r)| match r.response.as_ref().unwrap() {
+            deliver::Response::Accepted => (attempt.id, AttemptResult::Accepted),
+            deliver::Response::Refused(refusal) => (attempt.id, AttemptResult::Refused(*refusal)),
+        })
+        .collect();
+    let from_before = from.store().batches();
+    from.attempts_finished(&results, now).unwrap();
+    let from_writes = from.store().batches() - from_before;
+    let texts = received.into_iter().filter_map(|r| r.message.map(|m| m.text)).collect();
+    (texts, to_writes, from_writes)
+}
+
+/// A queue goes out in batches of up to 64, in order; the receiver stores each batch with one
+/// write and confirms it with one receipt per 64 texts; the sender records each batch's answers
+/// with one write.
+#[test]
+fn a_queue_goes_out_in_batches_each_stored_with_one_write() {
+    let (mut alice, mut bob) = pair();
+    // The first contact opens the session; what follows finds it by mailbox.
+    alice.send_text("bob", "hello", T0).unwrap();
+    while pump(&mut alice, b"alice-node", &mut bob, T0) > 0 {}
+    let alice_name = bob.store().contacts().unwrap()[0].name.clone();
+    while pump(&mut bob, b"bob-node", &mut alice, T0) > 0 {}
+    assert_eq!(bob.store().outbox_len().unwrap(), 0);
+
+    let sent: Vec<_> = (0..100).map(|i| alice.send_text("bob", &format!("m{i}"), T0).unwrap()).collect();
+    let mut got = Vec::new();
+    let mut sizes = Vec::new();
+    let mut first_batch = None;
+    loop {
+        let batches = alice.due_batches(T0, None, usize::MAX, |_| false).unwrap();
+        assert!(batches.len() <= 1, "one batch per contact");
+        let Some(batch) = batches.into_iter().next() else { break };
+        sizes.push(batch.len());
+        let (texts, bob_writes, alice_writes) = deliver_batch(&mut alice, &mut bob, &batch, T0);
+        assert_eq!((bob_writes, alice_writes), (1, 1), "writes for a batch of {}", batch.len());
+        got.extend(texts);
+        first_batch.get_or_insert(batch);
+    }
+    assert_eq!(sizes, [64, 36]);
+    let expected: Vec<_> = (0..100).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, expected);
+    let stored: Vec<_> =
+        bob.store().messages(Some(&alice_name), 200).unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(stored[1..], expected[..]);
+
+    // One receipt per batch (each held at most 64 ids), and they confirm every text.
+    let receipts = bob.due_batches(T0, None, usize::MAX, |_| false).unwrap();
+    assert_eq!(receipts.iter().map(Vec::len).collect::<Vec<_>>(), [2]);
+    deliver_batch(&mut bob, &mut alice, &receipts[0], T0);
+    for message in &sent {
+        assert_eq!(alice.message(&message.id).unwrap().status, Status::Delivered);
+    }
+
+    // A batch delivered again (its answer was lost) is answered `Accepted` and stores nothing
+    // twice.
+    let first_batch = first_batch.unwrap();
+    let envelopes: Vec<&[u8]> = first_batch.iter().map(|a| a.envelope.as_slice()).collect();
+    let again = bob.receive_batch(Some(&b"alice-node"[..]), &envelopes, T0).unwrap();
+    assert!(
+        again.iter().all(|r| matches!(r.response, Some(deliver::Response::Accepted)) && r.message.is_none())
+    );
+    assert_eq!(bob.store().messages(Some(&alice_name), 200).unwrap().len(), 101);
+}
+
+/// A batch holds at most 256 KiB of envelopes, follows the head's backoff, and leaves out a
+/// contact whose delivery is in flight.
+#[test]
+fn batches_keep_to_their_byte_cap_the_heads_backoff_and_busy_contacts() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello", T0).unwrap();
+    while pump(&mut alice, b"alice-node", &mut bob, T0) > 0 {}
+    let long = "x".repeat(merpati_proto::frame::MAX_TEXT_LEN);
+    for _ in 0..40 {
+        alice.send_text("bob", &long, T0).unwrap();
+    }
+    let batch = alice.due_batches(T0, None, usize::MAX, |_| false).unwrap().remove(0);
+    let bytes: usize = batch.iter().map(|a| a.envelope.len()).sum();
+    assert!(bytes <= merpati_proto::wire::MAX_BATCH_BYTES, "{bytes} bytes in one batch");
+    assert!(batch.len() < 40 && batch.len() > 8, "a batch of {} long texts", batch.len());
+    let next_would_fit = bytes + batch[0].envelope.len() <= merpati_proto::wire::MAX_BATCH_BYTES;
+    assert!(!next_would_fit, "the batch stopped early at {bytes} bytes");
+
+    assert!(alice.due_batches(T0, None, usize::MAX, |c| c == "bob").unwrap().is_empty());
+    assert!(alice.due_batches(T0, None, 0, |_| false).unwrap().is_empty());
+
+    // The head failed: the whole queue waits for its backoff, unless the contact came online.
+    let unreachable = AttemptResult::Unreachable("offline".into());
+    alice.attempt_finished(&batch[0].id, &unreachable, T0).unwrap();
+    assert!(alice.due_batches(T0, None, usize::MAX, |_| false).unwrap().is_empty());
+    let online = alice.due_batches(T0, Some("bob"), usize::MAX, |_| false).unwrap();
+    assert_eq!(online[0][0].id, batch[0].id, "the head leads when the contact comes online");
+    let later = alice.due_batches(T0.plus(Timestamp::HOUR), None, usize::MAX, |_| false).unwrap();
+    assert_eq!(
+        later[0].iter().map(|a| a.id).collect::<Vec<_>>(),
+        batch.iter().map(|a| a.id).collect::<Vec<_>>()
+    );
 }

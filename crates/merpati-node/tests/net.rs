@@ -87,6 +87,7 @@ impl Node {
 enum Seen {
     Connected(PeerId),
     Delivery(PeerId, Vec<u8>),
+    Batch(PeerId, Vec<Vec<u8>>),
 }
 
 /// An engine stand-in: answers each delivery with `answer(envelope)` (dropping the reply on
@@ -105,6 +106,14 @@ fn engine(
                         None => drop(reply),
                     }
                     Seen::Delivery(peer, request.envelope)
+                }
+                Event::Deliveries { peer, batch, reply } => {
+                    let answers: Option<Vec<_>> = batch.envelopes.iter().map(|e| answer(e)).collect();
+                    match answers {
+                        Some(answers) => reply.send(answers),
+                        None => drop(reply),
+                    }
+                    Seen::Batch(peer, batch.envelopes.into_iter().map(|e| e.into_vec()).collect())
                 }
                 Event::PeerConnected(peer) => Seen::Connected(peer),
                 Event::Discovered { .. } | Event::RelayReserved(_) => continue,
@@ -191,6 +200,43 @@ async fn delivers_to_addresses_added_before() {
     let response = a.handle.deliver(b.id(), Vec::new(), b"known".to_vec()).await.expect("delivered");
     assert_eq!(response, deliver::Response::Accepted);
     assert_eq!(next_delivery(&mut seen).await, (a.id(), b"known".to_vec()));
+
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Refuses envelopes that start with 0, accepts the others.
+fn refuse_zeros(envelope: &[u8]) -> Option<deliver::Response> {
+    Some(if envelope.first() == Some(&0) {
+        deliver::Response::Refused(Refusal::MailboxFull)
+    } else {
+        deliver::Response::Accepted
+    })
+}
+
+#[tokio::test]
+async fn a_batch_arrives_whole_in_order_and_each_envelope_gets_its_own_answer() {
+    let a = Node::start(&[TCP]).await;
+    let mut b = Node::start(&[TCP]).await;
+    let (mut seen, _engine) = engine(b.take_inbound(), refuse_zeros);
+
+    let envelopes: Vec<Vec<u8>> = (0..wire::MAX_BATCH_ENVELOPES as u8).map(|i| vec![i % 3, i]).collect();
+    let answers = a.handle.deliver_batch(b.id(), b.addrs().await, envelopes.clone()).await.expect("answered");
+    let expected: Vec<_> = envelopes.iter().map(|e| refuse_zeros(e).unwrap()).collect();
+    assert_eq!(answers, expected);
+    let batch = loop {
+        match timeout(WAIT, seen.recv()).await.expect("in time").expect("seen") {
+            Seen::Batch(peer, batch) => break (peer, batch),
+            Seen::Connected(_) => continue,
+            other => panic!("expected a batch, saw {other:?}"),
+        }
+    };
+    assert_eq!(batch, (a.id(), envelopes));
+
+    // Over the limits, nothing is sent.
+    let too_many = vec![vec![1]; wire::MAX_BATCH_ENVELOPES + 1];
+    let error = a.handle.deliver_batch(b.id(), Vec::new(), too_many).await.expect_err("too many");
+    assert!(matches!(error, DeliverError::Invalid(_)), "{error:?}");
 
     a.stop().await;
     b.stop().await;

@@ -197,6 +197,9 @@ async fn mailbox_requests_reach_the_service_and_bad_answers_are_dropped() {
     // Nor does a relay take deliveries: it does not even speak the protocol.
     let answer = user.handle.deliver(relay.id(), vec![relay.addr().await], vec![1; 512]).await;
     assert!(matches!(answer, Err(net::DeliverError::Unsupported { .. })), "{answer:?}");
+    // Nor batches: the error a sender takes to fall back to single deliveries.
+    let answer = user.handle.deliver_batch(relay.id(), vec![relay.addr().await], vec![vec![1; 512]; 2]).await;
+    assert!(matches!(answer, Err(net::DeliverError::Unsupported { .. })), "{answer:?}");
     for node in [user, other, relay] {
         node.stop().await;
     }

@@ -601,6 +601,40 @@ mod conformance {
         assert_eq!(store.outbox_len().unwrap(), 0);
     }
 
+    pub(crate) fn a_contacts_queue_is_listed_in_delivery_order<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(11);
+        let entry = |f: &mut Fixture, contact: &str, created_at: u64, seq: u64, next: u64| OutboxEntry {
+            created_at: Timestamp(created_at),
+            seq,
+            ..f.outbox(contact, next)
+        };
+        // Delivery order is (created, seq), whatever each entry's next attempt says.
+        let b = [
+            entry(&mut f, "bob", 10, 7, 900),
+            entry(&mut f, "bob", 10, 8, 50),
+            entry(&mut f, "bob", 11, 0, 10),
+            entry(&mut f, "bob", 12, 0, 10),
+        ];
+        let c = entry(&mut f, "carol", 5, 0, 1);
+        let bobby = entry(&mut f, "bobby", 1, 0, 1);
+        let mut changes: Vec<Change> = b.iter().rev().cloned().map(Change::PutOutbox).collect();
+        changes.extend([Change::PutOutbox(c.clone()), Change::PutOutbox(bobby.clone())]);
+        store.apply(&changes).unwrap();
+
+        let all: Vec<OutboxHead> = b.iter().map(head).collect();
+        assert_eq!(store.outbox_queue("bob", 100).unwrap(), all);
+        assert_eq!(store.outbox_queue("bob", 2).unwrap(), all[..2]);
+        assert!(store.outbox_queue("bob", 0).unwrap().is_empty());
+        assert_eq!(store.outbox_queue("carol", 64).unwrap(), vec![head(&c)]);
+        assert!(store.outbox_queue("bo", 64).unwrap().is_empty());
+        assert!(store.outbox_queue("nobody", 64).unwrap().is_empty());
+
+        // A retry changes an entry's time, not its place; delivered entries leave the queue.
+        let retried = OutboxEntry { attempts: 1, next_attempt_at: Timestamp(5000), ..b[0].clone() };
+        store.apply(&[Change::PutOutbox(retried.clone()), Change::RemoveOutbox(b[2].id)]).unwrap();
+        assert_eq!(store.outbox_queue("bob", 64).unwrap(), vec![head(&retried), head(&b[1]), head(&b[3])]);
+    }
+
     pub(crate) fn a_failing_batch_applies_nothing<S: Store + ?Sized>(store: &S) {
         let mut f = Fixture::new(8);
         let (bob, first) = (f.contact("bob"), f.message("bob", "first"));
@@ -732,6 +766,7 @@ conformance!(
     status_only_moves_forward,
     outbox_is_ordered_by_next_attempt,
     outbox_heads_are_each_contacts_oldest_entry,
+    a_contacts_queue_is_listed_in_delivery_order,
     a_failing_batch_applies_nothing,
     changes_in_a_batch_see_each_other,
     relays_are_replaced_as_a_whole,

@@ -5,6 +5,10 @@
 //!   `deliver::Request` → `deliver::Response::Accepted` only once the recipient has processed and
 //!   durably stored it (the transport-level ack; the end-to-end receipt is a separate encrypted
 //!   message), or `Refused`.
+//! * [`DELIVER_BATCH_PROTOCOL`]: the same for up to [`MAX_BATCH_ENVELOPES`] envelopes of one
+//!   conversation at once, processed in order with one durable write; `deliver::Batch` →
+//!   `deliver::BatchResponse`, one answer per envelope. A backlog drains in few round trips, and
+//!   in the order it was written.
 //! * [`MAILBOX_PROTOCOL`]: a recipient's relay keeps envelopes for it.
 //!   `Deposit` → `Stored { id }` once flushed to disk; `Fetch` (with fetch tokens, a cursor and an
 //!   optional long-poll wait) → `Envelopes { items, more }`; `Delete` → `Deleted { count }`. Any
@@ -27,6 +31,16 @@ use crate::envelope::MAX_ENVELOPE_LEN;
 
 /// Protocol name of direct delivery.
 pub const DELIVER_PROTOCOL: &str = "/merpati/deliver/1";
+/// Protocol name of batched direct delivery.
+pub const DELIVER_BATCH_PROTOCOL: &str = "/merpati/deliver/2";
+/// The most envelopes in one batch.
+pub const MAX_BATCH_ENVELOPES: usize = 64;
+/// The most envelope bytes in one batch (64 texts of the 2 KiB bucket fit twice over; so do four
+/// of the largest envelopes).
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// The largest encoded batch: [`MAX_BATCH_BYTES`] and the framing of [`MAX_BATCH_ENVELOPES`]
+/// envelopes, with room to spare.
+pub const MAX_BATCH_REQUEST_LEN: usize = MAX_BATCH_BYTES + 16 * 1024;
 /// Protocol name of the relay mailbox service.
 pub const MAILBOX_PROTOCOL: &str = "/merpati/mailbox/1";
 /// The largest encoded request: one envelope (64 KiB) and its framing, or a fetch or delete with
@@ -162,7 +176,7 @@ fn check_count(what: &'static str, count: usize, max: usize) -> Result<(), WireE
 pub mod deliver {
     use serde::{Deserialize, Serialize};
 
-    use super::{Refusal, WireError, check_envelope};
+    use super::{MAX_BATCH_BYTES, MAX_BATCH_ENVELOPES, Refusal, WireError, check_count, check_envelope};
 
     /// One envelope for the receiving node.
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +201,53 @@ pub mod deliver {
         Accepted,
         /// Not accepted, and why.
         Refused(Refusal),
+    }
+
+    /// Envelopes for the receiving node, to be processed in this order (`/merpati/deliver/2`).
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Batch {
+        /// The encoded envelopes, 1 to `MAX_BATCH_ENVELOPES`, `MAX_BATCH_BYTES` together.
+        pub envelopes: Vec<serde_bytes::ByteBuf>,
+    }
+
+    impl Batch {
+        /// Checks the count, each envelope as [`Request::validate`] does, and the total size.
+        pub fn validate(&self) -> Result<(), WireError> {
+            check_count("batch envelopes", self.envelopes.len(), MAX_BATCH_ENVELOPES)?;
+            let mut total = 0usize;
+            for envelope in &self.envelopes {
+                check_envelope(envelope)?;
+                total = total.saturating_add(envelope.len());
+            }
+            if total > MAX_BATCH_BYTES {
+                return Err(WireError::TooLarge { what: "batch", len: total, max: MAX_BATCH_BYTES });
+            }
+            Ok(())
+        }
+    }
+
+    /// The receiving node's answers to a [`Batch`]: one per envelope, in the batch's order.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct BatchResponse {
+        /// The answers.
+        pub results: Vec<Response>,
+    }
+
+    impl BatchResponse {
+        /// The same answer for every envelope of `batch` (a refusal of the whole request).
+        pub fn all(batch: &Batch, response: Response) -> Self {
+            Self { results: vec![response; batch.envelopes.len()] }
+        }
+
+        /// Checks that the response answers `batch`: exactly one answer per envelope.
+        pub fn validate_for(&self, batch: &Batch) -> Result<(), WireError> {
+            if self.results.len() != batch.envelopes.len() {
+                return Err(WireError::Mismatch { what: "one answer per envelope" });
+            }
+            Ok(())
+        }
     }
 }
 

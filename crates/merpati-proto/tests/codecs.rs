@@ -681,6 +681,38 @@ fn wire_golden_json() {
 }
 
 #[test]
+fn a_batch_keeps_its_count_and_size_bounds_and_its_answer_matches_it() {
+    use serde_bytes::ByteBuf;
+    let batch =
+        |count: usize, len: usize| deliver::Batch { envelopes: vec![ByteBuf::from(vec![7; len]); count] };
+    assert_eq!(wire::DELIVER_BATCH_PROTOCOL, "/merpati/deliver/2");
+    assert!(batch(1, 1).validate().is_ok());
+    assert!(batch(wire::MAX_BATCH_ENVELOPES, 4096).validate().is_ok());
+    let full = wire::MAX_BATCH_BYTES / 4;
+    assert!(batch(4, full).validate().is_ok());
+    assert!(matches!(batch(0, 1).validate(), Err(wire::WireError::Count { .. })));
+    assert!(matches!(batch(wire::MAX_BATCH_ENVELOPES + 1, 1).validate(), Err(wire::WireError::Count { .. })));
+    assert!(matches!(batch(5, full).validate(), Err(wire::WireError::TooLarge { what: "batch", .. })));
+    assert!(matches!(batch(2, 0).validate(), Err(wire::WireError::Invalid { .. })));
+    assert_eq!(
+        batch(1, wire::MAX_BATCH_BYTES).validate().map_err(|e| e.refusal()),
+        Err(Refusal::TooLarge { max: merpati_proto::envelope::MAX_ENVELOPE_LEN as u32 })
+    );
+    // The largest batch fits the request limit once encoded.
+    let largest = batch(4, full);
+    assert!(cbor4ii::serde::to_vec(Vec::new(), &largest).unwrap().len() <= wire::MAX_BATCH_REQUEST_LEN);
+    let largest = batch(wire::MAX_BATCH_ENVELOPES, wire::MAX_BATCH_BYTES / wire::MAX_BATCH_ENVELOPES);
+    assert!(cbor4ii::serde::to_vec(Vec::new(), &largest).unwrap().len() <= wire::MAX_BATCH_REQUEST_LEN);
+
+    let three = batch(3, 10);
+    let answer = deliver::BatchResponse::all(&three, deliver::Response::Accepted);
+    assert!(answer.validate_for(&three).is_ok());
+    let short = deliver::BatchResponse { results: vec![deliver::Response::Accepted; 2] };
+    assert!(matches!(short.validate_for(&three), Err(wire::WireError::Mismatch { .. })));
+    assert!(serde_json::from_str::<deliver::Batch>(r#"{"envelopes":[[1]],"extra":1}"#).is_err());
+}
+
+#[test]
 fn wire_unknown_fields_are_refused() {
     assert!(serde_json::from_str::<deliver::Request>(r#"{"envelope":[1],"extra":1}"#).is_err());
     assert!(serde_json::from_str::<mailbox::Response>(r#"{"Stored":{"id":1,"extra":2}}"#).is_err());

@@ -723,7 +723,8 @@ where
     out.value(&format!("{name}.diag"), shown);
 }
 
-/// Every request and response of `/merpati/deliver/1` and `/merpati/mailbox/1`, and every refusal.
+/// Every request and response of `/merpati/deliver/1`, `/merpati/deliver/2` and
+/// `/merpati/mailbox/1`, and every refusal.
 fn wire_vectors() -> String {
     let mut out = Vectors::default();
     out.comment("Wire vectors: the CBOR of every request, response and refusal of the two protocols.");
@@ -735,6 +736,20 @@ fn wire_vectors() -> String {
     cbor_lines(&mut out, "deliver.request", &deliver::Request { envelope: envelope.clone() });
     cbor_lines(&mut out, "deliver.accepted", &deliver::Response::Accepted);
     cbor_lines(&mut out, "deliver.refused", &deliver::Response::Refused(Refusal::TooLarge { max: 65_536 }));
+    let batch = deliver::Batch {
+        envelopes: vec![serde_bytes::ByteBuf::from(envelope.clone()), serde_bytes::ByteBuf::from(vec![5, 6])],
+    };
+    cbor_lines(&mut out, "deliver.batch", &batch);
+    cbor_lines(
+        &mut out,
+        "deliver.batch_response",
+        &deliver::BatchResponse {
+            results: vec![
+                deliver::Response::Accepted,
+                deliver::Response::Refused(Refusal::RateLimited { retry_after_ms: 1_000 }),
+            ],
+        },
+    );
     let requests = [
         ("mailbox.deposit", wire::mailbox::Request::Deposit { mailbox, envelope: envelope.clone() }),
         (

@@ -41,6 +41,36 @@ impl Received {
     }
 }
 
+/// What envelopes received together changed, not yet written: one durable write for all.
+#[derive(Default)]
+struct Pending {
+    changes: Vec<Change>,
+    /// Sessions whose state moved, with their contact, in first-touched order: each is persisted
+    /// once, in its final state.
+    sessions: Vec<(SessionId, String)>,
+    /// Texts to confirm with a delivery receipt, per session, in arrival order.
+    receipts: Vec<(SessionId, String, Vec<MessageId>)>,
+}
+
+impl Pending {
+    fn touch(&mut self, session: SessionId, contact: &str) {
+        if !self.sessions.iter().any(|(id, _)| *id == session) {
+            self.sessions.push((session, contact.to_owned()));
+        }
+    }
+
+    fn confirm(&mut self, session: SessionId, contact: &str, message: MessageId) {
+        match self.receipts.iter_mut().find(|(id, _, _)| *id == session) {
+            Some((_, _, ids)) => ids.push(message),
+            None => self.receipts.push((session, contact.to_owned(), vec![message])),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.sessions.is_empty() && self.receipts.is_empty()
+    }
+}
+
 impl<S: Store> Engine<S> {
     /// Handles an envelope that node `from_peer` (libp2p peer id bytes) handed us, or, with
     /// `None`, one fetched from a relay (the relay is not the sender's node).
@@ -54,16 +84,61 @@ impl<S: Store> Engine<S> {
         bytes: &[u8],
         now: Timestamp,
     ) -> Result<Received, EngineError> {
+        let mut received = self.receive_batch(from_peer, &[bytes], now)?;
+        Ok(received.pop().unwrap_or_default())
+    }
+
+    /// Handles envelopes received together (a batch from one node, or a page fetched from a
+    /// relay), in order, with one durable write for all of them: the results, one per envelope,
+    /// hold once this returns. Texts of one session are confirmed together, in receipts of up
+    /// to 64 ids. An envelope that needs what the batch has not yet written (a first contact, a
+    /// mailbox id the batch just announced) first writes what came before it. An error means
+    /// none of the batch may be acknowledged; what was written is answered `Accepted` again
+    /// when it comes back.
+    pub fn receive_batch<B: AsRef<[u8]>>(
+        &mut self,
+        from_peer: Option<&[u8]>,
+        envelopes: &[B],
+        now: Timestamp,
+    ) -> Result<Vec<Received>, EngineError> {
+        let mut pending = Pending::default();
+        let mut results = Vec::with_capacity(envelopes.len());
+        for bytes in envelopes {
+            match self.receive_one(from_peer, bytes.as_ref(), now, &mut pending) {
+                Ok(received) => results.push(received),
+                Err(e) => {
+                    self.abandon(&pending);
+                    return Err(e);
+                }
+            }
+        }
+        self.commit(std::mem::take(&mut pending), now)?;
+        Ok(results)
+    }
+
+    fn receive_one(
+        &mut self,
+        from_peer: Option<&[u8]>,
+        bytes: &[u8],
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<Received, EngineError> {
         let Ok(envelope) = Envelope::decode(bytes) else {
             return Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed)));
         };
         let header = &envelope.header;
-        let known = match (header.kind, envelope.open.as_deref()) {
-            (Kind::FirstContact, Some(open)) => self.store.session_by_open_digest(&open_digest(open))?,
-            _ => self.store.session_by_mailbox(&header.mailbox)?,
+        let lookup = |engine: &Self| match (header.kind, envelope.open.as_deref()) {
+            (Kind::FirstContact, Some(open)) => engine.store.session_by_open_digest(&open_digest(open)),
+            _ => engine.store.session_by_mailbox(&header.mailbox),
         };
+        let mut known = lookup(self)?;
+        if known.is_none() && !pending.is_empty() {
+            // Perhaps filed by what the batch has not written yet.
+            self.commit(std::mem::take(pending), now)?;
+            known = lookup(self)?;
+        }
         match known {
-            Some(id) => self.receive_in_session(id, bytes, now),
+            Some(id) => self.receive_in_session(id, bytes, now, pending),
             None if header.kind == Kind::FirstContact && header.mailbox == self.me.inbox() => {
                 // Whoever handed it over is not taken for the sender's node: anyone holding a
                 // copy (a relay of ours) could hand it over first and then swallow our answers.
@@ -71,20 +146,72 @@ impl<S: Store> Engine<S> {
                 if let Some(peer) = from_peer {
                     tracing::debug!(via = %super::hex(peer), "first contact handed over directly");
                 }
-                self.accept_first_contact(bytes, now)
+                // Written at once: the next envelope may be another copy, or from the same
+                // person, and must find this one's session and contact.
+                let received = self.accept_first_contact(bytes, now, pending)?;
+                self.commit(std::mem::take(pending), now)?;
+                Ok(received)
             }
             None => Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox))),
         }
     }
 
-    fn accept_first_contact(&mut self, bytes: &[u8], now: Timestamp) -> Result<Received, EngineError> {
+    /// Writes `pending` durably: first the delivery receipts it owes (sealed now, so a batch of
+    /// texts is confirmed in few envelopes), then every touched session's final state.
+    fn commit(&mut self, mut pending: Pending, now: Timestamp) -> Result<(), EngineError> {
+        for (id, contact, ids) in std::mem::take(&mut pending.receipts) {
+            for chunk in ids.chunks(merpati_proto::frame::MAX_RECEIPT_IDS) {
+                let receipt = Body::Receipt { kind: ReceiptKind::Delivered, ids: chunk.to_vec() };
+                let mut rng = self.rng.clone();
+                let sealed = match self.sessions.get_mut(&id) {
+                    Some(session) => session.seal(&receipt, now, &mut rng).ok(),
+                    None => None,
+                };
+                self.rng = rng;
+                // A receipt that cannot be sealed is only a missing status update for the
+                // sender; the messages themselves are still stored.
+                if let Some(sealed) = sealed {
+                    pending
+                        .changes
+                        .push(Change::PutOutbox(super::outgoing::queue_entry(sealed, &contact, now)));
+                }
+            }
+        }
+        for (id, contact) in &pending.sessions {
+            if let Some(session) = self.sessions.get(id) {
+                pending.changes.extend(self.persist_session(session, contact));
+            }
+        }
+        if pending.changes.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.store.apply(&pending.changes) {
+            self.abandon(&pending);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Forgets the in-memory state of every session `pending` moved: it is ahead of the disk.
+    fn abandon(&mut self, pending: &Pending) {
+        for (id, _) in &pending.sessions {
+            self.forget_session(id);
+        }
+    }
+
+    fn accept_first_contact(
+        &mut self,
+        bytes: &[u8],
+        now: Timestamp,
+        pending: &mut Pending,
+    ) -> Result<Received, EngineError> {
         let responder = Responder { bundle: &self.bundle, prekeys: &self.profile.prekeys };
         let (session, incoming) = match Session::accept(responder, bytes, now, &mut self.rng) {
             Ok(accepted) => accepted,
             Err(_) => return Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed))),
         };
         let identity = session.peer().identity;
-        let mut changes = Vec::new();
+        let changes = &mut pending.changes;
         let mut new_contact = None;
         // Whether this session becomes the one we send on: then it is our first word to them.
         let mut ours = true;
@@ -128,17 +255,18 @@ impl<S: Store> Engine<S> {
         }
         let id = session.id();
         self.cache_session(session, &contact.name);
+        pending.touch(id, &contact.name);
         if ours {
             // Our first reply direction: tell them where our node and relays are, before the
             // receipt, so they can answer even if their copy of our invite is out of date.
-            changes.extend(self.seal_session_start(&id, &contact.name, now)?);
+            let start = self.seal_session_start(&id, &contact.name, now)?;
+            pending.changes.extend(start);
         }
-        let mut received = self.store_incoming(id, &contact.name, incoming, changes, now)?;
-        // Read back: a control message in this first contact may have completed the record.
-        received.new_contact = match new_contact {
-            Some(created) => Some(self.store.contact(&created.name)?.unwrap_or(created)),
-            None => None,
-        };
+        let mut received = self.store_incoming(id, &contact.name, incoming, pending, now)?;
+        // As the batch leaves it: a control message in this first contact may have completed
+        // the record.
+        received.new_contact = new_contact
+            .map(|created| pending_contact(&mut pending.changes, &created.name).cloned().unwrap_or(created));
         Ok(received)
     }
 
@@ -147,6 +275,7 @@ impl<S: Store> Engine<S> {
         id: SessionId,
         bytes: &[u8],
         now: Timestamp,
+        pending: &mut Pending,
     ) -> Result<Received, EngineError> {
         let Some(session) = self.session(&id, now)? else {
             return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
@@ -155,7 +284,10 @@ impl<S: Store> Engine<S> {
         // Set by `session` whenever it has the session in memory.
         let contact = self.session_contacts.get(&id).cloned().unwrap_or_default();
         match opened {
-            Ok(incoming) => self.store_incoming(id, &contact, incoming, Vec::new(), now),
+            Ok(incoming) => {
+                pending.touch(id, &contact);
+                self.store_incoming(id, &contact, incoming, pending, now)
+            }
             // Already stored: say so again, or the sender would keep retrying.
             Err(OpenError::Replay) => Ok(Received::answer(deliver::Response::Accepted)),
             // The key of a sub-epoch is deleted once all its 64 messages arrived, so a further
@@ -167,17 +299,18 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Stores what an opened envelope carried, in one transaction with the session's new state,
-    /// and queues a delivery receipt for text.
+    /// Adds to `pending` what an opened envelope carried, and notes a text for a delivery
+    /// receipt.
     fn store_incoming(
         &mut self,
         id: SessionId,
         contact: &str,
         incoming: Incoming,
-        mut changes: Vec<Change>,
+        pending: &mut Pending,
         now: Timestamp,
     ) -> Result<Received, EngineError> {
         let mut received = Received::answer(deliver::Response::Accepted);
+        let changes = &mut pending.changes;
         match incoming.body {
             Body::Text(text) => {
                 let message = StoredMessage {
@@ -193,18 +326,7 @@ impl<S: Store> Engine<S> {
                 };
                 changes.push(Change::PutMessage(message.clone()));
                 received.message = Some(message);
-                let receipt = Body::Receipt { kind: ReceiptKind::Delivered, ids: vec![incoming.message_id] };
-                let mut rng = self.rng.clone();
-                let sealed = match self.sessions.get_mut(&id) {
-                    Some(session) => session.seal(&receipt, now, &mut rng).ok(),
-                    None => None,
-                };
-                self.rng = rng;
-                // A receipt that cannot be sealed is only a missing status update for the
-                // sender; the message itself is still stored.
-                if let Some(sealed) = sealed {
-                    changes.push(Change::PutOutbox(super::outgoing::queue_entry(sealed, contact, now)));
-                }
+                pending.confirm(id, contact, incoming.message_id);
             }
             Body::Receipt { kind, ids } => {
                 let status = match kind {
@@ -223,7 +345,7 @@ impl<S: Store> Engine<S> {
                     }
                 }
             }
-            Body::Control(control) => match pending_contact(&mut changes, contact) {
+            Body::Control(control) => match pending_contact(changes, contact) {
                 Some(record) => {
                     super::relays::apply_control(record, control);
                 }
@@ -239,13 +361,7 @@ impl<S: Store> Engine<S> {
             // advances so nothing is replayed.
             Body::Fragment(_) => {}
         }
-        self.note_heard(contact, &mut changes, now)?;
-        let session = self.sessions.get(&id).ok_or(EngineError::UnknownContact(contact.to_owned()))?;
-        changes.extend(self.persist_session(session, contact));
-        if let Err(e) = self.store.apply(&changes) {
-            self.forget_session(&id);
-            return Err(e.into());
-        }
+        self.note_heard(contact, &mut pending.changes, now)?;
         Ok(received)
     }
 

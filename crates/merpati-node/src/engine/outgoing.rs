@@ -11,7 +11,7 @@ use merpati_proto::Timestamp;
 use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId, ReceiptKind};
 use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::{Sealed, Session};
-use merpati_proto::wire::Refusal;
+use merpati_proto::wire::{self, Refusal};
 use rand_core::Rng;
 
 use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, RECEIPT_DEADLINE, RETRY_BASE, RETRY_MAX};
@@ -201,45 +201,80 @@ impl<S: Store> Engine<S> {
         limit: usize,
         busy: impl Fn(&str) -> bool,
     ) -> Result<Vec<Attempt>, EngineError> {
+        let batches = self.due_in_batches(now, contact, limit, 1, busy)?;
+        Ok(batches.into_iter().flatten().collect())
+    }
+
+    /// The deliveries to try at `now` as batches, one per contact, each for one exchange with
+    /// the contact's node: for every contact whose head is due (or for `contact`, which just came
+    /// online, whatever its backoff says), its first entries in delivery order, at most
+    /// [`wire::MAX_BATCH_ENVELOPES`] and [`wire::MAX_BATCH_BYTES`] of envelopes (always at least
+    /// the head). The entries behind a head go with it whatever their own backoff: the head's
+    /// decides for the queue. At most `limit` batches, none for a contact `busy` names. The store
+    /// reads the index entries of the due contacts and the entries of the batches returned.
+    pub fn due_batches(
+        &self,
+        now: Timestamp,
+        contact: Option<&str>,
+        limit: usize,
+        busy: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Vec<Attempt>>, EngineError> {
+        self.due_in_batches(now, contact, limit, wire::MAX_BATCH_ENVELOPES, busy)
+    }
+
+    fn due_in_batches(
+        &self,
+        now: Timestamp,
+        contact: Option<&str>,
+        limit: usize,
+        per_contact: usize,
+        busy: impl Fn(&str) -> bool,
+    ) -> Result<Vec<Vec<Attempt>>, EngineError> {
         let heads = match contact {
             Some(name) => self.store.outbox_head(name)?.into_iter().collect(),
             None => self.store.outbox_due(now)?,
         };
-        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut batches: Vec<Vec<Attempt>> = Vec::new();
         for head in heads {
-            if attempts.len() >= limit {
+            if batches.len() >= limit {
                 break;
             }
-            // A damaged heads index could name a contact twice; one delivery per contact holds.
-            if busy(&head.contact) || attempts.iter().any(|a| a.contact == head.contact) {
+            // A damaged heads index could name a contact twice; one batch per contact holds.
+            if busy(&head.contact)
+                || batches.iter().any(|b| b.first().is_some_and(|a| a.contact == head.contact))
+            {
                 continue;
             }
-            let entry = match self.store.outbox_entry(&head.id)? {
-                Some(entry) => entry,
-                // A heads entry left pointing at nothing: the contact's queue goes on behind it.
-                None => match self.store.outbox_head(&head.contact)? {
-                    Some(real) => match self.store.outbox_entry(&real.id)? {
-                        Some(entry) => entry,
-                        None => continue,
-                    },
-                    None => continue,
-                },
-            };
-            if contact.is_none() && entry.next_attempt_at > now {
+            // The contact's queue as the order index has it: a heads entry left pointing at
+            // nothing does not stop the entries behind it.
+            let queue = self.store.outbox_queue(&head.contact, per_contact)?;
+            if queue.first().is_none_or(|first| contact.is_none() && first.next_attempt_at > now) {
                 continue;
             }
-            let Some(c) = self.store.contact(&entry.contact)? else { continue };
-            attempts.push(Attempt {
-                id: entry.id,
-                contact: entry.contact,
-                peer_id: c.peer_id,
-                addrs: c.addrs,
-                relays: c.relays,
-                mailbox: entry.mailbox,
-                envelope: entry.envelope,
-            });
+            let Some(c) = self.store.contact(&head.contact)? else { continue };
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            for queued in queue {
+                let Some(entry) = self.store.outbox_entry(&queued.id)? else { continue };
+                bytes = bytes.saturating_add(entry.envelope.len());
+                if !batch.is_empty() && bytes > wire::MAX_BATCH_BYTES {
+                    break;
+                }
+                batch.push(Attempt {
+                    id: entry.id,
+                    contact: entry.contact,
+                    peer_id: c.peer_id.clone(),
+                    addrs: c.addrs.clone(),
+                    relays: c.relays.clone(),
+                    mailbox: entry.mailbox,
+                    envelope: entry.envelope,
+                });
+            }
+            if !batch.is_empty() {
+                batches.push(batch);
+            }
         }
-        Ok(attempts)
+        Ok(batches)
     }
 
     /// Records how a delivery attempt ended. Returns the message's status and reason to publish,
@@ -250,8 +285,54 @@ impl<S: Store> Engine<S> {
         result: &AttemptResult,
         now: Timestamp,
     ) -> Result<Option<(Status, Option<String>)>, EngineError> {
+        let mut updates = self.attempts_finished(&[(*id, result.clone())], now)?;
+        Ok(updates.pop().and_then(|(_, update)| update))
+    }
+
+    /// Records how the attempts of one batch ended, with one write for all (durable unless every
+    /// envelope was taken: see [`Store::apply_relaxed`]). Returns, per attempt, what
+    /// [`Engine::attempt_finished`] would.
+    #[allow(clippy::type_complexity)]
+    pub fn attempts_finished(
+        &mut self,
+        results: &[(MessageId, AttemptResult)],
+        now: Timestamp,
+    ) -> Result<Vec<(MessageId, Option<(Status, Option<String>)>)>, EngineError> {
+        let mut changes = Vec::new();
+        let mut updates = Vec::with_capacity(results.len());
+        let mut all_taken = true;
+        for (id, result) in results {
+            let (more, update, taken) = self.attempt_changes(id, result, now)?;
+            changes.extend(more);
+            updates.push((*id, update));
+            all_taken &= taken;
+        }
+        if changes.is_empty() {
+            return Ok(updates);
+        }
+        // Once the node or a relay holds an envelope, losing this step in a crash only sends it
+        // again, and the recipient stores it once.
+        if all_taken {
+            self.store.apply_relaxed(&changes)?;
+        } else {
+            self.store.apply(&changes)?;
+        }
+        Ok(updates)
+    }
+
+    /// What one attempt's result changes: the store changes, the status to publish, and whether
+    /// the envelope was taken (by the node or a relay).
+    #[allow(clippy::type_complexity)]
+    fn attempt_changes(
+        &mut self,
+        id: &MessageId,
+        result: &AttemptResult,
+        now: Timestamp,
+    ) -> Result<(Vec<Change>, Option<(Status, Option<String>)>, bool), EngineError> {
+        let taken = matches!(result, AttemptResult::Accepted)
+            || matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted >= 1);
         let Some(mut entry) = self.store.outbox_entry(id)? else {
-            return Ok(None); // already settled by another attempt
+            return Ok((Vec::new(), None, taken)); // already settled by another attempt
         };
         let stored = self.store.message(id)?;
         let current = stored.as_ref().map(|m| (m.status, m.reason.clone()));
@@ -322,16 +403,7 @@ impl<S: Store> Engine<S> {
                 _ => true,
             })
             .collect();
-        // Once the node or a relay holds the envelope, losing this step in a crash only sends it
-        // again, and the recipient stores it once.
-        let taken = matches!(result, AttemptResult::Accepted)
-            || matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted >= 1);
-        if taken {
-            self.store.apply_relaxed(&changes)?;
-        } else {
-            self.store.apply(&changes)?;
-        }
-        Ok(update)
+        Ok((changes, update, taken))
     }
 
     /// Exponential backoff with ±25 % jitter, so many queued messages do not retry in lockstep.

@@ -39,7 +39,7 @@ use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use super::config::Config;
 use super::error::{DeliverError, MailboxError, NetError};
 use super::handle::Command;
-use super::inbound::{Event, Reply};
+use super::inbound::{BatchReply, Event, Reply};
 use super::mailbox::{self as mailbox_net, MailboxServer, Pending, Served};
 use super::reservations::Reservations;
 
@@ -57,6 +57,7 @@ const RATE_LIMITED: deliver::Response =
     deliver::Response::Refused(Refusal::RateLimited { retry_after_ms: RETRY_AFTER_MS });
 
 type DeliverReply = oneshot::Sender<Result<deliver::Response, DeliverError>>;
+type BatchAnswer = oneshot::Sender<Result<deliver::BatchResponse, DeliverError>>;
 
 /// The caps the task keeps, copied from [`Config`].
 #[derive(Debug)]
@@ -68,11 +69,66 @@ struct Limits {
     pending_inbound_per_peer: usize,
 }
 
-/// A delivery waiting to be sent.
+/// A delivery waiting to be sent: one envelope (`/merpati/deliver/1`) or a batch (`/2`).
 #[derive(Debug)]
-struct Queued {
-    request: deliver::Request,
-    reply: DeliverReply,
+enum Queued {
+    One(deliver::Request, DeliverReply),
+    Batch(deliver::Batch, BatchAnswer),
+}
+
+impl Queued {
+    /// Whether the caller stopped waiting (its deadline passed).
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::One(_, reply) => reply.is_closed(),
+            Self::Batch(_, reply) => reply.is_closed(),
+        }
+    }
+
+    fn fail(self, error: DeliverError) {
+        match self {
+            Self::One(_, reply) => answer(reply, Err(error)),
+            Self::Batch(_, reply) => answer(reply, Err(error)),
+        }
+    }
+}
+
+/// An exchange on one of the two deliver behaviours, whose request ids are counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Exchange<Id> {
+    One(Id),
+    Batch(Id),
+}
+
+/// Who waits for an outgoing delivery's answer.
+#[derive(Debug)]
+enum Waiting {
+    One(DeliverReply),
+    /// A batch of `len` envelopes: its answer must hold as many.
+    Batch(BatchAnswer, usize),
+}
+
+impl Waiting {
+    fn fail(self, error: DeliverError) {
+        match self {
+            Self::One(reply) => answer(reply, Err(error)),
+            Self::Batch(reply, _) => answer(reply, Err(error)),
+        }
+    }
+}
+
+/// An answer from a peer's node, of either protocol.
+#[derive(Debug)]
+enum Answered {
+    One(deliver::Response),
+    Batch(deliver::BatchResponse),
+}
+
+/// Where the answer to a received delivery goes.
+#[derive(Debug)]
+enum Channel {
+    One(ResponseChannel<deliver::Response>),
+    Batch(ResponseChannel<deliver::BatchResponse>, usize),
 }
 
 /// Outgoing deliveries to one peer.
@@ -88,15 +144,17 @@ struct Outgoing {
 #[derive(Debug)]
 struct InFlight {
     peer: PeerId,
-    reply: DeliverReply,
+    waiting: Waiting,
 }
 
-/// The engine's answer to a received delivery; `None` if it dropped the [`Reply`].
+/// The engine's answers to a received delivery of `weight` envelopes; `None` if it dropped the
+/// [`Reply`].
 #[derive(Debug)]
 struct EngineReply {
-    request_id: InboundRequestId,
+    exchange: Exchange<InboundRequestId>,
     peer: PeerId,
-    response: Option<deliver::Response>,
+    weight: usize,
+    responses: Option<Vec<deliver::Response>>,
 }
 
 /// The network task's state. See the module documentation.
@@ -110,13 +168,14 @@ pub(crate) struct Actor {
     outgoing: HashMap<PeerId, Outgoing>,
     /// Deliveries waiting in all of `outgoing`'s queues.
     queued: usize,
-    in_flight: HashMap<OutboundRequestId, InFlight>,
+    in_flight: HashMap<Exchange<OutboundRequestId>, InFlight>,
     /// Response channels of received deliveries the engine has not answered yet.
-    channels: HashMap<InboundRequestId, ResponseChannel<deliver::Response>>,
-    /// One future per delivery handed to the engine, resolving with its reply. Its length is the
-    /// number the engine holds, which `limits.pending_inbound` caps.
+    channels: HashMap<Exchange<InboundRequestId>, Channel>,
+    /// One future per delivery or batch handed to the engine, resolving with its reply.
     replies: FuturesUnordered<BoxFuture<'static, EngineReply>>,
-    /// Per peer, how many of `replies` are theirs.
+    /// How many envelopes the engine holds unanswered, which `limits.pending_inbound` caps.
+    pending_envelopes: usize,
+    /// Per peer, how many of those are theirs.
     pending_inbound: HashMap<PeerId, usize>,
     /// Our mailbox requests waiting for a relay's answer.
     mailbox_requests: HashMap<OutboundRequestId, Pending>,
@@ -163,6 +222,7 @@ impl Actor {
             in_flight: HashMap::new(),
             channels: HashMap::new(),
             replies: FuturesUnordered::new(),
+            pending_envelopes: 0,
             pending_inbound: HashMap::new(),
             mailbox_requests: HashMap::new(),
             mailbox_server: extras.mailbox_server,
@@ -258,11 +318,11 @@ impl Actor {
     fn fail_everything(&mut self) {
         for (_, out) in self.outgoing.drain() {
             for queued in out.queue {
-                answer(queued.reply, Err(DeliverError::Shutdown));
+                queued.fail(DeliverError::Shutdown);
             }
         }
         for (_, in_flight) in self.in_flight.drain() {
-            answer(in_flight.reply, Err(DeliverError::Shutdown));
+            in_flight.waiting.fail(DeliverError::Shutdown);
         }
         for (_, pending) in self.mailbox_requests.drain() {
             pending.fail(MailboxError::Shutdown);
@@ -272,7 +332,12 @@ impl Actor {
 
     fn handle_command(&mut self, command: Command) {
         match command {
-            Command::Deliver { peer, addrs, request, reply } => self.enqueue(peer, addrs, request, reply),
+            Command::Deliver { peer, addrs, request, reply } => {
+                self.enqueue(peer, addrs, Queued::One(request, reply));
+            }
+            Command::DeliverBatch { peer, addrs, batch, reply } => {
+                self.enqueue(peer, addrs, Queued::Batch(batch, reply));
+            }
             Command::Mailbox { relay, addrs, request, reply } => {
                 if relay == *self.swarm.local_peer_id() {
                     let reason = "it is this node".to_owned();
@@ -342,15 +407,9 @@ impl Actor {
         self.swarm.listeners().any(|own| *own == bare)
     }
 
-    fn enqueue(
-        &mut self,
-        peer: PeerId,
-        addrs: Vec<Multiaddr>,
-        request: deliver::Request,
-        reply: DeliverReply,
-    ) {
+    fn enqueue(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, queued: Queued) {
         if peer == *self.swarm.local_peer_id() {
-            answer(reply, Err(DeliverError::Unreachable { peer, reason: "it is this node".to_owned() }));
+            queued.fail(DeliverError::Unreachable { peer, reason: "it is this node".to_owned() });
             return;
         }
         self.add_addresses(peer, addrs);
@@ -358,11 +417,11 @@ impl Actor {
         let outgoing = self.queued + self.in_flight.len();
         if out.queue.len() >= self.limits.queued_per_peer || outgoing >= self.limits.outgoing {
             debug!(%peer, queued = out.queue.len(), "delivery queue full");
-            answer(reply, Err(DeliverError::QueueFull { peer }));
+            queued.fail(DeliverError::QueueFull { peer });
             self.forget_if_idle(peer);
             return;
         }
-        out.queue.push_back(Queued { request, reply });
+        out.queue.push_back(queued);
         self.queued += 1;
         self.pump(peer);
     }
@@ -373,7 +432,7 @@ impl Actor {
         let Some(out) = self.outgoing.get_mut(&peer) else { return };
         // Callers whose deadline passed no longer wait for an answer: do not send for them.
         let before = out.queue.len();
-        out.queue.retain(|queued| !queued.reply.is_closed());
+        out.queue.retain(|queued| !queued.is_closed());
         self.queued -= before - out.queue.len();
 
         if out.queue.is_empty() {
@@ -382,9 +441,19 @@ impl Actor {
             while out.in_flight < self.limits.in_flight_per_peer {
                 let Some(queued) = out.queue.pop_front() else { break };
                 self.queued -= 1;
-                let request_id = self.swarm.behaviour_mut().deliver.send_request(&peer, queued.request);
+                let behaviour = self.swarm.behaviour_mut();
+                let (exchange, waiting) = match queued {
+                    Queued::One(request, reply) => {
+                        (Exchange::One(behaviour.deliver.send_request(&peer, request)), Waiting::One(reply))
+                    }
+                    Queued::Batch(batch, reply) => {
+                        let len = batch.envelopes.len();
+                        let id = behaviour.deliver_batch.send_request(&peer, batch);
+                        (Exchange::Batch(id), Waiting::Batch(reply, len))
+                    }
+                };
                 out.in_flight += 1;
-                self.in_flight.insert(request_id, InFlight { peer, reply: queued.reply });
+                self.in_flight.insert(exchange, InFlight { peer, waiting });
             }
         } else if !out.dialing {
             // The condition keeps one dial per peer, even when another behaviour dials too: then
@@ -408,7 +477,7 @@ impl Actor {
         let Some(out) = self.outgoing.get_mut(&peer) else { return };
         self.queued -= out.queue.len();
         for queued in out.queue.drain(..) {
-            answer(queued.reply, Err(DeliverError::Unreachable { peer, reason: reason.to_owned() }));
+            queued.fail(DeliverError::Unreachable { peer, reason: reason.to_owned() });
         }
     }
 
@@ -424,11 +493,27 @@ impl Actor {
 
     fn finish_outbound(
         &mut self,
-        request_id: OutboundRequestId,
-        result: Result<deliver::Response, DeliverError>,
+        exchange: Exchange<OutboundRequestId>,
+        result: Result<Answered, DeliverError>,
     ) {
-        let Some(InFlight { peer, reply }) = self.in_flight.remove(&request_id) else { return };
-        answer(reply, result);
+        let Some(InFlight { peer, waiting }) = self.in_flight.remove(&exchange) else { return };
+        match (waiting, result) {
+            (Waiting::One(reply), Ok(Answered::One(response))) => answer(reply, Ok(response)),
+            (Waiting::Batch(reply, len), Ok(Answered::Batch(response))) => {
+                // A node that answers another number of envelopes than it was sent broke the
+                // protocol: none of its answers can be trusted.
+                if response.results.len() == len {
+                    answer(reply, Ok(response));
+                } else {
+                    debug!(%peer, sent = len, answered = response.results.len(), "dropping a mismatched answer");
+                    let source = std::io::Error::other("the answer does not match the batch");
+                    answer(reply, Err(DeliverError::Stream { peer, source }));
+                }
+            }
+            (waiting, Err(error)) => waiting.fail(error),
+            // Request ids are kept per behaviour, so an answer always finds its own kind.
+            (waiting, Ok(_)) => waiting.fail(DeliverError::Shutdown),
+        }
         if let Some(out) = self.outgoing.get_mut(&peer) {
             out.in_flight = out.in_flight.saturating_sub(1);
         }
@@ -441,6 +526,7 @@ impl Actor {
         }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Deliver(event)) => self.handle_deliver_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::DeliverBatch(event)) => self.handle_batch_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => self.handle_mailbox_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
                 self.handle_relay_client_event(event)
@@ -517,29 +603,29 @@ impl Actor {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request { request_id, request, channel } => {
-                    self.handle_inbound(peer, request_id, request, channel);
+                    if let Err(error) = request.validate() {
+                        debug!(%peer, %error, "refusing an invalid delivery");
+                        self.respond(
+                            Channel::One(channel),
+                            vec![deliver::Response::Refused(error.refusal())],
+                        );
+                        return;
+                    }
+                    let envelopes = vec![serde_bytes::ByteBuf::from(request.envelope)];
+                    self.handle_inbound(peer, Exchange::One(request_id), envelopes, Channel::One(channel));
                 }
                 request_response::Message::Response { request_id, response } => {
-                    self.finish_outbound(request_id, Ok(response));
+                    self.finish_outbound(Exchange::One(request_id), Ok(Answered::One(response)));
                 }
             },
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 debug!(%peer, %request_id, %error, "delivery failed");
-                let error = match error {
-                    OutboundFailure::DialFailure => {
-                        DeliverError::Unreachable { peer, reason: "dial failed".to_owned() }
-                    }
-                    OutboundFailure::Timeout => DeliverError::Timeout { peer },
-                    OutboundFailure::ConnectionClosed => DeliverError::ConnectionClosed { peer },
-                    OutboundFailure::UnsupportedProtocols => DeliverError::Unsupported { peer },
-                    OutboundFailure::Io(source) => DeliverError::Stream { peer, source },
-                };
-                self.finish_outbound(request_id, Err(error));
+                self.finish_outbound(Exchange::One(request_id), Err(deliver_error(peer, error)));
             }
             request_response::Event::InboundFailure { peer, request_id, error, .. } => {
                 debug!(%peer, %request_id, %error, "received delivery failed");
                 // The engine may still answer; that answer then finds no channel and is dropped.
-                self.channels.remove(&request_id);
+                self.channels.remove(&Exchange::One(request_id));
             }
             request_response::Event::ResponseSent { peer, request_id, .. } => {
                 trace!(%peer, %request_id, "answer sent");
@@ -547,65 +633,134 @@ impl Actor {
         }
     }
 
-    fn handle_inbound(
-        &mut self,
-        peer: PeerId,
-        request_id: InboundRequestId,
-        request: deliver::Request,
-        channel: ResponseChannel<deliver::Response>,
-    ) {
-        if let Err(error) = request.validate() {
-            debug!(%peer, %error, "refusing an invalid delivery");
-            self.respond(channel, deliver::Response::Refused(error.refusal()));
-            return;
-        }
-        let from_peer = self.pending_inbound.get(&peer).copied().unwrap_or(0);
-        if self.replies.len() >= self.limits.pending_inbound
-            || from_peer >= self.limits.pending_inbound_per_peer
-        {
-            debug!(%peer, from_peer, total = self.replies.len(), "too many unanswered deliveries; refusing");
-            self.respond(channel, RATE_LIMITED);
-            return;
-        }
-        let (tx, rx) = oneshot::channel();
-        match self.events.try_send(Event::Delivery { peer, request, reply: Reply::new(tx) }) {
-            Ok(()) => {
-                trace!(%peer, %request_id, "delivery handed to the engine");
-                self.channels.insert(request_id, channel);
-                *self.pending_inbound.entry(peer).or_default() += 1;
-                self.replies
-                    .push(Box::pin(async move { EngineReply { request_id, peer, response: rx.await.ok() } }));
+    fn handle_batch_event(&mut self, event: request_response::Event<deliver::Batch, deliver::BatchResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request_id, request, channel } => {
+                    let len = request.envelopes.len();
+                    if let Err(error) = request.validate() {
+                        debug!(%peer, %error, "refusing an invalid batch");
+                        let refused = deliver::Response::Refused(error.refusal());
+                        self.respond(Channel::Batch(channel, len), vec![refused; len]);
+                        return;
+                    }
+                    let channel = Channel::Batch(channel, len);
+                    self.handle_inbound(peer, Exchange::Batch(request_id), request.envelopes, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    self.finish_outbound(Exchange::Batch(request_id), Ok(Answered::Batch(response)));
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %request_id, %error, "batch failed");
+                self.finish_outbound(Exchange::Batch(request_id), Err(deliver_error(peer, error)));
             }
-            Err(TrySendError::Full(_)) => {
-                debug!(%peer, "engine queue full; refusing a delivery");
-                self.respond(channel, RATE_LIMITED);
+            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %request_id, %error, "received batch failed");
+                self.channels.remove(&Exchange::Batch(request_id));
             }
-            Err(TrySendError::Closed(_)) => {
-                debug!(%peer, "engine gone; refusing a delivery");
-                self.respond(channel, deliver::Response::Refused(Refusal::Internal));
+            request_response::Event::ResponseSent { peer, request_id, .. } => {
+                trace!(%peer, %request_id, "answer sent");
             }
         }
     }
 
-    fn handle_engine_reply(&mut self, EngineReply { request_id, peer, response }: EngineReply) {
+    /// Hands validated envelopes (one delivery, or a batch) to the engine, or refuses them all
+    /// when the engine already holds too many: in all, or from this peer. Caps count envelopes,
+    /// so a batch weighs what its envelopes would alone.
+    fn handle_inbound(
+        &mut self,
+        peer: PeerId,
+        exchange: Exchange<InboundRequestId>,
+        envelopes: Vec<serde_bytes::ByteBuf>,
+        channel: Channel,
+    ) {
+        let weight = envelopes.len();
+        let from_peer = self.pending_inbound.get(&peer).copied().unwrap_or(0);
+        if self.pending_envelopes + weight > self.limits.pending_inbound
+            || from_peer + weight > self.limits.pending_inbound_per_peer
+        {
+            debug!(%peer, from_peer, total = self.pending_envelopes, "too many unanswered deliveries; refusing");
+            self.respond(channel, vec![RATE_LIMITED; weight]);
+            return;
+        }
+        let (event, rx) = match exchange {
+            Exchange::One(_) => {
+                let (tx, rx) = oneshot::channel();
+                let envelope =
+                    envelopes.into_iter().next().map(serde_bytes::ByteBuf::into_vec).unwrap_or_default();
+                let event =
+                    Event::Delivery { peer, request: deliver::Request { envelope }, reply: Reply::new(tx) };
+                (event, futures::future::Either::Left(async move { rx.await.ok().map(|r| vec![r]) }))
+            }
+            Exchange::Batch(_) => {
+                let (tx, rx) = oneshot::channel();
+                let event = Event::Deliveries {
+                    peer,
+                    batch: deliver::Batch { envelopes },
+                    reply: BatchReply::new(tx),
+                };
+                (event, futures::future::Either::Right(async move { rx.await.ok() }))
+            }
+        };
+        match self.events.try_send(event) {
+            Ok(()) => {
+                trace!(%peer, ?exchange, weight, "delivery handed to the engine");
+                self.channels.insert(exchange, channel);
+                *self.pending_inbound.entry(peer).or_default() += weight;
+                self.pending_envelopes += weight;
+                self.replies.push(Box::pin(async move {
+                    EngineReply { exchange, peer, weight, responses: rx.await }
+                }));
+            }
+            Err(TrySendError::Full(_)) => {
+                debug!(%peer, "engine queue full; refusing a delivery");
+                self.respond(channel, vec![RATE_LIMITED; weight]);
+            }
+            Err(TrySendError::Closed(_)) => {
+                debug!(%peer, "engine gone; refusing a delivery");
+                self.respond(channel, vec![deliver::Response::Refused(Refusal::Internal); weight]);
+            }
+        }
+    }
+
+    fn handle_engine_reply(&mut self, EngineReply { exchange, peer, weight, responses }: EngineReply) {
         if let Some(count) = self.pending_inbound.get_mut(&peer) {
-            *count = count.saturating_sub(1);
+            *count = count.saturating_sub(weight);
             if *count == 0 {
                 self.pending_inbound.remove(&peer);
             }
         }
-        let response = response.unwrap_or_else(|| {
-            debug!(%peer, %request_id, "the engine dropped a delivery without answering");
-            deliver::Response::Refused(Refusal::Internal)
+        self.pending_envelopes = self.pending_envelopes.saturating_sub(weight);
+        let responses = responses.unwrap_or_else(|| {
+            debug!(%peer, ?exchange, "the engine dropped a delivery without answering");
+            vec![deliver::Response::Refused(Refusal::Internal); weight]
         });
-        match self.channels.remove(&request_id) {
-            Some(channel) => self.respond(channel, response),
-            None => debug!(%peer, %request_id, "the peer no longer waits for this answer"),
+        match self.channels.remove(&exchange) {
+            Some(channel) => self.respond(channel, responses),
+            None => debug!(%peer, ?exchange, "the peer no longer waits for this answer"),
         }
     }
 
-    fn respond(&mut self, channel: ResponseChannel<deliver::Response>, response: deliver::Response) {
-        if self.swarm.behaviour_mut().deliver.send_response(channel, response).is_err() {
+    /// Answers a received delivery or batch; answers missing from `responses` (an engine bug)
+    /// become `Refused(Internal)`, so the peer always gets one per envelope.
+    fn respond(&mut self, channel: Channel, mut responses: Vec<deliver::Response>) {
+        let behaviour = self.swarm.behaviour_mut();
+        let sent = match channel {
+            Channel::One(channel) => {
+                let response =
+                    responses.into_iter().next().unwrap_or(deliver::Response::Refused(Refusal::Internal));
+                behaviour.deliver.send_response(channel, response).is_ok()
+            }
+            Channel::Batch(channel, len) => {
+                responses.resize(len, deliver::Response::Refused(Refusal::Internal));
+                behaviour
+                    .deliver_batch
+                    .send_response(channel, deliver::BatchResponse { results: responses })
+                    .is_ok()
+            }
+        };
+        if !sent {
             // The request timed out or its connection closed; libp2p reports that separately.
             debug!("answer not sent: the peer no longer waits for it");
         }
@@ -789,6 +944,17 @@ impl Actor {
 
 /// Sends an answer to whoever asked. An error means the asker stopped waiting (its deadline
 /// passed, or it was dropped); there is nothing to undo.
+/// What an outgoing delivery's failure means for its caller.
+fn deliver_error(peer: PeerId, error: OutboundFailure) -> DeliverError {
+    match error {
+        OutboundFailure::DialFailure => DeliverError::Unreachable { peer, reason: "dial failed".to_owned() },
+        OutboundFailure::Timeout => DeliverError::Timeout { peer },
+        OutboundFailure::ConnectionClosed => DeliverError::ConnectionClosed { peer },
+        OutboundFailure::UnsupportedProtocols => DeliverError::Unsupported { peer },
+        OutboundFailure::Io(source) => DeliverError::Stream { peer, source },
+    }
+}
+
 fn answer<T>(reply: oneshot::Sender<T>, value: T) {
     if reply.send(value).is_err() {
         trace!("the asker no longer waits");

@@ -25,12 +25,16 @@ pub(crate) const IDENTIFY_PROTOCOL_VERSION: &str = "/merpati/id/1.0.0";
 pub(crate) const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/merpati/kad/1.0.0");
 /// The deliver protocol as libp2p names it.
 pub(crate) const DELIVER_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::DELIVER_PROTOCOL);
+/// The batched deliver protocol as libp2p names it.
+pub(crate) const DELIVER_BATCH_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::DELIVER_BATCH_PROTOCOL);
 
 /// The mailbox protocol as libp2p names it.
 pub(crate) const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MAILBOX_PROTOCOL);
 
 /// The deliver protocol's request-response behaviour: CBOR over one stream per request.
 pub(crate) type Deliver = cbor::Behaviour<deliver::Request, deliver::Response>;
+/// The batched deliver protocol's request-response behaviour.
+pub(crate) type DeliverBatch = cbor::Behaviour<deliver::Batch, deliver::BatchResponse>;
 /// The mailbox protocol's request-response behaviour.
 pub(crate) type Mailbox = cbor::Behaviour<mailbox::Request, mailbox::Response>;
 
@@ -44,6 +48,7 @@ pub(crate) struct Behaviour {
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(crate) deliver: Deliver,
+    pub(crate) deliver_batch: DeliverBatch,
     pub(crate) mailbox: Mailbox,
     pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) dcutr: Toggle<dcutr::Behaviour>,
@@ -105,7 +110,17 @@ impl Behaviour {
         let deliver_support = if is_relay { ProtocolSupport::Outbound } else { ProtocolSupport::Full };
         let deliver = Deliver::with_codec(
             codec,
-            [(DELIVER_PROTOCOL, deliver_support)],
+            [(DELIVER_PROTOCOL, deliver_support.clone())],
+            request_response::Config::default()
+                .with_request_timeout(config.request_timeout)
+                .with_max_concurrent_streams(max_streams),
+        );
+        let batch_codec = cbor::codec::Codec::default()
+            .set_request_size_maximum(len_u64(wire::MAX_BATCH_REQUEST_LEN))
+            .set_response_size_maximum(len_u64(wire::MAX_REQUEST_LEN));
+        let deliver_batch = DeliverBatch::with_codec(
+            batch_codec,
+            [(DELIVER_BATCH_PROTOCOL, deliver_support)],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(max_streams),
@@ -152,6 +167,7 @@ impl Behaviour {
             mdns: Toggle::from(mdns),
             kad,
             deliver,
+            deliver_batch,
             mailbox,
             relay_client,
             dcutr: Toggle::from(dcutr),

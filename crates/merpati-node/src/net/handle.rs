@@ -21,6 +21,13 @@ pub(crate) enum Command {
         request: deliver::Request,
         reply: oneshot::Sender<Result<deliver::Response, DeliverError>>,
     },
+    /// Send `batch` to `peer` over `/merpati/deliver/2`, queued with its other deliveries.
+    DeliverBatch {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        batch: deliver::Batch,
+        reply: oneshot::Sender<Result<deliver::BatchResponse, DeliverError>>,
+    },
     /// Send a mailbox request to a relay over a direct connection (dialling `addrs` if need be).
     Mailbox {
         relay: PeerId,
@@ -96,6 +103,33 @@ impl Handle {
         tokio::time::timeout(self.deliver_timeout, exchange)
             .await
             .unwrap_or(Err(DeliverError::Timeout { peer }))
+    }
+
+    /// Hands `envelopes` (1 to [`merpati_proto::wire::MAX_BATCH_ENVELOPES`], in the order they are to be
+    /// processed) to `peer` in one exchange and waits for its answers, one per envelope, checked
+    /// against the batch. Queued, dialled and bounded in time like [`Handle::deliver`]. A peer
+    /// that does not speak the batched protocol fails it with [`DeliverError::Unsupported`].
+    pub async fn deliver_batch(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        envelopes: Vec<Vec<u8>>,
+    ) -> Result<Vec<deliver::Response>, DeliverError> {
+        let batch =
+            deliver::Batch { envelopes: envelopes.into_iter().map(serde_bytes::ByteBuf::from).collect() };
+        batch.validate()?;
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.commands
+                .send(Command::DeliverBatch { peer, addrs, batch, reply })
+                .await
+                .map_err(|_| DeliverError::Shutdown)?;
+            answer.await.map_err(|_| DeliverError::Shutdown)?
+        };
+        let response = tokio::time::timeout(self.deliver_timeout, exchange)
+            .await
+            .unwrap_or(Err(DeliverError::Timeout { peer }))?;
+        Ok(response.results)
     }
 
     /// Sends `request` to the mailbox service of `relay` and waits for its answer, which has

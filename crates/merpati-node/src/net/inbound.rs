@@ -1,5 +1,5 @@
 //! What the network hands the daemon's engine: [`Inbound`], a bounded queue of [`Event`]s, and
-//! [`Reply`], the engine's answer to one received delivery.
+//! [`Reply`] and [`BatchReply`], the engine's answer to one received delivery or batch.
 //!
 //! Flow of a received delivery: the peer's request arrives → the network task checks it against
 //! the wire limits and its queues (refusing it there if need be) → [`Event::Delivery`] → the
@@ -24,6 +24,17 @@ pub enum Event {
         request: deliver::Request,
         /// Where the answer goes.
         reply: Reply,
+    },
+    /// A peer handed us envelopes to process in order (`/merpati/deliver/2`). The batch has
+    /// passed [`deliver::Batch::validate`]. Answer through `reply`, one answer per envelope, each
+    /// `Accepted` only once that envelope is durably stored.
+    Deliveries {
+        /// The sending peer.
+        peer: PeerId,
+        /// The envelopes.
+        batch: deliver::Batch,
+        /// Where the answers go.
+        reply: BatchReply,
     },
     /// The first connection to a peer is up: a good moment to send it what waits in the outbox.
     PeerConnected(PeerId),
@@ -60,6 +71,27 @@ impl Reply {
         // nothing to do about it.
         if self.tx.send(response).is_err() {
             tracing::debug!("reply to a delivery dropped: the network task no longer waits for it");
+        }
+    }
+}
+
+/// The engine's answers to one [`Event::Deliveries`], one per envelope. Dropping it without
+/// sending answers every envelope `Refused(Internal)`.
+#[derive(Debug)]
+pub struct BatchReply {
+    tx: oneshot::Sender<Vec<deliver::Response>>,
+}
+
+impl BatchReply {
+    pub(crate) fn new(tx: oneshot::Sender<Vec<deliver::Response>>) -> Self {
+        Self { tx }
+    }
+
+    /// Answers the peer, as [`Reply::send`] does; `responses` must hold one answer per envelope
+    /// of the batch, or the peer drops them all.
+    pub fn send(self, responses: Vec<deliver::Response>) {
+        if self.tx.send(responses).is_err() {
+            tracing::debug!("reply to a batch dropped: the network task no longer waits for it");
         }
     }
 }

@@ -219,6 +219,9 @@ pub async fn run(
                 Some(net::Event::Delivery { reply, .. }) => {
                     reply.send(deliver::Response::Refused(Refusal::UnknownMailbox));
                 }
+                Some(net::Event::Deliveries { batch, reply, .. }) => {
+                    reply.send(vec![deliver::Response::Refused(Refusal::UnknownMailbox); batch.envelopes.len()]);
+                }
                 Some(_) => {}
                 None => break,
             },

@@ -554,7 +554,18 @@ pub(crate) fn outbox_entry(view: &dyn View, id: &MessageId) -> Result<Option<Out
 }
 
 pub(crate) fn outbox_head(view: &dyn View, contact: &str) -> Result<Option<OutboxHead>, StoreError> {
-    let mut head = None;
+    Ok(outbox_queue(view, contact, 1)?.pop())
+}
+
+pub(crate) fn outbox_queue(
+    view: &dyn View,
+    contact: &str,
+    limit: usize,
+) -> Result<Vec<OutboxHead>, StoreError> {
+    let mut queue = Vec::new();
+    if limit == 0 {
+        return Ok(queue);
+    }
     view.scan(Tree::OutboxOrder, &conversation_prefix(contact), false, &mut |key, value| {
         let id = id_of_order_key(key)?;
         // An entry that points at nothing is passed over: the queue goes on behind it.
@@ -562,14 +573,14 @@ pub(crate) fn outbox_head(view: &dyn View, contact: &str) -> Result<Option<Outbo
             return Ok(true);
         }
         let next: u64 = codec::decode("outbox index", value)?;
-        head = Some(OutboxHead {
+        queue.push(OutboxHead {
             id: MessageId(id),
             contact: contact.to_owned(),
             next_attempt_at: Timestamp(next),
         });
-        Ok(false)
+        Ok(queue.len() < limit)
     })?;
-    Ok(head)
+    Ok(queue)
 }
 
 pub(crate) fn outbox_due(view: &dyn View, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {

@@ -30,6 +30,8 @@ pub struct MemoryStore {
     trees: Mutex<Trees>,
     /// Values read so far (see [`MemoryStore::reads`]).
     reads: AtomicU64,
+    /// Batches applied so far (see [`MemoryStore::batches`]).
+    batches: AtomicU64,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -47,7 +49,11 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self { trees: Mutex::new(vec![BTreeMap::new(); Tree::ALL.len()]), reads: AtomicU64::new(0) }
+        Self {
+            trees: Mutex::new(vec![BTreeMap::new(); Tree::ALL.len()]),
+            reads: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Trees> {
@@ -115,6 +121,12 @@ impl MemoryStore {
     pub fn reads(&self) -> u64 {
         self.reads.load(Ordering::Relaxed)
     }
+
+    /// How many batches were applied so far (each a durable write on a disk store), counting
+    /// those refused. Tests use it to show how many writes an operation costs.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
 }
 
 impl Store for MemoryStore {
@@ -162,6 +174,10 @@ impl Store for MemoryStore {
         engine::outbox_head(&self.view(&self.lock()), contact)
     }
 
+    fn outbox_queue(&self, contact: &str, limit: usize) -> Result<Vec<OutboxHead>, StoreError> {
+        engine::outbox_queue(&self.view(&self.lock()), contact, limit)
+    }
+
     fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {
         engine::outbox_due(&self.view(&self.lock()), now)
     }
@@ -187,6 +203,7 @@ impl Store for MemoryStore {
     }
 
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
+        self.batches.fetch_add(1, Ordering::Relaxed);
         let mut trees = self.lock();
         let writes = {
             let view = self.view(&trees);

@@ -571,6 +571,9 @@ pub trait Store: Send + Sync {
     fn outbox_entry(&self, id: &MessageId) -> Result<Option<OutboxEntry>, StoreError>;
     /// `contact`'s head: its entry to deliver next, whatever its next attempt. Reads O(log n).
     fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, StoreError>;
+    /// `contact`'s first `limit` entries in delivery order, the head first, whatever their next
+    /// attempts. Reads O(limit + log n).
+    fn outbox_queue(&self, contact: &str, limit: usize) -> Result<Vec<OutboxHead>, StoreError>;
     /// The head of every contact whose head is due at `now` (next attempt at or before it),
     /// soonest first. Reads one index entry per such contact, whatever else the outbox holds: a
     /// contact's later entries wait behind its head and are not visited.
@@ -635,6 +638,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, StoreError> {
         (**self).outbox_head(contact)
+    }
+    fn outbox_queue(&self, contact: &str, limit: usize) -> Result<Vec<OutboxHead>, StoreError> {
+        (**self).outbox_queue(contact, limit)
     }
     fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {
         (**self).outbox_due(now)

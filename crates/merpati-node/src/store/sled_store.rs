@@ -400,6 +400,10 @@ impl Store for SledStore {
         engine::outbox_head(&SledView(&self.trees), contact)
     }
 
+    fn outbox_queue(&self, contact: &str, limit: usize) -> Result<Vec<OutboxHead>, StoreError> {
+        engine::outbox_queue(&SledView(&self.trees), contact, limit)
+    }
+
     fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, StoreError> {
         engine::outbox_due(&SledView(&self.trees), now)
     }
