@@ -4,12 +4,13 @@
 //!
 //! Scenarios (one module each): `crypto` (NDR1 in process), `direct` (daemon to daemon, both
 //! online), `relay-deposit` and `relay-fetch` (a relay's mailboxes under load), `offline` (a
-//! contact reachable only through its mailbox), `backlog` (a contact coming back to thousands of
-//! queued messages), `idle` (a user node's idle cost) and
+//! contact reachable only through its mailbox), `backlog` and `backlog-relay` (a contact coming
+//! back to thousands of queued messages, directly or at its relay), `idle` (a user node's idle cost) and
 //! `connections` (a relay holding many idle connections). `--quick` runs small sizes, only to
 //! check that every scenario works; its figures mean little.
 
 mod backlog;
+mod backlog_relay;
 mod connections;
 mod crypto;
 mod direct;
@@ -24,15 +25,24 @@ use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 8] =
-    ["crypto", "direct", "relay-deposit", "relay-fetch", "offline", "backlog", "idle", "connections"];
+const SCENARIOS: [&str; 9] = [
+    "crypto",
+    "direct",
+    "relay-deposit",
+    "relay-fetch",
+    "offline",
+    "backlog",
+    "backlog-relay",
+    "idle",
+    "connections",
+];
 
 /// Benchmarks of a real Merpati network on this machine.
 #[derive(Debug, Parser)]
 #[command(name = "merpati-bench")]
 struct Args {
     /// Run only this scenario (repeatable): crypto, direct, relay-deposit, relay-fetch, offline,
-    /// backlog, idle, connections. All of them when absent.
+    /// backlog, backlog-relay, idle, connections. All of them when absent.
     #[arg(long)]
     scenario: Vec<String>,
     /// Small sizes, to check that every scenario runs (the figures are not meaningful).
@@ -59,7 +69,7 @@ struct Args {
     /// `offline`: messages sent through the relay.
     #[arg(long, default_value_t = 1000)]
     offline_messages: usize,
-    /// `backlog`: messages queued while the contact is away.
+    /// `backlog`, `backlog-relay`: messages queued while the contact is away.
     #[arg(long, default_value_t = 20_000)]
     backlog_messages: usize,
     /// `idle`: seconds the node stays idle.
@@ -113,6 +123,9 @@ fn main() -> anyhow::Result<()> {
     }
     if run("backlog") {
         backlog::run(&exe, if quick { 200 } else { args.backlog_messages.max(1) })?;
+    }
+    if run("backlog-relay") {
+        backlog_relay::run(&exe, if quick { 200 } else { args.backlog_messages.max(1) })?;
     }
     if run("idle") {
         idle::run(&exe, if quick { 5 } else { args.idle_seconds }, quick)?;

@@ -178,6 +178,12 @@ pub(crate) struct Relay {
 
 impl Relay {
     pub(crate) fn start(exe: &Path, home: &Path, extra: &str) -> anyhow::Result<Relay> {
+        Self::start_on(exe, home, extra, 0)
+    }
+
+    /// Like [`Relay::start`], on TCP port `port` (any free one for 0): a relay started again on
+    /// its home and port is the same relay at the same address.
+    pub(crate) fn start_on(exe: &Path, home: &Path, extra: &str, port: u16) -> anyhow::Result<Relay> {
         std::fs::create_dir_all(home)?;
         let config: PathBuf = home.join("bench-relay.toml");
         std::fs::write(
@@ -189,8 +195,8 @@ impl Relay {
             ),
         )?;
         let config = config.display().to_string();
-        let daemon =
-            Daemon::start(exe, home, &["--relay", "--config", &config, "--listen", "/ip4/127.0.0.1/tcp/0"])?;
+        let listen = format!("/ip4/127.0.0.1/tcp/{port}");
+        let daemon = Daemon::start(exe, home, &["--relay", "--config", &config, "--listen", &listen])?;
         let addr: libp2p::Multiaddr =
             daemon.ready["public"][0].as_str().context("the relay announced no public address")?.parse()?;
         let peer = daemon.ready["peer_id"].as_str().context("no peer id")?.parse()?;

@@ -21,7 +21,7 @@ use anyhow::Context as _;
 use libp2p::{Multiaddr, PeerId};
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
-use merpati_control::protocol::{Event, StatusUpdate};
+use merpati_control::protocol::{Event, Request, StatusUpdate};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::wire::{Refusal, deliver};
@@ -58,6 +58,8 @@ pub const DAY_CHECK: Duration = Duration::from_secs(60);
 pub const SKIP_DIRECT_AFTER_FAILURE: Duration = Duration::from_secs(60);
 /// How many batches of fetched envelopes may wait for the engine.
 const FETCHED_QUEUE: usize = 8;
+/// The most control requests handled as one group (consecutive sends share one write).
+const MAX_COMMANDS_AT_ONCE: usize = 64;
 
 /// What the daemon needs to start.
 #[derive(Debug, Clone)]
@@ -250,14 +252,16 @@ impl Actor {
                 biased;
                 () = shutdown.cancelled() => break,
                 Some(command) = commands.recv() => {
-                    let now = self.clock.now();
-                    let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
-                    let _ = command.reply.send(response);
-                    if rpc::changes_relays(&command.request) {
-                        self.sync_relays().await;
+                    // Requests that queued up while the last ones were handled go together, so
+                    // sends that arrive at once share one durable write.
+                    let mut ready = vec![command];
+                    while ready.len() < MAX_COMMANDS_AT_ONCE {
+                        match commands.try_recv() {
+                            Ok(command) => ready.push(command),
+                            Err(_) => break,
+                        }
                     }
-                    self.refresh_tokens();
-                    self.kick(None);
+                    self.on_commands(ready).await;
                 }
                 Some(event) = inbound.recv() => self.on_network(event),
                 Some(batch) = fetched.recv() => self.on_fetched(batch),
@@ -280,6 +284,33 @@ impl Actor {
             }
         }
         Ok(())
+    }
+
+    /// Answers control requests, in order: consecutive sends with one write for all.
+    async fn on_commands(&mut self, commands: Vec<Command>) {
+        let mut commands = commands.into_iter().peekable();
+        while let Some(command) = commands.next() {
+            let now = self.clock.now();
+            if rpc::is_send(&command.request) {
+                let mut sends = vec![command];
+                while let Some(next) = commands.next_if(|c| rpc::is_send(&c.request)) {
+                    sends.push(next);
+                }
+                let requests: Vec<&Request> = sends.iter().map(|c| &c.request).collect();
+                let responses = rpc::handle_sends(&mut self.engine, &requests, now);
+                for (command, response) in sends.into_iter().zip(responses) {
+                    let _ = command.reply.send(response);
+                }
+            } else {
+                let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
+                let _ = command.reply.send(response);
+                if rpc::changes_relays(&command.request) {
+                    self.sync_relays().await;
+                }
+            }
+        }
+        self.refresh_tokens();
+        self.kick(None);
     }
 
     fn on_network(&mut self, event: net::Event) {

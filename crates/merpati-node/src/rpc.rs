@@ -5,7 +5,8 @@ use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
     self, AppError, ContactAddResult, ContactListResult, ContactShowResult, ContactSummary,
     Direction as ViewDirection, InviteResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult,
-    RelayListResult, RelayView, Request, Response, SendResult, StatusResult, StatusUpdate, StoredCount,
+    RelayListResult, RelayView, Request, Response, SendParams, SendResult, StatusResult, StatusUpdate,
+    StoredCount,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -114,6 +115,39 @@ pub(crate) async fn handle(
     }
 }
 
+/// Whether `request` is a `send`, which [`handle_sends`] can answer together with others.
+pub(crate) fn is_send(request: &Request) -> bool {
+    request.method == method::Send::NAME
+}
+
+/// Answers `send` requests received together, in order, queuing every text they carry with one
+/// durable write; a request with bad parameters gets its own error and does not hold up the rest.
+pub(crate) fn handle_sends(
+    engine: &mut Engine<SledStore>,
+    requests: &[&Request],
+    now: Timestamp,
+) -> Vec<Response> {
+    let params: Vec<Result<SendParams, Response>> =
+        requests.iter().map(|request| request.params_of::<method::Send>()).collect();
+    let sends: Vec<(&str, &str)> =
+        params.iter().filter_map(|p| p.as_ref().ok()).map(|p| (p.to.as_str(), p.text.as_str())).collect();
+    let mut results = blocking(|| engine.send_texts(&sends, now)).into_iter();
+    requests
+        .iter()
+        .zip(params)
+        .map(|(request, params)| match params {
+            Err(answer) => answer,
+            Ok(_) => match results.next() {
+                Some(Ok(message)) => {
+                    Response::ok(request.id.clone(), to_value(SendResult { id: message_id(&message.id) }))
+                }
+                Some(Err(error)) => error_response(request.id.clone(), &error),
+                None => error_response(request.id.clone(), &EngineError::NotSaved("no answer".into())),
+            },
+        })
+        .collect()
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -133,7 +167,10 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         EngineError::InvalidRelay(_) => AppError::InvalidRelayAddress,
         EngineError::UnknownRelay(_) => AppError::UnknownRelay,
         EngineError::TooManyRelays { .. } => AppError::RelayListFull,
-        EngineError::Store(_) | EngineError::Seal(_) | EngineError::ForeignDatabase => AppError::Storage,
+        EngineError::Store(_)
+        | EngineError::NotSaved(_)
+        | EngineError::Seal(_)
+        | EngineError::ForeignDatabase => AppError::Storage,
     };
     Response::app_error(id, kind, error.to_string(), None)
 }

@@ -326,85 +326,99 @@ fn store_reads_per_delivery_do_not_grow_with_the_outbox() {
     assert!(per_delivery <= small.2 as f64, "the drain read {per_delivery:.1} per delivery");
 }
 
-/// A store whose heads index names, ahead of everything, an entry that does not exist (what a
-/// damaged database could hold).
-struct GhostHead(MemoryStore);
+/// A memory store that can go wrong on demand: its heads index can name, ahead of everything, an
+/// entry that does not exist (what a damaged database could hold), and it can refuse writes.
+#[derive(Default)]
+struct Rigged {
+    store: MemoryStore,
+    ghost_head: bool,
+    refuse_writes: std::sync::atomic::AtomicBool,
+}
 
-impl Store for GhostHead {
+impl Rigged {
+    fn refuse_writes(&self, refuse: bool) {
+        self.refuse_writes.store(refuse, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Store for Rigged {
     fn profile(&self) -> Result<Option<store::Profile>, store::StoreError> {
-        self.0.profile()
+        self.store.profile()
     }
     fn contacts(&self) -> Result<Vec<store::Contact>, store::StoreError> {
-        self.0.contacts()
+        self.store.contacts()
     }
     fn contact(&self, name: &str) -> Result<Option<store::Contact>, store::StoreError> {
-        self.0.contact(name)
+        self.store.contact(name)
     }
     fn session(&self, id: &SessionId) -> Result<Option<store::SessionRecord>, store::StoreError> {
-        self.0.session(id)
+        self.store.session(id)
     }
     fn session_by_mailbox(&self, mailbox: &MailboxId) -> Result<Option<SessionId>, store::StoreError> {
-        self.0.session_by_mailbox(mailbox)
+        self.store.session_by_mailbox(mailbox)
     }
     fn session_by_open_digest(&self, digest: &[u8; 32]) -> Result<Option<SessionId>, store::StoreError> {
-        self.0.session_by_open_digest(digest)
+        self.store.session_by_open_digest(digest)
     }
     fn message(&self, id: &MessageId) -> Result<Option<store::StoredMessage>, store::StoreError> {
-        self.0.message(id)
+        self.store.message(id)
     }
     fn messages(
         &self,
         contact: Option<&str>,
         limit: usize,
     ) -> Result<Vec<store::StoredMessage>, store::StoreError> {
-        self.0.messages(contact, limit)
+        self.store.messages(contact, limit)
     }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
-        self.0.outbox()
+        self.store.outbox()
     }
     fn outbox_entry(&self, id: &MessageId) -> Result<Option<OutboxEntry>, store::StoreError> {
-        self.0.outbox_entry(id)
+        self.store.outbox_entry(id)
     }
     fn outbox_head(&self, contact: &str) -> Result<Option<OutboxHead>, store::StoreError> {
-        self.0.outbox_head(contact)
+        self.store.outbox_head(contact)
     }
     fn outbox_queue(&self, contact: &str, limit: usize) -> Result<Vec<OutboxHead>, store::StoreError> {
-        self.0.outbox_queue(contact, limit)
+        self.store.outbox_queue(contact, limit)
     }
     fn outbox_due(&self, now: Timestamp) -> Result<Vec<OutboxHead>, store::StoreError> {
         let ghost =
             OutboxHead { id: MessageId([0x99; 16]), contact: "bob".into(), next_attempt_at: Timestamp(0) };
-        let mut heads = vec![ghost];
-        heads.extend(self.0.outbox_due(now)?);
+        let mut heads: Vec<OutboxHead> = self.ghost_head.then_some(ghost).into_iter().collect();
+        heads.extend(self.store.outbox_due(now)?);
         Ok(heads)
     }
     fn outbox_len(&self) -> Result<usize, store::StoreError> {
-        self.0.outbox_len()
+        self.store.outbox_len()
     }
     fn awaiting(
         &self,
         until: Timestamp,
         limit: usize,
     ) -> Result<Vec<(Timestamp, MessageId)>, store::StoreError> {
-        self.0.awaiting(until, limit)
+        self.store.awaiting(until, limit)
     }
     fn announced(&self, session: &SessionId) -> Result<Vec<u64>, store::StoreError> {
-        self.0.announced(session)
+        self.store.announced(session)
     }
     fn relays(&self) -> Result<Vec<Vec<u8>>, store::StoreError> {
-        self.0.relays()
+        self.store.relays()
     }
     fn session_ids(&self) -> Result<Vec<SessionId>, store::StoreError> {
-        self.0.session_ids()
+        self.store.session_ids()
     }
     fn apply(&self, changes: &[Change]) -> Result<(), store::StoreError> {
-        self.0.apply(changes)
+        if self.refuse_writes.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(store::StoreError::Failed { reason: "the disk is full".into() });
+        }
+        self.store.apply(changes)
     }
 }
 
 #[test]
 fn an_index_entry_pointing_at_nothing_neither_stops_nor_doubles_a_queue() {
-    let mut alice = engine(GhostHead(MemoryStore::new()), 1, "Alice");
+    let mut alice = engine(Rigged { ghost_head: true, ..Rigged::default() }, 1, "Alice");
     let mut bob = engine(MemoryStore::new(), 2, "Bob");
     let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
     alice.add_contact(&invite, "bob", T0).unwrap();
@@ -539,4 +553,63 @@ fn batches_keep_to_their_byte_cap_the_heads_backoff_and_busy_contacts() {
         later[0].iter().map(|a| a.id).collect::<Vec<_>>(),
         batch.iter().map(|a| a.id).collect::<Vec<_>>()
     );
+}
+
+/// Sends that arrive together are queued with one write, in order; a refused one (unknown
+/// contact, text too long) does not hold up the rest; a contact's first session is started once
+/// for the whole group.
+#[test]
+fn sends_queued_together_share_one_write() {
+    let mut alice = engine(MemoryStore::new(), 1, "Alice");
+    let mut bob = engine(MemoryStore::new(), 2, "Bob");
+    let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    let long = "x".repeat(merpati_proto::frame::MAX_TEXT_LEN + 1);
+    let before = alice.store().batches();
+    let results = alice.send_texts(&[("bob", "one"), ("carol", "lost"), ("bob", &long), ("bob", "two")], T0);
+    assert_eq!(alice.store().batches() - before, 1);
+    assert!(matches!(results[1], Err(EngineError::UnknownContact(_))));
+    assert!(matches!(results[2], Err(EngineError::TooLarge { .. })));
+    let queued: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).map(|m| m.text.as_str()).collect();
+    assert_eq!(queued, ["one", "two"]);
+
+    // Bob gets the session's controls and both texts, in order, from one first contact.
+    let mut got = Vec::new();
+    while let Some(attempt) = alice.due(T0, None).unwrap().into_iter().next() {
+        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
+        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+        got.extend(received.message.map(|m| m.text));
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    }
+    assert_eq!(got, ["one", "two"]);
+    assert_eq!(bob.store().contacts().unwrap().len(), 1);
+}
+
+/// A group whose write fails queues none of its texts, and the sessions go on from what is
+/// stored: the texts sent after it arrive and open.
+#[test]
+fn a_group_of_sends_whose_write_fails_queues_nothing() {
+    let mut alice = engine(Rigged::default(), 1, "Alice");
+    let mut bob = engine(MemoryStore::new(), 2, "Bob");
+    let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    alice.send_text("bob", "before", T0).unwrap();
+    alice.store().refuse_writes(true);
+    let results = alice.send_texts(&[("bob", "lost 1"), ("bob", "lost 2"), ("nobody", "x")], T0);
+    assert!(matches!(results[0], Err(EngineError::Store(_))));
+    assert!(matches!(results[1], Err(EngineError::NotSaved(_))));
+    assert!(matches!(results[2], Err(EngineError::UnknownContact(_))));
+    alice.store().refuse_writes(false);
+    alice.send_text("bob", "after", T0).unwrap();
+
+    let mut got = Vec::new();
+    while let Some(attempt) = alice.due(T0, None).unwrap().into_iter().next() {
+        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
+        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+        got.extend(received.message.map(|m| m.text));
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    }
+    assert_eq!(got, ["before", "after"]);
+    let sent: Vec<_> = alice.store().messages(Some("bob"), 10).unwrap().into_iter().map(|m| m.text).collect();
+    assert_eq!(sent, ["before", "after"]);
 }

@@ -74,6 +74,9 @@ pub enum EngineError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The write that held this change and others failed; the others' results carry the error.
+    #[error("could not save to the database: {0}")]
+    NotSaved(String),
     /// The database was made for another identity than the identity file's.
     #[error("the database belongs to another identity than this home's identity file")]
     ForeignDatabase,

@@ -10,12 +10,12 @@
 use merpati_proto::Timestamp;
 use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId, ReceiptKind};
 use merpati_proto::mailbox::MailboxId;
-use merpati_proto::session::{Sealed, Session};
+use merpati_proto::session::{Sealed, Session, SessionId};
 use merpati_proto::wire::{self, Refusal};
 use rand_core::Rng;
 
 use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, RECEIPT_DEADLINE, RETRY_BASE, RETRY_MAX};
-use crate::store::{Change, Direction, OutboxEntry, Status, Store, StoredMessage};
+use crate::store::{Change, Contact, Direction, OutboxEntry, Status, Store, StoredMessage};
 
 /// One delivery to try: an outbox entry with where its recipient's node can be reached.
 #[derive(Debug, Clone)]
@@ -60,15 +60,84 @@ pub enum AttemptResult {
     },
 }
 
+/// What the sends of one group sealed, not yet written: one durable write for all.
+#[derive(Default)]
+struct SendGroup {
+    changes: Vec<Change>,
+    /// Sessions that sealed, with their contact, in first-touched order: each is persisted once,
+    /// in its final state.
+    sessions: Vec<(SessionId, String)>,
+    /// Contacts whose first session the group started, as they will be stored.
+    contacts: Vec<Contact>,
+}
+
+impl SendGroup {
+    fn touch(&mut self, session: SessionId, contact: &str) {
+        if !self.sessions.iter().any(|(id, _)| *id == session) {
+            self.sessions.push((session, contact.to_owned()));
+        }
+    }
+}
+
 impl<S: Store> Engine<S> {
     /// Encrypts `text` for contact `to` and queues it durably. Returns the stored message.
     pub fn send_text(&mut self, to: &str, text: &str, now: Timestamp) -> Result<StoredMessage, EngineError> {
+        self.send_texts(&[(to, text)], now)
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::UnknownContact(to.to_owned())))
+    }
+
+    /// Encrypts and queues several texts, in order, with one durable write for all (group
+    /// commit: sends that arrive together wait for one flush, not one each). Returns one result
+    /// per send, as [`Engine::send_text`] would: a send that is refused (an unknown contact, a
+    /// text too long) does not hold up the others, and if the write fails, none is queued.
+    pub fn send_texts(
+        &mut self,
+        sends: &[(&str, &str)],
+        now: Timestamp,
+    ) -> Vec<Result<StoredMessage, EngineError>> {
+        let mut group = SendGroup::default();
+        let mut results: Vec<Result<StoredMessage, EngineError>> =
+            sends.iter().map(|(to, text)| self.seal_text(to, text, now, &mut group)).collect();
+        for (id, contact) in &group.sessions {
+            if let Some(session) = self.sessions.get(id) {
+                group.changes.extend(self.persist_session(session, contact));
+            }
+        }
+        if group.changes.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.store.apply(&group.changes) {
+            for (id, _) in &group.sessions {
+                self.forget_session(id);
+            }
+            // The first send queued gets the error itself; the rest were not saved either.
+            let reason = e.to_string();
+            let mut error = Some(EngineError::from(e));
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(error.take().unwrap_or_else(|| EngineError::NotSaved(reason.clone())));
+            }
+        }
+        results
+    }
+
+    /// Seals one text of a group into `group`'s changes, starting a session with the contact if
+    /// there is none yet. Its session is persisted with the group.
+    fn seal_text(
+        &mut self,
+        to: &str,
+        text: &str,
+        now: Timestamp,
+        group: &mut SendGroup,
+    ) -> Result<StoredMessage, EngineError> {
         if text.len() > MAX_TEXT_LEN {
             return Err(EngineError::TooLarge { len: text.len(), max: MAX_TEXT_LEN });
         }
-        let mut contact =
-            self.store.contact(to)?.ok_or_else(|| EngineError::UnknownContact(to.to_owned()))?;
-        let mut changes = Vec::new();
+        // A contact whose session this group started is not in the store yet.
+        let contact = match group.contacts.iter().find(|c| c.name == to) {
+            Some(contact) => contact.clone(),
+            None => self.store.contact(to)?.ok_or_else(|| EngineError::UnknownContact(to.to_owned()))?,
+        };
         let session_id = match contact.session {
             Some(id) => id,
             None => {
@@ -90,11 +159,14 @@ impl<S: Store> Engine<S> {
                 )?;
                 let id = session.id();
                 self.cache_session(session, &contact.name);
-                contact.session = Some(id);
-                changes.push(Change::PutContact(contact.clone()));
                 // Ahead of the text: if the contact fetches our first contact from a relay, these
                 // are how it learns which node to answer (a relay does not say who deposited).
-                changes.extend(self.seal_session_start(&id, &contact.name, now)?);
+                let controls = self.seal_session_start(&id, &contact.name, now)?;
+                let started = Contact { session: Some(id), ..contact.clone() };
+                group.changes.push(Change::PutContact(started.clone()));
+                group.changes.extend(controls);
+                group.contacts.push(started);
+                group.touch(id, &contact.name);
                 id
             }
         };
@@ -102,15 +174,20 @@ impl<S: Store> Engine<S> {
         let Some(session) = self.session(&session_id, now)? else {
             return Err(EngineError::UnknownContact(to.to_owned()));
         };
+        // A refused seal leaves the session as it was (earlier texts of the group stand); one
+        // the group has not touched is reloaded from the store on its next use all the same.
         let sealed = session.seal(&Body::Text(text.to_owned()), now, &mut rng);
         self.rng = rng;
         let sealed = match sealed {
             Ok(sealed) => sealed,
             Err(e) => {
-                self.forget_session(&session_id);
+                if !group.sessions.iter().any(|(id, _)| *id == session_id) {
+                    self.forget_session(&session_id);
+                }
                 return Err(e.into());
             }
         };
+        group.touch(session_id, &contact.name);
         let message = StoredMessage {
             id: sealed.message_id,
             contact: contact.name.clone(),
@@ -122,15 +199,8 @@ impl<S: Store> Engine<S> {
             reason: None,
             order: 0,
         };
-        let session =
-            self.sessions.get(&session_id).ok_or_else(|| EngineError::UnknownContact(to.to_owned()))?;
-        changes.extend(self.persist_session(session, &contact.name));
-        changes.push(Change::PutMessage(message.clone()));
-        changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));
-        if let Err(e) = self.store.apply(&changes) {
-            self.forget_session(&session_id);
-            return Err(e.into());
-        }
+        group.changes.push(Change::PutMessage(message.clone()));
+        group.changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));
         Ok(message)
     }
 
