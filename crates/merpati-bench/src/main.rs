@@ -5,7 +5,8 @@
 //! Scenarios (one module each): `crypto` (NDR1 in process), `direct` (daemon to daemon, both
 //! online), `relay-deposit` and `relay-fetch` (a relay's mailboxes under load), `offline` (a
 //! contact reachable only through its mailbox), `backlog` and `backlog-relay` (a contact coming
-//! back to thousands of queued messages, directly or at its relay), `idle` (a user node's idle cost) and
+//! back to thousands of queued messages, directly or at its relay), `many-contacts` (a node
+//! with a long history), `idle` (a user node's idle cost) and
 //! `connections` (a relay holding many idle connections). `--quick` runs small sizes, only to
 //! check that every scenario works; its figures mean little.
 
@@ -15,6 +16,7 @@ mod connections;
 mod crypto;
 mod direct;
 mod idle;
+mod many_contacts;
 mod offline;
 mod relay;
 mod util;
@@ -25,7 +27,7 @@ use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "crypto",
     "direct",
     "relay-deposit",
@@ -33,6 +35,7 @@ const SCENARIOS: [&str; 9] = [
     "offline",
     "backlog",
     "backlog-relay",
+    "many-contacts",
     "idle",
     "connections",
 ];
@@ -42,7 +45,7 @@ const SCENARIOS: [&str; 9] = [
 #[command(name = "merpati-bench")]
 struct Args {
     /// Run only this scenario (repeatable): crypto, direct, relay-deposit, relay-fetch, offline,
-    /// backlog, backlog-relay, idle, connections. All of them when absent.
+    /// backlog, backlog-relay, many-contacts, idle, connections. All of them when absent.
     #[arg(long)]
     scenario: Vec<String>,
     /// Small sizes, to check that every scenario runs (the figures are not meaningful).
@@ -72,6 +75,12 @@ struct Args {
     /// `backlog`, `backlog-relay`: messages queued while the contact is away.
     #[arg(long, default_value_t = 20_000)]
     backlog_messages: usize,
+    /// `many-contacts`: contacts in the node's database.
+    #[arg(long, default_value_t = 1000)]
+    contacts: usize,
+    /// `many-contacts`: messages stored from each contact.
+    #[arg(long, default_value_t = 100)]
+    messages_per_contact: usize,
     /// `idle`: seconds the node stays idle.
     #[arg(long, default_value_t = 120)]
     idle_seconds: u64,
@@ -126,6 +135,18 @@ fn main() -> anyhow::Result<()> {
     }
     if run("backlog-relay") {
         backlog_relay::run(&exe, if quick { 200 } else { args.backlog_messages.max(1) })?;
+    }
+    if run("many-contacts") {
+        let params = if quick {
+            many_contacts::Params { contacts: 20, per_contact: 10, idle: std::time::Duration::from_secs(1) }
+        } else {
+            many_contacts::Params {
+                contacts: args.contacts.max(1),
+                per_contact: args.messages_per_contact.max(1),
+                idle: std::time::Duration::from_secs(10),
+            }
+        };
+        many_contacts::run(&exe, &params)?;
     }
     if run("idle") {
         idle::run(&exe, if quick { 5 } else { args.idle_seconds }, quick)?;

@@ -8,15 +8,16 @@
 //! the relays kept them. Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
 //! either, and the next pass tries again.
 //!
-//! Every session is loaded, so every session restored since start is persisted here too: its
-//! fresh sending sub-epoch is on disk before anything is sealed with it.
+//! A session in memory (used since start) is maintained there and persisted if it changed; any
+//! other is maintained as stored ([`Session::maintain_stored`]) and not kept in memory, so a
+//! node with many contacts holds only the sessions it used.
 
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::session::Session;
 
 use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, bundle};
-use crate::store::{Change, Status, Store};
+use crate::store::{Change, SessionRecord, Status, Store};
 
 /// What one maintenance pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub struct Maintenance {
     pub prekey_rotated: bool,
     /// How many expired prekeys' private keys were deleted.
     pub prekeys_purged: usize,
-    /// How many sessions were written back (changed by their step, or restored since start).
+    /// How many sessions were written back (changed by their step).
     pub sessions_written: usize,
     /// Messages now failed as expired, with the reason they show.
     pub expired: Vec<(MessageId, String)>,
@@ -104,14 +105,12 @@ impl<S: Store> Engine<S> {
     }
 
     /// The pass's second step: gives every session its maintenance step and stores, in one apply,
-    /// every session that changed or was restored since start. Returns how many were written.
+    /// every session that changed. Returns how many were written.
     pub fn maintain_sessions(&mut self, now: Timestamp) -> Result<usize, EngineError> {
         let mut changes = Vec::new();
         let mut written = Vec::new();
+        let mut stored_written = 0;
         for id in self.store.session_ids()? {
-            let restored = !self.sessions.contains_key(&id);
-            let Some(session) = self.session(&id, now)? else { continue };
-            let changed = Session::maintain(session, now);
             // Older announcements than those a peer may still use need no watching.
             changes.extend(
                 self.store
@@ -120,13 +119,20 @@ impl<S: Store> Engine<S> {
                     .skip(super::relays::ANNOUNCEMENTS_WATCHED)
                     .map(|last_day| Change::ForgetAnnouncement { session: id, last_day }),
             );
-            if !(changed || restored) {
+            if let Some(session) = self.sessions.get_mut(&id) {
+                if Session::maintain(session, now) {
+                    let contact = self.session_contacts.get(&id).cloned().unwrap_or_default();
+                    changes.extend(self.persist_session(&self.sessions[&id], &contact));
+                    written.push(id);
+                }
                 continue;
             }
-            let contact = self.session_contacts.get(&id).cloned().unwrap_or_default();
-            if let Some(session) = self.sessions.get(&id) {
-                changes.extend(self.persist_session(session, &contact));
-                written.push(id);
+            let Some(record) = self.store.session(&id)? else { continue };
+            let (state, changed) = Session::maintain_stored(record.state, now);
+            if changed {
+                // Its mailboxes are as they were: the record alone changed.
+                changes.push(Change::PutSession(SessionRecord { state, ..record }));
+                stored_written += 1;
             }
         }
         if let Err(e) = self.store.apply(&changes) {
@@ -136,6 +142,6 @@ impl<S: Store> Engine<S> {
             }
             return Err(e.into());
         }
-        Ok(written.len())
+        Ok(written.len() + stored_written)
     }
 }

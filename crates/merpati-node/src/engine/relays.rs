@@ -142,22 +142,31 @@ impl<S: Store> Engine<S> {
                 tracing::warn!("cannot read a session's announcements: {e}");
                 Vec::new()
             });
-            let session = match self.session(&id, now) {
-                Ok(Some(session)) => session,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!("cannot load a session for fetching: {e}");
-                    continue;
-                }
+            // Read from memory, or as stored without keeping it: a node with many contacts
+            // holds only the sessions it uses.
+            let stored;
+            let state = match self.sessions.get(&id) {
+                Some(session) => session.state(),
+                None => match self.store.session(&id) {
+                    Ok(Some(record)) => {
+                        stored = record.state;
+                        &stored
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!("cannot load a session for fetching: {e}");
+                        continue;
+                    }
+                },
             };
-            let secret = &session.state().my_mailbox_secret;
+            let secret = &state.my_mailbox_secret;
             // A sender writes under the id of its own day while that day is in the announcement
             // it knows, and under that announcement's last id after it; the announcement it knows
             // may be one we have since replaced (it learns the new one only with our next
             // epoch). Every id is some day's, so every day in the window is looked at, whatever
             // announcement it was in; and today's id in our latest announcement, which after a
             // long silence is its last one, however old.
-            let announced = session.my_mailboxes();
+            let announced = &state.my_mailboxes;
             let last = announced.first_day + (announced.ids.len() as u64).saturating_sub(1);
             let live_days: Vec<u64> = (today.saturating_sub(1)..=today + 1)
                 .chain(std::iter::once(today.clamp(announced.first_day, last)))

@@ -614,3 +614,53 @@ fn a_message_collected_in_time_never_expires() {
     alice.attempt_finished(&direct, &AttemptResult::Accepted, day5).unwrap();
     assert!(alice.store().awaiting(Timestamp(u64::MAX), 10).unwrap().is_empty());
 }
+
+/// A node that restarts and then only runs its maintenance passes keeps none of its sessions in
+/// memory, still deletes their old keys, and moves no session to a new sub-epoch beyond what
+/// the age of its keys asks: a contact who writes after weeks is read as before.
+#[test]
+fn maintenance_of_sessions_not_in_use_keeps_them_on_disk_only() {
+    let mut alice = engine(MemoryStore::new(), 1, "Alice");
+    let bob_store = Arc::new(MemoryStore::new());
+    let mut bob = engine(bob_store.clone(), 2, "Bob");
+    let invite = bob.invite(peer(2).to_bytes(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    bob.send_text(&only_contact(&bob).name, "hi", T0).unwrap();
+    pump(&mut bob, None, &mut alice, T0);
+    // Bob restarts.
+    drop(bob);
+    let mut bob = engine(bob_store.clone(), 2, "Bob");
+    let id = only_contact(&bob).session.unwrap();
+    let sub_epoch = |bob: &Engine<Arc<MemoryStore>>| {
+        bob.store().session(&id).unwrap().unwrap().state.send.map(|s| (s.epoch, s.sub))
+    };
+    let before = sub_epoch(&bob);
+    let mut now = T0;
+    let mut written = 0;
+    for _ in 0..(40 * 24) {
+        now = now.plus(Timestamp::HOUR);
+        written += bob.maintain(now).unwrap().sessions_written;
+        bob.mailbox_tokens(now);
+        assert!(bob.sessions.is_empty(), "a session not in use was kept in memory");
+    }
+    // Bob's one sealed sub-epoch was stepped once it was a day old, and nothing more.
+    let after = sub_epoch(&bob);
+    assert_eq!(after.map(|(e, _)| e), before.map(|(e, _)| e));
+    assert_eq!(after.map(|(_, s)| s), before.map(|(_, s)| s + 1));
+    assert!(written >= 1, "old keys were never deleted");
+    let state = bob.store().session(&id).unwrap().unwrap().state;
+    for epoch in &state.recv {
+        assert!(epoch.subkeys.iter().all(|k| now.since(k.derived_at) < MAX_KEY_AGE + SUB_EPOCH_MAX_AGE));
+    }
+    alice.send_text("bob", "still there?", now).unwrap();
+    let mut texts = Vec::new();
+    while let Some(attempt) = alice.due(now, Some("bob")).unwrap().into_iter().next() {
+        let received = bob.receive(None, &attempt.envelope, now).unwrap();
+        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+        texts.extend(received.message.map(|m| m.text));
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, now).unwrap();
+    }
+    assert_eq!(texts, ["still there?"]);
+}

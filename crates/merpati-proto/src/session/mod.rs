@@ -260,6 +260,16 @@ impl Session {
         changed || keys(&self.state) != before
     }
 
+    /// [`Session::maintain`] for a session that is not in use: its stored state, stepped and
+    /// pruned, and whether it changed. Nothing is sealed with the result (it is only stored), so
+    /// unlike [`Session::restore`] it does not move to a fresh sub-epoch, and a session left
+    /// alone for months does not make its peer derive one more key per pass.
+    pub fn maintain_stored(state: SessionState, now: Timestamp) -> (SessionState, bool) {
+        let mut session = Self::from_state(state);
+        let changed = session.maintain(now);
+        (session.state, changed)
+    }
+
     /// The state to persist.
     pub fn state(&self) -> &SessionState {
         &self.state
