@@ -5,12 +5,14 @@
 //! Scenarios (one module each): `crypto` (NDR1 in process), `direct` (daemon to daemon, both
 //! online), `relay-deposit` and `relay-fetch` (a relay's mailboxes under load), `offline` (a
 //! contact reachable only through its mailbox), `backlog` and `backlog-relay` (a contact coming
-//! back to thousands of queued messages, directly or at its relay), `many-contacts` (a node
+//! back to thousands of queued messages, directly or at its relay), `backlog-contacts` (a
+//! backlog for many contacts), `many-contacts` (a node
 //! with a long history), `idle` (a user node's idle cost) and
 //! `connections` (a relay holding many idle connections). `--quick` runs small sizes, only to
 //! check that every scenario works; its figures mean little.
 
 mod backlog;
+mod backlog_contacts;
 mod backlog_relay;
 mod connections;
 mod crypto;
@@ -27,7 +29,7 @@ use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "crypto",
     "direct",
     "relay-deposit",
@@ -35,6 +37,7 @@ const SCENARIOS: [&str; 10] = [
     "offline",
     "backlog",
     "backlog-relay",
+    "backlog-contacts",
     "many-contacts",
     "idle",
     "connections",
@@ -45,7 +48,8 @@ const SCENARIOS: [&str; 10] = [
 #[command(name = "merpati-bench")]
 struct Args {
     /// Run only this scenario (repeatable): crypto, direct, relay-deposit, relay-fetch, offline,
-    /// backlog, backlog-relay, many-contacts, idle, connections. All of them when absent.
+    /// backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections. All of them
+    /// when absent.
     #[arg(long)]
     scenario: Vec<String>,
     /// Small sizes, to check that every scenario runs (the figures are not meaningful).
@@ -75,9 +79,12 @@ struct Args {
     /// `backlog`, `backlog-relay`: messages queued while the contact is away.
     #[arg(long, default_value_t = 20_000)]
     backlog_messages: usize,
-    /// `many-contacts`: contacts in the node's database.
+    /// `backlog-contacts`, `many-contacts`: the node's contacts.
     #[arg(long, default_value_t = 1000)]
     contacts: usize,
+    /// `backlog-contacts`: messages queued for each contact.
+    #[arg(long, default_value_t = 20)]
+    backlog_per_contact: usize,
     /// `many-contacts`: messages stored from each contact.
     #[arg(long, default_value_t = 100)]
     messages_per_contact: usize,
@@ -135,6 +142,11 @@ fn main() -> anyhow::Result<()> {
     }
     if run("backlog-relay") {
         backlog_relay::run(&exe, if quick { 200 } else { args.backlog_messages.max(1) })?;
+    }
+    if run("backlog-contacts") {
+        let (contacts, per_contact) =
+            if quick { (20, 5) } else { (args.contacts.max(1), args.backlog_per_contact.max(1)) };
+        backlog_contacts::run(&exe, contacts, per_contact)?;
     }
     if run("many-contacts") {
         let params = if quick {

@@ -174,6 +174,7 @@ pub async fn run(
         engine,
         clock,
         tokens_day: 0,
+        tokens_due: false,
         net,
         events,
         deliveries: JoinSet::new(),
@@ -208,6 +209,8 @@ struct Actor {
     clock: Clock,
     /// The day the fetch tokens were last computed for.
     tokens_day: u64,
+    /// Whether the fetch tokens are to be recomputed at the next tick.
+    tokens_due: bool,
     net: net::Handle,
     events: broadcast::Sender<Event>,
     deliveries: JoinSet<(String, relay_client::BatchDelivery)>,
@@ -271,7 +274,12 @@ impl Actor {
                         self.batch_finished(contact, delivery);
                     }
                 }
-                _ = tick.tick() => self.kick(None),
+                _ = tick.tick() => {
+                    if self.tokens_due {
+                        self.refresh_tokens();
+                    }
+                    self.kick(None);
+                }
                 _ = day_check.tick() => {
                     if self.clock.now().day() != self.tokens_day {
                         self.refresh_tokens();
@@ -309,7 +317,10 @@ impl Actor {
                 }
             }
         }
-        self.refresh_tokens();
+        // A send may have started a session, whose mailboxes we then fetch; the tokens are
+        // recomputed at the next tick (reading every session each time would make a send cost
+        // what the node's contacts number).
+        self.tokens_due = true;
         self.kick(None);
     }
 
@@ -406,6 +417,7 @@ impl Actor {
     fn refresh_tokens(&mut self) {
         let now = self.clock.now();
         self.tokens_day = now.day();
+        self.tokens_due = false;
         let tokens = tokio::task::block_in_place(|| self.engine.mailbox_tokens(now));
         self.tokens.send_if_modified(|current| {
             if **current == tokens {
