@@ -59,7 +59,8 @@ pub(crate) fn run(exe: &Path, contacts: usize, per_contact: usize) -> anyhow::Re
     // Which texts R took, from A's status notifications, read as they come (polling `status`
     // would cost A a scan of every contact each time).
     let mut events = alice.client()?.subscribe()?;
-    let (stored_tx, stored_rx) = std::sync::mpsc::channel();
+    // Room for every `stored` notification twice over: the reader never waits for the bench.
+    let (stored_tx, stored_rx) = std::sync::mpsc::sync_channel(2 * contacts * per_contact + 1024);
     std::thread::spawn(move || {
         while let Ok(event) = events.next_event() {
             if let Event::Status(update) = event

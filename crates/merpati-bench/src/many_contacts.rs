@@ -3,7 +3,7 @@
 //! the real disk store (each contact is an engine of its own that sends M texts, which A
 //! receives in batches as the daemon would), then starts A's daemon on it. Reports the start
 //! time (spawn until the ready line), `messages --limit 1000` across all conversations and with
-//! one contact (p50/p99 over 20 calls each), and A's RSS a few idle seconds after its start and
+//! one contact (p50/p99 over 20 calls each), `status` (5 calls), and A's RSS a few idle seconds after its start and
 //! again after those calls.
 //!
 //! A's outbox (the receipts for those messages, to nodes that do not exist) is emptied before
@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
-use merpati_control::protocol::MessagesParams;
-use merpati_control::protocol::method::Messages;
+use merpati_control::protocol::method::{ContactList, Messages, Status as StatusCall};
+use merpati_control::protocol::{MessagesParams, NoParams};
 use merpati_node::clock::Clock;
 use merpati_node::daemon::os_rng;
 use merpati_node::engine::{Engine, Me};
@@ -57,7 +57,7 @@ pub(crate) fn run(exe: &Path, params: &Params) -> anyhow::Result<()> {
     let started_kib = rss_kib(alice.pid())?;
     let mut client = alice.client()?;
     let some_contact = client
-        .call::<merpati_control::protocol::method::ContactList>(merpati_control::protocol::NoParams {})?
+        .call::<ContactList>(NoParams {})?
         .contacts
         .first()
         .map(|c| c.name.clone())
@@ -75,6 +75,12 @@ pub(crate) fn run(exe: &Path, params: &Params) -> anyhow::Result<()> {
     };
     let (all, all_len) = timed(None)?;
     let (one, one_len) = timed(Some(some_contact))?;
+    let mut status = Vec::new();
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        client.call::<StatusCall>(NoParams {})?;
+        status.push(t0.elapsed());
+    }
     std::thread::sleep(params.idle);
     let idle_kib = rss_kib(alice.pid())?;
     report(
@@ -93,6 +99,7 @@ pub(crate) fn run(exe: &Path, params: &Params) -> anyhow::Result<()> {
                 "one_contact": summary(one, Unit::Millis),
                 "returned": [all_len, one_len],
             },
+            "status_ms": summary(status, Unit::Millis),
             "rss_mib": { "started_idle": mib(started_kib), "after_reading_idle": mib(idle_kib) },
             "idle_seconds": params.idle.as_secs(),
         }),

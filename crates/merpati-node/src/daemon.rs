@@ -10,7 +10,9 @@
 //! at a time so a contact receives our messages in the order they were written, and at most
 //! [`MAX_DELIVERIES_IN_FLIGHT`] batches overall. Each batch goes to the contact's node in one
 //! exchange or, when that fails, into its mailboxes at its relays ([`relay_client`]). Envelopes
-//! received together (a batch, a page fetched from a relay) are stored with one durable write.
+//! received together (a batch, a page fetched from a relay) are stored with one durable write,
+//! and so are sends that were waiting together. The fetch tokens are recomputed at the next tick
+//! after control requests (that reads every session), at once for a new contact or a new day.
 //! One fetch task per relay of ours long-polls our mailboxes there.
 
 use std::collections::{HashMap, HashSet};

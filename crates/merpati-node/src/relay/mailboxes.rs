@@ -833,7 +833,17 @@ pub(crate) mod tests {
         MailboxId::of(&token(n))
     }
 
+    /// Opens the store at `dir`, waiting while a copy just dropped still holds its lock (sled's
+    /// background flusher lets go of it shortly after the drop).
     fn open(dir: &Path, limits: MailboxLimits) -> Mailboxes {
+        for _ in 0..200 {
+            match Mailboxes::open(dir, limits) {
+                Err(MailboxError::Db(e)) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                result => return result.unwrap(),
+            }
+        }
         Mailboxes::open(dir, limits).unwrap()
     }
 
