@@ -508,7 +508,9 @@ impl Actor {
             // Only a real failed try starts the wait, so the node is tried again once it is over.
             self.unreachable.insert(contact.clone(), Instant::now());
         }
-        let progress = delivery.results.iter().any(|(_, result)| taken(result));
+        // Every envelope tried was taken: what follows them is not held back by a backoff.
+        let progress =
+            !delivery.results.is_empty() && delivery.results.iter().all(|(_, result)| taken(result));
         let now = self.clock.now();
         match tokio::task::block_in_place(|| self.engine.attempts_finished(&delivery.results, now)) {
             Ok(updates) => {
@@ -520,7 +522,8 @@ impl Actor {
             }
             Err(e) => tracing::error!("cannot record delivery results: {e}"),
         }
-        // The next batch to this contact goes right away after a success.
+        // The next batch to this contact goes right away after a batch that went through; one
+        // with a refusal waits for the tick, so the refused head keeps its backoff.
         if progress {
             self.kick(Some(&contact));
         }
