@@ -18,15 +18,10 @@ use anyhow::Context as _;
 use merpati_control::protocol::method::{ContactAdd, Send};
 use merpati_control::protocol::{ContactAddParams, Event, MessageStatus, SendParams};
 use merpati_node::clock::Clock;
-use merpati_node::daemon::os_rng;
-use merpati_node::engine::{Engine, Me};
-use merpati_node::store::MemoryStore;
-use merpati_proto::identity::IdentityKey;
-use merpati_proto::keys::{SymmetricKey, X25519Secret};
 use serde_json::json;
 
 use crate::offline::{create_identity, start_node};
-use crate::util::{Relay, free_port, mib, peak_rss_kib, report, round, rss_kib};
+use crate::util::{Relay, contact_engine, free_port, mib, peak_rss_kib, report, round, rss_kib};
 
 pub(crate) fn run(exe: &Path, contacts: usize, per_contact: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -37,20 +32,10 @@ pub(crate) fn run(exe: &Path, contacts: usize, per_contact: usize) -> anyhow::Re
     let alice = start_node(exe, &a_home, free_port()?)?;
     let mut client = alice.client()?;
     let now = Clock::system().now();
-    let mut rng = os_rng()?;
     let relay_addr = relay.addr.to_vec();
-    let node_key =
-        || libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap_or_default();
     let names: Vec<String> = (0..contacts).map(|i| format!("c{i:04}")).collect();
     for name in &names {
-        let me = Me {
-            identity: IdentityKey::generate(&mut rng),
-            device_static: X25519Secret::generate(&mut rng),
-            inbox_secret: SymmetricKey::generate(&mut rng),
-            name: Some(name.clone()),
-            created_at: now,
-        };
-        let mut contact = Engine::start(MemoryStore::new(), me, node_key, now, os_rng()?)?;
+        let mut contact = contact_engine(name, now)?;
         contact.add_relay(&relay_addr, now)?;
         let invite = contact.invite(libp2p::PeerId::random().to_bytes(), Vec::new(), now)?;
         client.call::<ContactAdd>(ContactAddParams { invite, name: name.clone() })?;

@@ -14,11 +14,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use merpati_control::protocol::method::{ContactAdd, Invite, RelayAdd, Send, Status as StatusCall};
-use merpati_control::protocol::{ContactAddParams, Direction, Event, NoParams, RelayAddParams, SendParams};
+use merpati_control::protocol::method::{RelayAdd, Send, Status as StatusCall};
+use merpati_control::protocol::{Direction, Event, NoParams, RelayAddParams, SendParams};
 use serde_json::json;
 
-use crate::offline::{create_identity, start_node, wait_message};
+use crate::offline::{create_identity, introduce, start_node};
 use crate::util::{Relay, free_port, mib, peak_rss_kib, report, round, rss_kib};
 
 pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
@@ -34,18 +34,8 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
     let alice = start_node(exe, &a_home, a_port)?;
     let bob = start_node(exe, &b_home, b_port)?;
     bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay.addr.to_string() })?;
-    let bob_invite = bob.client()?.call::<Invite>(NoParams {})?.invite;
-    let alice_invite = alice.client()?.call::<Invite>(NoParams {})?.invite;
-    alice.client()?.call::<ContactAdd>(ContactAddParams { invite: bob_invite, name: "bob".into() })?;
-    bob.client()?.call::<ContactAdd>(ContactAddParams { invite: alice_invite, name: "alice".into() })?;
-    let mut b_events = bob.client()?.subscribe()?;
-    let mut a_events = alice.client()?.subscribe()?;
-    alice.client()?.call::<Send>(SendParams { to: "bob".into(), text: "hello bob".into() })?;
-    wait_message(&mut b_events, "hello bob")?;
-    bob.client()?.call::<Send>(SendParams { to: "alice".into(), text: "hello alice".into() })?;
-    wait_message(&mut a_events, "hello alice")?;
-    drop((a_events, b_events));
-    std::thread::sleep(Duration::from_millis(500));
+    // Sessions both ways, while both are up.
+    introduce(&alice, &bob)?;
     drop(bob);
     let relay_port = relay.port;
     drop(relay);

@@ -20,13 +20,11 @@ use merpati_control::protocol::{MessagesParams, NoParams};
 use merpati_node::clock::Clock;
 use merpati_node::daemon::os_rng;
 use merpati_node::engine::{Engine, Me};
-use merpati_node::store::{Change, Keyring, MemoryStore, SledStore, Store};
-use merpati_proto::identity::IdentityKey;
-use merpati_proto::keys::{SymmetricKey, X25519Secret};
+use merpati_node::store::{Change, Keyring, SledStore, Store};
 use serde_json::json;
 
 use crate::offline::{create_identity, start_node};
-use crate::util::{Unit, free_port, mib, report, round, rss_kib, summary};
+use crate::util::{Unit, contact_engine, free_port, mib, node_key, report, round, rss_kib, summary};
 
 pub(crate) struct Params {
     pub(crate) contacts: usize,
@@ -113,31 +111,15 @@ fn seed(home: &Path, params: &Params) -> anyhow::Result<usize> {
     let home = Home::at(home.to_path_buf())?;
     let identity = IdentityFile::load(&home.identity_file())?;
     let now = Clock::system().now();
-    let me = Me {
-        identity: identity.identity,
-        device_static: identity.device_static,
-        inbox_secret: identity.inbox_secret,
-        name: identity.name,
-        created_at: identity.created_at,
-    };
+    let me = Me::from(identity);
     let db = home.database_dir();
     std::fs::create_dir_all(&db)?;
     let keyring = Keyring::open_or_create(SledStore::key_file(&db), &mut os_rng()?)?;
     let store = SledStore::open(&db, keyring)?;
-    let node_key =
-        || libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap_or_default();
     let mut alice = Engine::start(store, me, node_key, now, os_rng()?)?;
     let invite = alice.invite(libp2p::PeerId::random().to_bytes(), Vec::new(), now)?;
-    let mut rng = os_rng()?;
     for i in 0..params.contacts {
-        let me = Me {
-            identity: IdentityKey::generate(&mut rng),
-            device_static: X25519Secret::generate(&mut rng),
-            inbox_secret: SymmetricKey::generate(&mut rng),
-            name: Some(format!("Contact {i}")),
-            created_at: now,
-        };
-        let mut contact = Engine::start(MemoryStore::new(), me, node_key, now, os_rng()?)?;
+        let mut contact = contact_engine(&format!("Contact {i}"), now)?;
         contact.add_contact(&invite, "alice", now)?;
         let texts: Vec<String> = (0..params.per_contact)
             .map(|n| format!("message {n} from contact {i} {}", "x".repeat(80)))

@@ -63,6 +63,25 @@ pub(crate) fn wait_message(events: &mut Notifications, text: &str) -> anyhow::Re
     }
 }
 
+/// Makes A ("alice") and B ("bob") contacts of each other and exchanges a message each way,
+/// so both have their sessions, node addresses and relay hints; returns once the receipts of
+/// those two had time to go through.
+pub(crate) fn introduce(alice: &Daemon, bob: &Daemon) -> anyhow::Result<()> {
+    let bob_invite = bob.client()?.call::<Invite>(NoParams {})?.invite;
+    let alice_invite = alice.client()?.call::<Invite>(NoParams {})?.invite;
+    alice.client()?.call::<ContactAdd>(ContactAddParams { invite: bob_invite, name: "bob".into() })?;
+    bob.client()?.call::<ContactAdd>(ContactAddParams { invite: alice_invite, name: "alice".into() })?;
+    let mut b_events = bob.client()?.subscribe()?;
+    let mut a_events = alice.client()?.subscribe()?;
+    alice.client()?.call::<Send>(SendParams { to: "bob".into(), text: "hello bob".into() })?;
+    wait_message(&mut b_events, "hello bob")?;
+    bob.client()?.call::<Send>(SendParams { to: "alice".into(), text: "hello alice".into() })?;
+    wait_message(&mut a_events, "hello alice")?;
+    drop((a_events, b_events));
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
 pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let relay = Relay::start(exe, &dir.path().join("relay"), "max_reservations = 1\n")?;
@@ -89,19 +108,7 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
     let mut alice = start_node(exe, &a_home, free_port()?)?;
     let mut bob = start_node(exe, &b_home, free_port()?)?;
     bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay.addr.to_string() })?;
-    let bob_invite = bob.client()?.call::<Invite>(NoParams {})?.invite;
-    let alice_invite = alice.client()?.call::<Invite>(NoParams {})?.invite;
-    alice.client()?.call::<ContactAdd>(ContactAddParams { invite: bob_invite, name: "bob".into() })?;
-    bob.client()?.call::<ContactAdd>(ContactAddParams { invite: alice_invite, name: "alice".into() })?;
-    let mut b_events = bob.client()?.subscribe()?;
-    let mut a_events = alice.client()?.subscribe()?;
-    alice.client()?.call::<Send>(SendParams { to: "bob".into(), text: "hello bob".into() })?;
-    wait_message(&mut b_events, "hello bob")?;
-    bob.client()?.call::<Send>(SendParams { to: "alice".into(), text: "hello alice".into() })?;
-    wait_message(&mut a_events, "hello alice")?;
-    drop((a_events, b_events));
-    // Let the receipts of those two go through while both are still reachable.
-    std::thread::sleep(Duration::from_millis(500));
+    introduce(&alice, &bob)?;
 
     // New ports: neither node can be dialled at the address the other knows.
     drop(alice);

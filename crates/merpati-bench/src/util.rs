@@ -240,3 +240,25 @@ pub(crate) async fn client_net(
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
+
+/// A node key for an engine the bench runs in process (its libp2p key, as the daemon stores it).
+pub(crate) fn node_key() -> Vec<u8> {
+    libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap_or_default()
+}
+
+/// A contact the bench plays in process: a new identity named `name`, with an in-memory store.
+pub(crate) fn contact_engine(
+    name: &str,
+    now: merpati_proto::Timestamp,
+) -> anyhow::Result<merpati_node::engine::Engine<merpati_node::store::MemoryStore>> {
+    let mut rng = merpati_node::daemon::os_rng()?;
+    let me = merpati_node::engine::Me {
+        identity: merpati_proto::identity::IdentityKey::generate(&mut rng),
+        device_static: merpati_proto::keys::X25519Secret::generate(&mut rng),
+        inbox_secret: merpati_proto::keys::SymmetricKey::generate(&mut rng),
+        name: Some(name.to_owned()),
+        created_at: now,
+    };
+    let store = merpati_node::store::MemoryStore::new();
+    Ok(merpati_node::engine::Engine::start(store, me, node_key, now, rng)?)
+}

@@ -116,13 +116,7 @@ pub async fn run(
     home.create_dir().context("cannot create the home directory")?;
     let _lock = crate::lock::HomeLock::acquire(&home.lock_file())?;
     let identity = IdentityFile::load(&home.identity_file())?;
-    let me = Me {
-        identity: identity.identity,
-        device_static: identity.device_static,
-        inbox_secret: identity.inbox_secret,
-        name: identity.name,
-        created_at: identity.created_at,
-    };
+    let me = Me::from(identity);
     let db = home.database_dir();
     std::fs::create_dir_all(&db)
         .with_context(|| format!("cannot create the database directory {}", db.display()))?;

@@ -555,6 +555,23 @@ fn batches_keep_to_their_byte_cap_the_heads_backoff_and_busy_contacts() {
     );
 }
 
+/// Hands `from`'s due envelopes to `to` one at a time until none is left, each of which must be
+/// accepted; returns the texts `to` stored, in order.
+fn texts_delivered<S: Store, T: Store>(
+    from: &mut Engine<S>,
+    to: &mut Engine<T>,
+    now: Timestamp,
+) -> Vec<String> {
+    let mut got = Vec::new();
+    while let Some(attempt) = from.due(now, None).unwrap().into_iter().next() {
+        let received = to.receive(Some(&b"sender-node"[..]), &attempt.envelope, now).unwrap();
+        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+        got.extend(received.message.map(|m| m.text));
+        from.attempt_finished(&attempt.id, &AttemptResult::Accepted, now).unwrap();
+    }
+    got
+}
+
 /// Sends that arrive together are queued with one write, in order; a refused one (unknown
 /// contact, text too long) does not hold up the rest; a contact's first session is started once
 /// for the whole group.
@@ -574,13 +591,7 @@ fn sends_queued_together_share_one_write() {
     assert_eq!(queued, ["one", "two"]);
 
     // Bob gets the session's controls and both texts, in order, from one first contact.
-    let mut got = Vec::new();
-    while let Some(attempt) = alice.due(T0, None).unwrap().into_iter().next() {
-        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
-        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
-        got.extend(received.message.map(|m| m.text));
-        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
-    }
+    let got = texts_delivered(&mut alice, &mut bob, T0);
     assert_eq!(got, ["one", "two"]);
     assert_eq!(bob.store().contacts().unwrap().len(), 1);
 }
@@ -602,13 +613,7 @@ fn a_group_of_sends_whose_write_fails_queues_nothing() {
     alice.store().refuse_writes(false);
     alice.send_text("bob", "after", T0).unwrap();
 
-    let mut got = Vec::new();
-    while let Some(attempt) = alice.due(T0, None).unwrap().into_iter().next() {
-        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
-        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
-        got.extend(received.message.map(|m| m.text));
-        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
-    }
+    let got = texts_delivered(&mut alice, &mut bob, T0);
     assert_eq!(got, ["before", "after"]);
     let sent: Vec<_> = alice.store().messages(Some("bob"), 10).unwrap().into_iter().map(|m| m.text).collect();
     assert_eq!(sent, ["before", "after"]);

@@ -515,6 +515,64 @@ async fn full_engine_queue_refuses_as_rate_limited() {
     b.stop().await;
 }
 
+/// A batch weighs what its envelopes would alone against the cap on a peer's unanswered
+/// deliveries: batching does not let one peer (a stranger, as peer ids are free) hold more of the
+/// engine than single deliveries would.
+#[tokio::test]
+async fn a_batch_counts_each_envelope_against_the_per_peer_cap() {
+    let rate_limited =
+        |r: &deliver::Response| matches!(r, deliver::Response::Refused(Refusal::RateLimited { .. }));
+    let a = Node::start(&[TCP]).await;
+    let mut b = Node::with_config(config(&[TCP]).with_max_pending_inbound_per_peer(8)).await;
+    let mut inbound = b.take_inbound();
+    let b_addrs = b.addrs().await;
+
+    // Nine at once are more than B holds for one peer: all refused, before its engine sees them.
+    let answers = a.handle.deliver_batch(b.id(), b_addrs.clone(), vec![vec![1]; 9]).await.expect("answered");
+    assert_eq!(answers.len(), 9);
+    assert!(answers.iter().all(rate_limited), "{answers:?}");
+
+    // Eight go to the engine, which holds them unanswered: no room is left for a ninth.
+    let handle = a.handle.clone();
+    let (peer, addrs) = (b.id(), b_addrs.clone());
+    let held = tokio::spawn(async move { handle.deliver_batch(peer, addrs, vec![vec![2]; 8]).await });
+    let reply = loop {
+        match timeout(WAIT, inbound.recv()).await.expect("in time").expect("event") {
+            Event::Deliveries { batch, reply, .. } => {
+                assert_eq!(batch.envelopes.len(), 8);
+                break reply;
+            }
+            Event::Delivery { .. } => panic!("the refused batch reached the engine"),
+            _ => continue,
+        }
+    };
+    let response = a.handle.deliver(b.id(), b_addrs.clone(), b"9".to_vec()).await.expect("answered");
+    assert!(rate_limited(&response), "{response:?}");
+
+    // Answered, they make room again.
+    reply.send(vec![deliver::Response::Accepted; 8]);
+    let answers = timeout(WAIT, held).await.expect("in time").expect("task").expect("answered");
+    assert_eq!(answers, vec![deliver::Response::Accepted; 8]);
+    let handle = a.handle.clone();
+    let (peer, addrs) = (b.id(), b_addrs);
+    let single = tokio::spawn(async move { handle.deliver(peer, addrs, b"10".to_vec()).await });
+    loop {
+        match timeout(WAIT, inbound.recv()).await.expect("in time").expect("event") {
+            Event::Delivery { request, reply, .. } => {
+                assert_eq!(request.envelope, b"10");
+                reply.send(deliver::Response::Accepted);
+                break;
+            }
+            _ => continue,
+        }
+    }
+    let response = timeout(WAIT, single).await.expect("in time").expect("task").expect("answered");
+    assert_eq!(response, deliver::Response::Accepted);
+
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn full_outgoing_queue_fails_fast() {
     let one_at_a_time =

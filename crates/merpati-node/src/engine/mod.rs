@@ -112,6 +112,18 @@ pub struct Me {
     pub created_at: Timestamp,
 }
 
+impl From<merpati_control::identity_file::IdentityFile> for Me {
+    fn from(file: merpati_control::identity_file::IdentityFile) -> Self {
+        Self {
+            identity: file.identity,
+            device_static: file.device_static,
+            inbox_secret: file.inbox_secret,
+            name: file.name,
+            created_at: file.created_at,
+        }
+    }
+}
+
 impl Me {
     /// The first-contact inbox id printed in invites.
     pub fn inbox(&self) -> MailboxId {

@@ -1,9 +1,10 @@
 //! Outgoing messages: sealing into the outbox, and what each delivery attempt's result changes.
 //!
-//! `send_text` returns once the message and its envelope are durably queued. The daemon then asks
-//! for [`Engine::due`] attempts, tries each directly and, when the contact's node cannot take it,
-//! deposits it at every one of the contact's relays; it reports each result with
-//! [`Engine::attempt_finished`]. An envelope the node or at least one relay took leaves the
+//! `send_text` (or `send_texts`, for sends that share one write) returns once the messages and
+//! their envelopes are durably queued. The daemon then asks for [`Engine::due_batches`]: per
+//! contact, its oldest envelopes, tried together directly and, when the contact's node cannot take
+//! them, deposited at every one of the contact's relays; it reports the results with
+//! [`Engine::attempts_finished`]. An envelope the node or at least one relay took leaves the
 //! outbox; failures back off exponentially with jitter (at least as long as a rate-limiting
 //! refusal asks) until the message's lifetime (30 days) runs out.
 
