@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 
-use merpati_e2e::{Node, text};
+use merpati_e2e::{DaemonConfig, Node, text};
 use serde_json::Value;
 
 fn code(out: &std::process::Output) -> Option<i32> {
@@ -126,4 +126,49 @@ fn a_mistyped_config_file_is_a_clear_error() {
     assert!(!out.status.success());
     let log = node.log();
     assert!(log.contains("merpatid.toml") && log.contains("lisen"), "{log}");
+}
+
+/// Waits up to 20 s for `child` to exit; one still running (it started where it should have
+/// refused) is killed and fails the test.
+fn exits_within(mut child: std::process::Child, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{what} started on a port in use");
+}
+
+#[test]
+fn a_port_another_daemon_listens_on_is_refused_with_its_address() {
+    let mut alice = Node::init("Alice");
+    let port = merpati_e2e::tcp_port_of(&alice.start().listen[0].clone()).unwrap();
+    let taken = format!("/ip4/127.0.0.1/tcp/{port}");
+
+    let mut bob = Node::init("Bob");
+    bob.configure(DaemonConfig { listen: vec![taken.clone()], ..DaemonConfig::default() });
+    let status = exits_within(bob.spawn_daemon(), "a second daemon");
+    assert!(!status.success());
+    assert!(bob.log().contains(&taken) && bob.log().contains("in use"), "{}", bob.log());
+
+    // A relay the same.
+    let relay_home = tempfile::tempdir().unwrap();
+    let relay_log = relay_home.path().join("relay.log");
+    let relay = std::process::Command::new(&merpati_e2e::bins().merpatid)
+        .args(["--relay", "--home"])
+        .arg(relay_home.path().join("home"))
+        .args(["--listen", &taken])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&relay_log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(!exits_within(relay, "a relay").success());
+    let log = std::fs::read_to_string(&relay_log).unwrap();
+    assert!(log.contains(&taken) && log.contains("in use"), "{log}");
+    // Alice was not disturbed.
+    assert!(alice.cli(&["status"]).status.success());
 }

@@ -180,6 +180,13 @@ impl Node {
             peer_id: value["peer_id"].as_str().unwrap().to_owned(),
             listen: strings(&value["listen"]),
         };
+        // Contacts keep the address they were given, and `--listen` is used as written: a node
+        // restarted on the default setup asks for the port it got the first time.
+        if self.config.listen == DaemonConfig::default().listen
+            && let Some(port) = ready.listen.iter().find_map(|addr| tcp_port_of(addr))
+        {
+            self.config.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}")];
+        }
         self.daemon = Some(child);
         self.ready.insert(ready)
     }
@@ -646,4 +653,11 @@ fn remove_stale_namespaces() {
             let _ = ip(&["netns", "delete", name]);
         }
     }
+}
+
+/// The TCP port of a `/ip4/…/tcp/PORT/…` address, if it has one.
+pub fn tcp_port_of(addr: &str) -> Option<u16> {
+    let parts: Vec<&str> = addr.split('/').collect();
+    let at = parts.iter().position(|p| *p == "tcp")?;
+    parts.get(at + 1)?.parse().ok()
 }

@@ -163,8 +163,9 @@ impl Drop for Daemon {
     }
 }
 
-/// A community relay on 127.0.0.1 whose request rates are raised so a benchmark is not
-/// throttled; `extra` is appended to its `[relay]` section.
+/// A community relay on 127.0.0.1 whose request rates and quotas per depositor are raised so a
+/// benchmark (all of whose clients share one address) is not throttled; `extra` is appended to
+/// its `[relay]` section.
 #[derive(Debug)]
 pub(crate) struct Relay {
     pub(crate) daemon: Daemon,
@@ -191,7 +192,9 @@ impl Relay {
             format!(
                 "role = \"relay\"\n[relay]\n\
                  peer_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
-                 ip_rate = {{ per_second = 1000000, burst = 1000000 }}\n{extra}"
+                 ip_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+                 network_max_mib = 16384\n\
+                 peer_max_mib = 16384\n{extra}"
             ),
         )?;
         let config = config.display().to_string();

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use merpati_node::relay::{MailboxLimits, Mailboxes};
+use merpati_node::relay::{Depositor, MailboxLimits, Mailboxes};
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::{Envelope, Header, Kind, VERSION};
 use merpati_proto::mailbox::{FetchToken, MailboxId};
@@ -99,6 +99,8 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
     for task in 0..TASKS {
         let mailboxes = mailboxes.clone();
         let ids = ids.clone();
+        // Each task a depositor of its own network, as eight senders would be.
+        let depositor = Depositor::new(&libp2p::PeerId::random(), Some([192, 0, 2, task as u8].into()));
         tasks.spawn(async move {
             let mut latencies = Vec::with_capacity(per_task);
             for i in 0..per_task {
@@ -107,7 +109,7 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
                 let bytes = envelope(mailbox, seq);
                 let t = Instant::now();
                 mailboxes
-                    .deposit(mailbox, bytes, now)
+                    .deposit(mailbox, bytes, depositor, now)
                     .await
                     .map_err(|r| anyhow::anyhow!("deposit refused: {r}"))?;
                 latencies.push(t.elapsed());

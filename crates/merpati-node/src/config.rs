@@ -25,6 +25,11 @@
 //! mailbox_max_mib = 64
 //! disk_budget_mib = 1024
 //! max_mailboxes = 100000
+//! network_max_mib = 64
+//! peer_max_mib = 32
+//! unfetched_ttl_days = 7
+//! live_reserve_percent = 20
+//! max_fetch_marks = 1000000
 //! peer_rate = { per_second = 100, burst = 500 }
 //! ip_rate = { per_second = 400, burst = 2000 }
 //! max_reservations = 1024
@@ -132,6 +137,16 @@ pub struct RelaySection {
     pub disk_budget_mib: Option<u64>,
     /// The most mailboxes held at once.
     pub max_mailboxes: Option<u32>,
+    /// The most envelope bytes stored from one network (IPv4 address, IPv6 /64), in MiB.
+    pub network_max_mib: Option<u32>,
+    /// The most envelope bytes stored from one peer, in MiB.
+    pub peer_max_mib: Option<u32>,
+    /// Days an envelope is kept when no one has fetched its mailbox.
+    pub unfetched_ttl_days: Option<u32>,
+    /// Percent of the disk budget and mailbox count kept for mailboxes fetched lately.
+    pub live_reserve_percent: Option<u8>,
+    /// The most fetch marks kept.
+    pub max_fetch_marks: Option<u32>,
     /// Mailbox requests allowed per connected peer.
     pub peer_rate: Option<RateSetting>,
     /// Mailbox requests allowed per source IP address, over all its peers.
@@ -155,6 +170,16 @@ impl RelaySection {
     pub const DEFAULT_DISK_BUDGET_MIB: u64 = 1024;
     /// Default of `max_mailboxes`.
     pub const DEFAULT_MAX_MAILBOXES: u32 = 100_000;
+    /// Default of `network_max_mib`.
+    pub const DEFAULT_NETWORK_MAX_MIB: u32 = 64;
+    /// Default of `peer_max_mib`.
+    pub const DEFAULT_PEER_MAX_MIB: u32 = 32;
+    /// Default of `unfetched_ttl_days`.
+    pub const DEFAULT_UNFETCHED_TTL_DAYS: u32 = 7;
+    /// Default of `live_reserve_percent`.
+    pub const DEFAULT_LIVE_RESERVE_PERCENT: u8 = 20;
+    /// Default of `max_fetch_marks`.
+    pub const DEFAULT_MAX_FETCH_MARKS: u32 = 1_000_000;
     /// Default of `peer_rate`.
     pub const DEFAULT_PEER_RATE: RateSetting = RateSetting { per_second: 100, burst: 500 };
     /// Default of `ip_rate`.
@@ -174,6 +199,9 @@ const MAILBOX_MAX_MIB: RangeInclusive<i64> = 1..=4096;
 /// 16 TiB.
 const DISK_BUDGET_MIB: RangeInclusive<i64> = 1..=16 * 1024 * 1024;
 const MAX_MAILBOXES: RangeInclusive<i64> = 1..=100_000_000;
+const DEPOSITOR_MAX_MIB: RangeInclusive<i64> = 1..=16 * 1024 * 1024;
+const LIVE_RESERVE_PERCENT: RangeInclusive<i64> = 0..=90;
+const MAX_FETCH_MARKS: RangeInclusive<i64> = 1_000..=1_000_000_000;
 const RATE: RangeInclusive<i64> = 1..=1_000_000;
 const MAX_RESERVATIONS: RangeInclusive<i64> = 1..=100_000;
 const MAX_CIRCUITS: RangeInclusive<i64> = 1..=100_000;
@@ -202,6 +230,11 @@ struct RawRelay {
     mailbox_max_mib: Option<i64>,
     disk_budget_mib: Option<i64>,
     max_mailboxes: Option<i64>,
+    network_max_mib: Option<i64>,
+    peer_max_mib: Option<i64>,
+    unfetched_ttl_days: Option<i64>,
+    live_reserve_percent: Option<i64>,
+    max_fetch_marks: Option<i64>,
     peer_rate: Option<RawRate>,
     ip_rate: Option<RawRate>,
     max_reservations: Option<i64>,
@@ -297,6 +330,16 @@ fn parse_relay(raw: RawRelay) -> Result<RelaySection, String> {
         mailbox_max_mib: number("relay.mailbox_max_mib", raw.mailbox_max_mib, MAILBOX_MAX_MIB, "MiB")?,
         disk_budget_mib: number("relay.disk_budget_mib", raw.disk_budget_mib, DISK_BUDGET_MIB, "MiB")?,
         max_mailboxes: number("relay.max_mailboxes", raw.max_mailboxes, MAX_MAILBOXES, "mailboxes")?,
+        network_max_mib: number("relay.network_max_mib", raw.network_max_mib, DEPOSITOR_MAX_MIB, "MiB")?,
+        peer_max_mib: number("relay.peer_max_mib", raw.peer_max_mib, DEPOSITOR_MAX_MIB, "MiB")?,
+        unfetched_ttl_days: number("relay.unfetched_ttl_days", raw.unfetched_ttl_days, TTL_DAYS, "days")?,
+        live_reserve_percent: number(
+            "relay.live_reserve_percent",
+            raw.live_reserve_percent,
+            LIVE_RESERVE_PERCENT,
+            "percent",
+        )?,
+        max_fetch_marks: number("relay.max_fetch_marks", raw.max_fetch_marks, MAX_FETCH_MARKS, "marks")?,
         peer_rate: raw.peer_rate.map(|r| rate("relay.peer_rate", r)).transpose()?,
         ip_rate: raw.ip_rate.map(|r| rate("relay.ip_rate", r)).transpose()?,
         max_reservations: number(
@@ -313,6 +356,16 @@ fn parse_relay(raw: RawRelay) -> Result<RelaySection, String> {
         return Err(format!(
             "relay.mailbox_max_mib ({mailbox_mib}) is larger than relay.disk_budget_mib ({budget_mib}): \
              one mailbox cannot hold more than the whole disk budget; lower the first or raise the second"
+        ));
+    }
+    // Left out, the unfetched TTL is at most the TTL (see `MailboxLimits`); set, it must fit.
+    let ttl = section.ttl_days.unwrap_or(RelaySection::DEFAULT_TTL_DAYS);
+    if let Some(unfetched) = section.unfetched_ttl_days
+        && unfetched > ttl
+    {
+        return Err(format!(
+            "relay.unfetched_ttl_days ({unfetched}) is longer than relay.ttl_days ({ttl}): it is the \
+             shorter life of envelopes no one has fetched; lower it or raise ttl_days"
         ));
     }
     Ok(section)
@@ -421,6 +474,11 @@ mailbox_max_envelopes = 10000
 mailbox_max_mib = 64
 disk_budget_mib = 1024
 max_mailboxes = 100000
+network_max_mib = 64
+peer_max_mib = 32
+unfetched_ttl_days = 7
+live_reserve_percent = 20
+max_fetch_marks = 1000000
 peer_rate = { per_second = 100, burst = 500 }
 ip_rate = { per_second = 400, burst = 2000 }
 max_reservations = 1024
@@ -464,6 +522,8 @@ max_circuits = 256
         assert_eq!(relay.mailbox_max_mib, Some(RelaySection::DEFAULT_MAILBOX_MAX_MIB));
         assert_eq!(relay.disk_budget_mib, Some(RelaySection::DEFAULT_DISK_BUDGET_MIB));
         assert_eq!(relay.max_mailboxes, Some(RelaySection::DEFAULT_MAX_MAILBOXES));
+        assert_eq!(relay.network_max_mib, Some(RelaySection::DEFAULT_NETWORK_MAX_MIB));
+        assert_eq!(relay.unfetched_ttl_days, Some(RelaySection::DEFAULT_UNFETCHED_TTL_DAYS));
         assert_eq!(relay.peer_rate, Some(RelaySection::DEFAULT_PEER_RATE));
         assert_eq!(relay.ip_rate, Some(RelaySection::DEFAULT_IP_RATE));
         assert_eq!(relay.max_reservations, Some(RelaySection::DEFAULT_MAX_RESERVATIONS));
@@ -490,6 +550,11 @@ max_circuits = 256
             mailbox_max_mib: Some(RelaySection::DEFAULT_MAILBOX_MAX_MIB),
             disk_budget_mib: Some(RelaySection::DEFAULT_DISK_BUDGET_MIB),
             max_mailboxes: Some(RelaySection::DEFAULT_MAX_MAILBOXES),
+            network_max_mib: Some(RelaySection::DEFAULT_NETWORK_MAX_MIB),
+            peer_max_mib: Some(RelaySection::DEFAULT_PEER_MAX_MIB),
+            unfetched_ttl_days: Some(RelaySection::DEFAULT_UNFETCHED_TTL_DAYS),
+            live_reserve_percent: Some(RelaySection::DEFAULT_LIVE_RESERVE_PERCENT),
+            max_fetch_marks: Some(RelaySection::DEFAULT_MAX_FETCH_MARKS),
             peer_rate: Some(RelaySection::DEFAULT_PEER_RATE),
             ip_rate: Some(RelaySection::DEFAULT_IP_RATE),
             max_reservations: Some(RelaySection::DEFAULT_MAX_RESERVATIONS),
@@ -532,6 +597,12 @@ max_circuits = 256
             ("[relay]\nmailbox_max_mib = 0", &["relay.mailbox_max_mib"]),
             ("[relay]\nmailbox_max_mib = 67108864", &["relay.mailbox_max_mib"]),
             ("[relay]\ndisk_budget_mib = 0", &["relay.disk_budget_mib"]),
+            (
+                "[relay]\nttl_days = 10\nunfetched_ttl_days = 20",
+                &["relay.unfetched_ttl_days", "relay.ttl_days"],
+            ),
+            ("[relay]\nlive_reserve_percent = 95", &["relay.live_reserve_percent", "0 to 90"]),
+            ("[relay]\nnetwork_max_mib = 0", &["relay.network_max_mib"]),
             ("[relay]\ndisk_budget_mib = 32", &["relay.mailbox_max_mib", "relay.disk_budget_mib"]),
             ("[relay]\nmax_mailboxes = 0", &["relay.max_mailboxes"]),
             ("[relay]\nmax_reservations = 0", &["relay.max_reservations"]),

@@ -37,7 +37,7 @@ use crate::clock::Clock;
 use crate::control::{self, Command};
 use crate::engine::{AttemptResult, Engine, MailboxTokens, Me};
 use crate::net;
-use crate::ports::Ports;
+use crate::ports::{self, Ports};
 use crate::relay_client::{self, Fetched};
 use crate::rpc;
 use crate::store::keyring::KeyInfo;
@@ -131,10 +131,17 @@ pub async fn run(
         .context("the stored node key is damaged")?;
 
     let config = net::Config::default().with_mdns(options.mdns);
-    let wanted = if options.listen.is_empty() { config.listen_addrs().to_vec() } else { options.listen };
+    let wanted =
+        if options.listen.is_empty() { config.listen_addrs().to_vec() } else { options.listen.clone() };
+    // A port given explicitly is ours alone, or the start fails with its address.
+    ports::check_free(&options.listen)?;
     let ports_file = home.dir().join("ports");
     let remembered = Ports::load(&ports_file);
-    let preferred: Vec<Multiaddr> = wanted.iter().map(|addr| remembered.prefer(addr)).collect();
+    let mut preferred = ports::listen_plan(&options.listen, config.listen_addrs(), &remembered);
+    if let Err(e) = ports::check_free(&preferred) {
+        tracing::warn!("{e}; listening on new ports");
+        preferred = wanted.clone();
+    }
     let spawned = net::spawn(
         config.clone().with_listen_addrs(preferred.clone()),
         keypair.clone(),

@@ -34,8 +34,9 @@ struct Args {
     /// platform data directory (~/.local/share/merpati on Linux).
     #[arg(long)]
     home: Option<PathBuf>,
-    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001. Default: TCP and QUIC on all
-    /// interfaces, ports chosen by the system.
+    /// Address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/4001, used as given (a port in use
+    /// by another program is refused). Default: TCP and QUIC on all interfaces, on the ports of
+    /// the last run (chosen by the system the first time).
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<Multiaddr>,
     /// Config file (TOML: `role = "user"|"relay"`, `listen = [...]`, `mdns`, `read_receipts`,
@@ -109,10 +110,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not in a journal or a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| format!("merpati_node={level}").into()),
-        )
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref(), level))
         .init();
     if !is_relay && file.relay.is_some() {
         return fail(&"the config file has a [relay] section: add role = \"relay\" or run merpatid --relay");
@@ -142,6 +140,25 @@ fn main() -> ExitCode {
 }
 
 /// Prints the startup line: one JSON object on stdout, flushed, for scripts and tests to wait on.
+/// Shown when RUST_LOG names no level for it: libp2p's Kademlia warns "Failed to trigger
+/// bootstrap" whenever its routing table is empty, which a relay's often is, and which is harmless.
+const QUIET_KAD: &str = "libp2p_kad::behaviour=error";
+
+/// The log filter: RUST_LOG when set (with [`QUIET_KAD`] unless it mentions `libp2p_kad`), else
+/// our own crate at `level` and nothing of libp2p's.
+fn log_filter(rust_log: Option<&str>, level: &str) -> tracing_subscriber::EnvFilter {
+    match rust_log.filter(|spec| !spec.trim().is_empty()) {
+        Some(spec) => {
+            let filter = tracing_subscriber::EnvFilter::new(spec);
+            match QUIET_KAD.parse() {
+                Ok(quiet) if !spec.contains("libp2p_kad") => filter.add_directive(quiet),
+                _ => filter,
+            }
+        }
+        None => tracing_subscriber::EnvFilter::new(format!("merpati_node={level}")),
+    }
+}
+
 fn print_ready(ready: &impl serde::Serialize) {
     let line = serde_json::to_string(ready).unwrap_or_default();
     let mut stdout = std::io::stdout().lock();
@@ -166,4 +183,59 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "merpatid: {error}");
     ExitCode::FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A log writer into memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What one kad bootstrap warning and one line of ours leave in the log under `rust_log`.
+    fn logged(rust_log: Option<&str>, level: &str) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_env_filter(log_filter(rust_log, level))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "libp2p_kad::behaviour", "Failed to trigger bootstrap: No known peers.");
+            tracing::warn!(target: "libp2p_swarm", "a libp2p warning");
+            tracing::info!(target: "merpati_node::relay", "relay ready");
+        });
+        let bytes = captured.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn the_kad_bootstrap_warning_stays_out_of_an_operators_log() {
+        // The systemd unit's RUST_LOG=info: our lines and libp2p's, but not that one.
+        let log = logged(Some("info"), "info");
+        assert!(log.contains("relay ready") && log.contains("a libp2p warning"), "{log}");
+        assert!(!log.contains("bootstrap"), "{log}");
+        // Asked for by name, it is shown.
+        assert!(logged(Some("info,libp2p_kad=warn"), "info").contains("bootstrap"));
+        // No RUST_LOG: our crate only.
+        let log = logged(None, "info");
+        assert!(log.contains("relay ready") && !log.contains("libp2p"), "{log}");
+        // A user node at the default level: quiet.
+        assert!(logged(None, "warn").is_empty());
+    }
 }

@@ -1,8 +1,16 @@
-//! Stable listening ports: a node asked to listen on port 0 keeps the port it got the first time.
+//! Listening ports: stable across restarts, and never shared with another program.
 //!
 //! Contacts store the addresses from an invite. If a restarted daemon took a new random port,
 //! every contact would lose it until it wrote to them first, so the daemon remembers its ports in
 //! `<home>/ports` and asks for the same ones again, falling back to fresh ones if they are taken.
+//! Only the default listen addresses do so: addresses given with `--listen` or in the config file
+//! are used as written.
+//!
+//! libp2p opens its TCP listeners with `SO_REUSEPORT` (for hole punching), so a second daemon
+//! could bind a port the first one listens on, start fine and take some of its connections.
+//! [`check_free`] refuses that first.
+
+use std::net::{IpAddr, TcpListener};
 
 use std::path::Path;
 
@@ -88,6 +96,52 @@ impl Ports {
     }
 }
 
+/// The addresses to listen on: `explicit` ones as given, else `defaults` with port 0 replaced by
+/// the remembered ports.
+pub fn listen_plan(explicit: &[Multiaddr], defaults: &[Multiaddr], remembered: &Ports) -> Vec<Multiaddr> {
+    if explicit.is_empty() {
+        defaults.iter().map(|addr| remembered.prefer(addr)).collect()
+    } else {
+        explicit.to_vec()
+    }
+}
+
+/// Why a listen address cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot listen on {addr}: the port is in use by another program (another merpatid?); stop it, \
+     or choose another port with --listen"
+)]
+pub struct PortInUse {
+    /// The address.
+    pub addr: Multiaddr,
+}
+
+/// Refuses a TCP listen address whose port another socket already listens on, by binding it
+/// once without `SO_REUSEPORT` (and letting go at once). Port 0 and non-TCP addresses pass.
+pub fn check_free(addrs: &[Multiaddr]) -> Result<(), PortInUse> {
+    for addr in addrs {
+        let mut ip: Option<IpAddr> = None;
+        let mut port = None;
+        for part in addr.iter() {
+            match part {
+                Protocol::Ip4(v4) => ip = Some(v4.into()),
+                Protocol::Ip6(v6) => ip = Some(v6.into()),
+                Protocol::Tcp(p) => port = Some(p),
+                _ => {}
+            }
+        }
+        if let (Some(ip), Some(port)) = (ip, port)
+            && port != 0
+            && let Err(e) = TcpListener::bind((ip, port))
+            && e.kind() == std::io::ErrorKind::AddrInUse
+        {
+            return Err(PortInUse { addr: addr.clone() });
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +168,35 @@ mod tests {
         assert_eq!(loaded.prefer(&quic), "/ip4/0.0.0.0/udp/4002/quic-v1".parse::<Multiaddr>().unwrap());
         let fixed: Multiaddr = "/ip4/0.0.0.0/tcp/9000".parse().unwrap();
         assert_eq!(loaded.prefer(&fixed), fixed);
+    }
+
+    #[test]
+    fn explicit_addresses_win_over_remembered_ports() {
+        let remembered = Ports { tcp: Some(4001), quic: Some(4002) };
+        let defaults: Vec<Multiaddr> = vec!["/ip4/0.0.0.0/tcp/0".parse().unwrap()];
+        let explicit: Vec<Multiaddr> = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+        assert_eq!(listen_plan(&explicit, &defaults, &remembered), explicit);
+        assert_eq!(
+            listen_plan(&[], &defaults, &remembered),
+            vec!["/ip4/0.0.0.0/tcp/4001".parse::<Multiaddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_port_someone_listens_on_is_refused_even_with_reuse_port() {
+        // Bound as libp2p binds: SO_REUSEADDR and SO_REUSEPORT.
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_reuse_port(true).unwrap();
+        socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        socket.listen(8).unwrap();
+        let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+        let taken: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let error = check_free(std::slice::from_ref(&taken)).unwrap_err();
+        assert!(error.to_string().contains(&taken.to_string()), "{error}");
+        drop(socket);
+        assert!(check_free(&[taken]).is_ok());
+        assert!(check_free(&["/ip4/127.0.0.1/tcp/0".parse().unwrap()]).is_ok());
+        assert!(check_free(&["/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap()]).is_ok());
     }
 }

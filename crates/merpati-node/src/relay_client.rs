@@ -34,6 +34,50 @@ const SPLIT_POLL_PAUSE: Duration = Duration::from_secs(10);
 const FETCH_RETRY_BASE: Duration = Duration::from_secs(1);
 /// The longest pause between failed fetches.
 const FETCH_RETRY_MAX: Duration = Duration::from_secs(120);
+/// A long poll answered empty this soon was declined by the relay (it holds too many polls from
+/// our network): poll again only after [`SPLIT_POLL_PAUSE`], not at once.
+const DECLINED_POLL: Duration = Duration::from_secs(1);
+
+/// Why a fetch round ended early.
+#[derive(Debug, PartialEq, Eq)]
+enum FetchFailure {
+    /// The relay asked us to come back later.
+    RetryAfter(Duration),
+    /// Anything else: unreachable, a refusal, a bad answer.
+    Failed(String),
+}
+
+impl FetchFailure {
+    /// The pause before the next try, the `failures`-th in a row: what the relay asked for, or
+    /// a doubling backoff.
+    fn pause(&self, failures: u32) -> Duration {
+        match self {
+            Self::RetryAfter(wait) => (*wait).clamp(FETCH_RETRY_BASE, FETCH_RETRY_MAX),
+            Self::Failed(_) => FETCH_RETRY_BASE.saturating_mul(1 << failures.min(8)).min(FETCH_RETRY_MAX),
+        }
+    }
+}
+
+impl std::fmt::Display for FetchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::RetryAfter(wait) => write!(f, "the relay asked to try again in {} ms", wait.as_millis()),
+            Self::Failed(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<String> for FetchFailure {
+    fn from(reason: String) -> Self {
+        Self::Failed(reason)
+    }
+}
+
+impl From<&str> for FetchFailure {
+    fn from(reason: &str) -> Self {
+        Self::Failed(reason.to_owned())
+    }
+}
 
 /// How a delivery went, and whether the contact's node was tried directly (and not reached).
 #[derive(Debug)]
@@ -231,6 +275,8 @@ pub async fn fetch_loop(
     loop {
         let current = tokens.borrow_and_update().clone();
         let unswept = sweeps.pending(&current);
+        let started = tokio::time::Instant::now();
+        let long_poll = unswept.is_empty() && !wait.is_zero();
         let work = async {
             if unswept.is_empty() {
                 fetch_round(&net, peer, &relay, &current.live, &cursors, wait, &fetched).await.map(Some)
@@ -253,11 +299,16 @@ pub async fn fetch_loop(
             outcome = work => outcome,
         };
         let pause = match outcome {
-            Ok(Some(Round { last, more })) => {
+            Ok(Some(Round { last, more, empty })) => {
                 failures = 0;
                 cursors = last;
                 wait = if more { Duration::ZERO } else { LONG_POLL };
-                Duration::ZERO
+                if long_poll && empty && started.elapsed() < DECLINED_POLL {
+                    debug!(relay = %peer, "the relay declined a long poll; polling every {SPLIT_POLL_PAUSE:?}");
+                    SPLIT_POLL_PAUSE
+                } else {
+                    Duration::ZERO
+                }
             }
             Ok(None) => {
                 failures = 0;
@@ -267,6 +318,11 @@ pub async fn fetch_loop(
                 sweeps.done(&current);
                 Duration::ZERO
             }
+            Err(error @ FetchFailure::RetryAfter(_)) => {
+                debug!(relay = %peer, %error, "fetch deferred");
+                wait = Duration::ZERO;
+                error.pause(failures)
+            }
             Err(error) => {
                 debug!(relay = %peer, %error, "fetch failed");
                 if failures == 0 {
@@ -274,7 +330,7 @@ pub async fn fetch_loop(
                 }
                 failures = failures.saturating_add(1);
                 wait = Duration::ZERO;
-                FETCH_RETRY_BASE.saturating_mul(1 << failures.min(8)).min(FETCH_RETRY_MAX)
+                error.pause(failures)
             }
         };
         if !pause.is_zero() {
@@ -314,10 +370,10 @@ async fn sweep(
     relay: &Multiaddr,
     tokens: &[FetchToken],
     fetched: &mpsc::Sender<Fetched>,
-) -> Result<(), String> {
+) -> Result<(), FetchFailure> {
     let mut cursors = Vec::new();
     loop {
-        let Round { last, more } =
+        let Round { last, more, .. } =
             fetch_round(net, peer, relay, tokens, &cursors, Duration::ZERO, fetched).await?;
         if !more {
             return Ok(());
@@ -331,6 +387,8 @@ struct Round {
     last: Vec<Option<u64>>,
     /// Whether more is waiting.
     more: bool,
+    /// Whether the round found nothing at all.
+    empty: bool,
 }
 
 /// One fetch (in chunks of at most `MAX_FETCH_TOKENS` tokens), the actor's processing, and the
@@ -343,12 +401,13 @@ async fn fetch_round(
     cursors: &[Option<u64>],
     wait: Duration,
     fetched: &mpsc::Sender<Fetched>,
-) -> Result<Round, String> {
+) -> Result<Round, FetchFailure> {
     if tokens.is_empty() {
         std::future::pending::<()>().await;
     }
     let mut last = Vec::new();
     let mut more = false;
+    let mut empty = true;
     let chunks: Vec<&[FetchToken]> = tokens.chunks(wire::MAX_FETCH_TOKENS).collect();
     // One request cannot long-poll several chunks: with more mailboxes than one request names,
     // the node polls instead, pausing between empty rounds.
@@ -367,13 +426,17 @@ async fn fetch_round(
                 more |= page_more;
                 items
             }
-            Ok(mailbox::Response::Refused(refusal)) => return Err(refusal.to_string()),
-            Ok(other) => return Err(format!("unexpected answer {other:?}")),
-            Err(error) => return Err(error.to_string()),
+            Ok(mailbox::Response::Refused(Refusal::RateLimited { retry_after_ms })) => {
+                return Err(FetchFailure::RetryAfter(Duration::from_millis(u64::from(retry_after_ms))));
+            }
+            Ok(mailbox::Response::Refused(refusal)) => return Err(refusal.to_string().into()),
+            Ok(other) => return Err(format!("unexpected answer {other:?}").into()),
+            Err(error) => return Err(error.to_string().into()),
         };
         if items.is_empty() {
             continue;
         }
+        empty = false;
         last[index] = last[index].max(items.iter().map(|item| item.id).max());
         let owners: HashMap<MailboxId, FetchToken> =
             chunk.iter().map(|token| (MailboxId::of(token), token.clone())).collect();
@@ -383,7 +446,7 @@ async fn fetch_round(
         let processed = processed.await.map_err(|_| "the node is stopping")?;
         delete(net, peer, relay, &owners, &mailboxes, processed).await;
     }
-    Ok(Round { last, more })
+    Ok(Round { last, more, empty })
 }
 
 /// Deletes processed envelopes at the relay, one request per mailbox. A failed delete is only
@@ -411,5 +474,25 @@ async fn delete(
                 other => debug!(relay = %peer, ?other, "delete at the relay failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_that_asks_for_a_pause_gets_it_and_failures_back_off() {
+        let asked = FetchFailure::RetryAfter(Duration::from_millis(60_000));
+        assert_eq!(asked.pause(0), Duration::from_secs(60), "what the relay asked, not a 1 s retry");
+        assert_eq!(asked.pause(7), Duration::from_secs(60), "nor the backoff of earlier failures");
+        let short = FetchFailure::RetryAfter(Duration::from_millis(5));
+        assert_eq!(short.pause(0), FETCH_RETRY_BASE, "never a busy loop");
+        let long = FetchFailure::RetryAfter(Duration::from_millis(u64::from(u32::MAX)));
+        assert_eq!(long.pause(0), FETCH_RETRY_MAX);
+        let failed = FetchFailure::from("unreachable");
+        assert_eq!(failed.pause(1), Duration::from_secs(2));
+        assert_eq!(failed.pause(3), Duration::from_secs(8));
+        assert_eq!(failed.pause(30), FETCH_RETRY_MAX);
     }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::{Multiaddr, Protocol};
 use merpati_node::engine::{Attempt, AttemptResult, Engine, Me};
-use merpati_node::relay::{DEFAULT_TTL_DAYS, MailboxLimits, Mailboxes};
+use merpati_node::relay::{DEFAULT_TTL_DAYS, Depositor, MailboxLimits, Mailboxes};
 use merpati_node::relay_client::Sweeps;
 use merpati_node::store::{Direction, Keyring, MemoryStore, SledStore, Status, Store, StoredMessage};
 use merpati_proto::Timestamp;
@@ -445,7 +445,9 @@ impl World {
                 continue;
             }
             let now = relay.clock.at(self.sim);
-            let deposit = relay.mailboxes.deposit(attempt.mailbox, attempt.envelope.clone(), now);
+            // Both users write from one address, under the relays' quotas per network.
+            let depositor = Depositor::new(&peer_of(0), Some([198, 51, 100, 1].into()));
+            let deposit = relay.mailboxes.deposit(attempt.mailbox, attempt.envelope.clone(), depositor, now);
             match futures::executor::block_on(deposit) {
                 Ok(_) => accepted += 1,
                 Err(refusal) => refusals.push(refusal),
@@ -815,7 +817,14 @@ fn mail_under_a_replaced_announcement_is_still_fetched() {
     let relay = Mailboxes::open(relay_dir.path(), MailboxLimits::default()).unwrap();
     alice.send_text("bob", "while you were away", day(16)).unwrap();
     let attempt = alice.due(day(16), None).unwrap().remove(0);
-    futures::executor::block_on(relay.deposit(attempt.mailbox, attempt.envelope.clone(), day(16))).unwrap();
+    let alice_node = Depositor::new(&peer_of(1), None);
+    futures::executor::block_on(relay.deposit(
+        attempt.mailbox,
+        attempt.envelope.clone(),
+        alice_node,
+        day(16),
+    ))
+    .unwrap();
     let deposited = AttemptResult::Deposited { accepted: 1, total: 1, refusals: Vec::new() };
     alice.attempt_finished(&attempt.id, &deposited, day(16)).unwrap();
     // Day 20, Bob is back: a direct message arrives before his first fetch, and his receipt

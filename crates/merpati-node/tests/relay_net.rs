@@ -8,15 +8,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::request_response::{self, ProtocolSupport, cbor};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use merpati_node::net::{
     self, Config, Event, Extras, Handle, Inbound, MailboxError, MailboxServer, RelayServer,
 };
 use merpati_proto::mailbox::{FetchToken, MailboxId};
-use merpati_proto::wire::{Refusal, deliver, mailbox};
+use merpati_proto::wire::{self, Refusal, deliver, mailbox};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -91,6 +94,7 @@ impl Node {
 struct Recorder {
     seen: Mutex<Vec<(PeerId, Option<IpAddr>)>>,
     stored: Mutex<Vec<(MailboxId, Vec<u8>)>>,
+    undecodable: std::sync::atomic::AtomicU32,
 }
 
 impl MailboxServer for Recorder {
@@ -119,6 +123,10 @@ impl MailboxServer for Recorder {
             mailbox::Request::Delete { .. } => mailbox::Response::Refused(Refusal::Unauthorized),
         };
         Box::pin(async move { response })
+    }
+
+    fn undecodable(&self) {
+        self.undecodable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -203,6 +211,218 @@ async fn mailbox_requests_reach_the_service_and_bad_answers_are_dropped() {
     for node in [user, other, relay] {
         node.stop().await;
     }
+}
+
+/// A client of another make: it speaks the mailbox protocol's name but sends CBOR byte strings,
+/// which are no mailbox request.
+fn junk_client() -> libp2p::Swarm<cbor::Behaviour<serde_bytes::ByteBuf, serde_bytes::ByteBuf>> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|_| {
+            let protocol = StreamProtocol::new(wire::MAILBOX_PROTOCOL);
+            cbor::Behaviour::new([(protocol, ProtocolSupport::Outbound)], request_response::Config::default())
+        })
+        .expect("behaviour")
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_mailbox_requests_are_reported_to_the_service() {
+    let server = Arc::new(Recorder::default());
+    let relay = start_relay(server.clone()).await;
+    let relay_addr = relay.addr().await;
+    let mut client = junk_client();
+    client.add_peer_address(relay.id(), relay_addr);
+    client.behaviour_mut().send_request(&relay.id(), serde_bytes::ByteBuf::from(vec![0xde, 0xad]));
+    // The relay gives no answer: the request fails on the client's side.
+    timeout(WAIT, async {
+        loop {
+            if let SwarmEvent::Behaviour(request_response::Event::OutboundFailure { .. }) =
+                client.select_next_some().await
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the junk request ends");
+    timeout(WAIT, async {
+        while server.undecodable.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("reported");
+    assert_eq!(server.undecodable.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(server.seen.lock().expect("lock").is_empty(), "nothing reached the service as a request");
+    relay.stop().await;
+}
+
+/// A Kademlia client of another make, speaking the relay's DHT protocol.
+fn kad_client() -> libp2p::Swarm<libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|key| {
+            let id = key.public().to_peer_id();
+            let config = libp2p::kad::Config::new(StreamProtocol::new("/merpati/kad/1.0.0"));
+            let mut kad =
+                libp2p::kad::Behaviour::with_config(id, libp2p::kad::store::MemoryStore::new(id), config);
+            kad.set_mode(Some(libp2p::kad::Mode::Client));
+            kad
+        })
+        .expect("behaviour")
+        .build()
+}
+
+/// Drives `swarm` until `pick` accepts one of its events.
+async fn next_matching<B: libp2p::swarm::NetworkBehaviour, T>(
+    swarm: &mut libp2p::Swarm<B>,
+    mut pick: impl FnMut(SwarmEvent<B::ToSwarm>) -> Option<T>,
+) -> T {
+    timeout(WAIT, async {
+        loop {
+            if let Some(found) = pick(swarm.select_next_some().await) {
+                return found;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_keeps_no_dht_records_or_providers_for_strangers() {
+    use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryResult, Quorum, Record, RecordKey};
+    let relay = start_relay(Arc::new(Recorder::default())).await;
+    let relay_addr = relay.addr().await;
+    let key = RecordKey::new(&b"free storage".to_vec());
+
+    let mut writer = kad_client();
+    writer.behaviour_mut().add_address(&relay.id(), relay_addr.clone());
+    let record = Record::new(key.clone(), b"a stranger's value".to_vec());
+    writer.behaviour_mut().put_record(record, Quorum::One).expect("put starts");
+    writer.behaviour_mut().start_providing(key.clone()).expect("provide starts");
+    let mut finished = 0;
+    next_matching(&mut writer, |event| {
+        if let SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+            result: QueryResult::PutRecord(_) | QueryResult::StartProviding(_),
+            step,
+            ..
+        }) = event
+            && step.last
+        {
+            finished += 1;
+        }
+        (finished == 2).then_some(())
+    })
+    .await;
+
+    let mut reader = kad_client();
+    reader.behaviour_mut().add_address(&relay.id(), relay_addr);
+    reader.behaviour_mut().get_record(key.clone());
+    let found = next_matching(&mut reader, |event| match event {
+        SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+            result: QueryResult::GetRecord(r),
+            ..
+        }) => Some(matches!(r, Ok(GetRecordOk::FoundRecord(_)))),
+        _ => None,
+    })
+    .await;
+    assert!(!found, "the relay served a record a stranger put");
+    reader.behaviour_mut().get_providers(key);
+    let providers = next_matching(&mut reader, |event| match event {
+        SwarmEvent::Behaviour(kad::Event::OutboundQueryProgressed {
+            result: QueryResult::GetProviders(r),
+            step,
+            ..
+        }) if step.last => Some(match r {
+            Ok(GetProvidersOk::FoundProviders { providers, .. }) => providers.len(),
+            _ => 0,
+        }),
+        _ => None,
+    })
+    .await;
+    assert_eq!(providers, 0, "the relay served a stranger's provider record");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identify_carries_a_signed_peer_record_of_the_relay() {
+    let relay = start_relay(Arc::new(Recorder::default())).await;
+    let relay_addr = relay.addr().await;
+    let mut client = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(Default::default(), libp2p::noise::Config::new, libp2p::yamux::Config::default)
+        .expect("tcp")
+        .with_behaviour(|key| {
+            libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                "other/1.0.0".into(),
+                key.public(),
+            ))
+        })
+        .expect("behaviour")
+        .build();
+    client.dial(relay_addr).expect("dial");
+    let info = next_matching(&mut client, |event| match event {
+        SwarmEvent::Behaviour(libp2p::identify::Event::Received { info, .. }) => Some(info),
+        _ => None,
+    })
+    .await;
+    let envelope = info.signed_peer_record.expect("a signed peer record");
+    let record = libp2p::core::PeerRecord::from_signed_envelope(envelope).expect("a valid signature");
+    assert_eq!(record.peer_id(), relay.id());
+    assert!(!record.addresses().is_empty());
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reservations_gauge_counts_holders_and_ignores_other_peers() {
+    let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    let extras = Extras {
+        mailbox_server: Some(Arc::new(Recorder::default())),
+        reservations_gauge: Some(gauge.clone()),
+        ..Extras::default()
+    };
+    let relay = Node::start(config().with_relay_server(RelayServer::default()), extras).await;
+    let relay_addr = relay.addr().await;
+    let settles_at = |value: i64| {
+        let gauge = gauge.clone();
+        async move {
+            timeout(WAIT, async {
+                while gauge.get() != value {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the gauge stayed at {}, not {value}", gauge.get()));
+        }
+    };
+    let mut alice = Node::start(config(), Extras::default()).await;
+    alice.handle.set_relays(vec![relay_addr.clone()]).await.expect("running");
+    alice.wait_for(|e| matches!(e, Event::RelayReserved(_)).then_some(())).await;
+    settles_at(1).await;
+    // Peers without a reservation come and go: the count stays.
+    for _ in 0..3 {
+        let mut visitor = kad_client();
+        visitor.dial(relay_addr.clone()).expect("dial");
+        next_matching(&mut visitor, |e| matches!(e, SwarmEvent::ConnectionEstablished { .. }).then_some(()))
+            .await;
+        drop(visitor);
+    }
+    let user = Node::start(config(), Extras::default()).await;
+    let deposit = mailbox::Request::Deposit { mailbox: MailboxId([3; 16]), envelope: vec![1; 64] };
+    user.handle.mailbox(relay.id(), vec![relay_addr.clone()], deposit).await.expect("answered");
+    user.stop().await;
+    // A change that must not happen has no event to wait for: give the relay a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gauge.get(), 1, "a peer without a reservation changed the count");
+    alice.stop().await;
+    settles_at(0).await;
+    relay.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

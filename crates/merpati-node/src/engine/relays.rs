@@ -39,7 +39,10 @@ pub const SWEEP_DAYS: u64 = DEFAULT_TTL_DAYS + 1;
 /// days before those, back to [`SWEEP_DAYS`]: closed, since senders have moved on, but they may
 /// hold what was written while we were away. Each relay's fetch task sweeps every old token once
 /// (at start, and each day for the day that just closed), so a node that was off for weeks
-/// collects everything its relays still keep.
+/// collects everything its relays still keep. `old` also holds the days announced ahead of
+/// tomorrow, swept once each while still empty: a relay keeps envelopes of a mailbox no one has
+/// ever fetched only a short while (its unfetched TTL), and these are where contacts write while
+/// we are away.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MailboxTokens {
     /// Mailboxes to long-poll.
@@ -175,6 +178,7 @@ impl<S: Store> Engine<S> {
             live.extend(live_days.iter().map(|day| mailbox::fetch_token(secret, *day)));
             old.extend(
                 (today.saturating_sub(SWEEP_DAYS)..=today.saturating_sub(2))
+                    .chain(today + 2..=last)
                     .filter(|day| !live_days.contains(day))
                     .map(|day| mailbox::fetch_token(secret, day)),
             );

@@ -432,6 +432,14 @@ fn mail_left_while_away_is_in_the_old_mailboxes_for_a_relay_ttl() {
     assert_eq!(mailboxes.len(), 5, "one mailbox per day");
     let opens =
         |tokens: &[merpati_proto::mailbox::FetchToken], mailbox| tokens.iter().any(|t| t.opens(&mailbox));
+    // Before Bob left, he already fetched each of them (tomorrow's is live, the announced days
+    // after it are swept ahead): a relay saw every one fetched before anyone wrote to it, so it
+    // keeps their envelopes the full TTL.
+    let before = bob.mailbox_tokens(T0);
+    for (day, attempt) in &left {
+        let seen = opens(&before.live, attempt.mailbox) || opens(&before.old, attempt.mailbox);
+        assert!(seen, "day {day}'s mailbox was not fetched before Bob left");
+    }
     // Bob is back on day 5 + `away`: every day's mailbox is live or old until the relay TTL.
     for away in [0, 2, 3, 7, 25] {
         let back = T0.plus((5 + away) * Timestamp::DAY);

@@ -14,7 +14,7 @@
 //! at most `max_mailbox_requests` at once. A user node keeps its relay reservations in
 //! [`Reservations`] and listens through them again after losing one.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,7 +192,9 @@ pub(crate) struct Actor {
     /// Relay role: libp2p's metrics and the gauge of reservations held.
     metrics: Option<libp2p::metrics::Metrics>,
     reservations_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
-    reservations_held: i64,
+    /// Relay role: the peers holding a reservation with us, counted here because libp2p's
+    /// events cannot be summed (a closed reservation may be reported without an accepted one).
+    reservation_holders: HashSet<PeerId>,
 }
 
 impl Actor {
@@ -233,7 +235,7 @@ impl Actor {
             listen_addrs_are_public,
             metrics: extras.metrics,
             reservations_gauge: extras.reservations_gauge,
-            reservations_held: 0,
+            reservation_holders: HashSet::new(),
         }
     }
 
@@ -563,6 +565,10 @@ impl Actor {
                 debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
                 if num_established == 0 {
                     self.peer_ips.remove(&peer_id);
+                    // A reservation lives on a connection: with none left, none is held.
+                    if self.reservation_holders.remove(&peer_id) {
+                        self.update_reservations_gauge();
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
@@ -864,18 +870,24 @@ impl Actor {
     }
 
     fn handle_relay_server_event(&mut self, event: relay::Event) {
-        let change = match &event {
-            relay::Event::ReservationReqAccepted { renewed: false, .. } => 1,
-            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => -1,
-            _ => 0,
-        };
-        if change != 0 {
-            self.reservations_held = (self.reservations_held + change).max(0);
-            if let Some(gauge) = &self.reservations_gauge {
-                gauge.set(self.reservations_held);
+        match &event {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                self.reservation_holders.insert(*src_peer_id);
             }
+            relay::Event::ReservationClosed { src_peer_id }
+            | relay::Event::ReservationTimedOut { src_peer_id } => {
+                self.reservation_holders.remove(src_peer_id);
+            }
+            _ => {}
         }
+        self.update_reservations_gauge();
         debug!(?event, "relay");
+    }
+
+    fn update_reservations_gauge(&self) {
+        if let Some(gauge) = &self.reservations_gauge {
+            gauge.set(i64::try_from(self.reservation_holders.len()).unwrap_or(i64::MAX));
+        }
     }
 
     /// Relay role without configured public addresses: a listen address is taken as public, as

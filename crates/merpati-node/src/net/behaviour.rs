@@ -8,6 +8,8 @@
 
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, cbor};
+
+use super::counting_codec::{Counting, UndecodableHook};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping,
@@ -35,8 +37,9 @@ pub(crate) const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MA
 pub(crate) type Deliver = cbor::Behaviour<deliver::Request, deliver::Response>;
 /// The batched deliver protocol's request-response behaviour.
 pub(crate) type DeliverBatch = cbor::Behaviour<deliver::Batch, deliver::BatchResponse>;
-/// The mailbox protocol's request-response behaviour.
-pub(crate) type Mailbox = cbor::Behaviour<mailbox::Request, mailbox::Response>;
+/// The mailbox protocol's request-response behaviour; a relay counts the requests it cannot read.
+pub(crate) type Mailbox =
+    request_response::Behaviour<Counting<cbor::codec::Codec<mailbox::Request, mailbox::Response>>>;
 
 /// Every behaviour of a user node. Connection limits come first so that a denied connection is
 /// refused before any other behaviour sets up a handler for it.
@@ -62,6 +65,7 @@ impl Behaviour {
         config: &Config,
         key: &Keypair,
         relay_client: relay::client::Behaviour,
+        undecodable: Option<UndecodableHook>,
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let peer_id = key.public().to_peer_id();
         let is_relay = config.is_relay();
@@ -74,8 +78,9 @@ impl Behaviour {
                 .with_max_pending_outgoing(Some(config.max_pending_connections)),
         );
 
+        // Signed peer records: other libp2p implementations can verify the addresses we state.
         let identify = identify::Behaviour::new(
-            identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), key.public())
+            identify::Config::new_with_signed_peer_record(IDENTIFY_PROTOCOL_VERSION.to_owned(), key)
                 .with_agent_version(format!("merpatid/{}", env!("CARGO_PKG_VERSION"))),
         );
 
@@ -89,6 +94,10 @@ impl Behaviour {
         // Nothing is looked up in the DHT yet; periodic bootstraps would only cost an idle
         // laptop traffic.
         kad_config.set_periodic_bootstrap_interval(None);
+        // The DHT is for finding peers only: records and provider records others ask a relay to
+        // keep are handed to us as events (which we ignore), never stored, so a relay is no free
+        // key-value store for strangers.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Pinned both ways: left automatic, a user node would switch to server mode once an
         // external address is confirmed and advertise a service it cannot give behind NAT, and
@@ -133,7 +142,7 @@ impl Behaviour {
             .set_response_size_maximum(len_u64(wire::MAX_RESPONSE_LEN));
         let mailbox_support = if is_relay { ProtocolSupport::Inbound } else { ProtocolSupport::Outbound };
         let mailbox = Mailbox::with_codec(
-            mailbox_codec,
+            Counting::new(mailbox_codec, undecodable),
             [(MAILBOX_PROTOCOL, mailbox_support)],
             request_response::Config::default()
                 .with_request_timeout(config.mailbox_timeout)
@@ -186,8 +195,13 @@ fn len_u64(len: usize) -> u64 {
 }
 
 /// Builds the swarm: TCP (Noise, yamux) and QUIC, DNS resolution, our behaviours, and the
-/// connection timeouts from `config`.
-pub(crate) fn build_swarm(config: &Config, keypair: Keypair) -> Result<Swarm<Behaviour>, NetError> {
+/// connection timeouts from `config`. `undecodable` is told of each mailbox request that cannot
+/// be read.
+pub(crate) fn build_swarm(
+    config: &Config,
+    keypair: Keypair,
+    undecodable: Option<UndecodableHook>,
+) -> Result<Swarm<Behaviour>, NetError> {
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -197,7 +211,7 @@ pub(crate) fn build_swarm(config: &Config, keypair: Keypair) -> Result<Swarm<Beh
         .map_err(|e| NetError::Build { stage: "DNS resolver", source: Box::new(e) })?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NetError::Build { stage: "relay client", source: Box::new(e) })?
-        .with_behaviour(|key, relay_client| Behaviour::new(config, key, relay_client))
+        .with_behaviour(|key, relay_client| Behaviour::new(config, key, relay_client, undecodable))
         .map_err(|e| NetError::Build { stage: "behaviours", source: Box::new(e) })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
         .with_connection_timeout(config.dial_timeout)

@@ -24,6 +24,10 @@ pub trait MailboxServer: Send + Sync + 'static {
         ip: Option<IpAddr>,
         request: mailbox::Request,
     ) -> BoxFuture<'static, mailbox::Response>;
+
+    /// Notes a request that could not be decoded and so got no answer (libp2p does not say from
+    /// whom): the service counts it.
+    fn undecodable(&self);
 }
 
 /// A served request: where its answer goes, and the answer.

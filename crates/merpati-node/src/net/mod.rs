@@ -24,6 +24,7 @@
 mod actor;
 mod behaviour;
 mod config;
+mod counting_codec;
 mod error;
 mod handle;
 mod inbound;
@@ -89,7 +90,11 @@ pub async fn spawn_with(
     shutdown: CancellationToken,
 ) -> Result<(Handle, Inbound, JoinHandle<()>), NetError> {
     let local_peer_id = keypair.public().to_peer_id();
-    let mut swarm = behaviour::build_swarm(&config, keypair)?;
+    let undecodable = extras.mailbox_server.clone().map(|server| {
+        let hook: counting_codec::UndecodableHook = std::sync::Arc::new(move || server.undecodable());
+        hook
+    });
+    let mut swarm = behaviour::build_swarm(&config, keypair, undecodable)?;
     if let Some(relay) = &config.relay_server {
         for addr in &relay.public_addrs {
             swarm.add_external_address(addr.clone());

@@ -7,8 +7,16 @@
 //! "!merpati-relay"                 → schema version (u16 BE), the marker of a relay database
 //! 'n'                              → the next envelope id (u64 BE)
 //! 'e' mailbox(16) id(8 BE)         → deposited_at(8 BE) envelope   (the envelopes, by mailbox)
-//! 'i' id(8 BE)                     → mailbox(16) deposited_at(8 BE) len(4 BE)  (the id index)
+//! 'i' id(8 BE)                     → mailbox(16) deposited_at(8 BE) len(4 BE) depositor(17)
+//!                                    (the id index; layout 1 wrote no depositor)
+//! tree "fetched": mailbox(16)       → last fetch (8 BE)   (see [`super::marks`])
 //! ```
+//!
+//! Quotas are checked in [`super::usage`]; the counters are rebuilt from the id index on open.
+//!
+//! Expiry. An envelope is kept `ttl_ms` from its deposit, or only `unfetched_ttl_ms` when its
+//! mailbox has no fetch mark (no one has fetched it within the marks' lifetime): envelopes
+//! deposited where no one ever looks do not hold the disk for the full TTL.
 //!
 //! Fetching is a range scan per mailbox under `'e'`, merged by id. The id index answers "whose is
 //! this id" for deletes and is also the expiry index: deposit times are clamped to never go
@@ -54,10 +62,14 @@ use merpati_proto::wire::{MAX_FETCH_PAGE_BYTES, Refusal};
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot};
 
+use super::depositor::Depositor;
+use super::marks::{FetchMarks, MARK_LIFETIME_TTLS};
+use super::usage::Usage;
 use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
 
-/// The database layout version this build writes and reads.
-pub const SCHEMA_VERSION: u16 = 1;
+/// The database layout version this build writes and reads. Layout 1 (no depositors in the id
+/// index, no fetch marks) is upgraded on open: its mailboxes are marked as fetched.
+pub const SCHEMA_VERSION: u16 = 2;
 /// The most deposits that may be inserted and waiting for their flush at once; more are refused
 /// with `RateLimited` rather than queued, so the waiter list stays bounded.
 pub const MAX_PENDING_DEPOSITS: usize = 4096;
@@ -74,14 +86,18 @@ const MARKER_KEY: &[u8] = b"!merpati-relay";
 const NEXT_ID_KEY: &[u8] = b"n";
 const ENVELOPE_PREFIX: u8 = b'e';
 const INDEX_PREFIX: u8 = b'i';
-/// Index value: mailbox(16) deposited_at(8) len(4).
-const INDEX_VALUE_LEN: usize = 28;
+/// Index value of layout 1: mailbox(16) deposited_at(8) len(4).
+const INDEX_VALUE_V1_LEN: usize = 28;
+/// Index value: layout 1's, then the depositor.
+const INDEX_VALUE_LEN: usize = INDEX_VALUE_V1_LEN + Depositor::ENCODED_LEN;
 /// Envelope value header: deposited_at(8).
 const STAMP_LEN: usize = 8;
 
 /// How many days a relay keeps an envelope by default. Senders give up on a message after as
 /// long, and nodes look this far back in their mailboxes.
 pub const DEFAULT_TTL_DAYS: u64 = 30;
+/// How many days a relay keeps an envelope by default when no one has fetched its mailbox.
+pub const DEFAULT_UNFETCHED_TTL_DAYS: u64 = 7;
 
 /// The relay's limits on what it stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +116,33 @@ pub struct MailboxLimits {
     pub disk_budget: u64,
     /// The most mailboxes holding envelopes at once. Default: 100 000.
     pub max_mailboxes: u64,
+    /// The most envelope bytes stored from one network (an IPv4 address or an IPv6 /64) and not
+    /// yet deleted by their recipients. Default: 64 MiB.
+    pub max_bytes_per_network: u64,
+    /// The most envelope bytes stored from one peer and not yet deleted. Default: 32 MiB.
+    pub max_bytes_per_peer: u64,
+    /// How long an envelope is kept when its mailbox has no fetch mark. Default:
+    /// [`DEFAULT_UNFETCHED_TTL_DAYS`] (7 days); at most `ttl_ms`.
+    pub unfetched_ttl_ms: u64,
+    /// The share of `disk_budget` and `max_mailboxes`, in percent, only mailboxes fetched lately
+    /// may use. Default: 20.
+    pub live_reserve_percent: u8,
+    /// The most fetch marks kept. Default: 1 000 000 (about 50 MB of disk).
+    pub max_fetch_marks: u64,
+}
+
+impl MailboxLimits {
+    /// The part of the disk budget any mailbox may use.
+    pub fn open_disk_budget(&self) -> u64 {
+        let reserve = self.disk_budget.saturating_mul(u64::from(self.live_reserve_percent.min(100))) / 100;
+        self.disk_budget - reserve
+    }
+
+    /// The part of the mailbox count any mailbox may use.
+    pub fn open_max_mailboxes(&self) -> u64 {
+        let reserve = self.max_mailboxes.saturating_mul(u64::from(self.live_reserve_percent.min(100))) / 100;
+        self.max_mailboxes - reserve
+    }
 }
 
 impl Default for MailboxLimits {
@@ -111,6 +154,11 @@ impl Default for MailboxLimits {
             ttl_ms: DEFAULT_TTL_DAYS * Timestamp::DAY,
             disk_budget: 1024 * 1024 * 1024,
             max_mailboxes: 100_000,
+            max_bytes_per_network: 64 * 1024 * 1024,
+            max_bytes_per_peer: 32 * 1024 * 1024,
+            unfetched_ttl_ms: DEFAULT_UNFETCHED_TTL_DAYS * Timestamp::DAY,
+            live_reserve_percent: 20,
+            max_fetch_marks: 1_000_000,
         }
     }
 }
@@ -124,6 +172,8 @@ pub struct MailboxStats {
     pub envelopes: u64,
     /// Envelope bytes stored (without sled's overhead).
     pub bytes: u64,
+    /// Fetch marks kept.
+    pub fetch_marks: u64,
 }
 
 /// Why the mailbox store could not be opened or maintained.
@@ -208,6 +258,7 @@ struct Inner {
     flusher: Flusher,
     /// Bounds the deposits waiting for a flush.
     pending: Semaphore,
+    marks: FetchMarks,
 }
 
 #[derive(Default)]
@@ -217,15 +268,7 @@ struct State {
     persisted_next_id: u64,
     /// The latest deposit time stored; later deposits are stamped no earlier.
     last_stamp: u64,
-    per_mailbox: HashMap<MailboxId, Usage>,
-    envelopes: u64,
-    bytes: u64,
-}
-
-#[derive(Clone, Copy, Default)]
-struct Usage {
-    count: u32,
-    bytes: u64,
+    usage: Usage,
 }
 
 impl Mailboxes {
@@ -243,8 +286,15 @@ impl Mailboxes {
             // speed, since the relay's disk is the resource its operator budgets.
             .mode(sled::Mode::LowSpace)
             .open()?;
-        sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no relay schema marker")?;
+        let found = sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no relay schema marker")?;
         let state = rebuild_state(&db)?;
+        let marks = FetchMarks::open(&db, limits.max_fetch_marks)?;
+        if found < SCHEMA_VERSION {
+            // Layout 1 kept no marks: what it holds was deposited under the full TTL, so its
+            // mailboxes count as fetched when the last envelope came.
+            marks.mark(state.usage.mailboxes(), Timestamp(state.last_stamp))?;
+            db.insert(MARKER_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+        }
         let mut syncer = Syncer::open(db.clone(), dir)?;
         // The marker of a new database and the directory entries sled created become durable
         // before anything is stored in it.
@@ -264,6 +314,7 @@ impl Mailboxes {
                 visible,
                 flusher,
                 pending: Semaphore::new(MAX_PENDING_DEPOSITS),
+                marks,
             }),
         })
     }
@@ -273,17 +324,20 @@ impl Mailboxes {
         &self.inner.limits
     }
 
-    /// Stores `envelope` in `mailbox` and returns its id, once it is durable.
+    /// Stores `envelope` from `depositor` in `mailbox` and returns its id, once it is durable.
     ///
     /// Refuses, changing nothing: an envelope over `max_envelope_len` (`TooLarge`), one that does
     /// not parse or whose header names another mailbox (`Malformed`), a mailbox at its count or
-    /// byte quota (`MailboxFull`), a relay at its disk budget or mailbox count (`RelayFull`), and
-    /// too many deposits waiting for a flush (`RateLimited`). A storage failure, including a failed
-    /// flush, gives `Internal`: the envelope may then be stored but was never claimed durable.
+    /// byte quota (`MailboxFull`), a depositor at its network's or peer's quota (`RateLimited`,
+    /// see [`super::usage`]), a relay at its disk budget or mailbox count (`RelayFull`; a reserve
+    /// is kept for mailboxes fetched lately), and too many deposits waiting for a flush
+    /// (`RateLimited`). A storage failure, including a failed flush, gives `Internal`: the
+    /// envelope may then be stored but was never claimed durable.
     pub async fn deposit(
         &self,
         mailbox: MailboxId,
         envelope: Vec<u8>,
+        depositor: Depositor,
         now: Timestamp,
     ) -> Result<u64, Refusal> {
         let max = self.inner.limits.max_envelope_len;
@@ -297,7 +351,8 @@ impl Mailboxes {
         let Ok(_slot) = self.inner.pending.try_acquire() else {
             return Err(Refusal::RateLimited { retry_after_ms: 100 });
         };
-        let id = self.insert(mailbox, &envelope, now)?;
+        let live = self.inner.marks.is_live(&mailbox, now).map_err(internal("reading fetch marks"))?;
+        let id = self.insert(mailbox, &envelope, &depositor, live, now)?;
         // Registered after the insert returned, so the flush that answers covers it.
         let durable = self.inner.flusher.wait();
         match durable.await {
@@ -307,22 +362,17 @@ impl Mailboxes {
     }
 
     /// Checks quotas and inserts, as one step under the state lock.
-    fn insert(&self, mailbox: MailboxId, envelope: &[u8], now: Timestamp) -> Result<u64, Refusal> {
-        let limits = &self.inner.limits;
+    fn insert(
+        &self,
+        mailbox: MailboxId,
+        envelope: &[u8],
+        depositor: &Depositor,
+        live: bool,
+        now: Timestamp,
+    ) -> Result<u64, Refusal> {
         let len = envelope.len() as u64;
         let mut state = self.lock();
-        let usage = state.per_mailbox.get(&mailbox).copied();
-        let usage_now = usage.unwrap_or_default();
-        if usage_now.count >= limits.max_envelopes_per_mailbox
-            || usage_now.bytes.saturating_add(len) > limits.max_bytes_per_mailbox
-        {
-            return Err(Refusal::MailboxFull);
-        }
-        if state.bytes.saturating_add(len) > limits.disk_budget
-            || (usage.is_none() && state.per_mailbox.len() as u64 >= limits.max_mailboxes)
-        {
-            return Err(Refusal::RelayFull);
-        }
+        state.usage.admit(&self.inner.limits, &mailbox, depositor, len, live)?;
         let id = state.next_id;
         let stamp = now.millis().max(state.last_stamp);
         let mut value = Vec::with_capacity(STAMP_LEN + envelope.len());
@@ -331,7 +381,9 @@ impl Mailboxes {
         let mut index = [0u8; INDEX_VALUE_LEN];
         index[..16].copy_from_slice(&mailbox.0);
         index[16..24].copy_from_slice(&stamp.to_be_bytes());
-        index[24..].copy_from_slice(&u32::try_from(envelope.len()).unwrap_or(u32::MAX).to_be_bytes());
+        index[24..INDEX_VALUE_V1_LEN]
+            .copy_from_slice(&u32::try_from(envelope.len()).unwrap_or(u32::MAX).to_be_bytes());
+        index[INDEX_VALUE_V1_LEN..].copy_from_slice(&depositor.encode());
         // Index first: see "Crashes" in the module documentation.
         let inserted = self
             .inner
@@ -347,11 +399,7 @@ impl Mailboxes {
         }
         state.next_id = id + 1;
         state.last_stamp = stamp;
-        let entry = state.per_mailbox.entry(mailbox).or_default();
-        entry.count += 1;
-        entry.bytes += len;
-        state.envelopes += 1;
-        state.bytes += len;
+        state.usage.add(mailbox, Some(depositor), len);
         // Still under the lock: ids become visible in order.
         self.inner.visible.store(id, Ordering::Release);
         Ok(id)
@@ -359,7 +407,8 @@ impl Mailboxes {
 
     /// Envelopes of the mailboxes `tokens` open with ids above `after`, in increasing id order
     /// across those mailboxes: at most `limit` of them and at most `MAX_FETCH_PAGE_BYTES` bytes.
-    /// The flag says whether more are waiting. Expired envelopes are skipped.
+    /// The flag says whether more are waiting. Expired envelopes are skipped. Marks the
+    /// mailboxes as fetched (see [`super::marks`]), whatever they hold.
     pub fn fetch(
         &self,
         tokens: &[FetchToken],
@@ -367,6 +416,10 @@ impl Mailboxes {
         limit: u32,
         now: Timestamp,
     ) -> Result<(Vec<StoredEnvelope>, bool), Refusal> {
+        let mailboxes: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
+        if self.inner.marks.mark(&mailboxes, now).map_err(internal("writing fetch marks"))? {
+            self.inner.flusher.request();
+        }
         let visible = self.inner.visible.load(Ordering::Acquire);
         let first = match after {
             None => 0,
@@ -378,7 +431,6 @@ impl Mailboxes {
         if first > visible || limit == 0 {
             return Ok((Vec::new(), false));
         }
-        let mailboxes: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
         let mut cursors = Vec::with_capacity(mailboxes.len());
         let mut heap = BinaryHeap::with_capacity(mailboxes.len());
         for mailbox in mailboxes {
@@ -433,67 +485,77 @@ impl Mailboxes {
             };
             let entry = IndexEntry::parse(&value).map_err(internal("reading the id index"))?;
             if entry.mailbox == mailbox {
-                found.push((id, entry.len));
+                found.push((id, entry));
             }
         }
         if found.is_empty() {
             return Ok(0);
         }
         self.persist_next_id(&mut state).map_err(internal("deleting envelopes"))?;
-        let mut deleted = 0u64;
-        let mut freed = 0u64;
-        let mut result: Result<Option<sled::IVec>, sled::Error> = Ok(None);
-        for &(id, len) in &found {
+        for (id, entry) in &found {
             // Envelope first: see "Crashes" in the module documentation.
-            result = self
-                .inner
+            self.inner
                 .db
-                .remove(envelope_key(&mailbox, id))
-                .and_then(|_| self.inner.db.remove(index_key(id)));
-            if result.is_err() {
-                break;
-            }
-            deleted += 1;
-            freed += u64::from(len);
+                .remove(envelope_key(&mailbox, *id))
+                .and_then(|_| self.inner.db.remove(index_key(*id)))
+                .map_err(internal("deleting envelopes"))?;
+            state.usage.release(mailbox, entry.depositor.as_ref(), u64::from(entry.len));
         }
-        state.release(mailbox, deleted, freed);
-        result.map_err(internal("deleting envelopes"))?;
         drop(state);
         self.inner.flusher.request();
         Ok(u32::try_from(found.len()).unwrap_or(u32::MAX))
     }
 
-    /// Drops every envelope deposited `ttl_ms` or longer before `now`; returns how many. Reads the
-    /// id index from its oldest entry and stops at the first live one.
+    /// Drops every envelope deposited `ttl_ms` or longer before `now`, and every one deposited
+    /// `unfetched_ttl_ms` or longer before `now` into a mailbox without a fetch mark; then the
+    /// marks past their lifetime. Returns how many envelopes went. Reads the id index from its
+    /// oldest entry and stops at the first envelope younger than the unfetched TTL.
     pub fn purge_expired(&self, now: Timestamp) -> Result<u64, MailboxError> {
-        let ttl = self.inner.limits.ttl_ms;
+        let limits = &self.inner.limits;
+        let ttl = limits.ttl_ms;
+        let unfetched_ttl = limits.unfetched_ttl_ms.min(ttl);
+        let mut marked: HashMap<MailboxId, bool> = HashMap::new();
         let mut purged = 0u64;
+        let mut next = 0u64;
         loop {
             let mut state = self.lock();
             let mut doomed = Vec::new();
-            let mut chunk = 0usize;
             let mut done = true;
-            for entry in self.inner.db.scan_prefix([INDEX_PREFIX]) {
+            for (scanned, entry) in self.inner.db.range(index_key(next)..=index_key(u64::MAX)).enumerate() {
                 let (key, value) = entry?;
                 let id = parse_index_key(&key)?;
                 let entry = IndexEntry::parse(&value)?;
-                if entry.stamp.saturating_add(ttl) > now.millis() {
+                let age = now.millis().saturating_sub(entry.stamp);
+                if age < unfetched_ttl {
                     break;
                 }
-                if chunk == PURGE_CHUNK {
+                if scanned == PURGE_CHUNK {
                     done = false;
                     break;
                 }
-                doomed.push((id, entry));
-                chunk += 1;
+                next = id.saturating_add(1);
+                let expired = age >= ttl || {
+                    let fetched = match marked.get(&entry.mailbox) {
+                        Some(fetched) => *fetched,
+                        None => {
+                            let fetched = self.inner.marks.last_fetch(&entry.mailbox)?.is_some();
+                            marked.insert(entry.mailbox, fetched);
+                            fetched
+                        }
+                    };
+                    !fetched
+                };
+                if expired {
+                    doomed.push((id, entry));
+                }
             }
-            if chunk > 0 {
+            if !doomed.is_empty() {
                 self.persist_next_id(&mut state)?;
             }
             for (id, entry) in doomed {
                 self.inner.db.remove(envelope_key(&entry.mailbox, id))?;
                 self.inner.db.remove(index_key(id))?;
-                state.release(entry.mailbox, 1, u64::from(entry.len));
+                state.usage.release(entry.mailbox, entry.depositor.as_ref(), u64::from(entry.len));
                 purged += 1;
             }
             drop(state);
@@ -501,7 +563,8 @@ impl Mailboxes {
                 break;
             }
         }
-        if purged > 0 {
+        let marks_purged = self.inner.marks.purge(now, MARK_LIFETIME_TTLS.saturating_mul(ttl))?;
+        if purged > 0 || marks_purged > 0 {
             self.inner.flusher.request();
         }
         Ok(purged)
@@ -509,12 +572,7 @@ impl Mailboxes {
 
     /// Mailboxes, envelopes and envelope bytes stored now.
     pub fn stats(&self) -> MailboxStats {
-        let state = self.lock();
-        MailboxStats {
-            mailboxes: state.per_mailbox.len() as u64,
-            envelopes: state.envelopes,
-            bytes: state.bytes,
-        }
+        MailboxStats { fetch_marks: self.inner.marks.count(), ..self.lock().usage.stats() }
     }
 
     /// How many flushes (sled flush plus fsync) have completed since open; with group commit,
@@ -543,20 +601,6 @@ impl Mailboxes {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl State {
-    fn release(&mut self, mailbox: MailboxId, count: u64, bytes: u64) {
-        if let Some(usage) = self.per_mailbox.get_mut(&mailbox) {
-            usage.count = usage.count.saturating_sub(u32::try_from(count).unwrap_or(u32::MAX));
-            usage.bytes = usage.bytes.saturating_sub(bytes);
-            if usage.count == 0 {
-                self.per_mailbox.remove(&mailbox);
-            }
-        }
-        self.envelopes = self.envelopes.saturating_sub(count);
-        self.bytes = self.bytes.saturating_sub(bytes);
     }
 }
 
@@ -593,22 +637,34 @@ struct IndexEntry {
     mailbox: MailboxId,
     stamp: u64,
     len: u32,
+    /// Unknown for envelopes stored by layout 1.
+    depositor: Option<Depositor>,
 }
 
 impl IndexEntry {
     fn parse(value: &[u8]) -> Result<Self, MailboxError> {
-        let value: &[u8; INDEX_VALUE_LEN] =
-            value.try_into().map_err(|_| MailboxError::Corrupt { what: "id index entry" })?;
+        let corrupt = MailboxError::Corrupt { what: "id index entry" };
+        if value.len() != INDEX_VALUE_LEN && value.len() != INDEX_VALUE_V1_LEN {
+            return Err(corrupt);
+        }
         let mut mailbox = [0u8; 16];
         mailbox.copy_from_slice(&value[..16]);
         let mut stamp = [0u8; 8];
         stamp.copy_from_slice(&value[16..24]);
         let mut len = [0u8; 4];
-        len.copy_from_slice(&value[24..]);
+        len.copy_from_slice(&value[24..INDEX_VALUE_V1_LEN]);
+        let depositor = match value.get(INDEX_VALUE_V1_LEN..) {
+            Some(rest) if !rest.is_empty() => {
+                let bytes: &[u8; Depositor::ENCODED_LEN] = rest.try_into().map_err(|_| corrupt)?;
+                Some(Depositor::decode(bytes).ok_or(MailboxError::Corrupt { what: "id index entry" })?)
+            }
+            _ => None,
+        };
         Ok(Self {
             mailbox: MailboxId(mailbox),
             stamp: u64::from_be_bytes(stamp),
             len: u32::from_be_bytes(len),
+            depositor,
         })
     }
 }
@@ -659,11 +715,7 @@ fn rebuild_state(db: &sled::Db) -> Result<State, MailboxError> {
         let entry = IndexEntry::parse(&value)?;
         state.next_id = state.next_id.max(id.saturating_add(1));
         state.last_stamp = state.last_stamp.max(entry.stamp);
-        let usage = state.per_mailbox.entry(entry.mailbox).or_default();
-        usage.count = usage.count.saturating_add(1);
-        usage.bytes += u64::from(entry.len);
-        state.envelopes += 1;
-        state.bytes += u64::from(entry.len);
+        state.usage.add(entry.mailbox, entry.depositor.as_ref(), u64::from(entry.len));
     }
     Ok(state)
 }
@@ -833,6 +885,11 @@ pub(crate) mod tests {
         MailboxId::of(&token(n))
     }
 
+    /// A depositor with a peer id of its own, from one documentation address.
+    pub(crate) fn someone() -> Depositor {
+        Depositor::new(&libp2p::PeerId::random(), Some([192, 0, 2, 1].into()))
+    }
+
     /// Opens the store at `dir`, waiting while a copy just dropped still holds its lock (sled's
     /// background flusher lets go of it shortly after the drop).
     fn open(dir: &Path, limits: MailboxLimits) -> Mailboxes {
@@ -860,12 +917,15 @@ pub(crate) mod tests {
         let mut deposited = Vec::new();
         for (i, n) in [1u8, 2, 1, 1, 2].into_iter().enumerate() {
             let bytes = envelope(mailbox(n), 512, i as u8);
-            let id = boxes.deposit(mailbox(n), bytes.clone(), T0).await.unwrap();
+            let id = boxes.deposit(mailbox(n), bytes.clone(), someone(), T0).await.unwrap();
             deposited.push((n, id, bytes));
         }
         let all: Vec<u64> = deposited.iter().map(|d| d.1).collect();
         assert!(all.windows(2).all(|w| w[0] < w[1]), "ids increase: {all:?}");
-        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 5, bytes: 5 * 512 });
+        assert_eq!(
+            boxes.stats(),
+            MailboxStats { mailboxes: 2, envelopes: 5, bytes: 5 * 512, fetch_marks: 0 }
+        );
 
         let one = boxes.fetch(&[token(1)], None, 64, T0).unwrap();
         assert_eq!(ids(&one), vec![all[0], all[2], all[3]]);
@@ -881,7 +941,10 @@ pub(crate) mod tests {
         assert_eq!(boxes.delete(&token(1), &[all[0], all[2], all[2], 999]).unwrap(), 2);
         assert_eq!(boxes.delete(&token(1), &[all[0]]).unwrap(), 0, "a repeated delete is harmless");
         assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, T0).unwrap()), vec![all[3]]);
-        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 3, bytes: 3 * 512 });
+        assert_eq!(
+            boxes.stats(),
+            MailboxStats { mailboxes: 2, envelopes: 3, bytes: 3 * 512, fetch_marks: 2 }
+        );
         assert_eq!(boxes.delete(&token(2), &[all[1], all[4]]).unwrap(), 2);
         assert_eq!(boxes.stats().mailboxes, 1);
     }
@@ -892,8 +955,9 @@ pub(crate) mod tests {
         let bytes = envelope(mailbox(1), 1024, 9);
         let (first, second) = {
             let boxes = open(dir.path(), MailboxLimits::default());
-            let first = boxes.deposit(mailbox(1), bytes.clone(), T0).await.unwrap();
-            let second = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 1), T0).await.unwrap();
+            let first = boxes.deposit(mailbox(1), bytes.clone(), someone(), T0).await.unwrap();
+            let second =
+                boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 1), someone(), T0).await.unwrap();
             // Deleted: the next id must still be above it after the restart.
             boxes.delete(&token(2), &[second]).unwrap();
             (first, second)
@@ -902,8 +966,9 @@ pub(crate) mod tests {
         let page = boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap();
         assert_eq!(page.0.len(), 1);
         assert_eq!((page.0[0].id, &page.0[0].envelope), (first, &bytes));
-        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 1, envelopes: 1, bytes: 1024 });
-        let third = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 2), T0).await.unwrap();
+        // The fetch marked both mailboxes, once each.
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 1, envelopes: 1, bytes: 1024, fetch_marks: 2 });
+        let third = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 2), someone(), T0).await.unwrap();
         assert!(third > second, "{third} > {second}");
     }
 
@@ -919,7 +984,7 @@ pub(crate) mod tests {
         };
         let boxes = open(dir.path(), limits);
         for _ in 0..3 {
-            boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
         }
         let check = |boxes: &Mailboxes| {
             (
@@ -930,29 +995,29 @@ pub(crate) mod tests {
         let before = check(&boxes);
         // Count quota.
         assert_eq!(
-            boxes.deposit(mailbox(1), envelope(mailbox(1), 100, 0), T0).await,
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 100, 0), someone(), T0).await,
             Err(Refusal::MailboxFull)
         );
         // Byte quota.
-        boxes.deposit(mailbox(2), envelope(mailbox(2), 1024, 0), T0).await.unwrap();
+        boxes.deposit(mailbox(2), envelope(mailbox(2), 1024, 0), someone(), T0).await.unwrap();
         let before_bytes = check(&boxes);
         assert_eq!(
-            boxes.deposit(mailbox(2), envelope(mailbox(2), 1025, 0), T0).await,
+            boxes.deposit(mailbox(2), envelope(mailbox(2), 1025, 0), someone(), T0).await,
             Err(Refusal::MailboxFull)
         );
         assert_eq!(check(&boxes), before_bytes);
         assert_ne!(before, before_bytes);
         // Disk budget: 1536 + 1024 stored, 1537 more would pass 4096.
         assert_eq!(
-            boxes.deposit(mailbox(3), envelope(mailbox(3), 1537, 0), T0).await,
+            boxes.deposit(mailbox(3), envelope(mailbox(3), 1537, 0), someone(), T0).await,
             Err(Refusal::RelayFull)
         );
         assert_eq!(check(&boxes), before_bytes);
         // Mailbox count: a third mailbox fits, a fourth does not.
-        boxes.deposit(mailbox(3), envelope(mailbox(3), 100, 0), T0).await.unwrap();
+        boxes.deposit(mailbox(3), envelope(mailbox(3), 100, 0), someone(), T0).await.unwrap();
         let full = check(&boxes);
         assert_eq!(
-            boxes.deposit(mailbox(4), envelope(mailbox(4), 100, 0), T0).await,
+            boxes.deposit(mailbox(4), envelope(mailbox(4), 100, 0), someone(), T0).await,
             Err(Refusal::RelayFull)
         );
         assert_eq!(check(&boxes), full);
@@ -961,11 +1026,11 @@ pub(crate) mod tests {
         let boxes = open(dir.path(), limits);
         assert_eq!(check(&boxes), full);
         assert_eq!(
-            boxes.deposit(mailbox(1), envelope(mailbox(1), 100, 0), T0).await,
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 100, 0), someone(), T0).await,
             Err(Refusal::MailboxFull)
         );
         assert_eq!(
-            boxes.deposit(mailbox(4), envelope(mailbox(4), 100, 0), T0).await,
+            boxes.deposit(mailbox(4), envelope(mailbox(4), 100, 0), someone(), T0).await,
             Err(Refusal::RelayFull)
         );
     }
@@ -976,19 +1041,19 @@ pub(crate) mod tests {
         let limits = MailboxLimits { max_envelope_len: 1024, ..MailboxLimits::default() };
         let boxes = open(dir.path(), limits);
         assert_eq!(
-            boxes.deposit(mailbox(1), envelope(mailbox(1), 1025, 0), T0).await,
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 1025, 0), someone(), T0).await,
             Err(Refusal::TooLarge { max: 1024 })
         );
         // The header names another mailbox.
         assert_eq!(
-            boxes.deposit(mailbox(1), envelope(mailbox(2), 512, 0), T0).await,
+            boxes.deposit(mailbox(1), envelope(mailbox(2), 512, 0), someone(), T0).await,
             Err(Refusal::Malformed)
         );
         // Not an envelope at all, and an envelope cut short.
-        assert_eq!(boxes.deposit(mailbox(1), vec![0xAB; 512], T0).await, Err(Refusal::Malformed));
+        assert_eq!(boxes.deposit(mailbox(1), vec![0xAB; 512], someone(), T0).await, Err(Refusal::Malformed));
         let mut cut = envelope(mailbox(1), 512, 0);
         cut.truncate(30);
-        assert_eq!(boxes.deposit(mailbox(1), cut, T0).await, Err(Refusal::Malformed));
+        assert_eq!(boxes.deposit(mailbox(1), cut, someone(), T0).await, Err(Refusal::Malformed));
         assert_eq!(boxes.stats(), MailboxStats::default());
     }
 
@@ -996,8 +1061,8 @@ pub(crate) mod tests {
     async fn a_wrong_token_sees_nothing_and_deletes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), MailboxLimits::default());
-        let id = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
-        let mine = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), T0).await.unwrap();
+        let id = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
+        let mine = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), someone(), T0).await.unwrap();
         assert_eq!(ids(&boxes.fetch(&[token(2)], None, 64, T0).unwrap()), vec![mine]);
         assert_eq!(ids(&boxes.fetch(&[token(3)], None, 64, T0).unwrap()), Vec::<u64>::new());
         // An id of another mailbox is passed over exactly like one that is gone: no answer tells
@@ -1017,18 +1082,20 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let limits = MailboxLimits { ttl_ms: 1_000, ..MailboxLimits::default() };
         let boxes = open(dir.path(), limits);
-        let old = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
-        let newer = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 1), T0.plus(600)).await.unwrap();
+        let old = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
+        let newer =
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 1), someone(), T0.plus(600)).await.unwrap();
         // A clock that steps back does not make an envelope older than the one before it.
-        let stepped = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 2), T0.plus(100)).await.unwrap();
+        let stepped =
+            boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 2), someone(), T0.plus(100)).await.unwrap();
         let at = T0.plus(1_200);
         assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, at).unwrap()), vec![newer, stepped]);
         assert_eq!(boxes.purge_expired(at).unwrap(), 1);
-        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 2, bytes: 1024 });
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 2, bytes: 1024, fetch_marks: 2 });
         assert_eq!(boxes.delete(&token(1), &[old]).unwrap(), 0, "already gone");
         assert_eq!(boxes.purge_expired(at).unwrap(), 0);
         assert_eq!(boxes.purge_expired(T0.plus(1_600)).unwrap(), 2);
-        assert_eq!(boxes.stats(), MailboxStats::default());
+        assert_eq!(boxes.stats(), MailboxStats { fetch_marks: 2, ..MailboxStats::default() });
     }
 
     #[tokio::test]
@@ -1038,11 +1105,11 @@ pub(crate) mod tests {
         let boxes = open(dir.path(), limits);
         for i in 0..(PURGE_CHUNK + 10) {
             let n = (i % 3) as u8;
-            boxes.insert(mailbox(n), &envelope(mailbox(n), 100, 0), T0).unwrap();
+            boxes.insert(mailbox(n), &envelope(mailbox(n), 100, 0), &someone(), true, T0).unwrap();
         }
-        boxes.insert(mailbox(0), &envelope(mailbox(0), 100, 0), T0.plus(5_000)).unwrap();
+        boxes.insert(mailbox(0), &envelope(mailbox(0), 100, 0), &someone(), true, T0.plus(5_000)).unwrap();
         assert_eq!(boxes.purge_expired(T0.plus(2_000)).unwrap(), (PURGE_CHUNK + 10) as u64);
-        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 1, envelopes: 1, bytes: 100 });
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 1, envelopes: 1, bytes: 100, fetch_marks: 0 });
     }
 
     #[tokio::test]
@@ -1052,7 +1119,7 @@ pub(crate) mod tests {
         let mut all = Vec::new();
         for i in 0..5u8 {
             let n = 1 + i % 2;
-            all.push(boxes.deposit(mailbox(n), envelope(mailbox(n), 512, i), T0).await.unwrap());
+            all.push(boxes.deposit(mailbox(n), envelope(mailbox(n), 512, i), someone(), T0).await.unwrap());
         }
         let tokens = [token(1), token(2)];
         let page = boxes.fetch(&tokens, None, 2, T0).unwrap();
@@ -1065,7 +1132,10 @@ pub(crate) mod tests {
 
         // 20 envelopes of 64 KiB: 16 fill a page of 1 MiB exactly.
         for _ in 0..20 {
-            boxes.deposit(mailbox(3), envelope(mailbox(3), MAX_ENVELOPE_LEN, 3), T0).await.unwrap();
+            boxes
+                .deposit(mailbox(3), envelope(mailbox(3), MAX_ENVELOPE_LEN, 3), someone(), T0)
+                .await
+                .unwrap();
         }
         let page = boxes.fetch(&[token(3)], None, 64, T0).unwrap();
         assert_eq!(page.0.len(), MAX_FETCH_PAGE_BYTES / MAX_ENVELOPE_LEN);
@@ -1085,7 +1155,7 @@ pub(crate) mod tests {
                 let boxes = boxes.clone();
                 tokio::spawn(async move {
                     let n = i % 8;
-                    boxes.deposit(mailbox(n), envelope(mailbox(n), 1024, i), T0).await
+                    boxes.deposit(mailbox(n), envelope(mailbox(n), 1024, i), someone(), T0).await
                 })
             })
             .collect();
@@ -1106,8 +1176,8 @@ pub(crate) mod tests {
         let limits = MailboxLimits { ttl_ms: 1_000, ..MailboxLimits::default() };
         let (kept, lost) = {
             let boxes = open(dir.path(), limits);
-            let kept = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0).await.unwrap();
-            let lost = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 1), T0).await.unwrap();
+            let kept = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
+            let lost = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 1), someone(), T0).await.unwrap();
             // What a crash between the two inserts (or the two removes) leaves behind.
             boxes.inner.db.remove(envelope_key(&mailbox(1), lost)).unwrap();
             boxes.flush().await.unwrap();
@@ -1122,6 +1192,163 @@ pub(crate) mod tests {
         assert_eq!(boxes.stats().envelopes, 1);
         assert_eq!(boxes.purge_expired(T0.plus(5_000)).unwrap(), 1);
         assert_eq!(boxes.stats(), MailboxStats::default());
+    }
+
+    /// Limits small enough to fill in a test: 1 MiB in all, 256 KiB per network, 128 KiB per peer.
+    fn small_limits() -> MailboxLimits {
+        MailboxLimits {
+            disk_budget: 1024 * 1024,
+            max_bytes_per_network: 256 * 1024,
+            max_bytes_per_peer: 128 * 1024,
+            max_mailboxes: 1_000,
+            ..MailboxLimits::default()
+        }
+    }
+
+    /// Deposits 4 KiB envelopes into fresh mailboxes, from a fresh peer id each time and from
+    /// `network(i)`, until 200 deposits in a row are refused; returns the bytes stored.
+    async fn flood(boxes: &Mailboxes, network: impl Fn(u32) -> std::net::IpAddr, at: Timestamp) -> u64 {
+        let before = boxes.stats().bytes;
+        let mut refused_in_a_row = 0;
+        let mut i = 0u32;
+        while refused_in_a_row < 200 {
+            let mut secret = [0xAB; 32];
+            secret[..4].copy_from_slice(&i.to_be_bytes());
+            let target = MailboxId::of(&FetchToken(secret));
+            let depositor = Depositor::new(&libp2p::PeerId::random(), Some(network(i)));
+            match boxes.deposit(target, envelope(target, 4096, 0), depositor, at).await {
+                Ok(_) => refused_in_a_row = 0,
+                Err(Refusal::RateLimited { .. } | Refusal::RelayFull) => refused_in_a_row += 1,
+                Err(other) => panic!("unexpected refusal {other:?}"),
+            }
+            i += 1;
+        }
+        boxes.stats().bytes - before
+    }
+
+    #[tokio::test]
+    async fn one_abusive_network_cannot_make_an_honest_deposit_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = open(dir.path(), small_limits());
+        // The owner of mailbox 1 fetched it this morning.
+        boxes.fetch(&[token(1)], None, 64, T0).unwrap();
+        // One /64, a new peer id and a new mailbox for every deposit, as fast as it can.
+        let stored =
+            flood(&boxes, |i| std::net::IpAddr::from([0x2001, 0xdb8, 6, 4, (i % 7) as u16, 1, 2, 3]), T0)
+                .await;
+        assert!(stored <= 256 * 1024, "the /64 stored {stored} bytes, over its quota");
+        assert!(stored >= 200 * 1024, "the /64 stored only {stored} bytes");
+        // One IPv4 address the same.
+        let stored = flood(&boxes, |_| [203, 0, 113, 66].into(), T0).await;
+        assert!(stored <= 256 * 1024, "the address stored {stored} bytes");
+        // Someone else still gets through, to a live mailbox and to a new one.
+        let honest = Depositor::new(&libp2p::PeerId::random(), Some([198, 51, 100, 10].into()));
+        boxes.deposit(mailbox(1), envelope(mailbox(1), 4096, 1), honest, T0).await.unwrap();
+        boxes.deposit(mailbox(2), envelope(mailbox(2), 4096, 1), honest, T0).await.unwrap();
+        // Once the owner deletes what was left for them, the quota is free again.
+        let page = boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap();
+        assert_eq!(page.0.len(), 2);
+        assert_eq!(boxes.delete(&token(1), &[page.0[0].id]), Ok(1));
+        assert_eq!(boxes.delete(&token(2), &[page.0[1].id]), Ok(1));
+    }
+
+    #[tokio::test]
+    async fn the_reserve_keeps_room_for_mailboxes_their_owners_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = open(dir.path(), small_limits());
+        boxes.fetch(&[token(1)], None, 64, T0).unwrap();
+        // Many networks together fill what is open to anyone (80 %)...
+        for net in 0..8u8 {
+            flood(&boxes, |_| [203, 0, 113, net].into(), T0).await;
+        }
+        let open_budget = small_limits().open_disk_budget();
+        assert!(boxes.stats().bytes > open_budget - 4096, "{} of {open_budget}", boxes.stats().bytes);
+        assert!(boxes.stats().bytes <= open_budget);
+        // ...but not the reserve: a mailbox fetched lately still takes deposits, a new one not.
+        let honest = Depositor::new(&libp2p::PeerId::random(), Some([198, 51, 100, 10].into()));
+        assert_eq!(
+            boxes.deposit(mailbox(2), envelope(mailbox(2), 4096, 1), honest, T0).await,
+            Err(Refusal::RelayFull)
+        );
+        boxes.deposit(mailbox(1), envelope(mailbox(1), 4096, 1), honest, T0).await.unwrap();
+        // Two days without a fetch and mailbox 1 is no longer live.
+        let later = T0.plus(2 * Timestamp::DAY);
+        assert_eq!(
+            boxes.deposit(mailbox(1), envelope(mailbox(1), 4096, 1), honest, later).await,
+            Err(Refusal::RelayFull)
+        );
+    }
+
+    #[tokio::test]
+    async fn envelopes_nobody_fetches_go_after_the_short_ttl_and_marks_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = |n: u64| T0.plus(n * Timestamp::DAY);
+        let (junk, ahead, read) = {
+            let boxes = open(dir.path(), MailboxLimits::default());
+            // Mailbox 2's owner looked (and found nothing) before anyone wrote: as a node does
+            // for the days ahead of its announcement before going away.
+            boxes.fetch(&[token(2)], None, 64, T0).unwrap();
+            let junk =
+                boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), day(1)).await.unwrap();
+            let ahead =
+                boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), someone(), day(1)).await.unwrap();
+            let read =
+                boxes.deposit(mailbox(3), envelope(mailbox(3), 512, 0), someone(), day(1)).await.unwrap();
+            boxes.fetch(&[token(3)], None, 64, day(2)).unwrap();
+            (junk, ahead, read)
+        };
+        let boxes = open(dir.path(), MailboxLimits::default());
+        assert_eq!(boxes.stats().fetch_marks, 2);
+        assert_eq!(boxes.purge_expired(day(7)).unwrap(), 0, "a day short of the unfetched TTL");
+        assert_eq!(boxes.purge_expired(day(8)).unwrap(), 1);
+        let all = [token(1), token(2), token(3)];
+        let page = boxes.fetch(&all, None, 64, day(8)).unwrap();
+        assert_eq!(ids(&page), vec![ahead, read]);
+        assert!(!ids(&page).contains(&junk));
+        // The others keep the full TTL.
+        assert_eq!(boxes.purge_expired(day(30)).unwrap(), 0);
+        assert_eq!(boxes.purge_expired(day(31)).unwrap(), 2);
+        // Marks outlive their last fetch (day 8) by two TTLs, then go.
+        assert_eq!(boxes.stats().fetch_marks, 3);
+        boxes.purge_expired(day(67)).unwrap();
+        assert_eq!(boxes.stats().fetch_marks, 3);
+        boxes.purge_expired(day(68)).unwrap();
+        assert_eq!(boxes.stats().fetch_marks, 0);
+    }
+
+    #[tokio::test]
+    async fn fetch_marks_stop_at_their_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let boxes = open(dir.path(), MailboxLimits { max_fetch_marks: 2, ..MailboxLimits::default() });
+        boxes.fetch(&[token(1), token(2), token(3)], None, 64, T0).unwrap();
+        assert_eq!(boxes.stats().fetch_marks, 2);
+        // A marked mailbox is still refreshed at the cap.
+        boxes.fetch(&[token(1), token(2), token(3)], None, 64, T0.plus(Timestamp::DAY)).unwrap();
+        assert_eq!(boxes.stats().fetch_marks, 2);
+    }
+
+    #[tokio::test]
+    async fn a_layout_1_database_is_upgraded_with_its_mailboxes_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let boxes = open(dir.path(), MailboxLimits::default());
+            let id = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
+            // Rewrite it as layout 1 did: a 28-byte index entry, no marks, marker 1.
+            let db = &boxes.inner.db;
+            let entry = db.get(index_key(id)).unwrap().unwrap();
+            db.insert(index_key(id), &entry[..INDEX_VALUE_V1_LEN]).unwrap();
+            db.drop_tree(b"fetched").unwrap();
+            db.insert(MARKER_KEY, &1u16.to_be_bytes()).unwrap();
+            boxes.flush().await.unwrap();
+            id
+        };
+        let boxes = open(dir.path(), MailboxLimits::default());
+        assert_eq!(boxes.stats(), MailboxStats { mailboxes: 1, envelopes: 1, bytes: 512, fetch_marks: 1 });
+        assert_eq!(boxes.inner.db.get(MARKER_KEY).unwrap().unwrap().as_ref(), &SCHEMA_VERSION.to_be_bytes());
+        // Kept past the unfetched TTL, and deleted like any other.
+        assert_eq!(boxes.purge_expired(T0.plus(8 * Timestamp::DAY)).unwrap(), 0);
+        assert_eq!(boxes.delete(&token(1), &[id]), Ok(1));
+        assert_eq!(boxes.stats().envelopes, 0);
     }
 
     #[test]
@@ -1141,7 +1368,7 @@ pub(crate) mod tests {
         {
             let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let boxes = open(dir.path(), MailboxLimits::default());
-            rt.block_on(boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), T0)).unwrap();
+            rt.block_on(boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0)).unwrap();
         }
         std::fs::write(dir.path().join("conf"), b"\xff\xfe garbage").unwrap();
         std::fs::write(dir.path().join("db"), vec![0x5A; 4096]).unwrap();

@@ -4,11 +4,13 @@
 //! `merpati_mailbox_refusals_total{kind="mailbox_full"}`, `merpati_mailbox_stored_bytes`,
 //! `merpati_relay_reservations`, …
 //!
-//! The endpoint answers `GET /metrics` with the OpenMetrics text exposition and anything else with
-//! 404. It is deliberately tiny (no HTTP crate): it reads at most [`MAX_REQUEST_HEAD`] bytes of
+//! The endpoint answers `GET /metrics` with the OpenMetrics text exposition when the request
+//! accepts it (Prometheus asks for it), else with the classic Prometheus text format (what `curl`
+//! and older scrapers get), and anything else with 404. It is deliberately tiny (no HTTP crate): it reads at most [`MAX_REQUEST_HEAD`] bytes of
 //! request head within [`HEAD_TIMEOUT`], answers once and closes, and serves at most
 //! [`MAX_CONNECTIONS`] connections at a time; more wait in the listener's backlog.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +39,8 @@ const LINGER: Duration = Duration::from_secs(1);
 const MAX_LINGER_BYTES: usize = 64 * 1024;
 /// The content type of the OpenMetrics text exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the classic Prometheus text format.
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusalLabels {
@@ -57,6 +61,9 @@ pub struct MailboxMetrics {
     stored_envelopes: Gauge,
     mailboxes: Gauge,
     long_polls: Gauge,
+    long_polls_declined: Counter,
+    fetch_marks: Gauge,
+    undecodable: Counter,
     relay_reservations: Gauge,
 }
 
@@ -89,11 +96,41 @@ impl MailboxMetrics {
         r.register("mailbox_mailboxes", "Mailboxes holding envelopes", metrics.mailboxes.clone());
         r.register("mailbox_long_polls", "Fetches waiting for a deposit now", metrics.long_polls.clone());
         r.register(
+            "mailbox_long_polls_declined",
+            "Fetches answered at once because the long-poll caps (relay, network, peer) were reached",
+            metrics.long_polls_declined.clone(),
+        );
+        r.register(
+            "mailbox_fetch_marks",
+            "Mailboxes with a fetch mark (compare with max_fetch_marks)",
+            metrics.fetch_marks.clone(),
+        );
+        r.register(
+            "mailbox_undecodable_requests",
+            "Mailbox requests that could not be read (not the protocol, or over its size limits); not answered",
+            metrics.undecodable.clone(),
+        );
+        r.register(
             "relay_reservations",
             "Relay circuit reservations held now",
             metrics.relay_reservations.clone(),
         );
+        // Every refusal series exists from the start, at 0, so rates and alerts work before the
+        // first refusal of a kind.
+        for kind in REFUSAL_KINDS {
+            let _ = metrics.refusals.get_or_create(&RefusalLabels { kind });
+        }
         metrics
+    }
+
+    /// Counts a fetch answered at once because the long-poll caps were reached.
+    pub(crate) fn long_poll_refused(&self) {
+        self.long_polls_declined.inc();
+    }
+
+    /// Counts a mailbox request that could not be decoded (the network layer calls this).
+    pub fn undecodable_request(&self) {
+        self.undecodable.inc();
     }
 
     /// Sets the number of relay reservations held (the network layer calls this).
@@ -144,8 +181,21 @@ impl MailboxMetrics {
         self.stored_bytes.set(gauge(stats.bytes));
         self.stored_envelopes.set(gauge(stats.envelopes));
         self.mailboxes.set(gauge(stats.mailboxes));
+        self.fetch_marks.set(gauge(stats.fetch_marks));
     }
 }
+
+/// Every label value of [`refusal_kind`].
+const REFUSAL_KINDS: [&str; 8] = [
+    "mailbox_full",
+    "too_large",
+    "rate_limited",
+    "unauthorized",
+    "relay_full",
+    "malformed",
+    "unknown_mailbox",
+    "internal",
+];
 
 /// The label value of a refusal.
 fn refusal_kind(refusal: &Refusal) -> &'static str {
@@ -217,10 +267,17 @@ async fn answer(mut stream: TcpStream, registry: &Registry) -> std::io::Result<(
             if method == b"GET" && path == b"/metrics" {
                 let mut body = String::new();
                 match prometheus_client::encoding::text::encode(&mut body, registry) {
-                    Ok(()) => format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    ),
+                    Ok(()) => {
+                        let (content_type, body) = if accepts_openmetrics(&head[..len]) {
+                            (CONTENT_TYPE, body)
+                        } else {
+                            (CLASSIC_CONTENT_TYPE, to_classic(&body))
+                        };
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    }
                     Err(_) => simple_response("500 Internal Server Error"),
                 }
             } else {
@@ -264,6 +321,54 @@ async fn read_head(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<Op
     }
 }
 
+/// Whether a request head has an `Accept` header naming the OpenMetrics text format.
+fn accepts_openmetrics(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("accept") && value.contains("application/openmetrics-text")
+        })
+    })
+}
+
+/// The classic Prometheus text format of an OpenMetrics exposition: no `# EOF` or `# UNIT`
+/// lines, counter families named by their `_total` samples, info families as gauges named by
+/// their `_info` samples, `unknown` as `untyped`. The samples themselves read the same.
+fn to_classic(openmetrics: &str) -> String {
+    let mut renamed: HashMap<&str, (String, &str)> = HashMap::new();
+    for line in openmetrics.lines() {
+        let mut words = line.splitn(4, ' ');
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            match kind {
+                "counter" => renamed.insert(name, (format!("{name}_total"), "counter")),
+                "info" => renamed.insert(name, (format!("{name}_info"), "gauge")),
+                "unknown" => renamed.insert(name, (name.to_owned(), "untyped")),
+                _ => None,
+            };
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let mut words = line.splitn(4, ' ');
+        match (words.next(), words.next(), words.next(), words.next()) {
+            (Some("#"), Some("TYPE"), Some(name), Some(_)) if renamed.contains_key(name) => {
+                let (new_name, kind) = &renamed[name];
+                out.push_str(&format!("# TYPE {new_name} {kind}"));
+            }
+            (Some("#"), Some("HELP"), Some(name), rest) if renamed.contains_key(name) => {
+                out.push_str(&format!("# HELP {} {}", renamed[name].0, rest.unwrap_or_default()));
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn simple_response(status: &str) -> String {
     format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 }
@@ -293,13 +398,26 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(listener, Arc::new(registry), shutdown.clone()));
 
-        let response = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let openmetrics = "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n\r\n";
+        let response = get(addr, openmetrics).await;
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         assert!(response.contains(CONTENT_TYPE));
         assert!(response.contains("merpati_mailbox_deposits_total 2"), "{response}");
         assert!(response.contains("merpati_mailbox_refusals_total{kind=\"mailbox_full\"} 1"), "{response}");
         assert!(response.contains("merpati_relay_reservations 3"), "{response}");
+        for kind in REFUSAL_KINDS.iter().filter(|kind| **kind != "mailbox_full") {
+            let zero = format!("merpati_mailbox_refusals_total{{kind=\"{kind}\"}} 0");
+            assert!(response.contains(&zero), "no {zero} in {response}");
+        }
         assert!(response.trim_end().ends_with("# EOF"));
+
+        // Without asking for OpenMetrics (curl, older scrapers): the classic format.
+        let response = get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(response.contains(CLASSIC_CONTENT_TYPE), "{response}");
+        assert!(response.contains("# TYPE merpati_mailbox_deposits_total counter\n"), "{response}");
+        assert!(response.contains("merpati_mailbox_deposits_total 2"), "{response}");
+        assert!(response.contains("# TYPE merpati_relay_reservations gauge"), "{response}");
+        assert!(!response.contains("# EOF"), "{response}");
 
         let response = get(addr, "GET /other HTTP/1.1\r\n\r\n").await;
         assert!(response.starts_with("HTTP/1.1 404"), "{response}");
@@ -308,5 +426,40 @@ mod tests {
 
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    }
+
+    #[test]
+    fn the_classic_format_renames_counter_and_info_families() {
+        let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total 3\n\
+                           # HELP a_build The build.\n# TYPE a_build info\na_build_info{version=\"1\"} 1\n\
+                           # HELP a_bytes Bytes.\n# TYPE a_bytes gauge\n# UNIT a_bytes bytes\na_bytes 7\n# EOF\n";
+        let classic = to_classic(openmetrics);
+        assert_eq!(
+            classic,
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total 3\n\
+             # HELP a_build_info The build.\n# TYPE a_build_info gauge\na_build_info{version=\"1\"} 1\n\
+             # HELP a_bytes Bytes.\n# TYPE a_bytes gauge\na_bytes 7\n"
+        );
+    }
+
+    /// Every `merpati_*` metric docs/relay-operators.md lists is one the relay serves.
+    #[test]
+    fn the_operators_guide_names_real_metrics() {
+        let mut registry = Registry::default();
+        let _metrics = MailboxMetrics::register(&mut registry);
+        super::super::process::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let guide = include_str!("../../../../docs/relay-operators.md");
+        let listed: Vec<&str> = guide
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `merpati_"))
+            .map(|rest| rest.split(['`', '{']).next().unwrap_or_default())
+            .collect();
+        assert!(listed.len() >= 15, "{listed:?}");
+        for name in listed {
+            let served = text.lines().any(|line| line.starts_with(&format!("merpati_{name}")));
+            assert!(served, "the guide lists merpati_{name}, which is not served:\n{text}");
+        }
     }
 }

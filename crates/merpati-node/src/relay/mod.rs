@@ -6,23 +6,35 @@
 //! answered only once it is durable on disk, with an id from one relay-wide increasing counter,
 //! so one `after` cursor pages through all of a recipient's mailboxes at once.
 //!
-//! * [`mailboxes`]: the sled store (quotas, TTL, group-committed flushes).
-//! * [`rate`]: token buckets per peer and per IP address.
+//! * [`mailboxes`]: the sled store (TTL, group-committed flushes).
+//! * [`usage`]: what is stored per mailbox, per depositor and in all, and the quotas on it.
+//! * [`marks`]: when each mailbox was last fetched, which decides its TTL and its access to the
+//!   reserve kept for live mailboxes.
+//! * [`depositor`]: who a request comes from: the network (IPv4 address, IPv6 /64) and the peer.
+//! * [`rate`]: token buckets per peer and per network.
 //! * [`service`]: answers `/merpati/mailbox/1` requests, including long-poll fetches, with no
 //!   network of its own: the network layer passes in requests and sends the responses.
 //! * [`metrics`]: Prometheus metrics and a minimal `GET /metrics` endpoint.
+//! * [`process`]: the build and the process's memory and file descriptors, as metrics.
 //! * [`run`]: the relay daemon: node key, mailboxes, the network in the relay role, metrics.
 //!
 //! The wire types are `merpati_proto::wire::mailbox`; the relay never sees more of an envelope
 //! than its clear header, which it checks names the mailbox the envelope is deposited into.
 
+pub mod depositor;
 pub mod mailboxes;
+mod marks;
 pub mod metrics;
+pub mod process;
 pub mod rate;
 pub mod run;
 pub mod service;
+mod usage;
 
-pub use mailboxes::{DEFAULT_TTL_DAYS, MailboxError, MailboxLimits, MailboxStats, Mailboxes};
+pub use depositor::Depositor;
+pub use mailboxes::{
+    DEFAULT_TTL_DAYS, DEFAULT_UNFETCHED_TTL_DAYS, MailboxError, MailboxLimits, MailboxStats, Mailboxes,
+};
 pub use metrics::{MailboxMetrics, serve as serve_metrics};
 pub use rate::{Rate, RateLimiter, RateLimits};
 pub use service::MailboxService;

@@ -1,6 +1,7 @@
-//! Token-bucket rate limits for the mailbox service, per peer and per IP address.
+//! Token-bucket rate limits for the mailbox service, per peer and per network (an IPv4 address or
+//! an IPv6 /64, see [`super::depositor`]).
 //!
-//! Every request takes one token from its peer's bucket and one from its IP address's bucket (when
+//! Every request takes one token from its peer's bucket and one from its network's bucket (when
 //! the address is known); a bucket refills at `per_second` tokens a second up to `burst`. Both are
 //! checked before either is taken from, so a refusal costs the caller nothing.
 //!
@@ -17,6 +18,8 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
+
+use super::depositor::Network;
 
 /// The most buckets kept per map (peers, IP addresses).
 pub const MAX_BUCKETS: usize = 65_536;
@@ -37,7 +40,8 @@ pub struct Rate {
 pub struct RateLimits {
     /// Per libp2p peer. Default: 100 requests/s, bursts of 500.
     pub per_peer: Rate,
-    /// Per IP address, across all peers connecting from it (NATs put many users behind one).
+    /// Per network (IPv4 address, IPv6 /64), across all peers connecting from it (NATs put many
+    /// users behind one).
     /// Default: 400 requests/s, bursts of 2 000.
     pub per_ip: Rate,
 }
@@ -61,7 +65,7 @@ pub struct RateLimiter {
 #[derive(Debug)]
 struct State {
     peers: Buckets<PeerId>,
-    ips: Buckets<IpAddr>,
+    ips: Buckets<Network>,
 }
 
 impl RateLimiter {
@@ -86,14 +90,15 @@ impl RateLimiter {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let State { peers, ips } = &mut *state;
         let peer_wait = peers.refill(*peer, now);
-        let ip_wait = ip.map_or(0, |ip| ips.refill(ip, now));
+        let network = ip.map(Network::of);
+        let ip_wait = network.map_or(0, |network| ips.refill(network, now));
         let wait = peer_wait.max(ip_wait);
         if wait > 0 {
             return Err(wait);
         }
         peers.take(peer);
-        if let Some(ip) = ip {
-            ips.take(&ip);
+        if let Some(network) = network {
+            ips.take(&network);
         }
         Ok(())
     }

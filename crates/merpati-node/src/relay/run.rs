@@ -99,6 +99,21 @@ impl RelayOptions {
         if let Some(max) = relay.max_mailboxes {
             limits.max_mailboxes = u64::from(max);
         }
+        if let Some(mib) = relay.network_max_mib {
+            limits.max_bytes_per_network = u64::from(mib) * 1024 * 1024;
+        }
+        if let Some(mib) = relay.peer_max_mib {
+            limits.max_bytes_per_peer = u64::from(mib) * 1024 * 1024;
+        }
+        if let Some(days) = relay.unfetched_ttl_days {
+            limits.unfetched_ttl_ms = u64::from(days) * merpati_proto::Timestamp::DAY;
+        }
+        if let Some(percent) = relay.live_reserve_percent {
+            limits.live_reserve_percent = percent;
+        }
+        if let Some(max) = relay.max_fetch_marks {
+            limits.max_fetch_marks = u64::from(max);
+        }
         if let Some(rate) = relay.peer_rate {
             self.rates.per_peer = Rate { per_second: rate.per_second, burst: rate.burst };
         }
@@ -156,6 +171,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
     let mailbox_metrics = MailboxMetrics::register(&mut registry);
+    super::process::register(&mut registry);
     let reservations = mailbox_metrics.relay_reservations_gauge();
     let service = MailboxService::new(mailboxes, options.rates, mailbox_metrics);
 
@@ -173,6 +189,8 @@ pub async fn run(
         metrics: Some(libp2p_metrics),
         reservations_gauge: Some(reservations),
     };
+    // libp2p binds with SO_REUSEPORT: without this a second relay would share the port.
+    crate::ports::check_free(&options.listen)?;
     let (net, mut inbound, net_task) =
         net::spawn_with(config, keypair, extras, shutdown.child_token()).await?;
 
@@ -251,6 +269,10 @@ impl MailboxServer for Clocked {
         let service = self.service.clone();
         let now = self.clock.now();
         Box::pin(async move { service.handle(peer, ip, request, now).await })
+    }
+
+    fn undecodable(&self) {
+        self.service.undecodable();
     }
 }
 

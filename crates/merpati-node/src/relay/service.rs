@@ -8,8 +8,12 @@
 //! Long polls. A fetch that finds nothing and allows a wait registers a waiter on each of its
 //! mailboxes, fetches once more (a deposit may have landed between the first fetch and the
 //! registration), and then sleeps until a deposit into one of those mailboxes is stored or the
-//! wait runs out, and fetches again. Waiters are bounded: [`MAX_LONG_POLLS`] in all and
-//! [`MAX_LONG_POLLS_PER_PEER`] per peer; beyond that the fetch is answered `RateLimited`.
+//! wait runs out, and fetches again. Waiters are bounded: [`MAX_LONG_POLLS`] in all,
+//! [`MAX_LONG_POLLS_PER_NETWORK`] per network (IPv4 address or IPv6 /64: peer ids are free) and
+//! [`MAX_LONG_POLLS_PER_PEER`] per peer. A fetch beyond them is answered at once with what it
+//! found (nothing), as if its wait had run out: the client's next fetch costs it a rate-limit
+//! token, so hoarding slots buys nothing, and an honest client behind a crowded NAT still gets
+//! its mail, only later.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -24,6 +28,7 @@ use merpati_proto::wire::mailbox::{Request, Response};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::depositor::{Depositor, Network};
 use super::mailboxes::Mailboxes;
 use super::metrics::MailboxMetrics;
 use super::rate::{RateLimiter, RateLimits};
@@ -33,8 +38,9 @@ use crate::clock::Clock;
 pub const MAX_LONG_POLLS: usize = 4_096;
 /// The most fetches one peer may have waiting at once.
 pub const MAX_LONG_POLLS_PER_PEER: u32 = 8;
-/// What a fetch beyond the long-poll caps is told to wait before retrying, in milliseconds.
-const LONG_POLL_RETRY_MS: u32 = 1_000;
+/// The most fetches one network (IPv4 address, IPv6 /64) may have waiting at once: room for a
+/// household or an office of nodes behind one NAT.
+pub const MAX_LONG_POLLS_PER_NETWORK: u32 = 64;
 
 /// The relay's mailbox service. Cloning shares it.
 #[derive(Clone, Debug)]
@@ -55,6 +61,7 @@ struct Inner {
 struct Waiters {
     by_mailbox: HashMap<MailboxId, Vec<(u64, Arc<Notify>)>>,
     per_peer: HashMap<PeerId, u32>,
+    per_network: HashMap<Network, u32>,
     total: usize,
     next: u64,
 }
@@ -101,6 +108,12 @@ impl MailboxService {
         response
     }
 
+    /// Counts a request that could not be decoded.
+    pub fn undecodable(&self) {
+        self.inner.metrics.undecodable_request();
+        tracing::debug!("relay: an undecodable mailbox request");
+    }
+
     async fn answer(&self, peer: PeerId, ip: Option<IpAddr>, request: Request, now: Timestamp) -> Response {
         if let Err(retry_after_ms) = self.inner.rate.check(&peer, ip, Instant::now()) {
             return Response::Refused(Refusal::RateLimited { retry_after_ms });
@@ -111,7 +124,7 @@ impl MailboxService {
         let inner = &self.inner;
         match request {
             Request::Deposit { mailbox, envelope } => {
-                match inner.mailboxes.deposit(mailbox, envelope, now).await {
+                match inner.mailboxes.deposit(mailbox, envelope, Depositor::new(&peer, ip), now).await {
                     Ok(id) => {
                         inner.metrics.deposited();
                         inner.metrics.set_stored(&inner.mailboxes.stats());
@@ -122,7 +135,7 @@ impl MailboxService {
                 }
             }
             Request::Fetch { tokens, after, limit, wait_ms } => {
-                match self.fetch(peer, &tokens, after, limit, wait_ms, now).await {
+                match self.fetch(peer, ip, &tokens, after, limit, wait_ms, now).await {
                     Ok((items, more)) => {
                         inner.metrics.fetched(items.len());
                         Response::Envelopes { items, more }
@@ -141,9 +154,11 @@ impl MailboxService {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn fetch(
         &self,
         peer: PeerId,
+        ip: Option<IpAddr>,
         tokens: &[FetchToken],
         after: Option<u64>,
         limit: u32,
@@ -158,7 +173,9 @@ impl MailboxService {
         let started = Instant::now();
         let wait = Duration::from_millis(u64::from(wait_ms));
         let ids: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
-        let waiter = self.register(peer, ids)?;
+        let Some(waiter) = self.register(peer, ip.map(Network::of), ids) else {
+            return Ok(page);
+        };
         loop {
             let elapsed = started.elapsed();
             let now = now.plus(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
@@ -177,12 +194,22 @@ impl MailboxService {
         }
     }
 
-    /// Registers a long-poll waiter on `ids`, within the caps.
-    fn register(&self, peer: PeerId, ids: BTreeSet<MailboxId>) -> Result<Waiter<'_>, Refusal> {
+    /// Registers a long-poll waiter on `ids`, or `None` beyond the caps.
+    fn register(
+        &self,
+        peer: PeerId,
+        network: Option<Network>,
+        ids: BTreeSet<MailboxId>,
+    ) -> Option<Waiter<'_>> {
         let mut waiters = self.lock_waiters();
         let of_peer = waiters.per_peer.get(&peer).copied().unwrap_or(0);
-        if waiters.total >= MAX_LONG_POLLS || of_peer >= MAX_LONG_POLLS_PER_PEER {
-            return Err(Refusal::RateLimited { retry_after_ms: LONG_POLL_RETRY_MS });
+        let of_network = network.and_then(|n| waiters.per_network.get(&n).copied()).unwrap_or(0);
+        if waiters.total >= MAX_LONG_POLLS
+            || of_peer >= MAX_LONG_POLLS_PER_PEER
+            || of_network >= MAX_LONG_POLLS_PER_NETWORK
+        {
+            self.inner.metrics.long_poll_refused();
+            return None;
         }
         let notify = Arc::new(Notify::new());
         let key = waiters.next;
@@ -191,9 +218,12 @@ impl MailboxService {
             waiters.by_mailbox.entry(*id).or_default().push((key, Arc::clone(&notify)));
         }
         *waiters.per_peer.entry(peer).or_default() += 1;
+        if let Some(network) = network {
+            *waiters.per_network.entry(network).or_default() += 1;
+        }
         waiters.total += 1;
         self.inner.metrics.set_long_polls(waiters.total);
-        Ok(Waiter { service: self, peer, key, ids, notify })
+        Some(Waiter { service: self, peer, network, key, ids, notify })
     }
 
     /// Wakes the fetches waiting on `mailbox`.
@@ -249,6 +279,7 @@ impl MailboxService {
 struct Waiter<'a> {
     service: &'a MailboxService,
     peer: PeerId,
+    network: Option<Network>,
     key: u64,
     ids: BTreeSet<MailboxId>,
     notify: Arc<Notify>,
@@ -265,14 +296,22 @@ impl Drop for Waiter<'_> {
                 }
             }
         }
-        if let Some(count) = waiters.per_peer.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                waiters.per_peer.remove(&self.peer);
-            }
+        release(&mut waiters.per_peer, self.peer);
+        if let Some(network) = self.network {
+            release(&mut waiters.per_network, network);
         }
         waiters.total -= 1;
         self.service.inner.metrics.set_long_polls(waiters.total);
+    }
+}
+
+/// Lowers `key`'s count of waiters, dropping it at zero.
+fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: K) {
+    if let Some(count) = counts.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&key);
+        }
     }
 }
 
@@ -330,8 +369,11 @@ mod tests {
         let wrong = Request::Deposit { mailbox: mailbox(1), envelope: envelope(mailbox(2), 512, 0) };
         assert_eq!(service.handle(peer, None, wrong, T0).await, Response::Refused(Refusal::Malformed));
 
+        service.undecodable();
+
         let text = exposition(&registry);
         for line in [
+            "merpati_mailbox_undecodable_requests_total 1",
             "merpati_mailbox_deposits_total 1",
             "merpati_mailbox_fetches_total 1",
             "merpati_mailbox_envelopes_fetched_total 1",
@@ -406,24 +448,53 @@ mod tests {
         assert_eq!(service.long_polls(), 0);
     }
 
-    #[tokio::test]
-    async fn long_polls_are_capped_per_peer() {
-        let dir = tempfile::tempdir().unwrap();
-        let (service, _registry) = service(dir.path(), RateLimits::default());
-        let peer = PeerId::random();
-        let polls: Vec<_> = (0..MAX_LONG_POLLS_PER_PEER)
+    /// Holds `count` long polls of `peer` from `ip` on mailbox 1, waiting until all are registered.
+    async fn hold_long_polls(
+        service: &MailboxService,
+        peer: PeerId,
+        ip: Option<IpAddr>,
+        count: u32,
+    ) -> Vec<tokio::task::JoinHandle<Response>> {
+        let before = service.long_polls();
+        let polls: Vec<_> = (0..count)
             .map(|_| {
                 let service = service.clone();
-                tokio::spawn(async move { service.handle(peer, None, fetch(1, 5_000), T0).await })
+                tokio::spawn(async move { service.handle(peer, ip, fetch(1, 5_000), T0).await })
             })
             .collect();
-        while service.long_polls() < MAX_LONG_POLLS_PER_PEER as usize {
+        while service.long_polls() < before + count as usize {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(
-            service.handle(peer, None, fetch(1, 5_000), T0).await,
-            Response::Refused(Refusal::RateLimited { retry_after_ms: LONG_POLL_RETRY_MS })
-        );
+        polls
+    }
+
+    #[tokio::test]
+    async fn long_polls_are_capped_per_peer_and_per_network_and_answered_empty_beyond() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, registry) = service(dir.path(), RateLimits::default());
+        let peer = PeerId::random();
+        let home = Some(IpAddr::from([198, 51, 100, 2]));
+        let mut polls = hold_long_polls(&service, peer, home, MAX_LONG_POLLS_PER_PEER).await;
+        // Beyond the peer's cap: answered at once, empty, as if the wait had run out.
+        let started = Instant::now();
+        let empty = Response::Envelopes { items: Vec::new(), more: false };
+        assert_eq!(service.handle(peer, home, fetch(1, 5_000), T0).await, empty);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Fresh peer ids from one IPv6 /64 share the network's cap.
+        let crowd = |i: u16| Some(IpAddr::from([0x2001, 0xdb8, 0, 9, i, 0, 0, 1]));
+        let per_network = MAX_LONG_POLLS_PER_NETWORK / MAX_LONG_POLLS_PER_PEER;
+        for i in 0..per_network {
+            polls.extend(
+                hold_long_polls(&service, PeerId::random(), crowd(i as u16), MAX_LONG_POLLS_PER_PEER).await,
+            );
+        }
+        let started = Instant::now();
+        assert_eq!(service.handle(PeerId::random(), crowd(999), fetch(1, 5_000), T0).await, empty);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Another network still gets a slot.
+        let elsewhere = Some(IpAddr::from([203, 0, 113, 5]));
+        polls.extend(hold_long_polls(&service, PeerId::random(), elsewhere, 1).await);
+        assert!(exposition(&registry).contains("merpati_mailbox_long_polls_declined_total 2"));
         // One deposit answers them all.
         assert!(matches!(
             service.handle(PeerId::random(), None, deposit(1), T0).await,
@@ -433,6 +504,7 @@ mod tests {
             let response = tokio::time::timeout(Duration::from_secs(2), poll).await.unwrap().unwrap();
             assert!(matches!(response, Response::Envelopes { ref items, .. } if items.len() == 1));
         }
+        assert_eq!(service.long_polls(), 0);
     }
 
     #[tokio::test]
