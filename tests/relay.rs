@@ -44,7 +44,12 @@ fn users(relays: &[&Relay], greet: bool) -> (Node, Node) {
     alice.start();
     bob.start();
     for relay in relays {
-        bob.ok(&["relay", "add", &relay.addr()]);
+        // A relay that is down can only be added without the check.
+        if relay.is_running() {
+            bob.ok(&["relay", "add", &relay.addr()]);
+        } else {
+            bob.ok(&["relay", "add", "--offline", &relay.addr()]);
+        }
     }
     let listed = bob.ok(&["--json", "relay", "list"]);
     assert_eq!(listed.lines().count(), relays.len(), "Bob should list every relay he added: {listed}");
@@ -647,4 +652,42 @@ fn limits_are_shown_to_the_sender() {
         reason.contains("too large") && reason.contains("1024"),
         "the failure reason should mention the size limit of 1024 bytes, got {reason:?}"
     );
+}
+
+#[test]
+fn relay_add_checks_that_a_relay_answers_and_says_which_check_failed() {
+    let mut bob = Node::init("Bob");
+    bob.start();
+    let mut relay = relay("");
+    let address = relay.addr();
+    // A person's node is no relay.
+    let mut carol = Node::init("Carol");
+    let carol_addr = carol.start().listen[0].clone();
+    let out = bob.cli(&["relay", "add", &carol_addr]);
+    assert_eq!(out.status.code(), Some(13), "{}", merpati_e2e::text(&out.stderr));
+    assert!(
+        merpati_e2e::text(&out.stderr).contains("keeps no mailboxes"),
+        "{}",
+        merpati_e2e::text(&out.stderr)
+    );
+    // A made-up peer id at the relay's port: Noise proves who answers.
+    let other_id = carol.ready.as_ref().unwrap().peer_id.clone();
+    let (transport, _) = address.rsplit_once("/p2p/").unwrap();
+    let wrong_peer = format!("{transport}/p2p/{other_id}");
+    let out = bob.cli(&["relay", "add", &wrong_peer]);
+    assert_eq!(out.status.code(), Some(13), "{}", merpati_e2e::text(&out.stderr));
+    assert!(merpati_e2e::text(&out.stderr).contains("cannot reach"), "{}", merpati_e2e::text(&out.stderr));
+    // A relay that is down: refused, unless added --offline.
+    relay.stop();
+    let out = bob.cli(&["relay", "add", &address]);
+    assert_eq!(out.status.code(), Some(13), "{}", merpati_e2e::text(&out.stderr));
+    assert!(merpati_e2e::text(&out.stderr).contains("--offline"), "{}", merpati_e2e::text(&out.stderr));
+    assert!(bob.ok(&["--json", "relay", "list"]).trim().is_empty(), "nothing failed was added");
+    bob.ok(&["relay", "add", "--offline", &address]);
+    assert_eq!(bob.ok(&["--json", "relay", "list"]).lines().count(), 1);
+    // Up again, the check passes.
+    bob.ok(&["relay", "remove", &address]);
+    relay.start();
+    bob.ok(&["relay", "add", &address]);
+    assert_eq!(bob.ok(&["--json", "relay", "list"]).lines().count(), 1);
 }

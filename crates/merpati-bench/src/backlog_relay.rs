@@ -33,7 +33,7 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
     let (a_port, b_port) = (free_port()?, free_port()?);
     let alice = start_node(exe, &a_home, a_port)?;
     let bob = start_node(exe, &b_home, b_port)?;
-    bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay.addr.to_string() })?;
+    bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay.addr.to_string(), offline: false })?;
     // Sessions both ways, while both are up.
     introduce(&alice, &bob)?;
     drop(bob);

@@ -102,7 +102,7 @@ pub(crate) fn run(exe: &Path, seconds: u64, quick: bool) -> anyhow::Result<()> {
     let mut node = LocalNode::create("Idle", dir.path(), exe)?;
     node.start()?;
     let mut client = node.client()?;
-    client.call::<RelayAdd>(RelayAddParams { addr: via_proxy })?;
+    client.call::<RelayAdd>(RelayAddParams { addr: via_proxy, offline: false })?;
     for (invite, name) in invites.into_iter().zip(CONTACTS) {
         client.call::<ContactAdd>(ContactAddParams { invite, name: name.to_lowercase() })?;
     }

@@ -107,7 +107,7 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
     create_identity(&b_home, "Bob")?;
     let mut alice = start_node(exe, &a_home, free_port()?)?;
     let mut bob = start_node(exe, &b_home, free_port()?)?;
-    bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay.addr.to_string() })?;
+    bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay.addr.to_string(), offline: false })?;
     introduce(&alice, &bob)?;
 
     // New ports: neither node can be dialled at the address the other knows.

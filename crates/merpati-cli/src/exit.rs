@@ -33,6 +33,8 @@ pub(crate) enum Code {
     UnknownRelay = 11,
     /// 12: the relay list is full.
     RelayListFull = 12,
+    /// 13: `relay add` found no relay at the address (unreachable, or not a relay).
+    RelayCheckFailed = 13,
 }
 
 /// An error found by the CLI itself, with the exit code it calls for.
@@ -74,6 +76,7 @@ pub(crate) fn code_of(error: &anyhow::Error) -> Code {
                     Some(AppError::InvalidRelayAddress) => Code::InvalidRelayAddress,
                     Some(AppError::UnknownRelay) => Code::UnknownRelay,
                     Some(AppError::RelayListFull) => Code::RelayListFull,
+                    Some(AppError::RelayCheckFailed) => Code::RelayCheckFailed,
                     _ => Code::Other,
                 },
                 _ => Code::Other,

@@ -48,6 +48,7 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 /// Serves connections until `shutdown` is cancelled.
 pub async fn serve(
     listener: UnixListener,
+    net: crate::net::Handle,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
@@ -64,7 +65,13 @@ pub async fn serve(
                     tracing::warn!("refused a control connection from another user");
                 }
                 Ok((stream, _)) if connections.len() < MAX_CONNECTIONS => {
-                    connections.spawn(connection(stream, commands.clone(), events.clone(), shutdown.clone()));
+                    connections.spawn(connection(
+                        stream,
+                        net.clone(),
+                        commands.clone(),
+                        events.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 Ok((stream, _)) => drop(stream), // over the cap: the client sees the connection close
                 Err(e) => tracing::warn!("control socket accept failed: {e}"),
@@ -81,6 +88,7 @@ fn same_user(stream: &UnixStream) -> bool {
 
 async fn connection(
     stream: UnixStream,
+    net: crate::net::Handle,
     commands: mpsc::Sender<Command>,
     events: broadcast::Sender<Event>,
     shutdown: CancellationToken,
@@ -110,7 +118,7 @@ async fn connection(
                         notifications = Some(events.subscribe());
                         Response::ok(request.id.clone(), serde_json::json!({})).to_line()
                     }
-                    Ok(request) => match ask(&commands, request).await {
+                    Ok(request) => match answer_or_ask(&net, &commands, request).await {
                         Some(answer) => answer.to_line(),
                         None => break, // the daemon is shutting down
                     },
@@ -123,6 +131,28 @@ async fn connection(
             break;
         }
     }
+}
+
+/// Answers `request` here when it is a `relay.add` whose address fails the relay check (which
+/// takes seconds, so it runs on this connection, not in the daemon's actor); else asks the daemon.
+async fn answer_or_ask(
+    net: &crate::net::Handle,
+    commands: &mpsc::Sender<Command>,
+    request: Request,
+) -> Option<Response> {
+    if request.method == protocol::method::RelayAdd::NAME
+        && let Ok(params) = request.params_of::<protocol::method::RelayAdd>()
+        && !params.offline
+        && let Err(why) = crate::relay_check::check(net, &params.addr).await
+    {
+        return Some(Response::app_error(
+            request.id.clone(),
+            protocol::AppError::RelayCheckFailed,
+            why,
+            None,
+        ));
+    }
+    ask(commands, request).await
 }
 
 async fn ask(commands: &mpsc::Sender<Command>, request: Request) -> Option<Response> {

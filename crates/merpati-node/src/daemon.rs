@@ -162,7 +162,8 @@ pub async fn run(
         .with_context(|| format!("cannot create the control socket {}", home.control_socket().display()))?;
     let (commands_tx, commands) = mpsc::channel(64);
     let (events, _) = broadcast::channel(1024);
-    let control_task = tokio::spawn(control::serve(listener, commands_tx, events.clone(), shutdown.clone()));
+    let control_task =
+        tokio::spawn(control::serve(listener, net.clone(), commands_tx, events.clone(), shutdown.clone()));
 
     let listen = net.listen_addrs().await;
     ready(&Ready {

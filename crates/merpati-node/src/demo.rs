@@ -109,7 +109,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
         let addr = person.start()?;
         say(format!("   {:<5} listening on {addr}", person.name));
     }
-    bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay_info.addr.clone() })?;
+    bob.client()?.call::<RelayAdd>(RelayAddParams { addr: relay_info.addr.clone(), offline: false })?;
     wait_reserved(&bob)?;
     say("   Bob: relay added and reserved (his invite now names it)");
 

@@ -12,6 +12,7 @@ pub mod lock;
 pub mod net;
 pub mod ports;
 pub mod relay;
+pub mod relay_check;
 pub mod relay_client;
 mod rpc;
 mod sled_disk;

@@ -17,11 +17,17 @@ pub(crate) enum Command {
     /// Use a relay (at most 4)
     ///
     /// The address is the relay's multiaddr ending in /p2p/<PEER_ID>, as its operator publishes
-    /// it, for example /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW…; not a /p2p-circuit address.
+    /// it, for example /ip4/203.0.113.7/tcp/4001/p2p/12D3KooW…; not a /p2p-circuit address. The
+    /// daemon first connects to it and checks that a relay answers there (it keeps mailboxes and
+    /// relays connections), since the address goes into every invite you hand out; the message
+    /// says which check failed (exit code 13).
     Add {
         /// The relay's multiaddr, ending in /p2p/<PEER_ID>
         #[arg(value_name = "MULTIADDR")]
         addr: String,
+        /// Add it without checking it now: for a relay that is down or cannot be reached from here
+        #[arg(long)]
+        offline: bool,
     },
     /// List the relays, with whether each is connected and holds a reservation for you
     ///
@@ -39,11 +45,12 @@ pub(crate) enum Command {
 /// Runs a `relay` subcommand.
 pub(crate) fn run(home: &Home, out: &mut Output, command: Command) -> Result<()> {
     match command {
-        Command::Add { addr } => {
+        Command::Add { addr, offline } => {
             // Paste-friendly like invites: surrounding whitespace is not part of the address; the
             // daemon, which has a multiaddr parser, judges everything else.
             let addr = addr.trim().to_owned();
-            let result = connect(home)?.call::<method::RelayAdd>(RelayAddParams { addr: addr.clone() })?;
+            let result =
+                connect(home)?.call::<method::RelayAdd>(RelayAddParams { addr: addr.clone(), offline })?;
             if !out.is_json() {
                 out.line(format_args!("Added relay {}.", sanitize(&addr)))?;
             }

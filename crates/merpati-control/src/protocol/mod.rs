@@ -69,11 +69,14 @@ pub enum AppError {
     UnknownRelay,
     /// 10: the list already holds [`MAX_RELAYS`] relays, as many as an invite can carry.
     RelayListFull,
+    /// 11: `relay.add` checked the address and found no relay there: nothing answered, or what
+    /// answered keeps no mailboxes or relays no connections. The message says which.
+    RelayCheckFailed,
 }
 
 impl AppError {
     /// Every application error, in code order.
-    pub const ALL: [AppError; 10] = [
+    pub const ALL: [AppError; 11] = [
         AppError::UnknownContact,
         AppError::InvalidInvite,
         AppError::MessageTooLarge,
@@ -84,6 +87,7 @@ impl AppError {
         AppError::InvalidRelayAddress,
         AppError::UnknownRelay,
         AppError::RelayListFull,
+        AppError::RelayCheckFailed,
     ];
 
     /// The wire code.
@@ -99,6 +103,7 @@ impl AppError {
             AppError::InvalidRelayAddress => 8,
             AppError::UnknownRelay => 9,
             AppError::RelayListFull => 10,
+            AppError::RelayCheckFailed => 11,
         }
     }
 

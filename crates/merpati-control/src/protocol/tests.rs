@@ -258,7 +258,7 @@ fn golden_relays() {
     };
     let result = r#"{"jsonrpc":"2.0","id":1,"result":{"relays":[{"addr":"/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1","peer_id":"12D3KooWrelay1","connected":true,"reserved":true},{"addr":"/dns4/relay.example.org/udp/4001/quic-v1/p2p/12D3KooWrelay2","peer_id":"12D3KooWrelay2","connected":false,"reserved":false}]}}"#;
     golden::<method::RelayAdd>(
-        RelayAddParams { addr: "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1".into() },
+        RelayAddParams { addr: "/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1".into(), offline: false },
         r#"{"jsonrpc":"2.0","id":1,"method":"relay.add","params":{"addr":"/ip4/203.0.113.7/tcp/4001/p2p/12D3KooWrelay1"}}"#,
         relays(),
         result,
@@ -400,7 +400,7 @@ fn error_codes_match_the_document() {
         [-32700, -32600, -32601, -32602, -32603]
     );
     let codes: Vec<i64> = AppError::ALL.iter().map(|e| e.code()).collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     for e in AppError::ALL {
         assert_eq!(AppError::from_code(e.code()), Some(e));
     }

@@ -503,6 +503,10 @@ pub struct RelayView {
 pub struct RelayAddParams {
     /// The relay's multiaddr, ending in `/p2p/<peer id>`; not a `p2p-circuit` address.
     pub addr: String,
+    /// Add it without checking it now (the daemon otherwise connects and checks that it keeps
+    /// mailboxes and relays connections). Absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub offline: bool,
 }
 
 /// The params of `relay.remove`.

@@ -26,7 +26,7 @@ use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, mdns, relay};
 use merpati_proto::wire::{Refusal, deliver, mailbox};
 use tokio::sync::mpsc::error::TrySendError;
@@ -195,6 +195,8 @@ pub(crate) struct Actor {
     /// Relay role: the peers holding a reservation with us, counted here because libp2p's
     /// events cannot be summed (a closed reservation may be reported without an accepted one).
     reservation_holders: HashSet<PeerId>,
+    /// Probes waiting for the identify answer on the connection they dialled.
+    probes: HashMap<ConnectionId, oneshot::Sender<Result<Vec<String>, String>>>,
 }
 
 impl Actor {
@@ -236,6 +238,7 @@ impl Actor {
             metrics: extras.metrics,
             reservations_gauge: extras.reservations_gauge,
             reservation_holders: HashSet::new(),
+            probes: HashMap::new(),
         }
     }
 
@@ -379,6 +382,37 @@ impl Actor {
             Command::ConnectedPeers { reply } => {
                 answer(reply, self.swarm.connected_peers().copied().collect())
             }
+            Command::Probe { peer, addrs, reply } => self.probe(peer, addrs, reply),
+        }
+    }
+
+    /// Answers the protocols `peer` speaks at `addrs`: a new connection there (whatever others we
+    /// hold, so the answer is about these addresses), and its identify answer or its dial error.
+    fn probe(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<Vec<String>, String>>,
+    ) {
+        if peer == *self.swarm.local_peer_id() {
+            answer(reply, Err("it is this node".to_owned()));
+            return;
+        }
+        // Probes whose caller gave up leave nothing behind.
+        self.probes.retain(|_, reply| !reply.is_closed());
+        let dial = DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
+        let connection = dial.connection_id();
+        match self.swarm.dial(dial) {
+            Ok(()) => {
+                self.probes.insert(connection, reply);
+            }
+            Err(error) => answer(reply, Err(error.to_string())),
+        }
+    }
+
+    fn finish_probe(&mut self, connection: ConnectionId, result: Result<Vec<String>, String>) {
+        if let Some(reply) = self.probes.remove(&connection) {
+            answer(reply, result);
         }
     }
 
@@ -571,8 +605,9 @@ impl Actor {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, connection_id } => {
                 debug!(%peer, %error, "dial failed");
+                self.finish_probe(connection_id, Err(error.to_string()));
                 if let Some(out) = self.outgoing.get_mut(&peer) {
                     out.dialing = false;
                     // Another connection (say, the peer dialling us meanwhile) still serves.
@@ -900,8 +935,12 @@ impl Actor {
 
     fn handle_identify_event(&mut self, event: identify::Event) {
         match event {
-            identify::Event::Received { peer_id, info, .. } => {
+            identify::Event::Received { peer_id, info, connection_id } => {
                 debug!(peer = %peer_id, agent = %info.agent_version, version = %info.protocol_version, "identified");
+                self.finish_probe(
+                    connection_id,
+                    Ok(info.protocols.iter().map(ToString::to_string).collect()),
+                );
                 // kad learns addresses only from us; a peer that serves our DHT is worth knowing.
                 if info.protocols.contains(&KAD_PROTOCOL) {
                     let kad = &mut self.swarm.behaviour_mut().kad;

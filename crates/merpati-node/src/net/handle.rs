@@ -45,6 +45,25 @@ pub(crate) enum Command {
     ListenAddrs { reply: oneshot::Sender<Vec<Multiaddr>> },
     /// The peers we have a connection with.
     ConnectedPeers { reply: oneshot::Sender<Vec<PeerId>> },
+    /// Connect to `peer` at `addrs` and answer the protocols it says it speaks (identify).
+    Probe { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<Vec<String>, String>> },
+}
+
+/// Why [`Handle::probe`] learned nothing.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ProbeError {
+    /// The address does not end in `/p2p/<peer id>`.
+    #[error("the address does not end in /p2p/<peer id>")]
+    NoPeerId,
+    /// The peer could not be reached (the dial's error).
+    #[error("cannot connect: {0}")]
+    Unreachable(String),
+    /// Connected, or not, but no identify answer came in time.
+    #[error("no answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+    /// The network task has stopped.
+    #[error("the network task has stopped")]
+    Stopped,
 }
 
 /// The network task has stopped (its shutdown token was cancelled).
@@ -185,6 +204,22 @@ impl Handle {
     /// The peers we have at least one connection with. Empty once the network task has stopped.
     pub async fn connected_peers(&self) -> Vec<PeerId> {
         self.ask(|reply| Command::ConnectedPeers { reply }).await.unwrap_or_default()
+    }
+
+    /// Connects to the peer `addr` names (its `/p2p/<peer id>`) at that address, over a new
+    /// connection, and answers the protocols it says it speaks, within `within`: how to tell,
+    /// before using an address, that a relay really is one there.
+    pub async fn probe(&self, addr: &Multiaddr, within: Duration) -> Result<Vec<String>, ProbeError> {
+        let peer = super::peer_of(addr).ok_or(ProbeError::NoPeerId)?;
+        let (reply, answer) = oneshot::channel();
+        let exchange = async {
+            self.commands
+                .send(Command::Probe { peer, addrs: vec![addr.clone()], reply })
+                .await
+                .map_err(|_| ProbeError::Stopped)?;
+            answer.await.map_err(|_| ProbeError::Stopped)?.map_err(ProbeError::Unreachable)
+        };
+        tokio::time::timeout(within, exchange).await.unwrap_or(Err(ProbeError::Timeout(within)))
     }
 
     /// Our libp2p peer id (not the user's identity: see the threat model).

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::config::{Config, RelayServer};
 pub use self::error::{DeliverError, MailboxError, NetError};
-pub use self::handle::{Handle, Stopped};
+pub use self::handle::{Handle, ProbeError, Stopped};
 pub use self::inbound::{BatchReply, Event, Inbound, Reply};
 pub use self::mailbox::MailboxServer;
 pub use self::reservations::{RelayStatus, peer_of};
