@@ -8,9 +8,11 @@
 //! back to thousands of queued messages, directly or at its relay), `backlog-contacts` (a
 //! backlog for many contacts), `many-contacts` (a node
 //! with a long history), `idle` (a user node's idle cost) and
-//! `connections` (a relay holding many idle connections). `--quick` runs small sizes, only to
+//! `connections` (a relay holding many idle connections), `abuse` (a relay under abusive clients
+//! beside honest ones). `--quick` runs small sizes, only to
 //! check that every scenario works; its figures mean little.
 
+mod abuse;
 mod backlog;
 mod backlog_contacts;
 mod backlog_relay;
@@ -24,12 +26,13 @@ mod relay;
 mod util;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "crypto",
     "direct",
     "relay-deposit",
@@ -41,6 +44,7 @@ const SCENARIOS: [&str; 11] = [
     "many-contacts",
     "idle",
     "connections",
+    "abuse",
 ];
 
 /// Benchmarks of a real Merpati network on this machine.
@@ -48,8 +52,8 @@ const SCENARIOS: [&str; 11] = [
 #[command(name = "merpati-bench")]
 struct Args {
     /// Run only this scenario (repeatable): crypto, direct, relay-deposit, relay-fetch, offline,
-    /// backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections. All of them
-    /// when absent.
+    /// backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections, abuse. All of
+    /// them when absent.
     #[arg(long)]
     scenario: Vec<String>,
     /// Small sizes, to check that every scenario runs (the figures are not meaningful).
@@ -94,6 +98,15 @@ struct Args {
     /// `connections`: idle connections the relay holds.
     #[arg(long, default_value_t = 2000)]
     connections: usize,
+    /// `abuse`: abusive clients, each from a loopback address of its own.
+    #[arg(long, default_value_t = 50)]
+    abusers: usize,
+    /// `abuse`: honest senders beside them.
+    #[arg(long, default_value_t = 8)]
+    honest: usize,
+    /// `abuse`: seconds the honest traffic is measured alone, then under the abuse.
+    #[arg(long, default_value_t = 20)]
+    abuse_seconds: u64,
     /// The merpatid binary; default: next to this one.
     #[arg(long)]
     merpatid: Option<PathBuf>,
@@ -150,12 +163,12 @@ fn main() -> anyhow::Result<()> {
     }
     if run("many-contacts") {
         let params = if quick {
-            many_contacts::Params { contacts: 20, per_contact: 10, idle: std::time::Duration::from_secs(1) }
+            many_contacts::Params { contacts: 20, per_contact: 10, idle: Duration::from_secs(1) }
         } else {
             many_contacts::Params {
                 contacts: args.contacts.max(1),
                 per_contact: args.messages_per_contact.max(1),
-                idle: std::time::Duration::from_secs(10),
+                idle: Duration::from_secs(10),
             }
         };
         many_contacts::run(&exe, &params)?;
@@ -165,6 +178,25 @@ fn main() -> anyhow::Result<()> {
     }
     if run("connections") {
         connections::run(&exe, if quick { 100 } else { args.connections })?;
+    }
+    if run("abuse") {
+        let params = if quick {
+            abuse::Params {
+                abusers: 6,
+                honest: 2,
+                baseline: Duration::from_secs(2),
+                attack: Duration::from_secs(4),
+            }
+        } else {
+            let seconds = Duration::from_secs(args.abuse_seconds.max(1));
+            abuse::Params {
+                abusers: args.abusers.max(1),
+                honest: args.honest.clamp(1, 200),
+                baseline: seconds,
+                attack: seconds,
+            }
+        };
+        abuse::run(&exe, params)?;
     }
     Ok(())
 }

@@ -185,18 +185,26 @@ impl Relay {
     /// Like [`Relay::start`], on TCP port `port` (any free one for 0): a relay started again on
     /// its home and port is the same relay at the same address.
     pub(crate) fn start_on(exe: &Path, home: &Path, extra: &str, port: u16) -> anyhow::Result<Relay> {
+        let section = format!(
+            "peer_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+             ip_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
+             network_max_mib = 16384\n\
+             peer_max_mib = 16384\n{extra}"
+        );
+        Self::start_configured(exe, home, &section, port)
+    }
+
+    /// A relay with exactly `section` as its `[relay]` section (its own limits, nothing raised),
+    /// on TCP port `port` of 127.0.0.1 (any free one for 0).
+    pub(crate) fn start_configured(
+        exe: &Path,
+        home: &Path,
+        section: &str,
+        port: u16,
+    ) -> anyhow::Result<Relay> {
         std::fs::create_dir_all(home)?;
         let config: PathBuf = home.join("bench-relay.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "role = \"relay\"\n[relay]\n\
-                 peer_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
-                 ip_rate = {{ per_second = 1000000, burst = 1000000 }}\n\
-                 network_max_mib = 16384\n\
-                 peer_max_mib = 16384\n{extra}"
-            ),
-        )?;
+        std::fs::write(&config, format!("role = \"relay\"\n[relay]\n{section}"))?;
         let config = config.display().to_string();
         let listen = format!("/ip4/127.0.0.1/tcp/{port}");
         let daemon = Daemon::start(exe, home, &["--relay", "--config", &config, "--listen", &listen])?;
@@ -237,6 +245,32 @@ pub(crate) async fn client_net(
     // Nobody delivers to a client; drain its events so its queue never fills.
     tokio::spawn(async move { while inbound.recv().await.is_some() {} });
     Ok(handle)
+}
+
+/// A TCP forwarder on 127.0.0.1 to `target_port` whose upstream connections come from `source`
+/// (a loopback address of its own); returns its port. A relay keeps its limits per network, so
+/// clients that reach it through forwarders of different sources count as different networks,
+/// as they would from different hosts. Runs on the current runtime until it ends.
+pub(crate) async fn source_forwarder(target_port: u16, source: std::net::Ipv4Addr) -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        while let Ok((mut downstream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let upstream = async {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind((source, 0).into())?;
+                    socket.connect(([127, 0, 0, 1], target_port).into()).await
+                };
+                if let Ok(mut upstream) = upstream.await {
+                    let _ = downstream.set_nodelay(true);
+                    let _ = upstream.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
+                }
+            });
+        }
+    });
+    Ok(port)
 }
 
 /// A multi-threaded runtime with two workers (the machine's size; the daemons use two too).
