@@ -74,7 +74,9 @@ fn messages_flow_both_ways_with_receipts() {
     let contacts = bob.store().contacts().unwrap();
     assert_eq!(contacts.len(), 1);
     let alice_name = contacts[0].name.clone();
-    assert!(alice_name.starts_with("unknown-"));
+    // 64 bits of her fingerprint: nobody can try keys until a name matches someone else's.
+    let fingerprint = merpati_proto::identity::fingerprint(&contacts[0].identity).replace(' ', "");
+    assert_eq!(alice_name, format!("unknown-{}", &fingerprint[..16]));
     let got = bob.store().messages(Some(&alice_name), 10).unwrap();
     assert_eq!((got.len(), got[0].text.as_str(), got[0].direction), (1, "hello bob", Direction::In));
     assert_eq!(pump(&mut bob, b"bob-node", &mut alice, T0), 1);
@@ -617,4 +619,22 @@ fn a_group_of_sends_whose_write_fails_queues_nothing() {
     assert_eq!(got, ["before", "after"]);
     let sent: Vec<_> = alice.store().messages(Some("bob"), 10).unwrap().into_iter().map(|m| m.text).collect();
     assert_eq!(sent, ["before", "after"]);
+}
+
+#[test]
+fn a_strangers_name_never_takes_a_name_in_use() {
+    let (mut alice, mut bob) = pair();
+    // Bob has a contact under exactly the name Alice's first contact would get.
+    let alice_fingerprint = merpati_proto::identity::fingerprint(&alice.profile().identity.public()).replace(' ', "");
+    let taken = format!("unknown-{}", &alice_fingerprint[..16]);
+    let carol = engine(MemoryStore::new(), 3, "Carol");
+    let invite = carol.invite(b"carol-node".to_vec(), vec![], T0).unwrap();
+    bob.add_contact(&invite, &taken, T0).unwrap();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, b"alice-node", &mut bob, T0);
+    let names: Vec<String> = bob.store().contacts().unwrap().into_iter().map(|c| c.name).collect();
+    assert!(names.contains(&taken) && names.contains(&format!("{taken}-2")), "{names:?}");
+    let carol_record = bob.store().contact(&taken).unwrap().unwrap();
+    assert_eq!(carol_record.identity, carol.profile().identity.public(), "Carol's contact is untouched");
+    assert_eq!(bob.store().messages(Some(&format!("{taken}-2")), 10).unwrap()[0].text, "hello");
 }

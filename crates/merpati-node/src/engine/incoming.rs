@@ -229,10 +229,7 @@ impl<S: Store> Engine<S> {
             }
             None => {
                 let contact = Contact {
-                    name: format!(
-                        "unknown-{}",
-                        fingerprint(&identity).replace(' ', "").get(..8).unwrap_or("")
-                    ),
+                    name: self.stranger_name(&identity)?,
                     identity,
                     bundle: None,
                     inbox: None,
@@ -268,6 +265,22 @@ impl<S: Store> Engine<S> {
         received.new_contact = new_contact
             .map(|created| pending_contact(&mut pending.changes, &created.name).cloned().unwrap_or(created));
         Ok(received)
+    }
+
+    /// The name a stranger's first contact is filed under until the user renames it:
+    /// `unknown-` and 64 bits of the sender's fingerprint, so nobody can make a name collide with
+    /// a future contact's by trying keys; a name already taken (the user may have chosen it) gets
+    /// a number after it.
+    fn stranger_name(&self, identity: &merpati_proto::identity::IdentityPublic) -> Result<String, EngineError> {
+        let hex = fingerprint(identity).replace(' ', "");
+        let base = format!("unknown-{}", hex.get(..16).unwrap_or(&hex));
+        let mut name = base.clone();
+        let mut n = 2u32;
+        while self.store.contact(&name)?.is_some() {
+            name = format!("{base}-{n}");
+            n += 1;
+        }
+        Ok(name)
     }
 
     fn receive_in_session(
