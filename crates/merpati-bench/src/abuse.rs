@@ -15,7 +15,8 @@
 //!
 //! Reported: the honest figures alone and under abuse, the honest refusals (goal: 0), what the
 //! abusers got stored and how they were refused, and the relay's memory and disk at the end
-//! against its budget.
+//! against its budget. Then, on their own, S strangers flood a person's node with first contacts
+//! (see [`crate::first_contacts`]), reported under `user_node`.
 
 use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
@@ -64,6 +65,7 @@ pub(crate) struct Params {
     pub(crate) honest: usize,
     pub(crate) baseline: Duration,
     pub(crate) attack: Duration,
+    pub(crate) strangers: usize,
 }
 
 pub(crate) fn run(exe: &Path, params: Params) -> anyhow::Result<()> {
@@ -74,7 +76,11 @@ pub(crate) fn run(exe: &Path, params: Params) -> anyhow::Result<()> {
          network_max_mib = {NETWORK_MAX_MIB}\npeer_max_mib = {PEER_MAX_MIB}\n"
     );
     let relay = Relay::start_configured(exe, &dir.path().join("relay"), &section, 0)?;
-    util::runtime()?.block_on(async_run(&relay, metrics_port, params))
+    let (scenario, mut figures) = util::runtime()?.block_on(async_run(&relay, metrics_port, params))?;
+    drop(relay);
+    figures["user_node"] = crate::first_contacts::run(exe, dir.path(), params.strangers)?;
+    report("abuse", scenario, figures);
+    Ok(())
 }
 
 /// The relay, as one client reaches it.
@@ -104,7 +110,8 @@ async fn client(
     Ok((util::client_net(shutdown).await?, Target::from(relay, source).await?))
 }
 
-async fn async_run(relay: &Relay, metrics_port: u16, params: Params) -> anyhow::Result<()> {
+/// The relay part: the scenario's parameters and figures.
+async fn async_run(relay: &Relay, metrics_port: u16, params: Params) -> anyhow::Result<(Value, Value)> {
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     let mut rng = ChaCha20Rng::seed_from_u64(11);
@@ -161,44 +168,42 @@ async fn async_run(relay: &Relay, metrics_port: u16, params: Params) -> anyhow::
 
     let budget = DISK_BUDGET_MIB * 1024 * 1024;
     let honest_refused = alone.refused.values().sum::<u64>() + under.refused.values().sum::<u64>();
-    report(
-        "abuse",
-        json!({
-            "abusers": params.abusers,
-            "honest_senders": params.honest,
-            "honest_rate_per_sender": HONEST_RATE,
-            "baseline_seconds": params.baseline.as_secs_f64(),
-            "attack_seconds": params.attack.as_secs_f64(),
-            "disk_budget_mib": DISK_BUDGET_MIB,
-            "network_max_mib": NETWORK_MAX_MIB,
-            "peer_max_mib": PEER_MAX_MIB,
-            "what": "abusers by turn: 64 KiB deposits into random mailboxes, 16 waiting fetches each, undecodable requests; each client its own 127.0.x.y",
-        }),
-        json!({
-            "honest_alone": alone.figures(),
-            "honest_under_abuse": under.figures(),
-            "honest_refused": honest_refused,
-            "abuse": {
-                "deposits_stored": abuse.stored.load(Ordering::Relaxed),
-                "deposits_refused": abuse.refused.load(Ordering::Relaxed),
-                "fetches_answered": abuse.fetched.load(Ordering::Relaxed),
-                "garbage_sent": abuse.garbage.load(Ordering::Relaxed),
-                "relay_refusals": refusals(&metrics),
-                "long_polls_declined": metric(&metrics, "merpati_mailbox_long_polls_declined_total"),
-                "undecodable_requests": metric(&metrics, "merpati_mailbox_undecodable_requests_total"),
-            },
-            "relay": {
-                "stored_bytes": metric(&metrics, "merpati_mailbox_stored_bytes"),
-                "disk_budget_bytes": budget,
-                "disk_bytes": dir_bytes(&relay.mailboxes_dir()),
-                "peak_rss_mib": mib(peak_rss_kib(pid)?),
-                "rss_mib": metric(&metrics, "merpati_process_resident_memory_bytes").map(|b| round(b / 1048576.0, 1)),
-                "open_fds": metric(&metrics, "merpati_process_open_fds"),
-                "cpu_seconds_under_abuse": round(cpu, 2),
-            },
-        }),
-    );
-    Ok(())
+    let scenario = json!({
+        "abusers": params.abusers,
+        "honest_senders": params.honest,
+        "honest_rate_per_sender": HONEST_RATE,
+        "baseline_seconds": params.baseline.as_secs_f64(),
+        "attack_seconds": params.attack.as_secs_f64(),
+        "disk_budget_mib": DISK_BUDGET_MIB,
+        "network_max_mib": NETWORK_MAX_MIB,
+        "peer_max_mib": PEER_MAX_MIB,
+        "what": "abusers by turn: 64 KiB deposits into random mailboxes, 16 waiting fetches each, undecodable requests; each client its own 127.0.x.y",
+        "strangers": params.strangers,
+    });
+    let figures = json!({
+        "honest_alone": alone.figures(),
+        "honest_under_abuse": under.figures(),
+        "honest_refused": honest_refused,
+        "abuse": {
+            "deposits_stored": abuse.stored.load(Ordering::Relaxed),
+            "deposits_refused": abuse.refused.load(Ordering::Relaxed),
+            "fetches_answered": abuse.fetched.load(Ordering::Relaxed),
+            "garbage_sent": abuse.garbage.load(Ordering::Relaxed),
+            "relay_refusals": refusals(&metrics),
+            "long_polls_declined": metric(&metrics, "merpati_mailbox_long_polls_declined_total"),
+            "undecodable_requests": metric(&metrics, "merpati_mailbox_undecodable_requests_total"),
+        },
+        "relay": {
+            "stored_bytes": metric(&metrics, "merpati_mailbox_stored_bytes"),
+            "disk_budget_bytes": budget,
+            "disk_bytes": dir_bytes(&relay.mailboxes_dir()),
+            "peak_rss_mib": mib(peak_rss_kib(pid)?),
+            "rss_mib": metric(&metrics, "merpati_process_resident_memory_bytes").map(|b| round(b / 1048576.0, 1)),
+            "open_fds": metric(&metrics, "merpati_process_open_fds"),
+            "cpu_seconds_under_abuse": round(cpu, 2),
+        },
+    });
+    Ok((scenario, figures))
 }
 
 /// One honest phase's figures.

@@ -19,6 +19,7 @@ mod backlog_relay;
 mod connections;
 mod crypto;
 mod direct;
+mod first_contacts;
 mod idle;
 mod many_contacts;
 mod offline;
@@ -107,6 +108,9 @@ struct Args {
     /// `abuse`: seconds the honest traffic is measured alone, then under the abuse.
     #[arg(long, default_value_t = 20)]
     abuse_seconds: u64,
+    /// `abuse`: strangers flooding a person's node with first contacts.
+    #[arg(long, default_value_t = 500)]
+    strangers: usize,
     /// The merpatid binary; default: next to this one.
     #[arg(long)]
     merpatid: Option<PathBuf>,
@@ -186,6 +190,7 @@ fn main() -> anyhow::Result<()> {
                 honest: 2,
                 baseline: Duration::from_secs(2),
                 attack: Duration::from_secs(4),
+                strangers: 20,
             }
         } else {
             let seconds = Duration::from_secs(args.abuse_seconds.max(1));
@@ -194,6 +199,7 @@ fn main() -> anyhow::Result<()> {
                 honest: args.honest.clamp(1, 200),
                 baseline: seconds,
                 attack: seconds,
+                strangers: args.strangers.max(1),
             }
         };
         abuse::run(&exe, params)?;

@@ -625,7 +625,8 @@ fn a_group_of_sends_whose_write_fails_queues_nothing() {
 fn a_strangers_name_never_takes_a_name_in_use() {
     let (mut alice, mut bob) = pair();
     // Bob has a contact under exactly the name Alice's first contact would get.
-    let alice_fingerprint = merpati_proto::identity::fingerprint(&alice.profile().identity.public()).replace(' ', "");
+    let alice_fingerprint =
+        merpati_proto::identity::fingerprint(&alice.profile().identity.public()).replace(' ', "");
     let taken = format!("unknown-{}", &alice_fingerprint[..16]);
     let carol = engine(MemoryStore::new(), 3, "Carol");
     let invite = carol.invite(b"carol-node".to_vec(), vec![], T0).unwrap();

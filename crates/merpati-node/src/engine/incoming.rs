@@ -271,7 +271,10 @@ impl<S: Store> Engine<S> {
     /// `unknown-` and 64 bits of the sender's fingerprint, so nobody can make a name collide with
     /// a future contact's by trying keys; a name already taken (the user may have chosen it) gets
     /// a number after it.
-    fn stranger_name(&self, identity: &merpati_proto::identity::IdentityPublic) -> Result<String, EngineError> {
+    fn stranger_name(
+        &self,
+        identity: &merpati_proto::identity::IdentityPublic,
+    ) -> Result<String, EngineError> {
         let hex = fingerprint(identity).replace(' ', "");
         let base = format!("unknown-{}", hex.get(..16).unwrap_or(&hex));
         let mut name = base.clone();
