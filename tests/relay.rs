@@ -223,10 +223,12 @@ fn relay_crash_after_stored_loses_nothing() {
     assert!(before >= 30.0, "the relay should hold the 30 envelopes it acknowledged, reports {before}");
     relay.kill();
     relay.start();
-    assert_eq!(
-        stored_envelopes(&relay),
-        before,
-        "every envelope acknowledged before the kill -9 should still be stored after the restart"
+    // At least as many: Alice's node may have deposited more (a control message) after the count
+    // was read; that every one of the 30 is kept is checked by Bob receiving them all.
+    let after = stored_envelopes(&relay);
+    assert!(
+        after >= before,
+        "every envelope acknowledged before the kill -9 should still be stored after the restart: {before} before, {after} after"
     );
     bob.start();
     assert_bob_received_exactly(&bob, &sent, true);

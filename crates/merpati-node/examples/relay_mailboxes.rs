@@ -135,7 +135,7 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
         loop {
             let t = Instant::now();
             let (items, more) = mailboxes
-                .fetch(std::slice::from_ref(token), after, MAX_FETCH_LIMIT, now)
+                .fetch(std::slice::from_ref(token), after, MAX_FETCH_LIMIT, None, now)
                 .map_err(|r| anyhow::anyhow!("fetch refused: {r}"))?;
             fetch_secs += t.elapsed().as_secs_f64();
             fetched += items.len();

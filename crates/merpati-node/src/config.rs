@@ -30,6 +30,7 @@
 //! unfetched_ttl_days = 7
 //! live_reserve_percent = 20
 //! max_fetch_marks = 1000000
+//! network_max_fetch_marks = 50000
 //! peer_rate = { per_second = 100, burst = 500 }
 //! ip_rate = { per_second = 400, burst = 2000 }
 //! max_reservations = 1024
@@ -147,6 +148,8 @@ pub struct RelaySection {
     pub live_reserve_percent: Option<u8>,
     /// The most fetch marks kept.
     pub max_fetch_marks: Option<u32>,
+    /// The most fetch marks created by one network's fetches.
+    pub network_max_fetch_marks: Option<u32>,
     /// Mailbox requests allowed per connected peer.
     pub peer_rate: Option<RateSetting>,
     /// Mailbox requests allowed per source IP address, over all its peers.
@@ -180,6 +183,8 @@ impl RelaySection {
     pub const DEFAULT_LIVE_RESERVE_PERCENT: u8 = 20;
     /// Default of `max_fetch_marks`.
     pub const DEFAULT_MAX_FETCH_MARKS: u32 = 1_000_000;
+    /// Default of `network_max_fetch_marks`.
+    pub const DEFAULT_NETWORK_MAX_FETCH_MARKS: u32 = 50_000;
     /// Default of `peer_rate`.
     pub const DEFAULT_PEER_RATE: RateSetting = RateSetting { per_second: 100, burst: 500 };
     /// Default of `ip_rate`.
@@ -235,6 +240,7 @@ struct RawRelay {
     unfetched_ttl_days: Option<i64>,
     live_reserve_percent: Option<i64>,
     max_fetch_marks: Option<i64>,
+    network_max_fetch_marks: Option<i64>,
     peer_rate: Option<RawRate>,
     ip_rate: Option<RawRate>,
     max_reservations: Option<i64>,
@@ -340,6 +346,12 @@ fn parse_relay(raw: RawRelay) -> Result<RelaySection, String> {
             "percent",
         )?,
         max_fetch_marks: number("relay.max_fetch_marks", raw.max_fetch_marks, MAX_FETCH_MARKS, "marks")?,
+        network_max_fetch_marks: number(
+            "relay.network_max_fetch_marks",
+            raw.network_max_fetch_marks,
+            MAX_FETCH_MARKS,
+            "marks",
+        )?,
         peer_rate: raw.peer_rate.map(|r| rate("relay.peer_rate", r)).transpose()?,
         ip_rate: raw.ip_rate.map(|r| rate("relay.ip_rate", r)).transpose()?,
         max_reservations: number(
@@ -479,6 +491,7 @@ peer_max_mib = 32
 unfetched_ttl_days = 7
 live_reserve_percent = 20
 max_fetch_marks = 1000000
+network_max_fetch_marks = 50000
 peer_rate = { per_second = 100, burst = 500 }
 ip_rate = { per_second = 400, burst = 2000 }
 max_reservations = 1024
@@ -530,6 +543,16 @@ max_circuits = 256
         assert_eq!(relay.max_circuits, Some(RelaySection::DEFAULT_MAX_CIRCUITS));
     }
 
+    /// `docs/relay-operators.md` shows the operators' example whole, as it is.
+    #[test]
+    fn the_operators_guide_shows_the_example_as_it_is() {
+        let example = include_str!("../../../contrib/relay.toml");
+        let guide = include_str!("../../../docs/relay-operators.md");
+        let start = guide.find("```toml\n").map(|i| i + "```toml\n".len()).unwrap();
+        let end = start + guide[start..].find("```\n").unwrap();
+        assert_eq!(&guide[start..end], example, "copy contrib/relay.toml into the guide's toml block");
+    }
+
     /// The operators' example (`contrib/relay.toml`, shown in `docs/relay-operators.md`) loads and
     /// states the defaults.
     #[test]
@@ -555,6 +578,7 @@ max_circuits = 256
             unfetched_ttl_days: Some(RelaySection::DEFAULT_UNFETCHED_TTL_DAYS),
             live_reserve_percent: Some(RelaySection::DEFAULT_LIVE_RESERVE_PERCENT),
             max_fetch_marks: Some(RelaySection::DEFAULT_MAX_FETCH_MARKS),
+            network_max_fetch_marks: Some(RelaySection::DEFAULT_NETWORK_MAX_FETCH_MARKS),
             peer_rate: Some(RelaySection::DEFAULT_PEER_RATE),
             ip_rate: Some(RelaySection::DEFAULT_IP_RATE),
             max_reservations: Some(RelaySection::DEFAULT_MAX_RESERVATIONS),

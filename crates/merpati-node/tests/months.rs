@@ -497,7 +497,8 @@ impl World {
             let mut after = None;
             loop {
                 let mailboxes = &self.relays[relay].mailboxes;
-                let (items, more) = mailboxes.fetch(chunk, after, wire::MAX_FETCH_LIMIT, relay_now).unwrap();
+                let (items, more) =
+                    mailboxes.fetch(chunk, after, wire::MAX_FETCH_LIMIT, None, relay_now).unwrap();
                 let mut processed: BTreeMap<MailboxId, Vec<u64>> = BTreeMap::new();
                 for item in &items {
                     let received = self.users[i].engine().receive(None, &item.envelope, user_now).unwrap();
@@ -837,7 +838,7 @@ fn mail_under_a_replaced_announcement_is_still_fetched() {
         every.iter().any(|token| MailboxId::of(token) == attempt.mailbox),
         "Bob no longer fetches the mailbox Alice wrote to while he was away"
     );
-    let (items, _) = relay.fetch(&every, None, wire::MAX_FETCH_LIMIT, day(20)).unwrap();
+    let (items, _) = relay.fetch(&every, None, wire::MAX_FETCH_LIMIT, None, day(20)).unwrap();
     for item in &items {
         bob.receive(None, &item.envelope, day(20)).unwrap();
     }

@@ -14,7 +14,7 @@
 //! at most `max_mailbox_requests` at once. A user node keeps its relay reservations in
 //! [`Reservations`] and listens through them again after losing one.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -192,9 +192,10 @@ pub(crate) struct Actor {
     /// Relay role: libp2p's metrics and the gauge of reservations held.
     metrics: Option<libp2p::metrics::Metrics>,
     reservations_gauge: Option<prometheus_client::metrics::gauge::Gauge>,
-    /// Relay role: the peers holding a reservation with us, counted here because libp2p's
-    /// events cannot be summed (a closed reservation may be reported without an accepted one).
-    reservation_holders: HashSet<PeerId>,
+    /// Relay role: the reservations each peer holds with us (one per connection that made one),
+    /// counted here rather than summed from libp2p's events alone, which may report a closed
+    /// reservation that was never reported accepted.
+    reservation_holders: HashMap<PeerId, u32>,
     /// Probes waiting for the identify answer on the connection they dialled.
     probes: HashMap<ConnectionId, oneshot::Sender<Result<Vec<String>, String>>>,
 }
@@ -237,7 +238,7 @@ impl Actor {
             listen_addrs_are_public,
             metrics: extras.metrics,
             reservations_gauge: extras.reservations_gauge,
-            reservation_holders: HashSet::new(),
+            reservation_holders: HashMap::new(),
             probes: HashMap::new(),
         }
     }
@@ -600,7 +601,7 @@ impl Actor {
                 if num_established == 0 {
                     self.peer_ips.remove(&peer_id);
                     // A reservation lives on a connection: with none left, none is held.
-                    if self.reservation_holders.remove(&peer_id) {
+                    if self.reservation_holders.remove(&peer_id).is_some() {
                         self.update_reservations_gauge();
                     }
                 }
@@ -906,12 +907,18 @@ impl Actor {
 
     fn handle_relay_server_event(&mut self, event: relay::Event) {
         match &event {
-            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
-                self.reservation_holders.insert(*src_peer_id);
+            // A renewal on the same connection replaces its reservation.
+            relay::Event::ReservationReqAccepted { src_peer_id, renewed: false } => {
+                *self.reservation_holders.entry(*src_peer_id).or_default() += 1;
             }
             relay::Event::ReservationClosed { src_peer_id }
             | relay::Event::ReservationTimedOut { src_peer_id } => {
-                self.reservation_holders.remove(src_peer_id);
+                if let Some(count) = self.reservation_holders.get_mut(src_peer_id) {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        self.reservation_holders.remove(src_peer_id);
+                    }
+                }
             }
             _ => {}
         }

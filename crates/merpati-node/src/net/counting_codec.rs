@@ -90,15 +90,10 @@ impl<C: Codec + Send> Codec for Counting<C> {
     }
 }
 
-/// Whether a read failed on the bytes rather than on the connection: not CBOR, not the
-/// protocol's shape, or cut off at the size limit (libp2p's CBOR codec reports those with these
-/// kinds; a broken connection gives `ConnectionReset` and the like).
+/// Whether a read failed on the bytes rather than on the connection: not CBOR or not the
+/// protocol's shape (libp2p's CBOR codec reports those with these kinds). A request cut off, by
+/// the size limit or by a connection that broke, ends in `UnexpectedEof` either way and is not
+/// counted: the two cannot be told apart here.
 fn is_undecodable(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::InvalidData
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::Unsupported
-            | io::ErrorKind::Other
-    )
+    matches!(error.kind(), io::ErrorKind::InvalidData | io::ErrorKind::Unsupported | io::ErrorKind::Other)
 }

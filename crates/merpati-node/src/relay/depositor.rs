@@ -87,8 +87,8 @@ impl PeerKey {
     }
 }
 
-/// Who deposited an envelope: the network it came from (unknown for connections without an IP
-/// address, such as relayed ones) and the peer.
+/// Who deposited an envelope: the network it came from (unknown when the connection's address
+/// names no IP) and the peer.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct Depositor {
     /// The depositor's network, when known.

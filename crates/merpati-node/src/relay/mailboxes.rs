@@ -62,8 +62,8 @@ use merpati_proto::wire::{MAX_FETCH_PAGE_BYTES, Refusal};
 use thiserror::Error;
 use tokio::sync::{Semaphore, oneshot};
 
-use super::depositor::Depositor;
-use super::marks::{FetchMarks, MARK_LIFETIME_TTLS};
+use super::depositor::{Depositor, Network};
+use super::marks::{FetchMarks, MARK_LIFETIME_TTLS, MarkCaps};
 use super::usage::Usage;
 use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
 
@@ -127,8 +127,11 @@ pub struct MailboxLimits {
     /// The share of `disk_budget` and `max_mailboxes`, in percent, only mailboxes fetched lately
     /// may use. Default: 20.
     pub live_reserve_percent: u8,
-    /// The most fetch marks kept. Default: 1 000 000 (about 50 MB of disk).
+    /// The most fetch marks kept. Default: 1 000 000 (about 60 MB of disk).
     pub max_fetch_marks: u64,
+    /// The most fetch marks the fetches of one network may have created. Default: 50 000 (a node
+    /// with a thousand contacts needs about 46 000 at its first start).
+    pub max_fetch_marks_per_network: u64,
 }
 
 impl MailboxLimits {
@@ -159,6 +162,7 @@ impl Default for MailboxLimits {
             unfetched_ttl_ms: DEFAULT_UNFETCHED_TTL_DAYS * Timestamp::DAY,
             live_reserve_percent: 20,
             max_fetch_marks: 1_000_000,
+            max_fetch_marks_per_network: 50_000,
         }
     }
 }
@@ -259,6 +263,8 @@ struct Inner {
     /// Bounds the deposits waiting for a flush.
     pending: Semaphore,
     marks: FetchMarks,
+    /// Ids below this one were judged for the unfetched TTL by an earlier purge.
+    unfetched_checked: AtomicU64,
 }
 
 #[derive(Default)]
@@ -288,11 +294,13 @@ impl Mailboxes {
             .open()?;
         let found = sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no relay schema marker")?;
         let state = rebuild_state(&db)?;
-        let marks = FetchMarks::open(&db, limits.max_fetch_marks)?;
+        let caps =
+            MarkCaps { total: limits.max_fetch_marks, per_network: limits.max_fetch_marks_per_network };
+        let marks = FetchMarks::open(&db, caps)?;
         if found < SCHEMA_VERSION {
             // Layout 1 kept no marks: what it holds was deposited under the full TTL, so its
             // mailboxes count as fetched when the last envelope came.
-            marks.mark(state.usage.mailboxes(), Timestamp(state.last_stamp))?;
+            marks.mark(state.usage.mailboxes(), None, Timestamp(state.last_stamp))?;
             db.insert(MARKER_KEY, &SCHEMA_VERSION.to_be_bytes())?;
         }
         let mut syncer = Syncer::open(db.clone(), dir)?;
@@ -315,6 +323,7 @@ impl Mailboxes {
                 flusher,
                 pending: Semaphore::new(MAX_PENDING_DEPOSITS),
                 marks,
+                unfetched_checked: AtomicU64::new(0),
             }),
         })
     }
@@ -385,21 +394,20 @@ impl Mailboxes {
             .copy_from_slice(&u32::try_from(envelope.len()).unwrap_or(u32::MAX).to_be_bytes());
         index[INDEX_VALUE_V1_LEN..].copy_from_slice(&depositor.encode());
         // Index first: see "Crashes" in the module documentation.
-        let inserted = self
-            .inner
-            .db
-            .insert(index_key(id), &index[..])
-            .and_then(|_| self.inner.db.insert(envelope_key(&mailbox, id), value));
-        if let Err(e) = inserted {
+        state.next_id = id + 1;
+        if let Err(e) = self.inner.db.insert(index_key(id), &index[..]) {
             tracing::error!(error = %e, "relay: storing a deposit failed");
-            // The index entry may be there without its envelope: harmless (see "Crashes"), and
-            // the id is not handed out again.
-            state.next_id = id + 1;
+            // The id is not handed out again; nothing else changed.
             return Err(Refusal::Internal);
         }
-        state.next_id = id + 1;
+        // From here the index entry counts, as it will after a restart, even if the envelope
+        // itself is not written (harmless, see "Crashes"): the quotas never under-count.
         state.last_stamp = stamp;
         state.usage.add(mailbox, Some(depositor), len);
+        if let Err(e) = self.inner.db.insert(envelope_key(&mailbox, id), value) {
+            tracing::error!(error = %e, "relay: storing a deposit failed");
+            return Err(Refusal::Internal);
+        }
         // Still under the lock: ids become visible in order.
         self.inner.visible.store(id, Ordering::Release);
         Ok(id)
@@ -408,16 +416,17 @@ impl Mailboxes {
     /// Envelopes of the mailboxes `tokens` open with ids above `after`, in increasing id order
     /// across those mailboxes: at most `limit` of them and at most `MAX_FETCH_PAGE_BYTES` bytes.
     /// The flag says whether more are waiting. Expired envelopes are skipped. Marks the
-    /// mailboxes as fetched (see [`super::marks`]), whatever they hold.
+    /// mailboxes as fetched by `fetcher`'s network (see [`super::marks`]), whatever they hold.
     pub fn fetch(
         &self,
         tokens: &[FetchToken],
         after: Option<u64>,
         limit: u32,
+        fetcher: Option<Network>,
         now: Timestamp,
     ) -> Result<(Vec<StoredEnvelope>, bool), Refusal> {
         let mailboxes: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
-        if self.inner.marks.mark(&mailboxes, now).map_err(internal("writing fetch marks"))? {
+        if self.inner.marks.mark(&mailboxes, fetcher, now).map_err(internal("writing fetch marks"))? {
             self.inner.flusher.request();
         }
         let visible = self.inner.visible.load(Ordering::Acquire);
@@ -508,25 +517,58 @@ impl Mailboxes {
 
     /// Drops every envelope deposited `ttl_ms` or longer before `now`, and every one deposited
     /// `unfetched_ttl_ms` or longer before `now` into a mailbox without a fetch mark; then the
-    /// marks past their lifetime. Returns how many envelopes went. Reads the id index from its
-    /// oldest entry and stops at the first envelope younger than the unfetched TTL.
+    /// marks past their lifetime. Returns how many envelopes went.
+    ///
+    /// Two reads of the id index, both in id (so deposit time) order: from its oldest entry to
+    /// the first one younger than the TTL; and from where the last purge left off to the first
+    /// one younger than the unfetched TTL. Each envelope is so judged for the unfetched TTL once,
+    /// when it reaches that age (one marked then keeps the full TTL), and a purge costs what
+    /// expired since the last one, not what is kept.
     pub fn purge_expired(&self, now: Timestamp) -> Result<u64, MailboxError> {
         let limits = &self.inner.limits;
         let ttl = limits.ttl_ms;
         let unfetched_ttl = limits.unfetched_ttl_ms.min(ttl);
+        let (mut purged, _) = self.purge_from(0, now, ttl, |_| Ok(true))?;
+        let start = self.inner.unfetched_checked.load(Ordering::Relaxed);
         let mut marked: HashMap<MailboxId, bool> = HashMap::new();
+        let (unfetched, checked) = self.purge_from(start, now, unfetched_ttl, |entry| {
+            if let Some(fetched) = marked.get(&entry.mailbox) {
+                return Ok(!*fetched);
+            }
+            let fetched = self.inner.marks.last_fetch(&entry.mailbox)?.is_some();
+            marked.insert(entry.mailbox, fetched);
+            Ok(!fetched)
+        })?;
+        self.inner.unfetched_checked.store(checked, Ordering::Relaxed);
+        purged += unfetched;
+        let marks_purged = self.inner.marks.purge(now, MARK_LIFETIME_TTLS.saturating_mul(ttl))?;
+        if purged > 0 || marks_purged > 0 {
+            self.inner.flusher.request();
+        }
+        Ok(purged)
+    }
+
+    /// Drops the envelopes from id `from` on that are `age` or older at `now` and that `doomed`
+    /// picks, stopping at the first younger one; returns how many went and the id to start from
+    /// next time. Works in chunks, so deposits are not held up by a long purge.
+    fn purge_from(
+        &self,
+        from: u64,
+        now: Timestamp,
+        age: u64,
+        mut doomed: impl FnMut(&IndexEntry) -> Result<bool, MailboxError>,
+    ) -> Result<(u64, u64), MailboxError> {
         let mut purged = 0u64;
-        let mut next = 0u64;
+        let mut next = from;
         loop {
             let mut state = self.lock();
-            let mut doomed = Vec::new();
+            let mut picked = Vec::new();
             let mut done = true;
             for (scanned, entry) in self.inner.db.range(index_key(next)..=index_key(u64::MAX)).enumerate() {
                 let (key, value) = entry?;
                 let id = parse_index_key(&key)?;
                 let entry = IndexEntry::parse(&value)?;
-                let age = now.millis().saturating_sub(entry.stamp);
-                if age < unfetched_ttl {
+                if now.millis().saturating_sub(entry.stamp) < age {
                     break;
                 }
                 if scanned == PURGE_CHUNK {
@@ -534,25 +576,14 @@ impl Mailboxes {
                     break;
                 }
                 next = id.saturating_add(1);
-                let expired = age >= ttl || {
-                    let fetched = match marked.get(&entry.mailbox) {
-                        Some(fetched) => *fetched,
-                        None => {
-                            let fetched = self.inner.marks.last_fetch(&entry.mailbox)?.is_some();
-                            marked.insert(entry.mailbox, fetched);
-                            fetched
-                        }
-                    };
-                    !fetched
-                };
-                if expired {
-                    doomed.push((id, entry));
+                if doomed(&entry)? {
+                    picked.push((id, entry));
                 }
             }
-            if !doomed.is_empty() {
+            if !picked.is_empty() {
                 self.persist_next_id(&mut state)?;
             }
-            for (id, entry) in doomed {
+            for (id, entry) in picked {
                 self.inner.db.remove(envelope_key(&entry.mailbox, id))?;
                 self.inner.db.remove(index_key(id))?;
                 state.usage.release(entry.mailbox, entry.depositor.as_ref(), u64::from(entry.len));
@@ -560,14 +591,9 @@ impl Mailboxes {
             }
             drop(state);
             if done {
-                break;
+                return Ok((purged, next));
             }
         }
-        let marks_purged = self.inner.marks.purge(now, MARK_LIFETIME_TTLS.saturating_mul(ttl))?;
-        if purged > 0 || marks_purged > 0 {
-            self.inner.flusher.request();
-        }
-        Ok(purged)
     }
 
     /// Mailboxes, envelopes and envelope bytes stored now.
@@ -927,20 +953,20 @@ pub(crate) mod tests {
             MailboxStats { mailboxes: 2, envelopes: 5, bytes: 5 * 512, fetch_marks: 0 }
         );
 
-        let one = boxes.fetch(&[token(1)], None, 64, T0).unwrap();
+        let one = boxes.fetch(&[token(1)], None, 64, None, T0).unwrap();
         assert_eq!(ids(&one), vec![all[0], all[2], all[3]]);
         assert!(!one.1);
         assert_eq!(one.0[1].envelope, deposited[2].2);
         assert_eq!(one.0[1].mailbox, mailbox(1));
         // Both mailboxes at once: merged in id order, and a token named twice counts once.
-        let both = boxes.fetch(&[token(2), token(1), token(2)], None, 64, T0).unwrap();
+        let both = boxes.fetch(&[token(2), token(1), token(2)], None, 64, None, T0).unwrap();
         assert_eq!(ids(&both), all);
-        let after = boxes.fetch(&[token(1), token(2)], Some(all[2]), 64, T0).unwrap();
+        let after = boxes.fetch(&[token(1), token(2)], Some(all[2]), 64, None, T0).unwrap();
         assert_eq!(ids(&after), all[3..].to_vec());
 
         assert_eq!(boxes.delete(&token(1), &[all[0], all[2], all[2], 999]).unwrap(), 2);
         assert_eq!(boxes.delete(&token(1), &[all[0]]).unwrap(), 0, "a repeated delete is harmless");
-        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, T0).unwrap()), vec![all[3]]);
+        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, None, T0).unwrap()), vec![all[3]]);
         assert_eq!(
             boxes.stats(),
             MailboxStats { mailboxes: 2, envelopes: 3, bytes: 3 * 512, fetch_marks: 2 }
@@ -963,7 +989,7 @@ pub(crate) mod tests {
             (first, second)
         };
         let boxes = open(dir.path(), MailboxLimits::default());
-        let page = boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap();
+        let page = boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap();
         assert_eq!(page.0.len(), 1);
         assert_eq!((page.0[0].id, &page.0[0].envelope), (first, &bytes));
         // The fetch marked both mailboxes, once each.
@@ -989,7 +1015,7 @@ pub(crate) mod tests {
         let check = |boxes: &Mailboxes| {
             (
                 boxes.stats(),
-                ids(&boxes.fetch(&[token(1), token(2), token(3), token(4)], None, 64, T0).unwrap()),
+                ids(&boxes.fetch(&[token(1), token(2), token(3), token(4)], None, 64, None, T0).unwrap()),
             )
         };
         let before = check(&boxes);
@@ -1063,18 +1089,18 @@ pub(crate) mod tests {
         let boxes = open(dir.path(), MailboxLimits::default());
         let id = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
         let mine = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), someone(), T0).await.unwrap();
-        assert_eq!(ids(&boxes.fetch(&[token(2)], None, 64, T0).unwrap()), vec![mine]);
-        assert_eq!(ids(&boxes.fetch(&[token(3)], None, 64, T0).unwrap()), Vec::<u64>::new());
+        assert_eq!(ids(&boxes.fetch(&[token(2)], None, 64, None, T0).unwrap()), vec![mine]);
+        assert_eq!(ids(&boxes.fetch(&[token(3)], None, 64, None, T0).unwrap()), Vec::<u64>::new());
         // An id of another mailbox is passed over exactly like one that is gone: no answer tells
         // whether it exists (or when its owner fetched it).
         let gone = id + 1_000;
         assert_eq!(boxes.delete(&token(2), &[id]), Ok(0));
         assert_eq!(boxes.delete(&token(2), &[gone]), Ok(0));
-        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap()), vec![id, mine]);
+        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap()), vec![id, mine]);
         assert_eq!(boxes.stats().envelopes, 2);
         // Next to the token's own ids it deletes only those.
         assert_eq!(boxes.delete(&token(2), &[mine, id]), Ok(1));
-        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap()), vec![id]);
+        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap()), vec![id]);
     }
 
     #[tokio::test]
@@ -1089,7 +1115,10 @@ pub(crate) mod tests {
         let stepped =
             boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 2), someone(), T0.plus(100)).await.unwrap();
         let at = T0.plus(1_200);
-        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, at).unwrap()), vec![newer, stepped]);
+        assert_eq!(
+            ids(&boxes.fetch(&[token(1), token(2)], None, 64, None, at).unwrap()),
+            vec![newer, stepped]
+        );
         assert_eq!(boxes.purge_expired(at).unwrap(), 1);
         assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 2, bytes: 1024, fetch_marks: 2 });
         assert_eq!(boxes.delete(&token(1), &[old]).unwrap(), 0, "already gone");
@@ -1122,13 +1151,13 @@ pub(crate) mod tests {
             all.push(boxes.deposit(mailbox(n), envelope(mailbox(n), 512, i), someone(), T0).await.unwrap());
         }
         let tokens = [token(1), token(2)];
-        let page = boxes.fetch(&tokens, None, 2, T0).unwrap();
+        let page = boxes.fetch(&tokens, None, 2, None, T0).unwrap();
         assert_eq!((ids(&page), page.1), (all[..2].to_vec(), true));
-        let page = boxes.fetch(&tokens, Some(all[1]), 2, T0).unwrap();
+        let page = boxes.fetch(&tokens, Some(all[1]), 2, None, T0).unwrap();
         assert_eq!((ids(&page), page.1), (all[2..4].to_vec(), true));
-        let page = boxes.fetch(&tokens, Some(all[3]), 2, T0).unwrap();
+        let page = boxes.fetch(&tokens, Some(all[3]), 2, None, T0).unwrap();
         assert_eq!((ids(&page), page.1), (all[4..].to_vec(), false));
-        assert_eq!(boxes.fetch(&tokens, Some(u64::MAX), 2, T0).unwrap().0.len(), 0);
+        assert_eq!(boxes.fetch(&tokens, Some(u64::MAX), 2, None, T0).unwrap().0.len(), 0);
 
         // 20 envelopes of 64 KiB: 16 fill a page of 1 MiB exactly.
         for _ in 0..20 {
@@ -1137,11 +1166,11 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
         }
-        let page = boxes.fetch(&[token(3)], None, 64, T0).unwrap();
+        let page = boxes.fetch(&[token(3)], None, 64, None, T0).unwrap();
         assert_eq!(page.0.len(), MAX_FETCH_PAGE_BYTES / MAX_ENVELOPE_LEN);
         assert!(page.1);
         let last = page.0.last().map(|e| e.id);
-        let rest = boxes.fetch(&[token(3)], last, 64, T0).unwrap();
+        let rest = boxes.fetch(&[token(3)], last, 64, None, T0).unwrap();
         assert_eq!((rest.0.len(), rest.1), (4, false));
     }
 
@@ -1184,7 +1213,7 @@ pub(crate) mod tests {
             (kept, lost)
         };
         let boxes = open(dir.path(), limits);
-        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, T0).unwrap()), vec![kept]);
+        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, None, T0).unwrap()), vec![kept]);
         // Counted until deleted or expired, and the owner can delete it.
         assert_eq!(boxes.stats().envelopes, 2);
         assert_eq!(boxes.delete(&token(2), &[lost]), Ok(0));
@@ -1231,7 +1260,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), small_limits());
         // The owner of mailbox 1 fetched it this morning.
-        boxes.fetch(&[token(1)], None, 64, T0).unwrap();
+        boxes.fetch(&[token(1)], None, 64, None, T0).unwrap();
         // One /64, a new peer id and a new mailbox for every deposit, as fast as it can.
         let stored =
             flood(&boxes, |i| std::net::IpAddr::from([0x2001, 0xdb8, 6, 4, (i % 7) as u16, 1, 2, 3]), T0)
@@ -1246,17 +1275,20 @@ pub(crate) mod tests {
         boxes.deposit(mailbox(1), envelope(mailbox(1), 4096, 1), honest, T0).await.unwrap();
         boxes.deposit(mailbox(2), envelope(mailbox(2), 4096, 1), honest, T0).await.unwrap();
         // Once the owner deletes what was left for them, the quota is free again.
-        let page = boxes.fetch(&[token(1), token(2)], None, 64, T0).unwrap();
+        let page = boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap();
         assert_eq!(page.0.len(), 2);
+        let honest_network = honest.network.unwrap();
+        assert_eq!(boxes.lock().usage.of_network(&honest_network), 2 * 4096);
         assert_eq!(boxes.delete(&token(1), &[page.0[0].id]), Ok(1));
         assert_eq!(boxes.delete(&token(2), &[page.0[1].id]), Ok(1));
+        assert_eq!(boxes.lock().usage.of_network(&honest_network), 0);
     }
 
     #[tokio::test]
     async fn the_reserve_keeps_room_for_mailboxes_their_owners_fetch() {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), small_limits());
-        boxes.fetch(&[token(1)], None, 64, T0).unwrap();
+        boxes.fetch(&[token(1)], None, 64, None, T0).unwrap();
         // Many networks together fill what is open to anyone (80 %)...
         for net in 0..8u8 {
             flood(&boxes, |_| [203, 0, 113, net].into(), T0).await;
@@ -1287,14 +1319,14 @@ pub(crate) mod tests {
             let boxes = open(dir.path(), MailboxLimits::default());
             // Mailbox 2's owner looked (and found nothing) before anyone wrote: as a node does
             // for the days ahead of its announcement before going away.
-            boxes.fetch(&[token(2)], None, 64, T0).unwrap();
+            boxes.fetch(&[token(2)], None, 64, None, T0).unwrap();
             let junk =
                 boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), day(1)).await.unwrap();
             let ahead =
                 boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), someone(), day(1)).await.unwrap();
             let read =
                 boxes.deposit(mailbox(3), envelope(mailbox(3), 512, 0), someone(), day(1)).await.unwrap();
-            boxes.fetch(&[token(3)], None, 64, day(2)).unwrap();
+            boxes.fetch(&[token(3)], None, 64, None, day(2)).unwrap();
             (junk, ahead, read)
         };
         let boxes = open(dir.path(), MailboxLimits::default());
@@ -1302,7 +1334,7 @@ pub(crate) mod tests {
         assert_eq!(boxes.purge_expired(day(7)).unwrap(), 0, "a day short of the unfetched TTL");
         assert_eq!(boxes.purge_expired(day(8)).unwrap(), 1);
         let all = [token(1), token(2), token(3)];
-        let page = boxes.fetch(&all, None, 64, day(8)).unwrap();
+        let page = boxes.fetch(&all, None, 64, None, day(8)).unwrap();
         assert_eq!(ids(&page), vec![ahead, read]);
         assert!(!ids(&page).contains(&junk));
         // The others keep the full TTL.
@@ -1320,11 +1352,42 @@ pub(crate) mod tests {
     async fn fetch_marks_stop_at_their_cap() {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), MailboxLimits { max_fetch_marks: 2, ..MailboxLimits::default() });
-        boxes.fetch(&[token(1), token(2), token(3)], None, 64, T0).unwrap();
+        boxes.fetch(&[token(1), token(2), token(3)], None, 64, None, T0).unwrap();
         assert_eq!(boxes.stats().fetch_marks, 2);
         // A marked mailbox is still refreshed at the cap.
-        boxes.fetch(&[token(1), token(2), token(3)], None, 64, T0.plus(Timestamp::DAY)).unwrap();
+        let later = T0.plus(Timestamp::DAY);
+        boxes.fetch(&[token(1), token(2), token(3)], None, 64, None, later).unwrap();
         assert_eq!(boxes.stats().fetch_marks, 2);
+        let marked = [1, 2, 3].map(|n| boxes.inner.marks.last_fetch(&mailbox(n)).unwrap());
+        assert_eq!(marked.iter().filter(|m| **m == Some(later.millis())).count(), 2, "{marked:?}");
+    }
+
+    #[tokio::test]
+    async fn one_network_cannot_use_up_the_fetch_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = MailboxLimits {
+            max_fetch_marks: 100,
+            max_fetch_marks_per_network: 10,
+            ..MailboxLimits::default()
+        };
+        let boxes = open(dir.path(), limits);
+        let abuser = Network::of([203, 0, 113, 9].into());
+        let junk: Vec<FetchToken> = (0..50u8).map(|n| FetchToken([n ^ 0xAA; 32])).collect();
+        boxes.fetch(&junk, None, 64, Some(abuser), T0).unwrap();
+        assert_eq!(boxes.inner.marks.of_network(&abuser), 10);
+        // Another network's owner still gets marks, and the mailbox it looked at keeps the full TTL.
+        let owner = Network::of("2001:db8:5::7".parse().unwrap());
+        boxes.fetch(&[token(1)], None, 64, Some(owner), T0).unwrap();
+        assert_eq!(boxes.stats().fetch_marks, 11);
+        boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
+        assert_eq!(boxes.purge_expired(T0.plus(8 * Timestamp::DAY)).unwrap(), 0);
+        // The counts per network survive a restart, and expiring marks give the room back.
+        drop(boxes);
+        let boxes = open(dir.path(), limits);
+        assert_eq!(boxes.inner.marks.of_network(&abuser), 10);
+        boxes.purge_expired(T0.plus(61 * Timestamp::DAY)).unwrap();
+        assert_eq!(boxes.inner.marks.of_network(&abuser), 0);
+        assert_eq!(boxes.stats().fetch_marks, 0);
     }
 
     #[tokio::test]

@@ -107,7 +107,7 @@ impl MailboxMetrics {
         );
         r.register(
             "mailbox_undecodable_requests",
-            "Mailbox requests that could not be read (not the protocol, or over its size limits); not answered",
+            "Mailbox requests whose bytes were not the protocol (not CBOR, or not a request); not answered",
             metrics.undecodable.clone(),
         );
         r.register(

@@ -114,6 +114,9 @@ impl RelayOptions {
         if let Some(max) = relay.max_fetch_marks {
             limits.max_fetch_marks = u64::from(max);
         }
+        if let Some(max) = relay.network_max_fetch_marks {
+            limits.max_fetch_marks_per_network = u64::from(max);
+        }
         if let Some(rate) = relay.peer_rate {
             self.rates.per_peer = Rate { per_second: rate.per_second, burst: rate.burst };
         }

@@ -166,7 +166,7 @@ impl MailboxService {
         now: Timestamp,
     ) -> Result<(Vec<merpati_proto::wire::mailbox::StoredEnvelope>, bool), Refusal> {
         let mailboxes = &self.inner.mailboxes;
-        let page = mailboxes.fetch(tokens, after, limit, now)?;
+        let page = mailboxes.fetch(tokens, after, limit, ip.map(Network::of), now)?;
         if !page.0.is_empty() || wait_ms == 0 {
             return Ok(page);
         }
@@ -179,7 +179,7 @@ impl MailboxService {
         loop {
             let elapsed = started.elapsed();
             let now = now.plus(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-            let page = mailboxes.fetch(tokens, after, limit, now)?;
+            let page = mailboxes.fetch(tokens, after, limit, ip.map(Network::of), now)?;
             if !page.0.is_empty() {
                 return Ok(page);
             }
