@@ -124,7 +124,7 @@ impl MailboxMetrics {
     }
 
     /// Counts a fetch answered at once because the long-poll caps were reached.
-    pub(crate) fn long_poll_refused(&self) {
+    pub(crate) fn long_poll_declined(&self) {
         self.long_polls_declined.inc();
     }
 

@@ -208,7 +208,7 @@ impl MailboxService {
             || of_peer >= MAX_LONG_POLLS_PER_PEER
             || of_network >= MAX_LONG_POLLS_PER_NETWORK
         {
-            self.inner.metrics.long_poll_refused();
+            self.inner.metrics.long_poll_declined();
             return None;
         }
         let notify = Arc::new(Notify::new());
