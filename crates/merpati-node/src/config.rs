@@ -27,12 +27,15 @@
 //! max_mailboxes = 100000
 //! network_max_mib = 64
 //! peer_max_mib = 32
+//! ipv6_block_max_mib = 256
 //! unfetched_ttl_days = 7
 //! live_reserve_percent = 20
 //! max_fetch_marks = 1000000
 //! network_max_fetch_marks = 50000
+//! ipv6_block_max_fetch_marks = 200000
 //! peer_rate = { per_second = 100, burst = 500 }
 //! ip_rate = { per_second = 400, burst = 2000 }
+//! ipv6_block_rate = { per_second = 1600, burst = 8000 }
 //! max_reservations = 1024
 //! max_circuits = 256
 //! ```
@@ -142,6 +145,8 @@ pub struct RelaySection {
     pub network_max_mib: Option<u32>,
     /// The most envelope bytes stored from one peer, in MiB.
     pub peer_max_mib: Option<u32>,
+    /// The most envelope bytes stored from one IPv6 /48, all its /64s together, in MiB.
+    pub ipv6_block_max_mib: Option<u32>,
     /// Days an envelope is kept when no one has fetched its mailbox.
     pub unfetched_ttl_days: Option<u32>,
     /// Percent of the disk budget and mailbox count kept for mailboxes fetched lately.
@@ -150,10 +155,14 @@ pub struct RelaySection {
     pub max_fetch_marks: Option<u32>,
     /// The most fetch marks created by one network's fetches.
     pub network_max_fetch_marks: Option<u32>,
+    /// The most fetch marks created by the fetches of one IPv6 /48.
+    pub ipv6_block_max_fetch_marks: Option<u32>,
     /// Mailbox requests allowed per connected peer.
     pub peer_rate: Option<RateSetting>,
     /// Mailbox requests allowed per source IP address, over all its peers.
     pub ip_rate: Option<RateSetting>,
+    /// Mailbox requests allowed per IPv6 /48, over all its /64s.
+    pub ipv6_block_rate: Option<RateSetting>,
     /// Relay (circuit v2) reservations held at once.
     pub max_reservations: Option<u32>,
     /// Relayed connections open at once.
@@ -177,6 +186,12 @@ impl RelaySection {
     pub const DEFAULT_NETWORK_MAX_MIB: u32 = 64;
     /// Default of `peer_max_mib`.
     pub const DEFAULT_PEER_MAX_MIB: u32 = 32;
+    /// Default of `ipv6_block_max_mib`.
+    pub const DEFAULT_IPV6_BLOCK_MAX_MIB: u32 = 256;
+    /// Default of `ipv6_block_max_fetch_marks`.
+    pub const DEFAULT_IPV6_BLOCK_MAX_FETCH_MARKS: u32 = 200_000;
+    /// Default of `ipv6_block_rate`.
+    pub const DEFAULT_IPV6_BLOCK_RATE: RateSetting = RateSetting { per_second: 1600, burst: 8000 };
     /// Default of `unfetched_ttl_days`.
     pub const DEFAULT_UNFETCHED_TTL_DAYS: u32 = 7;
     /// Default of `live_reserve_percent`.
@@ -237,12 +252,15 @@ struct RawRelay {
     max_mailboxes: Option<i64>,
     network_max_mib: Option<i64>,
     peer_max_mib: Option<i64>,
+    ipv6_block_max_mib: Option<i64>,
     unfetched_ttl_days: Option<i64>,
     live_reserve_percent: Option<i64>,
     max_fetch_marks: Option<i64>,
     network_max_fetch_marks: Option<i64>,
+    ipv6_block_max_fetch_marks: Option<i64>,
     peer_rate: Option<RawRate>,
     ip_rate: Option<RawRate>,
+    ipv6_block_rate: Option<RawRate>,
     max_reservations: Option<i64>,
     max_circuits: Option<i64>,
 }
@@ -338,6 +356,12 @@ fn parse_relay(raw: RawRelay) -> Result<RelaySection, String> {
         max_mailboxes: number("relay.max_mailboxes", raw.max_mailboxes, MAX_MAILBOXES, "mailboxes")?,
         network_max_mib: number("relay.network_max_mib", raw.network_max_mib, DEPOSITOR_MAX_MIB, "MiB")?,
         peer_max_mib: number("relay.peer_max_mib", raw.peer_max_mib, DEPOSITOR_MAX_MIB, "MiB")?,
+        ipv6_block_max_mib: number(
+            "relay.ipv6_block_max_mib",
+            raw.ipv6_block_max_mib,
+            DEPOSITOR_MAX_MIB,
+            "MiB",
+        )?,
         unfetched_ttl_days: number("relay.unfetched_ttl_days", raw.unfetched_ttl_days, TTL_DAYS, "days")?,
         live_reserve_percent: number(
             "relay.live_reserve_percent",
@@ -352,8 +376,15 @@ fn parse_relay(raw: RawRelay) -> Result<RelaySection, String> {
             MAX_FETCH_MARKS,
             "marks",
         )?,
+        ipv6_block_max_fetch_marks: number(
+            "relay.ipv6_block_max_fetch_marks",
+            raw.ipv6_block_max_fetch_marks,
+            MAX_FETCH_MARKS,
+            "marks",
+        )?,
         peer_rate: raw.peer_rate.map(|r| rate("relay.peer_rate", r)).transpose()?,
         ip_rate: raw.ip_rate.map(|r| rate("relay.ip_rate", r)).transpose()?,
+        ipv6_block_rate: raw.ipv6_block_rate.map(|r| rate("relay.ipv6_block_rate", r)).transpose()?,
         max_reservations: number(
             "relay.max_reservations",
             raw.max_reservations,
@@ -488,12 +519,15 @@ disk_budget_mib = 1024
 max_mailboxes = 100000
 network_max_mib = 64
 peer_max_mib = 32
+ipv6_block_max_mib = 256
 unfetched_ttl_days = 7
 live_reserve_percent = 20
 max_fetch_marks = 1000000
 network_max_fetch_marks = 50000
+ipv6_block_max_fetch_marks = 200000
 peer_rate = { per_second = 100, burst = 500 }
 ip_rate = { per_second = 400, burst = 2000 }
+ipv6_block_rate = { per_second = 1600, burst = 8000 }
 max_reservations = 1024
 max_circuits = 256
 "#;
@@ -575,12 +609,15 @@ max_circuits = 256
             max_mailboxes: Some(RelaySection::DEFAULT_MAX_MAILBOXES),
             network_max_mib: Some(RelaySection::DEFAULT_NETWORK_MAX_MIB),
             peer_max_mib: Some(RelaySection::DEFAULT_PEER_MAX_MIB),
+            ipv6_block_max_mib: Some(RelaySection::DEFAULT_IPV6_BLOCK_MAX_MIB),
             unfetched_ttl_days: Some(RelaySection::DEFAULT_UNFETCHED_TTL_DAYS),
             live_reserve_percent: Some(RelaySection::DEFAULT_LIVE_RESERVE_PERCENT),
             max_fetch_marks: Some(RelaySection::DEFAULT_MAX_FETCH_MARKS),
             network_max_fetch_marks: Some(RelaySection::DEFAULT_NETWORK_MAX_FETCH_MARKS),
+            ipv6_block_max_fetch_marks: Some(RelaySection::DEFAULT_IPV6_BLOCK_MAX_FETCH_MARKS),
             peer_rate: Some(RelaySection::DEFAULT_PEER_RATE),
             ip_rate: Some(RelaySection::DEFAULT_IP_RATE),
+            ipv6_block_rate: Some(RelaySection::DEFAULT_IPV6_BLOCK_RATE),
             max_reservations: Some(RelaySection::DEFAULT_MAX_RESERVATIONS),
             max_circuits: Some(RelaySection::DEFAULT_MAX_CIRCUITS),
             storage: None,

@@ -5,24 +5,41 @@
 //! one network; an IPv6 address counts by its /64, which one subscriber or one server usually
 //! holds whole (an attacker with one /64 has 2^64 addresses). An IPv4 address written as IPv6
 //! (`::ffff:a.b.c.d`) counts as the IPv4 address.
+//!
+//! Home lines and tunnel brokers hand out whole /56s and /48s, so IPv6 networks are also counted
+//! by their /48 ([`Network::block`]), with a larger limit: someone holding a /48 has 65 536 /64s
+//! but one block. IPv4 addresses are scarce enough on their own and have no block.
 
 use std::fmt;
 use std::net::IpAddr;
 
 use libp2p::PeerId;
 
-/// The part of an IP address that limits count by: an IPv4 address or an IPv6 /64.
+/// The part of an IP address that limits count by: an IPv4 address or an IPv6 /64; or, as a
+/// [`Network::block`], an IPv6 /48.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Network {
-    /// 4 or 6.
+    /// 4, 6, or [`BLOCK`] for an IPv6 /48.
     family: u8,
     /// The IPv4 address in the first 4 bytes (the rest zero), or the IPv6 /64 prefix.
     prefix: [u8; 8],
 }
 
+/// The family tag of an IPv6 /48 block (never stored: blocks are derived from networks).
+const BLOCK: u8 = 48;
+
 impl Network {
     /// The bytes of [`Network::encode`].
     pub const ENCODED_LEN: usize = 9;
+
+    /// The IPv6 /48 this network is part of; `None` for IPv4.
+    pub fn block(&self) -> Option<Network> {
+        (self.family == 6).then(|| {
+            let mut prefix = [0u8; 8];
+            prefix[..6].copy_from_slice(&self.prefix[..6]);
+            Network { family: BLOCK, prefix }
+        })
+    }
 
     /// The network `ip` counts under.
     pub fn of(ip: IpAddr) -> Self {
@@ -66,11 +83,11 @@ impl Network {
 impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let p = &self.prefix;
-        if self.family == 4 {
-            write!(f, "{}.{}.{}.{}", p[0], p[1], p[2], p[3])
-        } else {
-            let group = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
-            write!(f, "{:x}:{:x}:{:x}:{:x}::/64", group(0), group(2), group(4), group(6))
+        let group = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
+        match self.family {
+            4 => write!(f, "{}.{}.{}.{}", p[0], p[1], p[2], p[3]),
+            BLOCK => write!(f, "{:x}:{:x}:{:x}::/48", group(0), group(2), group(4)),
+            _ => write!(f, "{:x}:{:x}:{:x}:{:x}::/64", group(0), group(2), group(4), group(6)),
         }
     }
 }
@@ -152,6 +169,13 @@ mod tests {
             Network::of(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
             Network::of(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
         );
+        // /64s of one /48 share a block; another /48 and IPv4 do not.
+        let block = Network::of(a).block().unwrap();
+        assert_eq!(Network::of(c).block(), Some(block));
+        assert_ne!(Network::of("2001:db8:2::1".parse().unwrap()).block(), Some(block));
+        assert_ne!(block, Network::of(a));
+        assert_eq!(format!("{block:?}"), "2001:db8:1::/48");
+        assert_eq!(Network::of(v4).block(), None);
     }
 
     #[test]

@@ -121,6 +121,9 @@ pub struct MailboxLimits {
     pub max_bytes_per_network: u64,
     /// The most envelope bytes stored from one peer and not yet deleted. Default: 32 MiB.
     pub max_bytes_per_peer: u64,
+    /// The most envelope bytes stored from one IPv6 /48 (all its /64s together) and not yet
+    /// deleted. Default: 256 MiB.
+    pub max_bytes_per_ipv6_block: u64,
     /// How long an envelope is kept when its mailbox has no fetch mark. Default:
     /// [`DEFAULT_UNFETCHED_TTL_DAYS`] (7 days); at most `ttl_ms`.
     pub unfetched_ttl_ms: u64,
@@ -132,6 +135,8 @@ pub struct MailboxLimits {
     /// The most fetch marks the fetches of one network may have created. Default: 50 000 (a node
     /// with a thousand contacts needs about 46 000 at its first start).
     pub max_fetch_marks_per_network: u64,
+    /// The most fetch marks the fetches of one IPv6 /48 may have created. Default: 200 000.
+    pub max_fetch_marks_per_ipv6_block: u64,
 }
 
 impl MailboxLimits {
@@ -159,10 +164,12 @@ impl Default for MailboxLimits {
             max_mailboxes: 100_000,
             max_bytes_per_network: 64 * 1024 * 1024,
             max_bytes_per_peer: 32 * 1024 * 1024,
+            max_bytes_per_ipv6_block: 256 * 1024 * 1024,
             unfetched_ttl_ms: DEFAULT_UNFETCHED_TTL_DAYS * Timestamp::DAY,
             live_reserve_percent: 20,
             max_fetch_marks: 1_000_000,
             max_fetch_marks_per_network: 50_000,
+            max_fetch_marks_per_ipv6_block: 200_000,
         }
     }
 }
@@ -294,8 +301,11 @@ impl Mailboxes {
             .open()?;
         let found = sled_disk::check_marker(&db, MARKER_KEY, SCHEMA_VERSION, "no relay schema marker")?;
         let state = rebuild_state(&db)?;
-        let caps =
-            MarkCaps { total: limits.max_fetch_marks, per_network: limits.max_fetch_marks_per_network };
+        let caps = MarkCaps {
+            total: limits.max_fetch_marks,
+            per_network: limits.max_fetch_marks_per_network,
+            per_ipv6_block: limits.max_fetch_marks_per_ipv6_block,
+        };
         let marks = FetchMarks::open(&db, caps)?;
         if found < SCHEMA_VERSION {
             // Layout 1 kept no marks: what it holds was deposited under the full TTL, so its
@@ -1388,6 +1398,34 @@ pub(crate) mod tests {
         boxes.purge_expired(T0.plus(61 * Timestamp::DAY)).unwrap();
         assert_eq!(boxes.inner.marks.of_network(&abuser), 0);
         assert_eq!(boxes.stats().fetch_marks, 0);
+    }
+
+    #[tokio::test]
+    async fn the_64s_of_one_48_share_a_cap_on_fetch_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = MailboxLimits {
+            max_fetch_marks: 100,
+            max_fetch_marks_per_network: 10,
+            max_fetch_marks_per_ipv6_block: 25,
+            ..MailboxLimits::default()
+        };
+        let boxes = open(dir.path(), limits);
+        for i in 0..5u8 {
+            let network =
+                Network::of(std::net::IpAddr::from([0x2001, 0xdb8, 0x44, u16::from(i), 0, 0, 0, 1]));
+            let junk: Vec<FetchToken> = (0..50u8)
+                .map(|n| {
+                    let mut secret = [0x55; 32];
+                    secret[..2].copy_from_slice(&[n, i]);
+                    FetchToken(secret)
+                })
+                .collect();
+            boxes.fetch(&junk, None, 64, Some(network), T0).unwrap();
+        }
+        assert_eq!(boxes.stats().fetch_marks, 25, "five /64s of one /48 made 10 + 10 + 5 + 0 + 0");
+        let elsewhere = Network::of("2001:db8:45::1".parse().unwrap());
+        boxes.fetch(&[token(1)], None, 64, Some(elsewhere), T0).unwrap();
+        assert_eq!(boxes.stats().fetch_marks, 26);
     }
 
     #[tokio::test]

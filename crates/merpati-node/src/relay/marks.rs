@@ -8,9 +8,9 @@
 //! "live" and may use the part of the disk budget kept in reserve.
 //!
 //! Fetching is free, so marks are a first filter, not a defence on their own: the quotas per
-//! network are (see [`super::usage`]). Marks are capped twice: in all, and per network of the
-//! fetch that created them, so that one network cannot use up the marks and leave honest owners'
-//! new mailboxes unmarked. Past a cap no new mailbox is marked (and a warning is logged) until
+//! network are (see [`super::usage`]). Marks are capped in all, and per network (and per IPv6
+//! /48) of the fetch that created them, so that one network cannot use up the marks and leave
+//! honest owners' new mailboxes unmarked. Past a cap no new mailbox is marked (and a warning is logged) until
 //! old marks expire, [`MARK_LIFETIME_TTLS`] TTLs after their last fetch. A refresh keeps the mark
 //! counted against the network that created it.
 //!
@@ -45,6 +45,7 @@ const VALUE_LEN: usize = 8 + Network::ENCODED_LEN;
 pub(super) struct MarkCaps {
     pub(super) total: u64,
     pub(super) per_network: u64,
+    pub(super) per_ipv6_block: u64,
 }
 
 /// The fetch marks. Shared by clones of the mailbox store.
@@ -52,7 +53,8 @@ pub(super) struct FetchMarks {
     tree: sled::Tree,
     caps: MarkCaps,
     count: AtomicU64,
-    /// Marks per creating network (marks of unknown networks are counted only in all).
+    /// Marks per creating network and per its IPv6 /48 (marks of unknown networks are counted
+    /// only in all).
     per_network: Mutex<HashMap<Network, u64>>,
     /// Whether the "cap reached" warning was logged since marks were last purged.
     warned: AtomicBool,
@@ -99,6 +101,11 @@ impl Mark {
     }
 }
 
+/// The keys a mark of `network` counts under: the network and its IPv6 /48.
+fn keys_of(network: Option<Network>) -> impl Iterator<Item = Network> {
+    network.into_iter().chain(network.and_then(|n| n.block()))
+}
+
 impl FetchMarks {
     /// Opens the marks in `db` and counts them, in all and per network.
     pub(super) fn open(db: &sled::Db, caps: MarkCaps) -> Result<Self, MailboxError> {
@@ -108,8 +115,8 @@ impl FetchMarks {
         for entry in &tree {
             let (_, value) = entry?;
             count += 1;
-            if let Some(network) = Mark::parse(&value)?.network {
-                *per_network.entry(network).or_default() += 1;
+            for key in keys_of(Mark::parse(&value)?.network) {
+                *per_network.entry(key).or_default() += 1;
             }
         }
         Ok(Self {
@@ -171,9 +178,11 @@ impl FetchMarks {
     /// Counts a new mark of `network`, if the caps allow one.
     fn make_room(&self, network: Option<Network>) -> bool {
         let mut per_network = self.lock();
-        let of_network = network.and_then(|n| per_network.get(&n).copied()).unwrap_or(0);
+        let held = |key: Option<Network>| key.and_then(|k| per_network.get(&k).copied()).unwrap_or(0);
+        let block = network.and_then(|n| n.block());
         if self.count.load(Ordering::Relaxed) >= self.caps.total
-            || (network.is_some() && of_network >= self.caps.per_network)
+            || (network.is_some() && held(network) >= self.caps.per_network)
+            || (block.is_some() && held(block) >= self.caps.per_ipv6_block)
         {
             if !self.warned.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -185,8 +194,8 @@ impl FetchMarks {
             return false;
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        if let Some(network) = network {
-            *per_network.entry(network).or_default() += 1;
+        for key in keys_of(network) {
+            *per_network.entry(key).or_default() += 1;
         }
         true
     }
@@ -194,12 +203,12 @@ impl FetchMarks {
     /// Stops counting a mark of `network`.
     fn release(&self, network: Option<Network>) {
         self.count.fetch_sub(1, Ordering::Relaxed);
-        if let Some(network) = network {
-            let mut per_network = self.lock();
-            if let Some(count) = per_network.get_mut(&network) {
+        let mut per_network = self.lock();
+        for key in keys_of(network) {
+            if let Some(count) = per_network.get_mut(&key) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
-                    per_network.remove(&network);
+                    per_network.remove(&key);
                 }
             }
         }

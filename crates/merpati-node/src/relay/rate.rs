@@ -1,8 +1,8 @@
 //! Token-bucket rate limits for the mailbox service, per peer and per network (an IPv4 address or
 //! an IPv6 /64, see [`super::depositor`]).
 //!
-//! Every request takes one token from its peer's bucket and one from its network's bucket (when
-//! the address is known); a bucket refills at `per_second` tokens a second up to `burst`. Both are
+//! Every request takes one token from its peer's bucket, one from its network's bucket and, for
+//! IPv6, one from its /48's bucket (when the address is known); a bucket refills at `per_second` tokens a second up to `burst`. Both are
 //! checked before either is taken from, so a refusal costs the caller nothing.
 //!
 //! The maps are bounded: when one is full, buckets that have refilled completely are dropped (a
@@ -44,6 +44,8 @@ pub struct RateLimits {
     /// users behind one).
     /// Default: 400 requests/s, bursts of 2 000.
     pub per_ip: Rate,
+    /// Per IPv6 /48, across all its /64s. Default: 1 600 requests/s, bursts of 8 000.
+    pub per_ipv6_block: Rate,
 }
 
 impl Default for RateLimits {
@@ -51,6 +53,7 @@ impl Default for RateLimits {
         Self {
             per_peer: Rate { per_second: 100, burst: 500 },
             per_ip: Rate { per_second: 400, burst: 2_000 },
+            per_ipv6_block: Rate { per_second: 1_600, burst: 8_000 },
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct RateLimiter {
 struct State {
     peers: Buckets<PeerId>,
     ips: Buckets<Network>,
+    blocks: Buckets<Network>,
 }
 
 impl RateLimiter {
@@ -80,6 +84,7 @@ impl RateLimiter {
             state: Mutex::new(State {
                 peers: Buckets::new(limits.per_peer, capacity),
                 ips: Buckets::new(limits.per_ip, capacity),
+                blocks: Buckets::new(limits.per_ipv6_block, capacity),
             }),
         }
     }
@@ -88,17 +93,22 @@ impl RateLimiter {
     /// to wait before one is available (taking nothing).
     pub fn check(&self, peer: &PeerId, ip: Option<IpAddr>, now: Instant) -> Result<(), u32> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let State { peers, ips } = &mut *state;
+        let State { peers, ips, blocks } = &mut *state;
         let peer_wait = peers.refill(*peer, now);
         let network = ip.map(Network::of);
+        let block = network.and_then(|n| n.block());
         let ip_wait = network.map_or(0, |network| ips.refill(network, now));
-        let wait = peer_wait.max(ip_wait);
+        let block_wait = block.map_or(0, |block| blocks.refill(block, now));
+        let wait = peer_wait.max(ip_wait).max(block_wait);
         if wait > 0 {
             return Err(wait);
         }
         peers.take(peer);
         if let Some(network) = network {
             ips.take(&network);
+        }
+        if let Some(block) = block {
+            blocks.take(&block);
         }
         Ok(())
     }
@@ -206,7 +216,11 @@ mod tests {
     use super::*;
 
     fn limits(per_second: u32, burst: u32) -> RateLimits {
-        RateLimits { per_peer: Rate { per_second, burst }, per_ip: Rate { per_second: 1_000, burst: 10_000 } }
+        RateLimits {
+            per_peer: Rate { per_second, burst },
+            per_ip: Rate { per_second: 1_000, burst: 10_000 },
+            ..RateLimits::default()
+        }
     }
 
     #[test]
@@ -231,6 +245,7 @@ mod tests {
         let limits = RateLimits {
             per_peer: Rate { per_second: 1, burst: 5 },
             per_ip: Rate { per_second: 1, burst: 8 },
+            ..RateLimits::default()
         };
         let limiter = RateLimiter::new(limits);
         let ip: IpAddr = [198, 51, 100, 7].into();
@@ -244,6 +259,25 @@ mod tests {
         assert!(limiter.check(&c, Some(ip), now).is_err());
         let elsewhere: IpAddr = [203, 0, 113, 9].into();
         assert_eq!((0..10).filter(|_| limiter.check(&c, Some(elsewhere), now).is_ok()).count(), 5);
+    }
+
+    #[test]
+    fn the_64s_of_one_48_share_its_bucket() {
+        let limits = RateLimits {
+            per_peer: Rate { per_second: 1, burst: 100 },
+            per_ip: Rate { per_second: 1, burst: 10 },
+            per_ipv6_block: Rate { per_second: 1, burst: 25 },
+        };
+        let limiter = RateLimiter::new(limits);
+        let now = Instant::now();
+        let mut passed = 0;
+        for i in 0..50u16 {
+            let ip = IpAddr::from([0x2001, 0xdb8, 0x77, i, 0, 0, 0, 1]);
+            passed += (0..20).filter(|_| limiter.check(&PeerId::random(), Some(ip), now).is_ok()).count();
+        }
+        assert_eq!(passed, 25, "the /48's burst, however many /64s ask");
+        let elsewhere = IpAddr::from([0x2001, 0xdb8, 0x78, 0, 0, 0, 0, 1]);
+        assert!(limiter.check(&PeerId::random(), Some(elsewhere), now).is_ok());
     }
 
     #[test]

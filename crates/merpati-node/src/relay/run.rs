@@ -117,11 +117,20 @@ impl RelayOptions {
         if let Some(max) = relay.network_max_fetch_marks {
             limits.max_fetch_marks_per_network = u64::from(max);
         }
+        if let Some(max) = relay.ipv6_block_max_fetch_marks {
+            limits.max_fetch_marks_per_ipv6_block = u64::from(max);
+        }
+        if let Some(mib) = relay.ipv6_block_max_mib {
+            limits.max_bytes_per_ipv6_block = u64::from(mib) * 1024 * 1024;
+        }
         if let Some(rate) = relay.peer_rate {
             self.rates.per_peer = Rate { per_second: rate.per_second, burst: rate.burst };
         }
         if let Some(rate) = relay.ip_rate {
             self.rates.per_ip = Rate { per_second: rate.per_second, burst: rate.burst };
+        }
+        if let Some(rate) = relay.ipv6_block_rate {
+            self.rates.per_ipv6_block = Rate { per_second: rate.per_second, burst: rate.burst };
         }
         if let Some(max) = relay.max_reservations {
             self.max_reservations = max as usize;

@@ -9,8 +9,8 @@
 //! mailboxes, fetches once more (a deposit may have landed between the first fetch and the
 //! registration), and then sleeps until a deposit into one of those mailboxes is stored or the
 //! wait runs out, and fetches again. Waiters are bounded: [`MAX_LONG_POLLS`] in all,
-//! [`MAX_LONG_POLLS_PER_NETWORK`] per network (IPv4 address or IPv6 /64: peer ids are free) and
-//! [`MAX_LONG_POLLS_PER_PEER`] per peer. A fetch beyond them is answered at once with what it
+//! [`MAX_LONG_POLLS_PER_NETWORK`] per network (IPv4 address or IPv6 /64: peer ids are free),
+//! [`MAX_LONG_POLLS_PER_IPV6_BLOCK`] per IPv6 /48 and [`MAX_LONG_POLLS_PER_PEER`] per peer. A fetch beyond them is answered at once with what it
 //! found (nothing), as if its wait had run out: the client's next fetch costs it a rate-limit
 //! token, so hoarding slots buys nothing, and an honest client behind a crowded NAT still gets
 //! its mail, only later.
@@ -41,6 +41,8 @@ pub const MAX_LONG_POLLS_PER_PEER: u32 = 8;
 /// The most fetches one network (IPv4 address, IPv6 /64) may have waiting at once: room for a
 /// household or an office of nodes behind one NAT.
 pub const MAX_LONG_POLLS_PER_NETWORK: u32 = 64;
+/// The most fetches the /64s of one IPv6 /48 may have waiting at once, together.
+pub const MAX_LONG_POLLS_PER_IPV6_BLOCK: u32 = 256;
 
 /// The relay's mailbox service. Cloning shares it.
 #[derive(Clone, Debug)]
@@ -61,6 +63,7 @@ struct Inner {
 struct Waiters {
     by_mailbox: HashMap<MailboxId, Vec<(u64, Arc<Notify>)>>,
     per_peer: HashMap<PeerId, u32>,
+    /// Per network and per IPv6 /48 block.
     per_network: HashMap<Network, u32>,
     total: usize,
     next: u64,
@@ -203,10 +206,12 @@ impl MailboxService {
     ) -> Option<Waiter<'_>> {
         let mut waiters = self.lock_waiters();
         let of_peer = waiters.per_peer.get(&peer).copied().unwrap_or(0);
-        let of_network = network.and_then(|n| waiters.per_network.get(&n).copied()).unwrap_or(0);
+        let held = |key: Option<Network>| key.and_then(|k| waiters.per_network.get(&k).copied()).unwrap_or(0);
+        let block = network.and_then(|n| n.block());
         if waiters.total >= MAX_LONG_POLLS
             || of_peer >= MAX_LONG_POLLS_PER_PEER
-            || of_network >= MAX_LONG_POLLS_PER_NETWORK
+            || held(network) >= MAX_LONG_POLLS_PER_NETWORK
+            || held(block) >= MAX_LONG_POLLS_PER_IPV6_BLOCK
         {
             self.inner.metrics.long_poll_declined();
             return None;
@@ -218,8 +223,8 @@ impl MailboxService {
             waiters.by_mailbox.entry(*id).or_default().push((key, Arc::clone(&notify)));
         }
         *waiters.per_peer.entry(peer).or_default() += 1;
-        if let Some(network) = network {
-            *waiters.per_network.entry(network).or_default() += 1;
+        for key in network.into_iter().chain(block) {
+            *waiters.per_network.entry(key).or_default() += 1;
         }
         waiters.total += 1;
         self.inner.metrics.set_long_polls(waiters.total);
@@ -299,6 +304,9 @@ impl Drop for Waiter<'_> {
         release(&mut waiters.per_peer, self.peer);
         if let Some(network) = self.network {
             release(&mut waiters.per_network, network);
+            if let Some(block) = network.block() {
+                release(&mut waiters.per_network, block);
+            }
         }
         waiters.total -= 1;
         self.service.inner.metrics.set_long_polls(waiters.total);
@@ -392,6 +400,7 @@ mod tests {
         let rate = RateLimits {
             per_peer: Rate { per_second: 1, burst: 10 },
             per_ip: Rate { per_second: 1_000, burst: 1_000 },
+            ..RateLimits::default()
         };
         let (service, registry) = service(dir.path(), rate);
         let (flooder, other) = (PeerId::random(), PeerId::random());
@@ -491,10 +500,21 @@ mod tests {
         let started = Instant::now();
         assert_eq!(service.handle(PeerId::random(), crowd(999), fetch(1, 5_000), T0).await, empty);
         assert!(started.elapsed() < Duration::from_secs(2));
+        // The other /64s of that /48 share its 256 slots.
+        let neighbour = |n: u16, i: u16| Some(IpAddr::from([0x2001, 0xdb8, 0, 0x100 + n, i, 0, 0, 1]));
+        for n in 0..(MAX_LONG_POLLS_PER_IPV6_BLOCK / MAX_LONG_POLLS_PER_NETWORK - 1) as u16 {
+            for i in 0..per_network {
+                let peer = PeerId::random();
+                polls.extend(
+                    hold_long_polls(&service, peer, neighbour(n, i as u16), MAX_LONG_POLLS_PER_PEER).await,
+                );
+            }
+        }
+        assert_eq!(service.handle(PeerId::random(), neighbour(99, 0), fetch(1, 5_000), T0).await, empty);
         // Another network still gets a slot.
         let elsewhere = Some(IpAddr::from([203, 0, 113, 5]));
         polls.extend(hold_long_polls(&service, PeerId::random(), elsewhere, 1).await);
-        assert!(exposition(&registry).contains("merpati_mailbox_long_polls_declined_total 2"));
+        assert!(exposition(&registry).contains("merpati_mailbox_long_polls_declined_total 3"));
         // One deposit answers them all.
         assert!(matches!(
             service.handle(PeerId::random(), None, deposit(1), T0).await,

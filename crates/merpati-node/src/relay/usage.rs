@@ -3,9 +3,9 @@
 //!
 //! Quotas, in the order they are checked:
 //! 1. the mailbox's count and bytes (`MailboxFull`): one conversation cannot take everything;
-//! 2. the depositor's network and peer (`RateLimited`, retry later): what one network has stored
-//!    and not yet seen fetched is capped, so one abuser, however many peer ids it makes, cannot
-//!    take the relay's budget from everyone else;
+//! 2. the depositor's network, its IPv6 /48 and its peer (`RateLimited`, retry later): what one
+//!    network has stored and not yet seen fetched is capped, so one abuser, however many peer ids
+//!    (or /64s of its /48) it makes, cannot take the relay's budget from everyone else;
 //! 3. the relay's disk budget and mailbox count (`RelayFull`), of which a reserve is kept for
 //!    mailboxes their owners fetched lately ("live"): a mailbox nobody fetches cannot use it.
 
@@ -26,6 +26,7 @@ pub(super) const DEPOSITOR_RETRY_MS: u32 = 60_000;
 #[derive(Debug, Default)]
 pub(super) struct Usage {
     per_mailbox: HashMap<MailboxId, Held>,
+    /// Bytes per network and per IPv6 /48 block (a block is a `Network` of its own kind).
     per_network: HashMap<Network, u64>,
     per_peer: HashMap<PeerKey, u64>,
     envelopes: u64,
@@ -60,7 +61,11 @@ impl Usage {
         let over = |used: Option<&u64>, max: u64| used.copied().unwrap_or(0).saturating_add(len) > max;
         let network_over =
             depositor.network.is_some_and(|n| over(self.per_network.get(&n), limits.max_bytes_per_network));
-        if network_over || over(self.per_peer.get(&depositor.peer), limits.max_bytes_per_peer) {
+        let block_over = depositor
+            .network
+            .and_then(|n| n.block())
+            .is_some_and(|b| over(self.per_network.get(&b), limits.max_bytes_per_ipv6_block));
+        if network_over || block_over || over(self.per_peer.get(&depositor.peer), limits.max_bytes_per_peer) {
             return Err(Refusal::RateLimited { retry_after_ms: DEPOSITOR_RETRY_MS });
         }
         let (budget, max_mailboxes) = if live {
@@ -83,8 +88,8 @@ impl Usage {
         held.count = held.count.saturating_add(1);
         held.bytes += len;
         if let Some(depositor) = depositor {
-            if let Some(network) = depositor.network {
-                *self.per_network.entry(network).or_default() += len;
+            for key in networks_of(depositor) {
+                *self.per_network.entry(key).or_default() += len;
             }
             *self.per_peer.entry(depositor.peer).or_default() += len;
         }
@@ -102,8 +107,8 @@ impl Usage {
             }
         }
         if let Some(depositor) = depositor {
-            if let Some(network) = depositor.network {
-                subtract(&mut self.per_network, network, len);
+            for key in networks_of(depositor) {
+                subtract(&mut self.per_network, key, len);
             }
             subtract(&mut self.per_peer, depositor.peer, len);
         }
@@ -133,6 +138,11 @@ impl Usage {
     }
 }
 
+/// The depositor's network and its block, those it has.
+fn networks_of(depositor: &Depositor) -> impl Iterator<Item = Network> {
+    depositor.network.into_iter().chain(depositor.network.and_then(|n| n.block()))
+}
+
 /// Lowers `key`'s count by `len`, dropping it at zero so the maps hold only current depositors.
 fn subtract<K: Hash + Eq>(map: &mut HashMap<K, u64>, key: K, len: u64) {
     if let Some(used) = map.get_mut(&key) {
@@ -157,6 +167,7 @@ mod tests {
             max_bytes_per_mailbox: 10_000,
             max_bytes_per_network: 3_000,
             max_bytes_per_peer: 2_000,
+            max_bytes_per_ipv6_block: 5_000,
             disk_budget: 10_000,
             max_mailboxes: 10,
             live_reserve_percent: 20,
@@ -194,6 +205,25 @@ mod tests {
         usage.release(mailbox, Some(&peer), 2_000);
         assert!(usage.admit(&limits, &mailbox, &peer, 2_000, true).is_ok());
         assert_eq!(usage.of_network(&peer.network.unwrap()), 0);
+    }
+
+    #[test]
+    fn the_64s_of_one_48_share_a_larger_quota() {
+        let limits = limits();
+        let mut usage = Usage::default();
+        let mailbox = MailboxId([2; 16]);
+        // Each /64 of the /48 may store 3 000, all of them together 5 000.
+        let mut stored = 0;
+        for i in 0..20u16 {
+            let depositor = from(&format!("2001:db8:9:{i:x}::1"));
+            while usage.admit(&limits, &mailbox, &depositor, 1_000, true).is_ok() {
+                usage.add(mailbox, Some(&depositor), 1_000);
+                stored += 1_000;
+            }
+        }
+        assert_eq!(stored, 5_000);
+        // Another /48 is not held back.
+        assert!(usage.admit(&limits, &mailbox, &from("2001:db8:a::1"), 1_000, true).is_ok());
     }
 
     #[test]
