@@ -130,10 +130,12 @@ pub struct MailboxLimits {
     /// The share of `disk_budget` and `max_mailboxes`, in percent, only mailboxes fetched lately
     /// may use. Default: 20.
     pub live_reserve_percent: u8,
-    /// The most fetch marks kept. Default: 1 000 000 (about 60 MB of disk).
+    /// The most fetch marks kept (each a 16-byte key and a 17-byte value in sled). Default:
+    /// 1 000 000.
     pub max_fetch_marks: u64,
     /// The most fetch marks the fetches of one network may have created. Default: 50 000 (a node
-    /// with a thousand contacts needs about 46 000 at its first start).
+    /// with a thousand contacts fetches up to about 46 000 mailboxes at its first start: 31 days back
+    /// and two weeks ahead per conversation).
     pub max_fetch_marks_per_network: u64,
     /// The most fetch marks the fetches of one IPv6 /48 may have created. Default: 200 000.
     pub max_fetch_marks_per_ipv6_block: u64,

@@ -112,7 +112,7 @@ impl MailboxMetrics {
         );
         r.register(
             "relay_reservations",
-            "Relay circuit reservations held now",
+            "Peers holding a relay circuit reservation now",
             metrics.relay_reservations.clone(),
         );
         // Every refusal series exists from the start, at 0, so rates and alerts work before the
