@@ -248,6 +248,24 @@ impl Node {
         self.ok(&["contact", "add", &invite, "--name", name]);
     }
 
+    /// The id `other`'s contact requests get here: the first 16 hex digits of their fingerprint.
+    pub fn request_id_of(other: &Node) -> String {
+        let status: Value = serde_json::from_str(other.ok(&["--json", "status"]).trim()).unwrap();
+        status["fingerprint"].as_str().unwrap().replace(' ', "")[..16].to_owned()
+    }
+
+    /// Waits for `other`'s contact request (their first contact: they hold this node's invite,
+    /// this node does not hold theirs) and accepts it under `name`.
+    pub fn accept_request(&self, other: &Node, name: &str) {
+        let id = Node::request_id_of(other);
+        wait_until(&format!("{name}'s contact request"), Duration::from_secs(120), || {
+            self.ok(&["--json", "requests"]).lines().any(|line| {
+                serde_json::from_str::<Value>(line).is_ok_and(|request| request["id"] == id.as_str())
+            })
+        });
+        self.ok(&["requests", "accept", &id, "--name", name]);
+    }
+
     /// Sends `text` to `to`; returns the message id.
     pub fn send(&self, to: &str, text: &str) -> String {
         self.ok(&["send", to, "--", text]).trim().to_owned()

@@ -89,6 +89,7 @@ fn alice_knows_no_usable_address(lan: &Lan, mdns: bool) -> (Node, Node) {
     alice.start();
     wait_on_the_lan(&alice, ALICE_IP);
     alice.ok(&["contact", "add", &invite, "--name", "bob"]);
+    let alice_invite = alice.invite();
     let contact: Value = serde_json::from_str(&alice.ok(&["--json", "contact", "show", "bob"])).unwrap();
     let addrs = contact["addrs"].as_array().unwrap();
     assert!(!addrs.is_empty(), "the invite should name an address: {contact}");
@@ -103,6 +104,9 @@ fn alice_knows_no_usable_address(lan: &Lan, mdns: bool) -> (Node, Node) {
     bob.configure(on_the_lan(&lan.b, mdns));
     bob.start();
     wait_on_the_lan(&bob, BOB_IP);
+    // Bob adds Alice too (her first contact, should it come first, waits as a request and opens
+    // then).
+    bob.ok(&["contact", "add", &alice_invite, "--name", "alice"]);
     (alice, bob)
 }
 

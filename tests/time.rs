@@ -45,6 +45,8 @@ fn an_invite_eleven_months_old_still_makes_a_contact_and_an_older_one_says_when_
     }
     alice.ok(&["contact", "add", &invite, "--name", "bob"]);
     let id = alice.send("bob", "found your invite from last year");
+    // Bob does not hold Alice's invite: she reaches him as a request, which he accepts.
+    bob.accept_request(&alice, "alice");
     wait_until("the first message from an eleven-month-old invite to be delivered", PATIENCE, || {
         delivered(&alice, &id)
     });
@@ -86,6 +88,7 @@ fn a_node_started_after_ninety_days_unused_is_ready_and_holds_no_stale_key() {
     carol.start();
     carol.add(&bob, "bob");
     let id = carol.send("bob", "hello after ninety days");
+    bob.accept_request(&carol, "carol");
     wait_until("Carol's first contact to be delivered", PATIENCE, || delivered(&carol, &id));
     assert!(received(&bob).contains(&"hello after ninety days".to_owned()));
     let status: Value = serde_json::from_str(bob.ok(&["--json", "status"]).trim()).unwrap();

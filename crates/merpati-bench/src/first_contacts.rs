@@ -4,14 +4,15 @@
 //! this process), add B from it and send one text, whose first-contact envelope a libp2p client
 //! hands to B's node directly, several at once. Beside them A, a contact of B's, sends B a
 //! message now and then; the latency from A's `send` until B's node has stored it is measured
-//! with the flood and without it. Reported too: what B's node answered, how many contacts B has
-//! afterwards, and B's CPU, memory and database size.
+//! with the flood and without it. Reported too: what B's node answered, how many contacts and
+//! contact requests B has afterwards (strangers wait as requests, at most 100, the oldest
+//! dropped), and B's CPU, memory and database size.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use merpati_control::protocol::method::{ContactList, Invite, Send};
+use merpati_control::protocol::method::{ContactList, Invite, Requests, Send};
 use merpati_control::protocol::{NoParams, SendParams};
 use merpati_proto::wire::deliver;
 use serde_json::{Value, json};
@@ -69,6 +70,7 @@ pub(crate) fn run(exe: &Path, dir: &Path, strangers: usize) -> anyhow::Result<Va
     let seconds = took.as_secs_f64();
     let cpu = cpu_seconds(pid)? - cpu0;
     let contacts = bob.client()?.call::<ContactList>(NoParams {})?.contacts.len();
+    let requests = bob.client()?.call::<Requests>(NoParams {})?;
     Ok(json!({
         "strangers": strangers,
         "answers": answers,
@@ -76,6 +78,8 @@ pub(crate) fn run(exe: &Path, dir: &Path, strangers: usize) -> anyhow::Result<Va
         "a_to_b_latency_ms_alone": summary(alone, Unit::Millis),
         "a_to_b_latency_ms_flooded": summary(under, Unit::Millis),
         "b_contacts_after": contacts,
+        "b_requests_after": requests.requests.len(),
+        "b_requests_dropped": requests.dropped,
         "b_cpu_seconds": round(cpu, 2),
         "b_rss_before_mib": mib(rss_before),
         "b_peak_rss_mib": mib(peak_rss_kib(pid)?),

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use merpati_control::protocol::check_name;
 use merpati_proto::invite::MAX_NAME_LEN;
 
-use crate::commands::{contact, init, invite, messages, relay, send};
+use crate::commands::{contact, init, invite, messages, relay, requests, send};
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
 ///
@@ -37,7 +37,7 @@ pub(crate) enum Command {
     Init(init::Args),
     /// Print an invite for someone to add you as a contact
     Invite(invite::Args),
-    /// Add, list and show contacts
+    /// Add, list, show, rename, remove and block contacts
     #[command(subcommand)]
     Contact(contact::Command),
     /// Send a text to a contact
@@ -54,6 +54,12 @@ pub(crate) enum Command {
     /// list them, so add relays before you hand out invites.
     #[command(subcommand)]
     Relay(relay::Command),
+    /// List, accept, reject or block contact requests
+    ///
+    /// Someone with your invite who is not in your contacts reaches you as a request: nothing is
+    /// answered and no receipt goes back until you accept. The name they give is their word
+    /// only. At most 100 requests wait; past that the oldest is dropped.
+    Requests(requests::Args),
 }
 
 /// A contact name argument: 1–64 characters, no control characters (what merpatid accepts), so

@@ -35,6 +35,12 @@ pub(crate) enum Code {
     RelayListFull = 12,
     /// 13: `relay add` found no relay at the address (unreachable, or not a relay).
     RelayCheckFailed = 13,
+    /// 14: no contact request has that id.
+    UnknownRequest = 14,
+    /// 15: the contact request was too old to open (it was deleted).
+    RequestExpired = 15,
+    /// 16: `contact unblock` named someone who is not blocked.
+    NotBlocked = 16,
 }
 
 /// An error found by the CLI itself, with the exit code it calls for.
@@ -77,6 +83,9 @@ pub(crate) fn code_of(error: &anyhow::Error) -> Code {
                     Some(AppError::UnknownRelay) => Code::UnknownRelay,
                     Some(AppError::RelayListFull) => Code::RelayListFull,
                     Some(AppError::RelayCheckFailed) => Code::RelayCheckFailed,
+                    Some(AppError::UnknownRequest) => Code::UnknownRequest,
+                    Some(AppError::RequestExpired) => Code::RequestExpired,
+                    Some(AppError::NotBlocked) => Code::NotBlocked,
                     _ => Code::Other,
                 },
                 _ => Code::Other,

@@ -3,10 +3,11 @@
 use libp2p::Multiaddr;
 use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
-    self, AppError, ContactAddResult, ContactListResult, ContactShowResult, ContactSummary,
-    Direction as ViewDirection, InviteResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult,
-    RelayListResult, RelayView, Request, Response, SendParams, SendResult, StatusResult, StatusUpdate,
-    StoredCount,
+    self, AppError, BlockedListResult, BlockedView, ContactAddResult, ContactListResult, ContactNameResult,
+    ContactShowResult, ContactSummary, Direction as ViewDirection, InviteResult, MessageStatus, MessageView,
+    MessagesReadResult, MessagesResult, RejectResult, RelayListResult, RelayView, Request,
+    RequestAcceptResult, RequestListResult, RequestView, Response, SendParams, SendResult, StatusResult,
+    StatusUpdate, StoredCount,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -15,7 +16,7 @@ use serde::Serialize;
 
 use crate::engine::{Engine, EngineError};
 use crate::net;
-use crate::store::{Direction, SledStore, Status, Store, StoredMessage};
+use crate::store::{Blocked, ContactRequest, Direction, RequestId, SledStore, Status, Store, StoredMessage};
 
 /// Answers one control request received at `now`.
 pub(crate) async fn handle(
@@ -40,6 +41,64 @@ pub(crate) async fn handle(
             }),
         },
         method::ContactList::NAME => contact_list(engine, net).await.map(to_value),
+        method::ContactRename::NAME => match request.params_of::<method::ContactRename>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| engine.rename_contact(&params.name, &params.new_name))
+                .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
+        },
+        method::ContactRemove::NAME => match request.params_of::<method::ContactRemove>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| engine.remove_contact(&params.name))
+                .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
+        },
+        method::ContactBlock::NAME => match request.params_of::<method::ContactBlock>() {
+            Err(answer) => return answer,
+            Ok(params) => {
+                blocking(|| engine.block_contact(&params.name, now)).map(|b| to_value(blocked_view(&b)))
+            }
+        },
+        method::ContactUnblock::NAME => match request.params_of::<method::ContactUnblock>() {
+            Err(answer) => return answer,
+            Ok(params) => request_id(&params.id)
+                .and_then(|id| blocking(|| engine.unblock(&id)))
+                .map(|b| to_value(blocked_view(&b))),
+        },
+        method::ContactBlocked::NAME => engine
+            .store()
+            .blocked()
+            .map(|all| to_value(BlockedListResult { blocked: all.iter().map(blocked_view).collect() }))
+            .map_err(EngineError::from),
+        method::Requests::NAME => request_list(engine).map(to_value),
+        method::RequestsAccept::NAME => match request.params_of::<method::RequestsAccept>() {
+            Err(answer) => return answer,
+            Ok(params) => request_id(&params.id)
+                .and_then(|id| blocking(|| engine.accept_request(&id, &params.name, now)))
+                .map(|accepted| {
+                    let contact = accepted.contact;
+                    to_value(RequestAcceptResult {
+                        fingerprint: fingerprint(&contact.identity),
+                        safety_number: SafetyNumber::new(
+                            &engine.profile().identity.public(),
+                            &contact.identity,
+                        )
+                        .to_string(),
+                        name: contact.name,
+                        opened: u32::try_from(accepted.opened).unwrap_or(u32::MAX),
+                    })
+                }),
+        },
+        method::RequestsReject::NAME => match request.params_of::<method::RequestsReject>() {
+            Err(answer) => return answer,
+            Ok(params) => request_id(&params.id)
+                .and_then(|id| blocking(|| engine.reject_request(&id)))
+                .map(|()| to_value(RejectResult {})),
+        },
+        method::RequestsBlock::NAME => match request.params_of::<method::RequestsBlock>() {
+            Err(answer) => return answer,
+            Ok(params) => request_id(&params.id)
+                .and_then(|id| blocking(|| engine.block_request(&id, now)))
+                .map(|b| to_value(blocked_view(&b))),
+        },
         method::ContactShow::NAME => match request.params_of::<method::ContactShow>() {
             Err(answer) => return answer,
             Ok(params) => blocking(|| contact_show(engine, &params.name, now)).map(to_value),
@@ -167,6 +226,10 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         EngineError::InvalidRelay(_) => AppError::InvalidRelayAddress,
         EngineError::UnknownRelay(_) => AppError::UnknownRelay,
         EngineError::TooManyRelays { .. } => AppError::RelayListFull,
+        EngineError::UnknownRequest(_) => AppError::UnknownRequest,
+        EngineError::RequestExpired(_) => AppError::RequestExpired,
+        EngineError::NotBlocked(_) => AppError::NotBlocked,
+        EngineError::BlockedIdentity(_) => AppError::InvalidInvite,
         EngineError::Store(_)
         | EngineError::NotSaved(_)
         | EngineError::Seal(_)
@@ -285,6 +348,47 @@ pub(crate) fn stored_of(status: Status) -> Option<StoredCount> {
         }
         _ => None,
     }
+}
+
+/// A request (or blocked sender's) id as the user typed it.
+fn request_id(text: &str) -> Result<RequestId, EngineError> {
+    text.trim().to_ascii_lowercase().parse().map_err(|()| EngineError::UnknownRequest(text.to_owned()))
+}
+
+fn request_list(engine: &Engine<SledStore>) -> Result<RequestListResult, EngineError> {
+    Ok(RequestListResult {
+        requests: engine.requests()?.iter().map(request_view).collect(),
+        dropped: engine.store().requests_dropped()?,
+    })
+}
+
+/// How a contact request is shown on the control API.
+pub(crate) fn request_view(request: &ContactRequest) -> RequestView {
+    RequestView {
+        id: request.id.to_string(),
+        fingerprint: fingerprint(&request.identity),
+        suggested_name: request.suggested_name.clone(),
+        preview: request.preview.clone(),
+        envelopes: u32::try_from(request.envelopes.len()).unwrap_or(u32::MAX),
+        dropped: request.dropped,
+        first_at: request.first_at,
+        last_at: request.last_at,
+    }
+}
+
+fn blocked_view(blocked: &Blocked) -> BlockedView {
+    BlockedView {
+        id: RequestId::of(&blocked.identity).to_string(),
+        fingerprint: fingerprint(&blocked.identity),
+        label: blocked.label.clone(),
+        since: blocked.at,
+    }
+}
+
+/// Whether `request` removed a contact's sessions: the daemon then replaces the storage key, so
+/// the copies of their records the database leaves behind can no longer be opened.
+pub(crate) fn removes_sessions(request: &Request) -> bool {
+    matches!(request.method.as_str(), method::ContactRemove::NAME | method::ContactBlock::NAME)
 }
 
 /// Whether `request` may have changed our relays (the daemon then re-syncs the network).

@@ -95,6 +95,7 @@ fn a_crash_between_any_two_steps_of_the_maintenance_pass_loses_nothing_and_reuse
         {
             let mut alice = start(open(dir.path()), 1, "Alice", T0);
             alice.add_contact(&invite, "bob", T0).unwrap();
+            bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
             for i in 0..3 {
                 sent.push(alice.send_text("bob", &format!("day 0 #{i}"), T0).unwrap().text);
             }

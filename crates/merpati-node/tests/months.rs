@@ -282,7 +282,7 @@ impl World {
         format!("seed {:#x}, day {:.2}", self.seed, self.sim as f64 / DAY as f64)
     }
 
-    /// Both start, both use both relays, and Alice adds Bob from his invite.
+    /// Both start, both use both relays, and they add each other from their invites.
     fn introduce(&mut self) {
         for i in 0..2 {
             self.start(i);
@@ -297,6 +297,11 @@ impl World {
         let invite = self.users[1].engine().invite(node, addresses, now).unwrap();
         let now = self.users[0].clock.at(0);
         self.users[0].engine().add_contact(&invite, "bob", now).unwrap();
+        let alice = &self.users[0];
+        let (node, addresses) = (alice.node.clone(), vec![alice.node_address.clone()]);
+        let invite = self.users[0].engine().invite(node, addresses, now).unwrap();
+        let now = self.users[1].clock.at(0);
+        self.users[1].engine().add_contact(&invite, "alice", now).unwrap();
     }
 
     fn start(&mut self, i: usize) {
@@ -809,6 +814,7 @@ fn mail_under_a_replaced_announcement_is_still_fetched() {
     let (mut alice, mut bob) = (start(1, "Alice"), start(2, "Bob"));
     let invite = bob.invite(peer_of(2).to_bytes(), vec![], T0).unwrap();
     alice.add_contact(&invite, "bob", T0).unwrap();
+    bob.add_contact(&alice.invite(peer_of(1).to_bytes(), vec![], T0).unwrap(), "alice", T0).unwrap();
     // Day 0: a message and Bob's receipt, which announces Bob's mailboxes of days 0 to 13.
     alice.send_text("bob", "hello", day(0)).unwrap();
     hand_over(&mut alice, b"alice-node", &mut bob, day(0));

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use merpati_node::store::keyring::KEY_FILE;
 use merpati_node::store::{
-    Change, Contact, Direction, Keyring, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore, NodeKey, OutboxEntry,
-    OutboxHead, Profile, SCHEMA_VERSION, SessionRecord, SledStore, Status, Store, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, Direction, Keyring, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore,
+    NodeKey, OutboxEntry, OutboxHead, Profile, RequestId, SCHEMA_VERSION, SessionRecord, SledStore, Status,
+    Store, StoreError, StoredMessage,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -703,6 +704,88 @@ mod conformance {
         assert!(matches!(err, Err(StoreError::Conflict { .. })));
         assert!(store.contact("eve").unwrap().is_none());
     }
+
+    pub(crate) fn requests_and_blocks_round_trip<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(30);
+        let identity = f.contact("x").identity;
+        let request = ContactRequest {
+            id: RequestId::of(&identity),
+            identity,
+            suggested_name: Some("Sari".into()),
+            preview: Some("hi".into()),
+            first_at: NOW,
+            last_at: NOW,
+            envelopes: vec![serde_bytes::ByteBuf::from(vec![7u8; 300])],
+            dropped: 2,
+        };
+        assert!(store.requests().unwrap().is_empty());
+        assert_eq!(store.requests_dropped().unwrap(), 0);
+        store.apply(&[Change::PutRequest(request.clone()), Change::NoteRequestsDropped(3)]).unwrap();
+        assert_eq!(store.request(&request.id).unwrap(), Some(request.clone()));
+        assert_eq!(store.requests().unwrap(), std::slice::from_ref(&request));
+        store.apply(&[Change::NoteRequestsDropped(1)]).unwrap();
+        assert_eq!(store.requests_dropped().unwrap(), 4);
+        store.apply(&[Change::RemoveRequest(request.id)]).unwrap();
+        assert!(store.request(&request.id).unwrap().is_none());
+
+        let blocked = Blocked { identity, label: "Sari".into(), at: NOW, sessions: vec![SessionId([4; 16])] };
+        assert!(!store.is_blocked(&identity).unwrap());
+        store.apply(&[Change::Block(blocked.clone())]).unwrap();
+        assert!(store.is_blocked(&identity).unwrap());
+        assert_eq!(store.blocked().unwrap(), [blocked]);
+        store.apply(&[Change::Unblock(identity)]).unwrap();
+        assert!(!store.is_blocked(&identity).unwrap() && store.blocked().unwrap().is_empty());
+    }
+
+    /// Renaming moves the conversation and the queue (with its head) to the new name, and
+    /// removing deletes them with every index entry: the other contact is untouched either way.
+    pub(crate) fn contacts_are_renamed_and_removed_with_what_they_own<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(31);
+        let (ann, bob) = (f.contact("ann"), f.contact("bob"));
+        let mut changes = vec![Change::AddContact(ann), Change::AddContact(bob)];
+        for name in ["ann", "bob"] {
+            for i in 0..3 {
+                changes.push(Change::PutMessage(f.message(name, &format!("{name} {i}"))));
+                changes.push(Change::PutOutbox(f.outbox(name, 100 + i)));
+            }
+        }
+        store.apply(&changes).unwrap();
+        let ann_queue: Vec<MessageId> = store.outbox_queue("ann", 10).unwrap().iter().map(|h| h.id).collect();
+        let before = store.outbox_len().unwrap();
+
+        // A taken name is refused and changes nothing.
+        let taken = store.apply(&[Change::RenameContact { from: "ann".into(), to: "bob".into() }]);
+        assert!(matches!(taken, Err(StoreError::Conflict { .. })), "{taken:?}");
+        assert_eq!(store.messages(Some("ann"), 10).unwrap().len(), 3);
+
+        store.apply(&[Change::RenameContact { from: "ann".into(), to: "Ann Lee".into() }]).unwrap();
+        assert!(store.contact("ann").unwrap().is_none());
+        assert_eq!(store.contact("Ann Lee").unwrap().unwrap().name, "Ann Lee");
+        let moved = store.messages(Some("Ann Lee"), 10).unwrap();
+        assert_eq!(moved.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(), ["ann 0", "ann 1", "ann 2"]);
+        assert!(moved.iter().all(|m| m.contact == "Ann Lee"));
+        assert!(store.messages(Some("ann"), 10).unwrap().is_empty());
+        let queue: Vec<MessageId> = store.outbox_queue("Ann Lee", 10).unwrap().iter().map(|h| h.id).collect();
+        assert_eq!(queue, ann_queue);
+        assert!(store.outbox_queue("ann", 10).unwrap().is_empty());
+        let due = store.outbox_due(Timestamp(u64::MAX)).unwrap();
+        assert_eq!(due.iter().filter(|h| h.contact == "Ann Lee").count(), 1, "{due:?}");
+        assert!(due.iter().all(|h| h.contact != "ann"));
+        assert!(store.outbox().unwrap().iter().all(|e| e.contact != "ann"));
+        assert_eq!(store.outbox_len().unwrap(), before);
+
+        store.apply(&[Change::RemoveContact("Ann Lee".into())]).unwrap();
+        assert!(store.contact("Ann Lee").unwrap().is_none());
+        assert!(store.messages(Some("Ann Lee"), 10).unwrap().is_empty());
+        let all: Vec<String> = store.messages(None, 10).unwrap().into_iter().map(|m| m.contact).collect();
+        assert_eq!(all, ["bob", "bob", "bob"]);
+        assert!(store.outbox_queue("Ann Lee", 10).unwrap().is_empty());
+        assert_eq!(store.outbox_len().unwrap(), before - 3);
+        assert_eq!(store.outbox().unwrap().len(), 3);
+        let due = store.outbox_due(Timestamp(u64::MAX)).unwrap();
+        assert_eq!(due.iter().map(|h| h.contact.as_str()).collect::<Vec<_>>(), ["bob"]);
+        assert_eq!(store.contacts().unwrap().len(), 1);
+    }
 }
 
 fn open_sled(dir: &Path) -> SledStore {
@@ -773,6 +856,8 @@ conformance!(
     stored_statuses_and_reasons,
     receipt_deadlines_are_listed_soonest_first_and_removed,
     announcement_notes_are_per_session_newest_first,
+    requests_and_blocks_round_trip,
+    contacts_are_renamed_and_removed_with_what_they_own,
 );
 
 /// Tests of what only the disk store has.

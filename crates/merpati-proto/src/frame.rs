@@ -22,6 +22,7 @@
 //!             2 relay hints:      count u8 (<= MAX_HINTS), each: len u16 (1..=MAX_ADDR_LEN), bytes
 //!             3 node info:        peer_id len u8 (1..=MAX_PEER_ID_LEN), bytes,
 //!                                 count u8 (<= MAX_HINTS), each: len u16 (1..=MAX_ADDR_LEN), bytes
+//!             4 display name:     len u8 (1..=MAX_DISPLAY_NAME_LEN), UTF-8 without control characters
 //! fragment  see `crate::fragment`
 //! ```
 //!
@@ -56,6 +57,8 @@ pub const MAX_BODY_LEN: usize = MAX_TRANSPORT_PLAINTEXT - FIXED_LEN;
 pub const MAX_TEXT_LEN: usize = 15 * 1024;
 /// The most message ids one receipt may acknowledge.
 pub const MAX_RECEIPT_IDS: usize = 64;
+/// The longest display name a sender may suggest, in bytes of UTF-8.
+pub const MAX_DISPLAY_NAME_LEN: usize = 64;
 /// The most addresses in a relay-hint or node-info control message.
 pub const MAX_HINTS: usize = 8;
 /// The longest address (a binary multiaddr) in a control message.
@@ -77,6 +80,7 @@ mod control_type {
     pub(super) const MAILBOX_ROTATION: u8 = 1;
     pub(super) const RELAY_HINTS: u8 = 2;
     pub(super) const NODE_INFO: u8 = 3;
+    pub(super) const DISPLAY_NAME: u8 = 4;
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -187,6 +191,9 @@ pub enum Control {
         /// Binary multiaddrs; may be empty.
         addrs: Vec<Vec<u8>>,
     },
+    /// The name the sender calls themselves, as a suggestion for the receiver's name for them:
+    /// unverified, shown as such, and never used without the receiver's word.
+    DisplayName(String),
 }
 
 /// A frame's content.
@@ -239,6 +246,7 @@ impl Body {
             Self::Control(Control::MailboxRotation(a)) => 1 + 8 + 1 + 16 * a.ids.len(),
             Self::Control(Control::RelayHints(hints)) => 1 + addrs_len(hints),
             Self::Control(Control::NodeInfo { peer_id, addrs }) => 1 + 1 + peer_id.len() + addrs_len(addrs),
+            Self::Control(Control::DisplayName(name)) => 1 + 1 + name.len(),
             Self::Fragment(fragment) => fragment.encoded_len(),
         }
     }
@@ -268,6 +276,7 @@ impl Body {
                 limit("peer id", peer_id.len(), MAX_PEER_ID_LEN)?;
                 check_addrs(addrs)?;
             }
+            Self::Control(Control::DisplayName(name)) => check_display_name(name.as_bytes())?,
             Self::Fragment(fragment) => fragment.validate()?,
         }
         limit("body", self.encoded_len(), MAX_BODY_LEN)
@@ -295,6 +304,9 @@ impl Body {
             Self::Control(Control::NodeInfo { peer_id, addrs }) => {
                 w.u8(control_type::NODE_INFO).bytes_u8(peer_id);
                 write_addrs(w, addrs);
+            }
+            Self::Control(Control::DisplayName(name)) => {
+                w.u8(control_type::DISPLAY_NAME).bytes_u8(name.as_bytes());
             }
             Self::Fragment(fragment) => fragment.encode(w),
         }
@@ -332,6 +344,12 @@ impl Body {
                     }
                     Control::NodeInfo { peer_id: peer_id.to_vec(), addrs: read_addrs(r)? }
                 }
+                control_type::DISPLAY_NAME => {
+                    let bytes = r.bytes_u8(MAX_DISPLAY_NAME_LEN, "display name")?;
+                    check_display_name(bytes)?;
+                    // Checked as UTF-8 just above.
+                    Control::DisplayName(String::from_utf8_lossy(bytes).into_owned())
+                }
                 found => return Err(FrameError::UnknownControl { found }),
             }),
             body_type::FRAGMENT => Self::Fragment(Fragment::decode(r)?),
@@ -339,6 +357,17 @@ impl Body {
         };
         Ok(body)
     }
+}
+
+/// A display name: 1 to [`MAX_DISPLAY_NAME_LEN`] bytes of UTF-8, not only spaces, without control
+/// characters (which could rewrite the terminal that shows it).
+fn check_display_name(bytes: &[u8]) -> Result<(), FrameError> {
+    limit("display name", bytes.len(), MAX_DISPLAY_NAME_LEN)?;
+    let name = std::str::from_utf8(bytes).map_err(|_| FrameError::InvalidUtf8)?;
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(FrameError::Invalid { what: "display name" });
+    }
+    Ok(())
 }
 
 fn limit(what: &'static str, len: usize, max: usize) -> Result<(), FrameError> {
@@ -524,6 +553,8 @@ mod tests {
             Body::Control(Control::RelayHints(Vec::new())),
             Body::Control(Control::RelayHints(vec![vec![6; MAX_ADDR_LEN]; MAX_HINTS])),
             Body::Control(Control::NodeInfo { peer_id: vec![7; MAX_PEER_ID_LEN], addrs: vec![vec![8; 3]] }),
+            Body::Control(Control::DisplayName("Sari".into())),
+            Body::Control(Control::DisplayName("é".repeat(MAX_DISPLAY_NAME_LEN / 2))),
             Body::Fragment(fragment::split(1, &[3; 70_000], [2; 16]).expect("split").remove(0)),
         ];
         for body in bodies {
@@ -587,8 +618,8 @@ mod tests {
             assert_eq!(Frame::decode(&b), Err(expected));
         }
         let mut b = bytes.clone();
-        b[FIXED_LEN] = 4;
-        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 4 }));
+        b[FIXED_LEN] = 5;
+        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 5 }));
     }
 
     #[test]
@@ -608,6 +639,10 @@ mod tests {
             frame(Body::Control(Control::RelayHints(vec![Vec::new()]))),
             frame(Body::Control(Control::NodeInfo { peer_id: Vec::new(), addrs: Vec::new() })),
             frame(Body::Control(Control::NodeInfo { peer_id: vec![1; 65], addrs: Vec::new() })),
+            frame(Body::Control(Control::DisplayName(String::new()))),
+            frame(Body::Control(Control::DisplayName("  ".into()))),
+            frame(Body::Control(Control::DisplayName("x".repeat(MAX_DISPLAY_NAME_LEN + 1)))),
+            frame(Body::Control(Control::DisplayName("evil\u{1b}[2J".into()))),
             frame(Body::Control(Control::MailboxRotation(Announcement { first_day: 0, ids: Vec::new() }))),
             frame(Body::Control(Control::MailboxRotation(Announcement {
                 first_day: 0,

@@ -392,6 +392,7 @@ fn show_body(body: &Body) -> String {
         Body::Control(Control::NodeInfo { peer_id, addrs }) => {
             format!("node_info peer_id={} addrs={}", hex::encode(peer_id), list(addrs))
         }
+        Body::Control(Control::DisplayName(name)) => format!("display_name name={}", hex::encode(name)),
         Body::Fragment(f) => format!(
             "fragment group={} content={} index={} count={} total_len={} chunk_len={}",
             hex::encode(f.group),
@@ -579,6 +580,8 @@ fn ndr1_transcript() -> String {
         ("control.hints", hints),
         ("control.node", node),
         ("fragment", second),
+        // Last, so the vectors above stay as they were before display names existed.
+        ("control.display_name", Body::Control(Control::DisplayName("Sari Wulandari".into()))),
     ] {
         let m = a.seal(&body, T0, &mut rng).unwrap();
         let got = b.open(&m.envelope, T0).unwrap();

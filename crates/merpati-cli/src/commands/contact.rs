@@ -1,9 +1,11 @@
-//! `merpati contact add|list|show`: contacts, through the daemon.
+//! `merpati contact add|list|show|rename|remove|block|unblock|blocked`: contacts, through the daemon.
 
 use anyhow::Result;
 use clap::Subcommand;
 use merpati_control::Home;
-use merpati_control::protocol::{ContactAddParams, ContactShowParams, NoParams, method};
+use merpati_control::protocol::{
+    BlockedView, ContactAddParams, ContactRenameParams, ContactShowParams, NoParams, RequestIdParams, method,
+};
 use merpati_proto::Timestamp;
 use merpati_proto::invite::MAX_INVITE_TEXT;
 
@@ -29,6 +31,36 @@ pub(crate) enum Command {
         /// The contact's name
         name: String,
     },
+    /// Give a contact another name; the conversation and queued messages follow
+    Rename {
+        /// The contact's current name
+        name: String,
+        /// The new name (1-64 characters)
+        #[arg(value_parser = parse_name)]
+        new_name: String,
+    },
+    /// Delete a contact with the conversation, queued messages and session keys
+    ///
+    /// They can still write to you with your invite: that arrives as a contact request. To
+    /// drop whatever they send, use `contact block` instead.
+    Remove {
+        /// The contact's name
+        name: String,
+    },
+    /// Delete a contact as `remove` does, and drop whatever they send from now on
+    ///
+    /// Their messages are dropped unread and get no receipts; they are not told.
+    Block {
+        /// The contact's name
+        name: String,
+    },
+    /// Stop dropping what someone you blocked sends
+    Unblock {
+        /// Their id, as `merpati contact blocked` shows it
+        id: String,
+    },
+    /// List everyone you blocked
+    Blocked,
 }
 
 /// Runs a `contact` subcommand.
@@ -37,7 +69,65 @@ pub(crate) fn run(home: &Home, out: &mut Output, command: Command) -> Result<()>
         Command::Add { invite, name } => add(home, out, invite, name),
         Command::List => list(home, out),
         Command::Show { name } => show(home, out, name),
+        Command::Rename { name, new_name } => {
+            let renamed = connect(home)?
+                .call::<method::ContactRename>(ContactRenameParams { name: name.clone(), new_name })?;
+            if out.is_json() {
+                return out.object(&renamed);
+            }
+            out.line(format_args!("Renamed {} to {}.", sanitize(&name), sanitize(&renamed.name)))
+        }
+        Command::Remove { name } => {
+            let removed = connect(home)?.call::<method::ContactRemove>(ContactShowParams { name })?;
+            if out.is_json() {
+                return out.object(&removed);
+            }
+            out.line(format_args!(
+                "Removed {} with the conversation, queued messages and session keys.",
+                sanitize(&removed.name)
+            ))
+        }
+        Command::Block { name } => {
+            let blocked = connect(home)?.call::<method::ContactBlock>(ContactShowParams { name })?;
+            if out.is_json() {
+                return out.object(&blocked);
+            }
+            out.line(format_args!(
+                "Blocked {} (id {}): removed, and whatever they send is dropped unread.",
+                sanitize(&blocked.label),
+                sanitize(&blocked.id)
+            ))
+        }
+        Command::Unblock { id } => {
+            let unblocked = connect(home)?.call::<method::ContactUnblock>(RequestIdParams { id })?;
+            if out.is_json() {
+                return out.object(&unblocked);
+            }
+            out.line(format_args!(
+                "Unblocked {} (id {}): what they send arrives as a contact request again.",
+                sanitize(&unblocked.label),
+                sanitize(&unblocked.id)
+            ))
+        }
+        Command::Blocked => blocked(home, out),
     }
+}
+
+fn blocked(home: &Home, out: &mut Output) -> Result<()> {
+    let listed = connect(home)?.call::<method::ContactBlocked>(NoParams {})?;
+    if out.is_json() {
+        for entry in &listed.blocked {
+            out.object(entry)?;
+        }
+        return Ok(());
+    }
+    if listed.blocked.is_empty() {
+        return out.line("Nobody is blocked.");
+    }
+    for BlockedView { id, label, since, .. } in &listed.blocked {
+        out.line(format_args!("{}  {}  since {}", sanitize(id), sanitize(label), local_time(*since)))?;
+    }
+    Ok(())
 }
 
 fn add(home: &Home, out: &mut Output, invite: String, name: String) -> Result<()> {

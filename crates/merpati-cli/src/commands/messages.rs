@@ -49,13 +49,31 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
     let Some(events) = events else {
         return Ok(());
     };
+    let mut requests_told = std::collections::HashSet::new();
     for event in events {
-        if let Event::Message(message) = event? {
-            let wanted = args.name.as_ref().is_none_or(|name| *name == message.contact);
-            // `remove`, not `contains`: a message is announced once, so the set only shrinks.
-            if wanted && !printed.remove(&message.id) {
-                print(out, &message)?;
+        match event? {
+            Event::Message(message) => {
+                let wanted = args.name.as_ref().is_none_or(|name| *name == message.contact);
+                // `remove`, not `contains`: a message is announced once, so the set only shrinks.
+                if wanted && !printed.remove(&message.id) {
+                    print(out, &message)?;
+                }
             }
+            // Told once per request, to a person following everything; scripts read
+            // `merpati requests --json`.
+            Event::Request(request)
+                if args.name.is_none() && !out.is_json() && requests_told.insert(request.id.clone()) =>
+            {
+                let from = match &request.suggested_name {
+                    Some(name) => format!("someone who says they are \"{}\" (unverified)", sanitize(name)),
+                    None => "someone not in your contacts".to_owned(),
+                };
+                out.line(format_args!(
+                    "Contact request {} from {from}: see merpati requests",
+                    sanitize(&request.id)
+                ))?;
+            }
+            _ => {}
         }
     }
     Err(ClientError::Closed.into())

@@ -5,6 +5,7 @@ pub(crate) mod init;
 pub(crate) mod invite;
 pub(crate) mod messages;
 pub(crate) mod relay;
+pub(crate) mod requests;
 pub(crate) mod send;
 pub(crate) mod status;
 
@@ -29,6 +30,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Messages(args) => messages::run(&home, &mut out, args),
         Command::Status => status::run(&home, &mut out),
         Command::Relay(command) => relay::run(&home, &mut out, command),
+        Command::Requests(args) => requests::run(&home, &mut out, args),
     }
 }
 

@@ -141,7 +141,7 @@ fn wait_for(
             Ok(Event::Message(MessageView { id, status: Some(status), stored, .. })) => {
                 StatusUpdate { id, status, reason: None, stored }
             }
-            Ok(Event::Message(_)) => continue,
+            Ok(Event::Message(_) | Event::Request(_)) => continue,
             Err(ClientError::Timeout) => return Err(WaitError::TimedOut(current)),
             Err(e) => return Err(WaitError::Client(e)),
         };

@@ -7,10 +7,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::types::{
-    ContactAddParams, ContactAddResult, ContactListResult, ContactShowParams, ContactShowResult,
-    InviteResult, MessageStatusParams, MessagesParams, MessagesReadParams, MessagesReadResult,
-    MessagesResult, NoParams, RelayAddParams, RelayListResult, RelayRemoveParams, SendParams, SendResult,
-    StatusResult, StatusUpdate, SubscribeResult,
+    BlockedListResult, BlockedView, ContactAddParams, ContactAddResult, ContactListResult, ContactNameResult,
+    ContactRenameParams, ContactShowParams, ContactShowResult, InviteResult, MessageStatusParams,
+    MessagesParams, MessagesReadParams, MessagesReadResult, MessagesResult, NoParams, RejectResult,
+    RelayAddParams, RelayListResult, RelayRemoveParams, RequestAcceptParams, RequestAcceptResult,
+    RequestIdParams, RequestListResult, SendParams, SendResult, StatusResult, StatusUpdate, SubscribeResult,
 };
 
 /// A control method: its wire name and the types of its params and result.
@@ -53,6 +54,25 @@ methods! {
     ContactList = "contact.list", NoParams => ContactListResult;
     /// `contact.show`: one contact, with the safety number.
     ContactShow = "contact.show", ContactShowParams => ContactShowResult;
+    /// `contact.rename`: give a contact another name; the conversation follows.
+    ContactRename = "contact.rename", ContactRenameParams => ContactNameResult;
+    /// `contact.remove`: delete a contact with its conversation, queued messages and session
+    /// keys.
+    ContactRemove = "contact.remove", ContactShowParams => ContactNameResult;
+    /// `contact.block`: remove a contact and drop whatever they send from now on.
+    ContactBlock = "contact.block", ContactShowParams => BlockedView;
+    /// `contact.unblock`: stop dropping someone's envelopes.
+    ContactUnblock = "contact.unblock", RequestIdParams => BlockedView;
+    /// `contact.blocked`: everyone blocked.
+    ContactBlocked = "contact.blocked", NoParams => BlockedListResult;
+    /// `requests`: first contacts from people not in the contacts, waiting for a decision.
+    Requests = "requests", NoParams => RequestListResult;
+    /// `requests.accept`: make a request's sender a contact under a name of the user's choice.
+    RequestsAccept = "requests.accept", RequestAcceptParams => RequestAcceptResult;
+    /// `requests.reject`: delete a request.
+    RequestsReject = "requests.reject", RequestIdParams => RejectResult;
+    /// `requests.block`: delete a request and drop whatever its sender sends from now on.
+    RequestsBlock = "requests.block", RequestIdParams => BlockedView;
     /// `send`: queue a text to a contact.
     Send = "send", SendParams => SendResult;
     /// `message.status`: where an outgoing message is.

@@ -72,11 +72,17 @@ pub enum AppError {
     /// 11: `relay.add` checked the address and found no relay there: nothing answered, or what
     /// answered keeps no mailboxes or relays no connections. The message says which.
     RelayCheckFailed,
+    /// 12: no contact request has that id.
+    UnknownRequest,
+    /// 13: the contact request is too old to open; it was deleted.
+    RequestExpired,
+    /// 14: nobody blocked has that id.
+    NotBlocked,
 }
 
 impl AppError {
     /// Every application error, in code order.
-    pub const ALL: [AppError; 11] = [
+    pub const ALL: [AppError; 14] = [
         AppError::UnknownContact,
         AppError::InvalidInvite,
         AppError::MessageTooLarge,
@@ -88,6 +94,9 @@ impl AppError {
         AppError::UnknownRelay,
         AppError::RelayListFull,
         AppError::RelayCheckFailed,
+        AppError::UnknownRequest,
+        AppError::RequestExpired,
+        AppError::NotBlocked,
     ];
 
     /// The wire code.
@@ -104,6 +113,9 @@ impl AppError {
             AppError::UnknownRelay => 9,
             AppError::RelayListFull => 10,
             AppError::RelayCheckFailed => 11,
+            AppError::UnknownRequest => 12,
+            AppError::RequestExpired => 13,
+            AppError::NotBlocked => 14,
         }
     }
 
@@ -394,6 +406,8 @@ pub enum Event {
     Message(MessageView),
     /// An outgoing message changed status.
     Status(StatusUpdate),
+    /// A contact request arrived or grew.
+    Request(RequestView),
 }
 
 impl Event {
@@ -401,12 +415,15 @@ impl Event {
     pub const MESSAGE: &'static str = "message";
     /// The notification method for [`Event::Status`].
     pub const STATUS: &'static str = "status";
+    /// The notification method for [`Event::Request`].
+    pub const REQUEST: &'static str = "request";
 
     /// The notification that carries this event.
     pub fn to_notification(&self) -> Notification {
         let (method, params) = match self {
             Event::Message(message) => (Event::MESSAGE, serde_json::to_value(message)),
             Event::Status(update) => (Event::STATUS, serde_json::to_value(update)),
+            Event::Request(request) => (Event::REQUEST, serde_json::to_value(request)),
         };
         Notification { jsonrpc: Version, method: method.to_owned(), params: params.unwrap_or(Value::Null) }
     }
@@ -417,6 +434,7 @@ impl Event {
         Ok(Some(match notification.method.as_str() {
             Event::MESSAGE => Event::Message(MessageView::deserialize(&notification.params)?),
             Event::STATUS => Event::Status(StatusUpdate::deserialize(&notification.params)?),
+            Event::REQUEST => Event::Request(RequestView::deserialize(&notification.params)?),
             _ => return Ok(None),
         }))
     }

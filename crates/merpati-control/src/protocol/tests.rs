@@ -222,6 +222,24 @@ fn golden_stored_status() {
 }
 
 #[test]
+fn golden_request_notification() {
+    let line = r#"{"jsonrpc":"2.0","method":"request","params":{"id":"98933361a1d131bc","fingerprint":"9893 3361","suggested_name":"Sari","envelopes":2,"dropped":0,"first_at":7,"last_at":8}}"#;
+    let event = Event::Request(RequestView {
+        id: "98933361a1d131bc".into(),
+        fingerprint: "9893 3361".into(),
+        suggested_name: Some("Sari".into()),
+        preview: None,
+        envelopes: 2,
+        dropped: 0,
+        first_at: merpati_proto::Timestamp(7),
+        last_at: merpati_proto::Timestamp(8),
+    });
+    assert_line(&event.to_notification().to_line(), line, "request notification");
+    let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };
+    assert_eq!(Event::from_notification(&n).unwrap(), Some(event));
+}
+
+#[test]
 fn json_without_stored_still_parses() {
     // What a daemon from before `stored` existed writes: no `stored` member anywhere.
     let update: StatusUpdate =
@@ -381,6 +399,15 @@ fn method_names_match_the_document() {
             "contact.add",
             "contact.list",
             "contact.show",
+            "contact.rename",
+            "contact.remove",
+            "contact.block",
+            "contact.unblock",
+            "contact.blocked",
+            "requests",
+            "requests.accept",
+            "requests.reject",
+            "requests.block",
             "send",
             "message.status",
             "messages",
@@ -400,7 +427,7 @@ fn error_codes_match_the_document() {
         [-32700, -32600, -32601, -32602, -32603]
     );
     let codes: Vec<i64> = AppError::ALL.iter().map(|e| e.code()).collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
     for e in AppError::ALL {
         assert_eq!(AppError::from_code(e.code()), Some(e));
     }

@@ -523,3 +523,110 @@ pub struct RelayListResult {
     /// The relays, at most [`MAX_RELAYS`].
     pub relays: Vec<RelayView>,
 }
+
+/// A contact request: a first contact from someone not in the contacts, held until the user
+/// accepts, rejects or blocks it. Nothing was answered end to end meanwhile.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestView {
+    /// The request's id: the first 16 hex digits of the sender's fingerprint.
+    pub id: String,
+    /// The sender's identity fingerprint (compare the safety number once accepted).
+    pub fingerprint: String,
+    /// The name the sender gives themselves: **unverified**, anyone can claim any name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggested_name: Option<String>,
+    /// The start of their first text (at most 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    /// How many envelopes (texts and control messages) the request holds.
+    pub envelopes: u32,
+    /// How many more arrived and were not kept (a request holds at most 16, 256 KiB).
+    pub dropped: u32,
+    /// When the first envelope arrived (ms since the epoch).
+    pub first_at: Timestamp,
+    /// When the last envelope arrived (ms since the epoch).
+    pub last_at: Timestamp,
+}
+
+/// The result of `requests`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestListResult {
+    /// Every request, oldest first.
+    pub requests: Vec<RequestView>,
+    /// How many requests were ever dropped because the queue was full (the oldest goes).
+    pub dropped: u64,
+}
+
+/// The params of `requests.accept`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestAcceptParams {
+    /// The request's id.
+    pub id: String,
+    /// The name to give the new contact (the suggested name is not used unless given here).
+    pub name: String,
+}
+
+/// The result of `requests.accept`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestAcceptResult {
+    /// The new contact's name.
+    pub name: String,
+    /// Their identity fingerprint.
+    pub fingerprint: String,
+    /// The safety number to compare with them out of band.
+    pub safety_number: String,
+    /// How many of the request's envelopes opened and were stored.
+    pub opened: u32,
+}
+
+/// The params of `requests.reject`, `requests.block` and `contact.unblock`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdParams {
+    /// The request's (or blocked sender's) id: 16 hex digits.
+    pub id: String,
+}
+
+/// The params of `contact.rename`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactRenameParams {
+    /// The contact's current name.
+    pub name: String,
+    /// The new name.
+    pub new_name: String,
+}
+
+/// The result of `contact.rename`, `contact.remove`: the contact, as it was named after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactNameResult {
+    /// The contact's name (the new one after a rename).
+    pub name: String,
+    /// The contact's identity fingerprint.
+    pub fingerprint: String,
+}
+
+/// Someone blocked: their envelopes are dropped unread and unanswered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedView {
+    /// Their id (the first 16 hex digits of the fingerprint), for `contact.unblock`.
+    pub id: String,
+    /// Their identity fingerprint.
+    pub fingerprint: String,
+    /// The contact's name, or the request's suggested name, when they were blocked.
+    pub label: String,
+    /// When they were blocked (ms since the epoch).
+    pub since: Timestamp,
+}
+
+/// The result of `contact.blocked`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedListResult {
+    /// Everyone blocked.
+    pub blocked: Vec<BlockedView>,
+}
+
+/// The result of `requests.reject`: `{}`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectResult {}

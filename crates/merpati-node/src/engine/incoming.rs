@@ -1,26 +1,26 @@
 //! Incoming envelopes: find the session, open, store exactly once, answer the sender.
 //!
-//! A first contact to our inbox creates a session (and, for someone not yet in our contacts, a
-//! contact named after their fingerprint); later envelopes find their session by mailbox id. An
+//! A first contact to our inbox from a contact creates a session; from someone not in our
+//! contacts it is held in a contact request until the user decides ([`super::requests`]), and
+//! from someone blocked it is dropped. Later envelopes find their session by mailbox id. An
 //! envelope opened before (a duplicate from another route, or a retry after our answer was lost)
 //! is answered `Accepted` again, so the sender stops retrying (or, for an envelope fetched from a
 //! relay, so the daemon deletes it there). Text is stored and answered with an end-to-end delivery
 //! receipt; receipts move our outgoing messages' status forward; control messages update the
 //! contact's node and relays.
 //!
-//! Envelopes come from the sender's node directly or are fetched from a relay. Only the first
-//! kind names the sender's node: a contact created from a fetched first contact has no peer id
-//! until its `NodeInfo` control message arrives.
+//! Envelopes come from the sender's node directly or are fetched from a relay. Neither is taken
+//! to name the sender's node: a contact learns it from the `NodeInfo` control message, or had it
+//! from their invite.
 
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::{Envelope, Kind};
 use merpati_proto::frame::{Body, MessageId, ReceiptKind};
-use merpati_proto::identity::fingerprint;
 use merpati_proto::session::{Incoming, OpenError, Responder, Session, SessionId, open_digest};
 use merpati_proto::wire::{Refusal, deliver};
 
 use super::{Engine, EngineError};
-use crate::store::{Change, Contact, Direction, Status, Store, StoredMessage};
+use crate::store::{Change, Contact, Direction, RequestId, Status, Store, StoredMessage};
 
 /// What receiving one envelope did.
 #[derive(Debug, Default)]
@@ -31,12 +31,14 @@ pub struct Received {
     pub message: Option<StoredMessage>,
     /// Outgoing messages whose status moved.
     pub statuses: Vec<(MessageId, Status)>,
-    /// A contact created by a first contact from someone we did not know.
-    pub new_contact: Option<Contact>,
+    /// Whether a first contact started a session (whose mailboxes are then to be fetched).
+    pub new_session: bool,
+    /// The contact request a first contact from a stranger was held in.
+    pub request: Option<RequestId>,
 }
 
 impl Received {
-    fn answer(response: deliver::Response) -> Self {
+    pub(super) fn answer(response: deliver::Response) -> Self {
         Self { response: Some(response), ..Self::default() }
     }
 }
@@ -192,11 +194,13 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// Forgets the in-memory state of every session `pending` moved: it is ahead of the disk.
+    /// Forgets the in-memory state of every session `pending` moved, and the request index:
+    /// they are ahead of the disk.
     fn abandon(&mut self, pending: &Pending) {
         for (id, _) in &pending.sessions {
             self.forget_session(id);
         }
+        self.forget_request_index();
     }
 
     fn accept_first_contact(
@@ -211,42 +215,20 @@ impl<S: Store> Engine<S> {
             Err(_) => return Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed))),
         };
         let identity = session.peer().identity;
-        let changes = &mut pending.changes;
-        let mut new_contact = None;
-        // Whether this session becomes the one we send on: then it is our first word to them.
-        let mut ours = true;
-        let contact = match self.store.contacts()?.into_iter().find(|c| c.identity == identity) {
-            Some(mut contact) => {
-                // Both sides may start a session at once; the one this contact started becomes
-                // ours for sending only if we have none, and either way we receive on both.
-                if contact.session.is_none() {
-                    contact.session = Some(session.id());
-                    changes.push(Change::PutContact(contact.clone()));
-                } else {
-                    ours = false;
-                }
-                contact
-            }
-            None => {
-                let contact = Contact {
-                    name: self.stranger_name(&identity)?,
-                    identity,
-                    bundle: None,
-                    inbox: None,
-                    // Known once their `NodeInfo` arrives: it comes first in every session.
-                    peer_id: Vec::new(),
-                    addrs: Vec::new(),
-                    relays: Vec::new(),
-                    session: Some(session.id()),
-                    added_at: now,
-                    last_resort: None,
-                    last_heard: None,
-                };
-                changes.push(Change::AddContact(contact.clone()));
-                new_contact = Some(contact.clone());
-                contact
-            }
+        let Some(mut contact) = self.store.contacts()?.into_iter().find(|c| c.identity == identity) else {
+            // Someone not in our contacts: nothing of theirs becomes a session until the user
+            // accepts them (the session just made is dropped, keys and all).
+            return self.hold_request(identity, incoming, bytes, now, &mut pending.changes);
         };
+        let changes = &mut pending.changes;
+        // Whether this session becomes the one we send on: then it is our first word to them.
+        // Both sides may start a session at once; the one this contact started becomes ours for
+        // sending only if we have none, and either way we receive on both.
+        let ours = contact.session.is_none();
+        if ours {
+            contact.session = Some(session.id());
+            changes.push(Change::PutContact(contact.clone()));
+        }
         if let Some(open) = Envelope::decode(bytes).ok().and_then(|e| e.open) {
             changes.push(Change::IndexOpenDigest { digest: open_digest(&open), session: session.id() });
         }
@@ -259,31 +241,8 @@ impl<S: Store> Engine<S> {
             let start = self.seal_session_start(&id, &contact.name, now)?;
             pending.changes.extend(start);
         }
-        let mut received = self.store_incoming(id, &contact.name, incoming, pending, now)?;
-        // As the batch leaves it: a control message in this first contact may have completed
-        // the record.
-        received.new_contact = new_contact
-            .map(|created| pending_contact(&mut pending.changes, &created.name).cloned().unwrap_or(created));
-        Ok(received)
-    }
-
-    /// The name a stranger's first contact is filed under until the user renames it:
-    /// `unknown-` and 64 bits of the sender's fingerprint, so nobody can make a name collide with
-    /// a future contact's by trying keys; a name already taken (the user may have chosen it) gets
-    /// a number after it.
-    fn stranger_name(
-        &self,
-        identity: &merpati_proto::identity::IdentityPublic,
-    ) -> Result<String, EngineError> {
-        let hex = fingerprint(identity).replace(' ', "");
-        let base = format!("unknown-{}", hex.get(..16).unwrap_or(&hex));
-        let mut name = base.clone();
-        let mut n = 2u32;
-        while self.store.contact(&name)?.is_some() {
-            name = format!("{base}-{n}");
-            n += 1;
-        }
-        Ok(name)
+        let received = self.store_incoming(id, &contact.name, incoming, pending, now)?;
+        Ok(Received { new_session: true, ..received })
     }
 
     fn receive_in_session(
@@ -294,6 +253,10 @@ impl<S: Store> Engine<S> {
         pending: &mut Pending,
     ) -> Result<Received, EngineError> {
         let Some(session) = self.session(&id, now)? else {
+            // A blocked contact's session: dropped unread, answered as any stored envelope.
+            if self.blocked_session(&id)? {
+                return Ok(Received::answer(deliver::Response::Accepted));
+            }
             return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
         };
         let opened = session.open(bytes, now);

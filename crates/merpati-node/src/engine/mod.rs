@@ -11,6 +11,9 @@ mod maintenance;
 mod outgoing;
 mod relays;
 #[cfg(test)]
+mod request_tests;
+mod requests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -25,13 +28,17 @@ use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
 
 use crate::store::{
-    Change, Contact, NodeKey, OutboxEntry, Profile, SessionRecord, Store, StoreError, StoredMessage,
+    Change, Contact, NodeKey, OutboxEntry, Profile, RequestId, SessionRecord, Store, StoreError,
+    StoredMessage,
 };
 
 pub use incoming::Received;
 pub use maintenance::Maintenance;
 pub use outgoing::{Attempt, AttemptResult};
 pub use relays::{ANNOUNCEMENTS_WATCHED, MailboxTokens, SWEEP_DAYS, check_relay};
+pub use requests::{
+    Accepted, MAX_REQUEST_BYTES, MAX_REQUEST_ENVELOPES, MAX_REQUESTS, PREVIEW_CHARS, REQUEST_LIFETIME,
+};
 
 /// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
 pub const DEFAULT_MESSAGE_LIFETIME: u64 = 30 * Timestamp::DAY;
@@ -95,6 +102,21 @@ pub enum EngineError {
     /// None of the user's relays has that peer id.
     #[error("no relay with peer id {0} in your relay list")]
     UnknownRelay(String),
+    /// No contact request has that id.
+    #[error("no contact request with id {0}; `merpati requests` lists them")]
+    UnknownRequest(String),
+    /// The request's envelopes can no longer be opened; it was deleted.
+    #[error(
+        "contact request {0} is too old to open (the key it was written to has expired); it was deleted: \
+         ask them to write again"
+    )]
+    RequestExpired(String),
+    /// Nobody blocked has that id.
+    #[error("nobody with id {0} is blocked; `merpati contact blocked` lists them")]
+    NotBlocked(String),
+    /// The invite is from someone the user blocked.
+    #[error("you blocked this person (id {0}); unblock them first with `merpati contact unblock {0}`")]
+    BlockedIdentity(String),
 }
 
 /// This device's long-term keys, as read from the identity file `merpati init` wrote.
@@ -150,6 +172,9 @@ pub struct Engine<S: Store> {
     /// This node's libp2p peer id and listen addresses, as the daemon last told
     /// ([`Engine::set_node_info`]); told to contacts when a session starts.
     node_info: Option<(Vec<u8>, Vec<Vec<u8>>)>,
+    /// When each contact request arrived, read from the store on first need: which to drop
+    /// when the queue is full, without reading every request's envelopes.
+    request_index: Option<HashMap<RequestId, Timestamp>>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -206,6 +231,7 @@ impl<S: Store> Engine<S> {
             read_receipts: true,
             relays,
             node_info: None,
+            request_index: None,
         })
     }
 
@@ -276,6 +302,9 @@ impl<S: Store> Engine<S> {
         if self.store.contacts()?.iter().any(|c| c.identity == *invite.identity()) {
             return Err(EngineError::InvalidInvite("you already have this person as a contact".into()));
         }
+        if self.store.is_blocked(invite.identity())? {
+            return Err(EngineError::BlockedIdentity(RequestId::of(invite.identity()).to_string()));
+        }
         let contact = Contact {
             name: name.to_owned(),
             identity: *invite.identity(),
@@ -290,9 +319,16 @@ impl<S: Store> Engine<S> {
             last_heard: None,
         };
         match self.store.apply(&[Change::AddContact(contact.clone())]) {
-            Err(StoreError::Conflict { .. }) => Err(EngineError::ContactExists(name.to_owned())),
-            other => other.map(|()| contact).map_err(EngineError::from),
+            Err(StoreError::Conflict { .. }) => return Err(EngineError::ContactExists(name.to_owned())),
+            other => other?,
         }
+        // They may have written first: what they wrote is opened now.
+        if let Some(request) = self.store.request(&RequestId::of(&contact.identity))?
+            && request.identity == contact.identity
+        {
+            self.open_request(&request, now)?;
+        }
+        Ok(self.store.contact(name)?.unwrap_or(contact))
     }
 
     /// Records addresses at which the node `peer_id` was found (on the local network); returns

@@ -139,9 +139,11 @@ impl<S: Store> Engine<S> {
             Some(contact) => contact.clone(),
             None => self.store.contact(to)?.ok_or_else(|| EngineError::UnknownContact(to.to_owned()))?,
         };
+        let mut started_here = false;
         let session_id = match contact.session {
             Some(id) => id,
             None => {
+                started_here = true;
                 // Contacts without a bundle were created by their own first contact, so they
                 // always have a session; this only guards against a damaged record.
                 let (Some(bundle), Some(inbox)) = (contact.bundle.as_ref(), contact.inbox) else {
@@ -202,6 +204,16 @@ impl<S: Store> Engine<S> {
         };
         group.changes.push(Change::PutMessage(message.clone()));
         group.changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));
+        if started_here {
+            // Part of the group's session step: a failure forgets the session like the text's.
+            match self.seal_introduction(&session_id, &contact.name, now) {
+                Ok(introduction) => group.changes.extend(introduction),
+                Err(e) => {
+                    self.forget_session(&session_id);
+                    return Err(e);
+                }
+            }
+        }
         Ok(message)
     }
 

@@ -237,6 +237,23 @@ impl<S: Store> Engine<S> {
         bodies
     }
 
+    /// Seals the name the user calls themselves (if they chose one) for `contact`, whose
+    /// session we just started: `contact` may not have us in their contacts, and then it is the
+    /// name their contact request suggests. Sent after the first text, so the text leaves first.
+    pub(super) fn seal_introduction(
+        &mut self,
+        session: &SessionId,
+        contact: &str,
+        now: Timestamp,
+    ) -> Result<Option<Change>, EngineError> {
+        let Some(name) = &self.me.name else { return Ok(None) };
+        let body = Body::Control(Control::DisplayName(name.clone()));
+        if body.validate().is_err() {
+            return Ok(None);
+        }
+        Ok(Some(Change::PutOutbox(self.seal_into_outbox(session, contact, &body, now)?)))
+    }
+
     /// Seals the session-opening control messages into outbox entries for `contact`, in the
     /// order they must arrive. On failure the in-memory session is dropped, so the next use
     /// reloads its last durable state.
@@ -300,5 +317,8 @@ pub(super) fn apply_control(contact: &mut Contact, control: Control) -> bool {
         }
         // Announcements travel inside epoch opens; a separate one changes nothing here.
         Control::MailboxRotation(_) => false,
+        // A contact's name is the user's choice; what they call themselves matters only in a
+        // request, before there is a name.
+        Control::DisplayName(_) => false,
     }
 }

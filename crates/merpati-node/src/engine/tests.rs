@@ -21,9 +21,9 @@ use super::relays::apply_control;
 use super::{AttemptResult, Engine, EngineError, Me, RECEIPT_DEADLINE, SWEEP_DAYS};
 use crate::store::{Contact, MemoryStore, Status, Store};
 
-const T0: Timestamp = Timestamp(1_795_219_200_000);
+pub(super) const T0: Timestamp = Timestamp(1_795_219_200_000);
 
-fn me(seed: u64, name: &str) -> Me {
+pub(super) fn me(seed: u64, name: &str) -> Me {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     Me {
         identity: IdentityKey::generate(&mut rng),
@@ -34,17 +34,17 @@ fn me(seed: u64, name: &str) -> Me {
     }
 }
 
-fn engine<S: Store>(store: S, seed: u64, name: &str) -> Engine<S> {
+pub(super) fn engine<S: Store>(store: S, seed: u64, name: &str) -> Engine<S> {
     Engine::start(store, me(seed, name), || vec![seed as u8; 68], T0, ChaCha20Rng::seed_from_u64(seed + 100))
         .unwrap()
 }
 
 /// A libp2p peer id, deterministic in `n`.
-fn peer(n: u8) -> PeerId {
+pub(super) fn peer(n: u8) -> PeerId {
     libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap().public().to_peer_id()
 }
 
-fn addr(text: &str) -> Vec<u8> {
+pub(super) fn addr(text: &str) -> Vec<u8> {
     text.parse::<Multiaddr>().unwrap().to_vec()
 }
 
@@ -53,13 +53,13 @@ fn relay_at(n: u8, host: u8) -> Vec<u8> {
     addr(&format!("/ip4/10.0.0.{host}/tcp/4001/p2p/{}", peer(n)))
 }
 
-fn relay(n: u8) -> Vec<u8> {
+pub(super) fn relay(n: u8) -> Vec<u8> {
     relay_at(n, n)
 }
 
 /// Hands every due envelope from `from` to `to`, one at a time in delivery order, as node `via`
 /// or (`None`) through a relay; reports each answer back. Returns how many were handed over.
-fn pump<S: Store, T: Store>(
+pub(super) fn pump<S: Store, T: Store>(
     from: &mut Engine<S>,
     via: Option<&[u8]>,
     to: &mut Engine<T>,
@@ -78,8 +78,8 @@ fn pump<S: Store, T: Store>(
     handed
 }
 
-/// Alice and Bob, where Alice added Bob from his invite.
-fn pair() -> (Engine<MemoryStore>, Engine<MemoryStore>) {
+/// Alice and Bob, where Alice added Bob from his invite; Bob does not know Alice yet.
+pub(super) fn one_way() -> (Engine<MemoryStore>, Engine<MemoryStore>) {
     let mut alice = engine(MemoryStore::new(), 1, "Alice");
     let bob = engine(MemoryStore::new(), 2, "Bob");
     let invite = bob.invite(peer(2).to_bytes(), vec![], T0).unwrap();
@@ -87,8 +87,23 @@ fn pair() -> (Engine<MemoryStore>, Engine<MemoryStore>) {
     (alice, bob)
 }
 
+/// Alice and Bob, who added each other from their invites (as "bob" and "alice").
+pub(super) fn pair() -> (Engine<MemoryStore>, Engine<MemoryStore>) {
+    let (alice, mut bob) = one_way();
+    let invite = alice.invite(peer(1).to_bytes(), vec![], T0).unwrap();
+    bob.add_contact(&invite, "alice", T0).unwrap();
+    (alice, bob)
+}
+
+/// Accepts `engine`'s only contact request under `name`.
+pub(super) fn accept<S: Store>(engine: &mut Engine<S>, name: &str, now: Timestamp) {
+    let requests = engine.requests().unwrap();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    engine.accept_request(&requests[0].id, name, now).unwrap();
+}
+
 /// The name of `engine`'s only contact.
-fn only_contact<S: Store>(engine: &Engine<S>) -> Contact {
+pub(super) fn only_contact<S: Store>(engine: &Engine<S>) -> Contact {
     let mut contacts = engine.store().contacts().unwrap();
     assert_eq!(contacts.len(), 1);
     contacts.remove(0)
@@ -169,7 +184,7 @@ fn relay_hints_reach_every_contact_with_a_session() {
 
 #[test]
 fn node_info_names_the_sender_of_a_first_contact_fetched_from_a_relay() {
-    let (mut alice, mut bob) = pair();
+    let (mut alice, mut bob) = one_way();
     let alice_addr = addr("/ip4/192.0.2.1/tcp/4001");
     alice.set_node_info(peer(1).to_bytes(), vec![alice_addr.clone()]);
     alice.add_relay(&relay(11), T0).unwrap();
@@ -177,9 +192,10 @@ fn node_info_names_the_sender_of_a_first_contact_fetched_from_a_relay() {
     bob.add_relay(&relay(12), T0).unwrap();
 
     let sent = alice.send_text("bob", "hi, through a relay", T0).unwrap();
-    // Node info and relay hints go first, then the text.
-    assert_eq!(alice.store().outbox_len().unwrap(), 3);
-    assert_eq!(pump(&mut alice, None, &mut bob, T0), 3);
+    // Node info and relay hints go first, then the text, then her name.
+    assert_eq!(alice.store().outbox_len().unwrap(), 4);
+    assert_eq!(pump(&mut alice, None, &mut bob, T0), 4);
+    accept(&mut bob, "alice", T0);
     let alice_at_bob = only_contact(&bob);
     assert_eq!(alice_at_bob.peer_id, peer(1).to_bytes());
     assert_eq!(alice_at_bob.addrs, [alice_addr]);
@@ -198,9 +214,10 @@ fn node_info_names_the_sender_of_a_first_contact_fetched_from_a_relay() {
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
 
     // Without node info, a fetched first contact leaves the sender's node unknown, not the relay's.
-    let (mut alice, mut bob) = pair();
+    let (mut alice, mut bob) = one_way();
     alice.send_text("bob", "who am I?", T0).unwrap();
     pump(&mut alice, None, &mut bob, T0);
+    accept(&mut bob, "alice", T0);
     assert!(only_contact(&bob).peer_id.is_empty());
     assert!(bob.due(T0, None).unwrap().iter().all(|a| a.peer_id.is_empty()));
 }
@@ -210,18 +227,17 @@ fn whoever_hands_over_a_first_contact_does_not_become_the_senders_node() {
     // A relay of Bob's (or anyone holding a copy) hands Alice's first contact over before
     // Alice's own node does: Bob must not take it for Alice's node, or it could swallow his
     // answers.
-    let (mut alice, mut bob) = pair();
+    let (mut alice, mut bob) = one_way();
     alice.set_node_info(peer(1).to_bytes(), vec![addr("/ip4/192.0.2.1/tcp/4001")]);
     alice.send_text("bob", "hello", T0).unwrap();
     let intruder = peer(66).to_bytes();
     pump(&mut alice, Some(&intruder), &mut bob, T0);
+    accept(&mut bob, "alice", T0);
     assert_eq!(only_contact(&bob).peer_id, peer(1).to_bytes(), "the node Alice's own NodeInfo names");
     assert!(bob.due(T0, None).unwrap().iter().all(|a| a.peer_id == peer(1).to_bytes()));
 
     // Nor does it replace the node of a contact Bob added from an invite.
     let (mut alice, mut bob) = pair();
-    let invite = alice.invite(peer(1).to_bytes(), vec![], T0).unwrap();
-    bob.add_contact(&invite, "alice", T0).unwrap();
     alice.send_text("bob", "hello again", T0).unwrap();
     pump(&mut alice, Some(&intruder), &mut bob, T0);
     assert_eq!(bob.store().contact("alice").unwrap().unwrap().peer_id, peer(1).to_bytes());
@@ -269,10 +285,12 @@ fn a_deposit_at_relays_shows_as_stored_until_the_receipt() {
     let stored = Status::Stored { accepted: 1, total: 2 };
     assert_eq!(alice.attempt_finished(&attempt.id, &deposited, T0).unwrap(), Some((stored, None)));
     assert_eq!(alice.message(&sent.id).unwrap().status, stored);
-    assert_eq!(alice.store().outbox_len().unwrap(), 0, "a relay holds it now");
+    // A relay holds it now; her name, sealed after it, waits.
+    assert_eq!(alice.store().outbox_len().unwrap(), 1);
 
-    // Bob fetches it later; his receipt moves it on.
-    assert!(bob.receive(None, &attempt.envelope, T0).unwrap().message.is_some());
+    // Bob fetches it later, accepts Alice, and his receipt moves it on.
+    assert!(bob.receive(None, &attempt.envelope, T0).unwrap().request.is_some());
+    accept(&mut bob, "alice", T0);
     pump(&mut bob, Some(&peer(2).to_bytes()), &mut alice, T0);
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
 }
@@ -325,7 +343,8 @@ fn refused_deposits_retry_with_a_reason_and_too_large_fails() {
     assert_eq!(status, Status::Failed);
     assert!(reason.unwrap().contains("too large"));
     assert_eq!(alice.message(&big.id).unwrap().status, Status::Failed);
-    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+    // Only her name, sealed after the first text, is left to deliver.
+    assert_eq!(alice.store().outbox_len().unwrap(), 1);
 }
 
 #[test]
@@ -335,11 +354,11 @@ fn a_duplicate_is_shown_once_and_answered_as_stored() {
     let attempt = alice.due(T0, None).unwrap().remove(0);
     // From two relays, then directly from Alice's node.
     let first = bob.receive(None, &attempt.envelope, T0).unwrap();
-    assert!(first.message.is_some() && first.new_contact.is_some());
+    assert!(first.message.is_some() && first.new_session);
     for via in [None, Some(&b"alice-node"[..])] {
         let again = bob.receive(via, &attempt.envelope, T0).unwrap();
         assert!(matches!(again.response, Some(deliver::Response::Accepted)));
-        assert!(again.message.is_none() && again.new_contact.is_none());
+        assert!(again.message.is_none() && !again.new_session);
     }
     alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
     pump(&mut bob, None, &mut alice, T0);
@@ -467,6 +486,7 @@ fn a_node_left_running_for_months_keeps_fresh_prekeys_and_deletes_old_keys() {
     let (mut alice, mut bob) = pair();
     alice.send_text("bob", "hello", T0).unwrap();
     pump(&mut alice, None, &mut bob, T0);
+    pump(&mut bob, None, &mut alice, T0);
     let first_prekey = bob.profile().prekeys.current().id;
     let mut now = T0;
     let mut rotations = 0;
@@ -491,8 +511,7 @@ fn a_node_left_running_for_months_keeps_fresh_prekeys_and_deletes_old_keys() {
     assert_eq!(rotations, 90 / 7, "one rotation a week");
     assert_ne!(bob.profile().prekeys.current().id, first_prekey);
     // Nothing in the session is older than the retention.
-    let name = only_contact(&bob).name;
-    let id = bob.store().contact(&name).unwrap().unwrap().session.unwrap();
+    let id = bob.store().contact("alice").unwrap().unwrap().session.unwrap();
     let state = bob.store().session(&id).unwrap().unwrap().state;
     for epoch in &state.recv {
         assert!(epoch.subkeys.iter().all(|k| now.since(k.derived_at) < MAX_KEY_AGE + SUB_EPOCH_MAX_AGE));
@@ -504,7 +523,9 @@ fn a_node_left_running_for_months_keeps_fresh_prekeys_and_deletes_old_keys() {
     carol.add_contact(&invite, "bob", now).unwrap();
     carol.send_text("bob", "hi from carol", now).unwrap();
     let first = carol.due(now, None).unwrap().remove(0);
-    assert!(bob.receive(None, &first.envelope, now).unwrap().message.is_some());
+    assert!(bob.receive(None, &first.envelope, now).unwrap().request.is_some());
+    accept(&mut bob, "carol", now);
+    assert_eq!(bob.store().messages(Some("carol"), 10).unwrap()[0].text, "hi from carol");
     alice.send_text("bob", "still there?", now).unwrap();
     let late = alice.due(now, None).unwrap().remove(0);
     assert_eq!(bob.receive(None, &late.envelope, now).unwrap().message.unwrap().text, "still there?");
@@ -528,7 +549,11 @@ fn an_invite_eleven_months_old_still_starts_a_conversation() {
         writer.send_text("bob", &format!("{who} found your old invite"), now).unwrap();
         let first = writer.due(now, None).unwrap().remove(0);
         let received = bob.receive(None, &first.envelope, now).unwrap();
-        assert_eq!(received.message.expect("opened").text, format!("{who} found your old invite"));
+        // Strangers to Bob: held as requests, opened once he accepts.
+        assert!(received.request.is_some() && received.message.is_none());
+        accept(&mut bob, who, now);
+        let shown = bob.store().messages(Some(who), 10).unwrap();
+        assert_eq!(shown[0].text, format!("{who} found your old invite"));
     }
     // Past its life the invite is refused with the date it expired.
     let dead = T0.plus(merpati_proto::identity::LAST_RESORT_LIFETIME + 1);
@@ -635,7 +660,8 @@ fn maintenance_of_sessions_not_in_use_keeps_them_on_disk_only() {
     alice.add_contact(&invite, "bob", T0).unwrap();
     alice.send_text("bob", "hello", T0).unwrap();
     pump(&mut alice, None, &mut bob, T0);
-    bob.send_text(&only_contact(&bob).name, "hi", T0).unwrap();
+    accept(&mut bob, "alice", T0);
+    bob.send_text("alice", "hi", T0).unwrap();
     pump(&mut bob, None, &mut alice, T0);
     // Bob restarts.
     drop(bob);

@@ -23,6 +23,9 @@
 //! | `outbox-heads` | next attempt (u64 BE) ‖ message id | contact name |
 //! | `awaiting-receipt` | deadline (u64 BE) ‖ message id | nothing |
 //! | `announced` | session id ‖ last day (u64 BE) | nothing |
+//! | `requests` | request id | [`ContactRequest`](super::ContactRequest) |
+//! | `blocked` | identity key | [`Blocked`](super::Blocked) |
+//! | `meta` | `requests-dropped` | counter (u64) |
 //!
 //! The outbox's indexes (schema 2) keep delivery from ever reading the whole outbox:
 //! `outbox-order` sorts each contact's entries in delivery order, so its first entry under the
@@ -48,8 +51,10 @@ use super::codec::{
     order_key, time_of_due_key,
 };
 use super::{
-    Change, Contact, ContactV1, OutboxEntry, OutboxHead, Profile, SessionRecord, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, ContactV1, OutboxEntry, OutboxHead, Profile, RequestId,
+    SessionRecord, StoreError, StoredMessage,
 };
+use merpati_proto::identity::IdentityPublic;
 
 /// The trees (sled's name for independent keyspaces) of the layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -69,11 +74,13 @@ pub(crate) enum Tree {
     OutboxHeads,
     AwaitingReceipt,
     Announced,
+    Requests,
+    Blocked,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 15] = [
+    pub(crate) const ALL: [Tree; 17] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -89,6 +96,8 @@ impl Tree {
         Tree::OutboxHeads,
         Tree::AwaitingReceipt,
         Tree::Announced,
+        Tree::Requests,
+        Tree::Blocked,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -114,6 +123,8 @@ impl Tree {
             Tree::OutboxHeads => "outbox-heads",
             Tree::AwaitingReceipt => "awaiting-receipt",
             Tree::Announced => "announced",
+            Tree::Requests => "requests",
+            Tree::Blocked => "blocked",
         }
     }
 }
@@ -124,6 +135,7 @@ const OUTBOX_LEN_KEY: &[u8] = b"outbox-len";
 /// In `meta` rather than a tree of its own: one small value, and a database written before relays
 /// existed simply lacks the key, which reads as an empty list.
 const RELAYS_KEY: &[u8] = b"relays";
+const REQUESTS_DROPPED_KEY: &[u8] = b"requests-dropped";
 
 /// Turns the encoding of a secret record into sealed bytes and back. The sled store seals with
 /// its keyring; the memory store keeps records as they are.
@@ -143,6 +155,8 @@ pub(crate) trait Tx {
     fn remove(&self, tree: Tree, key: &[u8]) -> Result<(), Self::Error>;
     /// The entry with the smallest key starting with `prefix`.
     fn first(&self, tree: Tree, prefix: &[u8]) -> Result<Option<Entry>, Self::Error>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn entries(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, Self::Error>;
 }
 
 /// A stored `(key, value)` pair.
@@ -236,9 +250,93 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 message.reason.clone_from(reason);
                 tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
             }
+            Change::PutRequest(request) => {
+                tx.insert(Tree::Requests, &request.id.0, codec::encode("contact request", request)?)?
+            }
+            Change::RemoveRequest(id) => tx.remove(Tree::Requests, &id.0)?,
+            Change::NoteRequestsDropped(n) => {
+                add_to_counter(tx, REQUESTS_DROPPED_KEY, i64::try_from(*n).unwrap_or(i64::MAX))?
+            }
+            Change::Block(blocked) => tx.insert(
+                Tree::Blocked,
+                blocked.identity.as_bytes(),
+                codec::encode("blocked identity", blocked)?,
+            )?,
+            Change::Unblock(identity) => tx.remove(Tree::Blocked, identity.as_bytes())?,
+            Change::RemoveContact(name) => remove_contact(tx, name)?,
+            Change::RenameContact { from, to } => rename_contact(tx, from, to)?,
         }
     }
     Ok(())
+}
+
+/// Deletes `name`'s record, conversation and outbox entries with all their index entries.
+fn remove_contact<T: Tx>(tx: &T, name: &str) -> Result<(), T::Error> {
+    let prefix = conversation_prefix(name);
+    tx.remove(Tree::Contacts, name.as_bytes())?;
+    for (key, value) in tx.entries(Tree::Conversations, &prefix)? {
+        let id: MessageId = codec::decode("message index", &value)?;
+        tx.remove(Tree::Conversations, &key)?;
+        tx.remove(Tree::Timeline, &order_of_conversation_key(&key)?)?;
+        tx.remove(Tree::Messages, &id.0)?;
+    }
+    for (key, value) in tx.entries(Tree::OutboxOrder, &prefix)? {
+        let id = id_of_order_key(&key)?;
+        let next: u64 = codec::decode("outbox index", &value)?;
+        tx.remove(Tree::OutboxOrder, &key)?;
+        tx.remove(Tree::OutboxHeads, &due_key(next, &id))?;
+        if let Some(bytes) = tx.get(Tree::Outbox, &id)? {
+            let entry: OutboxEntry = codec::decode("outbox entry", &bytes)?;
+            tx.remove(Tree::OutboxDue, &due_key(entry.next_attempt_at.0, &id))?;
+            tx.remove(Tree::Outbox, &id)?;
+            add_to_counter(tx, OUTBOX_LEN_KEY, -1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Files `from`'s record, conversation and outbox entries under `to`.
+fn rename_contact<T: Tx>(tx: &T, from: &str, to: &str) -> Result<(), T::Error> {
+    check_name(to)?;
+    if tx.get(Tree::Contacts, to.as_bytes())?.is_some() {
+        return Err(StoreError::Conflict { name: to.to_owned() }.into());
+    }
+    let Some(bytes) = tx.get(Tree::Contacts, from.as_bytes())? else { return Ok(()) };
+    let contact = Contact { name: to.to_owned(), ..decode_contact(&bytes)? };
+    tx.remove(Tree::Contacts, from.as_bytes())?;
+    put_contact(tx, &contact)?;
+    for (key, value) in tx.entries(Tree::Conversations, &conversation_prefix(from))? {
+        let id: MessageId = codec::decode("message index", &value)?;
+        let order = u64::from_be_bytes(order_of_conversation_key(&key)?);
+        tx.remove(Tree::Conversations, &key)?;
+        tx.insert(Tree::Conversations, &conversation_key(to, order), value)?;
+        if let Some(bytes) = tx.get(Tree::Messages, &id.0)? {
+            let message = StoredMessage { contact: to.to_owned(), ..codec::decode("message", &bytes)? };
+            tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
+        }
+    }
+    for (key, value) in tx.entries(Tree::OutboxOrder, &conversation_prefix(from))? {
+        let id = id_of_order_key(&key)?;
+        let next: u64 = codec::decode("outbox index", &value)?;
+        tx.remove(Tree::OutboxOrder, &key)?;
+        let Some(bytes) = tx.get(Tree::Outbox, &id)? else { continue };
+        let entry = OutboxEntry { contact: to.to_owned(), ..codec::decode("outbox entry", &bytes)? };
+        tx.insert(Tree::Outbox, &id, codec::encode("outbox entry", &entry)?)?;
+        index_order(tx, &entry)?;
+        let head = due_key(next, &id);
+        if tx.get(Tree::OutboxHeads, &head)?.is_some() {
+            tx.insert(Tree::OutboxHeads, &head, codec::encode("outbox index", to)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// The order (u64 BE) at the end of a conversation key.
+fn order_of_conversation_key(key: &[u8]) -> Result<[u8; 8], StoreError> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|start| <[u8; 8]>::try_from(&key[start..]).ok())
+        .ok_or(StoreError::Corrupt { what: "conversation index" })
 }
 
 fn put_contact<T: Tx>(tx: &T, contact: &Contact) -> Result<(), T::Error> {
@@ -654,6 +752,36 @@ pub(crate) fn session_ids(view: &dyn View) -> Result<Vec<SessionId>, StoreError>
 pub(crate) fn outbox_len(view: &dyn View) -> Result<usize, StoreError> {
     let len: u64 = get_plain(view, Tree::Meta, OUTBOX_LEN_KEY, "counter")?.unwrap_or(0);
     usize::try_from(len).map_err(|_| StoreError::Corrupt { what: "counter" })
+}
+
+pub(crate) fn requests(view: &dyn View) -> Result<Vec<ContactRequest>, StoreError> {
+    let mut out = Vec::new();
+    view.scan(Tree::Requests, &[], false, &mut |_, value| {
+        out.push(codec::decode("contact request", value)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn request(view: &dyn View, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
+    get_plain(view, Tree::Requests, &id.0, "contact request")
+}
+
+pub(crate) fn requests_dropped(view: &dyn View) -> Result<u64, StoreError> {
+    Ok(get_plain(view, Tree::Meta, REQUESTS_DROPPED_KEY, "counter")?.unwrap_or(0))
+}
+
+pub(crate) fn blocked(view: &dyn View) -> Result<Vec<Blocked>, StoreError> {
+    let mut out = Vec::new();
+    view.scan(Tree::Blocked, &[], false, &mut |_, value| {
+        out.push(codec::decode("blocked identity", value)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn is_blocked(view: &dyn View, identity: &IdentityPublic) -> Result<bool, StoreError> {
+    Ok(view.get(Tree::Blocked, identity.as_bytes())?.is_some())
 }
 
 fn get_plain<T: DeserializeOwned>(

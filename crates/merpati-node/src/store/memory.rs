@@ -18,8 +18,10 @@ use super::codec::prefix_end;
 use super::engine::{self, Sealer, Tree, View, Visit};
 use super::overlay::Overlay;
 use super::{
-    Change, Contact, OutboxEntry, OutboxHead, Profile, SessionRecord, Store, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, Profile, RequestId, SessionRecord,
+    Store, StoreError, StoredMessage,
 };
+use merpati_proto::identity::IdentityPublic;
 
 type Trees = Vec<BTreeMap<Vec<u8>, Vec<u8>>>;
 
@@ -200,6 +202,26 @@ impl Store for MemoryStore {
 
     fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
         engine::session_ids(&self.view(&self.lock()))
+    }
+
+    fn requests(&self) -> Result<Vec<ContactRequest>, StoreError> {
+        engine::requests(&self.view(&self.lock()))
+    }
+
+    fn request(&self, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
+        engine::request(&self.view(&self.lock()), id)
+    }
+
+    fn requests_dropped(&self) -> Result<u64, StoreError> {
+        engine::requests_dropped(&self.view(&self.lock()))
+    }
+
+    fn blocked(&self) -> Result<Vec<Blocked>, StoreError> {
+        engine::blocked(&self.view(&self.lock()))
+    }
+
+    fn is_blocked(&self, identity: &IdentityPublic) -> Result<bool, StoreError> {
+        engine::is_blocked(&self.view(&self.lock()), identity)
     }
 
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {

@@ -265,6 +265,95 @@ impl From<ContactV1> for Contact {
     }
 }
 
+/// A first contact from someone not in the contacts, held until the user accepts, rejects or
+/// blocks it. Nothing is answered end to end and nothing is queued for the sender meanwhile: the
+/// envelopes are kept as they came (ciphertext) and opened again on acceptance.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactRequest {
+    /// The request's id (the record's key): 64 bits of the sender's fingerprint, so every
+    /// envelope of one sender joins one request.
+    pub id: RequestId,
+    /// The sender's identity key, authenticated by the first-contact handshake.
+    pub identity: IdentityPublic,
+    /// The name the sender suggests for themselves, if any: their word only.
+    pub suggested_name: Option<String>,
+    /// The start of their first text, if any, so the user can judge who wrote.
+    pub preview: Option<String>,
+    /// When the first envelope arrived.
+    pub first_at: Timestamp,
+    /// When the last envelope arrived.
+    pub last_at: Timestamp,
+    /// The envelopes, in arrival order, each once.
+    pub envelopes: Vec<serde_bytes::ByteBuf>,
+    /// Envelopes not kept because the request already held as many as it may.
+    pub dropped: u32,
+}
+
+impl fmt::Debug for ContactRequest {
+    // The preview is message text: logs get its length only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContactRequest")
+            .field("id", &self.id)
+            .field("suggested_name", &self.suggested_name)
+            .field("preview_len", &self.preview.as_ref().map(String::len))
+            .field("first_at", &self.first_at)
+            .field("last_at", &self.last_at)
+            .field("envelopes", &self.envelopes.len())
+            .field("dropped", &self.dropped)
+            .finish()
+    }
+}
+
+/// A contact request's id: 64 bits of the sender's fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RequestId(pub [u8; 8]);
+
+impl RequestId {
+    /// The id of requests from `identity`: the first 16 hex digits of its fingerprint.
+    pub fn of(identity: &IdentityPublic) -> Self {
+        let fingerprint = merpati_proto::identity::fingerprint(identity).replace(' ', "");
+        // A fingerprint is 32 hex digits.
+        fingerprint.get(..16).and_then(|hex| hex.parse().ok()).unwrap_or(Self([0; 8]))
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+    }
+}
+
+impl std::str::FromStr for RequestId {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        let text = text.trim();
+        if text.len() != 16 || !text.is_ascii() {
+            return Err(());
+        }
+        let mut id = [0u8; 8];
+        for (i, byte) in id.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| ())?;
+        }
+        Ok(Self(id))
+    }
+}
+
+/// Someone whose envelopes are dropped unread and unanswered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blocked {
+    /// Their identity key (the record's key).
+    pub identity: IdentityPublic,
+    /// What the user knew them as: the contact's name, or the request's suggested name.
+    pub label: String,
+    /// When they were blocked.
+    pub at: Timestamp,
+    /// The sessions they had with us, deleted when they were blocked: their mailbox ids stay
+    /// filed under these ids, so what they send in them is recognised and dropped unanswered
+    /// rather than refused (which would tell them something changed).
+    pub sessions: Vec<SessionId>,
+}
+
 /// One NDR1 session's persisted state and whose it is. Stored sealed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -541,6 +630,29 @@ pub enum Change {
         /// The reason.
         reason: Option<String>,
     },
+    /// Stores a contact request under its id, replacing any.
+    PutRequest(ContactRequest),
+    /// Deletes a contact request, if there is one.
+    RemoveRequest(RequestId),
+    /// Adds `n` to the count of contact requests dropped because the queue was full
+    /// ([`Store::requests_dropped`]).
+    NoteRequestsDropped(u64),
+    /// Blocks an identity, replacing any entry for it.
+    Block(Blocked),
+    /// Unblocks an identity, if it is blocked.
+    Unblock(IdentityPublic),
+    /// Deletes a contact with its conversation and its outbox entries. Its sessions are left to
+    /// [`Change::RemoveSession`] (they are sealed; the engine knows which they are).
+    RemoveContact(String),
+    /// Files a contact, its conversation and its outbox entries under another name; fails the
+    /// whole batch with [`StoreError::Conflict`] if `to` is taken. Session records name their
+    /// contact too: the engine rewrites them in the same batch.
+    RenameContact {
+        /// The current name.
+        from: String,
+        /// The new name.
+        to: String,
+    },
 }
 
 /// The node's storage, in domain terms. Synchronous: the daemon calls it from a blocking-friendly
@@ -592,6 +704,16 @@ pub trait Store: Send + Sync {
     /// The ids of every stored session record, in byte order. Reads no record, so it opens no
     /// sealed value.
     fn session_ids(&self) -> Result<Vec<SessionId>, StoreError>;
+    /// Every contact request, by id.
+    fn requests(&self) -> Result<Vec<ContactRequest>, StoreError>;
+    /// The contact request `id`.
+    fn request(&self, id: &RequestId) -> Result<Option<ContactRequest>, StoreError>;
+    /// How many contact requests were dropped, ever, because the queue was full.
+    fn requests_dropped(&self) -> Result<u64, StoreError>;
+    /// Every blocked identity, by identity key.
+    fn blocked(&self) -> Result<Vec<Blocked>, StoreError>;
+    /// Whether `identity` is blocked.
+    fn is_blocked(&self, identity: &IdentityPublic) -> Result<bool, StoreError>;
     /// Applies `changes` in order, all or none, in one transaction, and returns once they are
     /// durable. Concurrent callers are serialised; a reader sees a batch entirely or not at all.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
@@ -659,6 +781,21 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
         (**self).session_ids()
+    }
+    fn requests(&self) -> Result<Vec<ContactRequest>, StoreError> {
+        (**self).requests()
+    }
+    fn request(&self, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
+        (**self).request(id)
+    }
+    fn requests_dropped(&self) -> Result<u64, StoreError> {
+        (**self).requests_dropped()
+    }
+    fn blocked(&self) -> Result<Vec<Blocked>, StoreError> {
+        (**self).blocked()
+    }
+    fn is_blocked(&self, identity: &IdentityPublic) -> Result<bool, StoreError> {
+        (**self).is_blocked(identity)
     }
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         (**self).apply(changes)

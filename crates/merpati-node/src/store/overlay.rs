@@ -81,6 +81,29 @@ impl Tx for Overlay<'_> {
             (c, w) => c.or(w),
         })
     }
+
+    fn entries(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<Entry>, StoreError> {
+        let writes = self.writes.borrow();
+        let mut all = BTreeMap::new();
+        self.base.scan(tree, prefix, false, &mut |key, value| {
+            if !writes.contains_key(&(tree, key.to_vec())) {
+                all.insert(key.to_vec(), value.to_vec());
+            }
+            Ok(true)
+        })?;
+        let end = match prefix_end(prefix) {
+            Some(end) => Bound::Excluded((tree, end)),
+            None => Bound::Unbounded,
+        };
+        for ((_, key), value) in
+            writes.range((Bound::Included((tree, prefix.to_vec())), end)).take_while(|((t, _), _)| *t == tree)
+        {
+            if let Some(value) = value {
+                all.insert(key.clone(), value.clone());
+            }
+        }
+        Ok(all.into_iter().collect())
+    }
 }
 
 #[cfg(test)]
@@ -132,6 +155,9 @@ mod tests {
         tx.insert(Tree::OutboxOrder, b"a2", b"2".to_vec()).unwrap();
         assert_eq!(first(b"a"), Some((b"a2".to_vec(), b"2".to_vec())));
         tx.insert(Tree::OutboxOrder, b"a0", b"0".to_vec()).unwrap();
+        let keys: Vec<Vec<u8>> =
+            tx.entries(Tree::OutboxOrder, b"a").unwrap().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [b"a0".to_vec(), b"a2".to_vec(), b"a3".to_vec()]);
         tx.remove(Tree::OutboxOrder, b"a0").unwrap();
         assert_eq!(first(b"a"), Some((b"a2".to_vec(), b"2".to_vec())));
         tx.insert(Tree::OutboxOrder, b"a3", b"new".to_vec()).unwrap();

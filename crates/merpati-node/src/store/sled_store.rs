@@ -39,9 +39,11 @@ use super::engine::{self, SEALED_TREES, Sealer, Tree, View, Visit};
 use super::keyring::{KEY_FILE, KeyInfo, Keyring, KeyringError};
 use super::overlay::{Overlay, Writes};
 use super::{
-    Change, Contact, OutboxEntry, OutboxHead, Profile, SessionRecord, Store, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, Profile, RequestId, SessionRecord,
+    Store, StoreError, StoredMessage,
 };
 use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
+use merpati_proto::identity::IdentityPublic;
 
 /// The database layout version this build writes and reads.
 /// Version 2 added the outbox's order and heads indexes; a version 1 database is migrated when
@@ -429,6 +431,26 @@ impl Store for SledStore {
 
     fn session_ids(&self) -> Result<Vec<SessionId>, StoreError> {
         engine::session_ids(&SledView(&self.trees))
+    }
+
+    fn requests(&self) -> Result<Vec<ContactRequest>, StoreError> {
+        engine::requests(&SledView(&self.trees))
+    }
+
+    fn request(&self, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
+        engine::request(&SledView(&self.trees), id)
+    }
+
+    fn requests_dropped(&self) -> Result<u64, StoreError> {
+        engine::requests_dropped(&SledView(&self.trees))
+    }
+
+    fn blocked(&self) -> Result<Vec<Blocked>, StoreError> {
+        engine::blocked(&SledView(&self.trees))
+    }
+
+    fn is_blocked(&self, identity: &IdentityPublic) -> Result<bool, StoreError> {
+        engine::is_blocked(&SledView(&self.trees), identity)
     }
 
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
