@@ -121,6 +121,10 @@ fn seed(home: &Path, params: &Params) -> anyhow::Result<usize> {
     for i in 0..params.contacts {
         let mut contact = contact_engine(&format!("Contact {i}"), now)?;
         contact.add_contact(&invite, "alice", now)?;
+        // A holds their invite too: their first contacts open at once instead of waiting as
+        // contact requests.
+        let theirs = contact.invite(libp2p::PeerId::random().to_bytes(), Vec::new(), now)?;
+        alice.add_contact(&theirs, &format!("contact {i}"), now)?;
         let texts: Vec<String> = (0..params.per_contact)
             .map(|n| format!("message {n} from contact {i} {}", "x".repeat(80)))
             .collect();
