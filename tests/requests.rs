@@ -116,6 +116,7 @@ fn blocked_senders_are_dropped_unread_and_unknown_ids_say_so() {
         (vec!["requests", "accept", "0000000000000000", "--name", "x"], 14),
         (vec!["requests", "reject", "not-an-id"], 14),
         (vec!["contact", "unblock", "0000000000000000"], 16),
+        (vec!["contact", "unblock", "not-an-id"], 16),
         (vec!["contact", "rename", "nobody", "x"], 5),
         (vec!["contact", "remove", "nobody"], 5),
     ] {
@@ -124,8 +125,11 @@ fn blocked_senders_are_dropped_unread_and_unknown_ids_say_so() {
     }
     assert!(bob.ok(&["--json", "contact", "blocked"]).contains(&id));
 
-    // Unblocked: her next words are a request again.
+    // Unblocked: the old conversation stays dropped; one started anew from Bob's invite is a
+    // request again.
     bob.ok(&["contact", "unblock", &id]);
+    carol.ok(&["contact", "remove", "bob"]);
+    carol.ok(&["contact", "add", &bob.invite(), "--name", "bob"]);
     carol.send("bob", "sorry, wrong person");
     wait_until("carol's request again", PATIENCE, || !requests(&bob).is_empty());
     bob.ok(&["requests", "reject", &id]);

@@ -183,6 +183,7 @@ pub async fn run(
         events,
         deliveries: JoinSet::new(),
         busy: HashSet::new(),
+        renamed: HashMap::new(),
         unreachable: HashMap::new(),
         tokens,
         fetched_tx,
@@ -220,6 +221,8 @@ struct Actor {
     deliveries: JoinSet<(String, relay_client::BatchDelivery)>,
     /// Contacts with a batch in flight.
     busy: HashSet<String>,
+    /// Contacts renamed while a batch to them was in flight: the old name, and the new.
+    renamed: HashMap<String, String>,
     /// Contacts whose node could not be reached directly, and when.
     unreachable: HashMap<String, Instant>,
     /// The fetch tokens of all our mailboxes, for the fetch tasks.
@@ -315,7 +318,11 @@ impl Actor {
                 }
             } else {
                 let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
+                let renamed = rpc::renamed(&command.request, &response);
                 let _ = command.reply.send(response);
+                if let Some((old, new)) = renamed {
+                    self.follow_rename(old, new);
+                }
                 if rpc::changes_relays(&command.request) {
                     self.sync_relays().await;
                 }
@@ -524,9 +531,31 @@ impl Actor {
         }
     }
 
+    /// Carries a renamed contact's delivery state over to the new name: a batch in flight
+    /// under the old one still holds the contact, so no second batch starts beside it.
+    fn follow_rename(&mut self, old: String, new: String) {
+        if self.busy.remove(&old) {
+            self.busy.insert(new.clone());
+            // Renamed twice while one batch is out: the batch's name now leads to the newest.
+            let mut carried = false;
+            for target in self.renamed.values_mut().filter(|target| **target == old) {
+                target.clone_from(&new);
+                carried = true;
+            }
+            if !carried {
+                self.renamed.insert(old.clone(), new.clone());
+            }
+        }
+        if let Some(since) = self.unreachable.remove(&old) {
+            self.unreachable.insert(new, since);
+        }
+    }
+
     /// Records how a contact's batch went, and sends its next one at once if this one got
     /// through.
     fn batch_finished(&mut self, contact: String, delivery: relay_client::BatchDelivery) {
+        // A batch started before a rename finishes under the contact's new name.
+        let contact = self.renamed.remove(&contact).unwrap_or(contact);
         self.busy.remove(&contact);
         let taken = |result: &AttemptResult| {
             matches!(result, AttemptResult::Accepted)

@@ -60,6 +60,7 @@ pub(crate) async fn handle(
         method::ContactUnblock::NAME => match request.params_of::<method::ContactUnblock>() {
             Err(answer) => return answer,
             Ok(params) => request_id(&params.id)
+                .map_err(|_| EngineError::NotBlocked(params.id.clone()))
                 .and_then(|id| blocking(|| engine.unblock(&id)))
                 .map(|b| to_value(blocked_view(&b))),
         },
@@ -90,7 +91,7 @@ pub(crate) async fn handle(
         method::RequestsReject::NAME => match request.params_of::<method::RequestsReject>() {
             Err(answer) => return answer,
             Ok(params) => request_id(&params.id)
-                .and_then(|id| blocking(|| engine.reject_request(&id)))
+                .and_then(|id| blocking(|| engine.reject_request(&id, now)))
                 .map(|()| to_value(RejectResult {})),
         },
         method::RequestsBlock::NAME => match request.params_of::<method::RequestsBlock>() {
@@ -383,6 +384,17 @@ fn blocked_view(blocked: &Blocked) -> BlockedView {
         label: blocked.label.clone(),
         since: blocked.at,
     }
+}
+
+/// The old and new name, when `request` renamed a contact and `response` says it worked.
+pub(crate) fn renamed(request: &Request, response: &Response) -> Option<(String, String)> {
+    if request.method != method::ContactRename::NAME
+        || !matches!(response.outcome, protocol::Outcome::Result(_))
+    {
+        return None;
+    }
+    let params = request.params_of::<method::ContactRename>().ok()?;
+    Some((params.name, params.new_name))
 }
 
 /// Whether `request` removed a contact's sessions: the daemon then replaces the storage key, so

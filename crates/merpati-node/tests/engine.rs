@@ -428,6 +428,9 @@ impl Store for Rigged {
     ) -> Result<bool, store::StoreError> {
         self.store.is_blocked(identity)
     }
+    fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, store::StoreError> {
+        self.store.is_dismissed(digest)
+    }
     fn apply(&self, changes: &[Change]) -> Result<(), store::StoreError> {
         if self.refuse_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(store::StoreError::Failed { reason: "the disk is full".into() });

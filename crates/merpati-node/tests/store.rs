@@ -715,8 +715,9 @@ mod conformance {
             preview: Some("hi".into()),
             first_at: NOW,
             last_at: NOW,
+            expires_at: NOW.plus(Timestamp::DAY),
             envelopes: vec![serde_bytes::ByteBuf::from(vec![7u8; 300])],
-            dropped: 2,
+            dropped: 0,
         };
         assert!(store.requests().unwrap().is_empty());
         assert_eq!(store.requests_dropped().unwrap(), 0);
@@ -725,8 +726,36 @@ mod conformance {
         assert_eq!(store.requests().unwrap(), std::slice::from_ref(&request));
         store.apply(&[Change::NoteRequestsDropped(1)]).unwrap();
         assert_eq!(store.requests_dropped().unwrap(), 4);
+        // Envelopes a full request refused are counted apart, and read back with it.
+        store
+            .apply(&[Change::NoteRequestDropped(request.id), Change::NoteRequestDropped(request.id)])
+            .unwrap();
+        assert_eq!(store.request(&request.id).unwrap().unwrap().dropped, 2);
+        assert_eq!(store.requests().unwrap()[0].dropped, 2);
         store.apply(&[Change::RemoveRequest(request.id)]).unwrap();
         assert!(store.request(&request.id).unwrap().is_none());
+        store.apply(&[Change::PutRequest(request.clone())]).unwrap();
+        assert_eq!(store.request(&request.id).unwrap().unwrap().dropped, 0, "the count went with it");
+        store.apply(&[Change::RemoveRequest(request.id)]).unwrap();
+
+        // Dismissals hold until their time, then a purge forgets them, oldest first.
+        let (early, late) = ([1u8; 32], [2u8; 32]);
+        store
+            .apply(&[
+                Change::Dismiss { digest: late, until: NOW.plus(2 * Timestamp::DAY) },
+                Change::Dismiss { digest: early, until: NOW.plus(Timestamp::DAY) },
+            ])
+            .unwrap();
+        assert!(store.is_dismissed(&early).unwrap() && store.is_dismissed(&late).unwrap());
+        assert!(!store.is_dismissed(&[3; 32]).unwrap());
+        store.apply(&[Change::PurgeDismissed { now: NOW.plus(Timestamp::DAY), limit: 10 }]).unwrap();
+        assert!(!store.is_dismissed(&early).unwrap() && store.is_dismissed(&late).unwrap());
+        // A later dismissal of the same digest moves its time.
+        store.apply(&[Change::Dismiss { digest: late, until: NOW.plus(5 * Timestamp::DAY) }]).unwrap();
+        store.apply(&[Change::PurgeDismissed { now: NOW.plus(3 * Timestamp::DAY), limit: 10 }]).unwrap();
+        assert!(store.is_dismissed(&late).unwrap());
+        store.apply(&[Change::PurgeDismissed { now: NOW.plus(5 * Timestamp::DAY), limit: 10 }]).unwrap();
+        assert!(!store.is_dismissed(&late).unwrap());
 
         let blocked = Blocked { identity, label: "Sari".into(), at: NOW, sessions: vec![SessionId([4; 16])] };
         assert!(!store.is_blocked(&identity).unwrap());

@@ -41,8 +41,9 @@ pub(crate) enum Command {
     },
     /// Delete a contact with the conversation, queued messages and session keys
     ///
-    /// They can still write to you with your invite: that arrives as a contact request. To
-    /// drop whatever they send, use `contact block` instead.
+    /// What they send in the old conversation is refused (their node shows it failed); if they
+    /// start over from your invite, that arrives as a contact request. To drop whatever they
+    /// send, unanswered, use `contact block` instead.
     Remove {
         /// The contact's name
         name: String,
@@ -104,7 +105,7 @@ pub(crate) fn run(home: &Home, out: &mut Output, command: Command) -> Result<()>
                 return out.object(&unblocked);
             }
             out.line(format_args!(
-                "Unblocked {} (id {}): what they send arrives as a contact request again.",
+                "Unblocked {} (id {}): a conversation they start anew arrives as a contact request.",
                 sanitize(&unblocked.label),
                 sanitize(&unblocked.id)
             ))

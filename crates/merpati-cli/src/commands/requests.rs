@@ -28,7 +28,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "NAME", value_parser = parse_name)]
         name: String,
     },
-    /// Delete the request and what it holds; they can write again
+    /// Delete the request and what it holds; later messages in that conversation are dropped
     Reject {
         /// The request's id
         id: String,

@@ -209,6 +209,13 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
         pending: &mut Pending,
     ) -> Result<Received, EngineError> {
+        // A conversation whose request was rejected, dropped or expired: dropped before any
+        // Diffie-Hellman (see `super::requests`).
+        if let Some(open) = Envelope::decode(bytes).ok().and_then(|e| e.open)
+            && self.store.is_dismissed(&open_digest(&open))?
+        {
+            return Ok(Received::answer(deliver::Response::Accepted));
+        }
         let responder = Responder { bundle: &self.bundle, prekeys: &self.profile.prekeys };
         let (session, incoming) = match Session::accept(responder, bytes, now, &mut self.rng) {
             Ok(accepted) => accepted,

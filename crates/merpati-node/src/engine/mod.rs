@@ -322,11 +322,13 @@ impl<S: Store> Engine<S> {
             Err(StoreError::Conflict { .. }) => return Err(EngineError::ContactExists(name.to_owned())),
             other => other?,
         }
-        // They may have written first: what they wrote is opened now.
+        // They may have written first: what they wrote is opened now. The contact is added
+        // either way; a request that cannot be opened now stays listed for `requests accept`.
         if let Some(request) = self.store.request(&RequestId::of(&contact.identity))?
             && request.identity == contact.identity
+            && let Err(e) = self.open_request(&request, now)
         {
-            self.open_request(&request, now)?;
+            tracing::warn!("added {name}, but could not open their waiting contact request: {e}");
         }
         Ok(self.store.contact(name)?.unwrap_or(contact))
     }

@@ -22,7 +22,7 @@ fn a_strangers_first_contact_waits_as_a_request_and_opens_once_accepted() {
     let (mut alice, mut bob) = pair();
     let sent = alice.send_text("bob", "hello Bob, it is Sari from the market", T0).unwrap();
     let handed = pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0);
-    assert_eq!(handed, 2, "her display name, then the text");
+    assert_eq!(handed, 2, "the text, then her display name");
 
     // Held: no contact, no session, no message, nothing queued back.
     assert!(bob.store().contacts().unwrap().is_empty());
@@ -40,7 +40,7 @@ fn a_strangers_first_contact_waits_as_a_request_and_opens_once_accepted() {
     // Accepted under Bob's own name for her, a day later: what she wrote opens now.
     let later = T0.plus(Timestamp::DAY);
     let accepted = bob.accept_request(&request.id, "sari", later).unwrap();
-    assert_eq!((accepted.contact.name.as_str(), accepted.opened), ("sari", 2));
+    assert_eq!((accepted.contact.name.as_str(), accepted.opened), ("sari", 1), "one text opened");
     assert!(bob.requests().unwrap().is_empty());
     let shown = bob.store().messages(Some("sari"), 10).unwrap();
     assert_eq!(shown.len(), 1);
@@ -56,7 +56,7 @@ fn a_strangers_first_contact_waits_as_a_request_and_opens_once_accepted() {
     // Unknown ids and taken names are refused and change nothing.
     let unknown = RequestId([9; 8]);
     assert!(matches!(bob.accept_request(&unknown, "x", later), Err(EngineError::UnknownRequest(_))));
-    assert!(matches!(bob.reject_request(&unknown), Err(EngineError::UnknownRequest(_))));
+    assert!(matches!(bob.reject_request(&unknown, later), Err(EngineError::UnknownRequest(_))));
 }
 
 #[test]
@@ -104,34 +104,91 @@ fn a_full_queue_drops_the_oldest_request_and_counts_it() {
 }
 
 #[test]
+fn the_queue_stays_capped_across_restarts_and_a_dropped_conversation_stays_out() {
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let mut bob = engine(store.clone(), 2, "Bob");
+    let invite = bob.invite(peer(2).to_bytes(), vec![], T0).unwrap();
+    let mut strangers = Vec::new();
+    let mut write = |bob: &mut Engine<std::sync::Arc<MemoryStore>>, n: u64, text: &str| {
+        if strangers.len() <= n as usize {
+            let mut stranger = engine(MemoryStore::new(), 2000 + n, "Stranger");
+            stranger.add_contact(&invite, "bob", T0).unwrap();
+            strangers.push(stranger);
+        }
+        let stranger = &mut strangers[n as usize];
+        stranger.send_text("bob", text, T0).unwrap();
+        pump(stranger, None, bob, T0.plus(n * Timestamp::SECOND));
+    };
+    for n in 0..MAX_REQUESTS as u64 - 1 {
+        write(&mut bob, n, "hi");
+    }
+    // A restart, then something touches the requests before the queue fills: the cap still
+    // counts every request on disk.
+    drop(bob);
+    let mut bob = engine(store.clone(), 2, "Bob");
+    let some = bob.requests().unwrap()[5].id;
+    bob.reject_request(&some, T0).unwrap();
+    for n in MAX_REQUESTS as u64 - 1..MAX_REQUESTS as u64 + 3 {
+        write(&mut bob, n, "hi");
+    }
+    assert_eq!(bob.requests().unwrap().len(), MAX_REQUESTS);
+    assert_eq!(bob.store().requests_dropped().unwrap(), 2);
+    // The oldest, dropped, writes again in the same conversation: not a request.
+    write(&mut bob, 0, "me again");
+    assert_eq!(bob.requests().unwrap().len(), MAX_REQUESTS);
+    assert!(bob.requests().unwrap().iter().all(|r| r.preview.as_deref() != Some("me again")));
+}
+
+/// Alice starts over with Bob's invite: a new conversation, with its first words again.
+fn start_over(alice: &mut Engine<MemoryStore>, bob: &Engine<MemoryStore>) {
+    alice.remove_contact("bob").unwrap();
+    alice.add_contact(&bob.invite(peer(2).to_bytes(), vec![], T0).unwrap(), "bob", T0).unwrap();
+}
+
+#[test]
 fn rejecting_forgets_and_blocking_drops_everything_after() {
     let (mut alice, mut bob) = pair();
     alice.send_text("bob", "one", T0).unwrap();
     pump(&mut alice, None, &mut bob, T0);
     let id = only_request(&bob).id;
-    bob.reject_request(&id).unwrap();
+    bob.reject_request(&id, T0).unwrap();
     assert!(bob.requests().unwrap().is_empty());
     assert!(bob.store().contacts().unwrap().is_empty());
 
-    // She writes again: a request again.
+    // More in the rejected conversation is dropped, not a request without her first words.
     alice.send_text("bob", "two", T0).unwrap();
-    pump(&mut alice, None, &mut bob, T0);
-    assert_eq!(only_request(&bob).id, id);
-    let blocked = bob.block_request(&id, T0).unwrap();
-    // Her name came with her first words, which were rejected: this request has none.
-    assert_eq!(blocked.label, format!("request {id}"));
-    assert!(bob.requests().unwrap().is_empty());
-
-    // Blocked: accepted by the transport, held nowhere, answered with nothing.
-    alice.send_text("bob", "three", T0).unwrap();
     let attempt = alice.due(T0, None).unwrap().remove(0);
     let received = bob.receive(None, &attempt.envelope, T0).unwrap();
     assert!(matches!(received.response, Some(deliver::Response::Accepted)));
-    assert!(received.request.is_none() && received.message.is_none());
+    assert!(received.request.is_none() && bob.requests().unwrap().is_empty());
+
+    // Started anew from his invite, she is a request again, with her name.
+    start_over(&mut alice, &bob);
+    alice.send_text("bob", "three", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    assert_eq!(only_request(&bob).id, id);
+    assert_eq!(only_request(&bob).suggested_name.as_deref(), Some("Alice"));
+    let blocked = bob.block_request(&id, T0).unwrap();
+    assert_eq!(blocked.label, "Alice");
+    assert!(bob.requests().unwrap().is_empty());
+
+    // Blocked: accepted by the transport, held nowhere, answered with nothing, in this
+    // conversation and in a new one.
+    for fresh in [false, true] {
+        if fresh {
+            start_over(&mut alice, &bob);
+        }
+        alice.send_text("bob", "four", T0).unwrap();
+        let attempt = alice.due(T0, None).unwrap().remove(0);
+        let received = bob.receive(None, &attempt.envelope, T0).unwrap();
+        assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+        assert!(received.request.is_none() && received.message.is_none());
+        alice.attempt_finished(&attempt.id, &AttemptResult::Accepted, T0).unwrap();
+    }
     assert!(bob.requests().unwrap().is_empty());
     assert_eq!(bob.store().outbox_len().unwrap(), 0);
 
-    // Her invite is refused while she is blocked; unblocked, she is a request again.
+    // Her invite is refused while she is blocked; unblocked, a new conversation is a request.
     let invite = alice.invite(peer(1).to_bytes(), vec![], T0).unwrap();
     let err = bob.add_contact(&invite, "alice", T0).unwrap_err();
     assert!(matches!(err, EngineError::BlockedIdentity(_)), "{err}");
@@ -139,8 +196,10 @@ fn rejecting_forgets_and_blocking_drops_everything_after() {
     assert!(matches!(bob.unblock(&RequestId([1; 8])), Err(EngineError::NotBlocked(_))));
     bob.unblock(&id).unwrap();
     assert!(bob.store().blocked().unwrap().is_empty());
-    bob.receive(None, &attempt.envelope, T0).unwrap();
-    assert_eq!(only_request(&bob).id, id);
+    start_over(&mut alice, &bob);
+    alice.send_text("bob", "five", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    assert_eq!(only_request(&bob).preview.as_deref(), Some("five"));
 }
 
 #[test]
@@ -170,10 +229,17 @@ fn requests_expire_and_one_whose_prekey_is_gone_says_so() {
     assert_eq!(bob.maintain(T0.plus(REQUEST_LIFETIME + Timestamp::DAY)).unwrap().requests_expired, 1);
     assert!(bob.requests().unwrap().is_empty());
 
+    // What she sends later in that conversation is dropped with it.
+    alice.send_text("bob", "still there?", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    assert!(bob.requests().unwrap().is_empty());
+
     // A request accepted after its prekey was deleted (a node that was off when the expiry
     // pass was due) is refused with a reason, and deleted.
+    let (mut alice, mut bob) = pair();
     alice.send_text("bob", "again?", T0).unwrap();
     pump(&mut alice, None, &mut bob, T0);
+    let id = only_request(&bob).id;
     let mut months = T0;
     while months < T0.plus(2 * (PREKEY_ROTATION + PREKEY_GRACE)) {
         months = months.plus(Timestamp::DAY);
@@ -184,6 +250,25 @@ fn requests_expire_and_one_whose_prekey_is_gone_says_so() {
     assert!(err.to_string().contains("ask them to write again"), "{err}");
     assert!(bob.requests().unwrap().is_empty());
     assert!(bob.store().contacts().unwrap().is_empty(), "nothing half-made");
+}
+
+#[test]
+fn a_first_contact_that_waited_long_at_a_relay_expires_with_its_prekey() {
+    let (mut alice, mut bob) = pair();
+    // Written on day 36 to the prekey of Bob's day-0 invite (it expires on day 37), it reaches
+    // Bob on day 50: the prekey is kept until day 67, so the request is deleted then, not on
+    // day 80.
+    let written = T0.plus(36 * Timestamp::DAY);
+    alice.send_text("bob", "from the relay", written).unwrap();
+    let attempt = alice.due(written, None).unwrap().remove(0);
+    let prekey = bob.bundle().prekey.clone();
+    let day50 = T0.plus(50 * Timestamp::DAY);
+    bob.receive(None, &attempt.envelope, day50).unwrap();
+    let request = only_request(&bob);
+    assert_eq!(request.expires_at, prekey.expires_at.plus(PREKEY_GRACE));
+    assert!(request.expires_at < day50.plus(REQUEST_LIFETIME));
+    assert_eq!(bob.maintain(request.expires_at.plus(Timestamp::HOUR)).unwrap().requests_expired, 1);
+    assert!(bob.requests().unwrap().is_empty());
 }
 
 #[test]
@@ -265,6 +350,14 @@ fn a_removed_contact_leaves_nothing_and_a_blocked_one_is_not_heard() {
     assert!(matches!(received.response, Some(deliver::Response::Accepted)), "not refused: unanswered");
     assert!(received.message.is_none());
     pump(&mut carol, None, &mut bob2, T0);
+    // A new conversation from his invite is dropped too.
+    carol.remove_contact("bob").unwrap();
+    carol.add_contact(&bob2.invite(peer(2).to_bytes(), vec![], T0).unwrap(), "bob", T0).unwrap();
+    carol.send_text("bob", "it is me, Carol", T0).unwrap();
+    let first = carol.due(T0, None).unwrap().remove(0);
+    let received = bob2.receive(None, &first.envelope, T0).unwrap();
+    assert!(matches!(received.response, Some(deliver::Response::Accepted)));
+    assert!(received.request.is_none() && received.message.is_none());
     assert!(bob2.requests().unwrap().is_empty());
     assert!(bob2.store().contacts().unwrap().is_empty());
     assert_eq!(bob2.store().outbox_len().unwrap(), 0);

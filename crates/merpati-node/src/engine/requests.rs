@@ -8,13 +8,20 @@
 //! Accepting one creates the contact under the user's name and opens the held envelopes as if
 //! they had just arrived; rejecting deletes them; blocking deletes them too and drops the
 //! sender's envelopes from then on, unread and unanswered.
+//!
+//! A request that is rejected, dropped from a full queue or expired is *dismissed*: the digest of
+//! its first-contact open is noted, and later envelopes of that conversation are dropped rather
+//! than starting a new request. Such a request would lack the sender's first words (where their
+//! node is, which relays they use, their name), which their node sends only once, so accepting it
+//! would make a contact nobody could answer.
 
 use std::collections::HashMap;
 
 use merpati_proto::Timestamp;
+use merpati_proto::envelope::Envelope;
 use merpati_proto::frame::{Body, Control};
-use merpati_proto::identity::IdentityPublic;
-use merpati_proto::session::{Incoming, Responder, Session, SessionId};
+use merpati_proto::identity::{IdentityPublic, PREKEY_GRACE, PREKEY_LIFETIME};
+use merpati_proto::session::{Incoming, Responder, Session, SessionId, open_digest};
 use merpati_proto::wire::deliver;
 use serde_bytes::ByteBuf;
 
@@ -28,10 +35,12 @@ pub const MAX_REQUEST_ENVELOPES: usize = 16;
 /// The most envelope bytes one request holds (256 KiB): with [`MAX_REQUESTS`], requests take at
 /// most 25 MiB of disk.
 pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
-/// How long a request is kept (ms). The sender's prekey is kept at least this long after a first
-/// contact written to it arrives, so a request can be opened for as long as it is listed; the
-/// sender's node gives up on the messages after as long.
+/// How long a request is kept at most (ms): as long as the sender's node keeps trying. A request
+/// whose sender wrote to a prekey that is deleted sooner (a first contact that waited long at a
+/// relay) is deleted with it, since nothing in it could be opened after.
 pub const REQUEST_LIFETIME: u64 = 30 * Timestamp::DAY;
+/// The most dismissals one maintenance pass forgets.
+const PURGE_DISMISSED_BATCH: usize = 1024;
 /// How much of a request's first text is kept to show, in characters.
 pub const PREVIEW_CHARS: usize = 200;
 
@@ -40,7 +49,7 @@ pub const PREVIEW_CHARS: usize = 200;
 pub struct Accepted {
     /// The new contact.
     pub contact: Contact,
-    /// How many of the request's envelopes opened (its messages and control messages).
+    /// How many messages (texts) the request's envelopes held and are now stored.
     pub opened: usize,
 }
 
@@ -68,7 +77,7 @@ impl<S: Store> Engine<S> {
             // stays.
             Some(_) => return Ok(accepted),
             None => {
-                self.make_room_for_request(changes)?;
+                self.make_room_for_request(now, changes)?;
                 ContactRequest {
                     id,
                     identity,
@@ -76,6 +85,7 @@ impl<S: Store> Engine<S> {
                     preview: None,
                     first_at: now,
                     last_at: now,
+                    expires_at: now.plus(REQUEST_LIFETIME).min(self.prekey_deadline(bytes, now)),
                     envelopes: Vec::new(),
                     dropped: 0,
                 }
@@ -86,33 +96,75 @@ impl<S: Store> Engine<S> {
         }
         let held: usize = request.envelopes.iter().map(|e| e.len()).sum();
         if request.envelopes.len() >= MAX_REQUEST_ENVELOPES || held + bytes.len() > MAX_REQUEST_BYTES {
-            request.dropped = request.dropped.saturating_add(1);
-        } else {
-            request.envelopes.push(ByteBuf::from(bytes.to_vec()));
-            match incoming.body {
-                Body::Text(text) if request.preview.is_none() => {
-                    request.preview = Some(text.chars().take(PREVIEW_CHARS).collect());
-                }
-                Body::Control(Control::DisplayName(name)) => request.suggested_name = Some(name),
-                _ => {}
+            // Counted apart: a full request is not rewritten for every envelope it refuses.
+            changes.push(Change::NoteRequestDropped(id));
+            return Ok(accepted);
+        }
+        request.envelopes.push(ByteBuf::from(bytes.to_vec()));
+        match incoming.body {
+            Body::Text(text) if request.preview.is_none() => {
+                request.preview = Some(text.chars().take(PREVIEW_CHARS).collect());
             }
+            Body::Control(Control::DisplayName(name)) => request.suggested_name = Some(name),
+            _ => {}
         }
         request.last_at = now;
-        self.request_index().insert(id, request.first_at);
+        self.request_index()?.insert(id, request.first_at);
         changes.push(Change::PutRequest(request));
         Ok(Received { request: Some(id), ..accepted })
     }
 
-    /// Drops the oldest requests until one more fits under [`MAX_REQUESTS`].
-    fn make_room_for_request(&mut self, changes: &mut Vec<Change>) -> Result<(), EngineError> {
-        self.load_request_index()?;
-        let index = self.request_index();
+    /// Until when the prekey the first contact `bytes` was written to is kept (its expiry and
+    /// the grace after it); the longest a signed prekey lives when the ring no longer has it.
+    fn prekey_deadline(&self, bytes: &[u8], now: Timestamp) -> Timestamp {
+        let prekey_id = Envelope::decode(bytes)
+            .ok()
+            .and_then(|e| e.open)
+            .and_then(|open| open.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()))
+            .map(u32::from_be_bytes);
+        self.profile
+            .prekeys
+            .prekeys()
+            .find(|p| Some(p.id) == prekey_id)
+            .map_or(now.plus(PREKEY_LIFETIME + PREKEY_GRACE), |p| p.expires_at.plus(PREKEY_GRACE))
+    }
+
+    /// The changes that dismiss `request`'s conversation: the digests of its envelopes' opens,
+    /// kept as long as those envelopes could be opened.
+    fn dismissal(&self, request: &ContactRequest, now: Timestamp) -> Vec<Change> {
+        let mut digests: Vec<[u8; 32]> = Vec::new();
+        let mut changes = Vec::new();
+        for bytes in &request.envelopes {
+            let Some(open) = Envelope::decode(bytes).ok().and_then(|e| e.open) else { continue };
+            let digest = open_digest(&open);
+            if !digests.contains(&digest) {
+                digests.push(digest);
+                changes.push(Change::Dismiss { digest, until: self.prekey_deadline(bytes, now) });
+            }
+        }
+        changes
+    }
+
+    /// Drops the oldest requests (dismissing their conversations) until one more fits under
+    /// [`MAX_REQUESTS`].
+    fn make_room_for_request(
+        &mut self,
+        now: Timestamp,
+        changes: &mut Vec<Change>,
+    ) -> Result<(), EngineError> {
         let mut dropped = 0u64;
-        while index.len() >= MAX_REQUESTS {
+        loop {
+            let index = self.request_index()?;
+            if index.len() < MAX_REQUESTS {
+                break;
+            }
             let Some((&oldest, _)) = index.iter().min_by_key(|(id, first_at)| (**first_at, **id)) else {
                 break;
             };
             index.remove(&oldest);
+            if let Some(request) = self.store.request(&oldest)? {
+                changes.extend(self.dismissal(&request, now));
+            }
             changes.push(Change::RemoveRequest(oldest));
             dropped += 1;
         }
@@ -123,17 +175,14 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// Reads every request's arrival time once, for [`Engine::make_room_for_request`].
-    fn load_request_index(&mut self) -> Result<(), EngineError> {
+    /// When each request arrived, read from the store on first use (after a start, or after a
+    /// write the index anticipated failed) and kept in step with every write after.
+    fn request_index(&mut self) -> Result<&mut HashMap<RequestId, Timestamp>, EngineError> {
         if self.request_index.is_none() {
             let index = self.store.requests()?.into_iter().map(|r| (r.id, r.first_at)).collect();
             self.request_index = Some(index);
         }
-        Ok(())
-    }
-
-    fn request_index(&mut self) -> &mut HashMap<RequestId, Timestamp> {
-        self.request_index.get_or_insert_with(HashMap::new)
+        Ok(self.request_index.get_or_insert_with(HashMap::new))
     }
 
     /// Forgets the request index: a write it anticipated failed. The next use reads the store.
@@ -165,8 +214,10 @@ impl<S: Store> Engine<S> {
             return Err(EngineError::ContactExists(name.to_owned()));
         }
         if !self.can_open(&request, now) {
-            self.store.apply(&[Change::RemoveRequest(*id)])?;
-            self.request_index().remove(id);
+            let mut changes = self.dismissal(&request, now);
+            changes.push(Change::RemoveRequest(*id));
+            self.store.apply(&changes)?;
+            self.request_index()?.remove(id);
             return Err(EngineError::RequestExpired(id.to_string()));
         }
         let contact = match existing {
@@ -183,7 +234,8 @@ impl<S: Store> Engine<S> {
         Ok(Accepted { contact, opened })
     }
 
-    /// Opens a request's envelopes now that their sender is a contact, then deletes it.
+    /// Opens a request's envelopes now that their sender is a contact, then deletes it; returns
+    /// how many texts were stored.
     pub(super) fn open_request(
         &mut self,
         request: &ContactRequest,
@@ -191,8 +243,8 @@ impl<S: Store> Engine<S> {
     ) -> Result<usize, EngineError> {
         let results = self.receive_batch(None, &request.envelopes, now)?;
         self.store.apply(&[Change::RemoveRequest(request.id)])?;
-        self.request_index().remove(&request.id);
-        Ok(results.iter().filter(|r| matches!(r.response, Some(deliver::Response::Accepted))).count())
+        self.request_index()?.remove(&request.id);
+        Ok(results.iter().filter(|r| r.message.is_some()).count())
     }
 
     /// Whether the first of `request`'s envelopes still opens (they all share its handshake).
@@ -202,23 +254,28 @@ impl<S: Store> Engine<S> {
         Session::accept(responder, first, now, &mut self.rng).is_ok()
     }
 
-    /// Deletes request `id` and what it held.
-    pub fn reject_request(&mut self, id: &RequestId) -> Result<(), EngineError> {
-        if self.store.request(id)?.is_none() {
-            return Err(EngineError::UnknownRequest(id.to_string()));
-        }
-        self.store.apply(&[Change::RemoveRequest(*id)])?;
-        self.request_index().remove(id);
+    /// Deletes request `id` and what it held, and dismisses its conversation: what its sender
+    /// sends in it later is dropped (writing from our invite anew makes a new request).
+    pub fn reject_request(&mut self, id: &RequestId, now: Timestamp) -> Result<(), EngineError> {
+        let request = self.store.request(id)?.ok_or_else(|| EngineError::UnknownRequest(id.to_string()))?;
+        let mut changes = self.dismissal(&request, now);
+        changes.push(Change::RemoveRequest(*id));
+        self.store.apply(&changes)?;
+        self.request_index()?.remove(id);
         Ok(())
     }
 
-    /// Deletes request `id` and blocks its sender. Returns the entry made.
+    /// Deletes request `id`, dismisses its conversation and blocks its sender. Returns the entry
+    /// made.
     pub fn block_request(&mut self, id: &RequestId, now: Timestamp) -> Result<Blocked, EngineError> {
         let request = self.store.request(id)?.ok_or_else(|| EngineError::UnknownRequest(id.to_string()))?;
         let label = request.suggested_name.clone().unwrap_or_else(|| format!("request {id}"));
         let blocked = Blocked { identity: request.identity, label, at: now, sessions: Vec::new() };
-        self.store.apply(&[Change::RemoveRequest(*id), Change::Block(blocked.clone())])?;
-        self.request_index().remove(id);
+        // Dismissed too, so that after an unblock only a conversation started anew is heard.
+        let mut changes = self.dismissal(&request, now);
+        changes.extend([Change::RemoveRequest(*id), Change::Block(blocked.clone())]);
+        self.store.apply(&changes)?;
+        self.request_index()?.remove(id);
         Ok(blocked)
     }
 
@@ -334,21 +391,19 @@ impl<S: Store> Engine<S> {
         Ok(self.store.blocked()?.iter().any(|b| b.sessions.contains(session)))
     }
 
-    /// Deletes requests older than [`REQUEST_LIFETIME`]; returns how many.
+    /// Deletes requests past their `expires_at` (dismissing their conversations) and forgets
+    /// dismissals whose envelopes can no longer be opened anyway; returns how many requests.
     pub fn expire_requests(&mut self, now: Timestamp) -> Result<usize, EngineError> {
-        let expired: Vec<RequestId> = self
-            .store
-            .requests()?
-            .into_iter()
-            .filter(|r| now.since(r.first_at) > REQUEST_LIFETIME)
-            .map(|r| r.id)
-            .collect();
-        if !expired.is_empty() {
-            let changes: Vec<Change> = expired.iter().map(|id| Change::RemoveRequest(*id)).collect();
-            self.store.apply(&changes)?;
-            for id in &expired {
-                self.request_index().remove(id);
-            }
+        let expired: Vec<ContactRequest> =
+            self.store.requests()?.into_iter().filter(|r| r.expires_at < now).collect();
+        let mut changes = vec![Change::PurgeDismissed { now, limit: PURGE_DISMISSED_BATCH }];
+        for request in &expired {
+            changes.extend(self.dismissal(request, now));
+            changes.push(Change::RemoveRequest(request.id));
+        }
+        self.store.apply(&changes)?;
+        for request in &expired {
+            self.request_index()?.remove(&request.id);
         }
         Ok(expired.len())
     }

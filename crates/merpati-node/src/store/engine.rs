@@ -24,6 +24,9 @@
 //! | `awaiting-receipt` | deadline (u64 BE) ‖ message id | nothing |
 //! | `announced` | session id ‖ last day (u64 BE) | nothing |
 //! | `requests` | request id | [`ContactRequest`](super::ContactRequest) |
+//! | `request-drops` | request id | envelopes the request did not keep (u32) |
+//! | `dismissed` | first-contact open digest | until (u64) |
+//! | `dismissed-by-time` | until (u64 BE) ‖ digest | nothing |
 //! | `blocked` | identity key | [`Blocked`](super::Blocked) |
 //! | `meta` | `requests-dropped` | counter (u64) |
 //!
@@ -76,11 +79,14 @@ pub(crate) enum Tree {
     Announced,
     Requests,
     Blocked,
+    RequestDrops,
+    Dismissed,
+    DismissedByTime,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 17] = [
+    pub(crate) const ALL: [Tree; 20] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -98,6 +104,9 @@ impl Tree {
         Tree::Announced,
         Tree::Requests,
         Tree::Blocked,
+        Tree::RequestDrops,
+        Tree::Dismissed,
+        Tree::DismissedByTime,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -125,6 +134,9 @@ impl Tree {
             Tree::Announced => "announced",
             Tree::Requests => "requests",
             Tree::Blocked => "blocked",
+            Tree::RequestDrops => "request-drops",
+            Tree::Dismissed => "dismissed",
+            Tree::DismissedByTime => "dismissed-by-time",
         }
     }
 }
@@ -253,7 +265,44 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             Change::PutRequest(request) => {
                 tx.insert(Tree::Requests, &request.id.0, codec::encode("contact request", request)?)?
             }
-            Change::RemoveRequest(id) => tx.remove(Tree::Requests, &id.0)?,
+            Change::RemoveRequest(id) => {
+                tx.remove(Tree::Requests, &id.0)?;
+                tx.remove(Tree::RequestDrops, &id.0)?;
+            }
+            Change::NoteRequestDropped(id) => {
+                let count: u32 = match tx.get(Tree::RequestDrops, &id.0)? {
+                    Some(bytes) => codec::decode("request drops", &bytes)?,
+                    None => 0,
+                };
+                tx.insert(
+                    Tree::RequestDrops,
+                    &id.0,
+                    codec::encode("request drops", &count.saturating_add(1))?,
+                )?;
+            }
+            Change::Dismiss { digest, until } => {
+                if let Some(bytes) = tx.get(Tree::Dismissed, digest)? {
+                    let old: u64 = codec::decode("dismissal", &bytes)?;
+                    tx.remove(Tree::DismissedByTime, &dismissal_key(old, digest))?;
+                }
+                tx.insert(Tree::Dismissed, digest, codec::encode("dismissal", &until.0)?)?;
+                tx.insert(
+                    Tree::DismissedByTime,
+                    &dismissal_key(until.0, digest),
+                    codec::encode("dismissal", &())?,
+                )?;
+            }
+            Change::PurgeDismissed { now, limit } => {
+                for (key, _) in tx.entries(Tree::DismissedByTime, &[])?.into_iter().take(*limit) {
+                    let until =
+                        key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+                    if until.is_none_or(|until| until > now.0) {
+                        break;
+                    }
+                    tx.remove(Tree::DismissedByTime, &key)?;
+                    tx.remove(Tree::Dismissed, key.get(8..).unwrap_or_default())?;
+                }
+            }
             Change::NoteRequestsDropped(n) => {
                 add_to_counter(tx, REQUESTS_DROPPED_KEY, i64::try_from(*n).unwrap_or(i64::MAX))?
             }
@@ -329,6 +378,14 @@ fn rename_contact<T: Tx>(tx: &T, from: &str, to: &str) -> Result<(), T::Error> {
         }
     }
     Ok(())
+}
+
+/// `until (u64 BE) ‖ digest`: dismissals sort by when they may be forgotten.
+fn dismissal_key(until: u64, digest: &[u8; 32]) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..8].copy_from_slice(&until.to_be_bytes());
+    key[8..].copy_from_slice(digest);
+    key
 }
 
 /// The order (u64 BE) at the end of a conversation key.
@@ -755,16 +812,32 @@ pub(crate) fn outbox_len(view: &dyn View) -> Result<usize, StoreError> {
 }
 
 pub(crate) fn requests(view: &dyn View) -> Result<Vec<ContactRequest>, StoreError> {
-    let mut out = Vec::new();
+    let mut out: Vec<ContactRequest> = Vec::new();
     view.scan(Tree::Requests, &[], false, &mut |_, value| {
         out.push(codec::decode("contact request", value)?);
         Ok(true)
     })?;
+    for request in &mut out {
+        request.dropped = request_drops(view, &request.id)?;
+    }
     Ok(out)
 }
 
 pub(crate) fn request(view: &dyn View, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
-    get_plain(view, Tree::Requests, &id.0, "contact request")
+    let Some(mut request) = get_plain::<ContactRequest>(view, Tree::Requests, &id.0, "contact request")?
+    else {
+        return Ok(None);
+    };
+    request.dropped = request_drops(view, id)?;
+    Ok(Some(request))
+}
+
+fn request_drops(view: &dyn View, id: &RequestId) -> Result<u32, StoreError> {
+    Ok(get_plain(view, Tree::RequestDrops, &id.0, "request drops")?.unwrap_or(0))
+}
+
+pub(crate) fn is_dismissed(view: &dyn View, digest: &[u8; 32]) -> Result<bool, StoreError> {
+    Ok(view.get(Tree::Dismissed, digest)?.is_some())
 }
 
 pub(crate) fn requests_dropped(view: &dyn View) -> Result<u64, StoreError> {

@@ -224,6 +224,10 @@ impl Store for MemoryStore {
         engine::is_blocked(&self.view(&self.lock()), identity)
     }
 
+    fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
+        engine::is_dismissed(&self.view(&self.lock()), digest)
+    }
+
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         self.batches.fetch_add(1, Ordering::Relaxed);
         let mut trees = self.lock();

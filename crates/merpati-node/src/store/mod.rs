@@ -283,9 +283,15 @@ pub struct ContactRequest {
     pub first_at: Timestamp,
     /// When the last envelope arrived.
     pub last_at: Timestamp,
+    /// When the request is deleted: 30 days after it came, or sooner if the prekey its sender
+    /// wrote to is deleted sooner (after that nothing in it could be opened).
+    pub expires_at: Timestamp,
     /// The envelopes, in arrival order, each once.
     pub envelopes: Vec<serde_bytes::ByteBuf>,
-    /// Envelopes not kept because the request already held as many as it may.
+    /// Envelopes not kept because the request already held as many as it may. Counted apart
+    /// from the record ([`Change::NoteRequestDropped`]), so a full request is not rewritten
+    /// for every envelope refused; filled in by the reads.
+    #[serde(skip)]
     pub dropped: u32,
 }
 
@@ -298,6 +304,7 @@ impl fmt::Debug for ContactRequest {
             .field("preview_len", &self.preview.as_ref().map(String::len))
             .field("first_at", &self.first_at)
             .field("last_at", &self.last_at)
+            .field("expires_at", &self.expires_at)
             .field("envelopes", &self.envelopes.len())
             .field("dropped", &self.dropped)
             .finish()
@@ -632,8 +639,26 @@ pub enum Change {
     },
     /// Stores a contact request under its id, replacing any.
     PutRequest(ContactRequest),
-    /// Deletes a contact request, if there is one.
+    /// Deletes a contact request, if there is one, with its count of dropped envelopes.
     RemoveRequest(RequestId),
+    /// Counts one envelope a full request did not keep.
+    NoteRequestDropped(RequestId),
+    /// Notes the digest of a first-contact open whose request was rejected, dropped or expired,
+    /// until `until`: later envelopes of that conversation are dropped instead of starting a
+    /// request that lacks the sender's first words (where their node is, their name).
+    Dismiss {
+        /// The open's digest.
+        digest: [u8; 32],
+        /// Until when (the longest the open's prekey can be kept).
+        until: Timestamp,
+    },
+    /// Forgets dismissals noted until `now` or earlier, at most `limit` of them.
+    PurgeDismissed {
+        /// The time.
+        now: Timestamp,
+        /// The most to forget in this batch.
+        limit: usize,
+    },
     /// Adds `n` to the count of contact requests dropped because the queue was full
     /// ([`Store::requests_dropped`]).
     NoteRequestsDropped(u64),
@@ -714,6 +739,8 @@ pub trait Store: Send + Sync {
     fn blocked(&self) -> Result<Vec<Blocked>, StoreError>;
     /// Whether `identity` is blocked.
     fn is_blocked(&self, identity: &IdentityPublic) -> Result<bool, StoreError>;
+    /// Whether a first-contact open with this digest was dismissed ([`Change::Dismiss`]).
+    fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError>;
     /// Applies `changes` in order, all or none, in one transaction, and returns once they are
     /// durable. Concurrent callers are serialised; a reader sees a batch entirely or not at all.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
@@ -796,6 +823,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn is_blocked(&self, identity: &IdentityPublic) -> Result<bool, StoreError> {
         (**self).is_blocked(identity)
+    }
+    fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
+        (**self).is_dismissed(digest)
     }
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         (**self).apply(changes)

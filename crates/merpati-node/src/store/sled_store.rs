@@ -453,6 +453,10 @@ impl Store for SledStore {
         engine::is_blocked(&SledView(&self.trees), identity)
     }
 
+    fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
+        engine::is_dismissed(&SledView(&self.trees), digest)
+    }
+
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         if changes.is_empty() {
             return Ok(());
