@@ -22,6 +22,13 @@ fn contacts(node: &Node) -> Vec<String> {
         .collect()
 }
 
+/// Whether `node`'s message `id` to `with` was delivered (or read, which comes after).
+fn reached(node: &Node, with: &str, id: &str) -> bool {
+    node.messages(Some(with))
+        .iter()
+        .any(|m| m["id"] == id && (m["status"] == "delivered" || m["status"] == "read"))
+}
+
 fn texts(node: &Node, with: &str) -> Vec<String> {
     node.messages(Some(with)).iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect()
 }
@@ -55,20 +62,15 @@ fn a_strangers_message_waits_as_a_request_until_accepted() {
     let out = bob.ok(&["requests", "accept", &id, "--name", "alice"]);
     assert!(out.contains("safety number"), "{out}");
     assert_eq!(texts(&bob, "alice"), ["hello Bob, it is Alice from the market"]);
-    wait_until("her message delivered", PATIENCE, || {
-        alice.messages(Some("bob")).iter().any(|m| m["id"] == sent.as_str() && m["status"] == "delivered")
-    });
+    // Reading the conversation (`texts` above) sends a read receipt: either status will do.
+    wait_until("her message delivered", PATIENCE, || reached(&alice, "bob", &sent));
     assert!(requests(&bob).is_empty());
 
     // The conversation goes on both ways, and follows a rename.
     bob.ok(&["contact", "rename", "alice", "Alice Wijaya"]);
     assert_eq!(contacts(&bob), ["Alice Wijaya"]);
     let reply = bob.send("Alice Wijaya", "welcome");
-    wait_until("bob's reply delivered", PATIENCE, || {
-        bob.messages(Some("Alice Wijaya"))
-            .iter()
-            .any(|m| m["id"] == reply.as_str() && m["status"] == "delivered")
-    });
+    wait_until("bob's reply delivered", PATIENCE, || reached(&bob, "Alice Wijaya", &reply));
     assert_eq!(texts(&alice, "bob").last().unwrap(), "welcome");
     assert_eq!(texts(&bob, "Alice Wijaya").len(), 2);
 
@@ -134,4 +136,53 @@ fn blocked_senders_are_dropped_unread_and_unknown_ids_say_so() {
     wait_until("carol's request again", PATIENCE, || !requests(&bob).is_empty());
     bob.ok(&["requests", "reject", &id]);
     assert!(requests(&bob).is_empty() && contacts(&bob).is_empty());
+}
+
+#[test]
+fn a_follower_is_told_of_a_request_and_sees_its_messages_once_accepted() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut alice = Node::init("Alice");
+    let mut bob = Node::init("Bob");
+    alice.start();
+    bob.start();
+    let mut follow = Command::new(&merpati_e2e::bins().merpati)
+        .arg("--home")
+        .arg(bob.home())
+        .args(["messages", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::sync_channel(64);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &str| {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while !seen.iter().any(|line: &String| line.contains(what)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no line with {what:?} from messages --follow: {seen:?}"),
+            }
+        }
+    };
+    // Subscribed before Alice writes: give the follower a moment to reach the daemon.
+    std::thread::sleep(Duration::from_millis(500));
+    alice.add(&bob, "bob");
+    alice.send("bob", "hello from the market");
+    let id = Node::request_id_of(&alice);
+    wait_for(&format!("Contact request {id} from someone who says they are \"Alice\" (unverified)"));
+    bob.ok(&["requests", "accept", &id, "--name", "alice"]);
+    wait_for("hello from the market");
+    let _ = follow.kill();
+    let _ = follow.wait();
 }

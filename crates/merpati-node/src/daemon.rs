@@ -320,6 +320,10 @@ impl Actor {
                 let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
                 let renamed = rpc::renamed(&command.request, &response);
                 let _ = command.reply.send(response);
+                // Accepting a request (or adding its sender) opened what they wrote.
+                for message in self.engine.take_opened() {
+                    self.publish_message(&message);
+                }
                 if let Some((old, new)) = renamed {
                     self.follow_rename(old, new);
                 }

@@ -175,6 +175,8 @@ pub struct Engine<S: Store> {
     /// When each contact request arrived, read from the store on first need: which to drop
     /// when the queue is full, without reading every request's envelopes.
     request_index: Option<HashMap<RequestId, Timestamp>>,
+    /// Messages opened from accepted requests, not yet taken ([`Engine::take_opened`]).
+    opened: Vec<StoredMessage>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -232,6 +234,7 @@ impl<S: Store> Engine<S> {
             relays,
             node_info: None,
             request_index: None,
+            opened: Vec::new(),
         })
     }
 

@@ -44,6 +44,8 @@ fn a_strangers_first_contact_waits_as_a_request_and_opens_once_accepted() {
     assert!(bob.requests().unwrap().is_empty());
     let shown = bob.store().messages(Some("sari"), 10).unwrap();
     assert_eq!(shown.len(), 1);
+    assert_eq!(bob.take_opened(), shown, "handed to the daemon to announce");
+    assert!(bob.take_opened().is_empty());
     assert_eq!(shown[0].text, "hello Bob, it is Sari from the market");
     pump(&mut bob, None, &mut alice, later);
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);

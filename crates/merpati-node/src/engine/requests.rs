@@ -244,7 +244,16 @@ impl<S: Store> Engine<S> {
         let results = self.receive_batch(None, &request.envelopes, now)?;
         self.store.apply(&[Change::RemoveRequest(request.id)])?;
         self.request_index()?.remove(&request.id);
-        Ok(results.iter().filter(|r| r.message.is_some()).count())
+        let opened: Vec<_> = results.into_iter().filter_map(|r| r.message).collect();
+        let count = opened.len();
+        self.opened.extend(opened);
+        Ok(count)
+    }
+
+    /// The messages opened from accepted requests since the last call, for the daemon to
+    /// announce as if they had just arrived.
+    pub fn take_opened(&mut self) -> Vec<crate::store::StoredMessage> {
+        std::mem::take(&mut self.opened)
     }
 
     /// Whether the first of `request`'s envelopes still opens (they all share its handshake).
