@@ -127,6 +127,21 @@ fn the_demo_runs_and_exits_zero() {
 }
 
 #[test]
+fn following_a_conversation_shows_your_own_sends_and_reads_what_arrives() {
+    let (alice, bob) = pair();
+    let mut follow = alice.follow(&["bob"]);
+    // Her own send, from another client, shows at once.
+    alice.send("bob", "on my way");
+    follow.wait_for("on my way");
+    // His message is printed, and so read: he sees it as read.
+    let id = bob.send("alice", "see you there");
+    follow.wait_for("see you there");
+    wait_until("his message read", PATIENCE, || {
+        bob.messages(Some("alice")).iter().any(|m| m["id"] == id.as_str() && m["status"] == "read")
+    });
+}
+
+#[test]
 fn reading_a_conversation_shows_as_read_to_the_sender() {
     let (alice, bob) = pair();
     alice.send("bob", "did you see this?");

@@ -248,6 +248,32 @@ impl Node {
         self.ok(&["contact", "add", &invite, "--name", name]);
     }
 
+    /// Starts `merpati messages ARGS… --follow` on this node; its lines are read as they come.
+    pub fn follow(&self, args: &[&str]) -> Follower {
+        let mut child = Command::new(&bins().merpati)
+            .arg("--home")
+            .arg(self.home())
+            .arg("messages")
+            .args(args)
+            .arg("--follow")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::sync_channel(256);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Give it a moment to subscribe before the test acts.
+        std::thread::sleep(Duration::from_millis(500));
+        Follower { child, lines, seen: Vec::new() }
+    }
+
     /// The id `other`'s contact requests get here: the first 16 hex digits of their fingerprint.
     pub fn request_id_of(other: &Node) -> String {
         let status: Value = serde_json::from_str(other.ok(&["--json", "status"]).trim()).unwrap();
@@ -521,6 +547,38 @@ fn kill_now(child: Option<Child>) {
     if let Some(mut child) = child {
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// A running `merpati messages --follow`; killed when dropped.
+#[derive(Debug)]
+pub struct Follower {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Follower {
+    /// Waits (up to two minutes) until a line containing `what` was printed; returns it.
+    pub fn wait_for(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(line) = self.seen.iter().find(|line| line.contains(what)) {
+                return line.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {what:?} from messages --follow: {:?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -140,49 +140,15 @@ fn blocked_senders_are_dropped_unread_and_unknown_ids_say_so() {
 
 #[test]
 fn a_follower_is_told_of_a_request_and_sees_its_messages_once_accepted() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-
     let mut alice = Node::init("Alice");
     let mut bob = Node::init("Bob");
     alice.start();
     bob.start();
-    let mut follow = Command::new(&merpati_e2e::bins().merpati)
-        .arg("--home")
-        .arg(bob.home())
-        .args(["messages", "--follow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = follow.stdout.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::sync_channel(64);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    let mut wait_for = |what: &str| {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        while !seen.iter().any(|line: &String| line.contains(what)) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) => seen.push(line),
-                Err(_) => panic!("no line with {what:?} from messages --follow: {seen:?}"),
-            }
-        }
-    };
-    // Subscribed before Alice writes: give the follower a moment to reach the daemon.
-    std::thread::sleep(Duration::from_millis(500));
+    let mut follow = bob.follow(&[]);
     alice.add(&bob, "bob");
     alice.send("bob", "hello from the market");
     let id = Node::request_id_of(&alice);
-    wait_for(&format!("Contact request {id} from someone who says they are \"Alice\" (unverified)"));
+    follow.wait_for(&format!("Contact request {id} from someone who says they are \"Alice\" (unverified)"));
     bob.ok(&["requests", "accept", &id, "--name", "alice"]);
-    wait_for("hello from the market");
-    let _ = follow.kill();
-    let _ = follow.wait();
+    follow.wait_for("hello from the market");
 }

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use merpati_control::protocol::check_name;
 use merpati_proto::invite::MAX_NAME_LEN;
 
-use crate::commands::{contact, init, invite, messages, relay, requests, send};
+use crate::commands::{contact, init, invite, messages, relay, requests, send, shell};
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
 ///
@@ -60,6 +60,16 @@ pub(crate) enum Command {
     /// answered and no receipt goes back until you accept. The name they give is their word
     /// only. At most 100 requests wait; past that the oldest is dropped.
     Requests(requests::Args),
+    /// Print a completion script for your shell
+    ///
+    /// For example, for bash: `merpati completions bash > ~/.local/share/bash-completion/completions/merpati`;
+    /// for zsh, write it as `_merpati` into a directory of your `$fpath`; for fish, into
+    /// `~/.config/fish/completions/merpati.fish`.
+    Completions(shell::CompletionsArgs),
+    /// Print the man page, or write one per command into a directory
+    ///
+    /// For example: `merpati man --dir ~/.local/share/man/man1`, then `man merpati-send`.
+    Man(shell::ManArgs),
 }
 
 /// A contact name argument: 1–64 characters, no control characters (what merpatid accepts), so

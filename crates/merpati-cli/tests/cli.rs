@@ -141,11 +141,17 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
             request,
             ContactListResult {
                 contacts: vec![
-                    ContactSummary { name: "bob".into(), fingerprint: "aaaa bbbb".into(), connected: true },
+                    ContactSummary {
+                        name: "bob".into(),
+                        fingerprint: "aaaa bbbb".into(),
+                        connected: true,
+                        last_heard: Some(1_795_219_200_000),
+                    },
                     ContactSummary {
                         name: "carol".into(),
                         fingerprint: "cccc dddd".into(),
                         connected: false,
+                        last_heard: None,
                     },
                 ],
             },
@@ -172,6 +178,7 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
                 connected: vec!["bob".into()],
                 outbox: 1,
                 fingerprint: "1111 2222".into(),
+                name: Some("Alice".into()),
             },
         ),
         // A subscription on which nothing ever happens.
@@ -373,7 +380,7 @@ fn json_output_shapes() {
     assert_eq!(
         contacts,
         vec![
-            json!({"name": "bob", "fingerprint": "aaaa bbbb", "connected": true}),
+            json!({"name": "bob", "fingerprint": "aaaa bbbb", "connected": true, "last_heard": 1_795_219_200_000u64}),
             json!({"name": "carol", "fingerprint": "cccc dddd", "connected": false}),
         ]
     );
@@ -396,6 +403,7 @@ fn json_output_shapes() {
             "connected": ["bob"],
             "outbox": 1,
             "fingerprint": "1111 2222",
+            "name": "Alice",
         })]
     );
 }
@@ -414,10 +422,15 @@ fn human_output() {
         )
     );
     let out = merpati(tmp.path(), &["contact", "list"]);
-    assert_eq!(stdout(&out), "bob    aaaa bbbb  connected\ncarol  cccc dddd  -\n");
+    assert_eq!(
+        stdout(&out),
+        "bob    aaaa bbbb  connected  last heard 2026-11-21 00:00:00\n\
+         carol  cccc dddd  -          never heard from\n"
+    );
     let out = merpati(tmp.path(), &["status"]);
     let text = stdout(&out);
     assert!(text.contains("peer id:      12D3KooWtest\n") && text.contains("connected:    bob\n"), "{text}");
+    assert!(text.starts_with("name:         Alice\nfingerprint:  1111 2222\n"), "{text}");
     assert!(text.contains("outbox:       1 message waiting to be sent\n"), "{text}");
 }
 
@@ -746,4 +759,30 @@ fn send_wait_sent_is_satisfied_by_a_relay() {
     let out = merpati(tmp.path(), &["send", "bob", "hello bob", "--wait", "delivered", "--timeout", "1"]);
     assert_eq!(code(&out), 8, "{}", stderr(&out));
     assert!(stderr(&out).contains("is stored 1/1, not yet delivered"), "{}", stderr(&out));
+}
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_and_need_no_home() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A home that does not exist: neither command touches it.
+    let home = tmp.path().join("no such home");
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = merpati(&home, &["completions", shell]);
+        assert_eq!(code(&out), 0, "{shell}: {}", stderr(&out));
+        let script = stdout(&out);
+        assert!(script.contains("requests") && script.contains("unblock"), "{shell}: {script}");
+    }
+    let out = merpati(&home, &["completions", "tcsh"]);
+    assert_eq!(code(&out), 2, "an unknown shell is a usage error");
+
+    let out = merpati(&home, &["man"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains(".TH merpati 1"), "{}", stdout(&out));
+    let pages = tmp.path().join("man1");
+    let out = merpati(&home, &["man", "--dir", pages.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let accept = std::fs::read_to_string(pages.join("merpati-requests-accept.1")).unwrap();
+    assert!(accept.contains("suggested name"), "{accept}");
+    assert!(pages.join("merpati-contact-rename.1").exists() && pages.join("merpati-send.1").exists());
+    assert!(!home.exists());
 }

@@ -313,8 +313,12 @@ impl Actor {
                 }
                 let requests: Vec<&Request> = sends.iter().map(|c| &c.request).collect();
                 let responses = rpc::handle_sends(&mut self.engine, &requests, now);
-                for (command, response) in sends.into_iter().zip(responses) {
+                for (command, (response, queued)) in sends.into_iter().zip(responses) {
                     let _ = command.reply.send(response);
+                    // Followers see what the user wrote too, as soon as it is queued.
+                    if let Some(message) = queued {
+                        self.publish_message(&message);
+                    }
                 }
             } else {
                 let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;

@@ -182,11 +182,12 @@ pub(crate) fn is_send(request: &Request) -> bool {
 
 /// Answers `send` requests received together, in order, queuing every text they carry with one
 /// durable write; a request with bad parameters gets its own error and does not hold up the rest.
+/// Each answer comes with the message queued, if it was, for the daemon to announce.
 pub(crate) fn handle_sends(
     engine: &mut Engine<SledStore>,
     requests: &[&Request],
     now: Timestamp,
-) -> Vec<Response> {
+) -> Vec<(Response, Option<StoredMessage>)> {
     let params: Vec<Result<SendParams, Response>> =
         requests.iter().map(|request| request.params_of::<method::Send>()).collect();
     let sends: Vec<(&str, &str)> =
@@ -196,13 +197,16 @@ pub(crate) fn handle_sends(
         .iter()
         .zip(params)
         .map(|(request, params)| match params {
-            Err(answer) => answer,
+            Err(answer) => (answer, None),
             Ok(_) => match results.next() {
-                Some(Ok(message)) => {
-                    Response::ok(request.id.clone(), to_value(SendResult { id: message_id(&message.id) }))
+                Some(Ok(message)) => (
+                    Response::ok(request.id.clone(), to_value(SendResult { id: message_id(&message.id) })),
+                    Some(message),
+                ),
+                Some(Err(error)) => (error_response(request.id.clone(), &error), None),
+                None => {
+                    (error_response(request.id.clone(), &EngineError::NotSaved("no answer".into())), None)
                 }
-                Some(Err(error)) => error_response(request.id.clone(), &error),
-                None => error_response(request.id.clone(), &EngineError::NotSaved("no answer".into())),
             },
         })
         .collect()
@@ -247,6 +251,7 @@ async fn status(engine: &Engine<SledStore>, net: &net::Handle) -> Result<StatusR
         connected,
         outbox: engine.store().outbox_len()? as u64,
         fingerprint: fingerprint(&engine.profile().identity.public()),
+        name: engine.me().name.clone(),
     })
 }
 
@@ -294,6 +299,7 @@ async fn contact_list(
         .map(|c| ContactSummary {
             fingerprint: fingerprint(&c.identity),
             connected: connected.contains(&c.name),
+            last_heard: c.last_heard.map(|t| t.millis()),
             name: c.name,
         })
         .collect();

@@ -165,7 +165,11 @@ fn list(home: &Home, out: &mut Output) -> Result<()> {
     for contact in &listed.contacts {
         let state = if contact.connected { "connected" } else { "-" };
         let name = sanitize(&contact.name);
-        out.line(format_args!("{name:<width$}  {}  {state}", sanitize(&contact.fingerprint)))?;
+        let heard = match contact.last_heard {
+            Some(at) => format!("last heard {}", local_time(Timestamp(at))),
+            None => "never heard from".to_owned(),
+        };
+        out.line(format_args!("{name:<width$}  {}  {state:<9}  {heard}", sanitize(&contact.fingerprint)))?;
     }
     Ok(())
 }

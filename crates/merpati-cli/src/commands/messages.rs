@@ -14,6 +14,9 @@ use crate::commands::connect;
 use crate::output::{Output, local_time, sanitize, status_text};
 
 /// Arguments of `merpati messages`.
+///
+/// With `--follow`, new messages are printed as they are stored, the user's own as soon as they
+/// are queued; following one conversation marks what arrives in it read, as showing it does.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Only the conversation with this contact
@@ -57,6 +60,13 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
                 // `remove`, not `contains`: a message is announced once, so the set only shrinks.
                 if wanted && !printed.remove(&message.id) {
                     print(out, &message)?;
+                    // Following one conversation is reading it, as showing it is.
+                    if let Some(name) = &args.name
+                        && message.direction == Direction::In
+                    {
+                        connect(home)?
+                            .call::<method::MessagesRead>(MessagesReadParams { with: name.clone() })?;
+                    }
                 }
             }
             // Told once per request, to a person following everything; scripts read

@@ -7,6 +7,7 @@ pub(crate) mod messages;
 pub(crate) mod relay;
 pub(crate) mod requests;
 pub(crate) mod send;
+pub(crate) mod shell;
 pub(crate) mod status;
 
 use std::io::Read;
@@ -20,8 +21,14 @@ use crate::output::Output;
 
 /// Runs the command `cli` names.
 pub(crate) fn run(cli: Cli) -> Result<()> {
-    let home = Home::resolve(cli.home)?;
     let mut out = Output::new(cli.json);
+    // These two need no home, no identity and no daemon.
+    match cli.command {
+        Command::Completions(args) => return shell::completions(args),
+        Command::Man(args) => return shell::man(&mut out, args),
+        _ => {}
+    }
+    let home = Home::resolve(cli.home)?;
     match cli.command {
         Command::Init(args) => init::run(&home, &mut out, args),
         Command::Invite(args) => invite::run(&home, &mut out, args),
@@ -31,6 +38,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Status => status::run(&home, &mut out),
         Command::Relay(command) => relay::run(&home, &mut out, command),
         Command::Requests(args) => requests::run(&home, &mut out, args),
+        Command::Completions(_) | Command::Man(_) => Ok(()),
     }
 }
 

@@ -1,4 +1,5 @@
-//! `merpati status`: the daemon's peer id, addresses, connected contacts and outbox.
+//! `merpati status`: your name and fingerprint, the daemon's peer id, addresses, connected
+//! contacts and outbox.
 
 use anyhow::Result;
 use merpati_control::Home;
@@ -13,8 +14,11 @@ pub(crate) fn run(home: &Home, out: &mut Output) -> Result<()> {
     if out.is_json() {
         return out.object(&status);
     }
-    out.line(format_args!("peer id:      {}", sanitize(&status.peer_id)))?;
+    if let Some(name) = &status.name {
+        out.line(format_args!("name:         {}", sanitize(name)))?;
+    }
     out.line(format_args!("fingerprint:  {}", sanitize(&status.fingerprint)))?;
+    out.line(format_args!("peer id:      {}", sanitize(&status.peer_id)))?;
     if status.listen.is_empty() {
         out.line("listening on: nothing (not reachable directly)")?;
     }

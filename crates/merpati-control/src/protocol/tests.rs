@@ -52,8 +52,9 @@ fn golden_status() {
             connected: vec!["bob".into()],
             outbox: 2,
             fingerprint: "3f2a 9c01 0000 1111 2222 3333 4444 5555".into(),
+            name: Some("Alice".into()),
         },
-        r#"{"jsonrpc":"2.0","id":1,"result":{"peer_id":"12D3KooWabc","listen":["/ip4/0.0.0.0/tcp/4001"],"connected":["bob"],"outbox":2,"fingerprint":"3f2a 9c01 0000 1111 2222 3333 4444 5555"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"peer_id":"12D3KooWabc","listen":["/ip4/0.0.0.0/tcp/4001"],"connected":["bob"],"outbox":2,"fingerprint":"3f2a 9c01 0000 1111 2222 3333 4444 5555","name":"Alice"}}"#,
     );
 }
 
@@ -88,11 +89,21 @@ fn golden_contact_list() {
         r#"{"jsonrpc":"2.0","id":1,"method":"contact.list","params":{}}"#,
         ContactListResult {
             contacts: vec![
-                ContactSummary { name: "bob".into(), fingerprint: "aaaa".into(), connected: true },
-                ContactSummary { name: "carol".into(), fingerprint: "bbbb".into(), connected: false },
+                ContactSummary {
+                    name: "bob".into(),
+                    fingerprint: "aaaa".into(),
+                    connected: true,
+                    last_heard: Some(1_795_219_200_000),
+                },
+                ContactSummary {
+                    name: "carol".into(),
+                    fingerprint: "bbbb".into(),
+                    connected: false,
+                    last_heard: None,
+                },
             ],
         },
-        r#"{"jsonrpc":"2.0","id":1,"result":{"contacts":[{"name":"bob","fingerprint":"aaaa","connected":true},{"name":"carol","fingerprint":"bbbb","connected":false}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"contacts":[{"name":"bob","fingerprint":"aaaa","connected":true,"last_heard":1795219200000},{"name":"carol","fingerprint":"bbbb","connected":false}]}}"#,
     );
 }
 

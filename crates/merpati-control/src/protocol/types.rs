@@ -314,6 +314,9 @@ pub struct StatusResult {
     pub outbox: u64,
     /// The node's own identity fingerprint.
     pub fingerprint: String,
+    /// The name the user gave themselves at `init` (the one invites carry), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The result of `invite`.
@@ -353,6 +356,10 @@ pub struct ContactSummary {
     pub fingerprint: String,
     /// Whether the contact's node is connected right now.
     pub connected: bool,
+    /// When something from the contact last arrived (ms since the Unix epoch, to the minute);
+    /// absent if nothing ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heard: Option<u64>,
 }
 
 /// The result of `contact.list`.
