@@ -66,8 +66,16 @@ fn bad_requests_get_their_exit_codes() {
     let big = "x".repeat(20 * 1024);
     let out = alice.cli_with_input(&["send", "bob", "-"], Some(&big));
     assert_eq!(code(&out), Some(7), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("at most 15360"), "the limit is named: {}", text(&out.stderr));
+    // A typo gets the nearest name offered.
+    let out = alice.cli(&["send", "bbo", "hi"]);
+    assert_eq!(code(&out), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("did you mean \"bob\"?"), "{}", text(&out.stderr));
     // Nothing was queued by the refusals.
     assert!(alice.messages(None).is_empty());
+    // Names match whatever their case.
+    alice.send("BOB", "capitals are fine");
+    assert_eq!(alice.messages(Some("Bob"))[0]["contact"], "bob");
 }
 
 #[test]

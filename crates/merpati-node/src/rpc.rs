@@ -43,19 +43,27 @@ pub(crate) async fn handle(
         method::ContactList::NAME => contact_list(engine, net).await.map(to_value),
         method::ContactRename::NAME => match request.params_of::<method::ContactRename>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| engine.rename_contact(&params.name, &params.new_name))
-                .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
+            Ok(params) => blocking(|| {
+                let name = engine.resolve_contact(&params.name)?;
+                engine.rename_contact(&name, &params.new_name)
+            })
+            .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
         },
         method::ContactRemove::NAME => match request.params_of::<method::ContactRemove>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| engine.remove_contact(&params.name))
-                .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
+            Ok(params) => blocking(|| {
+                let name = engine.resolve_contact(&params.name)?;
+                engine.remove_contact(&name)
+            })
+            .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
         },
         method::ContactBlock::NAME => match request.params_of::<method::ContactBlock>() {
             Err(answer) => return answer,
-            Ok(params) => {
-                blocking(|| engine.block_contact(&params.name, now)).map(|b| to_value(blocked_view(&b)))
-            }
+            Ok(params) => blocking(|| {
+                let name = engine.resolve_contact(&params.name)?;
+                engine.block_contact(&name, now)
+            })
+            .map(|b| to_value(blocked_view(&b))),
         },
         method::ContactUnblock::NAME => match request.params_of::<method::ContactUnblock>() {
             Err(answer) => return answer,
@@ -102,12 +110,19 @@ pub(crate) async fn handle(
         },
         method::ContactShow::NAME => match request.params_of::<method::ContactShow>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| contact_show(engine, &params.name, now)).map(to_value),
+            Ok(params) => blocking(|| {
+                let name = engine.resolve_contact(&params.name)?;
+                contact_show(engine, &name, now)
+            })
+            .map(to_value),
         },
         method::Send::NAME => match request.params_of::<method::Send>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| engine.send_text(&params.to, &params.text, now))
-                .map(|message| to_value(SendResult { id: message_id(&message.id) })),
+            Ok(params) => blocking(|| {
+                let to = engine.resolve_contact(&params.to)?;
+                engine.send_text(&to, &params.text, now)
+            })
+            .map(|message| to_value(SendResult { id: message_id(&message.id) })),
         },
         method::MessageStatus::NAME => match request.params_of::<method::MessageStatus>() {
             Err(answer) => return answer,
@@ -124,25 +139,26 @@ pub(crate) async fn handle(
             Err(answer) => return answer,
             Ok(params) => {
                 let limit = params.effective_limit() as usize;
-                match &params.with {
-                    Some(name) if engine.store().contact(name).ok().flatten().is_none() => {
-                        Err(EngineError::UnknownContact(name.clone()))
-                    }
-                    _ => engine
-                        .store()
-                        .messages(params.with.as_deref(), limit)
-                        .map(|messages| {
-                            to_value(MessagesResult { messages: messages.iter().map(message_view).collect() })
-                        })
-                        .map_err(EngineError::from),
-                }
+                params
+                    .with
+                    .as_deref()
+                    .map(|name| engine.resolve_contact(name))
+                    .transpose()
+                    .and_then(|with| {
+                        engine.store().messages(with.as_deref(), limit).map_err(EngineError::from)
+                    })
+                    .map(|messages| {
+                        to_value(MessagesResult { messages: messages.iter().map(message_view).collect() })
+                    })
             }
         },
         method::MessagesRead::NAME => match request.params_of::<method::MessagesRead>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| engine.mark_read(&params.with, now)).map(|count| {
-                to_value(MessagesReadResult { count: u32::try_from(count).unwrap_or(u32::MAX) })
-            }),
+            Ok(params) => blocking(|| {
+                let with = engine.resolve_contact(&params.with)?;
+                engine.mark_read(&with, now)
+            })
+            .map(|count| to_value(MessagesReadResult { count: u32::try_from(count).unwrap_or(u32::MAX) })),
         },
         method::RelayList::NAME => Ok(to_value(relay_list(engine, net).await)),
         method::RelayAdd::NAME => match request.params_of::<method::RelayAdd>() {
@@ -188,8 +204,17 @@ pub(crate) fn handle_sends(
     requests: &[&Request],
     now: Timestamp,
 ) -> Vec<(Response, Option<StoredMessage>)> {
-    let params: Vec<Result<SendParams, Response>> =
-        requests.iter().map(|request| request.params_of::<method::Send>()).collect();
+    // Each recipient as the user typed it, resolved to the stored name; one that matches no
+    // contact is answered on its own.
+    let params: Vec<Result<SendParams, Response>> = requests
+        .iter()
+        .map(|request| {
+            let mut params = request.params_of::<method::Send>()?;
+            params.to = blocking(|| engine.resolve_contact(&params.to))
+                .map_err(|error| error_response(request.id.clone(), &error))?;
+            Ok(params)
+        })
+        .collect();
     let sends: Vec<(&str, &str)> =
         params.iter().filter_map(|p| p.as_ref().ok()).map(|p| (p.to.as_str(), p.text.as_str())).collect();
     let mut results = blocking(|| engine.send_texts(&sends, now)).into_iter();
@@ -222,7 +247,7 @@ fn to_value(value: impl Serialize) -> serde_json::Value {
 
 fn error_response(id: protocol::Id, error: &EngineError) -> Response {
     let kind = match error {
-        EngineError::UnknownContact(_) => AppError::UnknownContact,
+        EngineError::UnknownContact(_) | EngineError::UnknownContactLike { .. } => AppError::UnknownContact,
         EngineError::InvalidInvite(_) => AppError::InvalidInvite,
         EngineError::TooLarge { .. } => AppError::MessageTooLarge,
         EngineError::ContactExists(_) => AppError::ContactExists,

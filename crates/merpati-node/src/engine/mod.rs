@@ -8,6 +8,7 @@
 
 mod incoming;
 mod maintenance;
+mod names;
 mod outgoing;
 mod relays;
 #[cfg(test)]
@@ -58,6 +59,14 @@ pub enum EngineError {
     /// No contact has that name.
     #[error("no contact named \"{0}\"")]
     UnknownContact(String),
+    /// No contact has that name, whatever its case; `suggestion` is a near one.
+    #[error("no contact named \"{name}\"{}", suggestion.as_ref().map(|s| format!("; did you mean \"{s}\"?")).unwrap_or_default())]
+    UnknownContactLike {
+        /// The name asked for.
+        name: String,
+        /// The contact name nearest to it, if one is close.
+        suggestion: Option<String>,
+    },
     /// The invite could not be used.
     #[error("invalid invite: {0}")]
     InvalidInvite(String),
@@ -308,6 +317,7 @@ impl<S: Store> Engine<S> {
         if self.store.is_blocked(invite.identity())? {
             return Err(EngineError::BlockedIdentity(RequestId::of(invite.identity()).to_string()));
         }
+        self.check_name_free(name, None)?;
         let contact = Contact {
             name: name.to_owned(),
             identity: *invite.identity(),

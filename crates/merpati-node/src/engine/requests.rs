@@ -210,8 +210,8 @@ impl<S: Store> Engine<S> {
         check_name(name)?;
         let request = self.store.request(id)?.ok_or_else(|| EngineError::UnknownRequest(id.to_string()))?;
         let existing = self.store.contacts()?.into_iter().find(|c| c.identity == request.identity);
-        if existing.is_none() && self.store.contact(name)?.is_some() {
-            return Err(EngineError::ContactExists(name.to_owned()));
+        if existing.is_none() {
+            self.check_name_free(name, None)?;
         }
         if !self.can_open(&request, now) {
             let mut changes = self.dismissal(&request, now);
@@ -296,6 +296,8 @@ impl<S: Store> Engine<S> {
         if from == to {
             return Ok(contact);
         }
+        // A change of case only is a rename like any other.
+        self.check_name_free(to, Some(from))?;
         let mut changes = vec![Change::RenameContact { from: from.to_owned(), to: to.to_owned() }];
         let sessions = self.sessions_of(from)?;
         for record in &sessions {

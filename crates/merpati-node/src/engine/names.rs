@@ -1,0 +1,85 @@
+//! Contact names as people type them: a name matches whatever its case, two contacts cannot
+//! have names that differ only in case, and a name that matches nobody gets the nearest one
+//! offered.
+
+use super::{Engine, EngineError};
+use crate::store::Store;
+
+/// The longest edit distance (in characters) at which a name is offered as what was meant.
+const SUGGEST_DISTANCE: usize = 2;
+
+/// A name with its case folded (Unicode-aware: `Ä` and `ä` fold alike).
+fn fold(name: &str) -> String {
+    name.to_lowercase()
+}
+
+impl<S: Store> Engine<S> {
+    /// The stored name of the contact the user means by `name`: the contact called exactly that,
+    /// else the one whose name differs only in case. Otherwise [`EngineError::UnknownContactLike`]
+    /// with the nearest name, if one is within two edits.
+    pub fn resolve_contact(&self, name: &str) -> Result<String, EngineError> {
+        if self.store.contact(name)?.is_some() {
+            return Ok(name.to_owned());
+        }
+        let contacts = self.store.contacts()?;
+        let folded = fold(name);
+        if let Some(same) = contacts.iter().find(|c| fold(&c.name) == folded) {
+            return Ok(same.name.clone());
+        }
+        let suggestion = contacts
+            .iter()
+            .map(|c| (strsim::levenshtein(&fold(&c.name), &folded), &c.name))
+            .filter(|(distance, _)| *distance <= SUGGEST_DISTANCE)
+            .min()
+            .map(|(_, name)| name.clone());
+        Err(EngineError::UnknownContactLike { name: name.to_owned(), suggestion })
+    }
+
+    /// Refuses `name` for a contact if another contact (not `except`) has a name that differs
+    /// from it only in case, or is it.
+    pub(super) fn check_name_free(&self, name: &str, except: Option<&str>) -> Result<(), EngineError> {
+        let folded = fold(name);
+        match self
+            .store
+            .contacts()?
+            .into_iter()
+            .find(|c| Some(c.name.as_str()) != except && fold(&c.name) == folded)
+        {
+            Some(taken) => Err(EngineError::ContactExists(taken.name)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{T0, engine, pair, peer};
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn names_match_whatever_their_case_and_a_typo_gets_the_nearest() {
+        let (mut alice, _bob) = pair();
+        let carol = engine(MemoryStore::new(), 3, "Carol").invite(peer(3).to_bytes(), vec![], T0).unwrap();
+        alice.add_contact(&carol, "Ärger Carol", T0).unwrap();
+        assert_eq!(alice.resolve_contact("bob").unwrap(), "bob");
+        assert_eq!(alice.resolve_contact("BOB").unwrap(), "bob");
+        assert_eq!(alice.resolve_contact("ärger carol").unwrap(), "Ärger Carol");
+        let err = alice.resolve_contact("bbo").unwrap_err();
+        assert_eq!(err.to_string(), "no contact named \"bbo\"; did you mean \"bob\"?");
+        let err = alice.resolve_contact("dave").unwrap_err();
+        assert_eq!(err.to_string(), "no contact named \"dave\"");
+        // A sent text finds its contact by any case.
+        let to = alice.resolve_contact("Bob").unwrap();
+        assert_eq!(alice.send_text(&to, "hi", T0).unwrap().contact, "bob");
+
+        // Names that differ only in case cannot both be taken; a change of case is a rename.
+        let dave = engine(MemoryStore::new(), 4, "Dave").invite(peer(4).to_bytes(), vec![], T0).unwrap();
+        let taken = alice.add_contact(&dave, "BOB", T0).unwrap_err();
+        assert!(matches!(&taken, EngineError::ContactExists(name) if name == "bob"), "{taken}");
+        alice.add_contact(&dave, "dave", T0).unwrap();
+        assert!(matches!(alice.rename_contact("dave", "Bob"), Err(EngineError::ContactExists(_))));
+        assert_eq!(alice.rename_contact("bob", "Bob").unwrap().name, "Bob");
+        assert_eq!(alice.resolve_contact("bob").unwrap(), "Bob");
+    }
+}
