@@ -129,7 +129,8 @@ fn the_demo_runs_and_exits_zero() {
 #[test]
 fn following_a_conversation_shows_your_own_sends_and_reads_what_arrives() {
     let (alice, bob) = pair();
-    let mut follow = alice.follow(&["bob"]);
+    // The name in another case than it is stored: the follow still finds the conversation.
+    let mut follow = alice.follow(&["BOB"]);
     // Her own send, from another client, shows at once.
     alice.send("bob", "on my way");
     follow.wait_for("on my way");
@@ -139,6 +140,41 @@ fn following_a_conversation_shows_your_own_sends_and_reads_what_arrives() {
     wait_until("his message read", PATIENCE, || {
         bob.messages(Some("alice")).iter().any(|m| m["id"] == id.as_str() && m["status"] == "read")
     });
+}
+
+#[test]
+fn history_pages_back_and_is_searched_whatever_the_case() {
+    let (alice, bob) = pair();
+    let texts: Vec<String> = (0..7).map(|i| format!("note {i}")).collect();
+    for text in &texts {
+        alice.send("bob", text);
+    }
+    alice.send("bob", "meet at the CAFÉ");
+    wait_until("all delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 8));
+    let page = |args: &[&str]| -> Vec<Value> {
+        bob.ok(args).lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+    };
+    // The newest three, then the three before them, then the rest: oldest first on each page.
+    let newest = page(&["--json", "messages", "Alice", "--limit", "3"]);
+    assert_eq!(texts_of(&newest), ["note 5", "note 6", "meet at the CAFÉ"]);
+    let first = newest[0]["id"].as_str().unwrap();
+    let before = page(&["--json", "messages", "alice", "--limit", "3", "--before", first]);
+    assert_eq!(texts_of(&before), ["note 2", "note 3", "note 4"]);
+    let first = before[0]["id"].as_str().unwrap();
+    let rest = page(&["--json", "messages", "--limit", "3", "--before", first]);
+    assert_eq!(texts_of(&rest), ["note 0", "note 1"]);
+
+    let found = page(&["--json", "search", "café"]);
+    assert_eq!(texts_of(&found), ["meet at the CAFÉ"]);
+    let found = page(&["--json", "search", "NOTE", "alice", "--limit", "2"]);
+    assert_eq!(texts_of(&found), ["note 5", "note 6"], "the newest matches");
+    assert!(bob.ok(&["search", "tea"]).contains("No messages hold \"tea\"."));
+    let out = bob.cli(&["messages", "--before", "00000000000000000000000000000000"]);
+    assert_eq!(out.status.code(), Some(1), "an unknown message id: {}", merpati_e2e::text(&out.stderr));
+}
+
+fn texts_of(messages: &[Value]) -> Vec<&str> {
+    messages.iter().map(|m| m["text"].as_str().unwrap()).collect()
 }
 
 #[test]

@@ -257,7 +257,7 @@ impl Node {
             .args(args)
             .arg("--follow")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -269,8 +269,11 @@ impl Node {
                 }
             }
         });
-        // Give it a moment to subscribe before the test acts.
-        std::thread::sleep(Duration::from_millis(500));
+        // It says on stderr once it is subscribed: from then on nothing stored is missed.
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        stderr.read_line(&mut said).unwrap();
+        assert!(said.starts_with("following new messages"), "messages --follow said: {said}");
         Follower { child, lines, seen: Vec::new() }
     }
 

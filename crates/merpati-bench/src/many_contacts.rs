@@ -65,7 +65,11 @@ pub(crate) fn run(exe: &Path, params: &Params) -> anyhow::Result<()> {
         let mut got = 0;
         for _ in 0..20 {
             let t0 = Instant::now();
-            let answer = client.call::<Messages>(MessagesParams { with: with.clone(), limit: Some(1000) })?;
+            let answer = client.call::<Messages>(MessagesParams {
+                with: with.clone(),
+                limit: Some(1000),
+                before: None,
+            })?;
             samples.push(t0.elapsed());
             got = answer.messages.len();
         }

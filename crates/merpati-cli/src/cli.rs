@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use merpati_control::protocol::check_name;
 use merpati_proto::invite::MAX_NAME_LEN;
 
-use crate::commands::{contact, init, invite, messages, relay, requests, send, shell};
+use crate::commands::{contact, init, invite, messages, relay, requests, search, send, shell};
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
 ///
@@ -42,8 +42,10 @@ pub(crate) enum Command {
     Contact(contact::Command),
     /// Send a text to a contact
     Send(send::Args),
-    /// List messages, and optionally follow new ones
+    /// List messages, page back through them, and optionally follow new ones
     Messages(messages::Args),
+    /// Find messages holding a text, whatever its case
+    Search(search::Args),
     /// Show the daemon's peer id, addresses, connected contacts and outbox
     Status,
     /// Add, list and remove the relays that keep your messages while you are offline

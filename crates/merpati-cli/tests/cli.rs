@@ -13,9 +13,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use merpati_control::protocol::{
-    AppError, ContactListResult, ContactSummary, Direction, Event, MessageStatus, MessageView,
-    MessagesReadResult, MessagesResult, RelayListResult, RelayView, Request, Response, StatusResult,
-    StatusUpdate, StoredCount, method, parse_request,
+    AppError, ContactListResult, ContactShowResult, ContactSummary, Direction, Event, MessageStatus,
+    MessageView, MessagesReadResult, MessagesResult, RelayListResult, RelayView, Request, Response,
+    StatusResult, StatusUpdate, StoredCount, method, parse_request,
 };
 use merpati_proto::Timestamp;
 use serde_json::{Value, json};
@@ -154,6 +154,18 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
                         last_heard: None,
                     },
                 ],
+            },
+        ),
+        "contact.show" if request.params_of::<method::ContactShow>().is_ok_and(|p| p.name == "bob") => ok(
+            request,
+            ContactShowResult {
+                name: "bob".into(),
+                fingerprint: "aaaa bbbb".into(),
+                safety_number: "01234".into(),
+                peer_id: String::new(),
+                addrs: Vec::new(),
+                missing: Vec::new(),
+                last_heard: None,
             },
         ),
         "contact.show" => app_error(request, AppError::UnknownContact, "there is no contact named dave"),
@@ -531,7 +543,10 @@ fn messages_follow_prints_new_messages_once() {
     });
     let out = merpati(tmp.path(), &["--json", "messages", "bob", "--follow"]);
     assert_eq!(code(&out), 1);
-    assert_eq!(stderr(&out), "merpati: merpatid closed the connection (did it stop?)\n");
+    assert_eq!(
+        stderr(&out),
+        "following new messages (Ctrl-C to stop)\nmerpati: merpatid closed the connection (did it stop?)\n"
+    );
     let texts: Vec<String> = stdout(&out)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap()["text"].as_str().unwrap().to_owned())

@@ -322,13 +322,13 @@ impl Actor {
                 }
             } else {
                 let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
-                let renamed = rpc::renamed(&command.request, &response);
                 let _ = command.reply.send(response);
                 // Accepting a request (or adding its sender) opened what they wrote.
                 for message in self.engine.take_opened() {
                     self.publish_message(&message);
                 }
-                if let Some((old, new)) = renamed {
+                // By the names as stored, whatever case the user typed.
+                for (old, new) in self.engine.take_renamed() {
                     self.follow_rename(old, new);
                 }
                 if rpc::changes_relays(&command.request) {

@@ -152,8 +152,11 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
     say("   nothing lost, nothing twice");
 
     say("7. Bob's conversation with Alice, from his node's database");
-    let messages =
-        bob.client()?.call::<Messages>(MessagesParams { with: Some("alice".into()), limit: None })?;
+    let messages = bob.client()?.call::<Messages>(MessagesParams {
+        with: Some("alice".into()),
+        limit: None,
+        before: None,
+    })?;
     for m in &messages.messages {
         let who = if m.status.is_some() { "Bob  " } else { "Alice" };
         say(format!("   {who}  {}", m.text));

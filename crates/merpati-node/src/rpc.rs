@@ -139,18 +139,22 @@ pub(crate) async fn handle(
             Err(answer) => return answer,
             Ok(params) => {
                 let limit = params.effective_limit() as usize;
-                params
-                    .with
-                    .as_deref()
-                    .map(|name| engine.resolve_contact(name))
-                    .transpose()
-                    .and_then(|with| {
-                        engine.store().messages(with.as_deref(), limit).map_err(EngineError::from)
-                    })
-                    .map(|messages| {
-                        to_value(MessagesResult { messages: messages.iter().map(message_view).collect() })
-                    })
+                blocking(|| {
+                    let with = params.with.as_deref().map(|name| engine.resolve_contact(name)).transpose()?;
+                    let messages = match &params.before {
+                        Some(id) => {
+                            let before = engine.message(&MessageId(id.to_bytes()))?.order;
+                            engine.store().messages_before(with.as_deref(), before, limit)?
+                        }
+                        None => engine.store().messages(with.as_deref(), limit)?,
+                    };
+                    Ok(to_value(MessagesResult { messages: messages.iter().map(message_view).collect() }))
+                })
             }
+        },
+        method::MessagesSearch::NAME => match request.params_of::<method::MessagesSearch>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| search(engine, &params)).map(to_value),
         },
         method::MessagesRead::NAME => match request.params_of::<method::MessagesRead>() {
             Err(answer) => return answer,
@@ -247,7 +251,9 @@ fn to_value(value: impl Serialize) -> serde_json::Value {
 
 fn error_response(id: protocol::Id, error: &EngineError) -> Response {
     let kind = match error {
-        EngineError::UnknownContact(_) | EngineError::UnknownContactLike { .. } => AppError::UnknownContact,
+        EngineError::UnknownContact(_)
+        | EngineError::UnknownContactLike { .. }
+        | EngineError::AmbiguousContact { .. } => AppError::UnknownContact,
         EngineError::InvalidInvite(_) => AppError::InvalidInvite,
         EngineError::TooLarge { .. } => AppError::MessageTooLarge,
         EngineError::ContactExists(_) => AppError::ContactExists,
@@ -382,6 +388,20 @@ pub(crate) fn stored_of(status: Status) -> Option<StoredCount> {
     }
 }
 
+/// The newest messages matching `params`; an empty text, or one over
+/// [`protocol::MAX_SEARCH_LEN`] bytes, is refused as too large a message is.
+fn search(
+    engine: &Engine<SledStore>,
+    params: &protocol::SearchParams,
+) -> Result<MessagesResult, EngineError> {
+    if params.text.is_empty() || params.text.len() > protocol::MAX_SEARCH_LEN {
+        return Err(EngineError::TooLarge { len: params.text.len(), max: protocol::MAX_SEARCH_LEN });
+    }
+    let with = params.with.as_deref().map(|name| engine.resolve_contact(name)).transpose()?;
+    let found = engine.store().search(with.as_deref(), &params.text, params.effective_limit() as usize)?;
+    Ok(MessagesResult { messages: found.iter().map(message_view).collect() })
+}
+
 /// A request (or blocked sender's) id as the user typed it.
 fn request_id(text: &str) -> Result<RequestId, EngineError> {
     text.trim().to_ascii_lowercase().parse().map_err(|()| EngineError::UnknownRequest(text.to_owned()))
@@ -415,17 +435,6 @@ fn blocked_view(blocked: &Blocked) -> BlockedView {
         label: blocked.label.clone(),
         since: blocked.at,
     }
-}
-
-/// The old and new name, when `request` renamed a contact and `response` says it worked.
-pub(crate) fn renamed(request: &Request, response: &Response) -> Option<(String, String)> {
-    if request.method != method::ContactRename::NAME
-        || !matches!(response.outcome, protocol::Outcome::Result(_))
-    {
-        return None;
-    }
-    let params = request.params_of::<method::ContactRename>().ok()?;
-    Some((params.name, params.new_name))
 }
 
 /// Whether `request` removed a contact's sessions: the daemon then replaces the storage key, so

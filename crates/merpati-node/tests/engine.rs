@@ -372,6 +372,22 @@ impl Store for Rigged {
     ) -> Result<Vec<store::StoredMessage>, store::StoreError> {
         self.store.messages(contact, limit)
     }
+    fn messages_before(
+        &self,
+        contact: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<store::StoredMessage>, store::StoreError> {
+        self.store.messages_before(contact, before, limit)
+    }
+    fn search(
+        &self,
+        contact: Option<&str>,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<store::StoredMessage>, store::StoreError> {
+        self.store.search(contact, needle, limit)
+    }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
         self.store.outbox()
     }

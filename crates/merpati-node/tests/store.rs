@@ -705,6 +705,34 @@ mod conformance {
         assert!(store.contact("eve").unwrap().is_none());
     }
 
+    /// Paging back and searching read the conversation (or all of them) from a point back.
+    pub(crate) fn history_pages_back_and_is_searched<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(32);
+        let mut changes = vec![Change::AddContact(f.contact("ann")), Change::AddContact(f.contact("bo"))];
+        for i in 0..6 {
+            changes.push(Change::PutMessage(f.message("ann", &format!("ann {i}"))));
+            changes.push(Change::PutMessage(f.message("bo", &format!("Bo {i} ÄPFEL"))));
+        }
+        store.apply(&changes).unwrap();
+        let texts = |messages: Vec<StoredMessage>| messages.into_iter().map(|m| m.text).collect::<Vec<_>>();
+        let ann = store.messages(Some("ann"), 2).unwrap();
+        assert_eq!(texts(ann.clone()), ["ann 4", "ann 5"]);
+        let before = store.messages_before(Some("ann"), ann[0].order, 3).unwrap();
+        assert_eq!(texts(before.clone()), ["ann 1", "ann 2", "ann 3"]);
+        assert_eq!(texts(store.messages_before(Some("ann"), before[0].order, 3).unwrap()), ["ann 0"]);
+        assert!(store.messages_before(Some("ann"), 0, 3).unwrap().is_empty());
+        assert!(store.messages_before(Some("ann"), u64::MAX, 0).unwrap().is_empty());
+        // All conversations, by the order they were stored in (each "ann i" before "Bo i").
+        let all = store.messages_before(None, ann[0].order, 3).unwrap();
+        assert_eq!(texts(all), ["Bo 2 ÄPFEL", "ann 3", "Bo 3 ÄPFEL"].map(String::from));
+        assert!(store.messages_before(Some("nobody"), u64::MAX, 3).unwrap().is_empty());
+
+        assert_eq!(texts(store.search(None, "äpfel", 2).unwrap()), ["Bo 4 ÄPFEL", "Bo 5 ÄPFEL"]);
+        assert_eq!(texts(store.search(Some("ann"), "ANN 3", 10).unwrap()), ["ann 3"]);
+        assert!(store.search(Some("ann"), "äpfel", 10).unwrap().is_empty());
+        assert_eq!(store.search(None, "", 100).unwrap().len(), 12, "the empty text is in every message");
+    }
+
     pub(crate) fn requests_and_blocks_round_trip<S: Store + ?Sized>(store: &S) {
         let mut f = Fixture::new(30);
         let identity = f.contact("x").identity;
@@ -887,6 +915,7 @@ conformance!(
     announcement_notes_are_per_session_newest_first,
     requests_and_blocks_round_trip,
     contacts_are_renamed_and_removed_with_what_they_own,
+    history_pages_back_and_is_searched,
 );
 
 /// Tests of what only the disk store has.

@@ -5,7 +5,8 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use merpati_control::protocol::{
-    Direction, Event, MAX_MESSAGES_LIMIT, MessageId, MessageView, MessagesParams, MessagesReadParams, method,
+    ContactShowParams, Direction, Event, MAX_MESSAGES_LIMIT, MessageId, MessageView, MessagesParams,
+    MessagesReadParams, method,
 };
 use merpati_control::{ClientError, Home};
 
@@ -28,15 +29,26 @@ pub(crate) struct Args {
     /// How many of the latest messages to print first [default: 100]
     #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_MESSAGES_LIMIT)))]
     limit: Option<u32>,
+    /// Page back: the messages before the one with this id (the first id of the page shown)
+    #[arg(long, value_name = "ID", conflicts_with = "follow")]
+    before: Option<MessageId>,
 }
 
-/// Prints the latest messages, then follows if asked.
-pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
+/// Prints the latest messages (or the page before `--before`), then follows if asked.
+pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
+    // The conversation by its stored name, whatever case was typed: new messages carry it.
+    if let Some(name) = &args.name {
+        let contact = connect(home)?.call::<method::ContactShow>(ContactShowParams { name: name.clone() })?;
+        args.name = Some(contact.name);
+    }
     // Subscribe before reading the history, so nothing stored in between is missed; anything
     // that shows up in both is printed once.
     let events = if args.follow { Some(connect(home)?.subscribe()?) } else { None };
-    let history = connect(home)?
-        .call::<method::Messages>(MessagesParams { with: args.name.clone(), limit: args.limit })?;
+    let history = connect(home)?.call::<method::Messages>(MessagesParams {
+        with: args.name.clone(),
+        limit: args.limit,
+        before: args.before.clone(),
+    })?;
     let mut printed: HashSet<MessageId> = HashSet::new();
     for message in history.messages {
         print(out, &message)?;
@@ -52,6 +64,9 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
     let Some(events) = events else {
         return Ok(());
     };
+    // On stderr, so standard output stays the messages: a person sees it is waiting, and a
+    // script knows the subscription is in place.
+    eprintln!("following new messages (Ctrl-C to stop)");
     let mut requests_told = std::collections::HashSet::new();
     for event in events {
         match event? {
@@ -60,12 +75,13 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
                 // `remove`, not `contains`: a message is announced once, so the set only shrinks.
                 if wanted && !printed.remove(&message.id) {
                     print(out, &message)?;
-                    // Following one conversation is reading it, as showing it is.
+                    // Following one conversation is reading it, as showing it is. A contact
+                    // renamed or removed meanwhile is no reason to stop following.
                     if let Some(name) = &args.name
                         && message.direction == Direction::In
                     {
-                        connect(home)?
-                            .call::<method::MessagesRead>(MessagesReadParams { with: name.clone() })?;
+                        let _ = connect(home)?
+                            .call::<method::MessagesRead>(MessagesReadParams { with: name.clone() });
                     }
                 }
             }
@@ -91,7 +107,7 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
 
 /// One message: `id  in|out  contact  local time  text  [status: reason]`, text escaped for the
 /// terminal.
-fn print(out: &mut Output, message: &MessageView) -> Result<()> {
+pub(crate) fn print(out: &mut Output, message: &MessageView) -> Result<()> {
     if out.is_json() {
         return out.object(message);
     }

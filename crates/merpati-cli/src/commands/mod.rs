@@ -6,6 +6,7 @@ pub(crate) mod invite;
 pub(crate) mod messages;
 pub(crate) mod relay;
 pub(crate) mod requests;
+pub(crate) mod search;
 pub(crate) mod send;
 pub(crate) mod shell;
 pub(crate) mod status;
@@ -35,6 +36,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Contact(command) => contact::run(&home, &mut out, command),
         Command::Send(args) => send::run(&home, &mut out, args),
         Command::Messages(args) => messages::run(&home, &mut out, args),
+        Command::Search(args) => search::run(&home, &mut out, args),
         Command::Status => status::run(&home, &mut out),
         Command::Relay(command) => relay::run(&home, &mut out, command),
         Command::Requests(args) => requests::run(&home, &mut out, args),

@@ -42,6 +42,9 @@ pub(crate) fn man(out: &mut Output, args: ManArgs) -> Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             clap_mangen::generate_to(Cli::command(), &dir)
                 .with_context(|| format!("writing man pages into {}", dir.display()))?;
+            if out.is_json() {
+                return out.object(&serde_json::json!({ "dir": dir }));
+            }
             out.line(format_args!("Man pages written to {}.", dir.display()))
         }
         None => {

@@ -11,7 +11,8 @@ use super::types::{
     ContactRenameParams, ContactShowParams, ContactShowResult, InviteResult, MessageStatusParams,
     MessagesParams, MessagesReadParams, MessagesReadResult, MessagesResult, NoParams, RejectResult,
     RelayAddParams, RelayListResult, RelayRemoveParams, RequestAcceptParams, RequestAcceptResult,
-    RequestIdParams, RequestListResult, SendParams, SendResult, StatusResult, StatusUpdate, SubscribeResult,
+    RequestIdParams, RequestListResult, SearchParams, SendParams, SendResult, StatusResult, StatusUpdate,
+    SubscribeResult,
 };
 
 /// A control method: its wire name and the types of its params and result.
@@ -79,6 +80,9 @@ methods! {
     MessageStatus = "message.status", MessageStatusParams => StatusUpdate;
     /// `messages`: the latest messages, oldest first.
     Messages = "messages", MessagesParams => MessagesResult;
+    /// `messages.search`: the newest messages whose text contains a given text, whatever its
+    /// case, oldest first.
+    MessagesSearch = "messages.search", SearchParams => MessagesResult;
     /// `messages.read`: mark a conversation's incoming messages read (and tell the sender, if
     /// read receipts are on).
     MessagesRead = "messages.read", MessagesReadParams => MessagesReadResult;

@@ -153,7 +153,7 @@ fn golden_message_status() {
 #[test]
 fn golden_messages() {
     golden::<method::Messages>(
-        MessagesParams { with: Some("bob".into()), limit: Some(10) },
+        MessagesParams { with: Some("bob".into()), limit: Some(10), before: None },
         r#"{"jsonrpc":"2.0","id":1,"method":"messages","params":{"with":"bob","limit":10}}"#,
         MessagesResult {
             messages: vec![
@@ -422,6 +422,7 @@ fn method_names_match_the_document() {
             "send",
             "message.status",
             "messages",
+            "messages.search",
             "messages.read",
             "relay.add",
             "relay.list",
@@ -612,8 +613,11 @@ fn names_are_checked() {
 #[test]
 fn messages_limit() {
     assert_eq!(MessagesParams::default().effective_limit(), DEFAULT_MESSAGES_LIMIT);
-    assert_eq!(MessagesParams { with: None, limit: Some(5) }.effective_limit(), 5);
-    assert_eq!(MessagesParams { with: None, limit: Some(50_000) }.effective_limit(), MAX_MESSAGES_LIMIT);
+    assert_eq!(MessagesParams { with: None, limit: Some(5), before: None }.effective_limit(), 5);
+    assert_eq!(
+        MessagesParams { with: None, limit: Some(50_000), before: None }.effective_limit(),
+        MAX_MESSAGES_LIMIT
+    );
 }
 
 fn arb_view() -> impl Strategy<Value = MessageView> {

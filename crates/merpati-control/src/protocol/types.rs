@@ -467,6 +467,33 @@ pub struct MessagesParams {
     /// most [`MAX_MESSAGES_LIMIT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
+    /// Only messages older than this one: the page before it (paging back through history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<MessageId>,
+}
+
+/// The params of `messages.search`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    /// The text to look for, whatever its case; 1 to 1 024 bytes.
+    pub text: String,
+    /// Only the conversation with this contact; all conversations when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
+    /// At most this many of the newest matches (as for `messages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// The longest text `messages.search` looks for, in bytes.
+pub const MAX_SEARCH_LEN: usize = 1024;
+
+impl SearchParams {
+    /// The limit to apply: the default when absent, capped at [`MAX_MESSAGES_LIMIT`].
+    pub fn effective_limit(&self) -> u32 {
+        self.limit.unwrap_or(DEFAULT_MESSAGES_LIMIT).min(MAX_MESSAGES_LIMIT)
+    }
 }
 
 impl MessagesParams {

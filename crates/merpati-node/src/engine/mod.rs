@@ -67,6 +67,14 @@ pub enum EngineError {
         /// The contact name nearest to it, if one is close.
         suggestion: Option<String>,
     },
+    /// Several contacts' names differ from the one asked for only in case.
+    #[error("\"{name}\" could be any of {}: type the name exactly", matches.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", "))]
+    AmbiguousContact {
+        /// The name asked for.
+        name: String,
+        /// The contacts it could mean.
+        matches: Vec<String>,
+    },
     /// The invite could not be used.
     #[error("invalid invite: {0}")]
     InvalidInvite(String),
@@ -186,6 +194,8 @@ pub struct Engine<S: Store> {
     request_index: Option<HashMap<RequestId, Timestamp>>,
     /// Messages opened from accepted requests, not yet taken ([`Engine::take_opened`]).
     opened: Vec<StoredMessage>,
+    /// Contacts renamed (old and new name), not yet taken ([`Engine::take_renamed`]).
+    renamed: Vec<(String, String)>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -244,6 +254,7 @@ impl<S: Store> Engine<S> {
             node_info: None,
             request_index: None,
             opened: Vec::new(),
+            renamed: Vec::new(),
         })
     }
 

@@ -5,7 +5,8 @@
 use super::{Engine, EngineError};
 use crate::store::Store;
 
-/// The longest edit distance (in characters) at which a name is offered as what was meant.
+/// The longest edit distance (in characters) at which a name is offered as what was meant
+/// (for names of six characters or more; shorter ones get one).
 const SUGGEST_DISTANCE: usize = 2;
 
 /// A name with its case folded (Unicode-aware: `Ä` and `ä` fold alike).
@@ -23,13 +24,23 @@ impl<S: Store> Engine<S> {
         }
         let contacts = self.store.contacts()?;
         let folded = fold(name);
-        if let Some(same) = contacts.iter().find(|c| fold(&c.name) == folded) {
-            return Ok(same.name.clone());
+        let same: Vec<&str> =
+            contacts.iter().filter(|c| fold(&c.name) == folded).map(|c| c.name.as_str()).collect();
+        match same.as_slice() {
+            [one] => return Ok((*one).to_owned()),
+            // Two names differing only in case, from before they were refused: say which.
+            [_, _, ..] => {
+                let matches = same.iter().map(|n| (*n).to_owned()).collect();
+                return Err(EngineError::AmbiguousContact { name: name.to_owned(), matches });
+            }
+            [] => {}
         }
+        // Transpositions count as one edit; short names get fewer, so "jo" is not offered "al".
+        let most = (folded.chars().count() / 3).clamp(1, SUGGEST_DISTANCE);
         let suggestion = contacts
             .iter()
-            .map(|c| (strsim::levenshtein(&fold(&c.name), &folded), &c.name))
-            .filter(|(distance, _)| *distance <= SUGGEST_DISTANCE)
+            .map(|c| (strsim::osa_distance(&fold(&c.name), &folded), &c.name))
+            .filter(|(distance, _)| *distance <= most)
             .min()
             .map(|(_, name)| name.clone());
         Err(EngineError::UnknownContactLike { name: name.to_owned(), suggestion })
@@ -81,5 +92,17 @@ mod tests {
         assert!(matches!(alice.rename_contact("dave", "Bob"), Err(EngineError::ContactExists(_))));
         assert_eq!(alice.rename_contact("bob", "Bob").unwrap().name, "Bob");
         assert_eq!(alice.resolve_contact("bob").unwrap(), "Bob");
+        assert!(matches!(
+            alice.resolve_contact("jo"),
+            Err(EngineError::UnknownContactLike { suggestion: None, .. })
+        ));
+
+        // Twins written before they were refused are not guessed between.
+        let erin = engine(MemoryStore::new(), 5, "Erin").profile().identity.public();
+        let twin = super::super::requests::stranger_contact("BOB", erin, T0);
+        alice.store().apply(&[crate::store::Change::AddContact(twin)]).unwrap();
+        assert_eq!(alice.resolve_contact("BOB").unwrap(), "BOB", "an exact name still wins");
+        let err = alice.resolve_contact("boB").unwrap_err();
+        assert_eq!(err.to_string(), "\"boB\" could be any of \"BOB\", \"Bob\": type the name exactly");
     }
 }

@@ -250,6 +250,12 @@ impl<S: Store> Engine<S> {
         Ok(count)
     }
 
+    /// The contacts renamed since the last call (old and new name), for the daemon to carry its
+    /// deliveries in flight over.
+    pub fn take_renamed(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.renamed)
+    }
+
     /// The messages opened from accepted requests since the last call, for the daemon to
     /// announce as if they had just arrived.
     pub fn take_opened(&mut self) -> Vec<crate::store::StoredMessage> {
@@ -315,6 +321,7 @@ impl<S: Store> Engine<S> {
         for record in &sessions {
             self.session_contacts.insert(record.id, to.to_owned());
         }
+        self.renamed.push((from.to_owned(), to.to_owned()));
         Ok(Contact { name: to.to_owned(), ..contact })
     }
 

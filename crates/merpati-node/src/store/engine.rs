@@ -183,6 +183,15 @@ pub(crate) trait View {
     /// Visits the entries whose key starts with `prefix`, in key order or (`rev`) reversed,
     /// until `visit` returns `false`.
     fn scan(&self, tree: Tree, prefix: &[u8], rev: bool, visit: &mut Visit<'_>) -> Result<(), StoreError>;
+    /// Visits the entries whose key starts with `prefix` and sorts below `below`, from the
+    /// largest down, until `visit` returns `false`.
+    fn scan_below(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        below: &[u8],
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Applies a batch inside a transaction. An error aborts the whole batch.
@@ -680,6 +689,60 @@ pub(crate) fn messages(
     })?;
     ids.reverse();
     ids.iter().map(|id| message(view, id)?.ok_or(StoreError::Corrupt { what: "message index" })).collect()
+}
+
+/// The `limit` messages with `contact` (or with everyone) just before the message in
+/// conversation order `before`, oldest first: the page before it.
+pub(crate) fn messages_before(
+    view: &dyn View,
+    contact: Option<&str>,
+    before: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let (tree, prefix, below) = match contact {
+        Some(name) => (Tree::Conversations, conversation_prefix(name), conversation_key(name, before)),
+        None => (Tree::Timeline, Vec::new(), before.to_be_bytes().to_vec()),
+    };
+    let mut ids: Vec<MessageId> = Vec::new();
+    view.scan_below(tree, &prefix, &below, &mut |_, value| {
+        ids.push(codec::decode("message index", value)?);
+        Ok(ids.len() < limit)
+    })?;
+    ids.reverse();
+    ids.iter().map(|id| message(view, id)?.ok_or(StoreError::Corrupt { what: "message index" })).collect()
+}
+
+/// The newest `limit` messages with `contact` (or with everyone) whose text holds `needle`,
+/// whatever the case (Unicode-aware), oldest first. Reads the conversation from its newest
+/// message back until it has found `limit`.
+pub(crate) fn search(
+    view: &dyn View,
+    contact: Option<&str>,
+    needle: &str,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, StoreError> {
+    let needle = needle.to_lowercase();
+    let (tree, prefix) = match contact {
+        Some(name) => (Tree::Conversations, conversation_prefix(name)),
+        None => (Tree::Timeline, Vec::new()),
+    };
+    let mut found = Vec::new();
+    if limit == 0 {
+        return Ok(found);
+    }
+    view.scan(tree, &prefix, true, &mut |_, value| {
+        let id: MessageId = codec::decode("message index", value)?;
+        let message = message(view, &id)?.ok_or(StoreError::Corrupt { what: "message index" })?;
+        if message.text.to_lowercase().contains(&needle) {
+            found.push(message);
+        }
+        Ok(found.len() < limit)
+    })?;
+    found.reverse();
+    Ok(found)
 }
 
 pub(crate) fn outbox(view: &dyn View) -> Result<Vec<OutboxEntry>, StoreError> {

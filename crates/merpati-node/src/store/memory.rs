@@ -111,6 +111,27 @@ impl View for MemoryView<'_> {
         }
         Ok(())
     }
+
+    fn scan_below(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        below: &[u8],
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        if below <= prefix {
+            return Ok(());
+        }
+        let range = self.trees[tree.index()]
+            .range::<Vec<u8>, _>((Bound::Included(prefix.to_vec()), Bound::Excluded(below.to_vec())));
+        for (key, value) in range.rev().take_while(|(key, _)| key.starts_with(prefix)) {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            if !visit(key, value)? {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl MemoryStore {
@@ -162,6 +183,24 @@ impl Store for MemoryStore {
 
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
         engine::messages(&self.view(&self.lock()), contact, limit)
+    }
+
+    fn messages_before(
+        &self,
+        contact: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        engine::messages_before(&self.view(&self.lock()), contact, before, limit)
+    }
+
+    fn search(
+        &self,
+        contact: Option<&str>,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        engine::search(&self.view(&self.lock()), contact, needle, limit)
     }
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {

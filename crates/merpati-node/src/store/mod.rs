@@ -701,6 +701,23 @@ pub trait Store: Send + Sync {
     /// The newest `limit` messages with `contact` (or with everyone), oldest first, in
     /// conversation order.
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The `limit` messages with `contact` (or with everyone) just before the one at conversation
+    /// order `before`, oldest first: the page before it. Reads O(limit + log n).
+    fn messages_before(
+        &self,
+        contact: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The newest `limit` messages with `contact` (or with everyone) whose text contains
+    /// `needle` whatever the case, oldest first. Reads back from the newest message until it
+    /// found `limit`: a whole conversation when fewer match.
+    fn search(
+        &self,
+        contact: Option<&str>,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError>;
     /// Every outbox entry, the one to try first first (by `next_attempt_at`, then id). Reads the
     /// whole outbox: for inspection and tests; delivery uses the three queries below.
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError>;
@@ -778,6 +795,22 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
         (**self).messages(contact, limit)
+    }
+    fn messages_before(
+        &self,
+        contact: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        (**self).messages_before(contact, before, limit)
+    }
+    fn search(
+        &self,
+        contact: Option<&str>,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        (**self).search(contact, needle, limit)
     }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
         (**self).outbox()

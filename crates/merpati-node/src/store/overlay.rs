@@ -134,6 +134,16 @@ mod tests {
             }
             Ok(())
         }
+
+        fn scan_below(
+            &self,
+            _tree: Tree,
+            _prefix: &[u8],
+            _below: &[u8],
+            _visit: &mut Visit<'_>,
+        ) -> Result<(), StoreError> {
+            unreachable!("the overlay never pages")
+        }
     }
 
     #[test]

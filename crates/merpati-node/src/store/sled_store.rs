@@ -356,6 +356,28 @@ impl View for SledView<'_> {
         }
         Ok(())
     }
+
+    fn scan_below(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        below: &[u8],
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        if below <= prefix {
+            return Ok(());
+        }
+        for item in self.0[tree.index()].range(prefix..below).rev() {
+            let (key, value) = item?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !visit(&key, &value)? {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Store for SledStore {
@@ -391,6 +413,24 @@ impl Store for SledStore {
 
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
         engine::messages(&SledView(&self.trees), contact, limit)
+    }
+
+    fn messages_before(
+        &self,
+        contact: Option<&str>,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        engine::messages_before(&SledView(&self.trees), contact, before, limit)
+    }
+
+    fn search(
+        &self,
+        contact: Option<&str>,
+        needle: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        engine::search(&SledView(&self.trees), contact, needle, limit)
     }
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
