@@ -171,6 +171,23 @@ fn history_pages_back_and_is_searched_whatever_the_case() {
     assert!(bob.ok(&["search", "tea"]).contains("No messages hold \"tea\"."));
     let out = bob.cli(&["messages", "--before", "00000000000000000000000000000000"]);
     assert_eq!(out.status.code(), Some(1), "an unknown message id: {}", merpati_e2e::text(&out.stderr));
+
+    // Exported whole, oldest first, in each form.
+    let exported = bob.ok(&["export", "ALICE"]);
+    let first = exported.find("note 0").unwrap();
+    assert!(
+        first < exported.find("note 6").unwrap() && exported.contains("    meet at the CAFÉ"),
+        "{exported}"
+    );
+    let lines = bob.ok(&["export", "alice", "--format", "json"]);
+    let all: Vec<Value> = lines.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(all.len(), 8);
+    assert_eq!(all[0]["text"], "note 0");
+    let file = bob.home().join("alice.html");
+    let said = bob.ok(&["export", "alice", "--format", "html", "--output", file.to_str().unwrap()]);
+    assert!(said.contains("Wrote 8 message(s)"), "{said}");
+    let page = std::fs::read_to_string(&file).unwrap();
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("meet at the CAFÉ"), "{page}");
 }
 
 fn texts_of(messages: &[Value]) -> Vec<&str> {

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use merpati_control::protocol::check_name;
 use merpati_proto::invite::MAX_NAME_LEN;
 
-use crate::commands::{contact, init, invite, messages, relay, requests, search, send, shell};
+use crate::commands::{contact, export, init, invite, messages, relay, requests, search, send, shell};
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
 ///
@@ -46,6 +46,8 @@ pub(crate) enum Command {
     Messages(messages::Args),
     /// Find messages holding a text, whatever its case
     Search(search::Args),
+    /// Write a conversation (or all) as plain text, JSON lines or an HTML page, to keep
+    Export(export::Args),
     /// Show the daemon's peer id, addresses, connected contacts and outbox
     Status,
     /// Add, list and remove the relays that keep your messages while you are offline

@@ -801,3 +801,32 @@ fn completions_and_man_pages_come_from_the_command_line_and_need_no_home() {
     assert!(pages.join("merpati-contact-rename.1").exists() && pages.join("merpati-send.1").exists());
     assert!(!home.exists());
 }
+
+#[test]
+fn export_reads_every_page_and_writes_them_oldest_first() {
+    // 2 500 messages: three pages of at most 1 000, read from the newest back.
+    const COUNT: usize = 2_500;
+    let tmp = tempfile::tempdir().unwrap();
+    let message = |n: usize| MessageView {
+        id: format!("{n:032x}").parse().unwrap(),
+        text: format!("message {n}"),
+        ..view(Direction::In, "", None)
+    };
+    fake_daemon(tmp.path(), move |request| match request.method.as_str() {
+        "messages" => {
+            let params = request.params_of::<method::Messages>().unwrap();
+            let end = params.before.map_or(COUNT, |id| usize::from_str_radix(&id.to_string(), 16).unwrap());
+            let limit = params.limit.unwrap() as usize;
+            let start = end.saturating_sub(limit);
+            ok(request, MessagesResult { messages: (start..end).map(message).collect() })
+        }
+        _ => everyday(request),
+    });
+    let out = merpati(tmp.path(), &["export", "--format", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let texts: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, (0..COUNT).map(|n| format!("message {n}")).collect::<Vec<_>>());
+}
