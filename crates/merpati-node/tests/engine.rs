@@ -447,6 +447,9 @@ impl Store for Rigged {
     fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, store::StoreError> {
         self.store.is_dismissed(digest)
     }
+    fn dismissed_len(&self) -> Result<usize, store::StoreError> {
+        self.store.dismissed_len()
+    }
     fn apply(&self, changes: &[Change]) -> Result<(), store::StoreError> {
         if self.refuse_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(store::StoreError::Failed { reason: "the disk is full".into() });

@@ -756,7 +756,7 @@ mod conformance {
         assert_eq!(store.requests_dropped().unwrap(), 4);
         // Envelopes a full request refused are counted apart, and read back with it.
         store
-            .apply(&[Change::NoteRequestDropped(request.id), Change::NoteRequestDropped(request.id)])
+            .apply(&[Change::CountRefusedEnvelope(request.id), Change::CountRefusedEnvelope(request.id)])
             .unwrap();
         assert_eq!(store.request(&request.id).unwrap().unwrap().dropped, 2);
         assert_eq!(store.requests().unwrap()[0].dropped, 2);
@@ -784,6 +784,21 @@ mod conformance {
         assert!(store.is_dismissed(&late).unwrap());
         store.apply(&[Change::PurgeDismissed { now: NOW.plus(5 * Timestamp::DAY), limit: 10 }]).unwrap();
         assert!(!store.is_dismissed(&late).unwrap());
+        assert_eq!(store.dismissed_len().unwrap(), 0);
+
+        // Bounded: a trim keeps the ones that run out last, and the count follows every change.
+        let changes: Vec<Change> = (0..5u8)
+            .map(|n| Change::Dismiss { digest: [n; 32], until: NOW.plus(u64::from(n) * Timestamp::DAY) })
+            .collect();
+        store.apply(&changes).unwrap();
+        store.apply(&[Change::Dismiss { digest: [4; 32], until: NOW.plus(9 * Timestamp::DAY) }]).unwrap();
+        assert_eq!(store.dismissed_len().unwrap(), 5, "a repeated digest is counted once");
+        store.apply(&[Change::TrimDismissed { keep: 2 }]).unwrap();
+        assert_eq!(store.dismissed_len().unwrap(), 2);
+        let kept: Vec<u8> = (0..5u8).filter(|n| store.is_dismissed(&[*n; 32]).unwrap()).collect();
+        assert_eq!(kept, [3, 4]);
+        store.apply(&[Change::PurgeDismissed { now: NOW.plus(100 * Timestamp::DAY), limit: 1 }]).unwrap();
+        assert_eq!(store.dismissed_len().unwrap(), 1, "a purge forgets at most its limit");
 
         let blocked = Blocked { identity, label: "Sari".into(), at: NOW, sessions: vec![SessionId([4; 16])] };
         assert!(!store.is_blocked(&identity).unwrap());

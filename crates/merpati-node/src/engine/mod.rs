@@ -38,7 +38,8 @@ pub use maintenance::Maintenance;
 pub use outgoing::{Attempt, AttemptResult};
 pub use relays::{ANNOUNCEMENTS_WATCHED, MailboxTokens, SWEEP_DAYS, check_relay};
 pub use requests::{
-    Accepted, MAX_REQUEST_BYTES, MAX_REQUEST_ENVELOPES, MAX_REQUESTS, PREVIEW_CHARS, REQUEST_LIFETIME,
+    Accepted, MAX_DISMISSED, MAX_REQUEST_BYTES, MAX_REQUEST_ENVELOPES, MAX_REQUESTS, PREVIEW_CHARS,
+    REQUEST_LIFETIME,
 };
 
 /// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
@@ -196,6 +197,8 @@ pub struct Engine<S: Store> {
     opened: Vec<StoredMessage>,
     /// Contacts renamed (old and new name), not yet taken ([`Engine::take_renamed`]).
     renamed: Vec<(String, String)>,
+    /// The most dismissed conversations kept ([`MAX_DISMISSED`]; smaller in tests).
+    max_dismissed: usize,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -255,7 +258,14 @@ impl<S: Store> Engine<S> {
             request_index: None,
             opened: Vec::new(),
             renamed: Vec::new(),
+            max_dismissed: MAX_DISMISSED,
         })
+    }
+
+    /// Sets how many dismissed conversations are kept (tests: to fill the cap quickly).
+    #[cfg(test)]
+    pub(crate) fn set_max_dismissed(&mut self, max: usize) {
+        self.max_dismissed = max;
     }
 
     /// Turns read receipts on (the default) or off.

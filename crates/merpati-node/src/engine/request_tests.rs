@@ -100,9 +100,29 @@ fn a_full_queue_drops_the_oldest_request_and_counts_it() {
     let requests = bob.requests().unwrap();
     assert_eq!(requests.len(), MAX_REQUESTS);
     assert_eq!(bob.store().requests_dropped().unwrap(), 1);
+    assert_eq!(bob.store().dismissed_len().unwrap(), 1, "the dropped request's conversation");
     assert!(requests.iter().all(|r| Some(r.id) != first), "the oldest went");
     assert_eq!(requests[0].first_at, T0.plus(Timestamp::SECOND));
     assert_eq!(bob.store().outbox_len().unwrap(), 0, "no stranger costs a retry");
+}
+
+#[test]
+fn a_flood_of_strangers_keeps_the_dismissed_conversations_bounded() {
+    let mut bob = engine(MemoryStore::new(), 2, "Bob");
+    bob.set_max_dismissed(3);
+    let invite = bob.invite(peer(2).to_bytes(), vec![], T0).unwrap();
+    // Every stranger past the queue's cap drops the oldest request and dismisses its
+    // conversation; only the last three dismissals stay.
+    for n in 0..MAX_REQUESTS as u64 + 10 {
+        let mut stranger = engine(MemoryStore::new(), 3000 + n, "Stranger");
+        stranger.add_contact(&invite, "bob", T0).unwrap();
+        stranger.send_text("bob", "buy now", T0).unwrap();
+        pump(&mut stranger, None, &mut bob, T0.plus(n * Timestamp::SECOND));
+        assert!(bob.store().dismissed_len().unwrap() <= 3);
+    }
+    assert_eq!(bob.store().requests_dropped().unwrap(), 10);
+    assert_eq!(bob.store().dismissed_len().unwrap(), 3);
+    assert_eq!(bob.requests().unwrap().len(), MAX_REQUESTS);
 }
 
 #[test]

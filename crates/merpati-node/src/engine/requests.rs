@@ -41,6 +41,10 @@ pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 pub const REQUEST_LIFETIME: u64 = 30 * Timestamp::DAY;
 /// The most dismissals one maintenance pass forgets.
 const PURGE_DISMISSED_BATCH: usize = 1024;
+/// The most dismissals kept (about 80 bytes each on disk): every identity a stranger makes can
+/// leave one, so past this the ones that run out first go (their conversations could start a
+/// request again, one without the sender's first words).
+pub const MAX_DISMISSED: usize = 100_000;
 /// How much of a request's first text is kept to show, in characters.
 pub const PREVIEW_CHARS: usize = 200;
 
@@ -97,7 +101,7 @@ impl<S: Store> Engine<S> {
         let held: usize = request.envelopes.iter().map(|e| e.len()).sum();
         if request.envelopes.len() >= MAX_REQUEST_ENVELOPES || held + bytes.len() > MAX_REQUEST_BYTES {
             // Counted apart: a full request is not rewritten for every envelope it refuses.
-            changes.push(Change::NoteRequestDropped(id));
+            changes.push(Change::CountRefusedEnvelope(id));
             return Ok(accepted);
         }
         request.envelopes.push(ByteBuf::from(bytes.to_vec()));
@@ -141,6 +145,9 @@ impl<S: Store> Engine<S> {
                 digests.push(digest);
                 changes.push(Change::Dismiss { digest, until: self.prekey_deadline(bytes, now) });
             }
+        }
+        if !changes.is_empty() {
+            changes.push(Change::TrimDismissed { keep: self.max_dismissed });
         }
         changes
     }

@@ -28,7 +28,7 @@
 //! | `dismissed` | first-contact open digest | until (u64) |
 //! | `dismissed-by-time` | until (u64 BE) ‖ digest | nothing |
 //! | `blocked` | identity key | [`Blocked`](super::Blocked) |
-//! | `meta` | `requests-dropped` | counter (u64) |
+//! | `meta` | `requests-dropped`, `dismissed-len` | counters (u64) |
 //!
 //! The outbox's indexes (schema 2) keep delivery from ever reading the whole outbox:
 //! `outbox-order` sorts each contact's entries in delivery order, so its first entry under the
@@ -148,6 +148,7 @@ const OUTBOX_LEN_KEY: &[u8] = b"outbox-len";
 /// existed simply lacks the key, which reads as an empty list.
 const RELAYS_KEY: &[u8] = b"relays";
 const REQUESTS_DROPPED_KEY: &[u8] = b"requests-dropped";
+const DISMISSED_LEN_KEY: &[u8] = b"dismissed-len";
 
 /// Turns the encoding of a secret record into sealed bytes and back. The sled store seals with
 /// its keyring; the memory store keeps records as they are.
@@ -278,7 +279,7 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 tx.remove(Tree::Requests, &id.0)?;
                 tx.remove(Tree::RequestDrops, &id.0)?;
             }
-            Change::NoteRequestDropped(id) => {
+            Change::CountRefusedEnvelope(id) => {
                 let count: u32 = match tx.get(Tree::RequestDrops, &id.0)? {
                     Some(bytes) => codec::decode("request drops", &bytes)?,
                     None => 0,
@@ -290,9 +291,12 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 )?;
             }
             Change::Dismiss { digest, until } => {
-                if let Some(bytes) = tx.get(Tree::Dismissed, digest)? {
-                    let old: u64 = codec::decode("dismissal", &bytes)?;
-                    tx.remove(Tree::DismissedByTime, &dismissal_key(old, digest))?;
+                match tx.get(Tree::Dismissed, digest)? {
+                    Some(bytes) => {
+                        let old: u64 = codec::decode("dismissal", &bytes)?;
+                        tx.remove(Tree::DismissedByTime, &dismissal_key(old, digest))?;
+                    }
+                    None => add_to_counter(tx, DISMISSED_LEN_KEY, 1)?,
                 }
                 tx.insert(Tree::Dismissed, digest, codec::encode("dismissal", &until.0)?)?;
                 tx.insert(
@@ -302,16 +306,14 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 )?;
             }
             Change::PurgeDismissed { now, limit } => {
-                for (key, _) in tx.entries(Tree::DismissedByTime, &[])?.into_iter().take(*limit) {
-                    let until =
-                        key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
-                    if until.is_none_or(|until| until > now.0) {
-                        break;
-                    }
-                    tx.remove(Tree::DismissedByTime, &key)?;
-                    tx.remove(Tree::Dismissed, key.get(8..).unwrap_or_default())?;
-                }
+                let mut left = *limit;
+                forget_dismissals_while(tx, |until, _| {
+                    let go = left > 0 && until <= now.0;
+                    left = left.saturating_sub(1);
+                    go
+                })?;
             }
+            Change::TrimDismissed { keep } => forget_dismissals_while(tx, |_, len| len > *keep as u64)?,
             Change::NoteRequestsDropped(n) => {
                 add_to_counter(tx, REQUESTS_DROPPED_KEY, i64::try_from(*n).unwrap_or(i64::MAX))?
             }
@@ -384,6 +386,26 @@ fn rename_contact<T: Tx>(tx: &T, from: &str, to: &str) -> Result<(), T::Error> {
         let head = due_key(next, &id);
         if tx.get(Tree::OutboxHeads, &head)?.is_some() {
             tx.insert(Tree::OutboxHeads, &head, codec::encode("outbox index", to)?)?;
+        }
+    }
+    Ok(())
+}
+
+/// Forgets dismissals, the first to run out first, while `go(until, how many are kept)` says so.
+/// Reads one index entry per dismissal forgotten (and one more), not the whole index.
+fn forget_dismissals_while<T: Tx>(tx: &T, mut go: impl FnMut(u64, u64) -> bool) -> Result<(), T::Error> {
+    while let Some((key, _)) = tx.first(Tree::DismissedByTime, &[])? {
+        let until = key.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes);
+        let until = until.ok_or(StoreError::Corrupt { what: "dismissal index" })?;
+        if !go(until, counter(tx, DISMISSED_LEN_KEY)?) {
+            break;
+        }
+        tx.remove(Tree::DismissedByTime, &key)?;
+        if let Some(digest) = key.get(8..)
+            && tx.get(Tree::Dismissed, digest)?.is_some()
+        {
+            tx.remove(Tree::Dismissed, digest)?;
+            add_to_counter(tx, DISMISSED_LEN_KEY, -1)?;
         }
     }
     Ok(())
@@ -901,6 +923,11 @@ fn request_drops(view: &dyn View, id: &RequestId) -> Result<u32, StoreError> {
 
 pub(crate) fn is_dismissed(view: &dyn View, digest: &[u8; 32]) -> Result<bool, StoreError> {
     Ok(view.get(Tree::Dismissed, digest)?.is_some())
+}
+
+pub(crate) fn dismissed_len(view: &dyn View) -> Result<usize, StoreError> {
+    let len: u64 = get_plain(view, Tree::Meta, DISMISSED_LEN_KEY, "counter")?.unwrap_or(0);
+    usize::try_from(len).map_err(|_| StoreError::Corrupt { what: "counter" })
 }
 
 pub(crate) fn requests_dropped(view: &dyn View) -> Result<u64, StoreError> {

@@ -263,6 +263,10 @@ impl Store for MemoryStore {
         engine::is_blocked(&self.view(&self.lock()), identity)
     }
 
+    fn dismissed_len(&self) -> Result<usize, StoreError> {
+        engine::dismissed_len(&self.view(&self.lock()))
+    }
+
     fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
         engine::is_dismissed(&self.view(&self.lock()), digest)
     }

@@ -289,7 +289,7 @@ pub struct ContactRequest {
     /// The envelopes, in arrival order, each once.
     pub envelopes: Vec<serde_bytes::ByteBuf>,
     /// Envelopes not kept because the request already held as many as it may. Counted apart
-    /// from the record ([`Change::NoteRequestDropped`]), so a full request is not rewritten
+    /// from the record ([`Change::CountRefusedEnvelope`]), so a full request is not rewritten
     /// for every envelope refused; filled in by the reads.
     #[serde(skip)]
     pub dropped: u32,
@@ -642,7 +642,7 @@ pub enum Change {
     /// Deletes a contact request, if there is one, with its count of dropped envelopes.
     RemoveRequest(RequestId),
     /// Counts one envelope a full request did not keep.
-    NoteRequestDropped(RequestId),
+    CountRefusedEnvelope(RequestId),
     /// Notes the digest of a first-contact open whose request was rejected, dropped or expired,
     /// until `until`: later envelopes of that conversation are dropped instead of starting a
     /// request that lacks the sender's first words (where their node is, their name).
@@ -651,6 +651,12 @@ pub enum Change {
         digest: [u8; 32],
         /// Until when (the longest the open's prekey can be kept).
         until: Timestamp,
+    },
+    /// Forgets the dismissals that run out first until at most `keep` are left: a stranger
+    /// can make one per identity, so their number is bounded.
+    TrimDismissed {
+        /// How many to keep at most.
+        keep: usize,
     },
     /// Forgets dismissals noted until `now` or earlier, at most `limit` of them.
     PurgeDismissed {
@@ -758,6 +764,8 @@ pub trait Store: Send + Sync {
     fn is_blocked(&self, identity: &IdentityPublic) -> Result<bool, StoreError>;
     /// Whether a first-contact open with this digest was dismissed ([`Change::Dismiss`]).
     fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError>;
+    /// How many dismissals are kept.
+    fn dismissed_len(&self) -> Result<usize, StoreError>;
     /// Applies `changes` in order, all or none, in one transaction, and returns once they are
     /// durable. Concurrent callers are serialised; a reader sees a batch entirely or not at all.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
@@ -859,6 +867,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
         (**self).is_dismissed(digest)
+    }
+    fn dismissed_len(&self) -> Result<usize, StoreError> {
+        (**self).dismissed_len()
     }
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         (**self).apply(changes)

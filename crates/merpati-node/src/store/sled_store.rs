@@ -493,6 +493,10 @@ impl Store for SledStore {
         engine::is_blocked(&SledView(&self.trees), identity)
     }
 
+    fn dismissed_len(&self) -> Result<usize, StoreError> {
+        engine::dismissed_len(&SledView(&self.trees))
+    }
+
     fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError> {
         engine::is_dismissed(&SledView(&self.trees), digest)
     }
