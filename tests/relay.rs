@@ -377,7 +377,7 @@ fn security_the_relay_never_holds_plaintext() {
 }
 
 mod client {
-    //! A bare mailbox client: a libp2p node of the test's own, speaking `/merpati/mailbox/1` to a
+    //! A bare mailbox client: a libp2p node of the test's own, speaking `/merpati/mailbox/2` to a
     //! relay directly, with no Merpati identity behind it.
 
     use std::time::Duration;
@@ -386,7 +386,8 @@ mod client {
     use libp2p::{Multiaddr, PeerId};
     use merpati_node::net::{self, Config, Handle, MailboxError};
     use merpati_proto::envelope::{Envelope, Header, Kind, VERSION};
-    use merpati_proto::mailbox::{FetchToken, MailboxId};
+    use merpati_proto::keys::SymmetricKey;
+    use merpati_proto::mailbox::{FetchToken, MailboxId, MailboxKey};
     use merpati_proto::wire::mailbox::{Request, Response};
     use tokio_util::sync::CancellationToken;
 
@@ -441,10 +442,18 @@ mod client {
         bytes
     }
 
-    pub(crate) fn token(byte: u8) -> FetchToken {
-        let mut token = [byte; 32];
-        token[0] = std::process::id() as u8;
-        FetchToken(token)
+    /// The token of mailbox `byte` (of a secret of this test run's own) for the relay `relay`.
+    pub(crate) fn token_for(relay: &PeerId, byte: u8) -> FetchToken {
+        let mut secret = [byte; 32];
+        secret[..4].copy_from_slice(&std::process::id().to_be_bytes());
+        MailboxKey::derive(&SymmetricKey::from_bytes(secret), 0).token(&relay.to_bytes())
+    }
+
+    impl Client {
+        /// The token of mailbox `byte` for the relay this client talks to.
+        pub(crate) fn token(&self, byte: u8) -> FetchToken {
+            token_for(&self.relay, byte)
+        }
     }
 
     pub(crate) fn deposit(token: &FetchToken, fill: u8) -> Request {
@@ -468,8 +477,8 @@ fn security_fetch_and_delete_need_the_token() {
     let relay = relay("");
     runtime().block_on(async {
         let owner = client::Client::start(&relay.addr()).await;
-        let mine = client::token(1);
-        let other = client::token(2);
+        let mine = owner.token(1);
+        let other = owner.token(2);
         let deposited = client::envelope(merpati_proto::mailbox::MailboxId::of(&mine), 0x42);
         let id = match owner.ask(client::deposit(&mine, 0x42)).await {
             Ok(Response::Stored { id }) => id,
@@ -501,6 +510,20 @@ fn security_fetch_and_delete_need_the_token() {
                 client.ask(delete).await.unwrap(),
                 Response::Deleted { count: 0 },
                 "{who} deleting with the wrong token should delete nothing and learn nothing"
+            );
+        }
+
+        // The owner's token for another of its relays, which that relay saw, opens nothing here:
+        // refused, and nothing is taken.
+        let for_elsewhere = client::token_for(&libp2p::PeerId::random(), 1);
+        assert_eq!(for_elsewhere.mailbox(), mine.mailbox(), "senders write the same id at every relay");
+        let fetch = client::fetch(&for_elsewhere);
+        let delete = Request::Delete { token: for_elsewhere, ids: vec![id] };
+        for request in [fetch, delete] {
+            assert_eq!(
+                stranger.ask(request).await.unwrap(),
+                Response::Refused(merpati_proto::wire::Refusal::Unauthorized),
+                "a token made for another relay should be refused here"
             );
         }
 
@@ -537,7 +560,7 @@ fn security_a_flooding_peer_is_limited_while_others_are_served() {
     );
     runtime().block_on(async {
         let flooder = client::Client::start(&relay.addr()).await;
-        let token = client::token(3);
+        let token = flooder.token(3);
         let requests: Vec<_> = (0..100u8)
             .map(|i| {
                 let (handle, relay, addr) =
@@ -566,7 +589,7 @@ fn security_a_flooding_peer_is_limited_while_others_are_served() {
 
         // Another peer, from the same IP, is served at once.
         let other = client::Client::start(&relay.addr()).await;
-        let answer = other.ask(client::deposit(&client::token(4), 0)).await;
+        let answer = other.ask(client::deposit(&other.token(4), 0)).await;
         assert!(
             matches!(answer, Ok(Response::Stored { .. })),
             "another peer should be able to deposit right after the flood, got {answer:?}"

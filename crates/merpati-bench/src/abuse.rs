@@ -34,7 +34,7 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use merpati_node::net::Handle;
 use merpati_proto::envelope::{Envelope, HEADER_LEN, Header, Kind, MAX_ENVELOPE_LEN, VERSION};
 use merpati_proto::keys::SymmetricKey;
-use merpati_proto::mailbox::{FetchToken, MailboxId, fetch_token};
+use merpati_proto::mailbox::{FetchToken, MailboxId, MailboxKey};
 use merpati_proto::wire::mailbox::{Request, Response};
 use merpati_proto::wire::{MAILBOX_PROTOCOL, MAX_FETCH_LIMIT, Refusal};
 use rand_chacha::ChaCha20Rng;
@@ -116,7 +116,11 @@ async fn async_run(relay: &Relay, metrics_port: u16, params: Params) -> anyhow::
     let _stop = shutdown.clone().drop_guard();
     let mut rng = ChaCha20Rng::seed_from_u64(11);
     let tokens: Arc<Vec<FetchToken>> = Arc::new(
-        (0..HONEST_MAILBOXES).map(|_| fetch_token(&SymmetricKey::generate(&mut rng), 20_000)).collect(),
+        (0..HONEST_MAILBOXES)
+            .map(|_| {
+                MailboxKey::derive(&SymmetricKey::generate(&mut rng), 20_000).token(&relay.peer.to_bytes())
+            })
+            .collect(),
     );
 
     // The honest owner keeps fetching (which marks the mailboxes live) and deleting.
@@ -328,9 +332,8 @@ async fn deposit_junk(client: Handle, target: Target, abuse: Abuse, stop: Cancel
         lanes.spawn(async move {
             let mut rng = ChaCha20Rng::seed_from_u64(seed * 10 + lane);
             while !stop.is_cancelled() {
-                let mut secret = [0u8; 32];
-                rng.fill_bytes(&mut secret);
-                let mailbox = MailboxId::of(&FetchToken(secret));
+                let mut mailbox = MailboxId([0; 16]);
+                rng.fill_bytes(&mut mailbox.0);
                 let request = Request::Deposit { mailbox, envelope: largest_envelope(mailbox, &mut rng) };
                 let answer = tokio::select! {
                     () = stop.cancelled() => return,
@@ -368,10 +371,13 @@ async fn hoard(client: Handle, target: Target, abuse: Abuse, stop: CancellationT
         polls.spawn(async move {
             let mut rng = ChaCha20Rng::seed_from_u64(seed * 100 + lane);
             while !stop.is_cancelled() {
+                // A key of its own for each poll, as an abuser would: a valid token, which the
+                // relay must verify before it holds the poll.
                 let mut secret = [0u8; 32];
                 rng.fill_bytes(&mut secret);
+                let key = MailboxKey::derive(&SymmetricKey::from_bytes(secret), 20_000);
                 let fetch = Request::Fetch {
-                    tokens: vec![FetchToken(secret)],
+                    tokens: vec![key.token(&target.peer.to_bytes())],
                     after: None,
                     limit: 1,
                     wait_ms: 120_000,

@@ -13,7 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use merpati_proto::mailbox::FetchToken;
+use merpati_proto::keys::SymmetricKey;
+use merpati_proto::mailbox::MailboxKey;
 use merpati_proto::wire::mailbox::{Request, Response};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -37,7 +38,8 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
         }
         // One connection first, so the relay's one-off start-up allocations are not counted.
         let warm = util::client_net(&shutdown).await?;
-        let fetch = || Request::Fetch { tokens: vec![FetchToken([1; 32])], after: None, limit: 1, wait_ms: 0 };
+        let token = MailboxKey::derive(&SymmetricKey::from_bytes([1; 32]), 0).token(&relay.peer.to_bytes());
+        let fetch = move || Request::Fetch { tokens: vec![token.clone()], after: None, limit: 1, wait_ms: 0 };
         warm.mailbox(relay.peer, vec![relay.addr.clone()], fetch()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let pid = relay.pid();
@@ -50,7 +52,7 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
         for client in &clients {
             let client = client.clone();
             let permits = permits.clone();
-            let (peer, addr) = (relay.peer, relay.addr.clone());
+            let (peer, addr, fetch) = (relay.peer, relay.addr.clone(), fetch.clone());
             tasks.spawn(async move {
                 let _permit = permits.acquire_owned().await?;
                 let t0 = Instant::now();

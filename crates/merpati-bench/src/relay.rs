@@ -1,6 +1,6 @@
 //! `relay-deposit` and `relay-fetch`: one community relay (`merpatid --relay` on 127.0.0.1, with
 //! its request rates raised so the bench is not throttled), driven by libp2p clients in this
-//! process through the real mailbox protocol (`merpati_node::net`, `/merpati/mailbox/1`).
+//! process through the real mailbox protocol (`merpati_node::net`, `/merpati/mailbox/2`).
 //!
 //! * `relay-deposit`: S concurrent senders (one libp2p node each, W requests outstanding each)
 //!   deposit N envelopes of 1 KiB (valid envelopes addressed to the deposit's mailbox, random
@@ -19,7 +19,7 @@ use anyhow::bail;
 use merpati_node::net::Handle;
 use merpati_proto::envelope::{Envelope, Header, Kind, VERSION};
 use merpati_proto::keys::SymmetricKey;
-use merpati_proto::mailbox::{FetchToken, MailboxId, fetch_token};
+use merpati_proto::mailbox::{FetchToken, MailboxId, MailboxKey};
 use merpati_proto::wire::MAX_FETCH_LIMIT;
 use merpati_proto::wire::mailbox::{Request, Response};
 use rand_chacha::ChaCha20Rng;
@@ -85,8 +85,8 @@ async fn async_run(
     let owners: Arc<Vec<Owner>> = Arc::new(
         (0..params.mailboxes)
             .map(|_| {
-                let token = fetch_token(&SymmetricKey::generate(&mut rng), 20_000);
-                Owner { mailbox: MailboxId::of(&token), token }
+                let key = MailboxKey::derive(&SymmetricKey::generate(&mut rng), 20_000);
+                Owner { mailbox: key.id(), token: key.token(&relay.peer.to_bytes()) }
             })
             .collect(),
     );

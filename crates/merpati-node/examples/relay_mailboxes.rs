@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use merpati_node::relay::{Depositor, MailboxLimits, Mailboxes};
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::{Envelope, Header, Kind, VERSION};
-use merpati_proto::mailbox::{FetchToken, MailboxId};
+use merpati_proto::mailbox::MailboxId;
 use merpati_proto::wire::MAX_FETCH_LIMIT;
 
 const TASKS: usize = 8;
@@ -23,11 +23,12 @@ const ENVELOPE_LEN: usize = 1024;
 /// Bytes of an encoded envelope that are not ciphertext (header and the open length).
 const FIXED_LEN: usize = merpati_proto::envelope::HEADER_LEN + 2;
 
-fn token(n: usize) -> FetchToken {
-    let mut bytes = [0u8; 32];
+/// The `n`th mailbox. The store behind the relay's token check works on ids.
+fn mailbox(n: usize) -> MailboxId {
+    let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&(n as u64).to_be_bytes());
     bytes[8] = 0x5E;
-    FetchToken(bytes)
+    MailboxId(bytes)
 }
 
 /// A session envelope of exactly `ENVELOPE_LEN` bytes whose ciphertext looks random (xorshift), so
@@ -87,8 +88,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(dir: &Path) -> anyhow::Result<()> {
     let mailboxes = Mailboxes::open(dir, MailboxLimits::default())?;
     let now = Timestamp(1_700_000_000_000);
-    let tokens: Vec<FetchToken> = (0..MAILBOXES).map(token).collect();
-    let ids: Vec<MailboxId> = tokens.iter().map(MailboxId::of).collect();
+    let ids: Vec<MailboxId> = (0..MAILBOXES).map(mailbox).collect();
 
     // Envelopes are made as they are deposited (about a microsecond each): building all 20 MiB
     // first would count them in the peak RSS.
@@ -130,19 +130,19 @@ async fn run(dir: &Path) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut fetched = 0usize;
     let mut fetch_secs = 0.0;
-    for token in &tokens {
+    for owned in &ids {
         let mut after = None;
         loop {
             let t = Instant::now();
             let (items, more) = mailboxes
-                .fetch(std::slice::from_ref(token), after, MAX_FETCH_LIMIT, None, now)
+                .fetch(std::slice::from_ref(owned), after, MAX_FETCH_LIMIT, None, now)
                 .map_err(|r| anyhow::anyhow!("fetch refused: {r}"))?;
             fetch_secs += t.elapsed().as_secs_f64();
             fetched += items.len();
             let Some(last) = items.last() else { break };
             after = Some(last.id);
             let ids: Vec<u64> = items.iter().map(|e| e.id).collect();
-            mailboxes.delete(token, &ids).map_err(|r| anyhow::anyhow!("delete refused: {r}"))?;
+            mailboxes.delete(owned, &ids).map_err(|r| anyhow::anyhow!("delete refused: {r}"))?;
             if !more {
                 break;
             }

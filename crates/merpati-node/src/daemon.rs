@@ -11,7 +11,7 @@
 //! [`MAX_DELIVERIES_IN_FLIGHT`] batches overall. Each batch goes to the contact's node in one
 //! exchange or, when that fails, into its mailboxes at its relays ([`relay_client`]). Envelopes
 //! received together (a batch, a page fetched from a relay) are stored with one durable write,
-//! and so are sends that were waiting together. The fetch tokens are recomputed at the next tick
+//! and so are sends that were waiting together. The mailbox keys are recomputed at the next tick
 //! after control requests (that reads every session), at once for a new contact or a new day.
 //! One fetch task per relay of ours long-polls our mailboxes there.
 
@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::control::{self, Command};
-use crate::engine::{AttemptResult, Engine, MailboxTokens, Me};
+use crate::engine::{AttemptResult, Engine, MailboxKeys, Me};
 use crate::net;
 use crate::ports::{self, Ports};
 use crate::relay_client::{self, Fetched};
@@ -172,20 +172,20 @@ pub async fn run(
         control: home.control_socket().display().to_string(),
     });
 
-    let (tokens, _) = watch::channel(Arc::new(MailboxTokens::default()));
+    let (mailbox_keys, _) = watch::channel(Arc::new(MailboxKeys::default()));
     let (fetched_tx, fetched) = mpsc::channel(FETCHED_QUEUE);
     let mut actor = Actor {
         engine,
         clock,
-        tokens_day: 0,
-        tokens_due: false,
+        keys_day: 0,
+        keys_due: false,
         net,
         events,
         deliveries: JoinSet::new(),
         busy: HashSet::new(),
         renamed: HashMap::new(),
         unreachable: HashMap::new(),
-        tokens,
+        mailbox_keys,
         fetched_tx,
         fetchers: HashMap::new(),
         fetch_tasks: JoinSet::new(),
@@ -197,7 +197,7 @@ pub async fn run(
     // Before anything is sealed or fetched: every session restored and its fresh sending
     // sub-epoch on disk, prekeys and keys as old as the clock says.
     actor.maintain();
-    actor.refresh_tokens();
+    actor.refresh_keys();
     actor.sync_relays().await;
     let outcome = actor.run(commands, inbound, fetched, shutdown.clone()).await;
     actor.deliveries.shutdown().await;
@@ -212,10 +212,10 @@ pub async fn run(
 struct Actor {
     engine: Engine<SledStore>,
     clock: Clock,
-    /// The day the fetch tokens were last computed for.
-    tokens_day: u64,
-    /// Whether the fetch tokens are to be recomputed at the next tick.
-    tokens_due: bool,
+    /// The day the mailbox keys were last computed for.
+    keys_day: u64,
+    /// Whether the mailbox keys are to be recomputed at the next tick.
+    keys_due: bool,
     net: net::Handle,
     events: broadcast::Sender<Event>,
     deliveries: JoinSet<(String, relay_client::BatchDelivery)>,
@@ -225,8 +225,8 @@ struct Actor {
     renamed: HashMap<String, String>,
     /// Contacts whose node could not be reached directly, and when.
     unreachable: HashMap<String, Instant>,
-    /// The fetch tokens of all our mailboxes, for the fetch tasks.
-    tokens: watch::Sender<Arc<MailboxTokens>>,
+    /// The keys of all our mailboxes, for the fetch tasks.
+    mailbox_keys: watch::Sender<Arc<MailboxKeys>>,
     fetched_tx: mpsc::Sender<Fetched>,
     /// One fetch task per relay of ours, stopped through its token.
     fetchers: HashMap<libp2p::Multiaddr, CancellationToken>,
@@ -282,19 +282,19 @@ impl Actor {
                     }
                 }
                 _ = tick.tick() => {
-                    if self.tokens_due {
-                        self.refresh_tokens();
+                    if self.keys_due {
+                        self.refresh_keys();
                     }
                     self.kick(None);
                 }
                 _ = day_check.tick() => {
-                    if self.clock.now().day() != self.tokens_day {
-                        self.refresh_tokens();
+                    if self.clock.now().day() != self.keys_day {
+                        self.refresh_keys();
                     }
                 }
                 _ = maintenance.tick() => {
                     self.maintain();
-                    self.refresh_tokens();
+                    self.refresh_keys();
                 }
             }
         }
@@ -339,10 +339,10 @@ impl Actor {
                 }
             }
         }
-        // A send may have started a session, whose mailboxes we then fetch; the tokens are
+        // A send may have started a session, whose mailboxes we then fetch; the keys are
         // recomputed at the next tick (reading every session each time would make a send cost
         // what the node's contacts number).
-        self.tokens_due = true;
+        self.keys_due = true;
         self.kick(None);
     }
 
@@ -432,23 +432,23 @@ impl Actor {
             responses.push(received.response.unwrap_or(deliver::Response::Refused(Refusal::Internal)));
         }
         if new_session {
-            self.refresh_tokens();
+            self.refresh_keys();
         }
         self.kick(None);
         responses
     }
 
-    /// Recomputes the fetch tokens of our mailboxes and tells the fetch tasks if they changed.
-    fn refresh_tokens(&mut self) {
+    /// Recomputes the keys of our mailboxes and tells the fetch tasks if they changed.
+    fn refresh_keys(&mut self) {
         let now = self.clock.now();
-        self.tokens_day = now.day();
-        self.tokens_due = false;
-        let tokens = tokio::task::block_in_place(|| self.engine.mailbox_tokens(now));
-        self.tokens.send_if_modified(|current| {
-            if **current == tokens {
+        self.keys_day = now.day();
+        self.keys_due = false;
+        let keys = tokio::task::block_in_place(|| self.engine.mailbox_keys(now));
+        self.mailbox_keys.send_if_modified(|current| {
+            if **current == keys {
                 return false;
             }
-            *current = Arc::new(tokens);
+            *current = Arc::new(keys);
             true
         });
     }
@@ -481,7 +481,7 @@ impl Actor {
             let task = relay_client::fetch_loop(
                 self.net.clone(),
                 relay,
-                self.tokens.subscribe(),
+                self.mailbox_keys.subscribe(),
                 self.fetched_tx.clone(),
                 stop,
             );

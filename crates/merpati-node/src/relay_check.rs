@@ -3,7 +3,7 @@
 //! An address goes into every invite handed out afterwards, so a made-up peer id, a dead port or
 //! an ordinary user node there would send contacts' mail nowhere. The daemon connects to the
 //! address (which proves the peer id, through Noise) and asks what the peer speaks (identify): a
-//! relay keeps mailboxes (`/merpati/mailbox/1`) and relays connections (the circuit relay's hop
+//! relay keeps mailboxes (`/merpati/mailbox/2`) and relays connections (the circuit relay's hop
 //! protocol). `relay add --offline` skips the check, for a relay that cannot be reached now.
 
 use std::time::Duration;

@@ -2,8 +2,9 @@
 //! be reached, depositing it at every one of the contact's relays; and fetching our own mailboxes
 //! from each of our relays, long-polling so a deposit reaches us in milliseconds.
 //!
-//! The fetch loop owns nothing of the engine: it asks the daemon's actor for the current fetch
-//! tokens (a `watch` channel the actor updates when they change, at least at every day change),
+//! The fetch loop owns nothing of the engine: it asks the daemon's actor for the current mailbox
+//! keys (a `watch` channel the actor updates when they change, at least at every day change),
+//! makes this relay's fetch tokens from them (a token is good at one relay only),
 //! sweeps old mailboxes once and long-polls the live ones and hands fetched envelopes to
 //! the actor through a bounded queue, deleting at the relay only what the actor reports as
 //! processed (stored, a duplicate, or junk that will never open). An envelope the node failed to
@@ -17,13 +18,13 @@ use std::time::Duration;
 use futures::future::join_all;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use merpati_proto::mailbox::{FetchToken, MailboxId};
+use merpati_proto::mailbox::{FetchToken, MailboxId, MailboxKey};
 use merpati_proto::wire::{self, Refusal, deliver, mailbox};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::engine::{Attempt, AttemptResult, MailboxTokens};
+use crate::engine::{Attempt, AttemptResult, MailboxKeys};
 use crate::net;
 
 /// How long a fetch may wait at the relay for a deposit when nothing is waiting.
@@ -252,20 +253,21 @@ pub struct Fetched {
     pub done: oneshot::Sender<Vec<u64>>,
 }
 
-/// The fetch tokens of every mailbox we own, as the actor last computed them.
-pub type Tokens = watch::Receiver<Arc<MailboxTokens>>;
+/// The keys of every mailbox we own, as the actor last computed them.
+pub type Keys = watch::Receiver<Arc<MailboxKeys>>;
 
 /// Fetches our mailboxes at `relay` until `stop` is cancelled: first a sweep of every old
-/// mailbox not yet swept here (see [`MailboxTokens`]), then a long poll of the live ones while
+/// mailbox not yet swept here (see [`MailboxKeys`]), then a long poll of the live ones while
 /// nothing waits, pages back to back while more does, and a growing pause after failures.
 pub async fn fetch_loop(
     net: net::Handle,
     relay: Multiaddr,
-    mut tokens: Tokens,
+    mut keys: Keys,
     fetched: mpsc::Sender<Fetched>,
     stop: CancellationToken,
 ) {
     let Some(peer) = net::peer_of(&relay) else { return };
+    let mut tokens = RelayTokens::new(peer);
     // Per chunk of tokens, the highest relay id seen: envelopes the node could not store stay at
     // the relay, and the cursor keeps them from being fetched again at once, in a loop.
     let mut cursors: Vec<Option<u64>> = Vec::new();
@@ -273,13 +275,14 @@ pub async fn fetch_loop(
     let mut wait = Duration::ZERO;
     let mut failures = 0u32;
     loop {
-        let current = tokens.borrow_and_update().clone();
-        let unswept = sweeps.pending(&current);
+        let current = keys.borrow_and_update().clone();
+        let unswept = tokens.of(&sweeps.pending(&current));
+        let live = tokens.of(&current.live);
         let started = tokio::time::Instant::now();
         let long_poll = unswept.is_empty() && !wait.is_zero();
         let work = async {
             if unswept.is_empty() {
-                fetch_round(&net, peer, &relay, &current.live, &cursors, wait, &fetched).await.map(Some)
+                fetch_round(&net, peer, &relay, &live, &cursors, wait, &fetched).await.map(Some)
             } else {
                 sweep(&net, peer, &relay, &unswept, &fetched).await.map(|()| None)
             }
@@ -288,10 +291,11 @@ pub async fn fetch_loop(
             () = stop.cancelled() => return,
             // New mailboxes (a new conversation, a new day): ask again with the new tokens, from
             // the start, since the chunks changed.
-            changed = tokens.changed() => {
+            changed = keys.changed() => {
                 if changed.is_err() {
                     return;
                 }
+                tokens.keep_only(&keys.borrow());
                 cursors.clear();
                 wait = Duration::ZERO;
                 continue;
@@ -342,24 +346,53 @@ pub async fn fetch_loop(
     }
 }
 
-/// Which old mailboxes a relay has been swept of (see [`MailboxTokens`]): each once, from the
+/// One relay's fetch tokens, made from our mailbox keys as they are needed and kept while the
+/// mailbox is ours to fetch: a signature per mailbox and relay, not one per request.
+#[derive(Debug)]
+pub struct RelayTokens {
+    /// The relay's peer id, binary: what its tokens sign.
+    relay: Vec<u8>,
+    made: HashMap<MailboxId, FetchToken>,
+}
+
+impl RelayTokens {
+    /// No tokens yet for the relay `relay`.
+    pub fn new(relay: PeerId) -> Self {
+        Self { relay: relay.to_bytes(), made: HashMap::new() }
+    }
+
+    /// The relay's tokens of `keys`, in their order.
+    pub fn of(&mut self, keys: &[MailboxKey]) -> Vec<FetchToken> {
+        keys.iter()
+            .map(|key| self.made.entry(key.id()).or_insert_with(|| key.token(&self.relay)).clone())
+            .collect()
+    }
+
+    /// Forgets the tokens of mailboxes no longer in `keys`.
+    pub fn keep_only(&mut self, keys: &MailboxKeys) {
+        let ours: HashSet<MailboxId> = keys.live.iter().chain(&keys.old).map(MailboxKey::id).collect();
+        self.made.retain(|id, _| ours.contains(id));
+    }
+}
+
+/// Which old mailboxes a relay has been swept of (see [`MailboxKeys`]): each once, from the
 /// task's start.
 #[derive(Debug, Default)]
 pub struct Sweeps {
     /// The old mailboxes fetched to the end at this relay. Only the current old set is kept, so
     /// this stays as small as one day's list.
-    swept: HashSet<[u8; 32]>,
+    swept: HashSet<MailboxId>,
 }
 
 impl Sweeps {
-    /// The old mailboxes of `tokens` still to sweep.
-    pub fn pending(&self, tokens: &MailboxTokens) -> Vec<FetchToken> {
-        tokens.old.iter().filter(|token| !self.swept.contains(&token.0)).cloned().collect()
+    /// The old mailboxes of `keys` still to sweep.
+    pub fn pending(&self, keys: &MailboxKeys) -> Vec<MailboxKey> {
+        keys.old.iter().filter(|key| !self.swept.contains(&key.id())).cloned().collect()
     }
 
-    /// Records that every old mailbox of `tokens` has been fetched to the end.
-    pub fn done(&mut self, tokens: &MailboxTokens) {
-        self.swept = tokens.old.iter().map(|token| token.0).collect();
+    /// Records that every old mailbox of `keys` has been fetched to the end.
+    pub fn done(&mut self, keys: &MailboxKeys) {
+        self.swept = keys.old.iter().map(MailboxKey::id).collect();
     }
 }
 

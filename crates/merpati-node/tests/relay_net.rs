@@ -188,11 +188,16 @@ async fn mailbox_requests_reach_the_service_and_bad_answers_are_dropped() {
     assert_eq!(seen, (user.id(), Some("127.0.0.1".parse().expect("ip"))));
 
     // The stand-in answers a fetch with another mailbox's envelope: the client refuses it.
-    let fetch =
-        mailbox::Request::Fetch { tokens: vec![FetchToken([2; 32])], after: None, limit: 8, wait_ms: 0 };
+    let fetch = mailbox::Request::Fetch {
+        tokens: vec![FetchToken { key: [2; 32], proof: [2; 64] }],
+        after: None,
+        limit: 8,
+        wait_ms: 0,
+    };
     let answer = user.handle.mailbox(relay.id(), vec![relay_addr.clone()], fetch).await;
     assert!(matches!(answer, Err(MailboxError::BadResponse { .. })), "{answer:?}");
-    let delete = mailbox::Request::Delete { token: FetchToken([2; 32]), ids: vec![1] };
+    let delete =
+        mailbox::Request::Delete { token: FetchToken { key: [2; 32], proof: [2; 64] }, ids: vec![1] };
     let answer = user.handle.mailbox(relay.id(), vec![relay_addr], delete).await;
     assert_eq!(answer.expect("answered"), mailbox::Response::Refused(Refusal::Unauthorized));
 

@@ -1,4 +1,5 @@
-//! NDR1 micro-benchmarks: steady-state seal+open, a DH ratchet step, and first contact.
+//! NDR1 micro-benchmarks: steady-state seal+open, a DH ratchet step, first contact, and the
+//! mailbox keys and fetch tokens (derive a day's key, make a relay's token, a relay's check).
 //!
 //! `cargo bench -p merpati-proto --bench ndr1` prints criterion's estimates; the medians go into
 //! `docs/benchmarks.md`.
@@ -11,7 +12,7 @@ use merpati_proto::Timestamp;
 use merpati_proto::frame::Body;
 use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION, PrekeyRing};
 use merpati_proto::keys::{SymmetricKey, X25519Secret};
-use merpati_proto::mailbox::{INBOX_DAY, mailbox_id};
+use merpati_proto::mailbox::{INBOX_DAY, MailboxKey, mailbox_id};
 use merpati_proto::session::{Responder, Session};
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -111,5 +112,23 @@ fn rng_next(rng: &mut ChaCha20Rng) -> u64 {
     rng.next_u64()
 }
 
-criterion_group!(benches, steady_state, ratchet, first_contact);
+fn mailbox_tokens(c: &mut Criterion) {
+    let secret = SymmetricKey::from_bytes([5; 32]);
+    let relay = [0x33; 38];
+    let mut day = NOW.day();
+    c.bench_function("mailbox key: derive a day's key", |bench| {
+        bench.iter(|| {
+            day += 1;
+            black_box(MailboxKey::derive(&secret, day))
+        })
+    });
+    let key = MailboxKey::derive(&secret, NOW.day());
+    c.bench_function("fetch token: make one for a relay", |bench| {
+        bench.iter(|| black_box(key.token(&relay)))
+    });
+    let token = key.token(&relay);
+    c.bench_function("fetch token: a relay's check", |bench| bench.iter(|| assert!(token.verify(&relay))));
+}
+
+criterion_group!(benches, steady_state, ratchet, first_contact, mailbox_tokens);
 criterion_main!(benches);

@@ -17,10 +17,12 @@ pub mod label {
     pub const ROOT: &[u8] = b"NDR1/root";
     /// Next sub-epoch key from the current one.
     pub const SUB: &[u8] = b"NDR1/sub";
-    /// Mailbox fetch token from the mailbox secret and a day number.
-    pub const FETCH: &[u8] = b"NDR1/fetch";
-    /// Mailbox id from a fetch token.
+    /// Seed of a day's mailbox key from the mailbox secret and the day number.
+    pub const MAILBOX_KEY: &[u8] = b"NDR1/mailbox-key";
+    /// Mailbox id from a mailbox key's public half.
     pub const MAILBOX: &[u8] = b"NDR1/mailbox";
+    /// What a fetch token signs: the peer id of the one relay it is for.
+    pub const FETCH: &[u8] = b"NDR1/fetch";
     /// Prologue of a first-contact (`Noise_X`) handshake.
     pub const FIRST_CONTACT: &[u8] = b"NDR1/first-contact";
     /// Prologue of an epoch-opening (`Noise_Npsk0`) handshake.

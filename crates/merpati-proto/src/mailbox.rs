@@ -1,17 +1,20 @@
 //! Mailbox ids and fetch tokens: where a relay keeps envelopes, and the proof needed to take them.
 //!
-//! A recipient picks a random mailbox secret per conversation and derives one mailbox per day:
-//! `fetch_token(day) = PRF(secret, "NDR1/fetch" ‖ day)` and
-//! `mailbox_id(day) = H("NDR1/mailbox" ‖ fetch_token(day))[..16]`. Senders and relays see only ids;
-//! a relay hands out or deletes a mailbox's envelopes only to whoever presents a token hashing to
-//! its id, which only the recipient can compute. Ids rotate daily so a relay cannot link a
-//! conversation's traffic across days; the recipient announces upcoming ids inside the encrypted
-//! conversation ([`Announcement`]).
+//! A recipient picks a random mailbox secret per conversation and derives one mailbox per day,
+//! owned by an Ed25519 *mailbox key*: `seed(day) = PRF(secret, "NDR1/mailbox-key" ‖ day)`, and
+//! `mailbox_id(day) = H("NDR1/mailbox" ‖ public key)[..16]`. Senders see only ids, and write the
+//! same id at every relay of the recipient. To fetch or delete, the owner shows a relay a
+//! [`FetchToken`]: the public key (which hashes to the id) and its signature over
+//! `H("NDR1/fetch" ‖ relay peer id)`. A token is therefore good at one relay only: a relay that
+//! sees its owner's tokens cannot use them at the recipient's other relays, and only the
+//! recipient can make new ones. Ids rotate daily so a relay cannot link a conversation's traffic
+//! across days; the recipient announces upcoming ids inside the encrypted conversation
+//! ([`Announcement`]).
 
 use std::fmt;
 
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::kdf::{self, label};
@@ -24,15 +27,23 @@ pub const DEFAULT_ANNOUNCE_DAYS: u16 = 14;
 pub const MAX_ANNOUNCED_IDS: usize = 32;
 /// The day index used for a first-contact inbox, which does not rotate (it is printed in invites).
 pub const INBOX_DAY: u64 = 0;
+/// The longest relay peer id a token is checked against. A libp2p peer id is a multihash of at
+/// most some 40 bytes (the key inlined, or its SHA-256); this leaves room to spare.
+pub const MAX_RELAY_ID_LEN: usize = 128;
 
 /// A relay-visible mailbox id: 16 bytes, unlinkable to the conversation without the secret.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct MailboxId(#[serde(with = "serde_bytes")] pub [u8; 16]);
 
 impl MailboxId {
-    /// The mailbox a fetch token opens.
+    /// The mailbox a fetch token names (whether its proof holds is [`FetchToken::verify`]).
     pub fn of(token: &FetchToken) -> Self {
-        Self(kdf::hash_prefix(label::MAILBOX, &[&token.0]))
+        Self::of_key(&token.key)
+    }
+
+    /// The mailbox owned by the mailbox key whose public half is `key`.
+    pub fn of_key(key: &[u8; 32]) -> Self {
+        Self(kdf::hash_prefix(label::MAILBOX, &[key]))
     }
 
     /// The id's bytes.
@@ -51,39 +62,106 @@ impl fmt::Debug for MailboxId {
     }
 }
 
-/// The proof of ownership a recipient shows a relay to fetch or delete a mailbox's envelopes.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct FetchToken(#[serde(with = "serde_bytes")] pub [u8; 32]);
+/// The owner's key of one day's mailbox. Only the owner can derive it (from the mailbox secret);
+/// it makes the fetch tokens of that mailbox, one per relay. The secret half is zeroized on drop.
+#[derive(Clone)]
+pub struct MailboxKey {
+    signing: SigningKey,
+    public: [u8; 32],
+    id: MailboxId,
+}
+
+impl MailboxKey {
+    /// The key of `day`'s mailbox of the mailbox secret `secret`.
+    pub fn derive(secret: &SymmetricKey, day: u64) -> Self {
+        let seed = kdf::prf(secret.as_bytes(), label::MAILBOX_KEY, &[&day.to_be_bytes()]);
+        let signing = SigningKey::from_bytes(&seed);
+        let public = signing.verifying_key().to_bytes();
+        Self { signing, public, id: MailboxId::of_key(&public) }
+    }
+
+    /// The mailbox this key owns.
+    pub fn id(&self) -> MailboxId {
+        self.id
+    }
+
+    /// The token that fetches and deletes this mailbox at the relay whose libp2p peer id (binary)
+    /// is `relay`, and nowhere else. Deterministic: the same relay always gets the same token.
+    pub fn token(&self, relay: &[u8]) -> FetchToken {
+        let digest = kdf::hash(label::FETCH, &[relay]);
+        FetchToken { key: self.public, proof: self.signing.sign(&digest).to_bytes() }
+    }
+}
+
+impl PartialEq for MailboxKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.public == other.public
+    }
+}
+
+impl Eq for MailboxKey {}
+
+impl fmt::Debug for MailboxKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MailboxKey({:?})", self.id)
+    }
+}
+
+/// What a recipient shows one relay to fetch or delete a mailbox's envelopes: the mailbox key's
+/// public half, which hashes to the mailbox id, and its signature over the relay's peer id.
+/// Not secret from that relay, and of no use at any other.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchToken {
+    /// The mailbox key's public half (Ed25519).
+    #[serde(with = "serde_bytes")]
+    pub key: [u8; 32],
+    /// The key's signature over `H("NDR1/fetch" ‖ relay peer id)`.
+    #[serde(with = "serde_bytes")]
+    pub proof: [u8; 64],
+}
 
 impl FetchToken {
-    /// Whether this token opens `mailbox` (constant time).
-    pub fn opens(&self, mailbox: &MailboxId) -> bool {
-        MailboxId::of(self).0.ct_eq(&mailbox.0).into()
+    /// The mailbox the token names.
+    pub fn mailbox(&self) -> MailboxId {
+        MailboxId::of(self)
+    }
+
+    /// Whether the token was made by its mailbox's key for the relay whose peer id (binary) is
+    /// `relay`. A key of small order, a non-canonical encoding or a relay id longer than
+    /// [`MAX_RELAY_ID_LEN`] fails.
+    pub fn verify(&self, relay: &[u8]) -> bool {
+        if relay.len() > MAX_RELAY_ID_LEN {
+            return false;
+        }
+        let Ok(key) = VerifyingKey::from_bytes(&self.key) else { return false };
+        if key.is_weak() {
+            return false;
+        }
+        let digest = kdf::hash(label::FETCH, &[relay]);
+        key.verify_strict(&digest, &Signature::from_bytes(&self.proof)).is_ok()
+    }
+
+    /// Whether the token opens `mailbox` at the relay `relay`: it names that mailbox and verifies.
+    pub fn opens(&self, mailbox: &MailboxId, relay: &[u8]) -> bool {
+        self.mailbox() == *mailbox && self.verify(relay)
+    }
+
+    /// A short digest of the whole token, for a relay's cache of tokens it has verified.
+    pub fn digest(&self) -> [u8; 16] {
+        kdf::hash_prefix(label::FETCH, &[&self.key, &self.proof])
     }
 }
-
-impl PartialEq for FetchToken {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
-    }
-}
-
-impl Eq for FetchToken {}
 
 impl fmt::Debug for FetchToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FetchToken(..)")
+        write!(f, "FetchToken({:?})", self.mailbox())
     }
-}
-
-/// The fetch token for `day` of the mailbox secret `secret`.
-pub fn fetch_token(secret: &SymmetricKey, day: u64) -> FetchToken {
-    FetchToken(*kdf::prf(secret.as_bytes(), label::FETCH, &[&day.to_be_bytes()]))
 }
 
 /// The mailbox id for `day` of the mailbox secret `secret`.
 pub fn mailbox_id(secret: &SymmetricKey, day: u64) -> MailboxId {
-    MailboxId::of(&fetch_token(secret, day))
+    MailboxKey::derive(secret, day).id()
 }
 
 /// A recipient's list of mailbox ids for consecutive days, starting at `first_day`, sent to the
@@ -137,13 +215,41 @@ impl Announcement {
 mod tests {
     use super::*;
 
+    const RELAY: &[u8] = b"relay one";
+    const OTHER_RELAY: &[u8] = b"relay two";
+
     #[test]
-    fn token_opens_only_its_mailbox() {
+    fn a_token_opens_only_its_mailbox_at_its_relay() {
         let secret = SymmetricKey::from_bytes([1; 32]);
-        let today = fetch_token(&secret, 20_000);
-        assert!(today.opens(&mailbox_id(&secret, 20_000)));
-        assert!(!today.opens(&mailbox_id(&secret, 20_001)));
-        assert!(!fetch_token(&SymmetricKey::from_bytes([2; 32]), 20_000).opens(&mailbox_id(&secret, 20_000)));
+        let today = MailboxKey::derive(&secret, 20_000).token(RELAY);
+        assert!(today.opens(&mailbox_id(&secret, 20_000), RELAY));
+        assert!(!today.opens(&mailbox_id(&secret, 20_001), RELAY), "another day's mailbox");
+        assert!(!today.opens(&mailbox_id(&secret, 20_000), OTHER_RELAY), "another relay");
+        let stranger = MailboxKey::derive(&SymmetricKey::from_bytes([2; 32]), 20_000).token(RELAY);
+        assert!(!stranger.opens(&mailbox_id(&secret, 20_000), RELAY));
+    }
+
+    #[test]
+    fn a_token_with_a_borrowed_key_or_a_bent_proof_fails() {
+        let secret = SymmetricKey::from_bytes([1; 32]);
+        let key = MailboxKey::derive(&secret, 20_000);
+        let mine = key.token(RELAY);
+        // Someone who saw the owner's key (every relay does) cannot sign with it.
+        let forged = FetchToken {
+            key: mine.key,
+            ..MailboxKey::derive(&SymmetricKey::from_bytes([2; 32]), 20_000).token(RELAY)
+        };
+        assert!(!forged.verify(RELAY));
+        for at in [0, 31, 32, 63] {
+            let mut bent = mine.clone();
+            bent.proof[at] ^= 1;
+            assert!(!bent.verify(RELAY), "proof byte {at} flipped");
+        }
+        let identity = FetchToken { key: [0; 32], proof: [0; 64] };
+        assert!(!identity.verify(RELAY), "a key of small order");
+        assert!(!mine.verify(&[0; MAX_RELAY_ID_LEN + 1]), "an overlong relay id");
+        assert_eq!(key.token(RELAY), mine, "tokens are deterministic");
+        assert_ne!(mine.digest(), key.token(OTHER_RELAY).digest());
     }
 
     #[test]

@@ -42,7 +42,7 @@ pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// envelopes, with room to spare.
 pub const MAX_BATCH_REQUEST_LEN: usize = MAX_BATCH_BYTES + 16 * 1024;
 /// Protocol name of the relay mailbox service.
-pub const MAILBOX_PROTOCOL: &str = "/merpati/mailbox/1";
+pub const MAILBOX_PROTOCOL: &str = "/merpati/mailbox/2";
 /// The largest encoded request: one envelope (64 KiB) and its framing, or a fetch or delete with
 /// its maximum token or id list, with room to spare.
 pub const MAX_REQUEST_LEN: usize = 128 * 1024;
@@ -251,7 +251,7 @@ pub mod deliver {
     }
 }
 
-/// `/merpati/mailbox/1`: store-and-forward at a relay.
+/// `/merpati/mailbox/2`: store-and-forward at a relay.
 pub mod mailbox {
     use std::collections::BTreeSet;
 
@@ -441,8 +441,13 @@ mod tests {
     use super::*;
     use crate::mailbox::{FetchToken, MailboxId};
 
+    /// A token of the right shape: these bounds do not look at proofs.
+    fn token(n: u8) -> FetchToken {
+        FetchToken { key: [n; 32], proof: [n; 64] }
+    }
+
     fn fetch(tokens: usize, limit: u32, wait_ms: u32) -> Request {
-        Request::Fetch { tokens: vec![FetchToken([1; 32]); tokens], after: None, limit, wait_ms }
+        Request::Fetch { tokens: vec![token(1); tokens], after: None, limit, wait_ms }
     }
 
     #[test]
@@ -465,7 +470,7 @@ mod tests {
             let err = bad.validate().expect_err("bad fetch");
             assert_eq!(err.refusal(), Refusal::Malformed);
         }
-        let delete = |n| Request::Delete { token: FetchToken([2; 32]), ids: (0..n).collect() };
+        let delete = |n| Request::Delete { token: token(2), ids: (0..n).collect() };
         assert_eq!(delete(MAX_DELETE_IDS as u64).validate(), Ok(()));
         assert!(delete(0).validate().is_err());
         assert!(delete(MAX_DELETE_IDS as u64 + 1).validate().is_err());
@@ -473,7 +478,7 @@ mod tests {
 
     #[test]
     fn response_bounds_and_matching() {
-        let token = FetchToken([3; 32]);
+        let token = token(3);
         let mailbox = MailboxId::of(&token);
         let item = |id, len| StoredEnvelope { mailbox, id, envelope: vec![0; len] };
         let request = Request::Fetch { tokens: vec![token.clone()], after: Some(10), limit: 3, wait_ms: 0 };

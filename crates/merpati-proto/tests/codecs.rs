@@ -624,11 +624,11 @@ fn json<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt
 fn wire_golden_json() {
     let mb = MailboxId([1; 16]);
     let ids16 = "[1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]";
-    let tok = FetchToken([2; 32]);
-    let tok32 = "[2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2,2]";
+    let tok = FetchToken { key: [2; 32], proof: [3; 64] };
+    let tok32 = format!(r#"{{"key":{:?},"proof":{:?}}}"#, [2u8; 32], [3u8; 64]).replace(' ', "");
 
     assert_eq!(wire::DELIVER_PROTOCOL, "/merpati/deliver/1");
-    assert_eq!(wire::MAILBOX_PROTOCOL, "/merpati/mailbox/1");
+    assert_eq!(wire::MAILBOX_PROTOCOL, "/merpati/mailbox/2");
 
     assert_eq!(json(&deliver::Request { envelope: vec![1, 2, 3] }), r#"{"envelope":[1,2,3]}"#);
     assert_eq!(json(&deliver::Response::Accepted), r#""Accepted""#);
@@ -732,18 +732,21 @@ fn arb_refusal() -> impl Strategy<Value = Refusal> {
     ]
 }
 
+fn arb_token() -> impl Strategy<Value = FetchToken> {
+    (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(key, a, b)| FetchToken {
+        key,
+        proof: std::array::from_fn(|i| if i < 32 { a[i] } else { b[i - 32] }),
+    })
+}
+
 fn arb_mailbox_request() -> impl Strategy<Value = mailbox::Request> {
     prop_oneof![
         (arb_mailbox(), vec(any::<u8>(), 0..100))
             .prop_map(|(mailbox, envelope)| mailbox::Request::Deposit { mailbox, envelope }),
-        (vec(any::<[u8; 32]>().prop_map(FetchToken), 0..70), any::<Option<u64>>(), 0u32..70, 0u32..40_000)
-            .prop_map(|(tokens, after, limit, wait_ms)| mailbox::Request::Fetch {
-                tokens,
-                after,
-                limit,
-                wait_ms
-            }),
-        (any::<[u8; 32]>().prop_map(FetchToken), vec(any::<u64>(), 0..300))
+        (vec(arb_token(), 0..70), any::<Option<u64>>(), 0u32..70, 0u32..40_000).prop_map(
+            |(tokens, after, limit, wait_ms)| mailbox::Request::Fetch { tokens, after, limit, wait_ms }
+        ),
+        (arb_token(), vec(any::<u64>(), 0..300))
             .prop_map(|(token, ids)| mailbox::Request::Delete { token, ids }),
     ]
 }

@@ -43,7 +43,7 @@ use merpati_proto::identity::{
 use merpati_proto::invite::Invite;
 use merpati_proto::kdf::label;
 use merpati_proto::keys::{SymmetricKey, X25519Secret};
-use merpati_proto::mailbox::{self, Announcement, FetchToken, MailboxId};
+use merpati_proto::mailbox::{self, Announcement, MailboxId, MailboxKey};
 use merpati_proto::noise::{self, Split};
 use merpati_proto::session::{Incoming, Sealed, Session};
 use merpati_proto::wire::{self, Refusal, deliver};
@@ -123,6 +123,19 @@ fn encode_input(label: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// A relay's libp2p peer id in binary: the identity multihash of an Ed25519 public key, as the
+/// relays' own ids are.
+const RELAY_PEER_ID: [u8; 38] = {
+    let mut id = [0x33; 38];
+    let header = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+    let mut i = 0;
+    while i < header.len() {
+        id[i] = header[i];
+        i += 1;
+    }
+    id
+};
 
 /// The spec's `H`: BLAKE2s-256 of the encoded input.
 fn h(label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
@@ -250,12 +263,19 @@ fn party_lines(out: &mut Vectors, name: &str, p: &Party) {
     out.hex(&format!("{name}.prekey.secret"), p.prekeys.secret_for(prekey.id, T0).unwrap().as_bytes());
     out.hex(&format!("{name}.prekey"), prekey.public.as_bytes());
     signed_objects(out, name, &p.cert, prekey, &p.bundle);
-    let token = prf(p.inbox_secret.as_bytes(), label::FETCH, &[&0u64.to_be_bytes()]);
-    let inbox = prefix16(&h(label::MAILBOX, &[&token]));
+    let key = mailbox_public(&p.inbox_secret, 0);
+    let inbox = prefix16(&h(label::MAILBOX, &[&key]));
     assert_eq!(MailboxId(inbox), p.inbox());
     out.hex(&format!("{name}.inbox.secret"), p.inbox_secret.as_bytes());
-    out.hex(&format!("{name}.inbox.fetch_token"), &token);
+    out.hex(&format!("{name}.inbox.mailbox_key"), &key);
     out.hex(&format!("{name}.inbox"), &inbox);
+}
+
+/// The public half of `day`'s mailbox key of `secret`, computed as the spec says: the Ed25519
+/// key whose seed is `PRF(secret, "NDR1/mailbox-key" ‖ day)`.
+fn mailbox_public(secret: &SymmetricKey, day: u64) -> [u8; 32] {
+    let seed = prf(secret.as_bytes(), label::MAILBOX_KEY, &[&day.to_be_bytes()]);
+    ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes()
 }
 
 /// Writes a mailbox secret and the announcement it gives at `T0`, recomputed from the secret;
@@ -270,8 +290,7 @@ fn announcement_lines(
     let mut encoded = first_day.to_be_bytes().to_vec();
     encoded.push(14);
     for day in first_day..first_day + 14 {
-        let token = prf(secret.as_bytes(), label::FETCH, &[&day.to_be_bytes()]);
-        encoded.extend_from_slice(&h(label::MAILBOX, &[&token])[..16]);
+        encoded.extend_from_slice(&h(label::MAILBOX, &[&mailbox_public(secret, day)])[..16]);
     }
     assert_eq!(announced.first_day, first_day);
     let ids: Vec<u8> = announced.ids.iter().flat_map(|id| id.0).collect();
@@ -727,7 +746,7 @@ where
 }
 
 /// Every request and response of `/merpati/deliver/1`, `/merpati/deliver/2` and
-/// `/merpati/mailbox/1`, and every refusal.
+/// `/merpati/mailbox/2`, and every refusal.
 fn wire_vectors() -> String {
     let mut out = Vectors::default();
     out.comment("Wire vectors: the CBOR of every request, response and refusal of the two protocols.");
@@ -735,7 +754,8 @@ fn wire_vectors() -> String {
     out.comment("`cargo test`. `.cbor` is the encoding in hex, `.diag` its RFC 8949 diagnostic notation.");
     out.comment("Envelope bytes here are a short placeholder: they are opaque to this layer.");
     let envelope = vec![1, 2, 3, 4];
-    let (mailbox, token) = (MailboxId([0x11; 16]), FetchToken([0x22; 32]));
+    let mailbox = MailboxId([0x11; 16]);
+    let token = MailboxKey::derive(&SymmetricKey::from_bytes([0x22; 32]), T0.day()).token(&RELAY_PEER_ID);
     cbor_lines(&mut out, "deliver.request", &deliver::Request { envelope: envelope.clone() });
     cbor_lines(&mut out, "deliver.accepted", &deliver::Response::Accepted);
     cbor_lines(&mut out, "deliver.refused", &deliver::Response::Refused(Refusal::TooLarge { max: 65_536 }));
@@ -840,13 +860,20 @@ fn identity_golden_vectors() {
     check_golden("identity.txt", &fresh);
 }
 
-/// The fetch tokens and mailbox ids of a secret are what the spec's construction gives.
+/// The mailbox ids and fetch tokens of a secret are what the spec's construction gives: the id
+/// hashes the day's mailbox key, and a token is that key and its signature over the relay's peer
+/// id, which checks with nothing but the token and the relay's own id.
 #[test]
 fn mailbox_derivation_matches_the_spec() {
     let secret = SymmetricKey::from_bytes([9; 32]);
     for day in [0, T0.day()] {
-        let token = prf(secret.as_bytes(), label::FETCH, &[&day.to_be_bytes()]);
-        assert_eq!(mailbox::fetch_token(&secret, day).0, token);
-        assert_eq!(mailbox::mailbox_id(&secret, day).0, prefix16(&h(label::MAILBOX, &[&token])));
+        let key = mailbox_public(&secret, day);
+        assert_eq!(mailbox::mailbox_id(&secret, day).0, prefix16(&h(label::MAILBOX, &[&key])));
+        let token = MailboxKey::derive(&secret, day).token(&RELAY_PEER_ID);
+        assert_eq!(token.key, key);
+        let digest = h(label::FETCH, &[&RELAY_PEER_ID]);
+        let public = VerifyingKey::from_bytes(&key).unwrap();
+        assert!(public.verify_strict(&digest, &Signature::from_bytes(&token.proof)).is_ok());
+        assert!(token.verify(&RELAY_PEER_ID));
     }
 }

@@ -23,7 +23,7 @@ use merpati_proto::Timestamp;
 use merpati_proto::frame::{Body, MessageId};
 use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION, PrekeyRing};
 use merpati_proto::keys::{SymmetricKey, X25519Secret};
-use merpati_proto::mailbox::{self, INBOX_DAY, MailboxId};
+use merpati_proto::mailbox::{self, INBOX_DAY, MailboxId, MailboxKey};
 use merpati_proto::session::{Session, SessionId};
 use rand_chacha::ChaCha20Rng;
 use thiserror::Error;
@@ -36,7 +36,7 @@ use crate::store::{
 pub use incoming::Received;
 pub use maintenance::Maintenance;
 pub use outgoing::{Attempt, AttemptResult};
-pub use relays::{ANNOUNCEMENTS_WATCHED, MailboxTokens, SWEEP_DAYS, check_relay};
+pub use relays::{ANNOUNCEMENTS_WATCHED, MailboxKeys, SWEEP_DAYS, check_relay};
 pub use requests::{
     Accepted, MAX_DISMISSED, MAX_REQUEST_BYTES, MAX_REQUEST_ENVELOPES, MAX_REQUESTS, PREVIEW_CHARS,
     REQUEST_LIFETIME,
@@ -199,6 +199,9 @@ pub struct Engine<S: Store> {
     renamed: Vec<(String, String)>,
     /// The most dismissed conversations kept ([`MAX_DISMISSED`]; smaller in tests).
     max_dismissed: usize,
+    /// The mailbox keys last given out ([`Engine::mailbox_keys`]), kept so they are not derived
+    /// again after every command.
+    mailbox_keys: HashMap<relays::MailboxKeyName, MailboxKey>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -259,6 +262,7 @@ impl<S: Store> Engine<S> {
             opened: Vec::new(),
             renamed: Vec::new(),
             max_dismissed: MAX_DISMISSED,
+            mailbox_keys: HashMap::new(),
         })
     }
 

@@ -1,5 +1,5 @@
 //! Relays: the user's own list, telling contacts where to reach us, learning where to reach them,
-//! and the fetch tokens the daemon presents to collect what relays hold for us.
+//! and the keys of our mailboxes, with which the daemon makes each relay its own fetch tokens.
 //!
 //! Flow. The user's relays are stored durably and printed in invites. Whenever the list changes,
 //! every contact with a session gets a sealed `RelayHints` control message through the outbox,
@@ -8,14 +8,14 @@
 //! controls from contacts update their records. Relay addresses are binary multiaddrs that end in
 //! `/p2p/<relay peer id>`, so the daemon can dial them without a lookup.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use libp2p::PeerId;
 use libp2p::multiaddr::{Multiaddr, Protocol};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::{self, Body, Control};
 use merpati_proto::invite::{MAX_ADDR_LEN, MAX_ADDRS, MAX_RELAYS};
-use merpati_proto::mailbox::{self, FetchToken, INBOX_DAY};
+use merpati_proto::mailbox::{INBOX_DAY, MailboxKey};
 use merpati_proto::session::SessionId;
 
 use super::{Engine, EngineError, hex};
@@ -30,26 +30,32 @@ pub const ANNOUNCEMENTS_WATCHED: usize = 3;
 /// TTL), plus one day for senders whose clock runs behind.
 pub const SWEEP_DAYS: u64 = DEFAULT_TTL_DAYS + 1;
 
-/// The fetch tokens of our mailboxes, in two sets.
+/// The keys of our mailboxes, in two sets. Each relay's fetch task makes that relay's tokens
+/// from them (a token is good at one relay only).
 ///
 /// Mailbox ids rotate daily, and a sender writes under the id of the day on its own clock, so
 /// mail may wait under any day since we last fetched. `live` are the mailboxes that may still
 /// receive mail (the first-contact inbox, and per session yesterday, today and tomorrow, or the
 /// last announced day once the announcement has run out): the node long-polls them. `old` are the
 /// days before those, back to [`SWEEP_DAYS`]: closed, since senders have moved on, but they may
-/// hold what was written while we were away. Each relay's fetch task sweeps every old token once
+/// hold what was written while we were away. Each relay's fetch task sweeps every old mailbox once
 /// (at start, and each day for the day that just closed), so a node that was off for weeks
 /// collects everything its relays still keep. `old` also holds the days announced ahead of
 /// tomorrow, swept once each while still empty: a relay keeps envelopes of a mailbox no one has
 /// ever fetched only a short while (its unfetched TTL), and these are where contacts write while
 /// we are away.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MailboxTokens {
+pub struct MailboxKeys {
     /// Mailboxes to long-poll.
-    pub live: Vec<FetchToken>,
+    pub live: Vec<MailboxKey>,
     /// Mailboxes to fetch once.
-    pub old: Vec<FetchToken>,
+    pub old: Vec<MailboxKey>,
 }
+
+/// Where a mailbox key comes from: a session's mailbox secret (or the inbox secret, `None`) and
+/// a day. Deriving a key costs a scalar multiplication, and the daemon asks for every key after
+/// each command, so the engine keeps the keys it last gave out under this name.
+pub(super) type MailboxKeyName = (Option<SessionId>, u64);
 
 /// Checks one relay address and returns the relay's peer id: a binary multiaddr of at most
 /// [`MAX_ADDR_LEN`] bytes (so it fits in invites) that ends in `/p2p/<peer id>` and does not go
@@ -127,11 +133,18 @@ impl<S: Store> Engine<S> {
         self.node_info = Some((peer_id, addrs));
     }
 
-    /// The fetch tokens of every mailbox that may hold something for us (see [`MailboxTokens`]).
+    /// The keys of every mailbox that may hold something for us (see [`MailboxKeys`]).
     /// A session that cannot be read is skipped (and logged): the others are still worth
     /// fetching.
-    pub fn mailbox_tokens(&mut self, now: Timestamp) -> MailboxTokens {
-        let mut live = vec![mailbox::fetch_token(&self.me.inbox_secret, INBOX_DAY)];
+    pub fn mailbox_keys(&mut self, now: Timestamp) -> MailboxKeys {
+        let mut known = std::mem::take(&mut self.mailbox_keys);
+        let mut kept = HashMap::with_capacity(known.len());
+        let mut key = |name: MailboxKeyName, secret: &merpati_proto::keys::SymmetricKey| {
+            let key = known.remove(&name).unwrap_or_else(|| MailboxKey::derive(secret, name.1));
+            kept.insert(name, key.clone());
+            key
+        };
+        let mut live = vec![key((None, INBOX_DAY), &self.me.inbox_secret)];
         let mut old = Vec::new();
         let ids = self.store.session_ids().unwrap_or_else(|e| {
             tracing::warn!("cannot list sessions for fetching: {e}");
@@ -175,18 +188,19 @@ impl<S: Store> Engine<S> {
                 .chain(std::iter::once(today.clamp(announced.first_day, last)))
                 .chain(earlier.into_iter().take(ANNOUNCEMENTS_WATCHED).filter(|day| *day <= today))
                 .collect();
-            live.extend(live_days.iter().map(|day| mailbox::fetch_token(secret, *day)));
+            live.extend(live_days.iter().map(|day| key((Some(id), *day), secret)));
             old.extend(
                 (today.saturating_sub(SWEEP_DAYS)..=today.saturating_sub(2))
                     .chain(today + 2..=last)
                     .filter(|day| !live_days.contains(day))
-                    .map(|day| mailbox::fetch_token(secret, day)),
+                    .map(|day| key((Some(id), day), secret)),
             );
         }
+        self.mailbox_keys = kept;
         let mut seen = HashSet::new();
-        live.retain(|t| seen.insert(t.0));
-        old.retain(|t| seen.insert(t.0));
-        MailboxTokens { live, old }
+        live.retain(|k| seen.insert(k.id()));
+        old.retain(|k| seen.insert(k.id()));
+        MailboxKeys { live, old }
     }
 
     /// Stores `relays` as the user's list and queues a `RelayHints` message to every contact

@@ -383,11 +383,10 @@ fn a_duplicate_is_shown_once_and_answered_as_stored() {
 }
 
 #[test]
-fn fetch_tokens_open_the_mailboxes_envelopes_are_addressed_to() {
+fn mailbox_keys_own_the_mailboxes_envelopes_are_addressed_to() {
     let (mut alice, mut bob) = pair();
-    let opens =
-        |tokens: &[merpati_proto::mailbox::FetchToken], mailbox| tokens.iter().any(|t| t.opens(&mailbox));
-    let live = |engine: &mut Engine<MemoryStore>, now| engine.mailbox_tokens(now).live;
+    let opens = |keys: &[merpati_proto::mailbox::MailboxKey], mailbox| keys.iter().any(|k| k.id() == mailbox);
+    let live = |engine: &mut Engine<MemoryStore>, now| engine.mailbox_keys(now).live;
 
     alice.send_text("bob", "to the inbox", T0).unwrap();
     let first = alice.due(T0, None).unwrap().remove(0);
@@ -414,16 +413,20 @@ fn fetch_tokens_open_the_mailboxes_envelopes_are_addressed_to() {
     alice.send_text("bob", "long time", later).unwrap();
     let late = alice.due(later, None).unwrap().remove(0);
     assert_ne!(late.mailbox, next.mailbox);
-    let tokens = bob.mailbox_tokens(later);
-    assert!(opens(&tokens.live, late.mailbox), "the last announced mailbox");
+    let keys = bob.mailbox_keys(later);
+    assert!(opens(&keys.live, late.mailbox), "the last announced mailbox");
     assert!(bob.receive(None, &late.envelope, later).unwrap().message.is_some());
 
-    // Each token once, in one of the two sets.
-    let all: Vec<[u8; 32]> = tokens.live.iter().chain(&tokens.old).map(|t| t.0).collect();
+    // Each mailbox once, in one of the two sets; and the keys kept for the next call are the
+    // same keys.
+    let all: Vec<merpati_proto::mailbox::MailboxId> =
+        keys.live.iter().chain(&keys.old).map(|k| k.id()).collect();
     let mut distinct = all.clone();
     distinct.sort_unstable();
     distinct.dedup();
     assert_eq!(distinct.len(), all.len());
+    assert_eq!(bob.mailbox_keys(later), keys);
+    assert_eq!(bob.mailbox_keys.len(), all.len(), "only the keys in use are kept");
 }
 
 #[test]
@@ -449,12 +452,11 @@ fn mail_left_while_away_is_in_the_old_mailboxes_for_a_relay_ttl() {
     }
     let mailboxes: HashSet<_> = left.iter().map(|(_, attempt)| attempt.mailbox).collect();
     assert_eq!(mailboxes.len(), 5, "one mailbox per day");
-    let opens =
-        |tokens: &[merpati_proto::mailbox::FetchToken], mailbox| tokens.iter().any(|t| t.opens(&mailbox));
+    let opens = |keys: &[merpati_proto::mailbox::MailboxKey], mailbox| keys.iter().any(|k| k.id() == mailbox);
     // Before Bob left, he already fetched each of them (tomorrow's is live, the announced days
     // after it are swept ahead): a relay saw every one fetched before anyone wrote to it, so it
     // keeps their envelopes the full TTL.
-    let before = bob.mailbox_tokens(T0);
+    let before = bob.mailbox_keys(T0);
     for (day, attempt) in &left {
         let seen = opens(&before.live, attempt.mailbox) || opens(&before.old, attempt.mailbox);
         assert!(seen, "day {day}'s mailbox was not fetched before Bob left");
@@ -462,7 +464,7 @@ fn mail_left_while_away_is_in_the_old_mailboxes_for_a_relay_ttl() {
     // Bob is back on day 5 + `away`: every day's mailbox is live or old until the relay TTL.
     for away in [0, 2, 3, 7, 25] {
         let back = T0.plus((5 + away) * Timestamp::DAY);
-        let tokens = bob.mailbox_tokens(back);
+        let tokens = bob.mailbox_keys(back);
         for (day, attempt) in &left {
             let live = opens(&tokens.live, attempt.mailbox);
             let old = opens(&tokens.old, attempt.mailbox);
@@ -471,7 +473,7 @@ fn mail_left_while_away_is_in_the_old_mailboxes_for_a_relay_ttl() {
         }
     }
     // Past the relay TTL the oldest day is no longer looked at (the relay no longer has it).
-    let tokens = bob.mailbox_tokens(T0.plus((1 + SWEEP_DAYS + 1) * Timestamp::DAY));
+    let tokens = bob.mailbox_keys(T0.plus((1 + SWEEP_DAYS + 1) * Timestamp::DAY));
     assert!(!opens(&tokens.old, left[0].1.mailbox));
     // And everything fetched opens.
     let back = T0.plus(12 * Timestamp::DAY);
@@ -676,7 +678,7 @@ fn maintenance_of_sessions_not_in_use_keeps_them_on_disk_only() {
     for _ in 0..(40 * 24) {
         now = now.plus(Timestamp::HOUR);
         written += bob.maintain(now).unwrap().sessions_written;
-        bob.mailbox_tokens(now);
+        bob.mailbox_keys(now);
         assert!(bob.sessions.is_empty(), "a session not in use was kept in memory");
     }
     // Bob's one sealed sub-epoch was stepped once it was a day old, and nothing more.

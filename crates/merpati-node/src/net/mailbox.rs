@@ -1,5 +1,5 @@
 //! The mailbox protocol's two ends in the network task: a relay's [`MailboxServer`] (the service
-//! behind `/merpati/mailbox/1`, plugged in from outside so the network knows nothing of storage),
+//! behind `/merpati/mailbox/2`, plugged in from outside so the network knows nothing of storage),
 //! and what a user node remembers of its own requests until the relay answers.
 
 use std::net::IpAddr;

@@ -1,6 +1,6 @@
 //! Networking over libp2p for both roles: TCP and QUIC transports, connection limits, identify,
 //! ping, mDNS, Kademlia on our own protocol name, direct delivery (`/merpati/deliver/1`) and the
-//! relays' mailboxes (`/merpati/mailbox/1`), both request-response with CBOR. A user node also
+//! relays' mailboxes (`/merpati/mailbox/2`), both request-response with CBOR. A user node also
 //! keeps relay reservations (relay client, DCUtR hole punching, an AutoNAT v2 client); a
 //! community relay runs the relay v2 server, an AutoNAT v2 server and the mailbox service.
 //!
@@ -49,7 +49,7 @@ pub use self::reservations::{RelayStatus, peer_of};
 /// and metrics.
 #[derive(Default)]
 pub struct Extras {
-    /// The service behind `/merpati/mailbox/1` (relay role).
+    /// The service behind `/merpati/mailbox/2` (relay role).
     pub mailbox_server: Option<std::sync::Arc<dyn MailboxServer>>,
     /// libp2p's metrics, fed with every swarm event.
     pub metrics: Option<libp2p::metrics::Metrics>,

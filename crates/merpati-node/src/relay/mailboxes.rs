@@ -56,7 +56,7 @@ use std::time::{Duration, Instant};
 
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::{Envelope, MAX_ENVELOPE_LEN};
-use merpati_proto::mailbox::{FetchToken, MailboxId};
+use merpati_proto::mailbox::MailboxId;
 use merpati_proto::wire::mailbox::StoredEnvelope;
 use merpati_proto::wire::{MAX_FETCH_PAGE_BYTES, Refusal};
 use thiserror::Error;
@@ -425,19 +425,20 @@ impl Mailboxes {
         Ok(id)
     }
 
-    /// Envelopes of the mailboxes `tokens` open with ids above `after`, in increasing id order
+    /// Envelopes of `owned` (mailboxes whose fetch tokens were checked) with ids above `after`, in
+    /// increasing id order
     /// across those mailboxes: at most `limit` of them and at most `MAX_FETCH_PAGE_BYTES` bytes.
     /// The flag says whether more are waiting. Expired envelopes are skipped. Marks the
     /// mailboxes as fetched by `fetcher`'s network (see [`super::marks`]), whatever they hold.
     pub fn fetch(
         &self,
-        tokens: &[FetchToken],
+        owned: &[MailboxId],
         after: Option<u64>,
         limit: u32,
         fetcher: Option<Network>,
         now: Timestamp,
     ) -> Result<(Vec<StoredEnvelope>, bool), Refusal> {
-        let mailboxes: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
+        let mailboxes: BTreeSet<MailboxId> = owned.iter().copied().collect();
         if self.inner.marks.mark(&mailboxes, fetcher, now).map_err(internal("writing fetch marks"))? {
             self.inner.flusher.request();
         }
@@ -490,12 +491,12 @@ impl Mailboxes {
         Ok((items, more))
     }
 
-    /// Deletes the envelopes named by `ids` from the mailbox `token` opens and returns how many
-    /// were there. Ids already gone and ids of other mailboxes are passed over alike, so the
-    /// answer tells no one whether an id exists elsewhere (or when its owner fetched it). Durable
+    /// Deletes the envelopes named by `ids` from `mailbox` (whose fetch token was checked) and
+    /// returns how many were there. Ids already gone and ids of other mailboxes are passed over
+    /// alike, so the answer tells no one whether an id exists elsewhere (or when its owner fetched it). Durable
     /// at the next flush (which the call asks for, without waiting for it).
-    pub fn delete(&self, token: &FetchToken, ids: &[u64]) -> Result<u32, Refusal> {
-        let mailbox = MailboxId::of(token);
+    pub fn delete(&self, mailbox: &MailboxId, ids: &[u64]) -> Result<u32, Refusal> {
+        let mailbox = *mailbox;
         let ids: BTreeSet<u64> = ids.iter().copied().collect();
         let mut state = self.lock();
         let mut found = Vec::with_capacity(ids.len());
@@ -915,12 +916,8 @@ pub(crate) mod tests {
     }
     const HEADER_FIXED: usize = merpati_proto::envelope::HEADER_LEN + 2;
 
-    pub(crate) fn token(n: u8) -> FetchToken {
-        FetchToken([n; 32])
-    }
-
     pub(crate) fn mailbox(n: u8) -> MailboxId {
-        MailboxId::of(&token(n))
+        MailboxId([n; 16])
     }
 
     /// A depositor with a peer id of its own, from one documentation address.
@@ -965,25 +962,25 @@ pub(crate) mod tests {
             MailboxStats { mailboxes: 2, envelopes: 5, bytes: 5 * 512, fetch_marks: 0 }
         );
 
-        let one = boxes.fetch(&[token(1)], None, 64, None, T0).unwrap();
+        let one = boxes.fetch(&[mailbox(1)], None, 64, None, T0).unwrap();
         assert_eq!(ids(&one), vec![all[0], all[2], all[3]]);
         assert!(!one.1);
         assert_eq!(one.0[1].envelope, deposited[2].2);
         assert_eq!(one.0[1].mailbox, mailbox(1));
         // Both mailboxes at once: merged in id order, and a token named twice counts once.
-        let both = boxes.fetch(&[token(2), token(1), token(2)], None, 64, None, T0).unwrap();
+        let both = boxes.fetch(&[mailbox(2), mailbox(1), mailbox(2)], None, 64, None, T0).unwrap();
         assert_eq!(ids(&both), all);
-        let after = boxes.fetch(&[token(1), token(2)], Some(all[2]), 64, None, T0).unwrap();
+        let after = boxes.fetch(&[mailbox(1), mailbox(2)], Some(all[2]), 64, None, T0).unwrap();
         assert_eq!(ids(&after), all[3..].to_vec());
 
-        assert_eq!(boxes.delete(&token(1), &[all[0], all[2], all[2], 999]).unwrap(), 2);
-        assert_eq!(boxes.delete(&token(1), &[all[0]]).unwrap(), 0, "a repeated delete is harmless");
-        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, None, T0).unwrap()), vec![all[3]]);
+        assert_eq!(boxes.delete(&mailbox(1), &[all[0], all[2], all[2], 999]).unwrap(), 2);
+        assert_eq!(boxes.delete(&mailbox(1), &[all[0]]).unwrap(), 0, "a repeated delete is harmless");
+        assert_eq!(ids(&boxes.fetch(&[mailbox(1)], None, 64, None, T0).unwrap()), vec![all[3]]);
         assert_eq!(
             boxes.stats(),
             MailboxStats { mailboxes: 2, envelopes: 3, bytes: 3 * 512, fetch_marks: 2 }
         );
-        assert_eq!(boxes.delete(&token(2), &[all[1], all[4]]).unwrap(), 2);
+        assert_eq!(boxes.delete(&mailbox(2), &[all[1], all[4]]).unwrap(), 2);
         assert_eq!(boxes.stats().mailboxes, 1);
     }
 
@@ -997,11 +994,11 @@ pub(crate) mod tests {
             let second =
                 boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 1), someone(), T0).await.unwrap();
             // Deleted: the next id must still be above it after the restart.
-            boxes.delete(&token(2), &[second]).unwrap();
+            boxes.delete(&mailbox(2), &[second]).unwrap();
             (first, second)
         };
         let boxes = open(dir.path(), MailboxLimits::default());
-        let page = boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap();
+        let page = boxes.fetch(&[mailbox(1), mailbox(2)], None, 64, None, T0).unwrap();
         assert_eq!(page.0.len(), 1);
         assert_eq!((page.0[0].id, &page.0[0].envelope), (first, &bytes));
         // The fetch marked both mailboxes, once each.
@@ -1027,7 +1024,9 @@ pub(crate) mod tests {
         let check = |boxes: &Mailboxes| {
             (
                 boxes.stats(),
-                ids(&boxes.fetch(&[token(1), token(2), token(3), token(4)], None, 64, None, T0).unwrap()),
+                ids(&boxes
+                    .fetch(&[mailbox(1), mailbox(2), mailbox(3), mailbox(4)], None, 64, None, T0)
+                    .unwrap()),
             )
         };
         let before = check(&boxes);
@@ -1101,18 +1100,18 @@ pub(crate) mod tests {
         let boxes = open(dir.path(), MailboxLimits::default());
         let id = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
         let mine = boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), someone(), T0).await.unwrap();
-        assert_eq!(ids(&boxes.fetch(&[token(2)], None, 64, None, T0).unwrap()), vec![mine]);
-        assert_eq!(ids(&boxes.fetch(&[token(3)], None, 64, None, T0).unwrap()), Vec::<u64>::new());
+        assert_eq!(ids(&boxes.fetch(&[mailbox(2)], None, 64, None, T0).unwrap()), vec![mine]);
+        assert_eq!(ids(&boxes.fetch(&[mailbox(3)], None, 64, None, T0).unwrap()), Vec::<u64>::new());
         // An id of another mailbox is passed over exactly like one that is gone: no answer tells
         // whether it exists (or when its owner fetched it).
         let gone = id + 1_000;
-        assert_eq!(boxes.delete(&token(2), &[id]), Ok(0));
-        assert_eq!(boxes.delete(&token(2), &[gone]), Ok(0));
-        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap()), vec![id, mine]);
+        assert_eq!(boxes.delete(&mailbox(2), &[id]), Ok(0));
+        assert_eq!(boxes.delete(&mailbox(2), &[gone]), Ok(0));
+        assert_eq!(ids(&boxes.fetch(&[mailbox(1), mailbox(2)], None, 64, None, T0).unwrap()), vec![id, mine]);
         assert_eq!(boxes.stats().envelopes, 2);
         // Next to the token's own ids it deletes only those.
-        assert_eq!(boxes.delete(&token(2), &[mine, id]), Ok(1));
-        assert_eq!(ids(&boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap()), vec![id]);
+        assert_eq!(boxes.delete(&mailbox(2), &[mine, id]), Ok(1));
+        assert_eq!(ids(&boxes.fetch(&[mailbox(1), mailbox(2)], None, 64, None, T0).unwrap()), vec![id]);
     }
 
     #[tokio::test]
@@ -1128,12 +1127,12 @@ pub(crate) mod tests {
             boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 2), someone(), T0.plus(100)).await.unwrap();
         let at = T0.plus(1_200);
         assert_eq!(
-            ids(&boxes.fetch(&[token(1), token(2)], None, 64, None, at).unwrap()),
+            ids(&boxes.fetch(&[mailbox(1), mailbox(2)], None, 64, None, at).unwrap()),
             vec![newer, stepped]
         );
         assert_eq!(boxes.purge_expired(at).unwrap(), 1);
         assert_eq!(boxes.stats(), MailboxStats { mailboxes: 2, envelopes: 2, bytes: 1024, fetch_marks: 2 });
-        assert_eq!(boxes.delete(&token(1), &[old]).unwrap(), 0, "already gone");
+        assert_eq!(boxes.delete(&mailbox(1), &[old]).unwrap(), 0, "already gone");
         assert_eq!(boxes.purge_expired(at).unwrap(), 0);
         assert_eq!(boxes.purge_expired(T0.plus(1_600)).unwrap(), 2);
         assert_eq!(boxes.stats(), MailboxStats { fetch_marks: 2, ..MailboxStats::default() });
@@ -1162,14 +1161,14 @@ pub(crate) mod tests {
             let n = 1 + i % 2;
             all.push(boxes.deposit(mailbox(n), envelope(mailbox(n), 512, i), someone(), T0).await.unwrap());
         }
-        let tokens = [token(1), token(2)];
-        let page = boxes.fetch(&tokens, None, 2, None, T0).unwrap();
+        let owned = [mailbox(1), mailbox(2)];
+        let page = boxes.fetch(&owned, None, 2, None, T0).unwrap();
         assert_eq!((ids(&page), page.1), (all[..2].to_vec(), true));
-        let page = boxes.fetch(&tokens, Some(all[1]), 2, None, T0).unwrap();
+        let page = boxes.fetch(&owned, Some(all[1]), 2, None, T0).unwrap();
         assert_eq!((ids(&page), page.1), (all[2..4].to_vec(), true));
-        let page = boxes.fetch(&tokens, Some(all[3]), 2, None, T0).unwrap();
+        let page = boxes.fetch(&owned, Some(all[3]), 2, None, T0).unwrap();
         assert_eq!((ids(&page), page.1), (all[4..].to_vec(), false));
-        assert_eq!(boxes.fetch(&tokens, Some(u64::MAX), 2, None, T0).unwrap().0.len(), 0);
+        assert_eq!(boxes.fetch(&owned, Some(u64::MAX), 2, None, T0).unwrap().0.len(), 0);
 
         // 20 envelopes of 64 KiB: 16 fill a page of 1 MiB exactly.
         for _ in 0..20 {
@@ -1178,11 +1177,11 @@ pub(crate) mod tests {
                 .await
                 .unwrap();
         }
-        let page = boxes.fetch(&[token(3)], None, 64, None, T0).unwrap();
+        let page = boxes.fetch(&[mailbox(3)], None, 64, None, T0).unwrap();
         assert_eq!(page.0.len(), MAX_FETCH_PAGE_BYTES / MAX_ENVELOPE_LEN);
         assert!(page.1);
         let last = page.0.last().map(|e| e.id);
-        let rest = boxes.fetch(&[token(3)], last, 64, None, T0).unwrap();
+        let rest = boxes.fetch(&[mailbox(3)], last, 64, None, T0).unwrap();
         assert_eq!((rest.0.len(), rest.1), (4, false));
     }
 
@@ -1225,11 +1224,11 @@ pub(crate) mod tests {
             (kept, lost)
         };
         let boxes = open(dir.path(), limits);
-        assert_eq!(ids(&boxes.fetch(&[token(1)], None, 64, None, T0).unwrap()), vec![kept]);
+        assert_eq!(ids(&boxes.fetch(&[mailbox(1)], None, 64, None, T0).unwrap()), vec![kept]);
         // Counted until deleted or expired, and the owner can delete it.
         assert_eq!(boxes.stats().envelopes, 2);
-        assert_eq!(boxes.delete(&token(2), &[lost]), Ok(0));
-        assert_eq!(boxes.delete(&token(1), &[lost]).unwrap(), 1);
+        assert_eq!(boxes.delete(&mailbox(2), &[lost]), Ok(0));
+        assert_eq!(boxes.delete(&mailbox(1), &[lost]).unwrap(), 1);
         assert_eq!(boxes.stats().envelopes, 1);
         assert_eq!(boxes.purge_expired(T0.plus(5_000)).unwrap(), 1);
         assert_eq!(boxes.stats(), MailboxStats::default());
@@ -1253,9 +1252,8 @@ pub(crate) mod tests {
         let mut refused_in_a_row = 0;
         let mut i = 0u32;
         while refused_in_a_row < 200 {
-            let mut secret = [0xAB; 32];
-            secret[..4].copy_from_slice(&i.to_be_bytes());
-            let target = MailboxId::of(&FetchToken(secret));
+            let mut target = MailboxId([0xAB; 16]);
+            target.0[..4].copy_from_slice(&i.to_be_bytes());
             let depositor = Depositor::new(&libp2p::PeerId::random(), Some(network(i)));
             match boxes.deposit(target, envelope(target, 4096, 0), depositor, at).await {
                 Ok(_) => refused_in_a_row = 0,
@@ -1272,7 +1270,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), small_limits());
         // The owner of mailbox 1 fetched it this morning.
-        boxes.fetch(&[token(1)], None, 64, None, T0).unwrap();
+        boxes.fetch(&[mailbox(1)], None, 64, None, T0).unwrap();
         // One /64, a new peer id and a new mailbox for every deposit, as fast as it can.
         let stored =
             flood(&boxes, |i| std::net::IpAddr::from([0x2001, 0xdb8, 6, 4, (i % 7) as u16, 1, 2, 3]), T0)
@@ -1287,12 +1285,12 @@ pub(crate) mod tests {
         boxes.deposit(mailbox(1), envelope(mailbox(1), 4096, 1), honest, T0).await.unwrap();
         boxes.deposit(mailbox(2), envelope(mailbox(2), 4096, 1), honest, T0).await.unwrap();
         // Once the owner deletes what was left for them, the quota is free again.
-        let page = boxes.fetch(&[token(1), token(2)], None, 64, None, T0).unwrap();
+        let page = boxes.fetch(&[mailbox(1), mailbox(2)], None, 64, None, T0).unwrap();
         assert_eq!(page.0.len(), 2);
         let honest_network = honest.network.unwrap();
         assert_eq!(boxes.lock().usage.of_network(&honest_network), 2 * 4096);
-        assert_eq!(boxes.delete(&token(1), &[page.0[0].id]), Ok(1));
-        assert_eq!(boxes.delete(&token(2), &[page.0[1].id]), Ok(1));
+        assert_eq!(boxes.delete(&mailbox(1), &[page.0[0].id]), Ok(1));
+        assert_eq!(boxes.delete(&mailbox(2), &[page.0[1].id]), Ok(1));
         assert_eq!(boxes.lock().usage.of_network(&honest_network), 0);
     }
 
@@ -1300,7 +1298,7 @@ pub(crate) mod tests {
     async fn the_reserve_keeps_room_for_mailboxes_their_owners_fetch() {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), small_limits());
-        boxes.fetch(&[token(1)], None, 64, None, T0).unwrap();
+        boxes.fetch(&[mailbox(1)], None, 64, None, T0).unwrap();
         // Many networks together fill what is open to anyone (80 %)...
         for net in 0..8u8 {
             flood(&boxes, |_| [203, 0, 113, net].into(), T0).await;
@@ -1331,21 +1329,21 @@ pub(crate) mod tests {
             let boxes = open(dir.path(), MailboxLimits::default());
             // Mailbox 2's owner looked (and found nothing) before anyone wrote: as a node does
             // for the days ahead of its announcement before going away.
-            boxes.fetch(&[token(2)], None, 64, None, T0).unwrap();
+            boxes.fetch(&[mailbox(2)], None, 64, None, T0).unwrap();
             let junk =
                 boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), day(1)).await.unwrap();
             let ahead =
                 boxes.deposit(mailbox(2), envelope(mailbox(2), 512, 0), someone(), day(1)).await.unwrap();
             let read =
                 boxes.deposit(mailbox(3), envelope(mailbox(3), 512, 0), someone(), day(1)).await.unwrap();
-            boxes.fetch(&[token(3)], None, 64, None, day(2)).unwrap();
+            boxes.fetch(&[mailbox(3)], None, 64, None, day(2)).unwrap();
             (junk, ahead, read)
         };
         let boxes = open(dir.path(), MailboxLimits::default());
         assert_eq!(boxes.stats().fetch_marks, 2);
         assert_eq!(boxes.purge_expired(day(7)).unwrap(), 0, "a day short of the unfetched TTL");
         assert_eq!(boxes.purge_expired(day(8)).unwrap(), 1);
-        let all = [token(1), token(2), token(3)];
+        let all = [mailbox(1), mailbox(2), mailbox(3)];
         let page = boxes.fetch(&all, None, 64, None, day(8)).unwrap();
         assert_eq!(ids(&page), vec![ahead, read]);
         assert!(!ids(&page).contains(&junk));
@@ -1364,11 +1362,11 @@ pub(crate) mod tests {
     async fn fetch_marks_stop_at_their_cap() {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), MailboxLimits { max_fetch_marks: 2, ..MailboxLimits::default() });
-        boxes.fetch(&[token(1), token(2), token(3)], None, 64, None, T0).unwrap();
+        boxes.fetch(&[mailbox(1), mailbox(2), mailbox(3)], None, 64, None, T0).unwrap();
         assert_eq!(boxes.stats().fetch_marks, 2);
         // A marked mailbox is still refreshed at the cap.
         let later = T0.plus(Timestamp::DAY);
-        boxes.fetch(&[token(1), token(2), token(3)], None, 64, None, later).unwrap();
+        boxes.fetch(&[mailbox(1), mailbox(2), mailbox(3)], None, 64, None, later).unwrap();
         assert_eq!(boxes.stats().fetch_marks, 2);
         let marked = [1, 2, 3].map(|n| boxes.inner.marks.last_fetch(&mailbox(n)).unwrap());
         assert_eq!(marked.iter().filter(|m| **m == Some(later.millis())).count(), 2, "{marked:?}");
@@ -1384,12 +1382,12 @@ pub(crate) mod tests {
         };
         let boxes = open(dir.path(), limits);
         let abuser = Network::of([203, 0, 113, 9].into());
-        let junk: Vec<FetchToken> = (0..50u8).map(|n| FetchToken([n ^ 0xAA; 32])).collect();
+        let junk: Vec<MailboxId> = (0..50u8).map(|n| MailboxId([n ^ 0xAA; 16])).collect();
         boxes.fetch(&junk, None, 64, Some(abuser), T0).unwrap();
         assert_eq!(boxes.inner.marks.of_network(&abuser), 10);
         // Another network's owner still gets marks, and the mailbox it looked at keeps the full TTL.
         let owner = Network::of("2001:db8:5::7".parse().unwrap());
-        boxes.fetch(&[token(1)], None, 64, Some(owner), T0).unwrap();
+        boxes.fetch(&[mailbox(1)], None, 64, Some(owner), T0).unwrap();
         assert_eq!(boxes.stats().fetch_marks, 11);
         boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
         assert_eq!(boxes.purge_expired(T0.plus(8 * Timestamp::DAY)).unwrap(), 0);
@@ -1415,18 +1413,18 @@ pub(crate) mod tests {
         for i in 0..5u8 {
             let network =
                 Network::of(std::net::IpAddr::from([0x2001, 0xdb8, 0x44, u16::from(i), 0, 0, 0, 1]));
-            let junk: Vec<FetchToken> = (0..50u8)
+            let junk: Vec<MailboxId> = (0..50u8)
                 .map(|n| {
-                    let mut secret = [0x55; 32];
-                    secret[..2].copy_from_slice(&[n, i]);
-                    FetchToken(secret)
+                    let mut id = MailboxId([0x55; 16]);
+                    id.0[..2].copy_from_slice(&[n, i]);
+                    id
                 })
                 .collect();
             boxes.fetch(&junk, None, 64, Some(network), T0).unwrap();
         }
         assert_eq!(boxes.stats().fetch_marks, 25, "five /64s of one /48 made 10 + 10 + 5 + 0 + 0");
         let elsewhere = Network::of("2001:db8:45::1".parse().unwrap());
-        boxes.fetch(&[token(1)], None, 64, Some(elsewhere), T0).unwrap();
+        boxes.fetch(&[mailbox(1)], None, 64, Some(elsewhere), T0).unwrap();
         assert_eq!(boxes.stats().fetch_marks, 26);
     }
 
@@ -1450,7 +1448,7 @@ pub(crate) mod tests {
         assert_eq!(boxes.inner.db.get(MARKER_KEY).unwrap().unwrap().as_ref(), &SCHEMA_VERSION.to_be_bytes());
         // Kept past the unfetched TTL, and deleted like any other.
         assert_eq!(boxes.purge_expired(T0.plus(8 * Timestamp::DAY)).unwrap(), 0);
-        assert_eq!(boxes.delete(&token(1), &[id]), Ok(1));
+        assert_eq!(boxes.delete(&mailbox(1), &[id]), Ok(1));
         assert_eq!(boxes.stats().envelopes, 0);
     }
 

@@ -1,8 +1,9 @@
 //! The community relay's mailbox part: store-and-forward of envelopes for offline recipients.
 //!
 //! A community relay keeps, for anyone, envelopes addressed to mailbox ids it cannot link to
-//! people: anyone may deposit into a mailbox, only the holder of the mailbox's fetch token may
-//! fetch from it or delete from it (the mailbox id is a hash of the token). Each deposit is
+//! people: anyone may deposit into a mailbox, only its owner may fetch from it or delete from it,
+//! with a fetch token signed by the mailbox's key for this relay (the mailbox id is a hash of
+//! that key). Each deposit is
 //! answered only once it is durable on disk, with an id from one relay-wide increasing counter,
 //! so one `after` cursor pages through all of a recipient's mailboxes at once.
 //!
@@ -12,7 +13,8 @@
 //!   reserve kept for live mailboxes.
 //! * [`depositor`]: who a request comes from: the network (IPv4 address, IPv6 /64) and the peer.
 //! * [`rate`]: token buckets per peer and per network.
-//! * [`service`]: answers `/merpati/mailbox/1` requests, including long-poll fetches, with no
+//! * [`tokens`]: checks fetch tokens, with a bounded cache of those already verified.
+//! * [`service`]: answers `/merpati/mailbox/2` requests, including long-poll fetches, with no
 //!   network of its own: the network layer passes in requests and sends the responses.
 //! * [`metrics`]: Prometheus metrics and a minimal `GET /metrics` endpoint.
 //! * [`process`]: the build and the process's memory and file descriptors, as metrics.
@@ -29,6 +31,7 @@ pub mod process;
 pub mod rate;
 pub mod run;
 pub mod service;
+pub mod tokens;
 mod usage;
 
 pub use depositor::Depositor;

@@ -185,7 +185,8 @@ pub async fn run(
     let mailbox_metrics = MailboxMetrics::register(&mut registry);
     super::process::register(&mut registry);
     let reservations = mailbox_metrics.relay_reservations_gauge();
-    let service = MailboxService::new(mailboxes, options.rates, mailbox_metrics);
+    let service =
+        MailboxService::new(&keypair.public().to_peer_id(), mailboxes, options.rates, mailbox_metrics);
 
     let config = net::Config::default()
         .with_listen_addrs(options.listen.clone())

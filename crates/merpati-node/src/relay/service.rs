@@ -1,9 +1,10 @@
-//! The mailbox service: answers `/merpati/mailbox/1` requests from [`Mailboxes`], with rate limits,
+//! The mailbox service: answers `/merpati/mailbox/2` requests from [`Mailboxes`], with rate limits,
 //! long polls and metrics. It knows nothing of the network: the network layer hands it a peer, the
 //! peer's IP address, a request and the time, and sends back the response.
 //!
 //! Order of checks: rate limit first (so junk costs its sender the same budget as a real request),
-//! then the request's own bounds (`validate`), then the operation.
+//! then the request's own bounds (`validate`), then the fetch tokens ([`TokenCheck`]), then the
+//! operation.
 //!
 //! Long polls. A fetch that finds nothing and allows a wait registers a waiter on each of its
 //! mailboxes, fetches once more (a deposit may have landed between the first fetch and the
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use merpati_proto::Timestamp;
-use merpati_proto::mailbox::{FetchToken, MailboxId};
+use merpati_proto::mailbox::MailboxId;
 use merpati_proto::wire::Refusal;
 use merpati_proto::wire::mailbox::{Request, Response};
 use tokio::sync::Notify;
@@ -32,6 +33,7 @@ use super::depositor::{Depositor, Network};
 use super::mailboxes::Mailboxes;
 use super::metrics::MailboxMetrics;
 use super::rate::{RateLimiter, RateLimits};
+use super::tokens::TokenCheck;
 use crate::clock::Clock;
 
 /// The most fetches waiting for deposits at once, relay-wide.
@@ -53,6 +55,7 @@ pub struct MailboxService {
 #[derive(Debug)]
 struct Inner {
     mailboxes: Mailboxes,
+    tokens: TokenCheck,
     rate: RateLimiter,
     metrics: MailboxMetrics,
     waiters: Mutex<Waiters>,
@@ -70,12 +73,14 @@ struct Waiters {
 }
 
 impl MailboxService {
-    /// A service over `mailboxes` with the given rate limits, reporting to `metrics`.
-    pub fn new(mailboxes: Mailboxes, rate: RateLimits, metrics: MailboxMetrics) -> Self {
+    /// The service of the relay `relay` over `mailboxes`, with the given rate limits, reporting to
+    /// `metrics`.
+    pub fn new(relay: &PeerId, mailboxes: Mailboxes, rate: RateLimits, metrics: MailboxMetrics) -> Self {
         metrics.set_stored(&mailboxes.stats());
         Self {
             inner: Arc::new(Inner {
                 mailboxes,
+                tokens: TokenCheck::new(relay),
                 rate: RateLimiter::new(rate),
                 metrics,
                 waiters: Mutex::new(Waiters::default()),
@@ -138,7 +143,11 @@ impl MailboxService {
                 }
             }
             Request::Fetch { tokens, after, limit, wait_ms } => {
-                match self.fetch(peer, ip, &tokens, after, limit, wait_ms, now).await {
+                let mailboxes = match inner.tokens.mailboxes(&tokens) {
+                    Ok(mailboxes) => mailboxes,
+                    Err(refusal) => return Response::Refused(refusal),
+                };
+                match self.fetch(peer, ip, &mailboxes, after, limit, wait_ms, now).await {
                     Ok((items, more)) => {
                         inner.metrics.fetched(items.len());
                         Response::Envelopes { items, more }
@@ -146,14 +155,17 @@ impl MailboxService {
                     Err(refusal) => Response::Refused(refusal),
                 }
             }
-            Request::Delete { token, ids } => match inner.mailboxes.delete(&token, &ids) {
-                Ok(count) => {
-                    inner.metrics.deleted(count);
-                    inner.metrics.set_stored(&inner.mailboxes.stats());
-                    Response::Deleted { count }
+            Request::Delete { token, ids } => {
+                match inner.tokens.mailbox(&token).and_then(|mailbox| inner.mailboxes.delete(&mailbox, &ids))
+                {
+                    Ok(count) => {
+                        inner.metrics.deleted(count);
+                        inner.metrics.set_stored(&inner.mailboxes.stats());
+                        Response::Deleted { count }
+                    }
+                    Err(refusal) => Response::Refused(refusal),
                 }
-                Err(refusal) => Response::Refused(refusal),
-            },
+            }
         }
     }
 
@@ -162,27 +174,27 @@ impl MailboxService {
         &self,
         peer: PeerId,
         ip: Option<IpAddr>,
-        tokens: &[FetchToken],
+        owned: &[MailboxId],
         after: Option<u64>,
         limit: u32,
         wait_ms: u32,
         now: Timestamp,
     ) -> Result<(Vec<merpati_proto::wire::mailbox::StoredEnvelope>, bool), Refusal> {
         let mailboxes = &self.inner.mailboxes;
-        let page = mailboxes.fetch(tokens, after, limit, ip.map(Network::of), now)?;
+        let page = mailboxes.fetch(owned, after, limit, ip.map(Network::of), now)?;
         if !page.0.is_empty() || wait_ms == 0 {
             return Ok(page);
         }
         let started = Instant::now();
         let wait = Duration::from_millis(u64::from(wait_ms));
-        let ids: BTreeSet<MailboxId> = tokens.iter().map(MailboxId::of).collect();
+        let ids: BTreeSet<MailboxId> = owned.iter().copied().collect();
         let Some(waiter) = self.register(peer, ip.map(Network::of), ids) else {
             return Ok(page);
         };
         loop {
             let elapsed = started.elapsed();
             let now = now.plus(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-            let page = mailboxes.fetch(tokens, after, limit, ip.map(Network::of), now)?;
+            let page = mailboxes.fetch(owned, after, limit, ip.map(Network::of), now)?;
             if !page.0.is_empty() {
                 return Ok(page);
             }
@@ -327,18 +339,39 @@ fn release<K: std::hash::Hash + Eq>(counts: &mut HashMap<K, u32>, key: K) {
 mod tests {
     use prometheus_client::registry::Registry;
 
+    use merpati_proto::keys::SymmetricKey;
+    use merpati_proto::mailbox::{FetchToken, MailboxKey};
+
     use super::*;
     use crate::relay::mailboxes::MailboxLimits;
-    use crate::relay::mailboxes::tests::{envelope, mailbox, token};
+    use crate::relay::mailboxes::tests::envelope;
     use crate::relay::rate::Rate;
 
     const T0: Timestamp = Timestamp(1_700_000_000_000);
+
+    /// The relay under test.
+    fn relay() -> PeerId {
+        libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).unwrap().public().to_peer_id()
+    }
+
+    fn key(n: u8) -> MailboxKey {
+        MailboxKey::derive(&SymmetricKey::from_bytes([n; 32]), T0.day())
+    }
+
+    fn mailbox(n: u8) -> MailboxId {
+        key(n).id()
+    }
+
+    /// The owner's token of mailbox `n` for the relay under test.
+    fn token(n: u8) -> FetchToken {
+        key(n).token(&relay().to_bytes())
+    }
 
     fn service(dir: &std::path::Path, rate: RateLimits) -> (MailboxService, Registry) {
         let mut registry = Registry::default();
         let metrics = MailboxMetrics::register(&mut registry);
         let mailboxes = Mailboxes::open(dir, MailboxLimits::default()).unwrap();
-        (MailboxService::new(mailboxes, rate, metrics), registry)
+        (MailboxService::new(&relay(), mailboxes, rate, metrics), registry)
     }
 
     fn deposit(n: u8) -> Request {
@@ -392,6 +425,43 @@ mod tests {
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
+    }
+
+    /// Another relay of the same recipient sees the recipient's tokens for it; they open nothing
+    /// here, and the refusal changes nothing: the envelope stays, the mailbox is not marked.
+    #[tokio::test]
+    async fn a_token_made_for_another_relay_opens_nothing_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let (service, registry) = service(dir.path(), RateLimits::default());
+        let (owner, other_relay) = (PeerId::random(), PeerId::random());
+        let Response::Stored { id } = service.handle(owner, None, deposit(1), T0).await else {
+            panic!("not stored")
+        };
+        let seen_elsewhere = key(1).token(&other_relay.to_bytes());
+        assert_eq!(seen_elsewhere.mailbox(), mailbox(1), "the same mailbox id at every relay");
+        let both = Request::Fetch {
+            tokens: vec![token(2), seen_elsewhere.clone()],
+            after: None,
+            limit: 8,
+            wait_ms: 0,
+        };
+        let delete = Request::Delete { token: seen_elsewhere, ids: vec![id] };
+        for request in [both, delete] {
+            assert_eq!(
+                service.handle(other_relay, None, request, T0).await,
+                Response::Refused(Refusal::Unauthorized)
+            );
+        }
+        assert_eq!(service.mailboxes().stats().fetch_marks, 0, "a refused fetch marks nothing");
+        let Response::Envelopes { items, .. } = service.handle(owner, None, fetch(1, 0), T0).await else {
+            panic!("no page")
+        };
+        assert_eq!(
+            items.iter().map(|item| item.id).collect::<Vec<_>>(),
+            vec![id],
+            "still there for its owner"
+        );
+        assert!(exposition(&registry).contains("merpati_mailbox_refusals_total{kind=\"unauthorized\"} 2"));
     }
 
     #[tokio::test]

@@ -39,7 +39,7 @@ use crate::frame::{Body, FrameError, MessageId};
 use crate::identity::{DeviceCert, IdentityError};
 use crate::kdf::{self, label};
 use crate::keys::SymmetricKey;
-use crate::mailbox::{Announcement, FetchToken, MailboxId};
+use crate::mailbox::{Announcement, MailboxId, MailboxKey};
 use crate::noise::NoiseError;
 use crate::time::Timestamp;
 
@@ -300,12 +300,12 @@ impl Session {
         self.state.my_mailboxes.ids.contains(mailbox)
     }
 
-    /// The fetch tokens for our mailboxes from yesterday to tomorrow around `now` (relay clocks
+    /// The keys of our mailboxes from yesterday to tomorrow around `now` (relay clocks
     /// and the peer's clock may differ from ours by up to a day).
-    pub fn fetch_tokens(&self, now: Timestamp) -> Vec<FetchToken> {
+    pub fn mailbox_keys(&self, now: Timestamp) -> Vec<MailboxKey> {
         let today = now.day();
         (today.saturating_sub(1)..=today + 1)
-            .map(|day| crate::mailbox::fetch_token(&self.state.my_mailbox_secret, day))
+            .map(|day| MailboxKey::derive(&self.state.my_mailbox_secret, day))
             .collect()
     }
 
