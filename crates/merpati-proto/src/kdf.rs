@@ -23,6 +23,8 @@ pub mod label {
     pub const MAILBOX: &[u8] = b"NDR1/mailbox";
     /// What a fetch token signs: the peer id of the one relay it is for.
     pub const FETCH: &[u8] = b"NDR1/fetch";
+    /// A relay's own digest of a fetch token it has verified (never on the wire).
+    pub const FETCH_DIGEST: &[u8] = b"NDR1/fetch-digest";
     /// Prologue of a first-contact (`Noise_X`) handshake.
     pub const FIRST_CONTACT: &[u8] = b"NDR1/first-contact";
     /// Prologue of an epoch-opening (`Noise_Npsk0`) handshake.

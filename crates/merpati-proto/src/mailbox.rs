@@ -15,6 +15,7 @@ use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::kdf::{self, label};
@@ -63,11 +64,12 @@ impl fmt::Debug for MailboxId {
 }
 
 /// The owner's key of one day's mailbox. Only the owner can derive it (from the mailbox secret);
-/// it makes the fetch tokens of that mailbox, one per relay. The secret half is zeroized on drop.
+/// it makes the fetch tokens of that mailbox, one per relay. Kept small (the seed and the id: a
+/// node holds one per conversation and day it fetches, thousands with many contacts), so the
+/// signing key is expanded again for each token; the seed is zeroized on drop.
 #[derive(Clone)]
 pub struct MailboxKey {
-    signing: SigningKey,
-    public: [u8; 32],
+    seed: Zeroizing<[u8; 32]>,
     id: MailboxId,
 }
 
@@ -75,9 +77,8 @@ impl MailboxKey {
     /// The key of `day`'s mailbox of the mailbox secret `secret`.
     pub fn derive(secret: &SymmetricKey, day: u64) -> Self {
         let seed = kdf::prf(secret.as_bytes(), label::MAILBOX_KEY, &[&day.to_be_bytes()]);
-        let signing = SigningKey::from_bytes(&seed);
-        let public = signing.verifying_key().to_bytes();
-        Self { signing, public, id: MailboxId::of_key(&public) }
+        let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
+        Self { seed, id: MailboxId::of_key(&public) }
     }
 
     /// The mailbox this key owns.
@@ -88,14 +89,15 @@ impl MailboxKey {
     /// The token that fetches and deletes this mailbox at the relay whose libp2p peer id (binary)
     /// is `relay`, and nowhere else. Deterministic: the same relay always gets the same token.
     pub fn token(&self, relay: &[u8]) -> FetchToken {
+        let signing = SigningKey::from_bytes(&self.seed);
         let digest = kdf::hash(label::FETCH, &[relay]);
-        FetchToken { key: self.public, proof: self.signing.sign(&digest).to_bytes() }
+        FetchToken { key: signing.verifying_key().to_bytes(), proof: signing.sign(&digest).to_bytes() }
     }
 }
 
 impl PartialEq for MailboxKey {
     fn eq(&self, other: &Self) -> bool {
-        self.public == other.public
+        self.id == other.id
     }
 }
 
@@ -128,14 +130,17 @@ impl FetchToken {
     }
 
     /// Whether the token was made by its mailbox's key for the relay whose peer id (binary) is
-    /// `relay`. A key of small order, a non-canonical encoding or a relay id longer than
-    /// [`MAX_RELAY_ID_LEN`] fails.
+    /// `relay`. A key of small order, a key or signature in a non-canonical encoding, or a relay
+    /// id longer than [`MAX_RELAY_ID_LEN`] fails.
     pub fn verify(&self, relay: &[u8]) -> bool {
         if relay.len() > MAX_RELAY_ID_LEN {
             return false;
         }
         let Ok(key) = VerifyingKey::from_bytes(&self.key) else { return false };
-        if key.is_weak() {
+        // Decompression accepts a y coordinate past the field's modulus (and a sign bit on
+        // x = 0); the point's canonical encoding then differs from the bytes given. Such a key
+        // could only sign if someone knew its discrete log, but one point must have one id.
+        if key.is_weak() || key.to_edwards().compress().to_bytes() != self.key {
             return false;
         }
         let digest = kdf::hash(label::FETCH, &[relay]);
@@ -147,9 +152,10 @@ impl FetchToken {
         self.mailbox() == *mailbox && self.verify(relay)
     }
 
-    /// A short digest of the whole token, for a relay's cache of tokens it has verified.
-    pub fn digest(&self) -> [u8; 16] {
-        kdf::hash_prefix(label::FETCH, &[&self.key, &self.proof])
+    /// A digest of the whole token, for a relay's cache of tokens it has verified. All 32 bytes:
+    /// a cache hit stands in for a signature check, so a collision must cost 2^128, not 2^64.
+    pub fn digest(&self) -> [u8; 32] {
+        kdf::hash(label::FETCH_DIGEST, &[&self.key, &self.proof])
     }
 }
 

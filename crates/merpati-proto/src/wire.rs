@@ -82,7 +82,8 @@ pub enum Refusal {
         /// How long to wait before trying again, in milliseconds.
         retry_after_ms: u32,
     },
-    /// A fetch token does not open the mailbox, or the peer may not use this service.
+    /// A fetch token was not made for this relay by its mailbox's key, or the peer may not use
+    /// this service.
     Unauthorized,
     /// The relay has no room for more mailboxes or envelopes.
     RelayFull,

@@ -141,7 +141,7 @@ impl<S: Store> Engine<S> {
         }
         match known {
             Some(id) => self.receive_in_session(id, bytes, now, pending),
-            None if header.kind == Kind::FirstContact && header.mailbox == self.me.inbox() => {
+            None if header.kind == Kind::FirstContact && header.mailbox == self.inbox => {
                 // Whoever handed it over is not taken for the sender's node: anyone holding a
                 // copy (a relay of ours) could hand it over first and then swallow our answers.
                 // Only the invite and the sender's end-to-end `NodeInfo` say where that is.

@@ -202,6 +202,9 @@ pub struct Engine<S: Store> {
     /// The mailbox keys last given out ([`Engine::mailbox_keys`]), kept so they are not derived
     /// again after every command.
     mailbox_keys: HashMap<relays::MailboxKeyName, MailboxKey>,
+    /// Our first-contact inbox (derived once: deriving a mailbox key costs a scalar
+    /// multiplication, and every first contact is checked against it).
+    inbox: MailboxId,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -249,7 +252,6 @@ impl<S: Store> Engine<S> {
         let relays = store.relays()?;
         Ok(Self {
             store,
-            me,
             profile,
             bundle,
             sessions: HashMap::new(),
@@ -263,6 +265,8 @@ impl<S: Store> Engine<S> {
             renamed: Vec::new(),
             max_dismissed: MAX_DISMISSED,
             mailbox_keys: HashMap::new(),
+            inbox: me.inbox(),
+            me,
         })
     }
 
@@ -317,7 +321,7 @@ impl<S: Store> Engine<S> {
             &self.profile.identity,
             self.bundle.clone(),
             last_resort,
-            self.me.inbox(),
+            self.inbox,
             self.relays.clone(),
             peer_id,
             addrs,

@@ -37,7 +37,7 @@ pub const SWEEP_DAYS: u64 = DEFAULT_TTL_DAYS + 1;
 /// mail may wait under any day since we last fetched. `live` are the mailboxes that may still
 /// receive mail (the first-contact inbox, and per session yesterday, today and tomorrow, or the
 /// last announced day once the announcement has run out): the node long-polls them. `old` are the
-/// days before those, back to [`SWEEP_DAYS`]: closed, since senders have moved on, but they may
+/// days before those, back to [`SWEEP_DAYS`] (or to the day before the session began): closed, since senders have moved on, but they may
 /// hold what was written while we were away. Each relay's fetch task sweeps every old mailbox once
 /// (at start, and each day for the day that just closed), so a node that was off for weeks
 /// collects everything its relays still keep. `old` also holds the days announced ahead of
@@ -140,6 +140,10 @@ impl<S: Store> Engine<S> {
         let mut known = std::mem::take(&mut self.mailbox_keys);
         let mut kept = HashMap::with_capacity(known.len());
         let mut key = |name: MailboxKeyName, secret: &merpati_proto::keys::SymmetricKey| {
+            // A day may be asked for twice (today is also the announcement's day).
+            if let Some(key) = kept.get(&name) {
+                return MailboxKey::clone(key);
+            }
             let key = known.remove(&name).unwrap_or_else(|| MailboxKey::derive(secret, name.1));
             kept.insert(name, key.clone());
             key
@@ -189,8 +193,12 @@ impl<S: Store> Engine<S> {
                 .chain(earlier.into_iter().take(ANNOUNCEMENTS_WATCHED).filter(|day| *day <= today))
                 .collect();
             live.extend(live_days.iter().map(|day| key((Some(id), *day), secret)));
+            // Nothing was written before the session began, on the writer's clock (up to a day
+            // behind ours): a new conversation has no past to sweep.
+            let first_written =
+                today.saturating_sub(SWEEP_DAYS).max(state.created_at.day().saturating_sub(1));
             old.extend(
-                (today.saturating_sub(SWEEP_DAYS)..=today.saturating_sub(2))
+                (first_written..=today.saturating_sub(2))
                     .chain(today + 2..=last)
                     .filter(|day| !live_days.contains(day))
                     .map(|day| key((Some(id), day), secret)),

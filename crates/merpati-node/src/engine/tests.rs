@@ -430,6 +430,23 @@ fn mailbox_keys_own_the_mailboxes_envelopes_are_addressed_to() {
 }
 
 #[test]
+fn a_new_conversation_has_no_past_to_sweep() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, None, &mut bob, T0);
+    // Bob's one session began today: the days it announced ahead, and nothing before it.
+    let ahead = usize::from(merpati_proto::mailbox::DEFAULT_ANNOUNCE_DAYS) - 2;
+    assert_eq!(bob.mailbox_keys(T0).old.len(), ahead);
+    // A week on: the days since the day before it began (T0 − 1 to T0 + 5), and the five
+    // announced days after tomorrow (T0 + 9 to T0 + 13).
+    assert_eq!(bob.mailbox_keys(T0.plus(7 * Timestamp::DAY)).old.len(), 7 + 5);
+    // Forty days on: its past within the relay's TTL, today − 31 to today − 2, but for the last
+    // announced day (T0 + 13), which is live (the peer writes there after a long silence).
+    let swept = usize::try_from(SWEEP_DAYS - 1).unwrap();
+    assert_eq!(bob.mailbox_keys(T0.plus(40 * Timestamp::DAY)).old.len(), swept - 1);
+}
+
+#[test]
 fn mail_left_while_away_is_in_the_old_mailboxes_for_a_relay_ttl() {
     let (mut alice, mut bob) = pair();
     alice.send_text("bob", "hello", T0).unwrap();

@@ -2,8 +2,10 @@
 //! an IPv6 /64, see [`super::depositor`]).
 //!
 //! Every request takes one token from its peer's bucket, one from its network's bucket and, for
-//! IPv6, one from its /48's bucket (when the address is known); a bucket refills at `per_second` tokens a second up to `burst`. Both are
-//! checked before either is taken from, so a refusal costs the caller nothing.
+//! IPv6, one from its /48's bucket (when the address is known); a bucket refills at `per_second`
+//! tokens a second up to `burst`. All are checked before any is taken from, so a refusal costs
+//! the caller nothing. A limiter can also count work rather than requests
+//! ([`RateLimiter::check_cost`]): the relay's second one counts the fetch tokens it verifies.
 //!
 //! The maps are bounded: when one is full, buckets that have refilled completely are dropped (a
 //! full bucket is what a new one would start as, so nothing is forgotten), at most once a second.
@@ -58,7 +60,7 @@ impl Default for RateLimits {
     }
 }
 
-/// Per-peer and per-IP token buckets behind one lock.
+/// Per-peer and per-IP token buckets behind one lock, and optionally one bucket for everyone.
 #[derive(Debug)]
 pub struct RateLimiter {
     limits: RateLimits,
@@ -70,12 +72,21 @@ struct State {
     peers: Buckets<PeerId>,
     ips: Buckets<Network>,
     blocks: Buckets<Network>,
+    /// The bucket every sender also draws from, and its rate.
+    total: Option<(Rate, Bucket)>,
 }
 
 impl RateLimiter {
     /// A limiter with no history: every sender starts with a full bucket.
     pub fn new(limits: RateLimits) -> Self {
         Self::with_capacity(limits, MAX_BUCKETS)
+    }
+
+    /// A limiter that also holds everyone together to `total`.
+    pub fn with_total(limits: RateLimits, total: Rate) -> Self {
+        let limiter = Self::new(limits);
+        limiter.lock().total = Some((total, Bucket { tokens: f64::from(total.burst), at: Instant::now() }));
+        limiter
     }
 
     fn with_capacity(limits: RateLimits, capacity: usize) -> Self {
@@ -85,37 +96,57 @@ impl RateLimiter {
                 peers: Buckets::new(limits.per_peer, capacity),
                 ips: Buckets::new(limits.per_ip, capacity),
                 blocks: Buckets::new(limits.per_ipv6_block, capacity),
+                total: None,
             }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes one token for a request of `peer` from `ip` at `now`, or says how many milliseconds
     /// to wait before one is available (taking nothing).
     pub fn check(&self, peer: &PeerId, ip: Option<IpAddr>, now: Instant) -> Result<(), u32> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let State { peers, ips, blocks } = &mut *state;
-        let peer_wait = peers.refill(*peer, now);
+        self.check_cost(peer, ip, now, 1)
+    }
+
+    /// Takes `cost` tokens for work of `peer` from `ip` at `now`, or says how many milliseconds
+    /// to wait before they are available (taking nothing). A cost above a bucket's burst waits
+    /// for a full bucket and leaves it owing the rest.
+    pub fn check_cost(&self, peer: &PeerId, ip: Option<IpAddr>, now: Instant, cost: u32) -> Result<(), u32> {
+        let cost = f64::from(cost);
+        let mut state = self.lock();
+        let State { peers, ips, blocks, total } = &mut *state;
+        let peer_wait = peers.refill(*peer, now, cost);
         let network = ip.map(Network::of);
         let block = network.and_then(|n| n.block());
-        let ip_wait = network.map_or(0, |network| ips.refill(network, now));
-        let block_wait = block.map_or(0, |block| blocks.refill(block, now));
-        let wait = peer_wait.max(ip_wait).max(block_wait);
+        let ip_wait = network.map_or(0, |network| ips.refill(network, now, cost));
+        let block_wait = block.map_or(0, |block| blocks.refill(block, now, cost));
+        let total_wait = total.as_mut().map_or(0, |(rate, bucket)| {
+            bucket.refill(*rate, now);
+            bucket.wait_ms(*rate, cost)
+        });
+        let wait = peer_wait.max(ip_wait).max(block_wait).max(total_wait);
         if wait > 0 {
             return Err(wait);
         }
-        peers.take(peer);
+        if let Some((_, bucket)) = total {
+            bucket.tokens -= cost;
+        }
+        peers.take(peer, cost);
         if let Some(network) = network {
-            ips.take(&network);
+            ips.take(&network, cost);
         }
         if let Some(block) = block {
-            blocks.take(&block);
+            blocks.take(&block, cost);
         }
         Ok(())
     }
 
     /// How many peer and IP buckets are kept now.
     pub fn tracked(&self) -> (usize, usize) {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.lock();
         (state.peers.map.len(), state.ips.map.len())
     }
 
@@ -138,15 +169,16 @@ impl Bucket {
         self.at = now.max(self.at);
     }
 
-    /// Milliseconds until one token is there (0: now).
-    fn wait_ms(&self, rate: Rate) -> u32 {
-        if self.tokens >= 1.0 {
+    /// Milliseconds until `cost` tokens (or a full bucket, if fewer) are there (0: now).
+    fn wait_ms(&self, rate: Rate, cost: f64) -> u32 {
+        let needed = cost.min(f64::from(rate.burst)).max(1.0);
+        if self.tokens >= needed {
             return 0;
         }
         if rate.per_second == 0 {
             return u32::MAX;
         }
-        let ms = ((1.0 - self.tokens) * 1000.0 / f64::from(rate.per_second)).ceil();
+        let ms = ((needed - self.tokens) * 1000.0 / f64::from(rate.per_second)).ceil();
         // At least 1: a zero wait would read as "go ahead".
         (ms as u32).max(1)
     }
@@ -173,8 +205,8 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
         }
     }
 
-    /// Refills `key`'s bucket (creating it if there is room) and returns its wait.
-    fn refill(&mut self, key: K, now: Instant) -> u32 {
+    /// Refills `key`'s bucket (creating it if there is room) and returns its wait for `cost`.
+    fn refill(&mut self, key: K, now: Instant, cost: f64) -> u32 {
         if !self.map.contains_key(&key) && self.map.len() >= self.capacity {
             self.sweep(now);
         }
@@ -185,16 +217,16 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
             &mut self.overflow
         };
         bucket.refill(rate, now);
-        bucket.wait_ms(rate)
+        bucket.wait_ms(rate, cost)
     }
 
-    /// Takes a token from the bucket `refill` chose for `key`.
-    fn take(&mut self, key: &K) {
+    /// Takes `cost` tokens from the bucket `refill` chose for `key`.
+    fn take(&mut self, key: &K, cost: f64) {
         let bucket = match self.map.get_mut(key) {
             Some(bucket) => bucket,
             None => &mut self.overflow,
         };
-        bucket.tokens -= 1.0;
+        bucket.tokens -= cost;
     }
 
     /// Drops buckets that have refilled completely, at most once per `SWEEP_EVERY`.
@@ -278,6 +310,41 @@ mod tests {
         assert_eq!(passed, 25, "the /48's burst, however many /64s ask");
         let elsewhere = IpAddr::from([0x2001, 0xdb8, 0x78, 0, 0, 0, 0, 1]);
         assert!(limiter.check(&PeerId::random(), Some(elsewhere), now).is_ok());
+    }
+
+    #[test]
+    fn work_is_charged_by_its_cost() {
+        let limiter = RateLimiter::new(limits(100, 300));
+        let (peer, ip) = (PeerId::random(), Some(IpAddr::from([192, 0, 2, 9])));
+        let now = Instant::now();
+        assert_eq!(limiter.check_cost(&peer, ip, now, 256), Ok(()));
+        let wait = limiter.check_cost(&peer, ip, now, 256).expect_err("44 left, 256 asked");
+        assert_eq!(wait, 2_120, "212 tokens at 100/s");
+        assert_eq!(limiter.check_cost(&peer, ip, now, 44), Ok(()), "a refusal took nothing");
+        // More than the burst: waits for a full bucket, then owes the rest.
+        let full = now + Duration::from_secs(3);
+        assert_eq!(limiter.check_cost(&peer, ip, full, 1_000), Ok(()));
+        assert_eq!(limiter.check_cost(&peer, ip, full + Duration::from_secs(7), 1), Err(10), "700 owed");
+    }
+
+    #[test]
+    fn a_total_holds_everyone_together() {
+        let plenty = Rate { per_second: 1_000, burst: 1_000 };
+        let limits = RateLimits { per_peer: plenty, per_ip: plenty, per_ipv6_block: plenty };
+        let limiter = RateLimiter::with_total(limits, Rate { per_second: 10, burst: 100 });
+        let now = Instant::now();
+        let passed = (0..20u8)
+            .filter(|i| {
+                let ip = IpAddr::from([198, 51, 100, *i]);
+                limiter.check_cost(&PeerId::random(), Some(ip), now, 30).is_ok()
+            })
+            .count();
+        assert_eq!(passed, 3, "three of twenty senders, each well within its own limits");
+        // A refusal by the total took nothing from the sender's own buckets.
+        let (peer, ip) = (PeerId::random(), Some(IpAddr::from([203, 0, 113, 1])));
+        assert!(limiter.check_cost(&peer, ip, now, 30).is_err());
+        let later = now + Duration::from_secs(100);
+        assert_eq!(limiter.check_cost(&peer, ip, later, 1_000), Ok(()), "its own burst, untouched");
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl MailboxService {
                 }
             }
             Request::Fetch { tokens, after, limit, wait_ms } => {
-                let mailboxes = match inner.tokens.mailboxes(&tokens) {
+                let mailboxes = match inner.tokens.mailboxes(&peer, ip, &tokens).await {
                     Ok(mailboxes) => mailboxes,
                     Err(refusal) => return Response::Refused(refusal),
                 };
@@ -156,8 +156,8 @@ impl MailboxService {
                 }
             }
             Request::Delete { token, ids } => {
-                match inner.tokens.mailbox(&token).and_then(|mailbox| inner.mailboxes.delete(&mailbox, &ids))
-                {
+                let owned = inner.tokens.mailbox(&peer, ip, &token).await;
+                match owned.and_then(|mailbox| inner.mailboxes.delete(&mailbox, &ids)) {
                     Ok(count) => {
                         inner.metrics.deleted(count);
                         inner.metrics.set_stored(&inner.mailboxes.stats());
