@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use merpati_e2e::{Node, wait_until};
+use merpati_e2e::{Node, files_containing, wait_until};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -143,6 +143,51 @@ fn following_a_conversation_shows_your_own_sends_and_reads_what_arrives() {
 }
 
 #[test]
+fn deleted_messages_and_cleared_conversations_are_gone_from_this_device_only() {
+    let (alice, bob) = pair();
+    // Distinctive, so a scan of the homes' files finds nothing else.
+    let canary = format!("CANARY-{:x}-address", std::process::id() ^ 0x7e11_a5e5);
+    let secret = alice.send("bob", &format!("the key is under the pot, {canary}"));
+    let kept = alice.send("bob", "see you at seven");
+    wait_until("both delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 2));
+    for node in [&alice, &bob] {
+        let found = files_containing(node.home(), canary.as_bytes());
+        assert!(found.is_empty(), "a message text is readable on disk: {found:?}");
+    }
+
+    let said = bob.ok(&["delete", &secret]);
+    assert!(said.contains("Deleted message") && said.contains("alice keeps their copy"), "{said}");
+    let left = bob.messages(Some("alice"));
+    assert_eq!(texts(&left, "in"), ["see you at seven"]);
+    assert!(bob.ok(&["search", "CANARY"]).contains("No messages hold"));
+    let again = bob.cli(&["delete", &secret]);
+    assert_eq!(
+        again.status.code(),
+        Some(17),
+        "a message already deleted: {}",
+        merpati_e2e::text(&again.stderr)
+    );
+    // Local only: Alice keeps both.
+    assert_eq!(texts(&alice.messages(Some("bob")), "out").len(), 2);
+    // The daemon replaced its storage key at once, so old copies of the text are shredded.
+    wait_until("the storage key replaced", PATIENCE, || {
+        bob.log().contains("storage key replaced after a deletion")
+    });
+
+    let said = bob.ok(&["contact", "clear", "ALICE"]);
+    assert!(said.contains("Deleted the conversation with alice"), "{said}");
+    assert!(bob.messages(Some("alice")).is_empty());
+    assert!(!bob.messages(None).iter().any(|m| m["id"] == kept.as_str()));
+    // The contact and the session stay: the conversation goes on.
+    alice.send("bob", "still there?");
+    wait_until("the next message", PATIENCE, || {
+        texts(&bob.messages(Some("alice")), "in") == ["still there?"]
+    });
+    let out = bob.cli(&["contact", "clear", "nobody"]);
+    assert_eq!(out.status.code(), Some(5), "{}", merpati_e2e::text(&out.stderr));
+}
+
+#[test]
 fn history_pages_back_and_is_searched_whatever_the_case() {
     let (alice, bob) = pair();
     let texts: Vec<String> = (0..7).map(|i| format!("note {i}")).collect();
@@ -170,7 +215,7 @@ fn history_pages_back_and_is_searched_whatever_the_case() {
     assert_eq!(texts_of(&found), ["note 5", "note 6"], "the newest matches");
     assert!(bob.ok(&["search", "tea"]).contains("No messages hold \"tea\"."));
     let out = bob.cli(&["messages", "--before", "00000000000000000000000000000000"]);
-    assert_eq!(out.status.code(), Some(1), "an unknown message id: {}", merpati_e2e::text(&out.stderr));
+    assert_eq!(out.status.code(), Some(17), "an unknown message id: {}", merpati_e2e::text(&out.stderr));
 
     // Exported whole, oldest first, in each form.
     let exported = bob.ok(&["export", "ALICE"]);

@@ -7,10 +7,9 @@
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use merpati_e2e::{Node, Relay, wait_until};
+use merpati_e2e::{Node, Relay, files_containing, files_under, wait_until};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -317,31 +316,6 @@ fn redundancy_one_relay_down_the_whole_time() {
     assert_bob_received_exactly(&bob, &sent, true);
     wait_all_out(&alice, "delivered", 20, is_delivered);
     assert!(!down.is_running(), "the second relay should have stayed down throughout");
-}
-
-/// Every regular file under `dir`.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            files.extend(files_under(&path));
-        } else if path.is_file() {
-            files.push(path);
-        }
-    }
-    files
-}
-
-/// The files under `dir` that contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    files_under(dir)
-        .into_iter()
-        .filter(|path| {
-            let bytes = std::fs::read(path).unwrap_or_default();
-            bytes.windows(needle.len()).any(|window| window == needle)
-        })
-        .collect()
 }
 
 #[test]

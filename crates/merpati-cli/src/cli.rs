@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use merpati_control::protocol::check_name;
 use merpati_proto::invite::MAX_NAME_LEN;
 
-use crate::commands::{contact, export, init, invite, messages, relay, requests, search, send, shell};
+use crate::commands::{
+    contact, delete, export, init, invite, messages, relay, requests, search, send, shell,
+};
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
 ///
@@ -48,6 +50,11 @@ pub(crate) enum Command {
     Search(search::Args),
     /// Write a conversation (or all) as plain text, JSON lines or an HTML page, to keep
     Export(export::Args),
+    /// Delete one message from this device, beyond recovery from its files
+    ///
+    /// Local only: the contact keeps their copy, and a message still on its way is still
+    /// delivered. `merpati contact clear NAME` deletes a whole conversation.
+    Delete(delete::Args),
     /// Show the daemon's peer id, addresses, connected contacts and outbox
     Status,
     /// Add, list and remove the relays that keep your messages while you are offline

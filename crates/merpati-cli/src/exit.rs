@@ -41,6 +41,8 @@ pub(crate) enum Code {
     RequestExpired = 15,
     /// 16: `contact unblock` named someone who is not blocked.
     NotBlocked = 16,
+    /// 17: no message has that id.
+    UnknownMessage = 17,
 }
 
 /// An error found by the CLI itself, with the exit code it calls for.
@@ -86,6 +88,7 @@ pub(crate) fn code_of(error: &anyhow::Error) -> Code {
                     Some(AppError::UnknownRequest) => Code::UnknownRequest,
                     Some(AppError::RequestExpired) => Code::RequestExpired,
                     Some(AppError::NotBlocked) => Code::NotBlocked,
+                    Some(AppError::UnknownMessage) => Code::UnknownMessage,
                     _ => Code::Other,
                 },
                 _ => Code::Other,

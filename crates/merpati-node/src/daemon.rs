@@ -334,8 +334,8 @@ impl Actor {
                 if rpc::changes_relays(&command.request) {
                     self.sync_relays().await;
                 }
-                if rpc::removes_sessions(&command.request) {
-                    self.shred_removed_sessions();
+                if rpc::shreds(&command.request) {
+                    self.shred_deleted_records();
                 }
             }
         }
@@ -513,10 +513,11 @@ impl Actor {
         }
     }
 
-    /// Replaces the storage key now, after a contact's sessions were deleted: sled does not
-    /// erase replaced or deleted values, and once the key that sealed them is destroyed the
-    /// copies it left cannot be opened. Logged on failure; the next scheduled rotation retries.
-    fn shred_removed_sessions(&mut self) {
+    /// Replaces the storage key now, after sealed records were deleted (a contact's sessions,
+    /// messages with their conversation's old content key): sled does not erase replaced or
+    /// deleted values, and once the key that sealed them is destroyed the copies it left cannot
+    /// be opened. Logged on failure; the next scheduled rotation retries.
+    fn shred_deleted_records(&mut self) {
         let store = self.engine.store();
         let rotated = tokio::task::block_in_place(|| {
             let mut rng = os_rng()
@@ -524,8 +525,8 @@ impl Actor {
             store.rotate_storage_key(&mut rng)
         });
         match rotated {
-            Ok(key) => tracing::info!(key = key.id, "storage key replaced after a contact was removed"),
-            Err(e) => tracing::error!("cannot replace the storage key after removing a contact: {e}"),
+            Ok(key) => tracing::info!(key = key.id, "storage key replaced after a deletion"),
+            Err(e) => tracing::error!("cannot replace the storage key after a deletion: {e}"),
         }
     }
 

@@ -4,10 +4,10 @@ use libp2p::Multiaddr;
 use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
     self, AppError, BlockedListResult, BlockedView, ContactAddResult, ContactListResult, ContactNameResult,
-    ContactShowResult, ContactSummary, Direction as ViewDirection, InviteResult, MessageStatus, MessageView,
-    MessagesReadResult, MessagesResult, RejectResult, RelayListResult, RelayView, Request,
-    RequestAcceptResult, RequestListResult, RequestView, Response, SendParams, SendResult, StatusResult,
-    StatusUpdate, StoredCount,
+    ContactShowResult, ContactSummary, Direction as ViewDirection, InviteResult, MessageDeleteResult,
+    MessageStatus, MessageView, MessagesReadResult, MessagesResult, RejectResult, RelayListResult, RelayView,
+    Request, RequestAcceptResult, RequestListResult, RequestView, Response, SendParams, SendResult,
+    StatusResult, StatusUpdate, StoredCount,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -54,6 +54,14 @@ pub(crate) async fn handle(
             Ok(params) => blocking(|| {
                 let name = engine.resolve_contact(&params.name)?;
                 engine.remove_contact(&name)
+            })
+            .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
+        },
+        method::ContactClear::NAME => match request.params_of::<method::ContactClear>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| {
+                let name = engine.resolve_contact(&params.name)?;
+                engine.clear_conversation(&name)
             })
             .map(|c| to_value(ContactNameResult { name: c.name, fingerprint: fingerprint(&c.identity) })),
         },
@@ -134,6 +142,11 @@ pub(crate) async fn handle(
                     reason: m.reason,
                 })
             }),
+        },
+        method::MessagesDelete::NAME => match request.params_of::<method::MessagesDelete>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| engine.delete_message(&MessageId(params.id.to_bytes())))
+                .map(|m| to_value(MessageDeleteResult { id: params.id.clone(), contact: m.contact })),
         },
         method::Messages::NAME => match request.params_of::<method::Messages>() {
             Err(answer) => return answer,
@@ -437,10 +450,17 @@ fn blocked_view(blocked: &Blocked) -> BlockedView {
     }
 }
 
-/// Whether `request` removed a contact's sessions: the daemon then replaces the storage key, so
-/// the copies of their records the database leaves behind can no longer be opened.
-pub(crate) fn removes_sessions(request: &Request) -> bool {
-    matches!(request.method.as_str(), method::ContactRemove::NAME | method::ContactBlock::NAME)
+/// Whether `request` deleted sealed records (a contact's sessions, messages' texts, content keys):
+/// the daemon then replaces the storage key, so the copies of them the database leaves behind
+/// can no longer be opened.
+pub(crate) fn shreds(request: &Request) -> bool {
+    matches!(
+        request.method.as_str(),
+        method::ContactRemove::NAME
+            | method::ContactBlock::NAME
+            | method::ContactClear::NAME
+            | method::MessagesDelete::NAME
+    )
 }
 
 /// Whether `request` may have changed our relays (the daemon then re-syncs the network).

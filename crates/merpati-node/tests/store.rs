@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use merpati_node::store::keyring::KEY_FILE;
 use merpati_node::store::{
-    Blocked, Change, Contact, ContactRequest, Direction, Keyring, MAX_NAME_LEN, MAX_VALUE_LEN, MemoryStore,
-    NodeKey, OutboxEntry, OutboxHead, Profile, RequestId, SCHEMA_VERSION, SessionRecord, SledStore, Status,
-    Store, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, Direction, FORMAT_VERSION, Keyring, MAX_NAME_LEN,
+    MAX_VALUE_LEN, MemoryStore, NodeKey, OutboxEntry, OutboxHead, Profile, RequestId, SCHEMA_VERSION,
+    SessionRecord, SledStore, Status, Store, StoreError, StoredMessage,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -733,6 +733,46 @@ mod conformance {
         assert_eq!(store.search(None, "", 100).unwrap().len(), 12, "the empty text is in every message");
     }
 
+    pub(crate) fn messages_are_deleted_and_conversations_cleared<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(33);
+        let bob: Vec<StoredMessage> = (0..3).map(|i| f.message("bob", &format!("bob {i}"))).collect();
+        let ann = f.message("ann", "ann 0");
+        let mut changes = vec![Change::AddContact(f.contact("ann")), Change::AddContact(f.contact("bob"))];
+        changes.extend(bob.iter().chain([&ann]).cloned().map(Change::PutMessage));
+        store.apply(&changes).unwrap();
+        let texts = |messages: Vec<StoredMessage>| messages.into_iter().map(|m| m.text).collect::<Vec<_>>();
+
+        // One deleted: gone from every read; the rest of the conversation, re-keyed, still reads.
+        store.apply(&[Change::DeleteMessage(bob[1].id)]).unwrap();
+        assert_eq!(store.message(&bob[1].id).unwrap(), None);
+        assert_eq!(texts(store.messages(Some("bob"), 10).unwrap()), ["bob 0", "bob 2"]);
+        assert_eq!(texts(store.messages(None, 10).unwrap()), ["bob 0", "bob 2", "ann 0"]);
+        assert!(store.search(None, "bob 1", 10).unwrap().is_empty());
+        assert_eq!(store.message(&bob[2].id).unwrap().map(|m| m.text).as_deref(), Some("bob 2"));
+        // Deleting what is not there changes nothing.
+        store
+            .apply(&[Change::DeleteMessage(bob[1].id), Change::DeleteMessage(MessageId([0xEE; 16]))])
+            .unwrap();
+        assert_eq!(store.messages(None, 10).unwrap().len(), 3);
+
+        // The texts follow a rename; a new message joins the conversation under its key.
+        store.apply(&[Change::RenameContact { from: "bob".into(), to: "robert".into() }]).unwrap();
+        store.apply(&[Change::PutMessage(f.message("robert", "robert 3"))]).unwrap();
+        assert_eq!(texts(store.messages(Some("robert"), 10).unwrap()), ["bob 0", "bob 2", "robert 3"]);
+
+        // Cleared: no message of Robert's is left; Robert and Ann's conversation stay.
+        store.apply(&[Change::ClearConversation("robert".into())]).unwrap();
+        assert!(store.messages(Some("robert"), 10).unwrap().is_empty());
+        assert_eq!(texts(store.messages(None, 10).unwrap()), ["ann 0"]);
+        assert!(store.contact("robert").unwrap().is_some());
+        // A conversation cleared starts again with a key of its own.
+        store.apply(&[Change::PutMessage(f.message("robert", "again"))]).unwrap();
+        assert_eq!(texts(store.messages(Some("robert"), 10).unwrap()), ["again"]);
+        // The last message of a conversation deleted.
+        store.apply(&[Change::DeleteMessage(ann.id)]).unwrap();
+        assert!(store.messages(Some("ann"), 10).unwrap().is_empty());
+    }
+
     pub(crate) fn requests_and_blocks_round_trip<S: Store + ?Sized>(store: &S) {
         let mut f = Fixture::new(30);
         let identity = f.contact("x").identity;
@@ -931,6 +971,7 @@ conformance!(
     requests_and_blocks_round_trip,
     contacts_are_renamed_and_removed_with_what_they_own,
     history_pages_back_and_is_searched,
+    messages_are_deleted_and_conversations_cleared,
 );
 
 /// Tests of what only the disk store has.
@@ -1358,6 +1399,71 @@ mod sled_only {
         out
     }
 
+    /// What an attacker recovers from sled's files after a deletion: the message's record, its
+    /// sealed text and its conversation's content key as they were. They do not open: the
+    /// content key was sealed under a storage key the rotation destroyed.
+    #[test]
+    fn a_deleted_message_cannot_be_read_back_from_old_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(34);
+        let store = open_sled(dir.path());
+        fill(&store, &mut f);
+        let secret = f.message("bob", "the address is jalan melati 4");
+        let kept = f.message("bob", "see you");
+        store.apply(&[Change::PutMessage(secret.clone()), Change::PutMessage(kept.clone())]).unwrap();
+        let mut copies = Vec::new();
+        edit_raw_after(store, dir.path(), |db| {
+            for (tree, key) in
+                [("messages", &secret.id.0[..]), ("texts", &secret.id.0[..]), ("content-keys", b"bob")]
+            {
+                copies.push((tree, key.to_vec(), db.open_tree(tree).unwrap().get(key).unwrap().unwrap()));
+            }
+        });
+        let store = open_sled(dir.path());
+        store.apply(&[Change::DeleteMessage(secret.id)]).unwrap();
+        store.rotate_storage_key(&mut f.rng).unwrap();
+        assert_eq!(store.message(&kept.id).unwrap().unwrap().text, "see you");
+        edit_raw_after(store, dir.path(), |db| {
+            for (tree, key, value) in &copies {
+                db.open_tree(tree).unwrap().insert(key, value.clone()).unwrap();
+            }
+        });
+        let store = open_sled(dir.path());
+        let err = store.message(&secret.id).unwrap_err();
+        assert!(matches!(err, StoreError::KeyUnavailable { what: "content key", .. }), "{err}");
+    }
+
+    #[test]
+    fn a_schema_2_database_gets_its_texts_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(35);
+        let contents = fill(&open_sled(dir.path()), &mut f);
+        // Schema 2 kept each text in its message record, and had no `texts` or `content-keys`.
+        edit_raw(dir.path(), |db| {
+            let records = db.open_tree("messages").unwrap();
+            for message in &contents.messages {
+                let mut plain = vec![FORMAT_VERSION];
+                plain.extend(encoded(message));
+                records.insert(message.id.0, plain).unwrap();
+            }
+            assert!(db.drop_tree("texts").unwrap());
+            assert!(db.drop_tree("content-keys").unwrap());
+            db.insert("merpati-db", &2u16.to_be_bytes()).unwrap();
+        });
+        let store = open_sled(dir.path());
+        check(&store, &contents);
+        edit_raw_after(store, dir.path(), |db| {
+            assert_eq!(db.get("merpati-db").unwrap().unwrap().as_ref(), &SCHEMA_VERSION.to_be_bytes()[..]);
+            let records = db.open_tree("messages").unwrap();
+            for message in &contents.messages {
+                let record = records.get(message.id.0).unwrap().unwrap();
+                assert!(!contains(&record, message.text.as_bytes()), "the record still holds its text");
+            }
+        });
+        // Opened again: migrated once, nothing changes.
+        check(&open_sled(dir.path()), &contents);
+    }
+
     #[test]
     fn database_files_hold_no_session_key() {
         let dir = tempfile::tempdir().unwrap();
@@ -1385,12 +1491,14 @@ mod sled_only {
         drop(store);
 
         let files = files_under(&sled_dir(dir.path()));
-        // The scan does see stored data: message text is kept in the clear (accepted for v1).
+        // The scan does see stored data (the relay list is kept in the clear)...
         assert!(
-            files.iter().any(|(_, bytes)| contains(bytes, marker.as_bytes())),
+            files.iter().any(|(_, bytes)| contains(bytes, b"relay one")),
             "scan found no plaintext at all"
         );
         for (path, bytes) in &files {
+            // ...but no message text.
+            assert!(!contains(bytes, marker.as_bytes()), "a message text is readable in {}", path.display());
             for secret in &secrets {
                 assert!(!contains(bytes, secret), "a secret key is readable in {}", path.display());
             }

@@ -1,4 +1,5 @@
-//! `merpati contact add|list|show|rename|remove|block|unblock|blocked`: contacts, through the daemon.
+//! `merpati contact add|list|show|rename|clear|remove|block|unblock|blocked`: contacts, through
+//! the daemon.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -39,6 +40,13 @@ pub(crate) enum Command {
         #[arg(value_parser = parse_name)]
         new_name: String,
     },
+    /// Delete every message of a conversation from this device, beyond recovery from its files
+    ///
+    /// The contact, the session and queued messages stay; the contact keeps their copy.
+    Clear {
+        /// The contact's name
+        name: String,
+    },
     /// Delete a contact with the conversation, queued messages and session keys
     ///
     /// What they send in the old conversation is refused (their node shows it failed); if they
@@ -77,6 +85,16 @@ pub(crate) fn run(home: &Home, out: &mut Output, command: Command) -> Result<()>
                 return out.object(&renamed);
             }
             out.line(format_args!("Renamed {} to {}.", sanitize(&name), sanitize(&renamed.name)))
+        }
+        Command::Clear { name } => {
+            let cleared = connect(home)?.call::<method::ContactClear>(ContactShowParams { name })?;
+            if out.is_json() {
+                return out.object(&cleared);
+            }
+            out.line(format_args!(
+                "Deleted the conversation with {} from this device; they keep their copy.",
+                sanitize(&cleared.name)
+            ))
         }
         Command::Remove { name } => {
             let removed = connect(home)?.call::<method::ContactRemove>(ContactShowParams { name })?;

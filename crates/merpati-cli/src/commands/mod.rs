@@ -1,6 +1,7 @@
 //! One module per subcommand, and what they share: finding the home and reaching the daemon.
 
 pub(crate) mod contact;
+pub(crate) mod delete;
 pub(crate) mod export;
 pub(crate) mod init;
 pub(crate) mod invite;
@@ -39,6 +40,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Messages(args) => messages::run(&home, &mut out, args),
         Command::Search(args) => search::run(&home, &mut out, args),
         Command::Export(args) => export::run(&home, &mut out, args),
+        Command::Delete(args) => delete::run(&home, &mut out, args),
         Command::Status => status::run(&home, &mut out),
         Command::Relay(command) => relay::run(&home, &mut out, command),
         Command::Requests(args) => requests::run(&home, &mut out, args),

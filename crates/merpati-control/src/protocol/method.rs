@@ -8,11 +8,11 @@ use serde::de::DeserializeOwned;
 
 use super::types::{
     BlockedListResult, BlockedView, ContactAddParams, ContactAddResult, ContactListResult, ContactNameResult,
-    ContactRenameParams, ContactShowParams, ContactShowResult, InviteResult, MessageStatusParams,
-    MessagesParams, MessagesReadParams, MessagesReadResult, MessagesResult, NoParams, RejectResult,
-    RelayAddParams, RelayListResult, RelayRemoveParams, RequestAcceptParams, RequestAcceptResult,
-    RequestIdParams, RequestListResult, SearchParams, SendParams, SendResult, StatusResult, StatusUpdate,
-    SubscribeResult,
+    ContactRenameParams, ContactShowParams, ContactShowResult, InviteResult, MessageDeleteResult,
+    MessageStatusParams, MessagesParams, MessagesReadParams, MessagesReadResult, MessagesResult, NoParams,
+    RejectResult, RelayAddParams, RelayListResult, RelayRemoveParams, RequestAcceptParams,
+    RequestAcceptResult, RequestIdParams, RequestListResult, SearchParams, SendParams, SendResult,
+    StatusResult, StatusUpdate, SubscribeResult,
 };
 
 /// A control method: its wire name and the types of its params and result.
@@ -60,6 +60,9 @@ methods! {
     /// `contact.remove`: delete a contact with its conversation, queued messages and session
     /// keys.
     ContactRemove = "contact.remove", ContactShowParams => ContactNameResult;
+    /// `contact.clear`: delete every message of a conversation from this device, beyond
+    /// recovery from the database files; the contact stays.
+    ContactClear = "contact.clear", ContactShowParams => ContactNameResult;
     /// `contact.block`: remove a contact and drop whatever they send from now on.
     ContactBlock = "contact.block", ContactShowParams => BlockedView;
     /// `contact.unblock`: stop dropping someone's envelopes.
@@ -86,6 +89,9 @@ methods! {
     /// `messages.read`: mark a conversation's incoming messages read (and tell the sender, if
     /// read receipts are on).
     MessagesRead = "messages.read", MessagesReadParams => MessagesReadResult;
+    /// `messages.delete`: delete one message from this device, beyond recovery from the database
+    /// files.
+    MessagesDelete = "messages.delete", MessageStatusParams => MessageDeleteResult;
     /// `relay.add`: use one more relay (at most [`super::MAX_RELAYS`]); answers every relay.
     RelayAdd = "relay.add", RelayAddParams => RelayListResult;
     /// `relay.list`: the relays this node uses, with their connection and reservation state.

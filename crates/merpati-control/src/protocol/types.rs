@@ -632,7 +632,17 @@ pub struct ContactRenameParams {
     pub new_name: String,
 }
 
-/// The result of `contact.rename`, `contact.remove`: the contact, as it was named after.
+/// The result of `messages.delete`: which message went, from which conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageDeleteResult {
+    /// The message id.
+    pub id: MessageId,
+    /// The contact's name.
+    pub contact: String,
+}
+
+/// The result of `contact.rename`, `contact.remove`, `contact.clear`: the contact, as it was
+/// named after.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContactNameResult {
     /// The contact's name (the new one after a rename).

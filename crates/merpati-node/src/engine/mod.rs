@@ -414,6 +414,25 @@ impl<S: Store> Engine<S> {
         self.store.message(id)?.ok_or_else(|| EngineError::UnknownMessage(hex(&id.0)))
     }
 
+    /// Deletes message `id` (either direction) from this device: its record and text, with the
+    /// conversation re-keyed so that, once the daemon has replaced the storage key, no copy the
+    /// database left behind can be read. Local only: a message still on its way is delivered,
+    /// and the contact keeps their copy. Returns the message as it was.
+    pub fn delete_message(&mut self, id: &MessageId) -> Result<StoredMessage, EngineError> {
+        let message = self.message(id)?;
+        self.store.apply(&[Change::DeleteMessage(*id)])?;
+        Ok(message)
+    }
+
+    /// Deletes every message of the conversation with contact `name` from this device, as
+    /// [`Engine::delete_message`] does one; the contact and its session stay.
+    pub fn clear_conversation(&mut self, name: &str) -> Result<Contact, EngineError> {
+        let contact =
+            self.store.contact(name)?.ok_or_else(|| EngineError::UnknownContact(name.to_owned()))?;
+        self.store.apply(&[Change::ClearConversation(contact.name.clone())])?;
+        Ok(contact)
+    }
+
     /// The session `id`, loaded from the store on first use since start.
     fn session(&mut self, id: &SessionId, now: Timestamp) -> Result<Option<&mut Session>, EngineError> {
         if !self.sessions.contains_key(id) {

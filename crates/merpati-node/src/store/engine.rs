@@ -14,7 +14,9 @@
 //! | `sessions` | session id | sealed [`SessionRecord`] |
 //! | `mailboxes` | mailbox id | session id |
 //! | `open-digests` | digest | session id |
-//! | `messages` | message id | [`StoredMessage`] |
+//! | `messages` | message id | [`StoredMessage`], its text empty (schema 3; the text is in `texts`) |
+//! | `texts` | message id | the text, sealed under the conversation's content key (see `texts`) |
+//! | `content-keys` | contact name | sealed content key of the conversation |
 //! | `timeline` | order (u64 BE) | message id |
 //! | `conversations` | name length ‖ name ‖ order | message id |
 //! | `outbox` | message id | [`OutboxEntry`] |
@@ -53,6 +55,7 @@ use super::codec::{
     self, aad, check_name, conversation_key, conversation_prefix, due_key, id_of_due_key, id_of_order_key,
     order_key, time_of_due_key,
 };
+use super::texts::ContentKey;
 use super::{
     Blocked, Change, Contact, ContactRequest, ContactV1, OutboxEntry, OutboxHead, Profile, RequestId,
     SessionRecord, StoreError, StoredMessage,
@@ -82,11 +85,13 @@ pub(crate) enum Tree {
     RequestDrops,
     Dismissed,
     DismissedByTime,
+    Texts,
+    ContentKeys,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 20] = [
+    pub(crate) const ALL: [Tree; 22] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -107,6 +112,8 @@ impl Tree {
         Tree::RequestDrops,
         Tree::Dismissed,
         Tree::DismissedByTime,
+        Tree::Texts,
+        Tree::ContentKeys,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -137,6 +144,8 @@ impl Tree {
             Tree::RequestDrops => "request-drops",
             Tree::Dismissed => "dismissed",
             Tree::DismissedByTime => "dismissed-by-time",
+            Tree::Texts => "texts",
+            Tree::ContentKeys => "content-keys",
         }
     }
 }
@@ -225,7 +234,7 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 tx.insert(Tree::OpenDigests, digest, codec::encode("open digest index", session)?)?;
             }
             Change::UnindexOpenDigest(digest) => tx.remove(Tree::OpenDigests, digest)?,
-            Change::PutMessage(message) => put_message(tx, message)?,
+            Change::PutMessage(message) => put_message(tx, sealer, message)?,
             Change::SetStatus { id, status, reason } => {
                 let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { continue };
                 let mut message: StoredMessage = codec::decode("message", &bytes)?;
@@ -324,7 +333,14 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             )?,
             Change::Unblock(identity) => tx.remove(Tree::Blocked, identity.as_bytes())?,
             Change::RemoveContact(name) => remove_contact(tx, name)?,
-            Change::RenameContact { from, to } => rename_contact(tx, from, to)?,
+            Change::RenameContact { from, to } => rename_contact(tx, sealer, from, to)?,
+            Change::DeleteMessage(id) => delete_message(tx, sealer, id)?,
+            Change::ClearConversation(name) => {
+                for (key, value) in tx.entries(Tree::Conversations, &conversation_prefix(name))? {
+                    remove_message(tx, &key, &codec::decode("message index", &value)?)?;
+                }
+                tx.remove(Tree::ContentKeys, name.as_bytes())?;
+            }
         }
     }
     Ok(())
@@ -335,11 +351,9 @@ fn remove_contact<T: Tx>(tx: &T, name: &str) -> Result<(), T::Error> {
     let prefix = conversation_prefix(name);
     tx.remove(Tree::Contacts, name.as_bytes())?;
     for (key, value) in tx.entries(Tree::Conversations, &prefix)? {
-        let id: MessageId = codec::decode("message index", &value)?;
-        tx.remove(Tree::Conversations, &key)?;
-        tx.remove(Tree::Timeline, &order_of_conversation_key(&key)?)?;
-        tx.remove(Tree::Messages, &id.0)?;
+        remove_message(tx, &key, &codec::decode("message index", &value)?)?;
     }
+    tx.remove(Tree::ContentKeys, name.as_bytes())?;
     for (key, value) in tx.entries(Tree::OutboxOrder, &prefix)? {
         let id = id_of_order_key(&key)?;
         let next: u64 = codec::decode("outbox index", &value)?;
@@ -355,8 +369,65 @@ fn remove_contact<T: Tx>(tx: &T, name: &str) -> Result<(), T::Error> {
     Ok(())
 }
 
+/// Removes one message of a conversation, found under `key` in its index: the record, the
+/// text and both index entries.
+fn remove_message<T: Tx>(tx: &T, key: &[u8], id: &MessageId) -> Result<(), T::Error> {
+    tx.remove(Tree::Conversations, key)?;
+    tx.remove(Tree::Timeline, &order_of_conversation_key(key)?)?;
+    tx.remove(Tree::Messages, &id.0)?;
+    tx.remove(Tree::Texts, &id.0)
+}
+
+/// Deletes message `id` and re-keys its conversation: every remaining text is sealed again under
+/// a new content key, which replaces the old one (see `texts`).
+fn delete_message<T: Tx>(tx: &T, sealer: &dyn Sealer, id: &MessageId) -> Result<(), T::Error> {
+    let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { return Ok(()) };
+    let message: StoredMessage = codec::decode("message", &bytes)?;
+    remove_message(tx, &conversation_key(&message.contact, message.order), id)?;
+    let name = &message.contact;
+    let remaining = tx.entries(Tree::Conversations, &conversation_prefix(name))?;
+    if remaining.is_empty() {
+        tx.remove(Tree::ContentKeys, name.as_bytes())?;
+        return Ok(());
+    }
+    let old = content_key(tx, sealer, name)?;
+    let new = ContentKey::generate()?;
+    for (_, value) in remaining {
+        let id: MessageId = codec::decode("message index", &value)?;
+        let Some(sealed) = tx.get(Tree::Texts, &id.0)? else { continue };
+        let old = old.as_ref().ok_or(StoreError::Corrupt { what: "content key" })?;
+        tx.insert(Tree::Texts, &id.0, new.seal(&id, &old.open(&id, &sealed)?)?)?;
+    }
+    put_content_key(tx, sealer, name, &new)
+}
+
+/// The content key of `name`'s conversation, if it has one.
+fn content_key<T: Tx>(tx: &T, sealer: &dyn Sealer, name: &str) -> Result<Option<ContentKey>, T::Error> {
+    let Some(bytes) = tx.get(Tree::ContentKeys, name.as_bytes())? else { return Ok(None) };
+    Ok(Some(open(sealer, Tree::ContentKeys, name.as_bytes(), "content key", &bytes)?))
+}
+
+fn put_content_key<T: Tx>(tx: &T, sealer: &dyn Sealer, name: &str, key: &ContentKey) -> Result<(), T::Error> {
+    let value = seal(sealer, Tree::ContentKeys, name.as_bytes(), "content key", key)?;
+    tx.insert(Tree::ContentKeys, name.as_bytes(), value)
+}
+
+/// Seals `message`'s text under its conversation's content key (made on the conversation's
+/// first message) into `texts`.
+fn put_text<T: Tx>(tx: &T, sealer: &dyn Sealer, message: &StoredMessage) -> Result<(), T::Error> {
+    let key = match content_key(tx, sealer, &message.contact)? {
+        Some(key) => key,
+        None => {
+            let key = ContentKey::generate()?;
+            put_content_key(tx, sealer, &message.contact, &key)?;
+            key
+        }
+    };
+    tx.insert(Tree::Texts, &message.id.0, key.seal(&message.id, &message.text)?)
+}
+
 /// Files `from`'s record, conversation and outbox entries under `to`.
-fn rename_contact<T: Tx>(tx: &T, from: &str, to: &str) -> Result<(), T::Error> {
+fn rename_contact<T: Tx>(tx: &T, sealer: &dyn Sealer, from: &str, to: &str) -> Result<(), T::Error> {
     check_name(to)?;
     if tx.get(Tree::Contacts, to.as_bytes())?.is_some() {
         return Err(StoreError::Conflict { name: to.to_owned() }.into());
@@ -365,6 +436,11 @@ fn rename_contact<T: Tx>(tx: &T, from: &str, to: &str) -> Result<(), T::Error> {
     let contact = Contact { name: to.to_owned(), ..decode_contact(&bytes)? };
     tx.remove(Tree::Contacts, from.as_bytes())?;
     put_contact(tx, &contact)?;
+    // The key is sealed bound to the name it is stored under: sealed again under the new one.
+    if let Some(key) = content_key(tx, sealer, from)? {
+        tx.remove(Tree::ContentKeys, from.as_bytes())?;
+        put_content_key(tx, sealer, to, &key)?;
+    }
     for (key, value) in tx.entries(Tree::Conversations, &conversation_prefix(from))? {
         let id: MessageId = codec::decode("message index", &value)?;
         let order = u64::from_be_bytes(order_of_conversation_key(&key)?);
@@ -432,7 +508,7 @@ fn put_contact<T: Tx>(tx: &T, contact: &Contact) -> Result<(), T::Error> {
     tx.insert(Tree::Contacts, contact.name.as_bytes(), codec::encode("contact", contact)?)
 }
 
-fn put_message<T: Tx>(tx: &T, message: &StoredMessage) -> Result<(), T::Error> {
+fn put_message<T: Tx>(tx: &T, sealer: &dyn Sealer, message: &StoredMessage) -> Result<(), T::Error> {
     // Exactly once: a duplicate of a message already stored (the same envelope through two
     // relays, or redelivered after a crash before our acknowledgement) changes nothing.
     if tx.get(Tree::Messages, &message.id.0)?.is_some() {
@@ -441,8 +517,10 @@ fn put_message<T: Tx>(tx: &T, message: &StoredMessage) -> Result<(), T::Error> {
     check_name(&message.contact)?;
     let order = counter(tx, NEXT_ORDER_KEY)?;
     add_to_counter(tx, NEXT_ORDER_KEY, 1)?;
-    let stored = StoredMessage { order, ..message.clone() };
+    // The record keeps no text: that is sealed apart.
+    let stored = StoredMessage { order, text: String::new(), ..message.clone() };
     let id = codec::encode("message index", &message.id)?;
+    put_text(tx, sealer, message)?;
     tx.insert(Tree::Messages, &message.id.0, codec::encode("message", &stored)?)?;
     tx.insert(Tree::Timeline, &order.to_be_bytes(), id.clone())?;
     tx.insert(Tree::Conversations, &conversation_key(&message.contact, order), id)?;
@@ -543,6 +621,29 @@ fn mark_head<T: Tx>(tx: &T, contact: &str) -> Result<(), T::Error> {
 /// Builds the outbox's order and heads indexes from the outbox itself, for a database written
 /// before they existed (schema 1). An entry that does not decode is left out: no read could
 /// deliver it before either, and it stays stored as it was.
+/// Schema 3: seals the texts of messages stored before texts were kept apart into `texts`
+/// (making each conversation's content key) and empties the records' text. A record that does
+/// not decode is left as it is, for reads to report.
+pub(crate) fn seal_texts<T: Tx>(tx: &T, sealer: &dyn Sealer, view: &dyn View) -> Result<(), T::Error> {
+    let mut legacy: Vec<StoredMessage> = Vec::new();
+    view.scan(Tree::Messages, &[], false, &mut |key, value| {
+        if let Ok(message) = codec::decode::<StoredMessage>("message", value)
+            && message.id.0 == key
+            && check_name(&message.contact).is_ok()
+            && view.get(Tree::Texts, key)?.is_none()
+        {
+            legacy.push(message);
+        }
+        Ok(true)
+    })?;
+    for message in legacy {
+        put_text(tx, sealer, &message)?;
+        let record = StoredMessage { text: String::new(), ..message };
+        tx.insert(Tree::Messages, &record.id.0, codec::encode("message", &record)?)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn index_outbox<T: Tx>(tx: &T, view: &dyn View) -> Result<(), T::Error> {
     let mut entries: Vec<OutboxEntry> = Vec::new();
     view.scan(Tree::Outbox, &[], false, &mut |key, value| {
@@ -616,6 +717,7 @@ pub(crate) fn reseal(
 ) -> Result<Vec<u8>, StoreError> {
     let what = match tree {
         Tree::Profile => "profile",
+        Tree::ContentKeys => "content key",
         _ => "session record",
     };
     let aad = aad(tree.name(), key);
@@ -627,8 +729,8 @@ pub(crate) fn reseal(
     Ok(out)
 }
 
-/// The trees whose values are sealed.
-pub(crate) const SEALED_TREES: [Tree; 2] = [Tree::Profile, Tree::Sessions];
+/// The trees whose values are sealed under the storage key.
+pub(crate) const SEALED_TREES: [Tree; 3] = [Tree::Profile, Tree::Sessions, Tree::ContentKeys];
 
 pub(crate) fn profile(view: &dyn View, sealer: &dyn Sealer) -> Result<Option<Profile>, StoreError> {
     view.get(Tree::Profile, PROFILE_KEY)?
@@ -687,12 +789,62 @@ pub(crate) fn session_by_open_digest(
     get_plain(view, Tree::OpenDigests, digest, "open digest index")
 }
 
-pub(crate) fn message(view: &dyn View, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
-    get_plain(view, Tree::Messages, &id.0, "message")
+/// Reads message records with their texts, opening each conversation's content key once.
+pub(crate) struct MessageReader<'a> {
+    view: &'a dyn View,
+    sealer: &'a dyn Sealer,
+    keys: std::collections::HashMap<String, Option<ContentKey>>,
+}
+
+impl<'a> MessageReader<'a> {
+    pub(crate) fn new(view: &'a dyn View, sealer: &'a dyn Sealer) -> Self {
+        Self { view, sealer, keys: std::collections::HashMap::new() }
+    }
+
+    /// Message `id` with its text.
+    pub(crate) fn message(&mut self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        let Some(mut message) = get_plain::<StoredMessage>(self.view, Tree::Messages, &id.0, "message")?
+        else {
+            return Ok(None);
+        };
+        // A record written before texts were sealed apart keeps its text (schema 3 moves them).
+        if let Some(sealed) = self.view.get(Tree::Texts, &id.0)? {
+            let key = match self.keys.get(&message.contact) {
+                Some(key) => key.clone(),
+                None => {
+                    let name = message.contact.as_bytes();
+                    let key = self
+                        .view
+                        .get(Tree::ContentKeys, name)?
+                        .map(|bytes| open(self.sealer, Tree::ContentKeys, name, "content key", &bytes))
+                        .transpose()?;
+                    self.keys.insert(message.contact.clone(), key.clone());
+                    key
+                }
+            };
+            let key = key.ok_or(StoreError::Corrupt { what: "content key" })?;
+            message.text = key.open(id, &sealed)?;
+        }
+        Ok(Some(message))
+    }
+
+    /// Messages by their index entries: an id the index names but the store lacks is damage.
+    fn all(&mut self, ids: &[MessageId]) -> Result<Vec<StoredMessage>, StoreError> {
+        ids.iter().map(|id| self.message(id)?.ok_or(StoreError::Corrupt { what: "message index" })).collect()
+    }
+}
+
+pub(crate) fn message(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    id: &MessageId,
+) -> Result<Option<StoredMessage>, StoreError> {
+    MessageReader::new(view, sealer).message(id)
 }
 
 pub(crate) fn messages(
     view: &dyn View,
+    sealer: &dyn Sealer,
     contact: Option<&str>,
     limit: usize,
 ) -> Result<Vec<StoredMessage>, StoreError> {
@@ -710,13 +862,14 @@ pub(crate) fn messages(
         Ok(ids.len() < limit)
     })?;
     ids.reverse();
-    ids.iter().map(|id| message(view, id)?.ok_or(StoreError::Corrupt { what: "message index" })).collect()
+    MessageReader::new(view, sealer).all(&ids)
 }
 
 /// The `limit` messages with `contact` (or with everyone) just before the message in
 /// conversation order `before`, oldest first: the page before it.
 pub(crate) fn messages_before(
     view: &dyn View,
+    sealer: &dyn Sealer,
     contact: Option<&str>,
     before: u64,
     limit: usize,
@@ -734,7 +887,7 @@ pub(crate) fn messages_before(
         Ok(ids.len() < limit)
     })?;
     ids.reverse();
-    ids.iter().map(|id| message(view, id)?.ok_or(StoreError::Corrupt { what: "message index" })).collect()
+    MessageReader::new(view, sealer).all(&ids)
 }
 
 /// The newest `limit` messages with `contact` (or with everyone) whose text holds `needle`,
@@ -742,6 +895,7 @@ pub(crate) fn messages_before(
 /// message back until it has found `limit`.
 pub(crate) fn search(
     view: &dyn View,
+    sealer: &dyn Sealer,
     contact: Option<&str>,
     needle: &str,
     limit: usize,
@@ -755,9 +909,10 @@ pub(crate) fn search(
     if limit == 0 {
         return Ok(found);
     }
+    let mut reader = MessageReader::new(view, sealer);
     view.scan(tree, &prefix, true, &mut |_, value| {
         let id: MessageId = codec::decode("message index", value)?;
-        let message = message(view, &id)?.ok_or(StoreError::Corrupt { what: "message index" })?;
+        let message = reader.message(&id)?.ok_or(StoreError::Corrupt { what: "message index" })?;
         if message.text.to_lowercase().contains(&needle) {
             found.push(message);
         }

@@ -178,11 +178,11 @@ impl Store for MemoryStore {
     }
 
     fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        engine::message(&self.view(&self.lock()), id)
+        engine::message(&self.view(&self.lock()), &Clear, id)
     }
 
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        engine::messages(&self.view(&self.lock()), contact, limit)
+        engine::messages(&self.view(&self.lock()), &Clear, contact, limit)
     }
 
     fn messages_before(
@@ -191,7 +191,7 @@ impl Store for MemoryStore {
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        engine::messages_before(&self.view(&self.lock()), contact, before, limit)
+        engine::messages_before(&self.view(&self.lock()), &Clear, contact, before, limit)
     }
 
     fn search(
@@ -200,7 +200,7 @@ impl Store for MemoryStore {
         needle: &str,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        engine::search(&self.view(&self.lock()), contact, needle, limit)
+        engine::search(&self.view(&self.lock()), &Clear, contact, needle, limit)
     }
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {

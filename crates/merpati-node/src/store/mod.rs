@@ -13,8 +13,9 @@
 //! Session records and the profile hold key material. sled does not erase the bytes of replaced
 //! or deleted values, so the sled store keeps those records sealed under a storage key from the
 //! [`keyring`], and [`SledStore::rotate_storage_key`] re-seals them under a new key and destroys
-//! the old one (crypto-shredding; the limits are spelled out in [`keyring`]). Message text is
-//! stored in the clear: it is the user's own conversation on the user's own device.
+//! the old one (crypto-shredding; the limits are spelled out in [`keyring`]). Message texts are
+//! sealed apart under per-conversation content keys, themselves sealed under the storage key, so
+//! a deleted message can be made unreadable the same way ([`texts`]).
 //!
 //! Every stored value starts with a format byte ([`FORMAT_VERSION`]); everything read back is
 //! length-checked and decoded without panicking, and a value that does not decode is reported as
@@ -26,6 +27,7 @@ pub mod keyring;
 mod memory;
 mod overlay;
 mod sled_store;
+mod texts;
 
 use std::fmt;
 use std::io;
@@ -684,6 +686,13 @@ pub enum Change {
         /// The new name.
         to: String,
     },
+    /// Deletes a message (either direction) and its text, and re-keys its conversation so the
+    /// text can be made unreadable in the database files (see `texts`). Its outbox entry, if it
+    /// is still on its way, is left alone: deleting is local. Nothing if there is no such message.
+    DeleteMessage(MessageId),
+    /// Deletes every message of a conversation and their texts, and its content key; the contact,
+    /// its sessions and its outbox stay.
+    ClearConversation(String),
 }
 
 /// The node's storage, in domain terms. Synchronous: the daemon calls it from a blocking-friendly

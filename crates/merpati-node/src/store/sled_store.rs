@@ -48,7 +48,7 @@ use merpati_proto::identity::IdentityPublic;
 /// The database layout version this build writes and reads.
 /// Version 2 added the outbox's order and heads indexes; a version 1 database is migrated when
 /// opened (see [`SledStore::open`]).
-pub const SCHEMA_VERSION: u16 = 2;
+pub const SCHEMA_VERSION: u16 = 3;
 /// sled's directory inside the store directory.
 const SLED_DIR: &str = "sled";
 /// The marker key in sled's default tree.
@@ -115,7 +115,7 @@ impl SledStore {
     pub fn open(dir: impl AsRef<Path>, keyring: Keyring) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         let sled_dir = dir.join(SLED_DIR);
-        // Message text is stored in the clear: only the user may enter the database directory.
+        // Only the user may enter the database directory.
         create_private_dir(&sled_dir)?;
         let db = sled::Config::new().path(&sled_dir).cache_capacity(CACHE_CAPACITY).open()?;
         // Before opening any tree: opening one creates it, in whatever database this is.
@@ -134,9 +134,9 @@ impl SledStore {
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
         };
-        // Schema 1 had no outbox indexes.
-        if found < 2 {
-            store.index_outbox(&db)?;
+        // Schema 1 had no outbox indexes; schemas 1 and 2 kept message texts in the records.
+        if found < 3 {
+            store.migrate(&db, found)?;
         }
         // The marker of a new database, and the directory entries sled created, become durable.
         store.sync()?;
@@ -188,11 +188,11 @@ impl SledStore {
                 updates.push((tree, key, sealed));
             }
         }
-        let trees = [self.tree(Tree::Profile).clone(), self.tree(Tree::Sessions).clone()];
+        let trees: Vec<sled::Tree> = SEALED_TREES.iter().map(|tree| self.tree(*tree).clone()).collect();
         trees[..]
             .transaction(|t: &Vec<TransactionalTree>| {
                 for (tree, key, value) in &updates {
-                    let index = usize::from(*tree == Tree::Sessions);
+                    let index = SEALED_TREES.iter().position(|sealed| sealed == tree).unwrap_or(0);
                     t[index].insert(key, value.as_slice())?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
@@ -204,15 +204,22 @@ impl SledStore {
         Ok(())
     }
 
-    /// Migrates a schema 1 database to schema 2: builds the outbox's order and heads indexes from
-    /// the outbox and sets the marker to 2 in one transaction, so a crash leaves either the old
-    /// database untouched (and the next start migrates it) or the new one complete. The outbox
-    /// itself is not rewritten. The caller makes it durable.
-    fn index_outbox(&self, db: &sled::Db) -> Result<(), StoreError> {
+    /// Migrates a schema 1 or 2 database to schema 3: builds the outbox's order and heads indexes
+    /// from the outbox (from schema 1), seals every message's text apart under its conversation's
+    /// content key, and sets the marker to 3, all in one transaction, so a crash leaves either
+    /// the old database untouched (and the next start migrates it) or the new one complete. The
+    /// outbox itself is not rewritten. The caller makes it durable.
+    ///
+    /// The texts' old copies stay in sled's files until sled reuses their space: only messages
+    /// stored from schema 3 on can be deleted beyond recovery.
+    fn migrate(&self, db: &sled::Db, found: u16) -> Result<(), StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let view = SledView(&self.trees);
         let overlay = Overlay::new(&view);
-        engine::index_outbox(&overlay, &view)?;
+        if found < 2 {
+            engine::index_outbox(&overlay, &view)?;
+        }
+        engine::seal_texts(&overlay, &self.keyring, &view)?;
         let writes = overlay.into_writes();
         let mut trees = self.trees.clone();
         // The default tree, which holds the marker, joins the transaction last.
@@ -408,11 +415,11 @@ impl Store for SledStore {
     }
 
     fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
-        engine::message(&SledView(&self.trees), id)
+        engine::message(&SledView(&self.trees), &self.keyring, id)
     }
 
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
-        engine::messages(&SledView(&self.trees), contact, limit)
+        engine::messages(&SledView(&self.trees), &self.keyring, contact, limit)
     }
 
     fn messages_before(
@@ -421,7 +428,7 @@ impl Store for SledStore {
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        engine::messages_before(&SledView(&self.trees), contact, before, limit)
+        engine::messages_before(&SledView(&self.trees), &self.keyring, contact, before, limit)
     }
 
     fn search(
@@ -430,7 +437,7 @@ impl Store for SledStore {
         needle: &str,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        engine::search(&SledView(&self.trees), contact, needle, limit)
+        engine::search(&SledView(&self.trees), &self.keyring, contact, needle, limit)
     }
 
     fn outbox(&self) -> Result<Vec<OutboxEntry>, StoreError> {
