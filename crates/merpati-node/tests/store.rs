@@ -728,6 +728,8 @@ mod conformance {
         assert!(store.messages_before(Some("nobody"), u64::MAX, 3).unwrap().is_empty());
 
         assert_eq!(texts(store.search(None, "äpfel", 2).unwrap()), ["Bo 4 ÄPFEL", "Bo 5 ÄPFEL"]);
+        // The same, with the umlaut typed as `a` and a combining diaeresis.
+        assert_eq!(texts(store.search(None, "a\u{308}pfel", 2).unwrap()), ["Bo 4 ÄPFEL", "Bo 5 ÄPFEL"]);
         assert_eq!(texts(store.search(Some("ann"), "ANN 3", 10).unwrap()), ["ann 3"]);
         assert!(store.search(Some("ann"), "äpfel", 10).unwrap().is_empty());
         assert_eq!(store.search(None, "", 100).unwrap().len(), 12, "the empty text is in every message");

@@ -1,6 +1,8 @@
-//! Contact names as people type them: a name matches whatever its case, two contacts cannot
-//! have names that differ only in case, and a name that matches nobody gets the nearest one
-//! offered.
+//! Contact names as people type them: a name matches whatever its case and however its accents
+//! were typed, two contacts cannot have names that differ only so, and a name that matches
+//! nobody gets the nearest one offered.
+
+use unicode_normalization::UnicodeNormalization;
 
 use super::{Engine, EngineError};
 use crate::store::Store;
@@ -9,9 +11,10 @@ use crate::store::Store;
 /// (for names of six characters or more; shorter ones get one).
 const SUGGEST_DISTANCE: usize = 2;
 
-/// A name with its case folded (Unicode-aware: `Ä` and `ä` fold alike).
+/// A name with its case folded (Unicode-aware: `Ä` and `ä` fold alike) and in Unicode's
+/// composed form (NFC): `é` typed as one character or as `e` and a combining accent, alike.
 fn fold(name: &str) -> String {
-    name.to_lowercase()
+    name.to_lowercase().nfc().collect()
 }
 
 impl<S: Store> Engine<S> {
@@ -96,6 +99,14 @@ mod tests {
             alice.resolve_contact("jo"),
             Err(EngineError::UnknownContactLike { suggestion: None, .. })
         ));
+
+        // An accent typed as its own character or as a combining mark is the same name.
+        let (composed, decomposed) = ("Jos\u{e9}", "jose\u{301}");
+        assert_eq!(alice.rename_contact("dave", composed).unwrap().name, composed);
+        assert_eq!(alice.resolve_contact(decomposed).unwrap(), composed);
+        let frank = engine(MemoryStore::new(), 6, "Frank").invite(peer(6).to_bytes(), vec![], T0).unwrap();
+        let taken = alice.add_contact(&frank, decomposed, T0).unwrap_err();
+        assert!(matches!(&taken, EngineError::ContactExists(name) if name == composed), "{taken}");
 
         // Twins written before they were refused are not guessed between.
         let erin = engine(MemoryStore::new(), 5, "Erin").profile().identity.public();

@@ -43,6 +43,7 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use unicode_normalization::UnicodeNormalization;
 use zeroize::Zeroizing;
 
 use merpati_proto::frame::MessageId;
@@ -891,8 +892,9 @@ pub(crate) fn messages_before(
 }
 
 /// The newest `limit` messages with `contact` (or with everyone) whose text holds `needle`,
-/// whatever the case (Unicode-aware), oldest first. Reads the conversation from its newest
-/// message back until it has found `limit`.
+/// whatever the case and however accents were typed (both compared lowercased and composed,
+/// NFC), oldest first. Reads the conversation from its newest message back until it has found
+/// `limit`.
 pub(crate) fn search(
     view: &dyn View,
     sealer: &dyn Sealer,
@@ -900,7 +902,8 @@ pub(crate) fn search(
     needle: &str,
     limit: usize,
 ) -> Result<Vec<StoredMessage>, StoreError> {
-    let needle = needle.to_lowercase();
+    let fold = |text: &str| -> String { text.to_lowercase().nfc().collect() };
+    let needle = fold(needle);
     let (tree, prefix) = match contact {
         Some(name) => (Tree::Conversations, conversation_prefix(name)),
         None => (Tree::Timeline, Vec::new()),
@@ -913,7 +916,7 @@ pub(crate) fn search(
     view.scan(tree, &prefix, true, &mut |_, value| {
         let id: MessageId = codec::decode("message index", value)?;
         let message = reader.message(&id)?.ok_or(StoreError::Corrupt { what: "message index" })?;
-        if message.text.to_lowercase().contains(&needle) {
+        if fold(&message.text).contains(&needle) {
             found.push(message);
         }
         Ok(found.len() < limit)
