@@ -388,6 +388,9 @@ impl Store for Rigged {
     ) -> Result<Vec<store::StoredMessage>, store::StoreError> {
         self.store.search(contact, needle, limit)
     }
+    fn unread(&self, contact: &str) -> Result<Vec<MessageId>, store::StoreError> {
+        self.store.unread(contact)
+    }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
         self.store.outbox()
     }

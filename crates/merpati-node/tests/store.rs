@@ -775,6 +775,31 @@ mod conformance {
         assert!(store.messages(Some("ann"), 10).unwrap().is_empty());
     }
 
+    pub(crate) fn unread_messages_are_indexed<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(36);
+        let incoming = |f: &mut Fixture, text: &str| StoredMessage {
+            direction: Direction::In,
+            status: Status::Delivered,
+            ..f.message("bob", text)
+        };
+        let ins: Vec<StoredMessage> = (0..4).map(|i| incoming(&mut f, &format!("in {i}"))).collect();
+        let mut changes =
+            vec![Change::AddContact(f.contact("bob")), Change::PutMessage(f.message("bob", "out"))];
+        changes.extend(ins.iter().cloned().map(Change::PutMessage));
+        changes.push(Change::PutMessage(StoredMessage { status: Status::Read, ..incoming(&mut f, "read") }));
+        store.apply(&changes).unwrap();
+        let ids = |v: &[&StoredMessage]| v.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(store.unread("bob").unwrap(), ids(&[&ins[0], &ins[1], &ins[2], &ins[3]]));
+        store.apply(&[Change::SetStatus { id: ins[1].id, status: Status::Read, reason: None }]).unwrap();
+        store.apply(&[Change::DeleteMessage(ins[2].id)]).unwrap();
+        assert_eq!(store.unread("bob").unwrap(), ids(&[&ins[0], &ins[3]]));
+        store.apply(&[Change::RenameContact { from: "bob".into(), to: "rob".into() }]).unwrap();
+        assert!(store.unread("bob").unwrap().is_empty());
+        assert_eq!(store.unread("rob").unwrap(), ids(&[&ins[0], &ins[3]]));
+        store.apply(&[Change::ClearConversation("rob".into())]).unwrap();
+        assert!(store.unread("rob").unwrap().is_empty());
+    }
+
     pub(crate) fn requests_and_blocks_round_trip<S: Store + ?Sized>(store: &S) {
         let mut f = Fixture::new(30);
         let identity = f.contact("x").identity;
@@ -974,6 +999,7 @@ conformance!(
     contacts_are_renamed_and_removed_with_what_they_own,
     history_pages_back_and_is_searched,
     messages_are_deleted_and_conversations_cleared,
+    unread_messages_are_indexed,
 );
 
 /// Tests of what only the disk store has.
@@ -1464,6 +1490,29 @@ mod sled_only {
         });
         // Opened again: migrated once, nothing changes.
         check(&open_sled(dir.path()), &contents);
+    }
+
+    #[test]
+    fn a_schema_3_database_gets_its_unread_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(37);
+        let store = open_sled(dir.path());
+        let unread =
+            StoredMessage { direction: Direction::In, status: Status::Delivered, ..f.message("bob", "hi") };
+        let read =
+            StoredMessage { direction: Direction::In, status: Status::Read, ..f.message("bob", "old") };
+        store
+            .apply(&[
+                Change::AddContact(f.contact("bob")),
+                Change::PutMessage(read),
+                Change::PutMessage(unread.clone()),
+            ])
+            .unwrap();
+        edit_raw_after(store, dir.path(), |db| {
+            assert!(db.drop_tree("unread").unwrap());
+            db.insert("merpati-db", &3u16.to_be_bytes()).unwrap();
+        });
+        assert_eq!(open_sled(dir.path()).unread("bob").unwrap(), [unread.id]);
     }
 
     #[test]

@@ -222,13 +222,8 @@ impl<S: Store> Engine<S> {
     pub fn mark_read(&mut self, contact: &str, now: Timestamp) -> Result<usize, EngineError> {
         let found =
             self.store.contact(contact)?.ok_or_else(|| EngineError::UnknownContact(contact.to_owned()))?;
-        let unread: Vec<MessageId> = self
-            .store
-            .messages(Some(contact), usize::MAX)?
-            .into_iter()
-            .filter(|m| m.direction == Direction::In && m.status != Status::Read)
-            .map(|m| m.id)
-            .collect();
+        // The unread index: what a call costs is what is unread, not the conversation.
+        let unread: Vec<MessageId> = self.store.unread(contact)?;
         if unread.is_empty() {
             return Ok(0);
         }

@@ -17,6 +17,7 @@
 //! | `messages` | message id | [`StoredMessage`], its text empty (schema 3; the text is in `texts`) |
 //! | `texts` | message id | the text, sealed under the conversation's content key (see `texts`) |
 //! | `content-keys` | contact name | sealed content key of the conversation |
+//! | `unread` | name length ‖ name ‖ order | message id (incoming messages not yet read; schema 4) |
 //! | `timeline` | order (u64 BE) | message id |
 //! | `conversations` | name length ‖ name ‖ order | message id |
 //! | `outbox` | message id | [`OutboxEntry`] |
@@ -88,11 +89,12 @@ pub(crate) enum Tree {
     DismissedByTime,
     Texts,
     ContentKeys,
+    Unread,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 22] = [
+    pub(crate) const ALL: [Tree; 23] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -115,6 +117,7 @@ impl Tree {
         Tree::DismissedByTime,
         Tree::Texts,
         Tree::ContentKeys,
+        Tree::Unread,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -147,6 +150,7 @@ impl Tree {
             Tree::DismissedByTime => "dismissed-by-time",
             Tree::Texts => "texts",
             Tree::ContentKeys => "content-keys",
+            Tree::Unread => "unread",
         }
     }
 }
@@ -245,6 +249,9 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 message.status = *status;
                 message.reason.clone_from(reason);
                 tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
+                if *status == super::Status::Read {
+                    tx.remove(Tree::Unread, &conversation_key(&message.contact, message.order))?;
+                }
             }
             Change::PutOutbox(entry) => put_outbox(tx, entry)?,
             Change::RemoveOutbox(id) => remove_outbox(tx, id)?,
@@ -374,6 +381,7 @@ fn remove_contact<T: Tx>(tx: &T, name: &str) -> Result<(), T::Error> {
 /// text and both index entries.
 fn remove_message<T: Tx>(tx: &T, key: &[u8], id: &MessageId) -> Result<(), T::Error> {
     tx.remove(Tree::Conversations, key)?;
+    tx.remove(Tree::Unread, key)?;
     tx.remove(Tree::Timeline, &order_of_conversation_key(key)?)?;
     tx.remove(Tree::Messages, &id.0)?;
     tx.remove(Tree::Texts, &id.0)
@@ -452,6 +460,11 @@ fn rename_contact<T: Tx>(tx: &T, sealer: &dyn Sealer, from: &str, to: &str) -> R
             tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
         }
     }
+    for (key, value) in tx.entries(Tree::Unread, &conversation_prefix(from))? {
+        let order = u64::from_be_bytes(order_of_conversation_key(&key)?);
+        tx.remove(Tree::Unread, &key)?;
+        tx.insert(Tree::Unread, &conversation_key(to, order), value)?;
+    }
     for (key, value) in tx.entries(Tree::OutboxOrder, &conversation_prefix(from))? {
         let id = id_of_order_key(&key)?;
         let next: u64 = codec::decode("outbox index", &value)?;
@@ -523,9 +536,17 @@ fn put_message<T: Tx>(tx: &T, sealer: &dyn Sealer, message: &StoredMessage) -> R
     let id = codec::encode("message index", &message.id)?;
     put_text(tx, sealer, message)?;
     tx.insert(Tree::Messages, &message.id.0, codec::encode("message", &stored)?)?;
+    if is_unread(&stored) {
+        tx.insert(Tree::Unread, &conversation_key(&message.contact, order), id.clone())?;
+    }
     tx.insert(Tree::Timeline, &order.to_be_bytes(), id.clone())?;
     tx.insert(Tree::Conversations, &conversation_key(&message.contact, order), id)?;
     Ok(())
+}
+
+/// Whether `message` belongs in the `unread` index: incoming and not yet read.
+fn is_unread(message: &StoredMessage) -> bool {
+    message.direction == super::Direction::In && message.status != super::Status::Read
 }
 
 fn put_outbox<T: Tx>(tx: &T, entry: &OutboxEntry) -> Result<(), T::Error> {
@@ -643,6 +664,35 @@ pub(crate) fn seal_texts<T: Tx>(tx: &T, sealer: &dyn Sealer, view: &dyn View) ->
         tx.insert(Tree::Messages, &record.id.0, codec::encode("message", &record)?)?;
     }
     Ok(())
+}
+
+/// Schema 4: files every incoming message not yet read in `unread`.
+pub(crate) fn index_unread<T: Tx>(tx: &T, view: &dyn View) -> Result<(), T::Error> {
+    let mut unread = Vec::new();
+    view.scan(Tree::Messages, &[], false, &mut |key, value| {
+        if let Ok(message) = codec::decode::<StoredMessage>("message", value)
+            && message.id.0 == key
+            && check_name(&message.contact).is_ok()
+            && is_unread(&message)
+        {
+            unread.push((conversation_key(&message.contact, message.order), message.id));
+        }
+        Ok(true)
+    })?;
+    for (key, id) in unread {
+        tx.insert(Tree::Unread, &key, codec::encode("message index", &id)?)?;
+    }
+    Ok(())
+}
+
+/// The incoming messages of `contact` not yet read, oldest first. Reads only those.
+pub(crate) fn unread(view: &dyn View, contact: &str) -> Result<Vec<MessageId>, StoreError> {
+    let mut ids = Vec::new();
+    view.scan(Tree::Unread, &conversation_prefix(contact), false, &mut |_, value| {
+        ids.push(codec::decode("message index", value)?);
+        Ok(true)
+    })?;
+    Ok(ids)
 }
 
 pub(crate) fn index_outbox<T: Tx>(tx: &T, view: &dyn View) -> Result<(), T::Error> {

@@ -194,6 +194,10 @@ impl Store for MemoryStore {
         engine::messages_before(&self.view(&self.lock()), &Clear, contact, before, limit)
     }
 
+    fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError> {
+        engine::unread(&self.view(&self.lock()), contact)
+    }
+
     fn search(
         &self,
         contact: Option<&str>,

@@ -724,6 +724,9 @@ pub trait Store: Send + Sync {
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError>;
+    /// The incoming messages of `contact` not yet read, oldest first. Reads only those (an
+    /// index kept with the messages).
+    fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError>;
     /// The newest `limit` messages with `contact` (or with everyone) whose text contains
     /// `needle` whatever the case, oldest first. Reads back from the newest message until it
     /// found `limit`: a whole conversation when fewer match.
@@ -820,6 +823,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         (**self).messages_before(contact, before, limit)
+    }
+    fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError> {
+        (**self).unread(contact)
     }
     fn search(
         &self,

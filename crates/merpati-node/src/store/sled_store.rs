@@ -48,7 +48,7 @@ use merpati_proto::identity::IdentityPublic;
 /// The database layout version this build writes and reads.
 /// Version 2 added the outbox's order and heads indexes; a version 1 database is migrated when
 /// opened (see [`SledStore::open`]).
-pub const SCHEMA_VERSION: u16 = 3;
+pub const SCHEMA_VERSION: u16 = 4;
 /// sled's directory inside the store directory.
 const SLED_DIR: &str = "sled";
 /// The marker key in sled's default tree.
@@ -134,8 +134,9 @@ impl SledStore {
             #[cfg(test)]
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
         };
-        // Schema 1 had no outbox indexes; schemas 1 and 2 kept message texts in the records.
-        if found < 3 {
+        // Schema 1 had no outbox indexes; schemas 1 and 2 kept message texts in the records;
+        // schemas before 4 had no index of unread messages.
+        if found < 4 {
             store.migrate(&db, found)?;
         }
         // The marker of a new database, and the directory entries sled created, become durable.
@@ -204,9 +205,10 @@ impl SledStore {
         Ok(())
     }
 
-    /// Migrates a schema 1 or 2 database to schema 3: builds the outbox's order and heads indexes
-    /// from the outbox (from schema 1), seals every message's text apart under its conversation's
-    /// content key, and sets the marker to 3, all in one transaction, so a crash leaves either
+    /// Migrates a database of schema 1 to 3 to schema 4: builds the outbox's order and heads
+    /// indexes from the outbox (from schema 1), seals every message's text apart under its
+    /// conversation's content key (from schemas 1 and 2), files the unread messages in their
+    /// index, and sets the marker to 4, all in one transaction, so a crash leaves either
     /// the old database untouched (and the next start migrates it) or the new one complete. The
     /// outbox itself is not rewritten. The caller makes it durable.
     ///
@@ -219,7 +221,10 @@ impl SledStore {
         if found < 2 {
             engine::index_outbox(&overlay, &view)?;
         }
-        engine::seal_texts(&overlay, &self.keyring, &view)?;
+        if found < 3 {
+            engine::seal_texts(&overlay, &self.keyring, &view)?;
+        }
+        engine::index_unread(&overlay, &view)?;
         let writes = overlay.into_writes();
         let mut trees = self.trees.clone();
         // The default tree, which holds the marker, joins the transaction last.
@@ -429,6 +434,10 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         engine::messages_before(&SledView(&self.trees), &self.keyring, contact, before, limit)
+    }
+
+    fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError> {
+        engine::unread(&SledView(&self.trees), contact)
     }
 
     fn search(
