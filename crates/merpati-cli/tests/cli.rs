@@ -146,12 +146,14 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
                         fingerprint: "aaaa bbbb".into(),
                         connected: true,
                         last_heard: Some(1_795_219_200_000),
+                        unread: 3,
                     },
                     ContactSummary {
                         name: "carol".into(),
                         fingerprint: "cccc dddd".into(),
                         connected: false,
                         last_heard: None,
+                        unread: 0,
                     },
                 ],
             },
@@ -392,8 +394,8 @@ fn json_output_shapes() {
     assert_eq!(
         contacts,
         vec![
-            json!({"name": "bob", "fingerprint": "aaaa bbbb", "connected": true, "last_heard": 1_795_219_200_000u64}),
-            json!({"name": "carol", "fingerprint": "cccc dddd", "connected": false}),
+            json!({"name": "bob", "fingerprint": "aaaa bbbb", "connected": true, "last_heard": 1_795_219_200_000u64, "unread": 3}),
+            json!({"name": "carol", "fingerprint": "cccc dddd", "connected": false, "unread": 0}),
         ]
     );
 
@@ -436,7 +438,7 @@ fn human_output() {
     let out = merpati(tmp.path(), &["contact", "list"]);
     assert_eq!(
         stdout(&out),
-        "bob    aaaa bbbb  connected  last heard 2026-11-21 00:00:00\n\
+        "bob    aaaa bbbb  connected  last heard 2026-11-21 00:00:00  3 unread\n\
          carol  cccc dddd  -          never heard from\n"
     );
     let out = merpati(tmp.path(), &["status"]);

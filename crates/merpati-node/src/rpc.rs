@@ -336,17 +336,20 @@ async fn contact_list(
     net: &net::Handle,
 ) -> Result<ContactListResult, EngineError> {
     let connected = connected_contacts(engine, net).await?;
-    let contacts = engine
-        .store()
+    let store = engine.store();
+    let contacts = store
         .contacts()?
         .into_iter()
-        .map(|c| ContactSummary {
-            fingerprint: fingerprint(&c.identity),
-            connected: connected.contains(&c.name),
-            last_heard: c.last_heard.map(|t| t.millis()),
-            name: c.name,
+        .map(|c| {
+            Ok(ContactSummary {
+                fingerprint: fingerprint(&c.identity),
+                connected: connected.contains(&c.name),
+                last_heard: c.last_heard.map(|t| t.millis()),
+                unread: u64::try_from(store.unread(&c.name)?.len()).unwrap_or(u64::MAX),
+                name: c.name,
+            })
         })
-        .collect();
+        .collect::<Result<_, EngineError>>()?;
     Ok(ContactListResult { contacts })
 }
 

@@ -187,7 +187,14 @@ fn list(home: &Home, out: &mut Output) -> Result<()> {
             Some(at) => format!("last heard {}", local_time(Timestamp(at))),
             None => "never heard from".to_owned(),
         };
-        out.line(format_args!("{name:<width$}  {}  {state:<9}  {heard}", sanitize(&contact.fingerprint)))?;
+        let unread = match contact.unread {
+            0 => String::new(),
+            n => format!("  {n} unread"),
+        };
+        out.line(format_args!(
+            "{name:<width$}  {}  {state:<9}  {heard}{unread}",
+            sanitize(&contact.fingerprint)
+        ))?;
     }
     Ok(())
 }

@@ -94,16 +94,18 @@ fn golden_contact_list() {
                     fingerprint: "aaaa".into(),
                     connected: true,
                     last_heard: Some(1_795_219_200_000),
+                    unread: 2,
                 },
                 ContactSummary {
                     name: "carol".into(),
                     fingerprint: "bbbb".into(),
                     connected: false,
                     last_heard: None,
+                    unread: 0,
                 },
             ],
         },
-        r#"{"jsonrpc":"2.0","id":1,"result":{"contacts":[{"name":"bob","fingerprint":"aaaa","connected":true,"last_heard":1795219200000},{"name":"carol","fingerprint":"bbbb","connected":false}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"contacts":[{"name":"bob","fingerprint":"aaaa","connected":true,"last_heard":1795219200000,"unread":2},{"name":"carol","fingerprint":"bbbb","connected":false,"unread":0}]}}"#,
     );
 }
 

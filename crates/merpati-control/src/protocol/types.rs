@@ -360,6 +360,9 @@ pub struct ContactSummary {
     /// absent if nothing ever did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heard: Option<u64>,
+    /// How many of the contact's messages have arrived and not been read.
+    #[serde(default)]
+    pub unread: u64,
 }
 
 /// The result of `contact.list`.
