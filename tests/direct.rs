@@ -151,7 +151,8 @@ fn deleted_messages_and_cleared_conversations_are_gone_from_this_device_only() {
     let kept = alice.send("bob", "see you at seven");
     wait_until("both delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 2));
     // Unread until shown.
-    let unread = |node: &Node| node.rpc("contact.list", serde_json::json!({}))["contacts"][0]["unread"].clone();
+    let unread =
+        |node: &Node| node.rpc("contact.list", serde_json::json!({}))["contacts"][0]["unread"].clone();
     assert_eq!(unread(&bob), 2);
     bob.ok(&["messages", "alice"]);
     assert_eq!(unread(&bob), 0);

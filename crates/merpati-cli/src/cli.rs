@@ -50,7 +50,7 @@ pub(crate) enum Command {
     Search(search::Args),
     /// Write a conversation (or all) as plain text, JSON lines or an HTML page, to keep
     Export(export::Args),
-    /// Delete one message from this device, beyond recovery from its files
+    /// Delete one message from this device; its text cannot be recovered from the files
     ///
     /// Local only: the contact keeps their copy, and a message still on its way is still
     /// delivered. `merpati contact clear NAME` deletes a whole conversation.

@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use libp2p::{Multiaddr, PeerId};
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
-use merpati_control::protocol::{Event, Request, StatusUpdate};
+use merpati_control::protocol::{Event, Outcome, Request, StatusUpdate};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::wire::{Refusal, deliver};
@@ -322,6 +322,10 @@ impl Actor {
                 }
             } else {
                 let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
+                // What a deletion removed is shredded before it is reported done.
+                if rpc::shreds(&command.request) && matches!(response.outcome, Outcome::Result(_)) {
+                    self.shred_deleted_records();
+                }
                 let _ = command.reply.send(response);
                 // Accepting a request (or adding its sender) opened what they wrote.
                 for message in self.engine.take_opened() {
@@ -333,9 +337,6 @@ impl Actor {
                 }
                 if rpc::changes_relays(&command.request) {
                     self.sync_relays().await;
-                }
-                if rpc::shreds(&command.request) {
-                    self.shred_deleted_records();
                 }
             }
         }
@@ -516,7 +517,8 @@ impl Actor {
     /// Replaces the storage key now, after sealed records were deleted (a contact's sessions,
     /// messages with their conversation's old content key): sled does not erase replaced or
     /// deleted values, and once the key that sealed them is destroyed the copies it left cannot
-    /// be opened. Logged on failure; the next scheduled rotation retries.
+    /// be opened. Logged on failure; the store keeps a flag until a rotation completes, so the
+    /// next maintenance pass (hourly, and at start) tries again.
     fn shred_deleted_records(&mut self) {
         let store = self.engine.store();
         let rotated = tokio::task::block_in_place(|| {
@@ -653,9 +655,11 @@ impl Actor {
     }
 }
 
-/// Replaces the storage key once it is [`STORAGE_KEY_LIFETIME`] old; returns the new key.
+/// Replaces the storage key once it is [`STORAGE_KEY_LIFETIME`] old, or at once if a deletion is
+/// still to be shredded; returns the new key.
 pub fn rotate_storage_key_if_due(store: &SledStore, now: Timestamp) -> Result<Option<KeyInfo>, StoreError> {
-    if now.since(store.keyring().current().created_at) < STORAGE_KEY_LIFETIME {
+    // A deletion whose shredding did not complete (a crash, a failed rotation) is due at once.
+    if now.since(store.keyring().current().created_at) < STORAGE_KEY_LIFETIME && !store.shred_pending()? {
         return Ok(None);
     }
     let mut rng =
@@ -680,5 +684,14 @@ mod tests {
         let second = rotate_storage_key_if_due(&store, later).unwrap().unwrap();
         assert_ne!(second.id, first.id);
         assert_eq!(store.keyring().keys().iter().map(|k| k.id).collect::<Vec<_>>(), vec![second.id]);
+
+        // A deletion not yet shredded (the daemon stopped, or the rotation failed) is due at once.
+        store.apply(&[crate::store::Change::ClearConversation("bob".into())]).unwrap();
+        assert!(store.shred_pending().unwrap());
+        let now = Clock::system().now();
+        let third = rotate_storage_key_if_due(&store, now).unwrap().expect("rotated although just made");
+        assert_ne!(third.id, second.id);
+        assert!(!store.shred_pending().unwrap(), "the rotation clears the flag");
+        assert!(rotate_storage_key_if_due(&store, now).unwrap().is_none());
     }
 }

@@ -463,6 +463,9 @@ pub(crate) fn shreds(request: &Request) -> bool {
             | method::ContactBlock::NAME
             | method::ContactClear::NAME
             | method::MessagesDelete::NAME
+            | method::RequestsAccept::NAME
+            | method::RequestsReject::NAME
+            | method::RequestsBlock::NAME
     )
 }
 

@@ -1428,8 +1428,9 @@ mod sled_only {
     }
 
     /// What an attacker recovers from sled's files after a deletion: the message's record, its
-    /// sealed text and its conversation's content key as they were. They do not open: the
-    /// content key was sealed under a storage key the rotation destroyed.
+    /// sealed text and its conversation's content key as they were. The text does not open with
+    /// the conversation's key of now (the deletion re-keyed it), nor with the old key's copy (it
+    /// was sealed under a storage key the rotation destroyed).
     #[test]
     fn a_deleted_message_cannot_be_read_back_from_old_copies() {
         let dir = tempfile::tempdir().unwrap();
@@ -1439,33 +1440,76 @@ mod sled_only {
         let secret = f.message("bob", "the address is jalan melati 4");
         let kept = f.message("bob", "see you");
         store.apply(&[Change::PutMessage(secret.clone()), Change::PutMessage(kept.clone())]).unwrap();
-        let mut copies = Vec::new();
+        let copy =
+            |db: &sled::Db, tree: &str, key: &[u8]| db.open_tree(tree).unwrap().get(key).unwrap().unwrap();
+        let (mut record, mut text, mut old_key) = (None, None, None);
         edit_raw_after(store, dir.path(), |db| {
-            for (tree, key) in
-                [("messages", &secret.id.0[..]), ("texts", &secret.id.0[..]), ("content-keys", b"bob")]
-            {
-                copies.push((tree, key.to_vec(), db.open_tree(tree).unwrap().get(key).unwrap().unwrap()));
-            }
+            record = Some(copy(db, "messages", &secret.id.0));
+            text = Some(copy(db, "texts", &secret.id.0));
+            old_key = Some(copy(db, "content-keys", b"bob"));
         });
         let store = open_sled(dir.path());
         store.apply(&[Change::DeleteMessage(secret.id)]).unwrap();
+        assert!(store.shred_pending().unwrap());
         store.rotate_storage_key(&mut f.rng).unwrap();
         assert_eq!(store.message(&kept.id).unwrap().unwrap().text, "see you");
+        // The record and text put back, under the conversation's key of now.
+        let restore = |db: &sled::Db, tree: &str, key: &[u8], value: &sled::IVec| {
+            db.open_tree(tree).unwrap().insert(key, value.clone()).unwrap();
+        };
+        let (record, text, old_key) = (record.unwrap(), text.unwrap(), old_key.unwrap());
         edit_raw_after(store, dir.path(), |db| {
-            for (tree, key, value) in &copies {
-                db.open_tree(tree).unwrap().insert(key, value.clone()).unwrap();
-            }
+            assert_ne!(copy(db, "content-keys", b"bob"), old_key, "the conversation was re-keyed");
+            restore(db, "messages", &secret.id.0, &record);
+            restore(db, "texts", &secret.id.0, &text);
         });
         let store = open_sled(dir.path());
         let err = store.message(&secret.id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { what: "message text" }), "{err}");
+        assert_eq!(store.message(&kept.id).unwrap().unwrap().text, "see you");
+        // And the old key put back too.
+        edit_raw_after(store, dir.path(), |db| restore(db, "content-keys", b"bob", &old_key));
+        let err = open_sled(dir.path()).message(&secret.id).unwrap_err();
         assert!(matches!(err, StoreError::KeyUnavailable { what: "content key", .. }), "{err}");
+    }
+
+    /// A schema 2 database opened with a key file that is not its own is refused before it is
+    /// migrated: its texts are not sealed under a key that would then be lost.
+    #[test]
+    fn a_database_is_not_migrated_under_another_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = Fixture::new(38);
+        let contents = fill(&open_sled(dir.path()), &mut f);
+        edit_raw(dir.path(), |db| {
+            db.insert("merpati-db", &2u16.to_be_bytes()).unwrap();
+        });
+        let theirs = dir.path().join(KEY_FILE);
+        let mine = dir.path().join("storage-keys.saved");
+        fs::rename(&theirs, &mine).unwrap();
+        let err = open_store(dir.path(), 99).unwrap_err();
+        assert!(matches!(err, StoreError::KeyUnavailable { .. }), "{err}");
+        fs::rename(&mine, &theirs).unwrap();
+        edit_raw(dir.path(), |db| {
+            assert_eq!(
+                db.get("merpati-db").unwrap().unwrap().as_ref(),
+                &2u16.to_be_bytes()[..],
+                "not migrated"
+            );
+        });
+        check(&open_sled(dir.path()), &contents);
     }
 
     #[test]
     fn a_schema_2_database_gets_its_texts_sealed() {
         let dir = tempfile::tempdir().unwrap();
         let mut f = Fixture::new(35);
-        let contents = fill(&open_sled(dir.path()), &mut f);
+        let store = open_sled(dir.path());
+        let incoming =
+            StoredMessage { direction: Direction::In, status: Status::Delivered, ..f.message("bob", "hi") };
+        let contents = fill(&store, &mut f);
+        store.apply(&[Change::PutMessage(incoming.clone())]).unwrap();
+        let contents = Contents { messages: store.messages(None, 100).unwrap(), ..contents };
+        drop(store);
         // Schema 2 kept each text in its message record, and had no `texts` or `content-keys`.
         edit_raw(dir.path(), |db| {
             let records = db.open_tree("messages").unwrap();
@@ -1476,10 +1520,12 @@ mod sled_only {
             }
             assert!(db.drop_tree("texts").unwrap());
             assert!(db.drop_tree("content-keys").unwrap());
+            assert!(db.drop_tree("unread").unwrap());
             db.insert("merpati-db", &2u16.to_be_bytes()).unwrap();
         });
         let store = open_sled(dir.path());
         check(&store, &contents);
+        assert_eq!(store.unread("bob").unwrap(), [incoming.id]);
         edit_raw_after(store, dir.path(), |db| {
             assert_eq!(db.get("merpati-db").unwrap().unwrap().as_ref(), &SCHEMA_VERSION.to_be_bytes()[..]);
             let records = db.open_tree("messages").unwrap();
@@ -1539,6 +1585,22 @@ mod sled_only {
         store.apply(&[Change::RemoveSession(removed.id)]).unwrap();
         let marker = "plaintext-marker-7f3a";
         store.apply(&[Change::PutMessage(f.message("bob", marker))]).unwrap();
+        // A contact request holds the first words of a stranger's first message.
+        let preview = "request-preview-marker-91c";
+        let identity = f.contact("x").identity;
+        let request = ContactRequest {
+            id: RequestId::of(&identity),
+            identity,
+            suggested_name: None,
+            preview: Some(preview.into()),
+            first_at: NOW,
+            last_at: NOW,
+            expires_at: NOW.plus(Timestamp::DAY),
+            envelopes: vec![serde_bytes::ByteBuf::from(vec![7u8; 300])],
+            dropped: 0,
+        };
+        store.apply(&[Change::PutRequest(request.clone())]).unwrap();
+        assert_eq!(store.request(&request.id).unwrap(), Some(request));
         drop(store);
 
         let files = files_under(&sled_dir(dir.path()));
@@ -1548,8 +1610,13 @@ mod sled_only {
             "scan found no plaintext at all"
         );
         for (path, bytes) in &files {
-            // ...but no message text.
+            // ...but no message text, nor a request's preview.
             assert!(!contains(bytes, marker.as_bytes()), "a message text is readable in {}", path.display());
+            assert!(
+                !contains(bytes, preview.as_bytes()),
+                "a request preview is readable in {}",
+                path.display()
+            );
             for secret in &secrets {
                 assert!(!contains(bytes, secret), "a secret key is readable in {}", path.display());
             }

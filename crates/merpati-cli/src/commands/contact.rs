@@ -40,7 +40,7 @@ pub(crate) enum Command {
         #[arg(value_parser = parse_name)]
         new_name: String,
     },
-    /// Delete every message of a conversation from this device, beyond recovery from its files
+    /// Delete every message of a conversation from this device; their texts cannot be recovered
     ///
     /// The contact, the session and queued messages stay; the contact keeps their copy.
     Clear {

@@ -1,4 +1,5 @@
-//! `merpati delete ID`: delete one message from this device, beyond recovery from its files.
+//! `merpati delete ID`: delete one message from this device; its text cannot be recovered from
+//! the database files.
 
 use anyhow::Result;
 use merpati_control::Home;

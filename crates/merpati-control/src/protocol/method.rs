@@ -60,8 +60,8 @@ methods! {
     /// `contact.remove`: delete a contact with its conversation, queued messages and session
     /// keys.
     ContactRemove = "contact.remove", ContactShowParams => ContactNameResult;
-    /// `contact.clear`: delete every message of a conversation from this device, beyond
-    /// recovery from the database files; the contact stays.
+    /// `contact.clear`: delete every message of a conversation from this device (their texts
+    /// cannot be recovered from the database files); the contact stays.
     ContactClear = "contact.clear", ContactShowParams => ContactNameResult;
     /// `contact.block`: remove a contact and drop whatever they send from now on.
     ContactBlock = "contact.block", ContactShowParams => BlockedView;
@@ -89,8 +89,8 @@ methods! {
     /// `messages.read`: mark a conversation's incoming messages read (and tell the sender, if
     /// read receipts are on).
     MessagesRead = "messages.read", MessagesReadParams => MessagesReadResult;
-    /// `messages.delete`: delete one message from this device, beyond recovery from the database
-    /// files.
+    /// `messages.delete`: delete one message from this device; its text cannot be recovered from
+    /// the database files.
     MessagesDelete = "messages.delete", MessageStatusParams => MessageDeleteResult;
     /// `relay.add`: use one more relay (at most [`super::MAX_RELAYS`]); answers every relay.
     RelayAdd = "relay.add", RelayAddParams => RelayListResult;

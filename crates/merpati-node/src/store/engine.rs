@@ -26,7 +26,7 @@
 //! | `outbox-heads` | next attempt (u64 BE) ‖ message id | contact name |
 //! | `awaiting-receipt` | deadline (u64 BE) ‖ message id | nothing |
 //! | `announced` | session id ‖ last day (u64 BE) | nothing |
-//! | `requests` | request id | [`ContactRequest`](super::ContactRequest) |
+//! | `requests` | request id | sealed [`ContactRequest`](super::ContactRequest) (schema 5) |
 //! | `request-drops` | request id | envelopes the request did not keep (u32) |
 //! | `dismissed` | first-contact open digest | until (u64) |
 //! | `dismissed-by-time` | until (u64 BE) ‖ digest | nothing |
@@ -163,6 +163,9 @@ const OUTBOX_LEN_KEY: &[u8] = b"outbox-len";
 const RELAYS_KEY: &[u8] = b"relays";
 const REQUESTS_DROPPED_KEY: &[u8] = b"requests-dropped";
 const DISMISSED_LEN_KEY: &[u8] = b"dismissed-len";
+/// Set by a change that deleted sealed records; cleared by the storage key rotation that
+/// makes their old copies unreadable (see [`shred_pending`]).
+pub(crate) const SHRED_PENDING_KEY: &[u8] = b"shred-pending";
 
 /// Turns the encoding of a secret record into sealed bytes and back. The sled store seals with
 /// its keyring; the memory store keeps records as they are.
@@ -243,15 +246,16 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             Change::SetStatus { id, status, reason } => {
                 let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { continue };
                 let mut message: StoredMessage = codec::decode("message", &bytes)?;
+                // Whatever the record says, a message marked read leaves the unread index.
+                if *status == super::Status::Read {
+                    tx.remove(Tree::Unread, &conversation_key(&message.contact, message.order))?;
+                }
                 if !message.status.advances_to(*status) {
                     continue;
                 }
                 message.status = *status;
                 message.reason.clone_from(reason);
                 tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
-                if *status == super::Status::Read {
-                    tx.remove(Tree::Unread, &conversation_key(&message.contact, message.order))?;
-                }
             }
             Change::PutOutbox(entry) => put_outbox(tx, entry)?,
             Change::RemoveOutbox(id) => remove_outbox(tx, id)?,
@@ -290,11 +294,18 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
             }
             Change::PutRequest(request) => {
-                tx.insert(Tree::Requests, &request.id.0, codec::encode("contact request", request)?)?
+                let key = &request.id.0;
+                tx.insert(
+                    Tree::Requests,
+                    key,
+                    seal(sealer, Tree::Requests, key, "contact request", request)?,
+                )?
             }
             Change::RemoveRequest(id) => {
                 tx.remove(Tree::Requests, &id.0)?;
                 tx.remove(Tree::RequestDrops, &id.0)?;
+                // Its preview is the first words of a message.
+                note_shred_pending(tx)?;
             }
             Change::CountRefusedEnvelope(id) => {
                 let count: u32 = match tx.get(Tree::RequestDrops, &id.0)? {
@@ -340,14 +351,21 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 codec::encode("blocked identity", blocked)?,
             )?,
             Change::Unblock(identity) => tx.remove(Tree::Blocked, identity.as_bytes())?,
-            Change::RemoveContact(name) => remove_contact(tx, name)?,
+            Change::RemoveContact(name) => {
+                remove_contact(tx, name)?;
+                note_shred_pending(tx)?;
+            }
             Change::RenameContact { from, to } => rename_contact(tx, sealer, from, to)?,
-            Change::DeleteMessage(id) => delete_message(tx, sealer, id)?,
+            Change::DeleteMessage(id) => {
+                delete_message(tx, sealer, id)?;
+                note_shred_pending(tx)?;
+            }
             Change::ClearConversation(name) => {
                 for (key, value) in tx.entries(Tree::Conversations, &conversation_prefix(name))? {
                     remove_message(tx, &key, &codec::decode("message index", &value)?)?;
                 }
                 tx.remove(Tree::ContentKeys, name.as_bytes())?;
+                note_shred_pending(tx)?;
             }
         }
     }
@@ -375,6 +393,17 @@ fn remove_contact<T: Tx>(tx: &T, name: &str) -> Result<(), T::Error> {
         }
     }
     Ok(())
+}
+
+/// Records that sealed records were deleted and the storage key is to be replaced, so a crash or
+/// a failed rotation before that is made good at the next start or maintenance pass.
+fn note_shred_pending<T: Tx>(tx: &T) -> Result<(), T::Error> {
+    tx.insert(Tree::Meta, SHRED_PENDING_KEY, codec::encode("shred flag", &true)?)
+}
+
+/// Whether sealed records were deleted since the storage key was last replaced.
+pub(crate) fn shred_pending(view: &dyn View) -> Result<bool, StoreError> {
+    Ok(get_plain::<bool>(view, Tree::Meta, SHRED_PENDING_KEY, "shred flag")?.unwrap_or(false))
 }
 
 /// Removes one message of a conversation, found under `key` in its index: the record, the
@@ -640,9 +669,6 @@ fn mark_head<T: Tx>(tx: &T, contact: &str) -> Result<(), T::Error> {
     }
 }
 
-/// Builds the outbox's order and heads indexes from the outbox itself, for a database written
-/// before they existed (schema 1). An entry that does not decode is left out: no read could
-/// deliver it before either, and it stays stored as it was.
 /// Schema 3: seals the texts of messages stored before texts were kept apart into `texts`
 /// (making each conversation's content key) and empties the records' text. A record that does
 /// not decode is left as it is, for reads to report.
@@ -664,6 +690,25 @@ pub(crate) fn seal_texts<T: Tx>(tx: &T, sealer: &dyn Sealer, view: &dyn View) ->
         tx.insert(Tree::Messages, &record.id.0, codec::encode("message", &record)?)?;
     }
     Ok(())
+}
+
+/// Schema 5: seals the contact requests stored in the clear before (a request holds the first
+/// words of its first message). A record that does not decode is left for reads to report.
+pub(crate) fn seal_requests<T: Tx>(tx: &T, sealer: &dyn Sealer, view: &dyn View) -> Result<(), T::Error> {
+    let mut plain: Vec<ContactRequest> = Vec::new();
+    view.scan(Tree::Requests, &[], false, &mut |key, value| {
+        if let Ok(request) = codec::decode::<ContactRequest>("contact request", value)
+            && request.id.0 == key
+        {
+            plain.push(request);
+        }
+        Ok(true)
+    })?;
+    for request in plain {
+        let key = &request.id.0;
+        tx.insert(Tree::Requests, key, seal(sealer, Tree::Requests, key, "contact request", &request)?)?;
+    }
+    note_shred_pending(tx)
 }
 
 /// Schema 4: files every incoming message not yet read in `unread`.
@@ -695,6 +740,9 @@ pub(crate) fn unread(view: &dyn View, contact: &str) -> Result<Vec<MessageId>, S
     Ok(ids)
 }
 
+/// Builds the outbox's order and heads indexes from the outbox itself, for a database written
+/// before they existed (schema 1). An entry that does not decode is left out: no read could
+/// deliver it before either, and it stays stored as it was.
 pub(crate) fn index_outbox<T: Tx>(tx: &T, view: &dyn View) -> Result<(), T::Error> {
     let mut entries: Vec<OutboxEntry> = Vec::new();
     view.scan(Tree::Outbox, &[], false, &mut |key, value| {
@@ -769,6 +817,7 @@ pub(crate) fn reseal(
     let what = match tree {
         Tree::Profile => "profile",
         Tree::ContentKeys => "content key",
+        Tree::Requests => "contact request",
         _ => "session record",
     };
     let aad = aad(tree.name(), key);
@@ -781,7 +830,7 @@ pub(crate) fn reseal(
 }
 
 /// The trees whose values are sealed under the storage key.
-pub(crate) const SEALED_TREES: [Tree; 3] = [Tree::Profile, Tree::Sessions, Tree::ContentKeys];
+pub(crate) const SEALED_TREES: [Tree; 4] = [Tree::Profile, Tree::Sessions, Tree::ContentKeys, Tree::Requests];
 
 pub(crate) fn profile(view: &dyn View, sealer: &dyn Sealer) -> Result<Option<Profile>, StoreError> {
     view.get(Tree::Profile, PROFILE_KEY)?
@@ -1104,10 +1153,10 @@ pub(crate) fn outbox_len(view: &dyn View) -> Result<usize, StoreError> {
     usize::try_from(len).map_err(|_| StoreError::Corrupt { what: "counter" })
 }
 
-pub(crate) fn requests(view: &dyn View) -> Result<Vec<ContactRequest>, StoreError> {
+pub(crate) fn requests(view: &dyn View, sealer: &dyn Sealer) -> Result<Vec<ContactRequest>, StoreError> {
     let mut out: Vec<ContactRequest> = Vec::new();
-    view.scan(Tree::Requests, &[], false, &mut |_, value| {
-        out.push(codec::decode("contact request", value)?);
+    view.scan(Tree::Requests, &[], false, &mut |key, value| {
+        out.push(open(sealer, Tree::Requests, key, "contact request", value)?);
         Ok(true)
     })?;
     for request in &mut out {
@@ -1116,11 +1165,13 @@ pub(crate) fn requests(view: &dyn View) -> Result<Vec<ContactRequest>, StoreErro
     Ok(out)
 }
 
-pub(crate) fn request(view: &dyn View, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
-    let Some(mut request) = get_plain::<ContactRequest>(view, Tree::Requests, &id.0, "contact request")?
-    else {
-        return Ok(None);
-    };
+pub(crate) fn request(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    id: &RequestId,
+) -> Result<Option<ContactRequest>, StoreError> {
+    let Some(bytes) = view.get(Tree::Requests, &id.0)? else { return Ok(None) };
+    let mut request: ContactRequest = open(sealer, Tree::Requests, &id.0, "contact request", &bytes)?;
     request.dropped = request_drops(view, id)?;
     Ok(Some(request))
 }

@@ -248,11 +248,11 @@ impl Store for MemoryStore {
     }
 
     fn requests(&self) -> Result<Vec<ContactRequest>, StoreError> {
-        engine::requests(&self.view(&self.lock()))
+        engine::requests(&self.view(&self.lock()), &Clear)
     }
 
     fn request(&self, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
-        engine::request(&self.view(&self.lock()), id)
+        engine::request(&self.view(&self.lock()), &Clear, id)
     }
 
     fn requests_dropped(&self) -> Result<u64, StoreError> {

@@ -45,10 +45,12 @@ use super::{
 use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
 use merpati_proto::identity::IdentityPublic;
 
-/// The database layout version this build writes and reads.
-/// Version 2 added the outbox's order and heads indexes; a version 1 database is migrated when
-/// opened (see [`SledStore::open`]).
-pub const SCHEMA_VERSION: u16 = 4;
+/// The database layout version this build writes and reads. Version 2 added the outbox's order
+/// and heads indexes, version 3 sealed message texts apart under per-conversation keys, version 4
+/// added the index of unread messages, version 5 sealed contact requests; an older database is
+/// migrated when opened (see
+/// [`SledStore::open`]).
+pub const SCHEMA_VERSION: u16 = 5;
 /// sled's directory inside the store directory.
 const SLED_DIR: &str = "sled";
 /// The marker key in sled's default tree.
@@ -135,8 +137,11 @@ impl SledStore {
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
         };
         // Schema 1 had no outbox indexes; schemas 1 and 2 kept message texts in the records;
-        // schemas before 4 had no index of unread messages.
-        if found < 4 {
+        // schemas before 4 had no index of unread messages, before 5 kept contact requests in the
+        // clear. Only with the right key file: texts sealed under a key file that is not this
+        // database's would be lost with it.
+        if found < 5 {
+            store.profile()?;
             store.migrate(&db, found)?;
         }
         // The marker of a new database, and the directory entries sled created, become durable.
@@ -164,6 +169,13 @@ impl SledStore {
         &self.keyring
     }
 
+    /// Whether sealed records were deleted (a message, a conversation, a contact) since the
+    /// storage key was last replaced: the daemon then replaces it, at once or, after a crash or
+    /// a failed try, at its next start or maintenance pass.
+    pub fn shred_pending(&self) -> Result<bool, StoreError> {
+        engine::shred_pending(&SledView(&self.trees))
+    }
+
     /// Rotates the storage key: adds a fresh key, re-seals every session record and the profile
     /// under it in one transaction, flushes, then destroys the old key. From then on, copies of
     /// old records that sled left in its files cannot be opened. Writers wait while it runs; it
@@ -189,13 +201,16 @@ impl SledStore {
                 updates.push((tree, key, sealed));
             }
         }
-        let trees: Vec<sled::Tree> = SEALED_TREES.iter().map(|tree| self.tree(*tree).clone()).collect();
+        // The sealed trees, then `meta`, whose shred flag the rotation clears.
+        let mut trees: Vec<sled::Tree> = SEALED_TREES.iter().map(|tree| self.tree(*tree).clone()).collect();
+        trees.push(self.tree(Tree::Meta).clone());
         trees[..]
             .transaction(|t: &Vec<TransactionalTree>| {
                 for (tree, key, value) in &updates {
                     let index = SEALED_TREES.iter().position(|sealed| sealed == tree).unwrap_or(0);
                     t[index].insert(key, value.as_slice())?;
                 }
+                t[t.len() - 1].remove(engine::SHRED_PENDING_KEY)?;
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(from_transaction)?;
@@ -205,15 +220,16 @@ impl SledStore {
         Ok(())
     }
 
-    /// Migrates a database of schema 1 to 3 to schema 4: builds the outbox's order and heads
+    /// Migrates a database of schema 1 to 4 to schema 5: builds the outbox's order and heads
     /// indexes from the outbox (from schema 1), seals every message's text apart under its
     /// conversation's content key (from schemas 1 and 2), files the unread messages in their
-    /// index, and sets the marker to 4, all in one transaction, so a crash leaves either
+    /// index (before 4), seals the contact requests, and sets the marker to 5, all in one
+    /// transaction, so a crash leaves either
     /// the old database untouched (and the next start migrates it) or the new one complete. The
     /// outbox itself is not rewritten. The caller makes it durable.
     ///
     /// The texts' old copies stay in sled's files until sled reuses their space: only messages
-    /// stored from schema 3 on can be deleted beyond recovery.
+    /// stored from schema 3 on have their texts shredded when deleted.
     fn migrate(&self, db: &sled::Db, found: u16) -> Result<(), StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let view = SledView(&self.trees);
@@ -224,7 +240,10 @@ impl SledStore {
         if found < 3 {
             engine::seal_texts(&overlay, &self.keyring, &view)?;
         }
-        engine::index_unread(&overlay, &view)?;
+        if found < 4 {
+            engine::index_unread(&overlay, &view)?;
+        }
+        engine::seal_requests(&overlay, &self.keyring, &view)?;
         let writes = overlay.into_writes();
         let mut trees = self.trees.clone();
         // The default tree, which holds the marker, joins the transaction last.
@@ -420,10 +439,12 @@ impl Store for SledStore {
     }
 
     fn message(&self, id: &MessageId) -> Result<Option<StoredMessage>, StoreError> {
+        let _shared = self.shared();
         engine::message(&SledView(&self.trees), &self.keyring, id)
     }
 
     fn messages(&self, contact: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let _shared = self.shared();
         engine::messages(&SledView(&self.trees), &self.keyring, contact, limit)
     }
 
@@ -433,10 +454,12 @@ impl Store for SledStore {
         before: u64,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        let _shared = self.shared();
         engine::messages_before(&SledView(&self.trees), &self.keyring, contact, before, limit)
     }
 
     fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError> {
+        let _shared = self.shared();
         engine::unread(&SledView(&self.trees), contact)
     }
 
@@ -446,6 +469,7 @@ impl Store for SledStore {
         needle: &str,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
+        let _shared = self.shared();
         engine::search(&SledView(&self.trees), &self.keyring, contact, needle, limit)
     }
 
@@ -490,11 +514,11 @@ impl Store for SledStore {
     }
 
     fn requests(&self) -> Result<Vec<ContactRequest>, StoreError> {
-        engine::requests(&SledView(&self.trees))
+        engine::requests(&SledView(&self.trees), &self.keyring)
     }
 
     fn request(&self, id: &RequestId) -> Result<Option<ContactRequest>, StoreError> {
-        engine::request(&SledView(&self.trees), id)
+        engine::request(&SledView(&self.trees), &self.keyring, id)
     }
 
     fn requests_dropped(&self) -> Result<u64, StoreError> {
