@@ -345,7 +345,7 @@ async fn contact_list(
                 fingerprint: fingerprint(&c.identity),
                 connected: connected.contains(&c.name),
                 last_heard: c.last_heard.map(|t| t.millis()),
-                unread: u64::try_from(store.unread(&c.name)?.len()).unwrap_or(u64::MAX),
+                unread: u64::try_from(store.unread_count(&c.name)?).unwrap_or(u64::MAX),
                 name: c.name,
             })
         })

@@ -391,6 +391,9 @@ impl Store for Rigged {
     fn unread(&self, contact: &str) -> Result<Vec<MessageId>, store::StoreError> {
         self.store.unread(contact)
     }
+    fn unread_count(&self, contact: &str) -> Result<usize, store::StoreError> {
+        self.store.unread_count(contact)
+    }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
         self.store.outbox()
     }

@@ -793,6 +793,7 @@ mod conformance {
         store.apply(&[Change::SetStatus { id: ins[1].id, status: Status::Read, reason: None }]).unwrap();
         store.apply(&[Change::DeleteMessage(ins[2].id)]).unwrap();
         assert_eq!(store.unread("bob").unwrap(), ids(&[&ins[0], &ins[3]]));
+        assert_eq!(store.unread_count("bob").unwrap(), 2);
         store.apply(&[Change::RenameContact { from: "bob".into(), to: "rob".into() }]).unwrap();
         assert!(store.unread("bob").unwrap().is_empty());
         assert_eq!(store.unread("rob").unwrap(), ids(&[&ins[0], &ins[3]]));

@@ -731,6 +731,17 @@ pub(crate) fn index_unread<T: Tx>(tx: &T, view: &dyn View) -> Result<(), T::Erro
 }
 
 /// The incoming messages of `contact` not yet read, oldest first. Reads only those.
+/// How many incoming messages of `contact` are not yet read: the index entries, counted
+/// without decoding them.
+pub(crate) fn unread_count(view: &dyn View, contact: &str) -> Result<usize, StoreError> {
+    let mut count = 0;
+    view.scan(Tree::Unread, &conversation_prefix(contact), false, &mut |_, _| {
+        count += 1;
+        Ok(true)
+    })?;
+    Ok(count)
+}
+
 pub(crate) fn unread(view: &dyn View, contact: &str) -> Result<Vec<MessageId>, StoreError> {
     let mut ids = Vec::new();
     view.scan(Tree::Unread, &conversation_prefix(contact), false, &mut |_, value| {

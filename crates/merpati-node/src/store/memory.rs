@@ -198,6 +198,10 @@ impl Store for MemoryStore {
         engine::unread(&self.view(&self.lock()), contact)
     }
 
+    fn unread_count(&self, contact: &str) -> Result<usize, StoreError> {
+        engine::unread_count(&self.view(&self.lock()), contact)
+    }
+
     fn search(
         &self,
         contact: Option<&str>,

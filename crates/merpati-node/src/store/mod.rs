@@ -727,6 +727,8 @@ pub trait Store: Send + Sync {
     /// The incoming messages of `contact` not yet read, oldest first. Reads only those (an
     /// index kept with the messages).
     fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError>;
+    /// How many incoming messages of `contact` are not yet read.
+    fn unread_count(&self, contact: &str) -> Result<usize, StoreError>;
     /// The newest `limit` messages with `contact` (or with everyone) whose text contains
     /// `needle` whatever the case, oldest first. Reads back from the newest message until it
     /// found `limit`: a whole conversation when fewer match.
@@ -826,6 +828,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError> {
         (**self).unread(contact)
+    }
+    fn unread_count(&self, contact: &str) -> Result<usize, StoreError> {
+        (**self).unread_count(contact)
     }
     fn search(
         &self,

@@ -463,6 +463,11 @@ impl Store for SledStore {
         engine::unread(&SledView(&self.trees), contact)
     }
 
+    fn unread_count(&self, contact: &str) -> Result<usize, StoreError> {
+        let _shared = self.shared();
+        engine::unread_count(&SledView(&self.trees), contact)
+    }
+
     fn search(
         &self,
         contact: Option<&str>,
