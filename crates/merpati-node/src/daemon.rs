@@ -38,10 +38,10 @@ use crate::control::{self, Command};
 use crate::engine::{AttemptResult, Engine, MailboxKeys, Me};
 use crate::net;
 use crate::ports::{self, Ports};
-use crate::relay_client::{self, Fetched};
+use crate::relay_client::{self, FetchReport, Fetched};
 use crate::rpc;
 use crate::store::keyring::KeyInfo;
-use crate::store::{Keyring, RequestId, SledStore, Status, Store, StoreError, StoredMessage};
+use crate::store::{Change, Keyring, RequestId, SledStore, Status, Store, StoreError, StoredMessage};
 
 /// The most delivery attempts running at once.
 pub const MAX_DELIVERIES_IN_FLIGHT: usize = 256;
@@ -227,7 +227,7 @@ struct Actor {
     unreachable: HashMap<String, Instant>,
     /// The keys of all our mailboxes, for the fetch tasks.
     mailbox_keys: watch::Sender<Arc<MailboxKeys>>,
-    fetched_tx: mpsc::Sender<Fetched>,
+    fetched_tx: mpsc::Sender<FetchReport>,
     /// One fetch task per relay of ours, stopped through its token.
     fetchers: HashMap<libp2p::Multiaddr, CancellationToken>,
     fetch_tasks: JoinSet<()>,
@@ -238,7 +238,7 @@ impl Actor {
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         mut inbound: net::Inbound,
-        mut fetched: mpsc::Receiver<Fetched>,
+        mut fetched: mpsc::Receiver<FetchReport>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(RETRY_TICK);
@@ -274,7 +274,10 @@ impl Actor {
                     self.on_commands(ready).await;
                 }
                 Some(event) = inbound.recv() => self.on_network(event),
-                Some(batch) = fetched.recv() => self.on_fetched(batch),
+                Some(report) = fetched.recv() => match report {
+                    FetchReport::Fetched(batch) => self.on_fetched(batch),
+                    FetchReport::Swept { relay, through } => self.on_swept(relay, through),
+                },
                 Some(_) = self.fetch_tasks.join_next(), if !self.fetch_tasks.is_empty() => {}
                 Some(done) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
                     if let Ok((contact, delivery)) = done {
@@ -387,6 +390,14 @@ impl Actor {
 
     /// Processes envelopes fetched from a relay like delivered ones, and tells the fetch task
     /// which it may delete: all but those the node failed to store.
+    /// Keeps a relay's sweep progress, so the next start does not sweep those days there again.
+    fn on_swept(&mut self, relay: libp2p::PeerId, through: u64) {
+        let change = Change::NoteSwept { relay: relay.to_bytes(), through };
+        if let Err(e) = tokio::task::block_in_place(|| self.engine.store().apply(&[change])) {
+            tracing::warn!(%relay, "cannot record the sweep's progress: {e}");
+        }
+    }
+
     fn on_fetched(&mut self, batch: Fetched) {
         let envelopes: Vec<&[u8]> = batch.items.iter().map(|item| item.envelope.as_slice()).collect();
         let responses = self.receive(None, &envelopes);
@@ -479,10 +490,13 @@ impl Actor {
             }
             let stop = CancellationToken::new();
             self.fetchers.insert(relay.clone(), stop.clone());
+            let swept_through = net::peer_of(&relay)
+                .and_then(|peer| self.engine.store().swept_through(&peer.to_bytes()).ok().flatten());
             let task = relay_client::fetch_loop(
                 self.net.clone(),
                 relay,
                 self.mailbox_keys.subscribe(),
+                swept_through,
                 self.fetched_tx.clone(),
                 stop,
             );
@@ -686,7 +700,7 @@ mod tests {
         assert_eq!(store.keyring().keys().iter().map(|k| k.id).collect::<Vec<_>>(), vec![second.id]);
 
         // A deletion not yet shredded (the daemon stopped, or the rotation failed) is due at once.
-        store.apply(&[crate::store::Change::ClearConversation("bob".into())]).unwrap();
+        store.apply(&[Change::ClearConversation("bob".into())]).unwrap();
         assert!(store.shred_pending().unwrap());
         let now = Clock::system().now();
         let third = rotate_storage_key_if_due(&store, now).unwrap().expect("rotated although just made");

@@ -245,6 +245,21 @@ async fn deposit_everywhere(
     }
 }
 
+/// What a fetch task tells the daemon's actor.
+#[derive(Debug)]
+pub enum FetchReport {
+    /// Envelopes to process.
+    Fetched(Fetched),
+    /// Every closed mailbox of a day up to `through` has been swept at `relay`: a restart need
+    /// not sweep them there again ([`crate::store::Change::NoteSwept`]).
+    Swept {
+        /// The relay.
+        relay: PeerId,
+        /// The last day swept.
+        through: u64,
+    },
+}
+
 /// Envelopes fetched from a relay, for the daemon's actor to process.
 #[derive(Debug)]
 pub struct Fetched {
@@ -260,13 +275,15 @@ pub struct Fetched {
 pub type Keys = watch::Receiver<Arc<MailboxKeys>>;
 
 /// Fetches our mailboxes at `relay` until `stop` is cancelled: first a sweep of every old
-/// mailbox not yet swept here (see [`MailboxKeys`]), then a long poll of the live ones while
-/// nothing waits, pages back to back while more does, and a growing pause after failures.
+/// mailbox not yet swept here (see [`MailboxKeys`]; closed days up to `swept_through` were
+/// swept before a restart), then a long poll of the live ones while nothing waits, pages back
+/// to back while more does, and a growing pause after failures.
 pub async fn fetch_loop(
     net: net::Handle,
     relay: Multiaddr,
     mut keys: Keys,
-    fetched: mpsc::Sender<Fetched>,
+    swept_through: Option<u64>,
+    fetched: mpsc::Sender<FetchReport>,
     stop: CancellationToken,
 ) {
     let Some(peer) = net::peer_of(&relay) else { return };
@@ -274,7 +291,7 @@ pub async fn fetch_loop(
     // Per chunk of tokens, the highest relay id seen: envelopes the node could not store stay at
     // the relay, and the cursor keeps them from being fetched again at once, in a loop.
     let mut cursors: Vec<Option<u64>> = Vec::new();
-    let mut sweeps = Sweeps::default();
+    let mut sweeps = Sweeps::resuming(swept_through);
     let mut wait = Duration::ZERO;
     let mut failures = 0u32;
     let mut previous: Option<Arc<MailboxKeys>> = None;
@@ -327,7 +344,10 @@ pub async fn fetch_loop(
                 if !unswept.is_empty() {
                     debug!(relay = %peer, mailboxes = unswept.len(), "swept old mailboxes");
                 }
-                sweeps.done(&current);
+                if let Some(through) = sweeps.done(&current) {
+                    // Only an optimisation: a full queue loses nothing but a restart's work.
+                    let _ = fetched.try_send(FetchReport::Swept { relay: peer, through });
+                }
                 Duration::ZERO
             }
             Err(error @ FetchFailure::RetryAfter(_)) => {
@@ -401,23 +421,45 @@ impl RelayTokens {
 }
 
 /// Which old mailboxes a relay has been swept of (see [`MailboxKeys`]): each once, from the
-/// task's start.
+/// task's start; and, from before a restart, the closed days up to the one recorded.
+///
+/// Why a closed day needs no second sweep: senders write under the day of their own clock, so a
+/// day two or more behind ours is written to only by a sender whose clock is that far behind.
+/// Days ahead are swept again at every start: they were swept while empty, and may have been
+/// written to since.
 #[derive(Debug, Default)]
 pub struct Sweeps {
     /// The old mailboxes fetched to the end at this relay. Only the current old set is kept, so
     /// this stays as small as one day's list.
     swept: HashSet<MailboxId>,
+    /// Every closed mailbox of a day up to this one was fetched to the end at this relay.
+    through: Option<u64>,
 }
 
 impl Sweeps {
-    /// The old mailboxes of `keys` still to sweep.
-    pub fn pending(&self, keys: &MailboxKeys) -> Vec<MailboxKey> {
-        keys.old.iter().filter(|key| !self.swept.contains(&key.id())).cloned().collect()
+    /// Sweeps that start knowing the closed days up to `through` were swept.
+    pub fn resuming(through: Option<u64>) -> Self {
+        Self { swept: HashSet::new(), through }
     }
 
-    /// Records that every old mailbox of `keys` has been fetched to the end.
-    pub fn done(&mut self, keys: &MailboxKeys) {
+    /// The old mailboxes of `keys` still to sweep.
+    pub fn pending(&self, keys: &MailboxKeys) -> Vec<MailboxKey> {
+        let closed = keys.today.saturating_sub(2);
+        let swept_before =
+            |key: &MailboxKey| self.through.is_some_and(|through| key.day() <= through.min(closed));
+        keys.old.iter().filter(|key| !self.swept.contains(&key.id()) && !swept_before(key)).cloned().collect()
+    }
+
+    /// Records that every old mailbox of `keys` has been fetched to the end; returns the last
+    /// closed day now swept, when that moved on.
+    pub fn done(&mut self, keys: &MailboxKeys) -> Option<u64> {
         self.swept = keys.old.iter().map(MailboxKey::id).collect();
+        let closed = keys.today.checked_sub(2)?;
+        if self.through.is_some_and(|through| through >= closed) {
+            return None;
+        }
+        self.through = Some(closed);
+        Some(closed)
     }
 }
 
@@ -427,7 +469,7 @@ async fn sweep(
     peer: PeerId,
     relay: &Multiaddr,
     tokens: &[FetchToken],
-    fetched: &mpsc::Sender<Fetched>,
+    fetched: &mpsc::Sender<FetchReport>,
 ) -> Result<(), FetchFailure> {
     let mut cursors = Vec::new();
     loop {
@@ -458,7 +500,7 @@ async fn fetch_round(
     tokens: &[FetchToken],
     cursors: &[Option<u64>],
     wait: Duration,
-    fetched: &mpsc::Sender<Fetched>,
+    fetched: &mpsc::Sender<FetchReport>,
 ) -> Result<Round, FetchFailure> {
     if tokens.is_empty() {
         std::future::pending::<()>().await;
@@ -500,7 +542,8 @@ async fn fetch_round(
             chunk.iter().map(|token| (MailboxId::of(token), token.clone())).collect();
         let mailboxes: HashMap<u64, MailboxId> = items.iter().map(|item| (item.id, item.mailbox)).collect();
         let (done, processed) = oneshot::channel();
-        fetched.send(Fetched { relay: peer, items, done }).await.map_err(|_| "the node is stopping")?;
+        let batch = FetchReport::Fetched(Fetched { relay: peer, items, done });
+        fetched.send(batch).await.map_err(|_| "the node is stopping")?;
         let processed = processed.await.map_err(|_| "the node is stopping")?;
         delete(net, peer, relay, &owners, &mailboxes, processed).await;
     }
@@ -537,7 +580,39 @@ async fn delete(
 
 #[cfg(test)]
 mod tests {
+    use merpati_proto::keys::SymmetricKey;
+
     use super::*;
+
+    fn keys(today: u64, days: impl IntoIterator<Item = u64>) -> MailboxKeys {
+        let secret = SymmetricKey::from_bytes([4; 32]);
+        let old = days.into_iter().map(|day| MailboxKey::derive(&secret, day)).collect();
+        MailboxKeys { live: Vec::new(), old, today }
+    }
+
+    fn days(pending: &[MailboxKey]) -> Vec<u64> {
+        pending.iter().map(MailboxKey::day).collect()
+    }
+
+    #[test]
+    fn a_restart_sweeps_only_the_days_closed_since_and_the_days_ahead() {
+        // Day 100: closed days 90 to 98 and days ahead 102 to 105, all to sweep at first.
+        let first = keys(100, (90..=98).chain(102..=105));
+        let mut sweeps = Sweeps::resuming(None);
+        assert_eq!(days(&sweeps.pending(&first)).len(), 13);
+        assert_eq!(sweeps.done(&first), Some(98), "closed days up to 98 swept");
+        assert!(sweeps.pending(&first).is_empty());
+        assert_eq!(sweeps.done(&first), None, "no progress, nothing to record");
+
+        // Restarted on day 103 with that progress: the days closed since, and every day ahead
+        // (swept while empty, perhaps written to since).
+        let later = keys(103, (93..=101).chain(105..=107));
+        let resumed = Sweeps::resuming(Some(98));
+        assert_eq!(days(&resumed.pending(&later)), [99, 100, 101, 105, 106, 107]);
+        // A clock set back: days past it are not closed, whatever was recorded.
+        let back = keys(95, (85..=93).chain(97..=99));
+        assert_eq!(days(&resumed.pending(&back)), [97, 98, 99]);
+    }
 
     #[test]
     fn a_relay_that_asks_for_a_pause_gets_it_and_failures_back_off() {

@@ -394,6 +394,9 @@ impl Store for Rigged {
     fn unread_count(&self, contact: &str) -> Result<usize, store::StoreError> {
         self.store.unread_count(contact)
     }
+    fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, store::StoreError> {
+        self.store.swept_through(relay)
+    }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
         self.store.outbox()
     }

@@ -12,7 +12,7 @@ use libp2p::multiaddr::{Multiaddr, Protocol};
 use merpati_node::engine::{Attempt, AttemptResult, Engine, Me};
 use merpati_node::relay::{DEFAULT_TTL_DAYS, Depositor, MailboxLimits, Mailboxes};
 use merpati_node::relay_client::Sweeps;
-use merpati_node::store::{Direction, Keyring, MemoryStore, SledStore, Status, Store, StoredMessage};
+use merpati_node::store::{Change, Direction, Keyring, MemoryStore, SledStore, Status, Store, StoredMessage};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{INVITE_LIFETIME, IdentityKey, PREKEY_GRACE, PREKEY_ROTATION};
@@ -65,6 +65,11 @@ impl Clock {
 }
 
 /// Four distinct skews in ±[`MAX_SKEW`], whole seconds: Alice, Bob, relay 1, relay 2.
+/// The peer id the simulation gives relay `n`, under which sweep progress is kept.
+fn relay_id(n: usize) -> Vec<u8> {
+    format!("relay-{n}").into_bytes()
+}
+
 fn draw_skews(rng: &mut ChaCha20Rng) -> [Clock; 4] {
     let max = i64::try_from(MAX_SKEW / Timestamp::SECOND).unwrap();
     let mut skews: Vec<i64> = Vec::new();
@@ -214,7 +219,7 @@ impl User {
     }
 
     /// Starts the daemon: reopens the database, tells the engine its node, runs the maintenance
-    /// pass, and begins with fresh sweeps.
+    /// pass, and begins its sweeps from the progress the database kept, as the daemon does.
     fn start(&mut self, sim: u64, rng_seed: u64) {
         assert!(self.engine.is_none(), "{} started twice", self.name);
         let now = self.clock.at(sim);
@@ -224,8 +229,9 @@ impl User {
         let mut engine = Engine::start(store, me(self.seed, self.name), || node_key, now, rng).unwrap();
         engine.set_node_info(self.node.clone(), vec![self.node_address.clone()]);
         engine.maintain(now).unwrap();
+        self.sweeps =
+            [0, 1].map(|relay| Sweeps::resuming(engine.store().swept_through(&relay_id(relay)).unwrap()));
         self.engine = Some(engine);
-        self.sweeps = Default::default();
         self.starts += 1;
     }
 
@@ -481,7 +487,10 @@ impl World {
                 let unswept = self.users[i].sweeps[relay].pending(&keys);
                 if !unswept.is_empty() {
                     self.fetch_all(i, relay, &unswept);
-                    self.users[i].sweeps[relay].done(&keys);
+                    if let Some(through) = self.users[i].sweeps[relay].done(&keys) {
+                        let change = Change::NoteSwept { relay: relay_id(relay), through };
+                        self.users[i].engine().store().apply(&[change]).unwrap();
+                    }
                 }
                 self.fetch_all(i, relay, &keys.live);
             }

@@ -794,6 +794,11 @@ mod conformance {
         store.apply(&[Change::DeleteMessage(ins[2].id)]).unwrap();
         assert_eq!(store.unread("bob").unwrap(), ids(&[&ins[0], &ins[3]]));
         assert_eq!(store.unread_count("bob").unwrap(), 2);
+        // Sweep progress, per relay.
+        assert_eq!(store.swept_through(b"relay a").unwrap(), None);
+        store.apply(&[Change::NoteSwept { relay: b"relay a".to_vec(), through: 20_000 }]).unwrap();
+        assert_eq!(store.swept_through(b"relay a").unwrap(), Some(20_000));
+        assert_eq!(store.swept_through(b"relay b").unwrap(), None);
         store.apply(&[Change::RenameContact { from: "bob".into(), to: "rob".into() }]).unwrap();
         assert!(store.unread("bob").unwrap().is_empty());
         assert_eq!(store.unread("rob").unwrap(), ids(&[&ins[0], &ins[3]]));

@@ -71,6 +71,7 @@ impl fmt::Debug for MailboxId {
 pub struct MailboxKey {
     seed: Zeroizing<[u8; 32]>,
     id: MailboxId,
+    day: u64,
 }
 
 impl MailboxKey {
@@ -78,12 +79,17 @@ impl MailboxKey {
     pub fn derive(secret: &SymmetricKey, day: u64) -> Self {
         let seed = kdf::prf(secret.as_bytes(), label::MAILBOX_KEY, &[&day.to_be_bytes()]);
         let public = SigningKey::from_bytes(&seed).verifying_key().to_bytes();
-        Self { seed, id: MailboxId::of_key(&public) }
+        Self { seed, id: MailboxId::of_key(&public), day }
     }
 
     /// The mailbox this key owns.
     pub fn id(&self) -> MailboxId {
         self.id
+    }
+
+    /// The day of the mailbox (see [`Timestamp::day`]).
+    pub fn day(&self) -> u64 {
+        self.day
     }
 
     /// The token that fetches and deletes this mailbox at the relay whose libp2p peer id (binary)

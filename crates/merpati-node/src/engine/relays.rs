@@ -50,6 +50,8 @@ pub struct MailboxKeys {
     pub live: Vec<MailboxKey>,
     /// Mailboxes to fetch once.
     pub old: Vec<MailboxKey>,
+    /// The day they were computed for: days up to two before it are closed.
+    pub today: u64,
 }
 
 /// Where a mailbox key comes from: a session's mailbox secret (or the inbox secret, `None`) and
@@ -208,7 +210,7 @@ impl<S: Store> Engine<S> {
         let mut seen = HashSet::new();
         live.retain(|k| seen.insert(k.id()));
         old.retain(|k| seen.insert(k.id()));
-        MailboxKeys { live, old }
+        MailboxKeys { live, old, today }
     }
 
     /// Stores `relays` as the user's list and queues a `RelayHints` message to every contact

@@ -32,6 +32,8 @@
 //! | `dismissed-by-time` | until (u64 BE) ‖ digest | nothing |
 //! | `blocked` | identity key | [`Blocked`](super::Blocked) |
 //! | `meta` | `requests-dropped`, `dismissed-len` | counters (u64) |
+//! | `meta` | `shred-pending` | a deletion awaits the storage key's rotation (bool) |
+//! | `meta` | `swept/` ‖ relay peer id | the last day our closed mailboxes were swept there (u64) |
 //!
 //! The outbox's indexes (schema 2) keep delivery from ever reading the whole outbox:
 //! `outbox-order` sorts each contact's entries in delivery order, so its first entry under the
@@ -360,6 +362,9 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 delete_message(tx, sealer, id)?;
                 note_shred_pending(tx)?;
             }
+            Change::NoteSwept { relay, through } => {
+                tx.insert(Tree::Meta, &swept_key(relay), codec::encode("sweep progress", through)?)?
+            }
             Change::ClearConversation(name) => {
                 for (key, value) in tx.entries(Tree::Conversations, &conversation_prefix(name))? {
                     remove_message(tx, &key, &codec::decode("message index", &value)?)?;
@@ -399,6 +404,18 @@ fn remove_contact<T: Tx>(tx: &T, name: &str) -> Result<(), T::Error> {
 /// a failed rotation before that is made good at the next start or maintenance pass.
 fn note_shred_pending<T: Tx>(tx: &T) -> Result<(), T::Error> {
     tx.insert(Tree::Meta, SHRED_PENDING_KEY, codec::encode("shred flag", &true)?)
+}
+
+/// `swept/` ‖ relay peer id: where a relay's sweep progress is kept in `meta`.
+fn swept_key(relay: &[u8]) -> Vec<u8> {
+    let mut key = b"swept/".to_vec();
+    key.extend_from_slice(relay);
+    key
+}
+
+/// See [`Change::NoteSwept`](super::Change::NoteSwept).
+pub(crate) fn swept_through(view: &dyn View, relay: &[u8]) -> Result<Option<u64>, StoreError> {
+    get_plain(view, Tree::Meta, &swept_key(relay), "sweep progress")
 }
 
 /// Whether sealed records were deleted since the storage key was last replaced.

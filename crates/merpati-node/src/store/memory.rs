@@ -202,6 +202,10 @@ impl Store for MemoryStore {
         engine::unread_count(&self.view(&self.lock()), contact)
     }
 
+    fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError> {
+        engine::swept_through(&self.view(&self.lock()), relay)
+    }
+
     fn search(
         &self,
         contact: Option<&str>,

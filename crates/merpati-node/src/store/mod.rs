@@ -693,6 +693,14 @@ pub enum Change {
     /// Deletes every message of a conversation and their texts, and its content key; the contact,
     /// its sessions and its outbox stay.
     ClearConversation(String),
+    /// Records that at the relay with peer id `relay` (binary) every closed mailbox of ours of a
+    /// day up to `through` has been fetched to the end, so a restart need not sweep them again.
+    NoteSwept {
+        /// The relay's peer id.
+        relay: Vec<u8>,
+        /// The last day swept.
+        through: u64,
+    },
 }
 
 /// The node's storage, in domain terms. Synchronous: the daemon calls it from a blocking-friendly
@@ -729,6 +737,9 @@ pub trait Store: Send + Sync {
     fn unread(&self, contact: &str) -> Result<Vec<MessageId>, StoreError>;
     /// How many incoming messages of `contact` are not yet read.
     fn unread_count(&self, contact: &str) -> Result<usize, StoreError>;
+    /// The last day up to which our closed mailboxes were swept at the relay with peer id
+    /// `relay` (binary), if they ever were ([`Change::NoteSwept`]).
+    fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError>;
     /// The newest `limit` messages with `contact` (or with everyone) whose text contains
     /// `needle` whatever the case, oldest first. Reads back from the newest message until it
     /// found `limit`: a whole conversation when fewer match.
@@ -831,6 +842,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn unread_count(&self, contact: &str) -> Result<usize, StoreError> {
         (**self).unread_count(contact)
+    }
+    fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError> {
+        (**self).swept_through(relay)
     }
     fn search(
         &self,

@@ -468,6 +468,10 @@ impl Store for SledStore {
         engine::unread_count(&SledView(&self.trees), contact)
     }
 
+    fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError> {
+        engine::swept_through(&SledView(&self.trees), relay)
+    }
+
     fn search(
         &self,
         contact: Option<&str>,
