@@ -306,6 +306,9 @@ impl Actor {
 
     /// Answers control requests, in order: consecutive sends with one write for all.
     async fn on_commands(&mut self, commands: Vec<Command>) {
+        // Answers to deletions, held until the one storage key rotation that shreds what they
+        // all removed: deletions that arrive together cost one rotation.
+        let mut shredded = Vec::new();
         let mut commands = commands.into_iter().peekable();
         while let Some(command) = commands.next() {
             let now = self.clock.now();
@@ -327,9 +330,10 @@ impl Actor {
                 let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
                 // What a deletion removed is shredded before it is reported done.
                 if rpc::shreds(&command.request) && matches!(response.outcome, Outcome::Result(_)) {
-                    self.shred_deleted_records();
+                    shredded.push((command.reply, response));
+                } else {
+                    let _ = command.reply.send(response);
                 }
-                let _ = command.reply.send(response);
                 // Accepting a request (or adding its sender) opened what they wrote.
                 for message in self.engine.take_opened() {
                     self.publish_message(&message);
@@ -341,6 +345,12 @@ impl Actor {
                 if rpc::changes_relays(&command.request) {
                     self.sync_relays().await;
                 }
+            }
+        }
+        if !shredded.is_empty() {
+            self.shred_deleted_records();
+            for (reply, response) in shredded {
+                let _ = reply.send(response);
             }
         }
         // A send may have started a session, whose mailboxes we then fetch; the keys are
