@@ -153,11 +153,6 @@ impl FetchToken {
         key.verify_strict(&digest, &Signature::from_bytes(&self.proof)).is_ok()
     }
 
-    /// Whether the token opens `mailbox` at the relay `relay`: it names that mailbox and verifies.
-    pub fn opens(&self, mailbox: &MailboxId, relay: &[u8]) -> bool {
-        self.mailbox() == *mailbox && self.verify(relay)
-    }
-
     /// A digest of the whole token, for a relay's cache of tokens it has verified. All 32 bytes:
     /// a cache hit stands in for a signature check, so a collision must cost 2^128, not 2^64.
     pub fn digest(&self) -> [u8; 32] {
@@ -230,15 +225,20 @@ mod tests {
     const RELAY: &[u8] = b"relay one";
     const OTHER_RELAY: &[u8] = b"relay two";
 
+    /// Whether `token` opens `mailbox` at `relay`, as a relay judges it.
+    fn opens(token: &FetchToken, mailbox: &MailboxId, relay: &[u8]) -> bool {
+        token.mailbox() == *mailbox && token.verify(relay)
+    }
+
     #[test]
     fn a_token_opens_only_its_mailbox_at_its_relay() {
         let secret = SymmetricKey::from_bytes([1; 32]);
         let today = MailboxKey::derive(&secret, 20_000).token(RELAY);
-        assert!(today.opens(&mailbox_id(&secret, 20_000), RELAY));
-        assert!(!today.opens(&mailbox_id(&secret, 20_001), RELAY), "another day's mailbox");
-        assert!(!today.opens(&mailbox_id(&secret, 20_000), OTHER_RELAY), "another relay");
+        assert!(opens(&today, &mailbox_id(&secret, 20_000), RELAY));
+        assert!(!opens(&today, &mailbox_id(&secret, 20_001), RELAY), "another day's mailbox");
+        assert!(!opens(&today, &mailbox_id(&secret, 20_000), OTHER_RELAY), "another relay");
         let stranger = MailboxKey::derive(&SymmetricKey::from_bytes([2; 32]), 20_000).token(RELAY);
-        assert!(!stranger.opens(&mailbox_id(&secret, 20_000), RELAY));
+        assert!(!opens(&stranger, &mailbox_id(&secret, 20_000), RELAY));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use libp2p::multiaddr::{Multiaddr, Protocol};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::{self, Body, Control};
 use merpati_proto::invite::{MAX_ADDR_LEN, MAX_ADDRS, MAX_RELAYS};
+use merpati_proto::keys::SymmetricKey;
 use merpati_proto::mailbox::{INBOX_DAY, MailboxKey};
 use merpati_proto::session::SessionId;
 
@@ -141,7 +142,7 @@ impl<S: Store> Engine<S> {
     pub fn mailbox_keys(&mut self, now: Timestamp) -> MailboxKeys {
         let mut known = std::mem::take(&mut self.mailbox_keys);
         let mut kept = HashMap::with_capacity(known.len());
-        let mut key = |name: MailboxKeyName, secret: &merpati_proto::keys::SymmetricKey| {
+        let mut key = |name: MailboxKeyName, secret: &SymmetricKey| {
             // A day may be asked for twice (today is also the announcement's day).
             if let Some(key) = kept.get(&name) {
                 return MailboxKey::clone(key);

@@ -967,7 +967,7 @@ pub(crate) mod tests {
         assert!(!one.1);
         assert_eq!(one.0[1].envelope, deposited[2].2);
         assert_eq!(one.0[1].mailbox, mailbox(1));
-        // Both mailboxes at once: merged in id order, and a token named twice counts once.
+        // Both mailboxes at once: merged in id order, and a mailbox named twice counts once.
         let both = boxes.fetch(&[mailbox(2), mailbox(1), mailbox(2)], None, 64, None, T0).unwrap();
         assert_eq!(ids(&both), all);
         let after = boxes.fetch(&[mailbox(1), mailbox(2)], Some(all[2]), 64, None, T0).unwrap();
@@ -1095,7 +1095,7 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn a_wrong_token_sees_nothing_and_deletes_nothing() {
+    async fn another_mailbox_sees_nothing_and_deletes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let boxes = open(dir.path(), MailboxLimits::default());
         let id = boxes.deposit(mailbox(1), envelope(mailbox(1), 512, 0), someone(), T0).await.unwrap();
@@ -1109,7 +1109,7 @@ pub(crate) mod tests {
         assert_eq!(boxes.delete(&mailbox(2), &[gone]), Ok(0));
         assert_eq!(ids(&boxes.fetch(&[mailbox(1), mailbox(2)], None, 64, None, T0).unwrap()), vec![id, mine]);
         assert_eq!(boxes.stats().envelopes, 2);
-        // Next to the token's own ids it deletes only those.
+        // Next to the mailbox's own ids it deletes only those.
         assert_eq!(boxes.delete(&mailbox(2), &[mine, id]), Ok(1));
         assert_eq!(ids(&boxes.fetch(&[mailbox(1), mailbox(2)], None, 64, None, T0).unwrap()), vec![id]);
     }

@@ -23,6 +23,7 @@ use merpati_proto::frame::MessageId;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::keyring::KeyringError;
 use super::{FORMAT_VERSION, MAX_VALUE_LEN, StoreError};
 
 /// Domain separation for a sealed text's associated data.
@@ -110,10 +111,7 @@ fn aad(id: &MessageId) -> Vec<u8> {
 }
 
 fn random(out: &mut [u8]) -> Result<(), StoreError> {
-    getrandom::fill(out).map_err(|e| StoreError::Io {
-        path: std::path::PathBuf::from("the operating system's random source"),
-        source: std::io::Error::other(e.to_string()),
-    })
+    getrandom::fill(out).map_err(|e| StoreError::Keyring(KeyringError::Random(e)))
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use crate::frame::{Body, FrameError, MessageId};
 use crate::identity::{DeviceCert, IdentityError};
 use crate::kdf::{self, label};
 use crate::keys::SymmetricKey;
-use crate::mailbox::{Announcement, MailboxId, MailboxKey};
+use crate::mailbox::{Announcement, MailboxId};
 use crate::noise::NoiseError;
 use crate::time::Timestamp;
 
@@ -298,15 +298,6 @@ impl Session {
     /// Whether `mailbox` is one of the ids we announced for this conversation.
     pub fn owns_mailbox(&self, mailbox: &MailboxId) -> bool {
         self.state.my_mailboxes.ids.contains(mailbox)
-    }
-
-    /// The keys of our mailboxes from yesterday to tomorrow around `now` (relay clocks
-    /// and the peer's clock may differ from ours by up to a day).
-    pub fn mailbox_keys(&self, now: Timestamp) -> Vec<MailboxKey> {
-        let today = now.day();
-        (today.saturating_sub(1)..=today + 1)
-            .map(|day| MailboxKey::derive(&self.state.my_mailbox_secret, day))
-            .collect()
     }
 
     /// The highest peer epoch we have authenticated, which we acknowledge in every frame.
