@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use merpati_control::protocol::check_name;
 use merpati_proto::invite::MAX_NAME_LEN;
 
+use crate::chat;
 use crate::commands::{
     contact, delete, export, init, invite, messages, relay, requests, search, send, shell,
 };
@@ -46,6 +47,16 @@ pub(crate) enum Command {
     Send(send::Args),
     /// List messages, page back through them, and optionally follow new ones
     Messages(messages::Args),
+    /// Chat full screen: conversations, requests and the open conversation, live
+    ///
+    /// Conversations on the left with unread counts, then contact requests; the open
+    /// conversation with each sent message's status (○ queued, ✓ sent or stored k/n, ✓✓
+    /// delivered, ✓✓ read in colour); an input line at the bottom. What is on screen is marked
+    /// read. Keys: Enter sends, Alt+Enter or Ctrl+J starts a new line, Tab and Shift+Tab move
+    /// between conversations, PgUp/PgDn (and ↑/↓ outside a multi-line text) scroll back through
+    /// the whole history, Ctrl+C quits. Typed commands: /accept NAME, /reject and /block on a
+    /// selected request, /help, /quit; start a text with // to send one that begins with /.
+    Chat(chat::Args),
     /// Find messages holding a text, whatever its case
     Search(search::Args),
     /// Write a conversation (or all) as plain text, JSON lines or an HTML page, to keep

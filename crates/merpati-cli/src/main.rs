@@ -2,6 +2,7 @@
 //! the home directory (and, for most commands, the `merpatid` daemon's control API), and turns
 //! any error into one sentence on stderr and an exit code from `docs/cli.md`.
 
+mod chat;
 mod cli;
 mod commands;
 mod exit;

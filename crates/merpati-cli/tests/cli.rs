@@ -832,3 +832,12 @@ fn export_reads_every_page_and_writes_them_oldest_first() {
         .collect();
     assert_eq!(texts, (0..COUNT).map(|n| format!("message {n}")).collect::<Vec<_>>());
 }
+
+#[test]
+fn chat_without_a_terminal_says_what_scripts_use_instead() {
+    let home = tempfile::tempdir().unwrap();
+    let out = merpati(home.path(), &["chat"]);
+    assert_eq!(code(&out), 1);
+    assert!(stderr(&out).contains("merpati chat needs a terminal"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("messages --follow"), "{}", stderr(&out));
+}

@@ -38,6 +38,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Contact(command) => contact::run(&home, &mut out, command),
         Command::Send(args) => send::run(&home, &mut out, args),
         Command::Messages(args) => messages::run(&home, &mut out, args),
+        Command::Chat(args) => crate::chat::run(&home, args),
         Command::Search(args) => search::run(&home, &mut out, args),
         Command::Export(args) => export::run(&home, &mut out, args),
         Command::Delete(args) => delete::run(&home, &mut out, args),

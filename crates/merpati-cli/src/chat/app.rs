@@ -1,0 +1,468 @@
+//! What the chat screen holds and how keys and the daemon's news change it. No terminal here:
+//! the view draws an [`App`], and the tests drive one with a fake daemon.
+
+use merpati_control::ClientError;
+use merpati_control::protocol::{ContactSummary, Direction, Event, MessageView, RequestView};
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::daemon::Daemon;
+use super::input::Input;
+use super::link::Update;
+use super::transcript;
+
+/// How many messages one load reads: the newest page when a conversation opens, and each page
+/// further back as a person scrolls up.
+pub(crate) const PAGE: u32 = 200;
+
+/// What the commands typed in the input line are, for the help and for errors.
+pub(crate) const COMMANDS: &str =
+    "/accept NAME, /reject, /block (on a request), /quit; // starts a text with /";
+
+/// Which entry of the list on the left is open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Selection {
+    /// Nothing yet (no contacts and no requests).
+    Nothing,
+    /// The conversation with this contact (its stored name).
+    Contact(String),
+    /// The contact request with this id.
+    Request(String),
+}
+
+/// The open conversation: the messages loaded so far and how far back the view is scrolled.
+#[derive(Debug, Default)]
+pub(crate) struct Conversation {
+    /// The contact's stored name.
+    pub(crate) contact: String,
+    /// Loaded messages, oldest first.
+    pub(crate) messages: Vec<MessageView>,
+    /// Whether the conversation's first message is loaded: nothing older to page back to.
+    pub(crate) complete: bool,
+    /// How many lines up from the newest the view shows; 0 follows new messages.
+    pub(crate) scroll: usize,
+}
+
+/// A line for the person under the conversation: what just went wrong, or what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Notice {
+    /// The sentence.
+    pub(crate) text: String,
+    /// Whether it reports a failure.
+    pub(crate) error: bool,
+}
+
+/// Whether the daemon can be reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LinkState {
+    /// Not known yet.
+    Connecting,
+    /// Subscribed: the screen is live.
+    Up,
+    /// Gone, and why; the link keeps trying.
+    Down(String),
+}
+
+/// The size of the conversation pane, as last drawn: paging moves by its height.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pane {
+    /// Columns.
+    pub(crate) width: u16,
+    /// Rows.
+    pub(crate) height: u16,
+}
+
+/// Everything on the chat screen.
+#[derive(Debug)]
+pub(crate) struct App {
+    /// The name this node gave itself, for the title.
+    pub(crate) own_name: Option<String>,
+    /// Every contact, as the daemon listed them, with unread counts kept current.
+    pub(crate) contacts: Vec<ContactSummary>,
+    /// Contact requests waiting for a decision.
+    pub(crate) requests: Vec<RequestView>,
+    /// The open entry.
+    pub(crate) selection: Selection,
+    /// The open conversation, when a contact is selected.
+    pub(crate) conversation: Option<Conversation>,
+    /// The text being typed.
+    pub(crate) input: Input,
+    /// The last thing to tell the person.
+    pub(crate) notice: Option<Notice>,
+    /// Whether the daemon can be reached.
+    pub(crate) link: LinkState,
+    /// The conversation pane's size as last drawn.
+    pub(crate) pane: Pane,
+    /// Set when the person asked to leave.
+    pub(crate) quit: bool,
+}
+
+impl App {
+    /// A screen that opens the conversation with `first` once the contacts are loaded, or the
+    /// first conversation.
+    pub(crate) fn new(first: Option<String>) -> App {
+        App {
+            own_name: None,
+            contacts: Vec::new(),
+            requests: Vec::new(),
+            selection: first.map_or(Selection::Nothing, Selection::Contact),
+            conversation: None,
+            input: Input::default(),
+            notice: None,
+            link: LinkState::Connecting,
+            pane: Pane { width: 80, height: 20 },
+            quit: false,
+        }
+    }
+
+    /// Reads everything afresh: contacts, requests and the open conversation. Used at the start
+    /// and after the daemon comes back, so nothing announced while away is missed.
+    pub(crate) fn reload(&mut self, daemon: &mut dyn Daemon) {
+        let result = (|| -> Result<(), ClientError> {
+            self.own_name = daemon.own_name()?;
+            self.contacts = daemon.contacts()?;
+            self.requests = daemon.requests()?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.fail(&e);
+            return;
+        }
+        let still_there = match &self.selection {
+            Selection::Nothing => false,
+            Selection::Contact(name) => self.contacts.iter().any(|c| c.name == *name),
+            Selection::Request(id) => self.requests.iter().any(|r| r.id == *id),
+        };
+        if !still_there {
+            self.selection = self.entries().into_iter().next().unwrap_or(Selection::Nothing);
+        }
+        let keep_scroll = self.conversation.as_ref().map_or(0, |c| c.scroll);
+        self.open(daemon);
+        if let Some(conversation) = &mut self.conversation {
+            conversation.scroll = keep_scroll;
+        }
+    }
+
+    /// Takes in what the link reports.
+    pub(crate) fn update(&mut self, update: Update, daemon: &mut dyn Daemon) {
+        match update {
+            Update::Connected => {
+                self.link = LinkState::Up;
+                // An error from while the daemon was away is old news now.
+                if self.notice.as_ref().is_some_and(|n| n.error) {
+                    self.notice = None;
+                }
+                self.reload(daemon);
+            }
+            Update::Lost(reason) => self.link = LinkState::Down(reason),
+            Update::Event(Event::Message(message)) => self.on_message(message, daemon),
+            Update::Event(Event::Status(update)) => {
+                let Some(conversation) = &mut self.conversation else { return };
+                if let Some(message) = conversation.messages.iter_mut().find(|m| m.id == update.id) {
+                    message.status = Some(update.status);
+                    message.stored = update.stored;
+                    message.reason = update.reason;
+                }
+            }
+            Update::Event(Event::Request(_)) => match daemon.requests() {
+                Ok(requests) => self.requests = requests,
+                Err(e) => self.fail(&e),
+            },
+        }
+    }
+
+    /// A key pressed.
+    pub(crate) fn key(&mut self, key: KeyEvent, daemon: &mut dyn Daemon) {
+        let control = key.modifiers.contains(KeyModifiers::CONTROL);
+        let alt_or_shift = key.modifiers.intersects(KeyModifiers::ALT | KeyModifiers::SHIFT);
+        match key.code {
+            KeyCode::Char('c' | 'q') if control => self.quit = true,
+            KeyCode::Char('d') if control && self.input.is_empty() => self.quit = true,
+            // A new line: Alt+Enter or Shift+Enter where the terminal tells them apart, and
+            // Ctrl+J everywhere.
+            KeyCode::Enter if alt_or_shift => self.input.insert('\n'),
+            KeyCode::Char('j') if control => self.input.insert('\n'),
+            KeyCode::Enter => self.submit(daemon),
+            KeyCode::Tab => self.step(1, daemon),
+            KeyCode::BackTab => self.step(-1, daemon),
+            KeyCode::PageUp => self.scroll_up(self.page_step(), daemon),
+            KeyCode::PageDown => self.scroll_down(self.page_step(), daemon),
+            // In a text of several lines the arrows move the cursor; otherwise they scroll.
+            KeyCode::Up if !self.input.up() => self.scroll_up(1, daemon),
+            KeyCode::Down if !self.input.down() => self.scroll_down(1, daemon),
+            KeyCode::Left => self.input.left(),
+            KeyCode::Right => self.input.right(),
+            KeyCode::Home => self.input.home(),
+            KeyCode::End => self.input.end(),
+            KeyCode::Backspace => self.input.backspace(),
+            KeyCode::Delete => self.input.delete(),
+            KeyCode::Esc => self.notice = None,
+            KeyCode::Char(c) if !control && !key.modifiers.contains(KeyModifiers::ALT) => {
+                self.input.insert(c)
+            }
+            _ => {}
+        }
+    }
+
+    /// Text pasted into the terminal (bracketed paste): typed into the input, newlines and all.
+    pub(crate) fn paste(&mut self, text: &str) {
+        self.input.insert_str(text);
+    }
+
+    /// The entries of the list on the left, in order: contacts, then requests.
+    pub(crate) fn entries(&self) -> Vec<Selection> {
+        let contacts = self.contacts.iter().map(|c| Selection::Contact(c.name.clone()));
+        contacts.chain(self.requests.iter().map(|r| Selection::Request(r.id.clone()))).collect()
+    }
+
+    /// The selected request, when a request is selected.
+    pub(crate) fn selected_request(&self) -> Option<&RequestView> {
+        match &self.selection {
+            Selection::Request(id) => self.requests.iter().find(|r| r.id == *id),
+            _ => None,
+        }
+    }
+
+    fn on_message(&mut self, message: MessageView, daemon: &mut dyn Daemon) {
+        if !self.contacts.iter().any(|c| c.name == message.contact) {
+            // A contact added meanwhile (a request accepted, an invite added elsewhere).
+            match daemon.contacts() {
+                Ok(contacts) => self.contacts = contacts,
+                Err(e) => self.fail(&e),
+            }
+            if self.selection == Selection::Nothing {
+                self.selection = Selection::Contact(message.contact.clone());
+                self.open(daemon);
+                return;
+            }
+        }
+        let incoming = message.direction == Direction::In;
+        let contact = message.contact.clone();
+        let shown_now = match &mut self.conversation {
+            Some(conversation) if conversation.contact == contact => {
+                if conversation.messages.iter().any(|m| m.id == message.id) {
+                    // Already on screen (loaded, or announced before): nothing new.
+                    return;
+                }
+                conversation.messages.push(message);
+                conversation.scroll == 0
+            }
+            _ => false,
+        };
+        if !incoming {
+            return;
+        }
+        if shown_now {
+            // On screen is read: the contact sees `read` (if read receipts are on).
+            if let Err(e) = daemon.mark_read(&contact) {
+                self.fail(&e);
+            }
+        } else if let Some(summary) = self.contacts.iter_mut().find(|c| c.name == contact) {
+            summary.unread += 1;
+        }
+    }
+
+    /// Loads the selected conversation (its newest page) and marks it read.
+    fn open(&mut self, daemon: &mut dyn Daemon) {
+        self.conversation = None;
+        let Selection::Contact(name) = self.selection.clone() else { return };
+        match daemon.messages(&name, None, PAGE) {
+            Ok(messages) => {
+                let complete = messages.len() < PAGE as usize;
+                self.conversation =
+                    Some(Conversation { contact: name.clone(), messages, complete, scroll: 0 });
+                self.mark_read(&name, daemon);
+            }
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    fn mark_read(&mut self, name: &str, daemon: &mut dyn Daemon) {
+        let Some(summary) = self.contacts.iter_mut().find(|c| c.name == name) else { return };
+        if summary.unread == 0 {
+            return;
+        }
+        match daemon.mark_read(name) {
+            Ok(()) => summary.unread = 0,
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    /// Moves the selection `by` entries along the list, wrapping around.
+    fn step(&mut self, by: isize, daemon: &mut dyn Daemon) {
+        let entries = self.entries();
+        if entries.is_empty() {
+            return;
+        }
+        let at = entries.iter().position(|e| *e == self.selection).unwrap_or(0);
+        let len = entries.len() as isize;
+        let next = (at as isize + by).rem_euclid(len) as usize;
+        self.selection = entries[next].clone();
+        self.open(daemon);
+    }
+
+    fn page_step(&self) -> usize {
+        usize::from(self.pane.height).saturating_sub(2).max(1)
+    }
+
+    /// Lines the transcript has beyond one screen: the furthest the view can scroll back.
+    fn max_scroll(&self) -> usize {
+        let Some(conversation) = &self.conversation else { return 0 };
+        transcript::lines(&conversation.messages, self.pane.width)
+            .len()
+            .saturating_sub(usize::from(self.pane.height))
+    }
+
+    fn scroll_up(&mut self, by: usize, daemon: &mut dyn Daemon) {
+        let Some(conversation) = &self.conversation else { return };
+        let wanted = conversation.scroll + by;
+        // Past the oldest loaded line: read the page before it first.
+        if wanted > self.max_scroll() && !conversation.complete {
+            self.load_older(daemon);
+        }
+        let max = self.max_scroll();
+        if let Some(conversation) = &mut self.conversation {
+            conversation.scroll = wanted.min(max);
+        }
+    }
+
+    fn scroll_down(&mut self, by: usize, daemon: &mut dyn Daemon) {
+        let Some(conversation) = &mut self.conversation else { return };
+        conversation.scroll = conversation.scroll.saturating_sub(by);
+        if conversation.scroll == 0 {
+            // Back at the newest: whatever arrived while scrolled up is on screen now.
+            let name = conversation.contact.clone();
+            self.mark_read(&name, daemon);
+        }
+    }
+
+    fn load_older(&mut self, daemon: &mut dyn Daemon) {
+        let Some(conversation) = &mut self.conversation else { return };
+        let Some(oldest) = conversation.messages.first().map(|m| m.id.clone()) else {
+            conversation.complete = true;
+            return;
+        };
+        match daemon.messages(&conversation.contact, Some(oldest), PAGE) {
+            Ok(mut older) => {
+                conversation.complete = older.len() < PAGE as usize;
+                older.append(&mut conversation.messages);
+                conversation.messages = older;
+            }
+            Err(e) => self.fail(&e),
+        }
+    }
+
+    /// Enter: a command, or a text to the open conversation. What was typed stays in the input
+    /// unless it went through.
+    fn submit(&mut self, daemon: &mut dyn Daemon) {
+        let typed = self.input.text();
+        if typed.trim().is_empty() {
+            return;
+        }
+        let done = match typed.strip_prefix('/') {
+            Some(rest) if !rest.starts_with('/') => self.command(rest.trim(), daemon),
+            Some(rest) => self.send(rest.to_owned(), daemon),
+            None => self.send(typed, daemon),
+        };
+        if done {
+            self.input.take();
+        }
+    }
+
+    fn send(&mut self, text: String, daemon: &mut dyn Daemon) -> bool {
+        let Selection::Contact(name) = self.selection.clone() else {
+            self.tell(
+                match self.selection {
+                    Selection::Request(_) => {
+                        "this is a contact request: /accept NAME makes them a contact first"
+                    }
+                    _ => "no conversation is open: add a contact with merpati contact add",
+                },
+                true,
+            );
+            return false;
+        };
+        match daemon.send(&name, &text) {
+            Ok(_) => {
+                // The message shows as the daemon announces it, at once; follow it down.
+                if let Some(conversation) = &mut self.conversation {
+                    conversation.scroll = 0;
+                }
+                self.notice = None;
+                true
+            }
+            Err(e) => {
+                self.fail(&e);
+                false
+            }
+        }
+    }
+
+    fn command(&mut self, command: &str, daemon: &mut dyn Daemon) -> bool {
+        let (verb, argument) = command.split_once(char::is_whitespace).unwrap_or((command, ""));
+        let argument = argument.trim();
+        match verb {
+            "quit" | "q" => {
+                self.quit = true;
+                true
+            }
+            "help" => {
+                self.tell(&format!("commands: {COMMANDS}"), false);
+                true
+            }
+            "accept" | "reject" | "block" => self.decide(verb, argument, daemon),
+            _ => {
+                self.tell(&format!("there is no command /{verb}; commands: {COMMANDS}"), true);
+                false
+            }
+        }
+    }
+
+    /// `/accept NAME`, `/reject`, `/block` on the selected request.
+    fn decide(&mut self, verb: &str, name: &str, daemon: &mut dyn Daemon) -> bool {
+        let Some(request) = self.selected_request() else {
+            self.tell(
+                &format!("/{verb} acts on a contact request: select one in the list first (Tab)"),
+                true,
+            );
+            return false;
+        };
+        let id = request.id.clone();
+        let result = match verb {
+            "accept" if name.is_empty() => {
+                self.tell("/accept needs the name to give them, e.g. /accept carol", true);
+                return false;
+            }
+            "accept" => daemon.accept(&id, name).map(|stored| {
+                self.selection = Selection::Contact(stored.clone());
+                format!("{stored} is now a contact; compare your safety numbers with merpati contact show {stored}")
+            }),
+            "reject" => daemon.reject(&id).map(|()| format!("the request {id} was deleted")),
+            _ => daemon.block(&id).map(|()| format!("{id} is blocked: nothing they send is kept")),
+        };
+        match result {
+            Ok(said) => {
+                self.reload(daemon);
+                self.tell(&said, false);
+                true
+            }
+            Err(e) => {
+                self.fail(&e);
+                false
+            }
+        }
+    }
+
+    fn tell(&mut self, text: &str, error: bool) {
+        self.notice = Some(Notice { text: text.to_owned(), error });
+    }
+
+    fn fail(&mut self, error: &ClientError) {
+        if matches!(error, ClientError::DaemonNotRunning { .. } | ClientError::Closed | ClientError::Io(_)) {
+            self.link = LinkState::Down(error.to_string());
+        }
+        self.tell(&error.to_string(), true);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,368 @@
+//! The chat screen's logic against a fake daemon: what opens, what is marked read, what paging
+//! loads, what a failed send keeps. The real daemon and terminal are in `tests/chat.rs`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use merpati_control::protocol::{MessageId, MessageStatus, RequestView, StatusUpdate, StoredCount};
+use merpati_proto::Timestamp;
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use super::*;
+
+/// Conversations in memory, and a record of what the screen asked for.
+#[derive(Default)]
+struct Fake {
+    contacts: Vec<ContactSummary>,
+    requests: Vec<RequestView>,
+    conversations: BTreeMap<String, Vec<MessageView>>,
+    sent: Vec<(String, String)>,
+    marked_read: Vec<String>,
+    pages_read: usize,
+    down: bool,
+}
+
+fn id(n: u64) -> MessageId {
+    let mut bytes = [0; 16];
+    bytes[8..].copy_from_slice(&n.to_be_bytes());
+    MessageId::from_bytes(bytes)
+}
+
+fn message(n: u64, contact: &str, direction: Direction, text: &str) -> MessageView {
+    MessageView {
+        id: id(n),
+        direction,
+        contact: contact.into(),
+        time: Timestamp(1_763_748_220_000 + n * 1000),
+        text: text.into(),
+        status: (direction == Direction::Out).then_some(MessageStatus::Queued),
+        stored: None,
+        reason: None,
+        seq: None,
+    }
+}
+
+fn contact(name: &str, unread: u64) -> ContactSummary {
+    ContactSummary { name: name.into(), fingerprint: "ab".into(), connected: true, last_heard: None, unread }
+}
+
+impl Fake {
+    fn with(conversations: &[(&str, usize)]) -> Fake {
+        let mut fake = Fake::default();
+        let mut n = 0;
+        for &(name, count) in conversations {
+            fake.contacts.push(contact(name, 0));
+            let messages = (0..count)
+                .map(|i| {
+                    n += 1;
+                    message(n, name, Direction::In, &format!("{name} #{i}"))
+                })
+                .collect();
+            fake.conversations.insert(name.into(), messages);
+        }
+        fake
+    }
+
+    fn gone(&self) -> Result<(), ClientError> {
+        if self.down {
+            Err(ClientError::DaemonNotRunning { socket: PathBuf::from("/h/control.sock") })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Daemon for Fake {
+    fn own_name(&mut self) -> Result<Option<String>, ClientError> {
+        self.gone()?;
+        Ok(Some("alice".into()))
+    }
+
+    fn contacts(&mut self) -> Result<Vec<ContactSummary>, ClientError> {
+        self.gone()?;
+        Ok(self.contacts.clone())
+    }
+
+    fn requests(&mut self) -> Result<Vec<RequestView>, ClientError> {
+        self.gone()?;
+        Ok(self.requests.clone())
+    }
+
+    fn messages(
+        &mut self,
+        contact: &str,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MessageView>, ClientError> {
+        self.gone()?;
+        self.pages_read += 1;
+        let all = self.conversations.get(contact).cloned().unwrap_or_default();
+        let end = before.and_then(|b| all.iter().position(|m| m.id == b)).unwrap_or(all.len());
+        Ok(all[end.saturating_sub(limit as usize)..end].to_vec())
+    }
+
+    fn send(&mut self, contact: &str, text: &str) -> Result<MessageId, ClientError> {
+        self.gone()?;
+        if text.len() > 100 {
+            return Err(ClientError::Remote { code: 3, message: "the text is too long".into(), data: None });
+        }
+        self.sent.push((contact.into(), text.into()));
+        Ok(id(1_000_000 + self.sent.len() as u64))
+    }
+
+    fn mark_read(&mut self, contact: &str) -> Result<(), ClientError> {
+        self.gone()?;
+        self.marked_read.push(contact.into());
+        Ok(())
+    }
+
+    fn accept(&mut self, id: &str, name: &str) -> Result<String, ClientError> {
+        self.gone()?;
+        self.requests.retain(|r| r.id != id);
+        self.contacts.push(contact(name, 0));
+        Ok(name.into())
+    }
+
+    fn reject(&mut self, id: &str) -> Result<(), ClientError> {
+        self.gone()?;
+        self.requests.retain(|r| r.id != id);
+        Ok(())
+    }
+
+    fn block(&mut self, id: &str) -> Result<(), ClientError> {
+        self.reject(id)
+    }
+}
+
+fn press(app: &mut App, fake: &mut Fake, code: KeyCode) {
+    app.key(KeyEvent::new(code, KeyModifiers::NONE), fake);
+}
+
+fn type_text(app: &mut App, fake: &mut Fake, text: &str) {
+    for c in text.chars() {
+        press(app, fake, KeyCode::Char(c));
+    }
+}
+
+fn started(fake: &mut Fake) -> App {
+    let mut app = App::new(None);
+    app.update(Update::Connected, fake);
+    app
+}
+
+fn shown(app: &App) -> Vec<String> {
+    app.conversation.as_ref().map(|c| c.messages.iter().map(|m| m.text.clone()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn the_first_conversation_opens_with_its_newest_page_and_is_marked_read() {
+    let mut fake = Fake::with(&[("bob", 3), ("carol", 1)]);
+    fake.contacts[0].unread = 2;
+    let app = started(&mut fake);
+    assert_eq!(app.own_name.as_deref(), Some("alice"));
+    assert_eq!(app.selection, Selection::Contact("bob".into()));
+    assert_eq!(shown(&app), ["bob #0", "bob #1", "bob #2"]);
+    assert_eq!(fake.marked_read, ["bob"]);
+    assert_eq!(app.contacts[0].unread, 0);
+    assert_eq!(app.link, LinkState::Up);
+}
+
+#[test]
+fn a_conversation_named_on_the_command_line_opens_first() {
+    let mut fake = Fake::with(&[("bob", 1), ("carol", 1)]);
+    let mut app = App::new(Some("carol".into()));
+    app.update(Update::Connected, &mut fake);
+    assert_eq!(shown(&app), ["carol #0"]);
+}
+
+#[test]
+fn what_arrives_on_screen_is_read_and_elsewhere_is_counted() {
+    let mut fake = Fake::with(&[("bob", 1), ("carol", 1)]);
+    let mut app = started(&mut fake);
+    fake.marked_read.clear();
+    app.update(Update::Event(Event::Message(message(50, "bob", Direction::In, "live"))), &mut fake);
+    assert_eq!(shown(&app).last().map(String::as_str), Some("live"));
+    assert_eq!(fake.marked_read, ["bob"], "on screen: read at once");
+    app.update(Update::Event(Event::Message(message(51, "carol", Direction::In, "psst"))), &mut fake);
+    assert_eq!(app.contacts[1].unread, 1, "another conversation counts it");
+    assert_eq!(fake.marked_read, ["bob"]);
+    // The same announcement twice shows once.
+    app.update(Update::Event(Event::Message(message(50, "bob", Direction::In, "live"))), &mut fake);
+    assert_eq!(shown(&app).iter().filter(|t| *t == "live").count(), 1);
+    // Opening carol reads it.
+    fake.conversations.entry("carol".into()).or_default().push(message(51, "carol", Direction::In, "psst"));
+    press(&mut app, &mut fake, KeyCode::Tab);
+    assert_eq!(shown(&app), ["carol #0", "psst"]);
+    assert_eq!(app.contacts[1].unread, 0);
+    assert_eq!(fake.marked_read, ["bob", "carol"]);
+}
+
+#[test]
+fn scrolled_back_is_not_read_until_the_view_comes_down_again() {
+    let mut fake = Fake::with(&[("bob", 60)]);
+    let mut app = started(&mut fake);
+    fake.marked_read.clear();
+    press(&mut app, &mut fake, KeyCode::PageUp);
+    assert!(app.conversation.as_ref().is_some_and(|c| c.scroll > 0));
+    app.update(Update::Event(Event::Message(message(500, "bob", Direction::In, "while away"))), &mut fake);
+    assert!(fake.marked_read.is_empty(), "not on screen, not read");
+    assert_eq!(app.contacts[0].unread, 1);
+    press(&mut app, &mut fake, KeyCode::PageDown);
+    press(&mut app, &mut fake, KeyCode::PageDown);
+    assert_eq!(app.conversation.as_ref().map(|c| c.scroll), Some(0));
+    assert_eq!(fake.marked_read, ["bob"]);
+    assert_eq!(app.contacts[0].unread, 0);
+}
+
+#[test]
+fn scrolling_up_pages_back_through_the_whole_history() {
+    let total = PAGE as usize * 2 + 50;
+    let mut fake = Fake::with(&[("bob", total)]);
+    let mut app = started(&mut fake);
+    assert_eq!(shown(&app).len(), PAGE as usize);
+    for _ in 0..total {
+        press(&mut app, &mut fake, KeyCode::PageUp);
+    }
+    let conversation = app.conversation.as_ref().expect("open");
+    assert!(conversation.complete);
+    assert_eq!(conversation.messages.len(), total);
+    assert_eq!(shown(&app)[0], "bob #0");
+    assert_eq!(fake.pages_read, 3, "three pages, the last one short");
+    // At the top the view holds still.
+    let top = conversation.scroll;
+    press(&mut app, &mut fake, KeyCode::PageUp);
+    assert_eq!(app.conversation.as_ref().map(|c| c.scroll), Some(top));
+    assert!(top > 0);
+}
+
+#[test]
+fn enter_sends_alt_enter_breaks_the_line_and_a_failed_send_keeps_the_text() {
+    let mut fake = Fake::with(&[("bob", 0)]);
+    let mut app = started(&mut fake);
+    type_text(&mut app, &mut fake, "line one");
+    app.key(KeyEvent::new(KeyCode::Enter, KeyModifiers::ALT), &mut fake);
+    type_text(&mut app, &mut fake, "line two");
+    app.key(KeyEvent::new(KeyCode::Char('j'), KeyModifiers::CONTROL), &mut fake);
+    type_text(&mut app, &mut fake, "three");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent, [("bob".to_owned(), "line one\nline two\nthree".to_owned())]);
+    assert!(app.input.is_empty());
+
+    let long = "x".repeat(101);
+    app.paste(&long);
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent.len(), 1);
+    assert_eq!(app.input.text(), long, "nothing typed is lost");
+    assert_eq!(app.notice.as_ref().map(|n| (n.text.as_str(), n.error)), Some(("the text is too long", true)));
+
+    app.input.take();
+    press(&mut app, &mut fake, KeyCode::Enter);
+    type_text(&mut app, &mut fake, "   ");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent.len(), 1, "blank input sends nothing");
+    app.input.take();
+    type_text(&mut app, &mut fake, "//etc/hosts is a path");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent[1].1, "/etc/hosts is a path");
+}
+
+#[test]
+fn statuses_tick_along_on_screen() {
+    let mut fake = Fake::with(&[("bob", 0)]);
+    let mut app = started(&mut fake);
+    app.update(Update::Event(Event::Message(message(7, "bob", Direction::Out, "hi"))), &mut fake);
+    let stored = Some(StoredCount { accepted: 1, total: 2 });
+    let update = StatusUpdate { id: id(7), status: MessageStatus::Stored, reason: None, stored };
+    app.update(Update::Event(Event::Status(update)), &mut fake);
+    let message = &app.conversation.as_ref().expect("open").messages[0];
+    assert_eq!((message.status, message.stored), (Some(MessageStatus::Stored), stored));
+    assert!(fake.marked_read.is_empty(), "an own message is nothing to mark read");
+}
+
+fn request(id: &str) -> RequestView {
+    RequestView {
+        id: id.into(),
+        fingerprint: "cd".into(),
+        suggested_name: Some("carol".into()),
+        preview: Some("hi, it's carol".into()),
+        envelopes: 1,
+        dropped: 0,
+        first_at: Timestamp(1),
+        last_at: Timestamp(1),
+    }
+}
+
+#[test]
+fn a_request_is_accepted_rejected_or_blocked_from_the_input_line() {
+    let mut fake = Fake::with(&[("bob", 1)]);
+    fake.requests = vec![request("0123456789abcdef"), request("fedcba9876543210")];
+    let mut app = started(&mut fake);
+    type_text(&mut app, &mut fake, "/accept carol");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert!(
+        app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("select one")),
+        "{:?}",
+        app.notice
+    );
+    assert_eq!(fake.requests.len(), 2, "a refused command changes nothing");
+    app.input.take();
+
+    press(&mut app, &mut fake, KeyCode::Tab);
+    assert_eq!(app.selected_request().map(|r| r.id.as_str()), Some("0123456789abcdef"));
+    type_text(&mut app, &mut fake, "hello?");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert!(fake.sent.is_empty(), "no text goes to a request");
+    app.input.take();
+    type_text(&mut app, &mut fake, "/accept");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert!(app.notice.as_ref().is_some_and(|n| n.text.contains("needs the name")));
+    type_text(&mut app, &mut fake, " carol");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(app.selection, Selection::Contact("carol".into()));
+    assert_eq!(app.requests.len(), 1);
+    assert!(app.input.is_empty());
+
+    app.selection = Selection::Request("fedcba9876543210".into());
+    type_text(&mut app, &mut fake, "/block");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert!(app.requests.is_empty());
+    type_text(&mut app, &mut fake, "/frobnicate");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert!(app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("no command /frobnicate")));
+}
+
+#[test]
+fn a_lost_daemon_is_shown_and_its_return_reloads_everything() {
+    let mut fake = Fake::with(&[("bob", 1)]);
+    let mut app = started(&mut fake);
+    app.update(Update::Lost("merpatid closed the connection".into()), &mut fake);
+    assert!(matches!(app.link, LinkState::Down(_)));
+    fake.down = true;
+    type_text(&mut app, &mut fake, "are you there");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(app.input.text(), "are you there", "kept while the daemon is away");
+    assert!(app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("not running")));
+    fake.down = false;
+    fake.conversations.entry("bob".into()).or_default().push(message(90, "bob", Direction::In, "missed"));
+    app.update(Update::Connected, &mut fake);
+    assert_eq!(app.link, LinkState::Up);
+    assert_eq!(app.notice, None, "the error from while it was away is cleared");
+    assert_eq!(shown(&app), ["bob #0", "missed"], "what came while away is read afresh");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent, [("bob".to_owned(), "are you there".to_owned())]);
+}
+
+#[test]
+fn quitting() {
+    let mut fake = Fake::with(&[("bob", 0)]);
+    let mut app = started(&mut fake);
+    type_text(&mut app, &mut fake, "draft");
+    app.key(KeyEvent::new(KeyCode::Char('d'), KeyModifiers::CONTROL), &mut fake);
+    assert!(!app.quit, "Ctrl+D quits only with nothing typed");
+    app.key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL), &mut fake);
+    assert!(app.quit);
+    let mut app = started(&mut fake);
+    type_text(&mut app, &mut fake, "/quit");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert!(app.quit);
+}
