@@ -253,3 +253,24 @@ fn reading_a_conversation_shows_as_read_to_the_sender() {
     bob.ok(&["messages", "alice"]);
     wait_until("read", PATIENCE, || all_out_reached(&alice, "bob", "read", 1));
 }
+
+/// The longest text there is (1 MiB), directly between two running daemons: one message on both
+/// sides, with one id, delivered.
+#[test]
+fn a_text_of_a_mib_arrives_whole_directly() {
+    let (alice, bob) = pair();
+    let mut long = String::new();
+    let mut i = 0;
+    while long.len() < 1024 * 1024 - 64 {
+        long.push_str(&format!("{i} päckchen ✓ "));
+        i += 1;
+    }
+    let out =
+        alice.cli_with_input(&["send", "bob", "-", "--wait", "delivered", "--timeout", "120"], Some(&long));
+    assert!(out.status.success(), "{}\n{}", merpati_e2e::text(&out.stderr), alice.log());
+    let id = merpati_e2e::text(&out.stdout).lines().next().unwrap().to_owned();
+    let got = bob.messages(Some("alice"));
+    assert_eq!(got.len(), 1, "one message, not pieces");
+    assert_eq!(got[0]["id"], id.as_str());
+    assert!(got[0]["text"] == long.as_str(), "the text arrives exactly as sent");
+}

@@ -63,10 +63,10 @@ fn bad_requests_get_their_exit_codes() {
     assert!(text(&out.stderr).contains("invite"), "{}", text(&out.stderr));
 
     alice.add(&bob, "bob");
-    let big = "x".repeat(20 * 1024);
+    let big = "x".repeat(1024 * 1024 + 1);
     let out = alice.cli_with_input(&["send", "bob", "-"], Some(&big));
     assert_eq!(code(&out), Some(7), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("at most 15360"), "the limit is named: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("1048576 bytes"), "the limit is named: {}", text(&out.stderr));
     // A typo gets the nearest name offered.
     let out = alice.cli(&["send", "bbo", "hi"]);
     assert_eq!(code(&out), Some(5), "{}", text(&out.stderr));

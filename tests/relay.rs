@@ -690,3 +690,38 @@ fn relay_add_checks_that_a_relay_answers_and_says_which_check_failed() {
     bob.ok(&["relay", "add", &address]);
     assert_eq!(bob.ok(&["--json", "relay", "list"]).lines().count(), 1);
 }
+
+/// A long text (300 KiB, seven pieces) for a recipient who is away: the pieces wait at the relay,
+/// Bob's node collects them when it comes back and shows one message, and Alice sees it
+/// delivered under the id she was given.
+#[test]
+fn a_long_text_waits_at_the_relay_in_pieces_and_arrives_whole() {
+    let relay = relay("");
+    let (alice, mut bob) = users(&[&relay], true);
+    bob.stop();
+    let mut long = String::new();
+    for i in 0.. {
+        let line = format!("line {i}: ünïcödé päckchen ✓\n");
+        if long.len() + line.len() > 300 * 1024 {
+            break;
+        }
+        long.push_str(&line);
+    }
+    let out = alice.cli_with_input(&["send", "bob", "-"], Some(&long));
+    assert!(out.status.success(), "{}", merpati_e2e::text(&out.stderr));
+    let id = merpati_e2e::text(&out.stdout).trim().to_owned();
+    wait_until("the long text stored at the relay", PATIENCE, || is_stored(&alice.message_status(&id), 1, 1));
+    assert!(
+        stored_envelopes(&relay) >= 7.0,
+        "seven pieces at the relay, reports {}",
+        stored_envelopes(&relay)
+    );
+    bob.start();
+    wait_until("the long text at Bob", PATIENCE, || !received(&bob).is_empty());
+    let got = bob.messages(Some("alice"));
+    let incoming: Vec<_> = got.iter().filter(|m| m["direction"] == "in" && m["text"] != GREETING).collect();
+    assert_eq!(incoming.len(), 1, "one message, not pieces");
+    assert_eq!(incoming[0]["id"], id.as_str(), "the same id on both sides");
+    assert!(incoming[0]["text"] == long.trim_end_matches('\n'), "the text arrives exactly as sent");
+    wait_until("the long text delivered", PATIENCE, || is_delivered(&alice.message_status(&id)));
+}

@@ -358,10 +358,11 @@ fn too_large_messages_exit_7() {
     fake_daemon(tmp.path(), everyday);
     let out = merpati(tmp.path(), &["send", "bob", &"x".repeat(200)]);
     assert_eq!(code(&out), 7);
-    // Over the control API's 1 MiB line limit the client refuses before sending.
+    // Over the 1 MiB a text may hold, the client refuses before sending, naming the limit.
     let huge = "y".repeat(1024 * 1024 + 1);
     let out = merpati_with_stdin(tmp.path(), &["send", "bob", "-"], &huge);
     assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("longer than 1048576 bytes"), "{}", stderr(&out));
 }
 
 #[test]

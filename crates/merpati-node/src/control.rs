@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
-/// The longest request line accepted, in bytes.
-pub const MAX_LINE: usize = 1024 * 1024;
+/// The longest request line accepted, in bytes: the control API's limit.
+pub const MAX_LINE: usize = protocol::MAX_LINE;
 /// The most connections served at once.
 pub const MAX_CONNECTIONS: usize = 64;
 

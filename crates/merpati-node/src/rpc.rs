@@ -161,7 +161,7 @@ pub(crate) async fn handle(
                         }
                         None => engine.store().messages(with.as_deref(), limit)?,
                     };
-                    Ok(to_value(MessagesResult { messages: messages.iter().map(message_view).collect() }))
+                    Ok(to_value(within_line(&messages)))
                 })
             }
         },
@@ -415,7 +415,25 @@ fn search(
     }
     let with = params.with.as_deref().map(|name| engine.resolve_contact(name)).transpose()?;
     let found = engine.store().search(with.as_deref(), &params.text, params.effective_limit() as usize)?;
-    Ok(MessagesResult { messages: found.iter().map(message_view).collect() })
+    Ok(within_line(&found))
+}
+
+/// `messages` (oldest first) as an answer that fits one control line: the newest ones, as many as
+/// fit [`protocol::MAX_MESSAGES_BYTES`] of JSON. Only pages of long texts are cut short; a
+/// client pages back from the first one it got.
+fn within_line(messages: &[StoredMessage]) -> MessagesResult {
+    let mut views = Vec::with_capacity(messages.len());
+    let mut bytes = 0usize;
+    for message in messages.iter().rev() {
+        let view = message_view(message);
+        bytes = bytes.saturating_add(serde_json::to_vec(&view).map_or(usize::MAX, |json| json.len() + 1));
+        if bytes > protocol::MAX_MESSAGES_BYTES && !views.is_empty() {
+            break;
+        }
+        views.push(view);
+    }
+    views.reverse();
+    MessagesResult { messages: views }
 }
 
 /// A request (or blocked sender's) id as the user typed it.

@@ -58,6 +58,13 @@ fn settle<S: Store, T: Store>(alice: &mut Engine<S>, bob: &mut Engine<T>, now: T
     while pump(alice, b"alice-node", bob, now) + pump(bob, b"bob-node", alice, now) > 0 {}
 }
 
+/// The disk store in `dir`, created or reopened.
+fn open_sled(dir: &std::path::Path) -> SledStore {
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let keyring = Keyring::open_or_create(SledStore::key_file(dir), &mut rng).unwrap();
+    SledStore::open(dir, keyring).unwrap()
+}
+
 /// Alice and Bob, who added each other from their invites (as "bob" and "alice").
 fn pair() -> (Engine<MemoryStore>, Engine<MemoryStore>) {
     let mut alice = engine(MemoryStore::new(), 1, "Alice");
@@ -126,7 +133,7 @@ fn junk_and_unknown_mailboxes_are_refused_without_storing() {
 fn bad_requests_get_clear_errors() {
     let (mut alice, _) = pair();
     assert!(matches!(alice.send_text("nobody", "x", T0), Err(EngineError::UnknownContact(_))));
-    let big = "x".repeat(merpati_proto::frame::MAX_TEXT_LEN + 1);
+    let big = "x".repeat(merpati_proto::fragment::MAX_REASSEMBLED_LEN + 1);
     assert!(matches!(alice.send_text("bob", &big, T0), Err(EngineError::TooLarge { .. })));
     assert!(matches!(alice.add_contact("MERPATI1:AAAA", "x", T0), Err(EngineError::InvalidInvite(_))));
     let bob_again = engine(MemoryStore::new(), 2, "Bob").invite(b"bob-node".to_vec(), vec![], T0).unwrap();
@@ -176,20 +183,15 @@ fn contact_deliveries_go_out_in_order() {
 #[test]
 fn restart_on_sled_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |dir: &std::path::Path| {
-        let mut rng = ChaCha20Rng::seed_from_u64(7);
-        let keyring = Keyring::open_or_create(SledStore::key_file(dir), &mut rng).unwrap();
-        SledStore::open(dir, keyring).unwrap()
-    };
     let mut bob = engine(MemoryStore::new(), 2, "Bob");
     let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
     let sent = {
-        let mut alice = engine(open(dir.path()), 1, "Alice");
+        let mut alice = engine(open_sled(dir.path()), 1, "Alice");
         alice.add_contact(&invite, "bob", T0).unwrap();
         bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
         alice.send_text("bob", "survives a restart", T0).unwrap()
     };
-    let mut alice = engine(open(dir.path()), 1, "Alice");
+    let mut alice = engine(open_sled(dir.path()), 1, "Alice");
     assert_eq!(pump(&mut alice, b"alice-node", &mut bob, T0), 1);
     let name = bob.store().contacts().unwrap()[0].name.clone();
     assert_eq!(bob.store().messages(Some(&name), 1).unwrap()[0].text, "survives a restart");
@@ -201,7 +203,7 @@ fn restart_on_sled_loses_nothing() {
     // Another identity's engine refuses this database.
     drop(alice);
     assert!(matches!(
-        Engine::start(open(dir.path()), me(5, "Mallory"), Vec::new, T0, ChaCha20Rng::seed_from_u64(1)),
+        Engine::start(open_sled(dir.path()), me(5, "Mallory"), Vec::new, T0, ChaCha20Rng::seed_from_u64(1)),
         Err(EngineError::ForeignDatabase)
     ));
 }
@@ -396,6 +398,22 @@ impl Store for Rigged {
     }
     fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, store::StoreError> {
         self.store.swept_through(relay)
+    }
+    fn fragments(
+        &self,
+        contact: &str,
+        group: &[u8; 16],
+    ) -> Result<Vec<store::StoredFragment>, store::StoreError> {
+        self.store.fragments(contact, group)
+    }
+    fn fragment_groups(&self, contact: &str) -> Result<Vec<[u8; 16]>, store::StoreError> {
+        self.store.fragment_groups(contact)
+    }
+    fn stale_fragments(&self, before: Timestamp) -> Result<Vec<(String, [u8; 16])>, store::StoreError> {
+        self.store.stale_fragments(before)
+    }
+    fn part_of(&self, id: &MessageId) -> Result<Option<store::PartOf>, store::StoreError> {
+        self.store.part_of(id)
     }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
         self.store.outbox()
@@ -634,7 +652,7 @@ fn sends_queued_together_share_one_write() {
     let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
     alice.add_contact(&invite, "bob", T0).unwrap();
     bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
-    let long = "x".repeat(merpati_proto::frame::MAX_TEXT_LEN + 1);
+    let long = "x".repeat(merpati_proto::fragment::MAX_REASSEMBLED_LEN + 1);
     let before = alice.store().batches();
     let results = alice.send_texts(&[("bob", "one"), ("carol", "lost"), ("bob", &long), ("bob", "two")], T0);
     assert_eq!(alice.store().batches() - before, 1);
@@ -671,4 +689,191 @@ fn a_group_of_sends_whose_write_fails_queues_nothing() {
     assert_eq!(got, ["before", "after"]);
     let sent: Vec<_> = alice.store().messages(Some("bob"), 10).unwrap().into_iter().map(|m| m.text).collect();
     assert_eq!(sent, ["before", "after"]);
+}
+
+/// A text of `len` bytes of UTF-8 (at most; cut at a character), with characters of one to
+/// three bytes, so pieces end inside characters.
+fn long_text(len: usize) -> String {
+    let mut text = String::with_capacity(len + 16);
+    while text.len() < len {
+        text.push_str("päckchen ✓ nummer ");
+        text.push_str(&text.len().to_string());
+        text.push(' ');
+    }
+    let mut end = len;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
+
+#[test]
+fn a_long_text_travels_in_pieces_and_arrives_whole_once() {
+    let (mut alice, mut bob) = pair();
+    let text = long_text(merpati_proto::fragment::MAX_REASSEMBLED_LEN);
+    let sent = alice.send_text("bob", &text, T0).unwrap();
+    let pieces = text.len().div_ceil(merpati_proto::fragment::MAX_FRAGMENT_CHUNK);
+    let parts: Vec<_> = alice
+        .store()
+        .outbox()
+        .unwrap()
+        .iter()
+        .filter_map(|e| alice.store().part_of(&e.id).unwrap())
+        .collect();
+    assert_eq!(parts.len(), pieces, "one outbox entry per piece");
+    assert!(parts.iter().all(|p| p.message == sent.id));
+    assert_eq!(parts.iter().filter(|p| p.last).count(), 1);
+
+    // Piece by piece: nothing shows until the last arrives, and the text stays queued meanwhile.
+    let mut first_piece = None;
+    let mut delivered_pieces = 0;
+    loop {
+        let attempts = alice.due(T0, None).unwrap();
+        let Some(attempt) = attempts.into_iter().next() else { break };
+        let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
+        let updates = alice.attempts_finished(&[(attempt.id, AttemptResult::Accepted)], T0).unwrap();
+        if received.message.is_none() && bob.store().messages(Some("alice"), 10).unwrap().is_empty() {
+            delivered_pieces += 1;
+            first_piece.get_or_insert(attempt.envelope.clone());
+            assert_eq!(alice.message(&sent.id).unwrap().status, Status::Queued);
+            assert!(
+                updates.iter().all(|(_, update)| update.is_none()),
+                "no status moves before the last piece"
+            );
+        } else if let Some(message) = received.message {
+            // The whole text, under the id the sender knows, and its status published for it.
+            assert_eq!(message.id, sent.id);
+            assert_eq!(updates, [(sent.id, Some((Status::Sent, None)))]);
+        }
+    }
+    assert!(delivered_pieces >= pieces - 1, "{delivered_pieces} envelopes before the text was whole");
+    let got = bob.store().messages(Some("alice"), 10).unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].id, got[0].text.len()), (sent.id, text.len()));
+    assert!(got[0].text == text, "the text arrives exactly as sent");
+    assert!(bob.store().fragment_groups("alice").unwrap().is_empty(), "no pieces left once whole");
+
+    // A piece again (from a second relay, say) is acknowledged and changes nothing.
+    let again = bob.receive(Some(&b"alice-node"[..]), &first_piece.unwrap(), T0).unwrap();
+    assert!(matches!(again.response, Some(deliver::Response::Accepted)));
+    assert_eq!(bob.store().messages(Some("alice"), 10).unwrap().len(), 1);
+    assert!(bob.store().fragment_groups("alice").unwrap().is_empty());
+
+    // Bob's delivery receipt names the text.
+    settle(&mut alice, &mut bob, T0);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
+}
+
+#[test]
+fn a_text_over_a_mib_is_refused_with_the_limit_and_nothing_queued() {
+    let (mut alice, _bob) = pair();
+    let text = "x".repeat(merpati_proto::fragment::MAX_REASSEMBLED_LEN + 1);
+    match alice.send_text("bob", &text, T0) {
+        Err(EngineError::TooLarge { len, max }) => assert_eq!((len, max), (text.len(), 1024 * 1024)),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(alice.store().outbox().unwrap().is_empty());
+    assert!(alice.store().messages(Some("bob"), 10).unwrap().is_empty());
+}
+
+/// Bob's store on disk: pieces kept there survive his restart and are sealed, and a text left
+/// incomplete is given up after a month.
+#[test]
+fn pieces_survive_a_restart_sealed_and_incomplete_texts_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut alice = engine(MemoryStore::new(), 1, "Alice");
+    let invite = alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap();
+    let mut bob = engine(open_sled(dir.path()), 2, "Bob");
+    bob.add_contact(&invite, "alice", T0).unwrap();
+    alice.add_contact(&bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap(), "bob", T0).unwrap();
+    alice.send_text("bob", "hello first", T0).unwrap();
+    settle(&mut alice, &mut bob, T0);
+
+    let canary = "canary-in-the-pieces ";
+    let whole = canary.repeat(200 * 1024 / canary.len());
+    let sent = alice.send_text("bob", &whole, T0).unwrap();
+    let unfinished = alice.send_text("bob", &canary.repeat(100 * 1024 / canary.len()), T0).unwrap();
+    // Everything but the last piece of each text, then Bob restarts.
+    let entries: Vec<_> = alice.store().outbox().unwrap();
+    let mut held_back = Vec::new();
+    for entry in entries {
+        let part = alice.store().part_of(&entry.id).unwrap().unwrap();
+        if part.last {
+            held_back.push((part.message, entry.envelope));
+        } else {
+            let received = bob.receive(Some(&b"alice-node"[..]), &entry.envelope, T0).unwrap();
+            assert!(received.message.is_none());
+        }
+    }
+    assert_eq!(bob.store().fragment_groups("alice").unwrap().len(), 2);
+    drop(bob);
+    bob = engine(open_sled(dir.path()), 2, "Bob");
+    let (text_id, last_piece) = held_back.iter().find(|(id, _)| *id == sent.id).unwrap();
+    let received = bob.receive(Some(&b"alice-node"[..]), last_piece, T0).unwrap();
+    assert_eq!(received.message.map(|m| (m.id, m.text == whole)), Some((*text_id, true)));
+    assert_eq!(bob.store().fragment_groups("alice").unwrap().len(), 1, "the other text still waits");
+
+    // The waiting pieces hold message text: nowhere in the clear on disk.
+    let mut files = vec![dir.path().to_path_buf()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(canary.len()).any(|w| w == canary.as_bytes()),
+                "{} holds text",
+                path.display()
+            );
+        }
+    }
+
+    // A month on, the incomplete text is given up; its last piece then opens nothing.
+    let day = Timestamp::DAY;
+    assert_eq!(bob.maintain(T0.plus(30 * day)).unwrap().long_texts_expired, 0);
+    assert_eq!(bob.maintain(T0.plus(32 * day)).unwrap().long_texts_expired, 1);
+    assert!(bob.store().fragment_groups("alice").unwrap().is_empty());
+    let (_, late) = held_back.iter().find(|(id, _)| *id == unfinished.id).unwrap();
+    let received = bob.receive(Some(&b"alice-node"[..]), late, T0.plus(32 * day)).unwrap();
+    assert!(received.message.is_none());
+    assert!(bob.store().message(&unfinished.id).unwrap().is_none());
+}
+
+#[test]
+fn incomplete_long_texts_per_contact_are_capped() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello first", T0).unwrap();
+    settle(&mut alice, &mut bob, T0);
+    let cap = merpati_proto::fragment::MAX_GROUPS_IN_PROGRESS;
+    for i in 0..=cap {
+        alice.send_text("bob", &long_text(50 * 1024 + i), T0).unwrap();
+    }
+    // The first piece of every text, none of the last.
+    for entry in alice.store().outbox().unwrap() {
+        if alice.store().part_of(&entry.id).unwrap().is_some_and(|p| !p.last) {
+            bob.receive(Some(&b"alice-node"[..]), &entry.envelope, T0).unwrap();
+        }
+    }
+    assert_eq!(bob.store().fragment_groups("alice").unwrap().len(), cap, "one text past the cap is not kept");
+    settle(&mut alice, &mut bob, T0);
+    let whole = bob.store().messages(Some("alice"), 100).unwrap();
+    assert_eq!(whole.len(), 1 + cap, "the texts within the cap arrive whole");
+    assert_eq!(bob.store().fragment_groups("alice").unwrap().len(), 1, "the one past it never completes");
+}
+
+#[test]
+fn a_piece_that_fails_fails_its_text() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello first", T0).unwrap();
+    settle(&mut alice, &mut bob, T0);
+    let sent = alice.send_text("bob", &long_text(100 * 1024), T0).unwrap();
+    let first = alice.due(T0, None).unwrap().remove(0);
+    let late = T0.plus(31 * Timestamp::DAY);
+    let updates =
+        alice.attempts_finished(&[(first.id, AttemptResult::Unreachable("offline".into()))], late).unwrap();
+    let failed = alice.message(&sent.id).unwrap();
+    assert_eq!(failed.status, Status::Failed);
+    assert_eq!(failed.reason.as_deref(), Some("could not be delivered before it expired"));
+    assert_eq!(updates, [(sent.id, Some((Status::Failed, failed.reason.clone())))]);
 }

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use merpati_node::store::keyring::KEY_FILE;
 use merpati_node::store::{
     Blocked, Change, Contact, ContactRequest, Direction, FORMAT_VERSION, Keyring, MAX_NAME_LEN,
-    MAX_VALUE_LEN, MemoryStore, NodeKey, OutboxEntry, OutboxHead, Profile, RequestId, SCHEMA_VERSION,
-    SessionRecord, SledStore, Status, Store, StoreError, StoredMessage,
+    MAX_VALUE_LEN, MemoryStore, NodeKey, OutboxEntry, OutboxHead, PartOf, Profile, RequestId, SCHEMA_VERSION,
+    SessionRecord, SledStore, Status, Store, StoreError, StoredFragment, StoredMessage,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -806,6 +806,67 @@ mod conformance {
         assert!(store.unread("rob").unwrap().is_empty());
     }
 
+    pub(crate) fn pieces_of_long_texts_are_kept_per_contact_and_group<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(37);
+        let piece = |contact: &str, group: [u8; 16], index: u16, at: u64| StoredFragment {
+            contact: contact.into(),
+            group,
+            index,
+            count: 3,
+            total_len: 3 * 49_152,
+            seq: u64::from(index),
+            sent_at: Timestamp(at),
+            received_at: Timestamp(at),
+            chunk: vec![index as u8; 49_152],
+        };
+        let (g1, g2) = (f.bytes::<16>(), f.bytes::<16>());
+        store.apply(&[Change::AddContact(f.contact("bob")), Change::AddContact(f.contact("bobby"))]).unwrap();
+        store
+            .apply(&[
+                Change::PutFragment(piece("bob", g1, 2, 10)),
+                Change::PutFragment(piece("bob", g1, 0, 20)),
+                Change::PutFragment(piece("bob", g2, 1, 30)),
+                // A name that starts with another's is another contact.
+                Change::PutFragment(piece("bobby", g1, 0, 40)),
+            ])
+            .unwrap();
+        let indexes = |contact: &str, group| -> Vec<u16> {
+            store.fragments(contact, &group).unwrap().iter().map(|p| p.index).collect()
+        };
+        assert_eq!(indexes("bob", g1), [0, 2], "by index");
+        assert_eq!(store.fragments("bob", &g1).unwrap()[1].chunk, vec![2u8; 49_152]);
+        let mut groups = store.fragment_groups("bob").unwrap();
+        groups.sort();
+        let mut expected = vec![g1, g2];
+        expected.sort();
+        assert_eq!(groups, expected);
+        assert_eq!(store.fragment_groups("bobby").unwrap(), [g1]);
+        assert_eq!(store.stale_fragments(Timestamp(25)).unwrap(), [("bob".to_owned(), g1)]);
+
+        store.apply(&[Change::RemoveFragments { contact: "bob".into(), group: g2 }]).unwrap();
+        assert_eq!(store.fragment_groups("bob").unwrap(), [g1]);
+        // They follow a rename, and go with a cleared conversation or a removed contact.
+        store.apply(&[Change::RenameContact { from: "bob".into(), to: "rob".into() }]).unwrap();
+        assert!(store.fragment_groups("bob").unwrap().is_empty());
+        assert_eq!(indexes("rob", g1), [0, 2]);
+        assert_eq!(store.fragments("rob", &g1).unwrap()[0].contact, "rob");
+        store.apply(&[Change::ClearConversation("rob".into())]).unwrap();
+        assert!(store.fragment_groups("rob").unwrap().is_empty());
+        store.apply(&[Change::RemoveContact("bobby".into())]).unwrap();
+        assert!(store.fragment_groups("bobby").unwrap().is_empty());
+        assert!(store.stale_fragments(Timestamp(u64::MAX)).unwrap().is_empty());
+
+        // An outbox entry's note of the text it carries a piece of goes with the entry.
+        let entry = f.outbox("rob", 5);
+        let part_of = PartOf { message: MessageId(g1), last: true };
+        store
+            .apply(&[Change::PutOutbox(entry.clone()), Change::NotePartOf { id: entry.id, part_of }])
+            .unwrap();
+        assert_eq!(store.part_of(&entry.id).unwrap(), Some(part_of));
+        store.apply(&[Change::RemoveOutbox(entry.id)]).unwrap();
+        assert_eq!(store.part_of(&entry.id).unwrap(), None);
+    }
+
     pub(crate) fn requests_and_blocks_round_trip<S: Store + ?Sized>(store: &S) {
         let mut f = Fixture::new(30);
         let identity = f.contact("x").identity;
@@ -1006,6 +1067,7 @@ conformance!(
     history_pages_back_and_is_searched,
     messages_are_deleted_and_conversations_cleared,
     unread_messages_are_indexed,
+    pieces_of_long_texts_are_kept_per_contact_and_group,
 );
 
 /// Tests of what only the disk store has.

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::ValueEnum;
 use merpati_control::protocol::{
-    Event, MAX_LINE, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, method,
+    Event, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, method,
 };
 use merpati_control::{ClientError, Home, Notifications};
+use merpati_proto::fragment::MAX_REASSEMBLED_LEN;
 use serde_json::json;
 
 use crate::cli::parse_name;
@@ -59,7 +60,7 @@ impl From<Wait> for MessageStatus {
 
 /// Sends the text and, with `--wait`, waits.
 pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
-    let text = if args.text == "-" { read_stdin(MAX_LINE, "message")? } else { args.text };
+    let text = if args.text == "-" { read_stdin(MAX_REASSEMBLED_LEN, "message")? } else { args.text };
     if text.is_empty() {
         return Err(Failure::new(Code::Other, "the message is empty: there is nothing to send").into());
     }

@@ -29,8 +29,13 @@ pub use types::*;
 
 /// The only JSON-RPC version spoken, the value of every `jsonrpc` member.
 pub const JSONRPC_VERSION: &str = "2.0";
-/// The longest line either side may write, in bytes, not counting the final `\n` (1 MiB).
-pub const MAX_LINE: usize = 1024 * 1024;
+/// The longest line either side may write, in bytes, not counting the final `\n` (8 MiB): room
+/// for the longest text (1 MiB of UTF-8) however JSON escapes it.
+pub const MAX_LINE: usize = 8 * 1024 * 1024;
+/// The most bytes of messages one `messages` or `messages.search` answer carries, as JSON: a page
+/// of long texts stops short of its limit rather than overflow a line, and the next page starts
+/// where it stopped.
+pub const MAX_MESSAGES_BYTES: usize = MAX_LINE - 64 * 1024;
 
 /// The line is not valid JSON.
 pub const PARSE_ERROR: i64 = -32700;

@@ -19,6 +19,7 @@ use merpati_proto::frame::{Body, MessageId, ReceiptKind};
 use merpati_proto::session::{Incoming, OpenError, Responder, Session, SessionId, open_digest};
 use merpati_proto::wire::{Refusal, deliver};
 
+use super::long_texts::PieceOutcome;
 use super::{Engine, EngineError};
 use crate::store::{Change, Contact, Direction, RequestId, Status, Store, StoredMessage};
 
@@ -343,9 +344,18 @@ impl<S: Store> Engine<S> {
                     }
                 }
             },
-            // Fragments are understood by later versions of the node; the session state still
-            // advances so nothing is replayed.
-            Body::Fragment(_) => {}
+            Body::Fragment(fragment) => {
+                let frame = (incoming.seq, incoming.sent_at);
+                match self.receive_piece(contact, frame, &fragment, changes, now)? {
+                    PieceOutcome::Whole(message) => {
+                        pending.confirm(id, contact, message.id);
+                        received.message = Some(message);
+                    }
+                    PieceOutcome::Kept => {}
+                    // The session still advances, so the piece is not offered again.
+                    PieceOutcome::Ignored(why) => tracing::warn!("a piece of a long text was dropped: {why}"),
+                }
+            }
         }
         self.note_heard(contact, &mut pending.changes, now)?;
         Ok(received)

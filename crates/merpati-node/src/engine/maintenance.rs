@@ -5,7 +5,8 @@
 //! fresh and first contacts keep working on a node that runs for months), gives every session its
 //! [`Session::maintain`] step (stale sending keys stepped, old receiving keys deleted), and
 //! reports as expired the messages left at relays that their recipient never collected while
-//! the relays kept them, and deletes contact requests left unanswered for 30 days. Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
+//! the relays kept them, deletes contact requests left unanswered for 30 days and the pieces of
+//! long texts that stayed incomplete for 31. Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
 //! either, and the next pass tries again.
 //!
 //! A session in memory (used since start) is maintained there and persisted if it changed; any
@@ -32,6 +33,8 @@ pub struct Maintenance {
     pub expired: Vec<(MessageId, String)>,
     /// Contact requests deleted for their age ([`super::REQUEST_LIFETIME`]).
     pub requests_expired: usize,
+    /// Long texts given up incomplete ([`super::FRAGMENT_PATIENCE`]).
+    pub long_texts_expired: usize,
 }
 
 /// The most deadlines one apply of [`Engine::expire_uncollected`] settles.
@@ -45,6 +48,7 @@ impl<S: Store> Engine<S> {
         done.sessions_written = self.maintain_sessions(now)?;
         done.expired = self.expire_uncollected(now)?;
         done.requests_expired = self.expire_requests(now)?;
+        done.long_texts_expired = self.expire_fragments(now)?;
         Ok(done)
     }
 

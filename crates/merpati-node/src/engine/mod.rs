@@ -7,6 +7,7 @@
 //! the daemon acknowledge anything to a peer or a client.
 
 mod incoming;
+mod long_texts;
 mod maintenance;
 mod names;
 mod outgoing;
@@ -34,6 +35,7 @@ use crate::store::{
 };
 
 pub use incoming::Received;
+pub use long_texts::FRAGMENT_PATIENCE;
 pub use maintenance::Maintenance;
 pub use outgoing::{Attempt, AttemptResult};
 pub use relays::{ANNOUNCEMENTS_WATCHED, MailboxKeys, SWEEP_DAYS, check_relay};

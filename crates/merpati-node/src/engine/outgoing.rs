@@ -9,6 +9,7 @@
 //! refusal asks) until the message's lifetime (30 days) runs out.
 
 use merpati_proto::Timestamp;
+use merpati_proto::fragment::{CONTENT_TEXT, MAX_REASSEMBLED_LEN, split};
 use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId, ReceiptKind};
 use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::{Sealed, Session, SessionId};
@@ -16,7 +17,7 @@ use merpati_proto::wire::{self, Refusal};
 use rand_core::Rng;
 
 use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, RECEIPT_DEADLINE, RETRY_BASE, RETRY_MAX};
-use crate::store::{Change, Contact, Direction, OutboxEntry, Status, Store, StoredMessage};
+use crate::store::{Change, Contact, Direction, OutboxEntry, PartOf, Status, Store, StoredMessage};
 
 /// One delivery to try: an outbox entry with where its recipient's node can be reached.
 #[derive(Debug, Clone)]
@@ -131,8 +132,8 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
         group: &mut SendGroup,
     ) -> Result<StoredMessage, EngineError> {
-        if text.len() > MAX_TEXT_LEN {
-            return Err(EngineError::TooLarge { len: text.len(), max: MAX_TEXT_LEN });
+        if text.len() > MAX_REASSEMBLED_LEN {
+            return Err(EngineError::TooLarge { len: text.len(), max: MAX_REASSEMBLED_LEN });
         }
         // A contact whose session this group started is not in the store yet.
         let contact = match group.contacts.iter().find(|c| c.name == to) {
@@ -174,36 +175,71 @@ impl<S: Store> Engine<S> {
             }
         };
         let mut rng = self.rng.clone();
+        // A long text goes as fragments, one frame each; their group id is the text's id.
+        let (long_id, bodies) = if text.len() > MAX_TEXT_LEN {
+            let mut group_id = [0u8; 16];
+            rng.fill_bytes(&mut group_id);
+            let pieces = split(CONTENT_TEXT, text.as_bytes(), group_id)
+                .map_err(|_| EngineError::TooLarge { len: text.len(), max: MAX_REASSEMBLED_LEN })?;
+            (Some(MessageId(group_id)), pieces.into_iter().map(Body::Fragment).collect())
+        } else {
+            (None, vec![Body::Text(text.to_owned())])
+        };
         let Some(session) = self.session(&session_id, now)? else {
             return Err(EngineError::UnknownContact(to.to_owned()));
         };
-        // A refused seal leaves the session as it was (earlier texts of the group stand); one
-        // the group has not touched is reloaded from the store on its next use all the same.
-        let sealed = session.seal(&Body::Text(text.to_owned()), now, &mut rng);
-        self.rng = rng;
-        let sealed = match sealed {
-            Ok(sealed) => sealed,
-            Err(e) => {
-                if !group.sessions.iter().any(|(id, _)| *id == session_id) {
-                    self.forget_session(&session_id);
+        let mut sealed_all = Vec::with_capacity(bodies.len());
+        let mut refused = None;
+        for body in &bodies {
+            match session.seal(body, now, &mut rng) {
+                Ok(sealed) => sealed_all.push(sealed),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
                 }
+            }
+        }
+        self.rng = rng;
+        let touched = group.sessions.iter().any(|(id, _)| *id == session_id);
+        if let Some(e) = refused {
+            // A refused seal leaves the session as it was (earlier texts of the group stand);
+            // one the group has not touched is reloaded from the store on its next use.
+            if !touched {
+                self.forget_session(&session_id);
                 return Err(e.into());
             }
-        };
+            // Pieces of this text sealed before the refusal moved a session the group persists:
+            // they are queued all the same, so its sequence numbers stay unbroken (the receiver
+            // gives the incomplete text up after a while).
+            for sealed in sealed_all {
+                group.changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));
+            }
+            return Err(e.into());
+        }
         group.touch(session_id, &contact.name);
+        let Some(first) = sealed_all.first() else {
+            return Err(EngineError::TooLarge { len: 0, max: MAX_REASSEMBLED_LEN });
+        };
         let message = StoredMessage {
-            id: sealed.message_id,
+            id: long_id.unwrap_or(first.message_id),
             contact: contact.name.clone(),
             direction: Direction::Out,
             time: now,
             text: text.to_owned(),
-            seq: Some(sealed.seq),
+            seq: Some(first.seq),
             status: Status::Queued,
             reason: None,
             order: 0,
         };
         group.changes.push(Change::PutMessage(message.clone()));
-        group.changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));
+        let pieces = sealed_all.len();
+        for (i, sealed) in sealed_all.into_iter().enumerate() {
+            if long_id.is_some() {
+                let part_of = PartOf { message: message.id, last: i + 1 == pieces };
+                group.changes.push(Change::NotePartOf { id: sealed.message_id, part_of });
+            }
+            group.changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));
+        }
         if started_here {
             // Part of the group's session step: a failure forgets the session like the text's.
             match self.seal_introduction(&session_id, &contact.name, now) {
@@ -382,7 +418,10 @@ impl<S: Store> Engine<S> {
         for (id, result) in results {
             let (more, update, taken) = self.attempt_changes(id, result, now)?;
             changes.extend(more);
-            updates.push((*id, update));
+            match update {
+                Some((shown, status, reason)) => updates.push((shown, Some((status, reason)))),
+                None => updates.push((*id, None)),
+            }
             all_taken &= taken;
         }
         if changes.is_empty() {
@@ -398,15 +437,16 @@ impl<S: Store> Engine<S> {
         Ok(updates)
     }
 
-    /// What one attempt's result changes: the store changes, the status to publish, and whether
-    /// the envelope was taken (by the node or a relay).
+    /// What one attempt's result changes: the store changes, the status to publish (with the id
+    /// of the message it is for: a long text's, for one of its pieces), and whether the envelope
+    /// was taken (by the node or a relay).
     #[allow(clippy::type_complexity)]
     fn attempt_changes(
         &mut self,
         id: &MessageId,
         result: &AttemptResult,
         now: Timestamp,
-    ) -> Result<(Vec<Change>, Option<(Status, Option<String>)>, bool), EngineError> {
+    ) -> Result<(Vec<Change>, Option<(MessageId, Status, Option<String>)>, bool), EngineError> {
         let taken = matches!(result, AttemptResult::Accepted)
             || matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted >= 1);
         let Some(mut entry) = self.store.outbox_entry(id)? else {
@@ -441,6 +481,16 @@ impl<S: Store> Engine<S> {
             AttemptResult::Deposited { refusals, .. } => {
                 Outcome::Retry { wait: retry_after(refusals), reason: Some(relay_reason(refusals)) }
             }
+        };
+        // A piece of a long text: the text's status follows its pieces (below).
+        let part = match &stored {
+            Some(_) => None,
+            None => self.store.part_of(id)?,
+        };
+        let deposited = matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted >= 1);
+        let part_changes = match part {
+            Some(part) => self.piece_changes(part, &outcome, deposited, now)?,
+            None => (Vec::new(), None),
         };
         let (changes, update) = match outcome {
             Outcome::Done(status, reason) => (
@@ -481,7 +531,47 @@ impl<S: Store> Engine<S> {
                 _ => true,
             })
             .collect();
-        Ok((changes, update, taken))
+        if let Some(part) = part {
+            let (more, update) = part_changes;
+            let mut changes = changes;
+            changes.extend(more);
+            return Ok((changes, update.map(|(status, reason)| (part.message, status, reason)), taken));
+        }
+        Ok((changes, update.map(|(status, reason)| (*id, status, reason)), taken))
+    }
+
+    /// What the delivery of one piece of a long text changes for the text: its last piece taken
+    /// moves the text on (pieces leave in order, so the others went before it); any piece
+    /// failing fails the text; a piece waiting gives the text its reason.
+    #[allow(clippy::type_complexity)]
+    fn piece_changes(
+        &self,
+        part: PartOf,
+        outcome: &Outcome,
+        deposited: bool,
+        now: Timestamp,
+    ) -> Result<(Vec<Change>, Option<(Status, Option<String>)>), EngineError> {
+        let Some(text) = self.store.message(&part.message)? else { return Ok((Vec::new(), None)) };
+        let id = part.message;
+        Ok(match outcome {
+            Outcome::Done(status, reason) if *status == Status::Failed || part.last => {
+                let mut changes = vec![Change::SetStatus { id, status: *status, reason: reason.clone() }];
+                if deposited {
+                    changes.push(Change::AwaitReceipt { id, until: now.plus(RECEIPT_DEADLINE) });
+                }
+                let update = text.status.advances_to(*status).then(|| (*status, reason.clone()));
+                (changes, update)
+            }
+            Outcome::Retry { reason: Some(reason), .. }
+                if text.status == Status::Queued && text.reason.as_ref() != Some(reason) =>
+            {
+                (
+                    vec![Change::SetReason { id, reason: Some(reason.clone()) }],
+                    Some((Status::Queued, Some(reason.clone()))),
+                )
+            }
+            _ => (Vec::new(), None),
+        })
     }
 
     /// Exponential backoff with ±25 % jitter, so many queued messages do not retry in lockstep.

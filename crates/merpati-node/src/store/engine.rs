@@ -61,8 +61,8 @@ use super::codec::{
 };
 use super::texts::ContentKey;
 use super::{
-    Blocked, Change, Contact, ContactRequest, ContactV1, OutboxEntry, OutboxHead, Profile, RequestId,
-    SessionRecord, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, ContactV1, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
+    SessionRecord, StoreError, StoredFragment, StoredMessage,
 };
 use merpati_proto::identity::IdentityPublic;
 
@@ -92,11 +92,13 @@ pub(crate) enum Tree {
     Texts,
     ContentKeys,
     Unread,
+    Fragments,
+    OutboxParts,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 23] = [
+    pub(crate) const ALL: [Tree; 25] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -120,6 +122,8 @@ impl Tree {
         Tree::Texts,
         Tree::ContentKeys,
         Tree::Unread,
+        Tree::Fragments,
+        Tree::OutboxParts,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -153,6 +157,8 @@ impl Tree {
             Tree::Texts => "texts",
             Tree::ContentKeys => "content-keys",
             Tree::Unread => "unread",
+            Tree::Fragments => "fragments",
+            Tree::OutboxParts => "outbox-parts",
         }
     }
 }
@@ -370,7 +376,21 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                     remove_message(tx, &key, &codec::decode("message index", &value)?)?;
                 }
                 tx.remove(Tree::ContentKeys, name.as_bytes())?;
+                // Pieces of a long text not yet whole are part of the conversation too.
+                remove_fragments(tx, &conversation_prefix(name))?;
                 note_shred_pending(tx)?;
+            }
+            Change::PutFragment(fragment) => {
+                check_name(&fragment.contact)?;
+                let key = fragment_key(&fragment.contact, &fragment.group, fragment.index);
+                tx.insert(Tree::Fragments, &key, seal(sealer, Tree::Fragments, &key, "fragment", fragment)?)?;
+            }
+            Change::RemoveFragments { contact, group } => {
+                remove_fragments(tx, &fragment_group_prefix(contact, group))?;
+                note_shred_pending(tx)?;
+            }
+            Change::NotePartOf { id, part_of } => {
+                tx.insert(Tree::OutboxParts, &id.0, codec::encode("outbox part", part_of)?)?
             }
         }
     }
@@ -394,10 +414,84 @@ fn remove_contact<T: Tx>(tx: &T, name: &str) -> Result<(), T::Error> {
             let entry: OutboxEntry = codec::decode("outbox entry", &bytes)?;
             tx.remove(Tree::OutboxDue, &due_key(entry.next_attempt_at.0, &id))?;
             tx.remove(Tree::Outbox, &id)?;
+            tx.remove(Tree::OutboxParts, &id)?;
             add_to_counter(tx, OUTBOX_LEN_KEY, -1)?;
         }
     }
+    remove_fragments(tx, &prefix)
+}
+
+/// The key of one piece of a long text: `contact ‖ group ‖ index`, so a contact's pieces and a
+/// group's are each one prefix.
+fn fragment_key(contact: &str, group: &[u8; 16], index: u16) -> Vec<u8> {
+    let mut key = fragment_group_prefix(contact, group);
+    key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn fragment_group_prefix(contact: &str, group: &[u8; 16]) -> Vec<u8> {
+    let mut key = conversation_prefix(contact);
+    key.extend_from_slice(group);
+    key
+}
+
+/// Deletes the pieces whose keys start with `prefix`.
+fn remove_fragments<T: Tx>(tx: &T, prefix: &[u8]) -> Result<(), T::Error> {
+    for (key, _) in tx.entries(Tree::Fragments, prefix)? {
+        tx.remove(Tree::Fragments, &key)?;
+    }
     Ok(())
+}
+
+pub(crate) fn fragments(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    contact: &str,
+    group: &[u8; 16],
+) -> Result<Vec<StoredFragment>, StoreError> {
+    let mut out = Vec::new();
+    view.scan(Tree::Fragments, &fragment_group_prefix(contact, group), false, &mut |key, value| {
+        out.push(open(sealer, Tree::Fragments, key, "fragment", value)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn fragment_groups(view: &dyn View, contact: &str) -> Result<Vec<[u8; 16]>, StoreError> {
+    let prefix = conversation_prefix(contact);
+    let mut out: Vec<[u8; 16]> = Vec::new();
+    view.scan(Tree::Fragments, &prefix, false, &mut |key, _| {
+        let group: [u8; 16] = key
+            .get(prefix.len()..prefix.len() + 16)
+            .and_then(|g| g.try_into().ok())
+            .ok_or(StoreError::Corrupt { what: "fragment key" })?;
+        if out.last() != Some(&group) {
+            out.push(group);
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn stale_fragments(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    before: Timestamp,
+) -> Result<Vec<(String, [u8; 16])>, StoreError> {
+    let mut out: Vec<(String, [u8; 16])> = Vec::new();
+    view.scan(Tree::Fragments, &[], false, &mut |key, value| {
+        let fragment: StoredFragment = open(sealer, Tree::Fragments, key, "fragment", value)?;
+        let group = (fragment.contact, fragment.group);
+        if fragment.received_at < before && !out.contains(&group) {
+            out.push(group);
+        }
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn part_of(view: &dyn View, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
+    get_plain(view, Tree::OutboxParts, &id.0, "outbox part")
 }
 
 /// Records that sealed records were deleted and the storage key is to be replaced, so a crash or
@@ -505,6 +599,14 @@ fn rename_contact<T: Tx>(tx: &T, sealer: &dyn Sealer, from: &str, to: &str) -> R
             let message = StoredMessage { contact: to.to_owned(), ..codec::decode("message", &bytes)? };
             tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
         }
+    }
+    // Pieces of a long text not yet whole are sealed bound to their key: opened and sealed again.
+    for (key, value) in tx.entries(Tree::Fragments, &conversation_prefix(from))? {
+        let fragment: StoredFragment = open(sealer, Tree::Fragments, &key, "fragment", &value)?;
+        let moved = StoredFragment { contact: to.to_owned(), ..fragment };
+        let new_key = fragment_key(to, &moved.group, moved.index);
+        tx.remove(Tree::Fragments, &key)?;
+        tx.insert(Tree::Fragments, &new_key, seal(sealer, Tree::Fragments, &new_key, "fragment", &moved)?)?;
     }
     for (key, value) in tx.entries(Tree::Unread, &conversation_prefix(from))? {
         let order = u64::from_be_bytes(order_of_conversation_key(&key)?);
@@ -633,6 +735,7 @@ fn remove_outbox<T: Tx>(tx: &T, id: &MessageId) -> Result<(), T::Error> {
     let old: OutboxEntry = codec::decode("outbox entry", &old)?;
     unmark_head(tx, &old.contact)?;
     tx.remove(Tree::Outbox, &id.0)?;
+    tx.remove(Tree::OutboxParts, &id.0)?;
     unindex_entry(tx, &old)?;
     add_to_counter(tx, OUTBOX_LEN_KEY, -1)?;
     mark_head(tx, &old.contact)
@@ -846,6 +949,7 @@ pub(crate) fn reseal(
         Tree::Profile => "profile",
         Tree::ContentKeys => "content key",
         Tree::Requests => "contact request",
+        Tree::Fragments => "fragment",
         _ => "session record",
     };
     let aad = aad(tree.name(), key);
@@ -858,7 +962,8 @@ pub(crate) fn reseal(
 }
 
 /// The trees whose values are sealed under the storage key.
-pub(crate) const SEALED_TREES: [Tree; 4] = [Tree::Profile, Tree::Sessions, Tree::ContentKeys, Tree::Requests];
+pub(crate) const SEALED_TREES: [Tree; 5] =
+    [Tree::Profile, Tree::Sessions, Tree::ContentKeys, Tree::Requests, Tree::Fragments];
 
 pub(crate) fn profile(view: &dyn View, sealer: &dyn Sealer) -> Result<Option<Profile>, StoreError> {
     view.get(Tree::Profile, PROFILE_KEY)?

@@ -18,8 +18,8 @@ use super::codec::prefix_end;
 use super::engine::{self, Sealer, Tree, View, Visit};
 use super::overlay::Overlay;
 use super::{
-    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, Profile, RequestId, SessionRecord,
-    Store, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
+    SessionRecord, Store, StoreError, StoredFragment, StoredMessage,
 };
 use merpati_proto::identity::IdentityPublic;
 
@@ -204,6 +204,22 @@ impl Store for MemoryStore {
 
     fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError> {
         engine::swept_through(&self.view(&self.lock()), relay)
+    }
+
+    fn fragments(&self, contact: &str, group: &[u8; 16]) -> Result<Vec<StoredFragment>, StoreError> {
+        engine::fragments(&self.view(&self.lock()), &Clear, contact, group)
+    }
+
+    fn fragment_groups(&self, contact: &str) -> Result<Vec<[u8; 16]>, StoreError> {
+        engine::fragment_groups(&self.view(&self.lock()), contact)
+    }
+
+    fn stale_fragments(&self, before: Timestamp) -> Result<Vec<(String, [u8; 16])>, StoreError> {
+        engine::stale_fragments(&self.view(&self.lock()), &Clear, before)
+    }
+
+    fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
+        engine::part_of(&self.view(&self.lock()), id)
     }
 
     fn search(

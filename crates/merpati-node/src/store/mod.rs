@@ -50,10 +50,12 @@ pub use sled_store::{SCHEMA_VERSION, SledStore};
 /// The format byte every stored value starts with. Bumped when a stored type changes shape; a
 /// reader refuses values of a format it does not know.
 pub const FORMAT_VERSION: u8 = 1;
-/// The largest value the store writes or reads back (1 MiB). A session state with every key
-/// retention cap reached is a few tens of KiB and an envelope at most 64 KiB, so this only stops
-/// runaway values and bounds what a corrupt database can make us allocate.
-pub const MAX_VALUE_LEN: usize = 1 << 20;
+/// The largest value the store writes or reads back (1 MiB and 4 KiB): the longest text (1 MiB,
+/// [`merpati_proto::fragment::MAX_REASSEMBLED_LEN`]) sealed, with room for its header. A session
+/// state with every key retention cap reached is a few tens of KiB and an envelope at most
+/// 64 KiB, so this only stops runaway values and bounds what a corrupt database can make us
+/// allocate.
+pub const MAX_VALUE_LEN: usize = (1 << 20) + 4096;
 /// The longest contact name the store accepts, in bytes. The control API allows 64 characters,
 /// which is at most 256 bytes of UTF-8.
 pub const MAX_NAME_LEN: usize = 256;
@@ -448,6 +450,54 @@ impl Status {
     }
 }
 
+/// One piece of a long incoming text (a fragment), kept until the last piece of its group
+/// arrives and the text is stored whole. Sealed under the storage key: it holds message text.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFragment {
+    /// The contact it came from (the key's prefix, with `group` and `index`).
+    pub contact: String,
+    /// The group: the text's message id once whole.
+    pub group: [u8; 16],
+    /// Its position, 0-based.
+    pub index: u16,
+    /// How many pieces the group has.
+    pub count: u16,
+    /// The whole text's length in bytes.
+    pub total_len: u32,
+    /// The frame's sequence number in its session.
+    pub seq: u64,
+    /// The sender's clock when it sealed this piece.
+    pub sent_at: Timestamp,
+    /// When this piece arrived: a group whose first piece is too old is given up.
+    pub received_at: Timestamp,
+    /// The bytes.
+    #[serde(with = "serde_bytes")]
+    pub chunk: Vec<u8>,
+}
+
+impl fmt::Debug for StoredFragment {
+    // The chunk is message plaintext: its length only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredFragment")
+            .field("contact", &self.contact)
+            .field("group", &MessageId(self.group))
+            .field("index", &self.index)
+            .field("count", &self.count)
+            .field("total_len", &self.total_len)
+            .field("chunk_len", &self.chunk.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an outbox entry that carries one piece of a long text belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartOf {
+    /// The whole text's message id (the fragment group).
+    pub message: MessageId,
+    /// Whether it is the text's last piece: the text's status follows that one's delivery.
+    pub last: bool,
+}
+
 /// A message of a conversation, incoming or outgoing.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredMessage {
@@ -701,6 +751,24 @@ pub enum Change {
         /// The last day swept.
         through: u64,
     },
+    /// Keeps one piece of a long incoming text, replacing any with its contact, group and index.
+    PutFragment(StoredFragment),
+    /// Deletes every piece of `group` from `contact` (the text is whole, or given up). They held
+    /// message text: like any deletion of sealed text, it marks the storage key for rotation.
+    RemoveFragments {
+        /// The contact.
+        contact: String,
+        /// The group.
+        group: [u8; 16],
+    },
+    /// Notes that the outbox entry `id` carries a piece of a long text; the note goes with the
+    /// entry when it leaves the outbox.
+    NotePartOf {
+        /// The outbox entry (the fragment frame's message id).
+        id: MessageId,
+        /// The text it belongs to.
+        part_of: PartOf,
+    },
 }
 
 /// The node's storage, in domain terms. Synchronous: the daemon calls it from a blocking-friendly
@@ -740,6 +808,14 @@ pub trait Store: Send + Sync {
     /// The last day up to which our closed mailboxes were swept at the relay with peer id
     /// `relay` (binary), if they ever were ([`Change::NoteSwept`]).
     fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError>;
+    /// The pieces of `group` from `contact` kept so far, by index.
+    fn fragments(&self, contact: &str, group: &[u8; 16]) -> Result<Vec<StoredFragment>, StoreError>;
+    /// The groups of pieces from `contact` still waiting for more (keys only: cheap).
+    fn fragment_groups(&self, contact: &str) -> Result<Vec<[u8; 16]>, StoreError>;
+    /// Every group, with its contact, holding a piece that arrived before `before`.
+    fn stale_fragments(&self, before: Timestamp) -> Result<Vec<(String, [u8; 16])>, StoreError>;
+    /// The long text the outbox entry `id` carries a piece of, if it does.
+    fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError>;
     /// The newest `limit` messages with `contact` (or with everyone) whose text contains
     /// `needle` whatever the case, oldest first. Reads back from the newest message until it
     /// found `limit`: a whole conversation when fewer match.
@@ -845,6 +921,18 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError> {
         (**self).swept_through(relay)
+    }
+    fn fragments(&self, contact: &str, group: &[u8; 16]) -> Result<Vec<StoredFragment>, StoreError> {
+        (**self).fragments(contact, group)
+    }
+    fn fragment_groups(&self, contact: &str) -> Result<Vec<[u8; 16]>, StoreError> {
+        (**self).fragment_groups(contact)
+    }
+    fn stale_fragments(&self, before: Timestamp) -> Result<Vec<(String, [u8; 16])>, StoreError> {
+        (**self).stale_fragments(before)
+    }
+    fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
+        (**self).part_of(id)
     }
     fn search(
         &self,

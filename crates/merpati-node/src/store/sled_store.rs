@@ -39,8 +39,8 @@ use super::engine::{self, SEALED_TREES, Sealer, Tree, View, Visit};
 use super::keyring::{KEY_FILE, KeyInfo, Keyring, KeyringError};
 use super::overlay::{Overlay, Writes};
 use super::{
-    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, Profile, RequestId, SessionRecord,
-    Store, StoreError, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
+    SessionRecord, Store, StoreError, StoredFragment, StoredMessage,
 };
 use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
 use merpati_proto::identity::IdentityPublic;
@@ -470,6 +470,24 @@ impl Store for SledStore {
 
     fn swept_through(&self, relay: &[u8]) -> Result<Option<u64>, StoreError> {
         engine::swept_through(&SledView(&self.trees), relay)
+    }
+
+    fn fragments(&self, contact: &str, group: &[u8; 16]) -> Result<Vec<StoredFragment>, StoreError> {
+        let _shared = self.shared();
+        engine::fragments(&SledView(&self.trees), &self.keyring, contact, group)
+    }
+
+    fn fragment_groups(&self, contact: &str) -> Result<Vec<[u8; 16]>, StoreError> {
+        engine::fragment_groups(&SledView(&self.trees), contact)
+    }
+
+    fn stale_fragments(&self, before: Timestamp) -> Result<Vec<(String, [u8; 16])>, StoreError> {
+        let _shared = self.shared();
+        engine::stale_fragments(&SledView(&self.trees), &self.keyring, before)
+    }
+
+    fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
+        engine::part_of(&SledView(&self.trees), id)
     }
 
     fn search(
