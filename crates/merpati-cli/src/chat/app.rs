@@ -2,8 +2,9 @@
 //! the view draws an [`App`], and the tests drive one with a fake daemon.
 
 use merpati_control::ClientError;
-use merpati_control::protocol::{ContactSummary, Direction, Event, MessageView, RequestView};
+use merpati_control::protocol::{ContactSummary, Direction, Event, MessageView, RequestView, StatusUpdate};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::text::Line;
 
 use super::daemon::Daemon;
 use super::input::Input;
@@ -34,12 +35,56 @@ pub(crate) enum Selection {
 pub(crate) struct Conversation {
     /// The contact's stored name.
     pub(crate) contact: String,
-    /// Loaded messages, oldest first.
-    pub(crate) messages: Vec<MessageView>,
+    /// Loaded messages, oldest first; changed only through the methods, which drop `layout`.
+    messages: Vec<MessageView>,
     /// Whether the conversation's first message is loaded: nothing older to page back to.
     pub(crate) complete: bool,
     /// How many lines up from the newest the view shows; 0 follows new messages.
     pub(crate) scroll: usize,
+    /// The messages laid out at a width, kept until they or the width change: laying out a long
+    /// text again on every key would make typing lag.
+    layout: Option<(u16, Vec<Line<'static>>)>,
+}
+
+impl Conversation {
+    fn new(contact: String, messages: Vec<MessageView>, complete: bool) -> Conversation {
+        Conversation { contact, messages, complete, scroll: 0, layout: None }
+    }
+
+    /// The messages as screen lines `width` columns wide.
+    pub(crate) fn lines(&mut self, width: u16) -> &[Line<'static>] {
+        if self.layout.as_ref().is_none_or(|(laid_out, _)| *laid_out != width) {
+            self.layout = Some((width, transcript::lines(&self.messages, width)));
+        }
+        self.layout.as_ref().map_or(&[], |(_, lines)| lines.as_slice())
+    }
+
+    /// Adds a message announced just now; false if it is shown already.
+    fn push(&mut self, message: MessageView) -> bool {
+        if self.messages.iter().any(|m| m.id == message.id) {
+            return false;
+        }
+        self.messages.push(message);
+        self.layout = None;
+        true
+    }
+
+    /// Moves a shown message's status on.
+    fn set_status(&mut self, update: StatusUpdate) {
+        if let Some(message) = self.messages.iter_mut().find(|m| m.id == update.id) {
+            message.status = Some(update.status);
+            message.stored = update.stored;
+            message.reason = update.reason;
+            self.layout = None;
+        }
+    }
+
+    /// Puts an older page before what is loaded.
+    fn prepend(&mut self, mut older: Vec<MessageView>) {
+        older.append(&mut self.messages);
+        self.messages = older;
+        self.layout = None;
+    }
 }
 
 /// A line for the person under the conversation: what just went wrong, or what happened.
@@ -156,11 +201,8 @@ impl App {
             Update::Lost(reason) => self.link = LinkState::Down(reason),
             Update::Event(Event::Message(message)) => self.on_message(message, daemon),
             Update::Event(Event::Status(update)) => {
-                let Some(conversation) = &mut self.conversation else { return };
-                if let Some(message) = conversation.messages.iter_mut().find(|m| m.id == update.id) {
-                    message.status = Some(update.status);
-                    message.stored = update.stored;
-                    message.reason = update.reason;
+                if let Some(conversation) = &mut self.conversation {
+                    conversation.set_status(update);
                 }
             }
             Update::Event(Event::Request(_)) => match daemon.requests() {
@@ -239,11 +281,10 @@ impl App {
         let contact = message.contact.clone();
         let shown_now = match &mut self.conversation {
             Some(conversation) if conversation.contact == contact => {
-                if conversation.messages.iter().any(|m| m.id == message.id) {
+                if !conversation.push(message) {
                     // Already on screen (loaded, or announced before): nothing new.
                     return;
                 }
-                conversation.messages.push(message);
                 conversation.scroll == 0
             }
             _ => false,
@@ -268,8 +309,7 @@ impl App {
         match daemon.messages(&name, None, PAGE) {
             Ok(messages) => {
                 let complete = messages.len() < PAGE as usize;
-                self.conversation =
-                    Some(Conversation { contact: name.clone(), messages, complete, scroll: 0 });
+                self.conversation = Some(Conversation::new(name.clone(), messages, complete));
                 self.mark_read(&name, daemon);
             }
             Err(e) => self.fail(&e),
@@ -305,18 +345,17 @@ impl App {
     }
 
     /// Lines the transcript has beyond one screen: the furthest the view can scroll back.
-    fn max_scroll(&self) -> usize {
-        let Some(conversation) = &self.conversation else { return 0 };
-        transcript::lines(&conversation.messages, self.pane.width)
-            .len()
-            .saturating_sub(usize::from(self.pane.height))
+    fn max_scroll(&mut self) -> usize {
+        let Pane { width, height } = self.pane;
+        let Some(conversation) = &mut self.conversation else { return 0 };
+        conversation.lines(width).len().saturating_sub(usize::from(height))
     }
 
     fn scroll_up(&mut self, by: usize, daemon: &mut dyn Daemon) {
         let Some(conversation) = &self.conversation else { return };
-        let wanted = conversation.scroll + by;
+        let (wanted, complete) = (conversation.scroll + by, conversation.complete);
         // Past the oldest loaded line: read the page before it first.
-        if wanted > self.max_scroll() && !conversation.complete {
+        if wanted > self.max_scroll() && !complete {
             self.load_older(daemon);
         }
         let max = self.max_scroll();
@@ -342,10 +381,9 @@ impl App {
             return;
         };
         match daemon.messages(&conversation.contact, Some(oldest), PAGE) {
-            Ok(mut older) => {
+            Ok(older) => {
                 conversation.complete = older.len() < PAGE as usize;
-                older.append(&mut conversation.messages);
-                conversation.messages = older;
+                conversation.prepend(older);
             }
             Err(e) => self.fail(&e),
         }

@@ -120,26 +120,29 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &mut App, area: Rect) {
         );
         return;
     }
-    let Some(conversation) = &app.conversation else {
+    let connected = app.conversation.as_ref().is_some_and(|conversation| {
+        app.contacts.iter().any(|c| c.name == conversation.contact && c.connected)
+    });
+    let Some(conversation) = &mut app.conversation else {
         let hint = "No conversation open. Add a contact: merpati invite, then merpati contact add INVITE --name NAME";
         let paragraph = Paragraph::new(hint).wrap(ratatui::widgets::Wrap { trim: false });
         frame.render_widget(paragraph.block(Block::bordered()), area);
         return;
     };
-    let connected = app.contacts.iter().any(|c| c.name == conversation.contact && c.connected);
     let title =
         format!(" {}{} ", sanitize(&conversation.contact), if connected { " · connected" } else { "" });
-    let lines = transcript::lines(&conversation.messages, inner.width);
+    let (scroll, complete) = (conversation.scroll, conversation.complete);
+    let lines = conversation.lines(inner.width);
     let height = usize::from(inner.height);
-    let end = lines.len().saturating_sub(conversation.scroll);
+    let end = lines.len().saturating_sub(scroll);
     let start = end.saturating_sub(height);
     let mut window: Vec<Line<'static>> = lines[start..end].to_vec();
-    if start == 0 && !conversation.complete {
+    if start == 0 && !complete {
         window.insert(0, Line::styled("(PgUp for older messages)", Style::new().fg(Color::DarkGray)));
         window.truncate(height);
     }
     let mut block = Block::bordered().title(title);
-    if conversation.scroll > 0 {
+    if scroll > 0 {
         block = block.title_bottom(Line::styled(" PgDn for newer ", Style::new().fg(Color::Cyan)));
     }
     frame.render_widget(Paragraph::new(window).block(block), area);

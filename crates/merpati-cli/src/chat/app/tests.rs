@@ -279,6 +279,33 @@ fn statuses_tick_along_on_screen() {
     assert!(fake.marked_read.is_empty(), "an own message is nothing to mark read");
 }
 
+/// The laid-out lines are kept between draws, and laid out again whenever what they show moved:
+/// a status, a new message, an older page, another width.
+#[test]
+fn what_is_drawn_follows_every_change() {
+    let mut fake = Fake::with(&[("bob", PAGE as usize + 1)]);
+    let mut app = started(&mut fake);
+    let shown = |app: &mut App, width| -> String {
+        let lines = app.conversation.as_mut().expect("open").lines(width);
+        lines.iter().flat_map(|l| l.spans.iter().map(|s| s.content.to_string())).collect()
+    };
+    app.update(Update::Event(Event::Message(message(7_000, "bob", Direction::Out, "hi"))), &mut fake);
+    assert!(shown(&mut app, 80).contains("hi  ○ queued"));
+    let update = StatusUpdate { id: id(7_000), status: MessageStatus::Delivered, reason: None, stored: None };
+    app.update(Update::Event(Event::Status(update)), &mut fake);
+    assert!(shown(&mut app, 80).contains("hi  ✓✓ delivered"));
+    app.update(Update::Event(Event::Message(message(7_001, "bob", Direction::In, "and you?"))), &mut fake);
+    assert!(shown(&mut app, 80).contains("and you?"));
+    assert!(!shown(&mut app, 80).contains("bob #0"), "the oldest is not loaded yet");
+    for _ in 0..PAGE {
+        press(&mut app, &mut fake, KeyCode::PageUp);
+    }
+    assert!(shown(&mut app, 80).contains("bob #0"), "the older page is drawn");
+    let narrow = app.conversation.as_mut().expect("open").lines(20).len();
+    let wide = app.conversation.as_mut().expect("open").lines(80).len();
+    assert!(narrow > wide, "another width, another layout");
+}
+
 fn request(id: &str) -> RequestView {
     RequestView {
         id: id.into(),
