@@ -130,5 +130,36 @@ fn mailbox_tokens(c: &mut Criterion) {
     c.bench_function("fetch token: a relay's check", |bench| bench.iter(|| assert!(token.verify(&relay))));
 }
 
-criterion_group!(benches, steady_state, ratchet, first_contact, mailbox_tokens);
+/// A 10 MiB file into its blob and back: what the file transfer spends on encryption alone.
+fn blobs(c: &mut Criterion) {
+    use merpati_proto::blob::{BlobKey, Decryptor, Encryptor};
+    let file: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let key = BlobKey::generate(&mut ChaCha20Rng::seed_from_u64(9));
+    let id = [3u8; 16];
+    let encrypt = || {
+        let mut encryptor = Encryptor::new(&key, &id, file.len() as u64).unwrap();
+        let mut chunks = encryptor.push(&file).unwrap();
+        while let Some(chunk) = encryptor.next_tail().unwrap() {
+            chunks.push(chunk);
+        }
+        (chunks, encryptor.file_hash())
+    };
+    let mut group = c.benchmark_group("blob 10 MiB");
+    group.sample_size(10);
+    group.bench_function("encrypt", |bench| bench.iter(encrypt));
+    let (chunks, hash) = encrypt();
+    group.bench_function("open and check", |bench| {
+        bench.iter(|| {
+            let mut decryptor =
+                Decryptor::new(&key, &id, file.len() as u64, chunks.len() as u32, hash).unwrap();
+            for chunk in &chunks {
+                decryptor.push(chunk).unwrap();
+            }
+            decryptor.finish().unwrap();
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, steady_state, ratchet, first_contact, mailbox_tokens, blobs);
 criterion_main!(benches);

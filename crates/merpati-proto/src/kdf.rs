@@ -49,6 +49,10 @@ pub mod label {
     pub const SAFETY_NUMBER: &[u8] = b"NDR1/safety-number";
     /// Fingerprint of one identity.
     pub const FINGERPRINT: &[u8] = b"NDR1/fingerprint";
+    /// Associated data of a blob's chunks (not a KDF input: the AEAD's label).
+    pub const BLOB: &[u8] = b"NDR1/blob";
+    /// Hash of a file, checked once its blob is opened.
+    pub const BLOB_HASH: &[u8] = b"NDR1/blob-hash";
 }
 
 fn feed(mut absorb: impl FnMut(&[u8]), label: &[u8], parts: &[&[u8]]) {

@@ -8,6 +8,7 @@
 //! The wire formats and cryptography are specified normatively in `docs/protocol.md`.
 #![deny(missing_docs)]
 
+pub mod blob;
 pub mod codec;
 pub mod envelope;
 pub mod fragment;
