@@ -94,10 +94,24 @@ pub enum BlobError {
     /// The file opened but is not the one described.
     #[error("the file's hash does not match its description")]
     HashMismatch,
+    /// A file's description that breaks one of its rules.
+    #[error("the file's description is invalid: {what}")]
+    InvalidDescription {
+        /// The rule.
+        what: &'static str,
+    },
 }
 
 /// A blob's key: 32 random bytes, for one file only.
 pub struct BlobKey(Zeroizing<[u8; 32]>);
+
+impl PartialEq for BlobKey {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(self.0[..].ct_eq(&other.0[..]))
+    }
+}
+
+impl Eq for BlobKey {}
 
 impl BlobKey {
     /// A fresh random key.
@@ -408,6 +422,14 @@ impl Decryptor {
         }
     }
 }
+
+mod descriptor;
+
+pub use descriptor::{
+    Content, DESCRIPTOR_VERSION, Descriptor, DescriptorError, MAX_CAPTION_LEN, MAX_FILE_NAME_LEN,
+    MAX_INLINE_LEN, MAX_MEDIA_TYPE_LEN, MAX_SOURCE_ADDRS, MAX_SOURCES, MAX_THUMBNAIL_LEN, Source,
+    is_safe_name,
+};
 
 #[cfg(test)]
 mod tests;
