@@ -9,15 +9,18 @@
 use libfuzzer_sys::fuzz_target;
 use merpati_fuzz::{Input, apply_edits};
 use merpati_proto::blob::{self, BlobKey, CHUNK_LEN, Decryptor, Encryptor, PIECE_LEN};
+use rand_chacha::ChaCha20Rng;
+use rand_chacha::rand_core::SeedableRng;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     // Up to three pieces: enough for first, middle and last chunks, cheap to encrypt.
     let len = u64::from(input.u32()) % (3 * PIECE_LEN as u64);
     let id = [input.u8(); 16];
-    let key = BlobKey::from_bytes([input.u8(); 32]);
+    let mut rng = ChaCha20Rng::seed_from_u64(u64::from(input.u8()));
     let file: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
-    let mut encryptor = Encryptor::new(&key, &id, len).expect("within the limit");
+    let mut encryptor = Encryptor::new(&mut rng, &id, len).expect("within the limit");
+    let key = BlobKey::from_bytes(*encryptor.key().as_bytes());
     let mut chunks = encryptor.push(&file).expect("the announced length");
     while let Some(chunk) = encryptor.next_tail().expect("complete") {
         chunks.push(chunk);

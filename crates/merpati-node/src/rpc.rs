@@ -154,14 +154,11 @@ pub(crate) async fn handle(
                 let limit = params.effective_limit() as usize;
                 blocking(|| {
                     let with = params.with.as_deref().map(|name| engine.resolve_contact(name)).transpose()?;
-                    let messages = match &params.before {
-                        Some(id) => {
-                            let before = engine.message(&MessageId(id.to_bytes()))?.order;
-                            engine.store().messages_before(with.as_deref(), before, limit)?
-                        }
-                        None => engine.store().messages(with.as_deref(), limit)?,
+                    let before = match &params.before {
+                        Some(id) => Some(engine.message(&MessageId(id.to_bytes()))?.order),
+                        None => None,
                     };
-                    Ok(to_value(within_line(&messages)))
+                    Ok(to_value(page_within_line(engine.store(), with.as_deref(), before, limit)?))
                 })
             }
         },
@@ -268,7 +265,7 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         | EngineError::UnknownContactLike { .. }
         | EngineError::AmbiguousContact { .. } => AppError::UnknownContact,
         EngineError::InvalidInvite(_) => AppError::InvalidInvite,
-        EngineError::TooLarge { .. } => AppError::MessageTooLarge,
+        EngineError::TooLarge { .. } | EngineError::TooLargeBeforeAnswer { .. } => AppError::MessageTooLarge,
         EngineError::ContactExists(_) => AppError::ContactExists,
         EngineError::UnknownMessage(_) => AppError::UnknownMessage,
         EngineError::InvalidName(_) => AppError::InvalidName,
@@ -418,22 +415,70 @@ fn search(
     Ok(within_line(&found))
 }
 
-/// `messages` (oldest first) as an answer that fits one control line: the newest ones, as many as
-/// fit [`protocol::MAX_MESSAGES_BYTES`] of JSON. Only pages of long texts are cut short; a
-/// client pages back from the first one it got.
-fn within_line(messages: &[StoredMessage]) -> MessagesResult {
-    let mut views = Vec::with_capacity(messages.len());
-    let mut bytes = 0usize;
-    for message in messages.iter().rev() {
-        let view = message_view(message);
-        bytes = bytes.saturating_add(serde_json::to_vec(&view).map_or(usize::MAX, |json| json.len() + 1));
-        if bytes > protocol::MAX_MESSAGES_BYTES && !views.is_empty() {
+/// Messages read per step of [`page_within_line`]: at most 16 MiB of long texts in memory.
+const PAGE_STEP: usize = 16;
+
+/// The `limit` messages with `with` (or everyone) before conversation order `before` (or the
+/// newest), oldest first, read newest first a few at a time and stopped once the answer would not
+/// fit one control line ([`protocol::MAX_MESSAGES_BYTES`] of JSON; then `cut`). Only pages of long
+/// texts are cut short, and the daemon never holds more than one step of them besides the answer.
+fn page_within_line(
+    store: &impl Store,
+    with: Option<&str>,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<MessagesResult, EngineError> {
+    let mut answer = Answer::default();
+    let mut cursor = before;
+    while answer.views.len() < limit {
+        let want = PAGE_STEP.min(limit - answer.views.len());
+        let step = match cursor {
+            Some(order) => store.messages_before(with, order, want)?,
+            None => store.messages(with, want)?,
+        };
+        if !answer.take_newest_first(&step) || step.len() < want {
             break;
         }
-        views.push(view);
+        cursor = step.first().map(|m| m.order);
     }
-    views.reverse();
-    MessagesResult { messages: views }
+    Ok(answer.into_result())
+}
+
+/// `messages` (oldest first) as an answer that fits one control line: the newest that fit.
+fn within_line(messages: &[StoredMessage]) -> MessagesResult {
+    let mut answer = Answer::default();
+    answer.take_newest_first(messages);
+    answer.into_result()
+}
+
+/// An answer being filled, newest message first, within [`protocol::MAX_MESSAGES_BYTES`].
+#[derive(Default)]
+struct Answer {
+    views: Vec<MessageView>,
+    bytes: usize,
+    cut: bool,
+}
+
+impl Answer {
+    /// Adds `messages` (oldest first) from the newest back; false once one did not fit.
+    fn take_newest_first(&mut self, messages: &[StoredMessage]) -> bool {
+        for message in messages.iter().rev() {
+            let view = message_view(message);
+            let len = serde_json::to_vec(&view).map_or(usize::MAX, |json| json.len() + 1);
+            if self.bytes.saturating_add(len) > protocol::MAX_MESSAGES_BYTES && !self.views.is_empty() {
+                self.cut = true;
+                return false;
+            }
+            self.bytes = self.bytes.saturating_add(len);
+            self.views.push(view);
+        }
+        true
+    }
+
+    fn into_result(mut self) -> MessagesResult {
+        self.views.reverse();
+        MessagesResult { messages: self.views, cut: self.cut }
+    }
 }
 
 /// A request (or blocked sender's) id as the user typed it.
@@ -539,5 +584,69 @@ pub(crate) fn message_view(message: &StoredMessage) -> MessageView {
         stored: stored_of(message.status),
         reason: if outgoing { message.reason.clone() } else { None },
         seq: message.seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Change, Contact, Direction, MemoryStore, Status};
+    use merpati_proto::Timestamp;
+    use merpati_proto::identity::IdentityKey;
+    use rand_core::SeedableRng;
+
+    /// A page of long texts stops short of its limit, says so, and paging on reaches the rest.
+    #[test]
+    fn pages_of_long_texts_fit_one_line_and_say_they_were_cut() {
+        let store = MemoryStore::new();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+        let identity = IdentityKey::generate(&mut rng).public();
+        let contact = Contact {
+            name: "bob".into(),
+            identity,
+            bundle: None,
+            inbox: None,
+            peer_id: Vec::new(),
+            addrs: Vec::new(),
+            relays: Vec::new(),
+            session: None,
+            added_at: Timestamp(1),
+            last_resort: None,
+            last_heard: None,
+        };
+        let mut changes = vec![Change::AddContact(contact)];
+        for i in 0..20u8 {
+            changes.push(Change::PutMessage(StoredMessage {
+                id: MessageId([i; 16]),
+                contact: "bob".into(),
+                direction: Direction::In,
+                time: Timestamp(u64::from(i)),
+                text: format!("{i:02}").repeat(500 * 1024),
+                seq: None,
+                status: Status::Delivered,
+                reason: None,
+                order: 0,
+            }));
+        }
+        store.apply(&changes).unwrap();
+        let first = page_within_line(&store, Some("bob"), None, 100).unwrap();
+        assert!(first.cut);
+        assert_eq!(first.messages.len(), 8, "8 texts of 1000 KiB fit 8 MiB - 64 KiB");
+        assert_eq!(first.messages.last().map(|m| &m.text[..2]), Some("19"), "the newest of the page");
+        let json = serde_json::to_vec(&first).unwrap();
+        assert!(json.len() < protocol::MAX_LINE);
+        let mut seen = first.messages.len();
+        let mut before = store.message(&MessageId([12; 16])).unwrap().map(|m| m.order);
+        while let Some(order) = before {
+            let page = page_within_line(&store, Some("bob"), Some(order), 100).unwrap();
+            seen += page.messages.len();
+            before = match page.messages.first() {
+                Some(m) => store.message(&MessageId(m.id.to_bytes())).unwrap().map(|m| m.order),
+                None => None,
+            };
+        }
+        assert_eq!(seen, 20, "paging on with before reaches every message");
+        let short = page_within_line(&store, Some("bob"), None, 3).unwrap();
+        assert_eq!((short.messages.len(), short.cut), (3, false), "within the line: not cut");
     }
 }

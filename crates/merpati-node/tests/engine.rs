@@ -711,6 +711,9 @@ fn long_text(len: usize) -> String {
 #[test]
 fn a_long_text_travels_in_pieces_and_arrives_whole_once() {
     let (mut alice, mut bob) = pair();
+    // Bob answered once: his node does not hold Alice's words as a request.
+    alice.send_text("bob", "hello first", T0).unwrap();
+    settle(&mut alice, &mut bob, T0);
     let text = long_text(merpati_proto::fragment::MAX_REASSEMBLED_LEN);
     let sent = alice.send_text("bob", &text, T0).unwrap();
     let pieces = text.len().div_ceil(merpati_proto::fragment::MAX_FRAGMENT_CHUNK);
@@ -733,7 +736,7 @@ fn a_long_text_travels_in_pieces_and_arrives_whole_once() {
         let Some(attempt) = attempts.into_iter().next() else { break };
         let received = bob.receive(Some(&b"alice-node"[..]), &attempt.envelope, T0).unwrap();
         let updates = alice.attempts_finished(&[(attempt.id, AttemptResult::Accepted)], T0).unwrap();
-        if received.message.is_none() && bob.store().messages(Some("alice"), 10).unwrap().is_empty() {
+        if received.message.is_none() {
             delivered_pieces += 1;
             first_piece.get_or_insert(attempt.envelope.clone());
             assert_eq!(alice.message(&sent.id).unwrap().status, Status::Queued);
@@ -749,15 +752,15 @@ fn a_long_text_travels_in_pieces_and_arrives_whole_once() {
     }
     assert!(delivered_pieces >= pieces - 1, "{delivered_pieces} envelopes before the text was whole");
     let got = bob.store().messages(Some("alice"), 10).unwrap();
-    assert_eq!(got.len(), 1);
-    assert_eq!((got[0].id, got[0].text.len()), (sent.id, text.len()));
-    assert!(got[0].text == text, "the text arrives exactly as sent");
+    assert_eq!(got.len(), 2, "the greeting and the text, not pieces");
+    assert_eq!((got[1].id, got[1].text.len()), (sent.id, text.len()));
+    assert!(got[1].text == text, "the text arrives exactly as sent");
     assert!(bob.store().fragment_groups("alice").unwrap().is_empty(), "no pieces left once whole");
 
     // A piece again (from a second relay, say) is acknowledged and changes nothing.
     let again = bob.receive(Some(&b"alice-node"[..]), &first_piece.unwrap(), T0).unwrap();
     assert!(matches!(again.response, Some(deliver::Response::Accepted)));
-    assert_eq!(bob.store().messages(Some("alice"), 10).unwrap().len(), 1);
+    assert_eq!(bob.store().messages(Some("alice"), 10).unwrap().len(), 2);
     assert!(bob.store().fragment_groups("alice").unwrap().is_empty());
 
     // Bob's delivery receipt names the text.
@@ -778,7 +781,7 @@ fn a_text_over_a_mib_is_refused_with_the_limit_and_nothing_queued() {
 }
 
 /// Bob's store on disk: pieces kept there survive his restart and are sealed, and a text left
-/// incomplete is given up after a month.
+/// incomplete is given up two months after its newest piece.
 #[test]
 fn pieces_survive_a_restart_sealed_and_incomplete_texts_expire() {
     let dir = tempfile::tempdir().unwrap();
@@ -831,11 +834,11 @@ fn pieces_survive_a_restart_sealed_and_incomplete_texts_expire() {
 
     // A month on, the incomplete text is given up; its last piece then opens nothing.
     let day = Timestamp::DAY;
-    assert_eq!(bob.maintain(T0.plus(30 * day)).unwrap().long_texts_expired, 0);
-    assert_eq!(bob.maintain(T0.plus(32 * day)).unwrap().long_texts_expired, 1);
+    assert_eq!(bob.maintain(T0.plus(60 * day)).unwrap().long_texts_expired, 0);
+    assert_eq!(bob.maintain(T0.plus(62 * day)).unwrap().long_texts_expired, 1);
     assert!(bob.store().fragment_groups("alice").unwrap().is_empty());
     let (_, late) = held_back.iter().find(|(id, _)| *id == unfinished.id).unwrap();
-    let received = bob.receive(Some(&b"alice-node"[..]), late, T0.plus(32 * day)).unwrap();
+    let received = bob.receive(Some(&b"alice-node"[..]), late, T0.plus(62 * day)).unwrap();
     assert!(received.message.is_none());
     assert!(bob.store().message(&unfinished.id).unwrap().is_none());
 }
@@ -876,4 +879,40 @@ fn a_piece_that_fails_fails_its_text() {
     assert_eq!(failed.status, Status::Failed);
     assert_eq!(failed.reason.as_deref(), Some("could not be delivered before it expired"));
     assert_eq!(updates, [(sent.id, Some((Status::Failed, failed.reason.clone())))]);
+    assert!(alice.store().outbox().unwrap().is_empty(), "its other pieces are not sent");
+}
+
+/// The results of one batch come back per envelope, in any order: a text moves on only once none
+/// of its pieces is left, and a failure earlier in the batch is not undone by a later success.
+#[test]
+fn a_text_moves_on_only_when_every_piece_has_gone() {
+    let (mut alice, mut bob) = pair();
+    alice.send_text("bob", "hello first", T0).unwrap();
+    settle(&mut alice, &mut bob, T0);
+    let sent = alice.send_text("bob", &long_text(100 * 1024), T0).unwrap();
+    let batch = alice.due_batches(T0, None, 1, |_| false).unwrap().remove(0);
+    assert_eq!(batch.len(), 3, "the three pieces go together");
+    let (first, middle, last) = (batch[0].id, batch[1].id, batch[2].id);
+    let wait = AttemptResult::Refused(Refusal::RateLimited { retry_after_ms: 1000 });
+    let results = [(last, AttemptResult::Accepted), (first, AttemptResult::Accepted), (middle, wait)];
+    let updates = alice.attempts_finished(&results, T0).unwrap();
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Queued, "a piece is still queued");
+    assert!(
+        updates
+            .iter()
+            .all(|(id, update)| *id != sent.id || update.as_ref().is_none_or(|(s, _)| *s == Status::Queued))
+    );
+    let updates = alice.attempts_finished(&[(middle, AttemptResult::Accepted)], T0).unwrap();
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Sent);
+    assert_eq!(updates, [(sent.id, Some((Status::Sent, None)))]);
+
+    // A failure and then a success in one batch: the text stays failed, and says so once.
+    let second = alice.send_text("bob", &long_text(100 * 1024), T0).unwrap();
+    let batch = alice.due_batches(T0, None, 1, |_| false).unwrap().remove(0);
+    let results =
+        [(batch[0].id, AttemptResult::Refused(Refusal::Malformed)), (batch[2].id, AttemptResult::Accepted)];
+    let updates = alice.attempts_finished(&results, T0).unwrap();
+    assert_eq!(alice.message(&second.id).unwrap().status, Status::Failed);
+    let published: Vec<_> = updates.iter().filter(|(id, u)| *id == second.id && u.is_some()).collect();
+    assert_eq!(published.len(), 1, "{updates:?}");
 }

@@ -134,20 +134,20 @@ fn mailbox_tokens(c: &mut Criterion) {
 fn blobs(c: &mut Criterion) {
     use merpati_proto::blob::{BlobKey, Decryptor, Encryptor};
     let file: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let key = BlobKey::generate(&mut ChaCha20Rng::seed_from_u64(9));
     let id = [3u8; 16];
     let encrypt = || {
-        let mut encryptor = Encryptor::new(&key, &id, file.len() as u64).unwrap();
+        let mut encryptor =
+            Encryptor::new(&mut ChaCha20Rng::seed_from_u64(9), &id, file.len() as u64).unwrap();
         let mut chunks = encryptor.push(&file).unwrap();
         while let Some(chunk) = encryptor.next_tail().unwrap() {
             chunks.push(chunk);
         }
-        (chunks, encryptor.file_hash())
+        (chunks, encryptor.file_hash(), BlobKey::from_bytes(*encryptor.key().as_bytes()))
     };
     let mut group = c.benchmark_group("blob 10 MiB");
     group.sample_size(10);
     group.bench_function("encrypt", |bench| bench.iter(encrypt));
-    let (chunks, hash) = encrypt();
+    let (chunks, hash, key) = encrypt();
     group.bench_function("open and check", |bench| {
         bench.iter(|| {
             let mut decryptor =

@@ -18,7 +18,7 @@
 //! be the length the file's description announced, the padding must be zero, and the hash is
 //! checked over the whole file before anything of it may be shown.
 //!
-//! Flow: the sender feeds the file to an [`Encryptor`] piece by piece ([`Encryptor::push`],
+//! Flow: the sender feeds the file to an [`Encryptor`] (which draws the key) piece by piece ([`Encryptor::push`],
 //! then [`Encryptor::next_tail`] until it returns `None`), holding one piece at a time. A
 //! receiver checks each chunk on arrival with [`open_chunk`] (from any source, in any order) and,
 //! once it holds them all, feeds them in order to a [`Decryptor`], which writes out the file's
@@ -115,7 +115,7 @@ impl Eq for BlobKey {}
 
 impl BlobKey {
     /// A fresh random key.
-    pub fn generate(rng: &mut impl CryptoRng) -> BlobKey {
+    fn generate(rng: &mut (impl CryptoRng + ?Sized)) -> BlobKey {
         let mut key = Zeroizing::new([0u8; 32]);
         rng.fill_bytes(&mut key[..]);
         BlobKey(key)
@@ -204,8 +204,9 @@ impl FileHasher {
     }
 }
 
-/// Encrypts one file into its chunks, holding one piece at a time.
+/// Encrypts one file into its chunks, holding one piece at a time, under a key of its own.
 pub struct Encryptor {
+    key: BlobKey,
     cipher: ChaCha20Poly1305,
     aad: Vec<u8>,
     count: u32,
@@ -226,13 +227,20 @@ impl std::fmt::Debug for Encryptor {
 }
 
 impl Encryptor {
-    /// Starts the blob `blob_id` of a `file_len`-byte file under `key`.
-    pub fn new(key: &BlobKey, blob_id: &[u8; 16], file_len: u64) -> Result<Encryptor, BlobError> {
+    /// Starts the blob `blob_id` of a `file_len`-byte file under a fresh key, drawn here so that
+    /// no key ever encrypts a second file (its nonces would repeat).
+    pub fn new(
+        rng: &mut (impl CryptoRng + ?Sized),
+        blob_id: &[u8; 16],
+        file_len: u64,
+    ) -> Result<Encryptor, BlobError> {
         let count = chunk_count(file_len)?;
+        let key = BlobKey::generate(rng);
         let mut piece = Zeroizing::new(Vec::with_capacity(CHUNK_LEN));
         piece.extend_from_slice(&file_len.to_be_bytes());
         Ok(Encryptor {
             cipher: key.cipher(),
+            key,
             aad: associated_data(blob_id, count),
             count,
             next: 0,
@@ -246,6 +254,11 @@ impl Encryptor {
     /// How many chunks the blob has.
     pub fn count(&self) -> u32 {
         self.count
+    }
+
+    /// The blob's key, for the file's description.
+    pub fn key(&self) -> &BlobKey {
+        &self.key
     }
 
     /// Takes the file's next bytes; returns the chunks they completed, in order.

@@ -139,6 +139,9 @@ pub(crate) struct App {
     pub(crate) pane: Pane,
     /// Set when the person asked to leave.
     pub(crate) quit: bool,
+    /// Whether the terminal has the focus (terminals that do not report it always do): in the
+    /// background, what arrives is not on anyone's screen.
+    pub(crate) focused: bool,
 }
 
 impl App {
@@ -156,6 +159,7 @@ impl App {
             link: LinkState::Connecting,
             pane: Pane { width: 80, height: 20 },
             quit: false,
+            focused: true,
         }
     }
 
@@ -250,6 +254,18 @@ impl App {
         self.input.insert_str(text);
     }
 
+    /// The terminal gained or lost the focus. Coming back to the newest messages reads them.
+    pub(crate) fn focus(&mut self, focused: bool, daemon: &mut dyn Daemon) {
+        self.focused = focused;
+        if let Some(conversation) = &self.conversation
+            && focused
+            && conversation.scroll == 0
+        {
+            let name = conversation.contact.clone();
+            self.mark_read(&name, daemon);
+        }
+    }
+
     /// The entries of the list on the left, in order: contacts, then requests.
     pub(crate) fn entries(&self) -> Vec<Selection> {
         let contacts = self.contacts.iter().map(|c| Selection::Contact(c.name.clone()));
@@ -285,7 +301,7 @@ impl App {
                     // Already on screen (loaded, or announced before): nothing new.
                     return;
                 }
-                conversation.scroll == 0
+                conversation.scroll == 0 && self.focused
             }
             _ => false,
         };
@@ -307,8 +323,8 @@ impl App {
         self.conversation = None;
         let Selection::Contact(name) = self.selection.clone() else { return };
         match daemon.messages(&name, None, PAGE) {
-            Ok(messages) => {
-                let complete = messages.len() < PAGE as usize;
+            Ok((messages, cut)) => {
+                let complete = messages.len() < PAGE as usize && !cut;
                 self.conversation = Some(Conversation::new(name.clone(), messages, complete));
                 self.mark_read(&name, daemon);
             }
@@ -381,8 +397,8 @@ impl App {
             return;
         };
         match daemon.messages(&conversation.contact, Some(oldest), PAGE) {
-            Ok(older) => {
-                conversation.complete = older.len() < PAGE as usize;
+            Ok((older, cut)) => {
+                conversation.complete = older.len() < PAGE as usize && !cut;
                 conversation.prepend(older);
             }
             Err(e) => self.fail(&e),
@@ -494,10 +510,9 @@ impl App {
         self.notice = Some(Notice { text: text.to_owned(), error });
     }
 
+    /// A call that failed is told below the conversation; whether the daemon is reachable is
+    /// the link's to say (one refused call, say at the daemon's connection cap, is not an outage).
     fn fail(&mut self, error: &ClientError) {
-        if matches!(error, ClientError::DaemonNotRunning { .. } | ClientError::Closed | ClientError::Io(_)) {
-            self.link = LinkState::Down(error.to_string());
-        }
         self.tell(&error.to_string(), true);
     }
 }

@@ -19,13 +19,14 @@ pub(crate) trait Daemon {
     /// The contact requests waiting for a decision.
     fn requests(&mut self) -> Result<Vec<RequestView>, ClientError>;
     /// At most `limit` of the latest messages with `contact` (before `before`, if given),
-    /// oldest first.
+    /// oldest first, and whether the daemon cut the page short (long texts): then fewer than
+    /// `limit` does not mean the start of the conversation was reached.
     fn messages(
         &mut self,
         contact: &str,
         before: Option<MessageId>,
         limit: u32,
-    ) -> Result<Vec<MessageView>, ClientError>;
+    ) -> Result<(Vec<MessageView>, bool), ClientError>;
     /// Queues `text` to `contact`.
     fn send(&mut self, contact: &str, text: &str) -> Result<MessageId, ClientError>;
     /// Marks the conversation with `contact` read.
@@ -79,9 +80,10 @@ impl Daemon for ControlDaemon {
         contact: &str,
         before: Option<MessageId>,
         limit: u32,
-    ) -> Result<Vec<MessageView>, ClientError> {
+    ) -> Result<(Vec<MessageView>, bool), ClientError> {
         let params = MessagesParams { with: Some(contact.to_owned()), limit: Some(limit), before };
-        Ok(self.call::<method::Messages>(params)?.messages)
+        let answer = self.call::<method::Messages>(params)?;
+        Ok((answer.messages, answer.cut))
     }
 
     fn send(&mut self, contact: &str, text: &str) -> Result<MessageId, ClientError> {

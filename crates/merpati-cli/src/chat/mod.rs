@@ -20,7 +20,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use merpati_control::Home;
 use ratatui::DefaultTerminal;
-use ratatui::crossterm::event::{self, DisableBracketedPaste, EnableBracketedPaste, Event, KeyEventKind};
+use ratatui::crossterm::event::{
+    self, DisableBracketedPaste, DisableFocusChange, EnableBracketedPaste, EnableFocusChange, Event,
+    KeyEventKind,
+};
 use ratatui::crossterm::execute;
 
 use crate::cli::parse_name;
@@ -58,11 +61,25 @@ pub(crate) fn run(home: &Home, args: Args) -> Result<()> {
     let mut daemon = ControlDaemon::new(home.clone());
     let mut app = App::new(first);
 
-    let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
-    // Pasted text arrives whole, newlines and all, instead of as keys (Enter would send).
-    let _ = execute!(stdout(), EnableBracketedPaste);
+    let mut terminal = match ratatui::try_init() {
+        Ok(terminal) => terminal,
+        Err(e) => {
+            // Whatever part of the set-up happened (raw mode) is undone.
+            ratatui::restore();
+            return Err(e).context("cannot set up the terminal");
+        }
+    };
+    // Pasted text arrives whole, newlines and all, instead of as keys (Enter would send); focus
+    // changes say whether what arrives is on anyone's screen.
+    let _ = execute!(stdout(), EnableBracketedPaste, EnableFocusChange);
+    // ratatui's panic hook restores the terminal; these two modes are undone before it.
+    let restore_terminal = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let _ = execute!(stdout(), DisableBracketedPaste, DisableFocusChange);
+        restore_terminal(info);
+    }));
     let result = event_loop(&mut terminal, &mut app, &mut daemon, &updates);
-    let _ = execute!(stdout(), DisableBracketedPaste);
+    let _ = execute!(stdout(), DisableBracketedPaste, DisableFocusChange);
     ratatui::try_restore().context("cannot restore the terminal")?;
     result
 }
@@ -97,6 +114,8 @@ fn event_loop(
             match event::read().context("cannot read the terminal")? {
                 Event::Key(key) if key.kind != KeyEventKind::Release => app.key(key, daemon),
                 Event::Paste(text) => app.paste(&text),
+                Event::FocusGained => app.focus(true, daemon),
+                Event::FocusLost => app.focus(false, daemon),
                 _ => {}
             }
             dirty = true;

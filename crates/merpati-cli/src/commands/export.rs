@@ -71,16 +71,16 @@ fn all_messages(home: &Home, with: Option<&str>) -> Result<Vec<MessageView>> {
     let mut pages: Vec<Vec<MessageView>> = Vec::new();
     let mut before = None;
     loop {
-        let page = client
-            .call::<method::Messages>(MessagesParams {
-                with: with.map(str::to_owned),
-                limit: Some(MAX_MESSAGES_LIMIT),
-                before: before.clone(),
-            })?
-            .messages;
+        let answer = client.call::<method::Messages>(MessagesParams {
+            with: with.map(str::to_owned),
+            limit: Some(MAX_MESSAGES_LIMIT),
+            before: before.clone(),
+        })?;
+        let page = answer.messages;
         let Some(first) = page.first() else { break };
         before = Some(first.id.clone());
-        let full = page.len() == MAX_MESSAGES_LIMIT as usize;
+        // A page of long texts stops short of the limit: older messages may still follow.
+        let full = page.len() == MAX_MESSAGES_LIMIT as usize || answer.cut;
         pages.push(page);
         if !full {
             break;

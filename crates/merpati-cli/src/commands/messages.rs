@@ -50,6 +50,18 @@ pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
         before: args.before.clone(),
     })?;
     let mut printed: HashSet<MessageId> = HashSet::new();
+    if history.cut
+        && !out.is_json()
+        && let Some(first) = history.messages.first()
+    {
+        // On stderr: stdout stays the messages.
+        eprintln!(
+            "only the {} newest fit one answer (long texts): merpati messages{} --before {} for older ones",
+            history.messages.len(),
+            args.name.as_ref().map(|n| format!(" {}", sanitize(n))).unwrap_or_default(),
+            first.id
+        );
+    }
     for message in history.messages {
         print(out, &message)?;
         if events.is_some() {

@@ -63,11 +63,18 @@ pub(crate) fn connect(home: &Home) -> Result<Client> {
 }
 
 /// Reads standard input as UTF-8 text of at most `max` bytes, without one trailing newline (as
-/// `echo` and heredocs add). Longer input is [`Code::MessageTooLarge`].
+/// `echo` and heredocs add; it does not count). Longer input is [`Code::MessageTooLarge`].
 pub(crate) fn read_stdin(max: usize, what: &str) -> Result<String> {
     let mut bytes = Vec::new();
-    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    // Room for the text, a trailing `\r\n`, and one byte more to tell a longer input.
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(3);
     std::io::stdin().lock().take(limit).read_to_end(&mut bytes).context("cannot read standard input")?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
     if bytes.len() > max {
         return Err(Failure::new(
             Code::MessageTooLarge,
@@ -75,13 +82,7 @@ pub(crate) fn read_stdin(max: usize, what: &str) -> Result<String> {
         )
         .into());
     }
-    let mut text = String::from_utf8(bytes)
-        .map_err(|_| Failure::new(Code::Other, format!("the {what} on standard input is not UTF-8 text")))?;
-    if text.ends_with('\n') {
-        text.pop();
-        if text.ends_with('\r') {
-            text.pop();
-        }
-    }
-    Ok(text)
+    String::from_utf8(bytes).map_err(|_| {
+        Failure::new(Code::Other, format!("the {what} on standard input is not UTF-8 text")).into()
+    })
 }

@@ -182,13 +182,14 @@ fn golden_messages() {
                     seq: None,
                 },
             ],
+            cut: false,
         },
         r#"{"jsonrpc":"2.0","id":1,"result":{"messages":[{"id":"0123456789abcdef0123456789abcdef","direction":"out","contact":"bob","time":1750000000000,"text":"hi","status":"delivered","seq":3},{"id":"ffffffffffffffffffffffffffffffff","direction":"in","contact":"bob","time":1750000001000,"text":"hey"}]}}"#,
     );
     golden::<method::Messages>(
         MessagesParams::default(),
         r#"{"jsonrpc":"2.0","id":1,"method":"messages","params":{}}"#,
-        MessagesResult { messages: vec![] },
+        MessagesResult { messages: vec![], cut: false },
         r#"{"jsonrpc":"2.0","id":1,"result":{"messages":[]}}"#,
     );
 }
@@ -217,6 +218,7 @@ fn golden_stored_status() {
                 reason: Some("a relay was down".into()),
                 seq: Some(1),
             }],
+            cut: false,
         },
         r#"{"jsonrpc":"2.0","id":1,"result":{"messages":[{"id":"0123456789abcdef0123456789abcdef","direction":"out","contact":"bob","time":7,"text":"hi","status":"stored","stored":{"accepted":1,"total":2},"reason":"a relay was down","seq":1}]}}"#,
     );

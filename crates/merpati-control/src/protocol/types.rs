@@ -511,6 +511,11 @@ impl MessagesParams {
 pub struct MessagesResult {
     /// The messages.
     pub messages: Vec<MessageView>,
+    /// Whether the answer stopped short of its `limit` to fit one line ([`super::MAX_MESSAGES_BYTES`]
+    /// of long texts): there may be older messages even though fewer than `limit` came; page on
+    /// with `before`. Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cut: bool,
 }
 
 /// The result of `subscribe`: `{}`. Notifications follow on the same connection.

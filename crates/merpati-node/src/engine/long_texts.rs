@@ -3,11 +3,11 @@
 //!
 //! The fragment group's random id is the whole text's message id on both sides, so receipts,
 //! statuses, deletion and search treat a long text like any other. The sender's outbox holds one
-//! entry per piece, each noting the text it belongs to ([`PartOf`]); the text's status follows
-//! its last piece (pieces leave in order) and fails if any piece fails. The receiver keeps each
+//! entry per piece, each noting the text it belongs to ([`PartOf`]); the text moves on once none
+//! of its pieces is left in the outbox, and fails (taking its other pieces out) if any fails. The receiver keeps each
 //! piece in the store, sealed, in the same write that advances the session, so nothing is lost
 //! to a crash and nothing is stored twice; incomplete groups are capped per contact and given up
-//! after [`FRAGMENT_PATIENCE`].
+//! [`FRAGMENT_PATIENCE`] after their newest piece arrived.
 
 use merpati_proto::Timestamp;
 use merpati_proto::fragment::{CONTENT_TEXT, Fragment, MAX_GROUPS_IN_PROGRESS};
@@ -16,9 +16,10 @@ use merpati_proto::frame::MessageId;
 use super::{Engine, EngineError};
 use crate::store::{Change, Direction, Status, Store, StoredFragment, StoredMessage};
 
-/// How long the pieces of an incomplete text are kept, from the arrival of one: relays keep an
-/// envelope 30 days, so a piece can legitimately arrive that much later than another.
-pub const FRAGMENT_PATIENCE: u64 = 31 * Timestamp::DAY;
+/// How long the pieces of an incomplete text are kept after the newest of them arrived: a sender
+/// retries a piece for 30 days and a relay may then keep it 30 more, so the next piece can
+/// legitimately come that much later.
+pub const FRAGMENT_PATIENCE: u64 = 61 * Timestamp::DAY;
 
 /// What one received piece led to.
 pub(super) enum PieceOutcome {
@@ -132,8 +133,8 @@ impl<S: Store> Engine<S> {
         Ok(groups.len())
     }
 
-    /// Gives up the long texts one of whose pieces arrived more than [`FRAGMENT_PATIENCE`] ago
-    /// and that are still incomplete: their other pieces will not come. Returns how many.
+    /// Gives up the incomplete long texts whose newest piece arrived more than
+    /// [`FRAGMENT_PATIENCE`] ago: their other pieces will not come. Returns how many.
     pub fn expire_fragments(&mut self, now: Timestamp) -> Result<usize, EngineError> {
         let before = Timestamp(now.0.saturating_sub(FRAGMENT_PATIENCE));
         let stale = self.store.stale_fragments(before)?;

@@ -6,7 +6,7 @@
 //! [`Session::maintain`] step (stale sending keys stepped, old receiving keys deleted), and
 //! reports as expired the messages left at relays that their recipient never collected while
 //! the relays kept them, deletes contact requests left unanswered for 30 days and the pieces of
-//! long texts that stayed incomplete for 31. Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
+//! long texts that stayed incomplete for 61 days. Each step ends in one [`Store::apply`]; a failed step changes nothing in memory
 //! either, and the next pass tries again.
 //!
 //! A session in memory (used since start) is maintained there and persisted if it changed; any

@@ -89,6 +89,19 @@ pub enum EngineError {
         /// The limit.
         max: usize,
     },
+    /// A long text to a contact who has never answered: they may hold our first messages as a
+    /// contact request, which keeps only a few envelopes, so it would arrive cut short.
+    #[error(
+        "message too large for now: {contact} has not answered yet, and until they do a text is at most {max} bytes ({len} given)"
+    )]
+    TooLargeBeforeAnswer {
+        /// The contact.
+        contact: String,
+        /// Its length.
+        len: usize,
+        /// The limit until the contact answers.
+        max: usize,
+    },
     /// A contact with that name exists already.
     #[error("a contact named \"{0}\" already exists")]
     ContactExists(String),

@@ -9,7 +9,7 @@
 //! refusal asks) until the message's lifetime (30 days) runs out.
 
 use merpati_proto::Timestamp;
-use merpati_proto::fragment::{CONTENT_TEXT, MAX_REASSEMBLED_LEN, split};
+use merpati_proto::fragment::{CONTENT_TEXT, MAX_FRAGMENT_COUNT, MAX_REASSEMBLED_LEN, split};
 use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId, ReceiptKind};
 use merpati_proto::mailbox::MailboxId;
 use merpati_proto::session::{Sealed, Session, SessionId};
@@ -140,6 +140,15 @@ impl<S: Store> Engine<S> {
             Some(contact) => contact.clone(),
             None => self.store.contact(to)?.ok_or_else(|| EngineError::UnknownContact(to.to_owned()))?,
         };
+        // A contact who never answered may hold what we send as a contact request, which keeps
+        // 16 envelopes and 256 KiB: a long text's pieces would not all be kept.
+        if text.len() > MAX_TEXT_LEN && contact.last_heard.is_none() {
+            return Err(EngineError::TooLargeBeforeAnswer {
+                contact: contact.name.clone(),
+                len: text.len(),
+                max: MAX_TEXT_LEN,
+            });
+        }
         let mut started_here = false;
         let session_id = match contact.session {
             Some(id) => id,
@@ -416,7 +425,7 @@ impl<S: Store> Engine<S> {
         let mut updates = Vec::with_capacity(results.len());
         let mut all_taken = true;
         for (id, result) in results {
-            let (more, update, taken) = self.attempt_changes(id, result, now)?;
+            let (more, update, taken) = self.attempt_changes(id, result, &changes, now)?;
             changes.extend(more);
             match update {
                 Some((shown, status, reason)) => updates.push((shown, Some((status, reason)))),
@@ -445,6 +454,7 @@ impl<S: Store> Engine<S> {
         &mut self,
         id: &MessageId,
         result: &AttemptResult,
+        earlier: &[Change],
         now: Timestamp,
     ) -> Result<(Vec<Change>, Option<(MessageId, Status, Option<String>)>, bool), EngineError> {
         let taken = matches!(result, AttemptResult::Accepted)
@@ -489,7 +499,7 @@ impl<S: Store> Engine<S> {
         };
         let deposited = matches!(result, AttemptResult::Deposited { accepted, .. } if *accepted >= 1);
         let part_changes = match part {
-            Some(part) => self.piece_changes(part, &outcome, deposited, now)?,
+            Some(part) => self.piece_changes(part, &entry.contact, id, &outcome, deposited, earlier, now)?,
             None => (Vec::new(), None),
         };
         let (changes, update) = match outcome {
@@ -540,30 +550,66 @@ impl<S: Store> Engine<S> {
         Ok((changes, update.map(|(status, reason)| (*id, status, reason)), taken))
     }
 
-    /// What the delivery of one piece of a long text changes for the text: its last piece taken
-    /// moves the text on (pieces leave in order, so the others went before it); any piece
-    /// failing fails the text; a piece waiting gives the text its reason.
-    #[allow(clippy::type_complexity)]
+    /// What the delivery of one piece of a long text changes for the text, given the changes
+    /// `earlier` attempts of the same batch made: the text moves on once none of its pieces is
+    /// left in the outbox (a batch's results may come in any order); any piece failing fails the
+    /// text and takes its other pieces out of the outbox; a piece waiting gives the text its
+    /// reason.
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
     fn piece_changes(
         &self,
         part: PartOf,
+        contact: &str,
+        piece: &MessageId,
         outcome: &Outcome,
         deposited: bool,
+        earlier: &[Change],
         now: Timestamp,
     ) -> Result<(Vec<Change>, Option<(Status, Option<String>)>), EngineError> {
         let Some(text) = self.store.message(&part.message)? else { return Ok((Vec::new(), None)) };
         let id = part.message;
+        // The text's status as this batch leaves it so far.
+        let current = earlier
+            .iter()
+            .rev()
+            .find_map(|c| match c {
+                Change::SetStatus { id: changed, status, .. }
+                    if *changed == id && text.status.advances_to(*status) =>
+                {
+                    Some(*status)
+                }
+                _ => None,
+            })
+            .unwrap_or(text.status);
+        let settled =
+            |other: &MessageId| earlier.iter().any(|c| matches!(c, Change::RemoveOutbox(r) if r == other));
+        // The text's other pieces still queued (they sit together near the head of the queue).
+        let mut others = Vec::new();
+        for queued in self.store.outbox_queue(contact, 2 * MAX_FRAGMENT_COUNT)? {
+            if queued.id != *piece
+                && !settled(&queued.id)
+                && self.store.part_of(&queued.id)?.is_some_and(|p| p.message == id)
+            {
+                others.push(queued.id);
+            }
+        }
         Ok(match outcome {
-            Outcome::Done(status, reason) if *status == Status::Failed || part.last => {
+            Outcome::Done(Status::Failed, reason) => {
+                let mut changes: Vec<Change> = others.into_iter().map(Change::RemoveOutbox).collect();
+                changes.push(Change::SetStatus { id, status: Status::Failed, reason: reason.clone() });
+                let update = current.advances_to(Status::Failed).then(|| (Status::Failed, reason.clone()));
+                (changes, update)
+            }
+            Outcome::Done(status, reason) if others.is_empty() => {
                 let mut changes = vec![Change::SetStatus { id, status: *status, reason: reason.clone() }];
                 if deposited {
                     changes.push(Change::AwaitReceipt { id, until: now.plus(RECEIPT_DEADLINE) });
                 }
-                let update = text.status.advances_to(*status).then(|| (*status, reason.clone()));
+                let update = current.advances_to(*status).then(|| (*status, reason.clone()));
                 (changes, update)
             }
             Outcome::Retry { reason: Some(reason), .. }
-                if text.status == Status::Queued && text.reason.as_ref() != Some(reason) =>
+                if current == Status::Queued && text.reason.as_ref() != Some(reason) =>
             {
                 (
                     vec![Change::SetReason { id, reason: Some(reason.clone()) }],

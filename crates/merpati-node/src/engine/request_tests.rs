@@ -386,21 +386,27 @@ fn a_removed_contact_leaves_nothing_and_a_blocked_one_is_not_heard() {
     assert_eq!(bob2.store().blocked().unwrap().len(), 1);
 }
 
-/// A stranger's long text (100 KiB, three pieces) fits a request: its start is the preview, and
-/// accepting opens it whole, under the id its sender knows.
+/// A first message to someone who has not answered is short: a request keeps only a few
+/// envelopes, so a long text would arrive cut short. It is refused, with nothing queued.
 #[test]
-fn a_strangers_long_text_shows_its_start_and_opens_whole() {
+fn a_long_text_waits_for_the_contacts_first_answer() {
     let (mut alice, mut bob) = pair();
-    let text = "ä ".repeat(100 * 1024 / 3);
-    let sent = alice.send_text("bob", &text, T0).unwrap();
+    let long = "ä ".repeat(100 * 1024 / 3);
+    match alice.send_text("bob", &long, T0) {
+        Err(EngineError::TooLargeBeforeAnswer { len, max, .. }) => {
+            assert_eq!((len, max), (long.len(), 15 * 1024))
+        }
+        other => panic!("expected TooLargeBeforeAnswer, got {other:?}"),
+    }
+    assert_eq!(alice.store().outbox_len().unwrap(), 0);
+    // Once Bob accepted her and his receipt came back, the long text goes.
+    alice.send_text("bob", "hello, it is Alice", T0).unwrap();
     pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0);
     let request = only_request(&bob);
-    let preview = request.preview.clone().unwrap();
-    assert_eq!(preview.chars().count(), 200);
-    assert!(text.starts_with(&preview));
-    let accepted = bob.accept_request(&request.id, "sari", T0).unwrap();
-    assert_eq!(accepted.opened, 1, "one text, not three pieces");
-    let shown = bob.store().messages(Some("sari"), 10).unwrap();
-    assert_eq!(shown.len(), 1);
-    assert_eq!((shown[0].id, shown[0].text == text), (sent.id, true));
+    bob.accept_request(&request.id, "alice", T0).unwrap();
+    pump(&mut bob, None, &mut alice, T0);
+    let sent = alice.send_text("bob", &long, T0).unwrap();
+    while pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0) > 0 {}
+    let shown = bob.store().messages(Some("alice"), 10).unwrap();
+    assert_eq!((shown.last().unwrap().id, shown.last().unwrap().text == long), (sent.id, true));
 }

@@ -19,7 +19,6 @@ use std::collections::HashMap;
 
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::Envelope;
-use merpati_proto::fragment::CONTENT_TEXT;
 use merpati_proto::frame::{Body, Control};
 use merpati_proto::identity::{IdentityPublic, PREKEY_GRACE, PREKEY_LIFETIME};
 use merpati_proto::session::{Incoming, Responder, Session, SessionId, open_digest};
@@ -109,16 +108,6 @@ impl<S: Store> Engine<S> {
         match incoming.body {
             Body::Text(text) if request.preview.is_none() => {
                 request.preview = Some(text.chars().take(PREVIEW_CHARS).collect());
-            }
-            // A long text's first piece: its start, up to the first character cut in two.
-            Body::Fragment(piece)
-                if request.preview.is_none() && piece.index == 0 && piece.content == CONTENT_TEXT =>
-            {
-                let start = match std::str::from_utf8(&piece.chunk) {
-                    Ok(text) => text,
-                    Err(e) => std::str::from_utf8(&piece.chunk[..e.valid_up_to()]).unwrap_or_default(),
-                };
-                request.preview = Some(start.chars().take(PREVIEW_CHARS).collect());
             }
             Body::Control(Control::DisplayName(name)) => request.suggested_name = Some(name),
             _ => {}

@@ -478,16 +478,18 @@ pub(crate) fn stale_fragments(
     sealer: &dyn Sealer,
     before: Timestamp,
 ) -> Result<Vec<(String, [u8; 16])>, StoreError> {
-    let mut out: Vec<(String, [u8; 16])> = Vec::new();
+    // Each group's newest arrival: a group still receiving pieces is not stale.
+    let mut newest: Vec<((String, [u8; 16]), Timestamp)> = Vec::new();
     view.scan(Tree::Fragments, &[], false, &mut |key, value| {
         let fragment: StoredFragment = open(sealer, Tree::Fragments, key, "fragment", value)?;
         let group = (fragment.contact, fragment.group);
-        if fragment.received_at < before && !out.contains(&group) {
-            out.push(group);
+        match newest.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, at)) => *at = (*at).max(fragment.received_at),
+            None => newest.push((group, fragment.received_at)),
         }
         Ok(true)
     })?;
-    Ok(out)
+    Ok(newest.into_iter().filter(|(_, at)| *at < before).map(|(group, _)| group).collect())
 }
 
 pub(crate) fn part_of(view: &dyn View, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
@@ -1127,6 +1129,9 @@ pub(crate) fn messages_before(
 /// whatever the case and however accents were typed (both compared lowercased and composed,
 /// NFC), oldest first. Reads the conversation from its newest message back until it has found
 /// `limit`.
+/// The most bytes of text one search gathers (the control API's answer holds about as much).
+const SEARCH_TEXT_BUDGET: usize = 8 * 1024 * 1024;
+
 pub(crate) fn search(
     view: &dyn View,
     sealer: &dyn Sealer,
@@ -1145,13 +1150,16 @@ pub(crate) fn search(
         return Ok(found);
     }
     let mut reader = MessageReader::new(view, sealer);
+    let mut text_bytes = 0usize;
     view.scan(tree, &prefix, true, &mut |_, value| {
         let id: MessageId = codec::decode("message index", value)?;
         let message = reader.message(&id)?.ok_or(StoreError::Corrupt { what: "message index" })?;
         if fold(&message.text).contains(&needle) {
+            text_bytes += message.text.len();
             found.push(message);
         }
-        Ok(found.len() < limit)
+        // Long texts: what one answer can carry is read, not a thousand of them.
+        Ok(found.len() < limit && text_bytes < SEARCH_TEXT_BUDGET)
     })?;
     found.reverse();
     Ok(found)

@@ -494,7 +494,7 @@ impl fmt::Debug for StoredFragment {
 pub struct PartOf {
     /// The whole text's message id (the fragment group).
     pub message: MessageId,
-    /// Whether it is the text's last piece: the text's status follows that one's delivery.
+    /// Whether it is the text's last piece.
     pub last: bool,
 }
 
@@ -812,13 +812,13 @@ pub trait Store: Send + Sync {
     fn fragments(&self, contact: &str, group: &[u8; 16]) -> Result<Vec<StoredFragment>, StoreError>;
     /// The groups of pieces from `contact` still waiting for more (keys only: cheap).
     fn fragment_groups(&self, contact: &str) -> Result<Vec<[u8; 16]>, StoreError>;
-    /// Every group, with its contact, holding a piece that arrived before `before`.
+    /// Every group, with its contact, whose newest piece arrived before `before`.
     fn stale_fragments(&self, before: Timestamp) -> Result<Vec<(String, [u8; 16])>, StoreError>;
     /// The long text the outbox entry `id` carries a piece of, if it does.
     fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError>;
     /// The newest `limit` messages with `contact` (or with everyone) whose text contains
-    /// `needle` whatever the case, oldest first. Reads back from the newest message until it
-    /// found `limit`: a whole conversation when fewer match.
+    /// `needle` whatever the case, oldest first; fewer once they hold 8 MiB of text. Reads back
+    /// from the newest message until it found them: a whole conversation when fewer match.
     fn search(
         &self,
         contact: Option<&str>,

@@ -101,7 +101,7 @@ impl fmt::Debug for Content {
 }
 
 /// A file's description.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(PartialEq, Eq)]
 pub struct Descriptor {
     /// The file's length in bytes.
     pub len: u64,
@@ -117,6 +117,20 @@ pub struct Descriptor {
     pub thumbnail: Vec<u8>,
     /// Where its bytes are.
     pub content: Content,
+}
+
+impl fmt::Debug for Descriptor {
+    // The name and caption are what someone wrote: their lengths only, as for texts.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Descriptor")
+            .field("len", &self.len)
+            .field("media_type", &self.media_type)
+            .field("name_len", &self.name.len())
+            .field("caption_len", &self.caption.len())
+            .field("thumbnail_len", &self.thumbnail.len())
+            .field("content", &self.content)
+            .finish()
+    }
 }
 
 impl Descriptor {
@@ -218,6 +232,9 @@ impl Descriptor {
                 }
             }
             Content::Blob { count, sources, .. } => {
+                if self.len <= MAX_INLINE_LEN as u64 {
+                    return Err(invalid("a file of at most 48 KiB rides inline, not as a blob"));
+                }
                 if chunk_count(self.len)? != *count {
                     return Err(BlobError::CountMismatch { len: self.len, count: *count });
                 }
@@ -268,6 +285,9 @@ pub fn is_safe_name(name: &str) -> bool {
             c.is_control()
                 || c == '/'
                 || c == '\\'
+                // Invisible direction marks and overrides, and line separators: a name shows as
+                // it reads.
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{061c}' | '\u{2028}' | '\u{2029}')
                 || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
         })
 }
@@ -341,6 +361,7 @@ mod tests {
             "x\u{0}y",
             "bell\u{7}",
             "abc\u{202e}gpj.exe",
+            "invoice\u{200f}fdp.exe",
             &"n".repeat(256),
         ] {
             let descriptor = Descriptor { name: name.into(), ..blob() };
@@ -358,7 +379,11 @@ mod tests {
         assert!(refused(Descriptor { media_type: "image/ jpeg".into(), ..blob() }));
         assert!(refused(Descriptor { media_type: format!("image/{}", "x".repeat(60)), ..blob() }));
         assert!(refused(Descriptor { len: MAX_FILE_LEN + 1, ..blob() }));
-        assert!(refused(Descriptor { len: 10, ..blob() }), "a count that does not follow from the length");
+        assert!(
+            refused(Descriptor { len: 10 * 1024 * 1024, ..blob() }),
+            "a count that does not follow from the length"
+        );
+        assert!(refused(Descriptor { len: 1000, ..blob() }), "a small file rides inline");
         assert!(refused(Descriptor { len: 4, ..inline() }), "an inline file of another length");
         let mut many = blob();
         if let Content::Blob { sources, .. } = &mut many.content {
@@ -407,9 +432,10 @@ mod tests {
     }
 
     #[test]
-    fn keys_never_print() {
+    fn keys_and_words_never_print() {
         let shown = format!("{:?}", blob());
         assert!(!shown.contains("3, 3, 3"), "{shown}");
+        assert!(!shown.contains("pasar") && !shown.contains("stall"), "{shown}");
         assert!(shown.contains("count: 96"), "{shown}");
     }
 }

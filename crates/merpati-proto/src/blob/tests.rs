@@ -9,17 +9,13 @@ use crate::kdf;
 
 const ID: [u8; 16] = [7; 16];
 
-fn key(seed: u64) -> BlobKey {
-    BlobKey::generate(&mut ChaCha20Rng::seed_from_u64(seed))
-}
-
 fn file(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 251) as u8).collect()
 }
 
-/// The whole blob of `data`, pushed in slices of `step` bytes.
-fn encrypt(key: &BlobKey, id: &[u8; 16], data: &[u8], step: usize) -> (Vec<Vec<u8>>, [u8; 32]) {
-    let mut encryptor = Encryptor::new(key, id, data.len() as u64).unwrap();
+/// The whole blob of `data` under a key drawn from `seed`, pushed in slices of `step` bytes.
+fn encrypt(seed: u64, id: &[u8; 16], data: &[u8], step: usize) -> (Vec<Vec<u8>>, [u8; 32], BlobKey) {
+    let mut encryptor = Encryptor::new(&mut ChaCha20Rng::seed_from_u64(seed), id, data.len() as u64).unwrap();
     let mut chunks = Vec::new();
     for slice in data.chunks(step.max(1)) {
         chunks.extend(encryptor.push(slice).unwrap());
@@ -28,7 +24,8 @@ fn encrypt(key: &BlobKey, id: &[u8; 16], data: &[u8], step: usize) -> (Vec<Vec<u
         chunks.push(chunk);
     }
     assert_eq!(chunks.len() as u32, encryptor.count());
-    (chunks, encryptor.file_hash())
+    let key = BlobKey::from_bytes(*encryptor.key().as_bytes());
+    (chunks, encryptor.file_hash(), key)
 }
 
 fn decrypt(
@@ -71,10 +68,9 @@ fn chunk_counts_pad_to_three_significant_bits() {
 
 #[test]
 fn files_of_every_awkward_size_round_trip_and_hash_as_kdf_does() {
-    let key = key(1);
     for len in [0, 1, PIECE_LEN - 8, PIECE_LEN - 7, PIECE_LEN, 3 * PIECE_LEN + 5, 1024 * 1024 + 3] {
         let data = file(len);
-        let (chunks, hash) = encrypt(&key, &ID, &data, 10_007);
+        let (chunks, hash, key) = encrypt(1, &ID, &data, 10_007);
         assert!(chunks.iter().all(|c| c.len() == CHUNK_LEN), "every chunk has one size");
         assert_eq!(chunks.len() as u32, chunk_count(len as u64).unwrap());
         assert_eq!(hash, kdf::hash(kdf::label::BLOB_HASH, &[&data]));
@@ -87,9 +83,8 @@ fn files_of_every_awkward_size_round_trip_and_hash_as_kdf_does() {
 
 #[test]
 fn a_chunk_opens_only_in_its_place_in_its_blob() {
-    let key = key(2);
     let data = file(5 * PIECE_LEN);
-    let (chunks, hash) = encrypt(&key, &ID, &data, PIECE_LEN);
+    let (chunks, hash, key) = encrypt(2, &ID, &data, PIECE_LEN);
     let count = chunks.len() as u32;
     // Swapped.
     assert_eq!(open_chunk(&key, &ID, count, 0, &chunks[1]), Err(BlobError::BadChunk { index: 0 }));
@@ -98,7 +93,7 @@ fn a_chunk_opens_only_in_its_place_in_its_blob() {
     assert_eq!(decrypt(&key, &ID, data.len() as u64, hash, &swapped), Err(BlobError::BadChunk { index: 1 }));
     // From another blob, or under another key.
     assert!(open_chunk(&key, &[8; 16], count, 0, &chunks[0]).is_err());
-    assert!(open_chunk(&self::key(3), &ID, count, 0, &chunks[0]).is_err());
+    assert!(open_chunk(&BlobKey::from_bytes([3; 32]), &ID, count, 0, &chunks[0]).is_err());
     // One bit flipped.
     let mut bent = chunks[3].clone();
     bent[100] ^= 1;
@@ -123,9 +118,8 @@ fn a_chunk_opens_only_in_its_place_in_its_blob() {
 
 #[test]
 fn a_description_that_lies_is_caught() {
-    let key = key(4);
     let data = file(2 * PIECE_LEN);
-    let (chunks, hash) = encrypt(&key, &ID, &data, 4096);
+    let (chunks, hash, key) = encrypt(4, &ID, &data, 4096);
     let len = data.len() as u64;
     // Another hash: the file opens but is not the one described.
     let mut other = hash;
@@ -146,7 +140,7 @@ fn a_description_that_lies_is_caught() {
 
 #[test]
 fn padding_must_be_zero() {
-    let key = key(5);
+    let key = BlobKey::from_bytes([5; 32]);
     let data = file(100);
     // A blob whose plaintext carries a stray byte after the file, sealed as a sender would.
     let count = chunk_count(100).unwrap();
@@ -166,25 +160,29 @@ fn padding_must_be_zero() {
 
 #[test]
 fn the_encryptor_takes_exactly_the_announced_bytes() {
-    let key = key(6);
-    let mut encryptor = Encryptor::new(&key, &ID, 10).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(6);
+    let mut encryptor = Encryptor::new(&mut rng, &ID, 10).unwrap();
     assert_eq!(encryptor.push(&[1; 11]), Err(BlobError::LengthMismatch { expected: 10, got: 11 }));
     encryptor.push(&[1; 4]).unwrap();
     assert_eq!(encryptor.next_tail(), Err(BlobError::LengthMismatch { expected: 10, got: 4 }));
     encryptor.push(&[1; 6]).unwrap();
     assert!(encryptor.next_tail().unwrap().is_some());
     assert_eq!(encryptor.next_tail(), Ok(None));
-    assert!(Encryptor::new(&key, &ID, MAX_FILE_LEN + 1).is_err());
-    assert_eq!(format!("{key:?}"), "BlobKey(..)", "a key never prints");
+    assert!(Encryptor::new(&mut rng, &ID, MAX_FILE_LEN + 1).is_err());
+    assert_eq!(format!("{:?}", encryptor.key()), "BlobKey(..)", "a key never prints");
 }
 
 #[test]
-fn one_key_gives_each_blob_its_own_chunks() {
-    let key = key(7);
+fn the_same_file_twice_is_two_unrelated_blobs() {
     let data = file(1000);
-    let (a, _) = encrypt(&key, &ID, &data, 1000);
-    let (b, _) = encrypt(&key, &[9; 16], &data, 1000);
-    assert_ne!(a[0], b[0]);
+    let mut rng = ChaCha20Rng::seed_from_u64(7);
+    let a = Encryptor::new(&mut rng, &ID, 1000).unwrap();
+    let b = Encryptor::new(&mut rng, &ID, 1000).unwrap();
+    assert_ne!(a.key(), b.key(), "each file its own key");
+    let (x, hash_x, _) = encrypt(7, &ID, &data, 1000);
+    let (y, hash_y, _) = encrypt(8, &ID, &data, 1000);
+    assert_ne!(x[0], y[0]);
+    assert_eq!(hash_x, hash_y, "the hash is the file's, whatever the key");
 }
 
 proptest! {
@@ -192,9 +190,8 @@ proptest! {
 
     #[test]
     fn any_file_in_any_slicing_round_trips(len in 0usize..300_000, step in 1usize..70_000, seed: u64) {
-        let key = key(seed);
         let data = file(len);
-        let (chunks, hash) = encrypt(&key, &ID, &data, step);
+        let (chunks, hash, key) = encrypt(seed, &ID, &data, step);
         prop_assert_eq!(decrypt(&key, &ID, len as u64, hash, &chunks).unwrap(), data);
     }
 }

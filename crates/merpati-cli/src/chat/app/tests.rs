@@ -93,12 +93,17 @@ impl Daemon for Fake {
         contact: &str,
         before: Option<MessageId>,
         limit: u32,
-    ) -> Result<Vec<MessageView>, ClientError> {
+    ) -> Result<(Vec<MessageView>, bool), ClientError> {
         self.gone()?;
         self.pages_read += 1;
         let all = self.conversations.get(contact).cloned().unwrap_or_default();
         let end = before.and_then(|b| all.iter().position(|m| m.id == b)).unwrap_or(all.len());
-        Ok(all[end.saturating_sub(limit as usize)..end].to_vec())
+        // Like the daemon, a page with long texts (here: over 100 bytes) is cut after the newest.
+        let page = &all[end.saturating_sub(limit as usize)..end];
+        match page.iter().rposition(|m| m.text.len() > 100) {
+            Some(long) if long > 0 => Ok((page[long..].to_vec(), true)),
+            _ => Ok((page.to_vec(), false)),
+        }
     }
 
     fn send(&mut self, contact: &str, text: &str) -> Result<MessageId, ClientError> {
@@ -198,6 +203,31 @@ fn what_arrives_on_screen_is_read_and_elsewhere_is_counted() {
 }
 
 #[test]
+fn what_arrives_while_the_terminal_is_in_the_background_waits_until_it_is_back() {
+    let mut fake = Fake::with(&[("bob", 1)]);
+    let mut app = started(&mut fake);
+    fake.marked_read.clear();
+    app.focus(false, &mut fake);
+    app.update(Update::Event(Event::Message(message(60, "bob", Direction::In, "still there?"))), &mut fake);
+    assert!(fake.marked_read.is_empty(), "in the background: not read");
+    assert_eq!(app.contacts[0].unread, 1);
+    app.focus(true, &mut fake);
+    assert_eq!(fake.marked_read, ["bob"]);
+    assert_eq!(app.contacts[0].unread, 0);
+}
+
+#[test]
+fn one_failed_call_is_news_not_an_outage() {
+    let mut fake = Fake::with(&[("bob", 1)]);
+    let mut app = started(&mut fake);
+    fake.down = true;
+    type_text(&mut app, &mut fake, "hi");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(app.link, LinkState::Up, "only the link says the daemon is gone");
+    assert!(app.notice.as_ref().is_some_and(|n| n.error));
+}
+
+#[test]
 fn scrolled_back_is_not_read_until_the_view_comes_down_again() {
     let mut fake = Fake::with(&[("bob", 60)]);
     let mut app = started(&mut fake);
@@ -233,6 +263,23 @@ fn scrolling_up_pages_back_through_the_whole_history() {
     press(&mut app, &mut fake, KeyCode::PageUp);
     assert_eq!(app.conversation.as_ref().map(|c| c.scroll), Some(top));
     assert!(top > 0);
+}
+
+#[test]
+fn a_page_cut_short_by_long_texts_is_not_the_start_of_the_history() {
+    let mut fake = Fake::with(&[("bob", 10)]);
+    let long = "x".repeat(500);
+    let conversation = fake.conversations.entry("bob".into()).or_default();
+    conversation[3].text = long.clone();
+    conversation[7].text = long;
+    let mut app = started(&mut fake);
+    assert_eq!(shown(&app).len(), 3, "the daemon cut the page after the newest long text");
+    assert!(!app.conversation.as_ref().expect("open").complete, "older messages may follow");
+    for _ in 0..20 {
+        press(&mut app, &mut fake, KeyCode::PageUp);
+    }
+    assert_eq!(shown(&app).len(), 10, "every page read, down to the first message");
+    assert!(app.conversation.as_ref().expect("open").complete);
 }
 
 #[test]
