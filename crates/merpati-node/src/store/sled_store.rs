@@ -271,7 +271,9 @@ impl SledStore {
     }
 
     /// Computes `changes` against the committed state and writes the result as one sled
-    /// transaction over every tree (not yet durable).
+    /// transaction over the trees it touches (not yet durable). Commits are serialised by the
+    /// writer lock, so a transaction never needs a tree it does not write: and sled's cost per
+    /// transaction grows with the trees in it.
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let _shared = self.shared();
@@ -279,8 +281,24 @@ impl SledStore {
         let overlay = Overlay::new(&view);
         engine::apply(&overlay, &self.keyring, changes)?;
         let writes = overlay.into_writes();
-        self.trees[..]
-            .transaction(|trees: &Vec<TransactionalTree>| write_all(trees, &writes))
+        // The writes are ordered by tree first: each touched tree once.
+        let mut touched: Vec<Tree> = writes.keys().map(|(tree, _)| *tree).collect();
+        touched.dedup();
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let trees: Vec<sled::Tree> = touched.iter().map(|tree| self.tree(*tree).clone()).collect();
+        trees[..]
+            .transaction(|t: &Vec<TransactionalTree>| {
+                for ((tree, key), value) in &writes {
+                    let at = touched.binary_search(tree).unwrap_or(0);
+                    match value {
+                        Some(value) => t[at].insert(key.as_slice(), value.as_slice())?,
+                        None => t[at].remove(key.as_slice())?,
+                    };
+                }
+                Ok(())
+            })
             .map_err(from_transaction)
     }
 
@@ -676,11 +694,24 @@ mod tests {
     use super::*;
     use crate::store::{Direction, Status};
 
+    /// Opens the store in `dir`, waiting for sled's file lock: sled lets go of it when the last
+    /// reference to a closed database drops, which can be a moment later, on its own thread.
     fn open(dir: &Path, seed: u64) -> SledStore {
-        let keyring =
+        let keyring = || {
             Keyring::open_or_create(SledStore::key_file(dir), &mut ChaCha20Rng::seed_from_u64(seed))
-                .expect("keyring");
-        SledStore::open(dir, keyring).expect("open")
+                .expect("keyring")
+        };
+        for _ in 0..200 {
+            match SledStore::open(dir, keyring()) {
+                Err(StoreError::Db(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock") =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other.expect("open"),
+            }
+        }
+        SledStore::open(dir, keyring()).expect("open")
     }
 
     #[test]
