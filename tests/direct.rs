@@ -280,3 +280,65 @@ fn a_text_of_a_mib_arrives_whole_directly() {
     assert_eq!(got[1]["id"], id.as_str());
     assert!(got[1]["text"] == long.as_str(), "the text arrives exactly as sent");
 }
+
+/// A small file (a photo of 40 KiB) directly: it arrives with its name, type, size and caption,
+/// `save` writes out exactly its bytes and keeps a file that is there already, and a file too
+/// large for this version is refused before anything is queued.
+#[test]
+fn a_small_file_arrives_and_is_saved_byte_for_byte() {
+    let (alice, bob) = pair();
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("pasar pagi.jpg");
+    let bytes: Vec<u8> = (0..40 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let out = alice.cli(&[
+        "send",
+        "bob",
+        "the stall, this morning",
+        "--file",
+        photo.to_str().unwrap(),
+        "--wait",
+        "delivered",
+    ]);
+    assert!(out.status.success(), "{}\n{}", merpati_e2e::text(&out.stderr), alice.log());
+    let id = merpati_e2e::text(&out.stdout).lines().next().unwrap().to_owned();
+
+    let got = bob.messages(Some("alice"));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["id"], id.as_str());
+    assert_eq!(got[0]["text"], "the stall, this morning");
+    assert_eq!(
+        got[0]["file"],
+        serde_json::json!({"name": "pasar pagi.jpg", "media_type": "image/jpeg", "size": 40 * 1024, "here": true})
+    );
+    let listed = bob.ok(&["messages", "alice"]);
+    assert!(listed.contains("[file pasar pagi.jpg, 40.0 KiB] the stall, this morning"), "{listed}");
+
+    let saved = dir.path().join("saved.jpg");
+    bob.ok(&["save", &id, saved.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&saved).unwrap(), bytes, "the file arrives exactly as sent");
+    // A file already there is kept unless --force.
+    std::fs::write(&saved, b"mine").unwrap();
+    let again = bob.cli(&["save", &id, saved.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(merpati_e2e::text(&again.stderr).contains("exists"), "{}", merpati_e2e::text(&again.stderr));
+    assert_eq!(std::fs::read(&saved).unwrap(), b"mine");
+    bob.ok(&["save", &id, saved.to_str().unwrap(), "--force"]);
+    assert_eq!(std::fs::read(&saved).unwrap(), bytes);
+    // The sender keeps it too.
+    let kept = dir.path().join("kept.jpg");
+    alice.ok(&["save", &id, kept.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&kept).unwrap(), bytes);
+
+    // Too large for this version: exit 18 with the limit, nothing queued.
+    let big = dir.path().join("video.mp4");
+    std::fs::write(&big, vec![1u8; 60 * 1024]).unwrap();
+    let refused = alice.cli(&["send", "bob", "--file", big.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(18), "{}", merpati_e2e::text(&refused.stderr));
+    assert!(merpati_e2e::text(&refused.stderr).contains("48 KiB"));
+    assert_eq!(alice.messages(Some("bob")).len(), 1);
+    // A message without a file has nothing to save.
+    let text = alice.send("bob", "just words");
+    let nothing = alice.cli(&["save", &text, dir.path().join("x").to_str().unwrap()]);
+    assert_eq!(nothing.status.code(), Some(17), "{}", merpati_e2e::text(&nothing.stderr));
+}

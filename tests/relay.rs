@@ -725,3 +725,25 @@ fn a_long_text_waits_at_the_relay_in_pieces_and_arrives_whole() {
     assert!(incoming[0]["text"] == long.trim_end_matches('\n'), "the text arrives exactly as sent");
     wait_until("the long text delivered", PATIENCE, || is_delivered(&alice.message_status(&id)));
 }
+
+/// A small file for a recipient who is away waits at the relay like a text, and arrives whole.
+#[test]
+fn a_small_file_waits_at_the_relay_and_arrives_whole() {
+    let relay = relay("");
+    let (alice, mut bob) = users(&[&relay], true);
+    bob.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let note = dir.path().join("voice note.ogg");
+    let bytes: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&note, &bytes).unwrap();
+    let id = alice.ok(&["send", "bob", "--file", note.to_str().unwrap()]).trim().to_owned();
+    wait_until("the file stored at the relay", PATIENCE, || is_stored(&alice.message_status(&id), 1, 1));
+    bob.start();
+    wait_until("the file at Bob", PATIENCE, || {
+        bob.messages(Some("alice")).iter().any(|m| m["id"] == id.as_str())
+    });
+    let saved = dir.path().join("saved.ogg");
+    bob.ok(&["save", &id, saved.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&saved).unwrap(), bytes);
+    wait_until("the file delivered", PATIENCE, || is_delivered(&alice.message_status(&id)));
+}

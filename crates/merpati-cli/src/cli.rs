@@ -9,7 +9,7 @@ use merpati_proto::invite::MAX_NAME_LEN;
 
 use crate::chat;
 use crate::commands::{
-    contact, delete, export, init, invite, messages, relay, requests, search, send, shell,
+    contact, delete, export, files, init, invite, messages, relay, requests, search, send, shell,
 };
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
@@ -43,7 +43,7 @@ pub(crate) enum Command {
     /// Add, list, show, rename, remove and block contacts
     #[command(subcommand)]
     Contact(contact::Command),
-    /// Send a text to a contact
+    /// Send a text (or a small file) to a contact
     Send(send::Args),
     /// List messages, page back through them, and optionally follow new ones
     Messages(messages::Args),
@@ -55,10 +55,16 @@ pub(crate) enum Command {
     /// read. Keys: Enter sends, Alt+Enter or Ctrl+J starts a new line, Tab and Shift+Tab move
     /// between conversations, PgUp/PgDn (and ↑/↓ outside a multi-line text) scroll back through
     /// the whole history, Ctrl+C quits. Typed commands: /accept NAME, /reject and /block on a
-    /// selected request, /help, /quit; start a text with // to send one that begins with /.
+    /// selected request, /file PATH, /help, /quit; start a text with // to send one that begins
+    /// with /.
     Chat(chat::Args),
     /// Find messages holding a text, whatever its case
     Search(search::Args),
+    /// Write out the file a message carries
+    ///
+    /// To its own name in the current directory, or to PATH; a file already there is kept unless
+    /// --force is given.
+    Save(files::SaveArgs),
     /// Write a conversation (or all) as plain text, JSON lines or an HTML page, to keep
     Export(export::Args),
     /// Delete one message from this device; its text cannot be recovered from the files

@@ -43,6 +43,8 @@ pub(crate) enum Code {
     NotBlocked = 16,
     /// 17: no message has that id.
     UnknownMessage = 17,
+    /// 18: the file cannot be sent: too large for this version, or a name or type not allowed.
+    InvalidFile = 18,
 }
 
 /// An error found by the CLI itself, with the exit code it calls for.
@@ -89,6 +91,7 @@ pub(crate) fn code_of(error: &anyhow::Error) -> Code {
                     Some(AppError::RequestExpired) => Code::RequestExpired,
                     Some(AppError::NotBlocked) => Code::NotBlocked,
                     Some(AppError::UnknownMessage) => Code::UnknownMessage,
+                    Some(AppError::InvalidFile) => Code::InvalidFile,
                     _ => Code::Other,
                 },
                 _ => Code::Other,

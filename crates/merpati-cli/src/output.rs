@@ -6,7 +6,7 @@ use std::fmt::{Display, Write as _};
 use std::io::{self, Write};
 
 use anyhow::{Context, Result};
-use merpati_control::protocol::{MessageStatus, StoredCount};
+use merpati_control::protocol::{MessageStatus, MessageView, StoredCount};
 use merpati_proto::Timestamp;
 use serde::Serialize;
 
@@ -67,6 +67,24 @@ pub(crate) fn sanitize(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// A message's text as people read it: a file it carries named first, `[file photo.jpg, 23.4
+/// KiB]`, then the caption.
+pub(crate) fn shown_text(message: &MessageView) -> Cow<'_, str> {
+    let Some(file) = &message.file else { return Cow::Borrowed(&message.text) };
+    let away = if file.here { "" } else { ", not on this device" };
+    let label = format!("[file {}, {}{away}]", file.name, size_text(file.size));
+    if message.text.is_empty() { Cow::Owned(label) } else { Cow::Owned(format!("{label} {}", message.text)) }
+}
+
+/// A size as people read it: `812 B`, `23.4 KiB`, `1.5 MiB`.
+pub(crate) fn size_text(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{:.1} KiB", bytes as f64 / 1024.0),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
 }
 
 /// A status as people read it: the wire name, with the relay count after `stored` (`stored 1/2`:

@@ -108,6 +108,7 @@ fn view(direction: Direction, text: &str, status: Option<MessageStatus>) -> Mess
         stored: None,
         reason: None,
         seq: None,
+        file: None,
     }
 }
 

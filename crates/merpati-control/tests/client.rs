@@ -65,6 +65,7 @@ fn view(text: &str) -> MessageView {
         stored: None,
         reason: None,
         seq: Some(1),
+        file: None,
     }
 }
 

@@ -665,7 +665,7 @@ impl Actor {
 
     fn publish_message(&self, message: &StoredMessage) {
         // No subscriber is not an error: notifications are a convenience over the store.
-        let _ = self.events.send(Event::Message(rpc::message_view(message)));
+        let _ = self.events.send(Event::Message(rpc::message_view(self.engine.store(), message)));
     }
 
     fn publish_status(&self, id: MessageId, status: Status, reason: Option<String>) {

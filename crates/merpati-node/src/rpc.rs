@@ -1,18 +1,22 @@
 //! Control API methods: each request turned into engine calls and a typed answer.
 
+use data_encoding::BASE64;
 use libp2p::Multiaddr;
 use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
     self, AppError, BlockedListResult, BlockedView, ContactAddResult, ContactListResult, ContactNameResult,
-    ContactShowResult, ContactSummary, Direction as ViewDirection, InviteResult, MessageDeleteResult,
-    MessageStatus, MessageView, MessagesReadResult, MessagesResult, RejectResult, RelayListResult, RelayView,
-    Request, RequestAcceptResult, RequestListResult, RequestView, Response, SendParams, SendResult,
-    StatusResult, StatusUpdate, StoredCount,
+    ContactShowResult, ContactSummary, Direction as ViewDirection, FileView, InviteResult,
+    MessageDeleteResult, MessageFileResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult,
+    RejectResult, RelayListResult, RelayView, Request, RequestAcceptResult, RequestListResult, RequestView,
+    Response, SendParams, SendResult, StatusResult, StatusUpdate, StoredCount,
 };
 use merpati_proto::Timestamp;
+use merpati_proto::blob::{Content, Descriptor, MAX_INLINE_LEN};
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{SafetyNumber, fingerprint};
+use merpati_proto::kdf;
 use serde::Serialize;
+use zeroize::Zeroizing;
 
 use crate::engine::{Engine, EngineError};
 use crate::net;
@@ -131,6 +135,32 @@ pub(crate) async fn handle(
                 engine.send_text(&to, &params.text, now)
             })
             .map(|message| to_value(SendResult { id: message_id(&message.id) })),
+        },
+        method::SendFile::NAME => match request.params_of::<method::SendFile>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| {
+                let to = engine.resolve_contact(&params.to)?;
+                engine.send_file(&to, &inline_file(&params)?, now)
+            })
+            .map(|message| to_value(SendResult { id: message_id(&message.id) })),
+        },
+        method::MessageFile::NAME => match request.params_of::<method::MessageFile>() {
+            Err(answer) => return answer,
+            Ok(params) => blocking(|| {
+                let id = MessageId(params.id.to_bytes());
+                engine.message(&id)?;
+                let missing = || {
+                    EngineError::UnknownMessage(format!("{} (no file of it is on this device)", params.id))
+                };
+                let info = engine.store().file_info(&id)?.ok_or_else(missing)?;
+                let data = engine.store().file_data(&id)?.ok_or_else(missing)?;
+                Ok(to_value(MessageFileResult {
+                    name: info.name,
+                    media_type: info.media_type,
+                    size: info.len,
+                    data: BASE64.encode(&data),
+                }))
+            }),
         },
         method::MessageStatus::NAME => match request.params_of::<method::MessageStatus>() {
             Err(answer) => return answer,
@@ -266,6 +296,7 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         | EngineError::AmbiguousContact { .. } => AppError::UnknownContact,
         EngineError::InvalidInvite(_) => AppError::InvalidInvite,
         EngineError::TooLarge { .. } | EngineError::TooLargeBeforeAnswer { .. } => AppError::MessageTooLarge,
+        EngineError::InvalidFile(_) => AppError::InvalidFile,
         EngineError::ContactExists(_) => AppError::ContactExists,
         EngineError::UnknownMessage(_) => AppError::UnknownMessage,
         EngineError::InvalidName(_) => AppError::InvalidName,
@@ -412,7 +443,7 @@ fn search(
     }
     let with = params.with.as_deref().map(|name| engine.resolve_contact(name)).transpose()?;
     let found = engine.store().search(with.as_deref(), &params.text, params.effective_limit() as usize)?;
-    Ok(within_line(&found))
+    Ok(within_line(engine.store(), &found))
 }
 
 /// Messages read per step of [`page_within_line`]: at most 16 MiB of long texts in memory.
@@ -436,7 +467,7 @@ fn page_within_line(
             Some(order) => store.messages_before(with, order, want)?,
             None => store.messages(with, want)?,
         };
-        if !answer.take_newest_first(&step) || step.len() < want {
+        if !answer.take_newest_first(store, &step) || step.len() < want {
             break;
         }
         cursor = step.first().map(|m| m.order);
@@ -445,9 +476,9 @@ fn page_within_line(
 }
 
 /// `messages` (oldest first) as an answer that fits one control line: the newest that fit.
-fn within_line(messages: &[StoredMessage]) -> MessagesResult {
+fn within_line(store: &impl Store, messages: &[StoredMessage]) -> MessagesResult {
     let mut answer = Answer::default();
-    answer.take_newest_first(messages);
+    answer.take_newest_first(store, messages);
     answer.into_result()
 }
 
@@ -461,9 +492,9 @@ struct Answer {
 
 impl Answer {
     /// Adds `messages` (oldest first) from the newest back; false once one did not fit.
-    fn take_newest_first(&mut self, messages: &[StoredMessage]) -> bool {
+    fn take_newest_first(&mut self, store: &impl Store, messages: &[StoredMessage]) -> bool {
         for message in messages.iter().rev() {
-            let view = message_view(message);
+            let view = message_view(store, message);
             let len = serde_json::to_vec(&view).map_or(usize::MAX, |json| json.len() + 1);
             if self.bytes.saturating_add(len) > protocol::MAX_MESSAGES_BYTES && !self.views.is_empty() {
                 self.cut = true;
@@ -479,6 +510,29 @@ impl Answer {
         self.views.reverse();
         MessagesResult { messages: self.views, cut: self.cut }
     }
+}
+
+/// The description of a file sent with `send.file`: the file inside it (this version sends no
+/// file larger than [`MAX_INLINE_LEN`]).
+fn inline_file(params: &protocol::SendFileParams) -> Result<Descriptor, EngineError> {
+    let data = BASE64.decode(params.data.as_bytes()).map_err(|_| {
+        EngineError::InvalidFile("the file's data is not base64 (RFC 4648, with padding)".into())
+    })?;
+    if data.len() > MAX_INLINE_LEN {
+        return Err(EngineError::InvalidFile(format!(
+            "the file is {} bytes: this version sends files of at most {MAX_INLINE_LEN} bytes (48 KiB)",
+            data.len()
+        )));
+    }
+    Ok(Descriptor {
+        len: data.len() as u64,
+        hash: kdf::hash(kdf::label::BLOB_HASH, &[&data]),
+        media_type: params.media_type.clone(),
+        name: params.name.clone(),
+        caption: params.caption.clone(),
+        thumbnail: Vec::new(),
+        content: Content::Inline(Zeroizing::new(data)),
+    })
 }
 
 /// A request (or blocked sender's) id as the user typed it.
@@ -572,8 +626,20 @@ async fn relay_list(engine: &Engine<SledStore>, net: &net::Handle) -> RelayListR
 }
 
 /// How a stored message is shown on the control API.
-pub(crate) fn message_view(message: &StoredMessage) -> MessageView {
+pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> MessageView {
     let outgoing = message.direction == Direction::Out;
+    let file = match store.file_info(&message.id) {
+        Ok(info) => info.map(|info| FileView {
+            name: info.name,
+            media_type: info.media_type,
+            size: info.len,
+            here: info.here,
+        }),
+        Err(e) => {
+            tracing::warn!("a message's file cannot be read: {e}");
+            None
+        }
+    };
     MessageView {
         id: message_id(&message.id),
         direction: if outgoing { ViewDirection::Out } else { ViewDirection::In },
@@ -584,6 +650,7 @@ pub(crate) fn message_view(message: &StoredMessage) -> MessageView {
         stored: stored_of(message.status),
         reason: if outgoing { message.reason.clone() } else { None },
         seq: message.seq,
+        file,
     }
 }
 

@@ -415,6 +415,12 @@ impl Store for Rigged {
     fn part_of(&self, id: &MessageId) -> Result<Option<store::PartOf>, store::StoreError> {
         self.store.part_of(id)
     }
+    fn file_info(&self, id: &MessageId) -> Result<Option<store::FileInfo>, store::StoreError> {
+        self.store.file_info(id)
+    }
+    fn file_data(&self, id: &MessageId) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, store::StoreError> {
+        self.store.file_data(id)
+    }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
         self.store.outbox()
     }
@@ -915,4 +921,40 @@ fn a_text_moves_on_only_when_every_piece_has_gone() {
     assert_eq!(alice.message(&second.id).unwrap().status, Status::Failed);
     let published: Vec<_> = updates.iter().filter(|(id, u)| *id == second.id && u.is_some()).collect();
     assert_eq!(published.len(), 1, "{updates:?}");
+}
+
+fn small_file(name: &str, data: Vec<u8>) -> merpati_proto::blob::Descriptor {
+    use merpati_proto::kdf;
+    merpati_proto::blob::Descriptor {
+        len: data.len() as u64,
+        hash: kdf::hash(kdf::label::BLOB_HASH, &[&data]),
+        media_type: "audio/ogg".into(),
+        name: name.into(),
+        caption: "listen".into(),
+        thumbnail: Vec::new(),
+        content: merpati_proto::blob::Content::Inline(zeroize::Zeroizing::new(data)),
+    }
+}
+
+#[test]
+fn a_small_file_arrives_with_its_message_and_is_kept_on_both_sides() {
+    let (mut alice, mut bob) = pair();
+    let data: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
+    let sent = alice.send_file("bob", &small_file("note.ogg", data.clone()), T0).unwrap();
+    assert_eq!(sent.text, "listen");
+    settle(&mut alice, &mut bob, T0);
+    assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
+    let got = bob.store().messages(Some("alice"), 10).unwrap();
+    assert_eq!((got.len(), got[0].id, got[0].text.as_str()), (1, sent.id, "listen"));
+    let info = bob.store().file_info(&sent.id).unwrap().unwrap();
+    assert_eq!((info.name.as_str(), info.len, info.here), ("note.ogg", 40_000, true));
+    assert_eq!(bob.store().file_data(&sent.id).unwrap().unwrap().to_vec(), data);
+    assert_eq!(alice.store().file_data(&sent.id).unwrap().unwrap().to_vec(), data);
+
+    // Too large for a description, or a name that is a path: refused, nothing queued.
+    let big = small_file("big.bin", vec![0; merpati_proto::blob::MAX_INLINE_LEN + 1]);
+    assert!(matches!(alice.send_file("bob", &big, T0), Err(EngineError::InvalidFile(_))));
+    let climbing = small_file("../../.bashrc", vec![1]);
+    assert!(matches!(alice.send_file("bob", &climbing, T0), Err(EngineError::InvalidFile(_))));
+    assert!(alice.store().outbox().unwrap().is_empty());
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use merpati_node::store::keyring::KEY_FILE;
 use merpati_node::store::{
-    Blocked, Change, Contact, ContactRequest, Direction, FORMAT_VERSION, Keyring, MAX_NAME_LEN,
+    Blocked, Change, Contact, ContactRequest, Direction, FORMAT_VERSION, FileInfo, Keyring, MAX_NAME_LEN,
     MAX_VALUE_LEN, MemoryStore, NodeKey, OutboxEntry, OutboxHead, PartOf, Profile, RequestId, SCHEMA_VERSION,
     SessionRecord, SledStore, Status, Store, StoreError, StoredFragment, StoredMessage,
 };
@@ -23,6 +23,7 @@ use merpati_proto::session::state::{RecvEpoch, SendEpoch, SeqTracker, SubKey};
 use merpati_proto::session::{Role, SessionId, SessionState};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
+use zeroize::Zeroizing;
 
 const NOW: Timestamp = Timestamp(1_700_000_000_000);
 
@@ -867,6 +868,45 @@ mod conformance {
         assert_eq!(store.part_of(&entry.id).unwrap(), None);
     }
 
+    pub(crate) fn files_are_kept_with_their_message_and_go_with_it<S: Store + ?Sized>(store: &S) {
+        let mut f = Fixture::new(38);
+        let (with_file, away, plain) =
+            (f.message("bob", "caption"), f.message("bob", ""), f.message("bob", "text"));
+        let info = |name: &str, here| FileInfo {
+            name: name.into(),
+            media_type: "image/png".into(),
+            len: 3,
+            hash: [7; 32],
+            here,
+        };
+        store
+            .apply(&[
+                Change::AddContact(f.contact("bob")),
+                Change::PutMessage(with_file.clone()),
+                Change::PutMessage(away.clone()),
+                Change::PutMessage(plain.clone()),
+                Change::PutFile {
+                    id: with_file.id,
+                    info: info("a.png", true),
+                    data: Some(Zeroizing::new(vec![1, 2, 3])),
+                },
+                Change::PutFile { id: away.id, info: info("b.png", false), data: None },
+            ])
+            .unwrap();
+        assert_eq!(store.file_info(&with_file.id).unwrap(), Some(info("a.png", true)));
+        assert_eq!(store.file_data(&with_file.id).unwrap().map(|d| d.to_vec()), Some(vec![1, 2, 3]));
+        assert_eq!(store.file_info(&away.id).unwrap(), Some(info("b.png", false)));
+        assert!(store.file_data(&away.id).unwrap().is_none());
+        assert!(store.file_info(&plain.id).unwrap().is_none());
+        store.apply(&[Change::DeleteMessage(with_file.id)]).unwrap();
+        assert!(
+            store.file_info(&with_file.id).unwrap().is_none()
+                && store.file_data(&with_file.id).unwrap().is_none()
+        );
+        store.apply(&[Change::ClearConversation("bob".into())]).unwrap();
+        assert!(store.file_info(&away.id).unwrap().is_none());
+    }
+
     pub(crate) fn requests_and_blocks_round_trip<S: Store + ?Sized>(store: &S) {
         let mut f = Fixture::new(30);
         let identity = f.contact("x").identity;
@@ -1068,6 +1108,7 @@ conformance!(
     messages_are_deleted_and_conversations_cleared,
     unread_messages_are_indexed,
     pieces_of_long_texts_are_kept_per_contact_and_group,
+    files_are_kept_with_their_message_and_go_with_it,
 );
 
 /// Tests of what only the disk store has.

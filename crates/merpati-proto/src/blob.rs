@@ -105,6 +105,12 @@ pub enum BlobError {
 /// A blob's key: 32 random bytes, for one file only.
 pub struct BlobKey(Zeroizing<[u8; 32]>);
 
+impl Clone for BlobKey {
+    fn clone(&self) -> Self {
+        BlobKey(Zeroizing::new(*self.0))
+    }
+}
+
 impl PartialEq for BlobKey {
     fn eq(&self, other: &Self) -> bool {
         bool::from(self.0[..].ct_eq(&other.0[..]))

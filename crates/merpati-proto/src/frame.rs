@@ -6,7 +6,7 @@
 //! seq          u64  per-session sender sequence number, for gap detection
 //! sent_at      u64  sender's clock, Unix milliseconds
 //! ack_epoch    u32  highest peer epoch the sender has authenticated; u32::MAX = none yet
-//! body_type    u8   1 text, 2 receipt, 3 control, 4 fragment (5 reserved: attachment descriptor)
+//! body_type    u8   1 text, 2 receipt, 3 control, 4 fragment, 5 file
 //! body_len     u32  at most MAX_BODY_LEN
 //! body         body_len bytes, laid out per type (below)
 //! padding      rest, all zero bytes
@@ -24,6 +24,7 @@
 //!                                 count u8 (<= MAX_HINTS), each: len u16 (1..=MAX_ADDR_LEN), bytes
 //!             4 display name:     len u8 (1..=MAX_DISPLAY_NAME_LEN), UTF-8 without control characters
 //! fragment  see `crate::fragment`
+//! file      a file's description, see `crate::blob::Descriptor`
 //! ```
 //!
 //! Flow: the sender builds a [`Frame`] whose echo is the header it is about to send, asks
@@ -40,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use crate::blob::{Descriptor, DescriptorError};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::envelope::HEADER_LEN;
 use crate::fragment::{Fragment, FragmentError};
@@ -74,6 +76,7 @@ mod body_type {
     pub(super) const RECEIPT: u8 = 2;
     pub(super) const CONTROL: u8 = 3;
     pub(super) const FRAGMENT: u8 = 4;
+    pub(super) const FILE: u8 = 5;
 }
 
 mod control_type {
@@ -95,7 +98,7 @@ pub enum FrameError {
         /// The room available.
         max: usize,
     },
-    /// The body type is not one this version knows (5, the attachment descriptor, is reserved).
+    /// The body type is not one this version knows.
     #[error("unknown body type {found}")]
     UnknownBody {
         /// The body type byte found.
@@ -125,6 +128,9 @@ pub enum FrameError {
     /// A fragment body breaks a fragment rule.
     #[error(transparent)]
     Fragment(#[from] FragmentError),
+    /// A file body is not a valid description of a file.
+    #[error(transparent)]
+    File(#[from] DescriptorError),
     /// The bytes do not follow the layout (truncated, trailing bytes, a field over its limit).
     #[error("malformed frame: {0}")]
     Malformed(#[from] DecodeError),
@@ -212,6 +218,8 @@ pub enum Body {
     Control(Control),
     /// One piece of a larger message.
     Fragment(Fragment),
+    /// A file (inline) or where to fetch it, with its name, type and caption.
+    File(Descriptor),
 }
 
 impl fmt::Debug for Body {
@@ -224,6 +232,7 @@ impl fmt::Debug for Body {
             }
             Self::Control(control) => f.debug_tuple("Control").field(control).finish(),
             Self::Fragment(fragment) => f.debug_tuple("Fragment").field(fragment).finish(),
+            Self::File(descriptor) => f.debug_tuple("File").field(descriptor).finish(),
         }
     }
 }
@@ -235,6 +244,7 @@ impl Body {
             Self::Receipt { .. } => body_type::RECEIPT,
             Self::Control(_) => body_type::CONTROL,
             Self::Fragment(_) => body_type::FRAGMENT,
+            Self::File(_) => body_type::FILE,
         }
     }
 
@@ -248,6 +258,7 @@ impl Body {
             Self::Control(Control::NodeInfo { peer_id, addrs }) => 1 + 1 + peer_id.len() + addrs_len(addrs),
             Self::Control(Control::DisplayName(name)) => 1 + 1 + name.len(),
             Self::Fragment(fragment) => fragment.encoded_len(),
+            Self::File(descriptor) => descriptor.encoded_len(),
         }
     }
 
@@ -278,6 +289,7 @@ impl Body {
             }
             Self::Control(Control::DisplayName(name)) => check_display_name(name.as_bytes())?,
             Self::Fragment(fragment) => fragment.validate()?,
+            Self::File(descriptor) => descriptor.validate().map_err(DescriptorError::from)?,
         }
         limit("body", self.encoded_len(), MAX_BODY_LEN)
     }
@@ -309,6 +321,7 @@ impl Body {
                 w.u8(control_type::DISPLAY_NAME).bytes_u8(name.as_bytes());
             }
             Self::Fragment(fragment) => fragment.encode(w),
+            Self::File(descriptor) => descriptor.write(w),
         }
     }
 
@@ -353,6 +366,7 @@ impl Body {
                 found => return Err(FrameError::UnknownControl { found }),
             }),
             body_type::FRAGMENT => Self::Fragment(Fragment::decode(r)?),
+            body_type::FILE => Self::File(Descriptor::decode(r.rest())?),
             found => return Err(FrameError::UnknownBody { found }),
         };
         Ok(body)
@@ -556,6 +570,17 @@ mod tests {
             Body::Control(Control::DisplayName("Sari".into())),
             Body::Control(Control::DisplayName("é".repeat(MAX_DISPLAY_NAME_LEN / 2))),
             Body::Fragment(fragment::split(1, &[3; 70_000], [2; 16]).expect("split").remove(0)),
+            Body::File(crate::blob::Descriptor {
+                len: crate::blob::MAX_INLINE_LEN as u64,
+                hash: [1; 32],
+                media_type: "audio/ogg".into(),
+                name: "voice note.ogg".into(),
+                caption: "c".repeat(crate::blob::MAX_CAPTION_LEN),
+                thumbnail: vec![2; crate::blob::MAX_THUMBNAIL_LEN],
+                content: crate::blob::Content::Inline(zeroize::Zeroizing::new(
+                    vec![3; crate::blob::MAX_INLINE_LEN],
+                )),
+            }),
         ];
         for body in bodies {
             let f = frame(body);
@@ -609,7 +634,7 @@ mod tests {
         let f = frame(Body::Control(Control::RelayHints(Vec::new())));
         let bytes = f.encode_padded(f.unpadded_len()).expect("encode");
         for (found, expected) in [
-            (5u8, FrameError::UnknownBody { found: 5 }),
+            (6u8, FrameError::UnknownBody { found: 6 }),
             (0, FrameError::UnknownBody { found: 0 }),
             (255, FrameError::UnknownBody { found: 255 }),
         ] {

@@ -33,6 +33,7 @@ use chacha20poly1305::ChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, Payload};
 use common::{Party, T0, text};
 use ed25519_dalek::{Signature, VerifyingKey};
+use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::envelope::{Envelope, HEADER_LEN};
 use merpati_proto::fragment;
 use merpati_proto::frame::{Body, Control, Frame, ReceiptKind};
@@ -421,6 +422,20 @@ fn show_body(body: &Body) -> String {
             f.total_len,
             f.chunk.len()
         ),
+        Body::File(file) => {
+            let content = match &file.content {
+                Content::Inline(data) => format!("inline data_len={}", data.len()),
+                Content::Blob { count, .. } => format!("blob count={count}"),
+            };
+            format!(
+                "file len={} hash={} media_type={} name={} caption={} {content}",
+                file.len,
+                hex::encode(file.hash),
+                file.media_type,
+                hex::encode(&file.name),
+                hex::encode(&file.caption)
+            )
+        }
     }
 }
 
@@ -601,12 +616,29 @@ fn ndr1_transcript() -> String {
         ("fragment", second),
         // Last, so the vectors above stay as they were before display names existed.
         ("control.display_name", Body::Control(Control::DisplayName("Sari Wulandari".into()))),
+        // After it, for the same reason: a small file inside its description.
+        ("file", Body::File(small_file())),
     ] {
         let m = a.seal(&body, T0, &mut rng).unwrap();
         let got = b.open(&m.envelope, T0).unwrap();
         envelope_lines(&mut out, name, &m, &send_key(&a), &got);
     }
     out.0
+}
+
+/// A 300-byte file inside its description, whose hash the vector file checks against `H`.
+fn small_file() -> Descriptor {
+    let data: Vec<u8> = (0..300u32).map(|i| (i * 7 % 256) as u8).collect();
+    let hash = h(label::BLOB_HASH, &[&data]);
+    Descriptor {
+        len: 300,
+        hash,
+        media_type: "audio/ogg".into(),
+        name: "catatan suara.ogg".into(),
+        caption: "dengar ini".into(),
+        thumbnail: Vec::new(),
+        content: Content::Inline(zeroize::Zeroizing::new(data)),
+    }
 }
 
 /// The certificate, prekey, bundle and invite of `tests/identity_invite.rs`'s golden invite (whose

@@ -2,7 +2,9 @@
 //! the view draws an [`App`], and the tests drive one with a fake daemon.
 
 use merpati_control::ClientError;
-use merpati_control::protocol::{ContactSummary, Direction, Event, MessageView, RequestView, StatusUpdate};
+use merpati_control::protocol::{
+    ContactSummary, Direction, Event, MessageId, MessageView, RequestView, StatusUpdate,
+};
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::text::Line;
 
@@ -16,8 +18,7 @@ use super::transcript;
 pub(crate) const PAGE: u32 = 200;
 
 /// What the commands typed in the input line are, for the help and for errors.
-pub(crate) const COMMANDS: &str =
-    "/accept NAME, /reject, /block (on a request), /quit; // starts a text with /";
+pub(crate) const COMMANDS: &str = "/file PATH (at most 48 KiB), /accept NAME, /reject, /block (on a request), /quit; // starts a text with /";
 
 /// Which entry of the list on the left is open.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -435,9 +436,15 @@ impl App {
             );
             return false;
         };
-        match daemon.send(&name, &text) {
+        let sent = daemon.send(&name, &text);
+        self.after_send(sent)
+    }
+
+    /// What a send's answer changes: on success the view follows the new message down (it shows
+    /// as the daemon announces it, at once); on failure the reason is told and the input kept.
+    fn after_send(&mut self, sent: Result<MessageId, ClientError>) -> bool {
+        match sent {
             Ok(_) => {
-                // The message shows as the daemon announces it, at once; follow it down.
                 if let Some(conversation) = &mut self.conversation {
                     conversation.scroll = 0;
                 }
@@ -449,6 +456,31 @@ impl App {
                 false
             }
         }
+    }
+
+    /// `/file PATH`: sends a file to the open conversation.
+    fn send_file(&mut self, path: &str, daemon: &mut dyn Daemon) -> bool {
+        let Selection::Contact(name) = self.selection.clone() else {
+            self.tell("/file sends to the open conversation: open one first (Tab)", true);
+            return false;
+        };
+        if path.is_empty() {
+            self.tell("/file needs the file's path, e.g. /file ~/photo.jpg", true);
+            return false;
+        }
+        let path = match path.strip_prefix("~/").zip(std::env::var_os("HOME")) {
+            Some((rest, home)) => std::path::Path::new(&home).join(rest),
+            None => std::path::PathBuf::from(path),
+        };
+        let file = match crate::commands::files::read_for_sending(&path, None) {
+            Ok(file) => file,
+            Err(e) => {
+                self.tell(&format!("{e:#}"), true);
+                return false;
+            }
+        };
+        let sent = daemon.send_file(&name, file);
+        self.after_send(sent)
     }
 
     fn command(&mut self, command: &str, daemon: &mut dyn Daemon) -> bool {
@@ -464,6 +496,7 @@ impl App {
                 true
             }
             "accept" | "reject" | "block" => self.decide(verb, argument, daemon),
+            "file" => self.send_file(argument, daemon),
             _ => {
                 self.tell(&format!("there is no command /{verb}; commands: {COMMANDS}"), true);
                 false

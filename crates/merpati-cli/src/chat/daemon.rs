@@ -6,9 +6,11 @@ use std::time::Duration;
 use merpati_control::client::Config;
 use merpati_control::protocol::{
     ContactShowParams, ContactSummary, MessageId, MessageView, MessagesParams, MessagesReadParams, NoParams,
-    RequestAcceptParams, RequestIdParams, RequestView, SendParams, method,
+    RequestAcceptParams, RequestIdParams, RequestView, SendFileParams, SendParams, method,
 };
 use merpati_control::{Client, ClientError, Home};
+
+use crate::commands::files::FileToSend;
 
 /// The calls the chat makes. Each answers or fails with the daemon's own error.
 pub(crate) trait Daemon {
@@ -29,6 +31,8 @@ pub(crate) trait Daemon {
     ) -> Result<(Vec<MessageView>, bool), ClientError>;
     /// Queues `text` to `contact`.
     fn send(&mut self, contact: &str, text: &str) -> Result<MessageId, ClientError>;
+    /// Queues a file read with [`crate::commands::files::read_for_sending`] to `contact`.
+    fn send_file(&mut self, contact: &str, file: FileToSend) -> Result<MessageId, ClientError>;
     /// Marks the conversation with `contact` read.
     fn mark_read(&mut self, contact: &str) -> Result<(), ClientError>;
     /// Accepts the request `id` as a contact named `name`; answers the name stored.
@@ -89,6 +93,17 @@ impl Daemon for ControlDaemon {
     fn send(&mut self, contact: &str, text: &str) -> Result<MessageId, ClientError> {
         let params = SendParams { to: contact.to_owned(), text: text.to_owned() };
         Ok(self.call::<method::Send>(params)?.id)
+    }
+
+    fn send_file(&mut self, contact: &str, file: FileToSend) -> Result<MessageId, ClientError> {
+        let params = SendFileParams {
+            to: contact.to_owned(),
+            name: file.name,
+            media_type: file.media_type,
+            data: file.data,
+            caption: String::new(),
+        };
+        Ok(self.call::<method::SendFile>(params)?.id)
     }
 
     fn mark_read(&mut self, contact: &str) -> Result<(), ClientError> {

@@ -84,7 +84,8 @@ fn push_message(
     let rest_avail = width.saturating_sub(indent).max(1);
     let mut first_row = indent == prefix_width;
 
-    let paragraphs: Vec<&str> = message.text.split('\n').collect();
+    let text = crate::output::shown_text(message);
+    let paragraphs: Vec<&str> = text.split('\n').collect();
     let last = paragraphs.len() - 1;
     for (i, paragraph) in paragraphs.into_iter().enumerate() {
         let mut body: Vec<(char, Style)> = sanitize(paragraph).chars().map(|c| (c, Style::new())).collect();
@@ -173,6 +174,7 @@ mod tests {
             stored: None,
             reason: None,
             seq: None,
+            file: None,
         }
     }
 

@@ -13,7 +13,7 @@ use merpati_control::protocol::{
 
 use crate::cli::parse_name;
 use crate::commands::connect;
-use crate::output::{Output, local_time, status_text};
+use crate::output::{Output, local_time, shown_text, status_text};
 
 /// The forms an export takes.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -107,7 +107,7 @@ fn txt(messages: &[MessageView]) -> String {
         let status =
             message.status.map(|s| format!("  [{}]", status_text(s, message.stored))).unwrap_or_default();
         let _ = writeln!(record, "{}  {}{to}{status}", local_time(message.time), author(message));
-        for line in message.text.lines() {
+        for line in shown_text(message).lines() {
             let _ = writeln!(record, "    {line}");
         }
         record.push('\n');
@@ -147,7 +147,7 @@ fn html(with: Option<&str>, messages: &[MessageView]) -> String {
             "<div class=\"{class}\"><div class=\"h\">{} · {}{status}</div><div class=\"t\">{}</div></div>",
             escape(&local_time(message.time)),
             escape(author(message)),
-            escape(&message.text)
+            escape(&shown_text(message))
         );
     }
     page.push_str("</body></html>\n");

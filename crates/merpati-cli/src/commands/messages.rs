@@ -12,7 +12,7 @@ use merpati_control::{ClientError, Home};
 
 use crate::cli::parse_name;
 use crate::commands::connect;
-use crate::output::{Output, local_time, sanitize, status_text};
+use crate::output::{Output, local_time, sanitize, shown_text, status_text};
 
 /// Arguments of `merpati messages`.
 ///
@@ -137,6 +137,6 @@ pub(crate) fn print(out: &mut Output, message: &MessageView) -> Result<()> {
         message.direction,
         sanitize(&message.contact),
         local_time(message.time),
-        sanitize(&message.text),
+        sanitize(&shown_text(message)),
     ))
 }

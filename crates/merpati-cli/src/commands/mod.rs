@@ -3,6 +3,7 @@
 pub(crate) mod contact;
 pub(crate) mod delete;
 pub(crate) mod export;
+pub(crate) mod files;
 pub(crate) mod init;
 pub(crate) mod invite;
 pub(crate) mod messages;
@@ -42,6 +43,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Search(args) => search::run(&home, &mut out, args),
         Command::Export(args) => export::run(&home, &mut out, args),
         Command::Delete(args) => delete::run(&home, &mut out, args),
+        Command::Save(args) => files::save(&home, &mut out, args),
         Command::Status => status::run(&home, &mut out),
         Command::Relay(command) => relay::run(&home, &mut out, command),
         Command::Requests(args) => requests::run(&home, &mut out, args),

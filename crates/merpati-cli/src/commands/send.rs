@@ -1,22 +1,23 @@
-//! `merpati send`: queues a text with the daemon and prints its id; with `--wait`, follows the
+//! `merpati send`: queues a text (or a file) with the daemon and prints its id; with `--wait`, follows the
 //! message's status until it gets as far as asked, fails, or the time is up.
 //!
 //! `stored k/n` (some of the contact's relays hold the message because the contact's node was not
 //! reachable) counts as far as `sent`: either way the message is out of this node.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::ValueEnum;
 use merpati_control::protocol::{
-    Event, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, method,
+    Event, MessageStatus, MessageStatusParams, MessageView, SendFileParams, SendParams, StatusUpdate, method,
 };
 use merpati_control::{ClientError, Home, Notifications};
 use merpati_proto::fragment::MAX_REASSEMBLED_LEN;
 use serde_json::json;
 
 use crate::cli::parse_name;
-use crate::commands::{connect, read_stdin};
+use crate::commands::{connect, files, read_stdin};
 use crate::exit::{Code, Failure};
 use crate::output::{Output, sanitize, status_text};
 
@@ -26,8 +27,16 @@ pub(crate) struct Args {
     /// The contact's name
     #[arg(value_parser = parse_name)]
     to: String,
-    /// The text, or - to read it from standard input (one trailing newline is dropped)
-    text: String,
+    /// The text, or - to read it from standard input (one trailing newline is dropped); with
+    /// --file, a caption (optional)
+    #[arg(required_unless_present = "file")]
+    text: Option<String>,
+    /// Send this file (at most 48 KiB in this version), with the text as its caption
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// The file's media type, e.g. image/jpeg [default: from the file name's extension]
+    #[arg(long = "type", value_name = "TYPE", requires = "file")]
+    media_type: Option<String>,
     /// Wait until the message has been sent (or stored by the contact's relays), delivered or
     /// read
     #[arg(long, value_name = "STATUS")]
@@ -58,19 +67,37 @@ impl From<Wait> for MessageStatus {
     }
 }
 
-/// Sends the text and, with `--wait`, waits.
+/// Sends the text (or the file) and, with `--wait`, waits.
 pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
-    let text = if args.text == "-" { read_stdin(MAX_REASSEMBLED_LEN, "message")? } else { args.text };
-    if text.is_empty() {
+    let text = match args.text.as_deref() {
+        Some("-") => read_stdin(MAX_REASSEMBLED_LEN, "message")?,
+        Some(text) => text.to_owned(),
+        None => String::new(),
+    };
+    if text.is_empty() && args.file.is_none() {
         return Err(Failure::new(Code::Other, "the message is empty: there is nothing to send").into());
     }
+    let file = args
+        .file
+        .as_deref()
+        .map(|path| files::read_for_sending(path, args.media_type.as_deref()))
+        .transpose()?;
     // Subscribe before sending, so no status change can slip by between the two.
     let events = match args.wait {
         Some(_) => Some(connect(home)?.subscribe()?),
         None => None,
     };
     let mut client = connect(home)?;
-    let sent = client.call::<method::Send>(SendParams { to: args.to.clone(), text })?;
+    let sent = match file {
+        Some(file) => client.call::<method::SendFile>(SendFileParams {
+            to: args.to.clone(),
+            name: file.name,
+            media_type: file.media_type,
+            data: file.data,
+            caption: text,
+        })?,
+        None => client.call::<method::Send>(SendParams { to: args.to.clone(), text })?,
+    };
     if out.is_json() {
         out.object(&json!({ "id": sent.id }))?;
     } else {

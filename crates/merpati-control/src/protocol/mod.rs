@@ -83,11 +83,14 @@ pub enum AppError {
     RequestExpired,
     /// 14: nobody blocked has that id.
     NotBlocked,
+    /// 15: a file that cannot be sent: larger than this version sends, or a name or media type
+    /// that is not allowed. The message says which.
+    InvalidFile,
 }
 
 impl AppError {
     /// Every application error, in code order.
-    pub const ALL: [AppError; 14] = [
+    pub const ALL: [AppError; 15] = [
         AppError::UnknownContact,
         AppError::InvalidInvite,
         AppError::MessageTooLarge,
@@ -102,6 +105,7 @@ impl AppError {
         AppError::UnknownRequest,
         AppError::RequestExpired,
         AppError::NotBlocked,
+        AppError::InvalidFile,
     ];
 
     /// The wire code.
@@ -121,6 +125,7 @@ impl AppError {
             AppError::UnknownRequest => 12,
             AppError::RequestExpired => 13,
             AppError::NotBlocked => 14,
+            AppError::InvalidFile => 15,
         }
     }
 

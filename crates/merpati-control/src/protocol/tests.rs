@@ -169,6 +169,7 @@ fn golden_messages() {
                     stored: None,
                     reason: None,
                     seq: Some(3),
+                    file: None,
                 },
                 MessageView {
                     id: "ffffffffffffffffffffffffffffffff".parse().unwrap(),
@@ -180,6 +181,7 @@ fn golden_messages() {
                     stored: None,
                     reason: None,
                     seq: None,
+                    file: None,
                 },
             ],
             cut: false,
@@ -217,6 +219,7 @@ fn golden_stored_status() {
                 stored,
                 reason: Some("a relay was down".into()),
                 seq: Some(1),
+                file: None,
             }],
             cut: false,
         },
@@ -360,6 +363,7 @@ fn golden_subscribe_and_notifications() {
         stored: None,
         reason: None,
         seq: Some(1),
+        file: None,
     });
     let line = r#"{"jsonrpc":"2.0","method":"message","params":{"id":"0123456789abcdef0123456789abcdef","direction":"in","contact":"bob","time":5,"text":"hi","seq":1}}"#;
     assert_line(&message.to_notification().to_line(), line, "message notification");
@@ -425,7 +429,9 @@ fn method_names_match_the_document() {
             "requests.reject",
             "requests.block",
             "send",
+            "send.file",
             "message.status",
+            "message.file",
             "messages",
             "messages.search",
             "messages.read",
@@ -445,7 +451,7 @@ fn error_codes_match_the_document() {
         [-32700, -32600, -32601, -32602, -32603]
     );
     let codes: Vec<i64> = AppError::ALL.iter().map(|e| e.code()).collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
     for e in AppError::ALL {
         assert_eq!(AppError::from_code(e.code()), Some(e));
     }
@@ -648,6 +654,7 @@ fn arb_view() -> impl Strategy<Value = MessageView> {
             stored,
             reason,
             seq,
+            file: None,
         })
 }
 

@@ -294,6 +294,52 @@ pub struct MessageView {
     /// The sender's sequence number in the conversation, where known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// The file the message carries, if any (its `text` is then the caption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileView>,
+}
+
+/// A file a message carries, as listed with the message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileView {
+    /// Its name (safe as one file name in a directory).
+    pub name: String,
+    /// Its media type, as the sender gave it.
+    pub media_type: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Whether its bytes are on this device (`message.file` gets them).
+    pub here: bool,
+}
+
+/// The params of `send.file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendFileParams {
+    /// The contact's name.
+    pub to: String,
+    /// The file's name: 1 to 255 bytes, no control characters, `/` or `\\`, not `.` or `..`.
+    pub name: String,
+    /// Its media type, `type/subtype` (`application/octet-stream` when unknown).
+    pub media_type: String,
+    /// Its bytes, in base64 (RFC 4648, with padding).
+    pub data: String,
+    /// A text to go with it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub caption: String,
+}
+
+/// The result of `message.file`: a message's file, with its bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFileResult {
+    /// Its name.
+    pub name: String,
+    /// Its media type.
+    pub media_type: String,
+    /// Its length in bytes.
+    pub size: u64,
+    /// Its bytes, in base64 (RFC 4648, with padding).
+    pub data: String,
 }
 
 /// The params of a method that takes none: `{}` (absent and `null` are accepted too).

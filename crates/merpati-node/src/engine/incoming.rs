@@ -14,8 +14,10 @@
 //! from their invite.
 
 use merpati_proto::Timestamp;
+use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::envelope::{Envelope, Kind};
 use merpati_proto::frame::{Body, MessageId, ReceiptKind};
+use merpati_proto::kdf;
 use merpati_proto::session::{Incoming, OpenError, Responder, Session, SessionId, open_digest};
 use merpati_proto::wire::{Refusal, deliver};
 
@@ -344,6 +346,29 @@ impl<S: Store> Engine<S> {
                     }
                 }
             },
+            Body::File(file) => {
+                if !file_is_whole(&file) {
+                    // Its sender's node sealed bytes that are not the file it described: nothing
+                    // to show, and nothing a retry would change.
+                    tracing::warn!("a file whose bytes do not match its description was dropped");
+                } else {
+                    let message = StoredMessage {
+                        id: incoming.message_id,
+                        contact: contact.to_owned(),
+                        direction: Direction::In,
+                        time: incoming.sent_at,
+                        text: file.caption.clone(),
+                        seq: Some(incoming.seq),
+                        status: Status::Delivered,
+                        reason: None,
+                        order: 0,
+                    };
+                    changes.push(Change::PutMessage(message.clone()));
+                    changes.push(super::outgoing::file_change(incoming.message_id, &file));
+                    received.message = Some(message);
+                    pending.confirm(id, contact, incoming.message_id);
+                }
+            }
             Body::Fragment(fragment) => {
                 let frame = (incoming.seq, incoming.sent_at);
                 match self.receive_piece(contact, frame, &fragment, changes, now)? {
@@ -378,6 +403,15 @@ impl<S: Store> Engine<S> {
             changes.push(Change::PutContact(record));
         }
         Ok(())
+    }
+}
+
+/// Whether a file's bytes, when they came with its description, are the file it describes. A
+/// file to fetch elsewhere is checked when it is fetched.
+fn file_is_whole(file: &Descriptor) -> bool {
+    match &file.content {
+        Content::Inline(data) => kdf::hash(kdf::label::BLOB_HASH, &[data]) == file.hash,
+        Content::Blob { .. } => true,
     }
 }
 

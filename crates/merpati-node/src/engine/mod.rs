@@ -89,6 +89,10 @@ pub enum EngineError {
         /// The limit.
         max: usize,
     },
+    /// A file that cannot be sent: too large for this version, or a name or type that breaks the
+    /// rules of a file's description.
+    #[error("{0}")]
+    InvalidFile(String),
     /// A long text to a contact who has never answered: they may hold our first messages as a
     /// contact request, which keeps only a few envelopes, so it would arrive cut short.
     #[error(

@@ -9,6 +9,7 @@
 //! refusal asks) until the message's lifetime (30 days) runs out.
 
 use merpati_proto::Timestamp;
+use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::fragment::{CONTENT_TEXT, MAX_FRAGMENT_COUNT, MAX_REASSEMBLED_LEN, split};
 use merpati_proto::frame::{Body, MAX_TEXT_LEN, MessageId, ReceiptKind};
 use merpati_proto::mailbox::MailboxId;
@@ -17,7 +18,7 @@ use merpati_proto::wire::{self, Refusal};
 use rand_core::Rng;
 
 use super::{DEFAULT_MESSAGE_LIFETIME, Engine, EngineError, RECEIPT_DEADLINE, RETRY_BASE, RETRY_MAX};
-use crate::store::{Change, Contact, Direction, OutboxEntry, PartOf, Status, Store, StoredMessage};
+use crate::store::{Change, Contact, Direction, FileInfo, OutboxEntry, PartOf, Status, Store, StoredMessage};
 
 /// One delivery to try: an outbox entry with where its recipient's node can be reached.
 #[derive(Debug, Clone)]
@@ -62,6 +63,31 @@ pub enum AttemptResult {
     },
 }
 
+/// What one send carries.
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    /// A text, of any length up to 1 MiB.
+    Text(&'a str),
+    /// A file's description (its caption is the message's text).
+    File(&'a Descriptor),
+}
+
+/// The change that keeps the file message `id` carries, as a sender or a receiver holds it.
+pub(super) fn file_change(id: MessageId, file: &Descriptor) -> Change {
+    let data = match &file.content {
+        Content::Inline(data) => Some(zeroize::Zeroizing::new(data.to_vec())),
+        Content::Blob { .. } => None,
+    };
+    let info = FileInfo {
+        name: file.name.clone(),
+        media_type: file.media_type.clone(),
+        len: file.len,
+        hash: file.hash,
+        here: data.is_some(),
+    };
+    Change::PutFile { id, info, data }
+}
+
 /// What the sends of one group sealed, not yet written: one durable write for all.
 #[derive(Default)]
 struct SendGroup {
@@ -99,8 +125,40 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
     ) -> Vec<Result<StoredMessage, EngineError>> {
         let mut group = SendGroup::default();
-        let mut results: Vec<Result<StoredMessage, EngineError>> =
-            sends.iter().map(|(to, text)| self.seal_text(to, text, now, &mut group)).collect();
+        let results: Vec<Result<StoredMessage, EngineError>> = sends
+            .iter()
+            .map(|(to, text)| self.seal_message(to, Outgoing::Text(text), now, &mut group))
+            .collect();
+        self.queue_group(group, results)
+    }
+
+    /// Queues a file for contact `to` (its description, with the file inside when it is small);
+    /// returns the stored message, whose text is the caption.
+    pub fn send_file(
+        &mut self,
+        to: &str,
+        file: &Descriptor,
+        now: Timestamp,
+    ) -> Result<StoredMessage, EngineError> {
+        file.validate().map_err(|e| EngineError::InvalidFile(e.to_string()))?;
+        let mut group = SendGroup::default();
+        let result = self.seal_message(to, Outgoing::File(file), now, &mut group);
+        let queued = self
+            .queue_group(group, vec![result])
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::UnknownContact(to.to_owned())))?;
+        // Followers see it as soon as it is queued, as a text.
+        self.opened.push(queued.clone());
+        Ok(queued)
+    }
+
+    /// Writes what a group of sends sealed, with its sessions, in one durable write; if it
+    /// fails, no send of the group is queued.
+    fn queue_group(
+        &mut self,
+        mut group: SendGroup,
+        mut results: Vec<Result<StoredMessage, EngineError>>,
+    ) -> Vec<Result<StoredMessage, EngineError>> {
         for (id, contact) in &group.sessions {
             if let Some(session) = self.sessions.get(id) {
                 group.changes.extend(self.persist_session(session, contact));
@@ -123,15 +181,19 @@ impl<S: Store> Engine<S> {
         results
     }
 
-    /// Seals one text of a group into `group`'s changes, starting a session with the contact if
-    /// there is none yet. Its session is persisted with the group.
-    fn seal_text(
+    /// Seals one text or file of a group into `group`'s changes, starting a session with the
+    /// contact if there is none yet. Its session is persisted with the group.
+    fn seal_message(
         &mut self,
         to: &str,
-        text: &str,
+        outgoing: Outgoing<'_>,
         now: Timestamp,
         group: &mut SendGroup,
     ) -> Result<StoredMessage, EngineError> {
+        let text = match outgoing {
+            Outgoing::Text(text) => text,
+            Outgoing::File(file) => &file.caption,
+        };
         if text.len() > MAX_REASSEMBLED_LEN {
             return Err(EngineError::TooLarge { len: text.len(), max: MAX_REASSEMBLED_LEN });
         }
@@ -185,7 +247,9 @@ impl<S: Store> Engine<S> {
         };
         let mut rng = self.rng.clone();
         // A long text goes as fragments, one frame each; their group id is the text's id.
-        let (long_id, bodies) = if text.len() > MAX_TEXT_LEN {
+        let (long_id, bodies) = if let Outgoing::File(file) = outgoing {
+            (None, vec![Body::File(file.clone())])
+        } else if text.len() > MAX_TEXT_LEN {
             let mut group_id = [0u8; 16];
             rng.fill_bytes(&mut group_id);
             let pieces = split(CONTENT_TEXT, text.as_bytes(), group_id)
@@ -241,6 +305,9 @@ impl<S: Store> Engine<S> {
             order: 0,
         };
         group.changes.push(Change::PutMessage(message.clone()));
+        if let Outgoing::File(file) = outgoing {
+            group.changes.push(file_change(message.id, file));
+        }
         let pieces = sealed_all.len();
         for (i, sealed) in sealed_all.into_iter().enumerate() {
             if long_id.is_some() {

@@ -109,6 +109,10 @@ impl<S: Store> Engine<S> {
             Body::Text(text) if request.preview.is_none() => {
                 request.preview = Some(text.chars().take(PREVIEW_CHARS).collect());
             }
+            Body::File(file) if request.preview.is_none() => {
+                let preview = format!("[file {}] {}", file.name, file.caption);
+                request.preview = Some(preview.chars().take(PREVIEW_CHARS).collect());
+            }
             Body::Control(Control::DisplayName(name)) => request.suggested_name = Some(name),
             _ => {}
         }
@@ -263,8 +267,9 @@ impl<S: Store> Engine<S> {
         std::mem::take(&mut self.renamed)
     }
 
-    /// The messages opened from accepted requests since the last call, for the daemon to
-    /// announce as if they had just arrived.
+    /// The messages stored outside the daemon's own flows since the last call (opened from
+    /// accepted requests, files queued), for the daemon to announce as if they had just arrived
+    /// or been sent.
     pub fn take_opened(&mut self) -> Vec<crate::store::StoredMessage> {
         std::mem::take(&mut self.opened)
     }

@@ -61,8 +61,8 @@ use super::codec::{
 };
 use super::texts::ContentKey;
 use super::{
-    Blocked, Change, Contact, ContactRequest, ContactV1, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
-    SessionRecord, StoreError, StoredFragment, StoredMessage,
+    Blocked, Change, Contact, ContactRequest, ContactV1, FileInfo, OutboxEntry, OutboxHead, PartOf, Profile,
+    RequestId, SessionRecord, StoreError, StoredFragment, StoredMessage,
 };
 use merpati_proto::identity::IdentityPublic;
 
@@ -94,11 +94,12 @@ pub(crate) enum Tree {
     Unread,
     Fragments,
     OutboxParts,
+    Files,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 25] = [
+    pub(crate) const ALL: [Tree; 26] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -124,6 +125,7 @@ impl Tree {
         Tree::Unread,
         Tree::Fragments,
         Tree::OutboxParts,
+        Tree::Files,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -159,6 +161,7 @@ impl Tree {
             Tree::Unread => "unread",
             Tree::Fragments => "fragments",
             Tree::OutboxParts => "outbox-parts",
+            Tree::Files => "files",
         }
     }
 }
@@ -389,6 +392,15 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                 remove_fragments(tx, &fragment_group_prefix(contact, group))?;
                 note_shred_pending(tx)?;
             }
+            Change::PutFile { id, info, data } => {
+                let key = file_key(id, FILE_INFO);
+                tx.insert(Tree::Files, &key, seal(sealer, Tree::Files, &key, "file", info)?)?;
+                if let Some(data) = data {
+                    let key = file_key(id, FILE_DATA);
+                    let bytes = serde_bytes::Bytes::new(data);
+                    tx.insert(Tree::Files, &key, seal(sealer, Tree::Files, &key, "file", &bytes)?)?;
+                }
+            }
             Change::NotePartOf { id, part_of } => {
                 tx.insert(Tree::OutboxParts, &id.0, codec::encode("outbox part", part_of)?)?
             }
@@ -526,7 +538,39 @@ fn remove_message<T: Tx>(tx: &T, key: &[u8], id: &MessageId) -> Result<(), T::Er
     tx.remove(Tree::Unread, key)?;
     tx.remove(Tree::Timeline, &order_of_conversation_key(key)?)?;
     tx.remove(Tree::Messages, &id.0)?;
-    tx.remove(Tree::Texts, &id.0)
+    tx.remove(Tree::Texts, &id.0)?;
+    tx.remove(Tree::Files, &file_key(id, FILE_INFO))?;
+    tx.remove(Tree::Files, &file_key(id, FILE_DATA))
+}
+
+/// The keys of a message's file: what it is, and its bytes.
+const FILE_INFO: u8 = 0;
+const FILE_DATA: u8 = 1;
+
+fn file_key(id: &MessageId, part: u8) -> [u8; 17] {
+    let mut key = [part; 17];
+    key[..16].copy_from_slice(&id.0);
+    key
+}
+
+pub(crate) fn file_info(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    id: &MessageId,
+) -> Result<Option<FileInfo>, StoreError> {
+    let key = file_key(id, FILE_INFO);
+    view.get(Tree::Files, &key)?.map(|bytes| open(sealer, Tree::Files, &key, "file", &bytes)).transpose()
+}
+
+pub(crate) fn file_data(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    id: &MessageId,
+) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+    let key = file_key(id, FILE_DATA);
+    let Some(bytes) = view.get(Tree::Files, &key)? else { return Ok(None) };
+    let data: serde_bytes::ByteBuf = open(sealer, Tree::Files, &key, "file", &bytes)?;
+    Ok(Some(Zeroizing::new(data.into_vec())))
 }
 
 /// Deletes message `id` and re-keys its conversation: every remaining text is sealed again under
@@ -952,6 +996,7 @@ pub(crate) fn reseal(
         Tree::ContentKeys => "content key",
         Tree::Requests => "contact request",
         Tree::Fragments => "fragment",
+        Tree::Files => "file",
         _ => "session record",
     };
     let aad = aad(tree.name(), key);
@@ -964,8 +1009,8 @@ pub(crate) fn reseal(
 }
 
 /// The trees whose values are sealed under the storage key.
-pub(crate) const SEALED_TREES: [Tree; 5] =
-    [Tree::Profile, Tree::Sessions, Tree::ContentKeys, Tree::Requests, Tree::Fragments];
+pub(crate) const SEALED_TREES: [Tree; 6] =
+    [Tree::Profile, Tree::Sessions, Tree::ContentKeys, Tree::Requests, Tree::Fragments, Tree::Files];
 
 pub(crate) fn profile(view: &dyn View, sealer: &dyn Sealer) -> Result<Option<Profile>, StoreError> {
     view.get(Tree::Profile, PROFILE_KEY)?

@@ -18,7 +18,7 @@ use super::codec::prefix_end;
 use super::engine::{self, Sealer, Tree, View, Visit};
 use super::overlay::Overlay;
 use super::{
-    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
+    Blocked, Change, Contact, ContactRequest, FileInfo, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
     SessionRecord, Store, StoreError, StoredFragment, StoredMessage,
 };
 use merpati_proto::identity::IdentityPublic;
@@ -220,6 +220,14 @@ impl Store for MemoryStore {
 
     fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
         engine::part_of(&self.view(&self.lock()), id)
+    }
+
+    fn file_info(&self, id: &MessageId) -> Result<Option<FileInfo>, StoreError> {
+        engine::file_info(&self.view(&self.lock()), &Clear, id)
+    }
+
+    fn file_data(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        engine::file_data(&self.view(&self.lock()), &Clear, id)
     }
 
     fn search(

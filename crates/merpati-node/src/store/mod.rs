@@ -489,6 +489,34 @@ impl fmt::Debug for StoredFragment {
     }
 }
 
+/// The file a message carries: what is shown with the message. Sealed under the storage key, as
+/// a name and a type are someone's words.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Its name, safe as one file name in a directory.
+    pub name: String,
+    /// Its media type, as the sender gave it.
+    pub media_type: String,
+    /// Its length in bytes.
+    pub len: u64,
+    /// `H("NDR1/blob-hash", file)`, checked on arrival.
+    pub hash: [u8; 32],
+    /// Whether its bytes are here ([`Store::file_data`]); not for a file this version cannot
+    /// fetch (a blob at relays).
+    pub here: bool,
+}
+
+impl fmt::Debug for FileInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileInfo")
+            .field("name_len", &self.name.len())
+            .field("media_type", &self.media_type)
+            .field("len", &self.len)
+            .field("here", &self.here)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What an outbox entry that carries one piece of a long text belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartOf {
@@ -761,6 +789,16 @@ pub enum Change {
         /// The group.
         group: [u8; 16],
     },
+    /// Keeps the file message `id` carries: what it is and, if here, its bytes. Both go with the
+    /// message when it is deleted.
+    PutFile {
+        /// The message.
+        id: MessageId,
+        /// What the file is.
+        info: FileInfo,
+        /// Its bytes, when they came with the message.
+        data: Option<Zeroizing<Vec<u8>>>,
+    },
     /// Notes that the outbox entry `id` carries a piece of a long text; the note goes with the
     /// entry when it leaves the outbox.
     NotePartOf {
@@ -816,6 +854,10 @@ pub trait Store: Send + Sync {
     fn stale_fragments(&self, before: Timestamp) -> Result<Vec<(String, [u8; 16])>, StoreError>;
     /// The long text the outbox entry `id` carries a piece of, if it does.
     fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError>;
+    /// The file message `id` carries, if it does.
+    fn file_info(&self, id: &MessageId) -> Result<Option<FileInfo>, StoreError>;
+    /// The bytes of the file message `id` carries, if they are here.
+    fn file_data(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
     /// The newest `limit` messages with `contact` (or with everyone) whose text contains
     /// `needle` whatever the case, oldest first; fewer once they hold 8 MiB of text. Reads back
     /// from the newest message until it found them: a whole conversation when fewer match.
@@ -933,6 +975,12 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
         (**self).part_of(id)
+    }
+    fn file_info(&self, id: &MessageId) -> Result<Option<FileInfo>, StoreError> {
+        (**self).file_info(id)
+    }
+    fn file_data(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        (**self).file_data(id)
     }
     fn search(
         &self,

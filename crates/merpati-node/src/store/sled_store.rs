@@ -39,7 +39,7 @@ use super::engine::{self, SEALED_TREES, Sealer, Tree, View, Visit};
 use super::keyring::{KEY_FILE, KeyInfo, Keyring, KeyringError};
 use super::overlay::{Overlay, Writes};
 use super::{
-    Blocked, Change, Contact, ContactRequest, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
+    Blocked, Change, Contact, ContactRequest, FileInfo, OutboxEntry, OutboxHead, PartOf, Profile, RequestId,
     SessionRecord, Store, StoreError, StoredFragment, StoredMessage,
 };
 use crate::sled_disk::{self, MarkerError, SyncError, Syncer, sync_path};
@@ -506,6 +506,16 @@ impl Store for SledStore {
 
     fn part_of(&self, id: &MessageId) -> Result<Option<PartOf>, StoreError> {
         engine::part_of(&SledView(&self.trees), id)
+    }
+
+    fn file_info(&self, id: &MessageId) -> Result<Option<FileInfo>, StoreError> {
+        let _shared = self.shared();
+        engine::file_info(&SledView(&self.trees), &self.keyring, id)
+    }
+
+    fn file_data(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
+        let _shared = self.shared();
+        engine::file_data(&SledView(&self.trees), &self.keyring, id)
     }
 
     fn search(

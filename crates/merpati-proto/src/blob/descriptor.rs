@@ -62,7 +62,7 @@ pub struct Source {
 }
 
 /// Where the file's bytes are.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Content {
     /// In the description itself (at most [`MAX_INLINE_LEN`]).
     Inline(Zeroizing<Vec<u8>>),
@@ -101,7 +101,7 @@ impl fmt::Debug for Content {
 }
 
 /// A file's description.
-#[derive(PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Descriptor {
     /// The file's length in bytes.
     pub len: u64,
@@ -138,6 +138,19 @@ impl Descriptor {
     pub fn encode(&self) -> Result<Vec<u8>, BlobError> {
         self.validate()?;
         let mut w = Writer::new();
+        self.write(&mut w);
+        Ok(w.into_bytes())
+    }
+
+    /// The length of the encoding.
+    pub fn encoded_len(&self) -> usize {
+        let mut w = Writer::new();
+        self.write(&mut w);
+        w.len()
+    }
+
+    /// Writes the encoding (of a description that passed [`Descriptor::validate`]).
+    pub(crate) fn write(&self, w: &mut Writer) {
         w.u8(DESCRIPTOR_VERSION).u64(self.len).raw(&self.hash);
         w.bytes_u8(self.media_type.as_bytes()).bytes_u8(self.name.as_bytes());
         w.bytes_u16(self.caption.as_bytes()).bytes_u16(&self.thumbnail);
@@ -157,7 +170,6 @@ impl Descriptor {
                 }
             }
         }
-        Ok(w.into_bytes())
     }
 
     /// Decodes and checks a description: every field within its bounds, the name safe, the count

@@ -9,6 +9,7 @@ use merpati_proto::Timestamp;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
 use super::*;
+use crate::commands::files::FileToSend;
 
 /// Conversations in memory, and a record of what the screen asked for.
 #[derive(Default)]
@@ -39,6 +40,7 @@ fn message(n: u64, contact: &str, direction: Direction, text: &str) -> MessageVi
         stored: None,
         reason: None,
         seq: None,
+        file: None,
     }
 }
 
@@ -113,6 +115,12 @@ impl Daemon for Fake {
         }
         self.sent.push((contact.into(), text.into()));
         Ok(id(1_000_000 + self.sent.len() as u64))
+    }
+
+    fn send_file(&mut self, contact: &str, file: FileToSend) -> Result<MessageId, ClientError> {
+        self.gone()?;
+        self.sent.push((contact.into(), format!("file {}", file.name)));
+        Ok(id(2_000_000 + self.sent.len() as u64))
     }
 
     fn mark_read(&mut self, contact: &str) -> Result<(), ClientError> {
@@ -424,6 +432,26 @@ fn a_lost_daemon_is_shown_and_its_return_reloads_everything() {
     assert_eq!(shown(&app), ["bob #0", "missed"], "what came while away is read afresh");
     press(&mut app, &mut fake, KeyCode::Enter);
     assert_eq!(fake.sent, [("bob".to_owned(), "are you there".to_owned())]);
+}
+
+#[test]
+fn a_file_goes_with_slash_file_and_a_bad_one_is_explained() {
+    let mut fake = Fake::with(&[("bob", 0)]);
+    let mut app = started(&mut fake);
+    let dir = tempfile::tempdir().expect("dir");
+    let note = dir.path().join("note.txt");
+    std::fs::write(&note, b"see you at 6").expect("write");
+    type_text(&mut app, &mut fake, &format!("/file {}", note.display()));
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent, [("bob".to_owned(), "file note.txt".to_owned())]);
+    assert!(app.input.is_empty());
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, vec![0u8; 100 * 1024]).expect("write");
+    type_text(&mut app, &mut fake, &format!("/file {}", big.display()));
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent.len(), 1);
+    assert!(app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("48 KiB")), "{:?}", app.notice);
+    assert!(!app.input.is_empty(), "the command stays to be corrected");
 }
 
 #[test]
