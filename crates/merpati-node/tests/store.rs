@@ -859,7 +859,7 @@ mod conformance {
 
         // An outbox entry's note of the text it carries a piece of goes with the entry.
         let entry = f.outbox("rob", 5);
-        let part_of = PartOf { message: MessageId(g1), last: true };
+        let part_of = PartOf { message: MessageId(g1) };
         store
             .apply(&[Change::PutOutbox(entry.clone()), Change::NotePartOf { id: entry.id, part_of }])
             .unwrap();

@@ -302,17 +302,13 @@ impl<S: Store> Engine<S> {
         let changes = &mut pending.changes;
         match incoming.body {
             Body::Text(text) => {
-                let message = StoredMessage {
-                    id: incoming.message_id,
-                    contact: contact.to_owned(),
-                    direction: Direction::In,
-                    time: incoming.sent_at,
+                let message = StoredMessage::received(
+                    incoming.message_id,
+                    contact,
+                    incoming.sent_at,
                     text,
-                    seq: Some(incoming.seq),
-                    status: Status::Delivered,
-                    reason: None,
-                    order: 0,
-                };
+                    incoming.seq,
+                );
                 changes.push(Change::PutMessage(message.clone()));
                 received.message = Some(message);
                 pending.confirm(id, contact, incoming.message_id);
@@ -352,17 +348,14 @@ impl<S: Store> Engine<S> {
                     // to show, and nothing a retry would change.
                     tracing::warn!("a file whose bytes do not match its description was dropped");
                 } else {
-                    let message = StoredMessage {
-                        id: incoming.message_id,
-                        contact: contact.to_owned(),
-                        direction: Direction::In,
-                        time: incoming.sent_at,
-                        text: file.caption.clone(),
-                        seq: Some(incoming.seq),
-                        status: Status::Delivered,
-                        reason: None,
-                        order: 0,
-                    };
+                    let caption = file.caption.clone();
+                    let message = StoredMessage::received(
+                        incoming.message_id,
+                        contact,
+                        incoming.sent_at,
+                        caption,
+                        incoming.seq,
+                    );
                     changes.push(Change::PutMessage(message.clone()));
                     changes.push(super::outgoing::file_change(incoming.message_id, &file));
                     received.message = Some(message);

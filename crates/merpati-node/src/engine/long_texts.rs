@@ -3,18 +3,18 @@
 //!
 //! The fragment group's random id is the whole text's message id on both sides, so receipts,
 //! statuses, deletion and search treat a long text like any other. The sender's outbox holds one
-//! entry per piece, each noting the text it belongs to ([`PartOf`]); the text moves on once none
-//! of its pieces is left in the outbox, and fails (taking its other pieces out) if any fails. The receiver keeps each
-//! piece in the store, sealed, in the same write that advances the session, so nothing is lost
-//! to a crash and nothing is stored twice; incomplete groups are capped per contact and given up
-//! [`FRAGMENT_PATIENCE`] after their newest piece arrived.
+//! entry per piece, each noting the text it belongs to ([`crate::store::PartOf`]); the text moves on once none
+//! of its pieces is left in the outbox, and fails (taking its other pieces out) if any fails.
+//! The receiver keeps each piece in the store, sealed, in the same write that advances the
+//! session, so nothing is lost to a crash and nothing is stored twice; incomplete groups are
+//! capped per contact and given up [`FRAGMENT_PATIENCE`] after their newest piece arrived.
 
 use merpati_proto::Timestamp;
 use merpati_proto::fragment::{CONTENT_TEXT, Fragment, MAX_GROUPS_IN_PROGRESS};
 use merpati_proto::frame::MessageId;
 
 use super::{Engine, EngineError};
-use crate::store::{Change, Direction, Status, Store, StoredFragment, StoredMessage};
+use crate::store::{Change, Store, StoredFragment, StoredMessage};
 
 /// How long the pieces of an incomplete text are kept after the newest of them arrived: a sender
 /// retries a piece for 30 days and a relay may then keep it 30 more, so the next piece can
@@ -104,17 +104,7 @@ impl<S: Store> Engine<S> {
             return Ok(PieceOutcome::Ignored("a long text that is not UTF-8"));
         };
         let first = &pieces[0];
-        let message = StoredMessage {
-            id: MessageId(group),
-            contact: contact.to_owned(),
-            direction: Direction::In,
-            time: first.sent_at,
-            text,
-            seq: Some(first.seq),
-            status: Status::Delivered,
-            reason: None,
-            order: 0,
-        };
+        let message = StoredMessage::received(MessageId(group), contact, first.sent_at, text, first.seq);
         changes.push(Change::PutMessage(message.clone()));
         Ok(PieceOutcome::Whole(message))
     }

@@ -308,10 +308,9 @@ impl<S: Store> Engine<S> {
         if let Outgoing::File(file) = outgoing {
             group.changes.push(file_change(message.id, file));
         }
-        let pieces = sealed_all.len();
-        for (i, sealed) in sealed_all.into_iter().enumerate() {
+        for sealed in sealed_all {
             if long_id.is_some() {
-                let part_of = PartOf { message: message.id, last: i + 1 == pieces };
+                let part_of = PartOf { message: message.id };
                 group.changes.push(Change::NotePartOf { id: sealed.message_id, part_of });
             }
             group.changes.push(Change::PutOutbox(queue_entry(sealed, &contact.name, now)));

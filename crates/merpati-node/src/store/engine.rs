@@ -31,6 +31,9 @@
 //! | `dismissed` | first-contact open digest | until (u64) |
 //! | `dismissed-by-time` | until (u64 BE) ‖ digest | nothing |
 //! | `blocked` | identity key | [`Blocked`](super::Blocked) |
+//! | `fragments` | name length ‖ name ‖ group (16) ‖ index (u16 BE) | sealed [`StoredFragment`](super::StoredFragment): a piece of an incomplete long text |
+//! | `outbox-parts` | outbox entry id | [`PartOf`](super::PartOf): the long text the entry carries a piece of |
+//! | `files` | message id ‖ 0 / ‖ 1 | sealed [`FileInfo`](super::FileInfo) / the file's bytes |
 //! | `meta` | `requests-dropped`, `dismissed-len` | counters (u64) |
 //! | `meta` | `shred-pending` | a deletion awaits the storage key's rotation (bool) |
 //! | `meta` | `swept/` ‖ relay peer id | the last day our closed mailboxes were swept there (u64) |

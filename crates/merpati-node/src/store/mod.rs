@@ -522,8 +522,6 @@ impl fmt::Debug for FileInfo {
 pub struct PartOf {
     /// The whole text's message id (the fragment group).
     pub message: MessageId,
-    /// Whether it is the text's last piece.
-    pub last: bool,
 }
 
 /// A message of a conversation, incoming or outgoing.
@@ -548,6 +546,23 @@ pub struct StoredMessage {
     /// Its place in the conversations, assigned by the store when the message is first stored
     /// (the value given to [`Change::PutMessage`] is ignored). Increases across all contacts.
     pub order: u64,
+}
+
+impl StoredMessage {
+    /// A message just received from `contact`: delivered (to us), its order given when stored.
+    pub fn received(id: MessageId, contact: &str, time: Timestamp, text: String, seq: u64) -> StoredMessage {
+        StoredMessage {
+            id,
+            contact: contact.to_owned(),
+            direction: Direction::In,
+            time,
+            text,
+            seq: Some(seq),
+            status: Status::Delivered,
+            reason: None,
+            order: 0,
+        }
+    }
 }
 
 impl fmt::Debug for StoredMessage {
