@@ -1,6 +1,6 @@
 //! Fuzzes the request-response messages as a relay and a node read them off the wire: bytes
-//! decoded as CBOR (the codec libp2p uses for our protocols) into mailbox and deliver requests
-//! (single and batched) and their responses. Decoding and validating never panic; whatever
+//! decoded as CBOR (the codec libp2p uses for our protocols) into mailbox, blob and deliver
+//! requests (single and batched) and their responses. Decoding and validating never panic; whatever
 //! validates encodes and decodes back to itself, and a response that validates against a request
 //! keeps every bound. Fetch tokens read off the wire are checked as a relay checks them: never a
 //! panic, and none made of fuzzed bytes passes (that would be a forged signature).
@@ -8,7 +8,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use merpati_proto::mailbox::FetchToken;
-use merpati_proto::wire::{self, deliver, mailbox};
+use merpati_proto::blob::{CHUNK_LEN, MAX_CHUNKS};
+use merpati_proto::wire::{self, blob, deliver, mailbox};
 
 /// The relay peer id fuzzed tokens are checked against.
 const RELAY: &[u8] = b"\x00\x24\x08\x01\x12\x20fuzzed relay's public key bytes";
@@ -50,6 +51,25 @@ fuzz_target!(|data: &[u8]| {
         if let mailbox::Response::Envelopes { items, .. } = &response {
             assert!(items.len() <= wire::MAX_FETCH_LIMIT as usize);
         }
+        round_trips(&response);
+    }
+    if let Ok(request) = cbor4ii::serde::from_slice::<blob::Request>(data) {
+        if request.validate().is_ok() {
+            if let blob::Request::Put { index, chunk, .. } = &request {
+                assert!(*index < MAX_CHUNKS && chunk.len() == CHUNK_LEN);
+            }
+            round_trips(&request);
+        }
+        if let Ok(response) = cbor4ii::serde::from_slice::<blob::Response>(data)
+            && response.validate_for(&request).is_ok()
+            && let blob::Response::Chunks { chunks } = &response
+        {
+            assert!(chunks.len() <= blob::MAX_GET_CHUNKS as usize);
+        }
+    }
+    if let Ok(response) = cbor4ii::serde::from_slice::<blob::Response>(data)
+        && response.validate().is_ok()
+    {
         round_trips(&response);
     }
     if let Ok(request) = cbor4ii::serde::from_slice::<deliver::Request>(data)

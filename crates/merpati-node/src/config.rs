@@ -38,6 +38,9 @@
 //! ipv6_block_rate = { per_second = 1600, burst = 8000 }
 //! max_reservations = 1024
 //! max_circuits = 256
+//! blob_budget_mib = 2048
+//! blob_user_mib = 256
+//! blob_ttl_days = 30
 //! ```
 //!
 //! Command-line flags override the file; absent settings keep their defaults (listen on all
@@ -167,6 +170,13 @@ pub struct RelaySection {
     pub max_reservations: Option<u32>,
     /// Relayed connections open at once.
     pub max_circuits: Option<u32>,
+    /// The most bytes of files (blobs) kept for all users together, in MiB.
+    pub blob_budget_mib: Option<u64>,
+    /// The most bytes of files one user keeps at once, in MiB (its network: four times as much);
+    /// also the largest file accepted.
+    pub blob_user_mib: Option<u32>,
+    /// Days a file is kept after its upload began.
+    pub blob_ttl_days: Option<u32>,
 }
 
 impl RelaySection {
@@ -208,6 +218,12 @@ impl RelaySection {
     pub const DEFAULT_MAX_RESERVATIONS: u32 = 1024;
     /// Default of `max_circuits`.
     pub const DEFAULT_MAX_CIRCUITS: u32 = 256;
+    /// Default of `blob_budget_mib`.
+    pub const DEFAULT_BLOB_BUDGET_MIB: u64 = crate::relay::blobs::DEFAULT_BLOB_BUDGET_MIB;
+    /// Default of `blob_user_mib`.
+    pub const DEFAULT_BLOB_USER_MIB: u32 = crate::relay::blobs::DEFAULT_BLOB_USER_MIB as u32;
+    /// Default of `blob_ttl_days`.
+    pub const DEFAULT_BLOB_TTL_DAYS: u32 = crate::relay::blobs::DEFAULT_BLOB_TTL_DAYS as u32;
 }
 
 /// Allowed values. The upper bounds only catch typos and unit mistakes (bytes for MiB, seconds
@@ -225,6 +241,8 @@ const MAX_FETCH_MARKS: RangeInclusive<i64> = 1_000..=1_000_000_000;
 const RATE: RangeInclusive<i64> = 1..=1_000_000;
 const MAX_RESERVATIONS: RangeInclusive<i64> = 1..=100_000;
 const MAX_CIRCUITS: RangeInclusive<i64> = 1..=100_000;
+/// At least one 25 MiB file's blob (448 chunks of 64 KiB = 28 MiB).
+const BLOB_USER_MIB: RangeInclusive<i64> = 28..=1024 * 1024;
 
 /// The file as written, before values are checked. Numbers are read as TOML's own `i64` so that
 /// a negative or huge value gets our message rather than a type error.
@@ -263,6 +281,9 @@ struct RawRelay {
     ipv6_block_rate: Option<RawRate>,
     max_reservations: Option<i64>,
     max_circuits: Option<i64>,
+    blob_budget_mib: Option<i64>,
+    blob_user_mib: Option<i64>,
+    blob_ttl_days: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -392,6 +413,9 @@ fn parse_relay(raw: RawRelay) -> Result<RelaySection, String> {
             "reservations",
         )?,
         max_circuits: number("relay.max_circuits", raw.max_circuits, MAX_CIRCUITS, "circuits")?,
+        blob_budget_mib: number("relay.blob_budget_mib", raw.blob_budget_mib, DISK_BUDGET_MIB, "MiB")?,
+        blob_user_mib: number("relay.blob_user_mib", raw.blob_user_mib, BLOB_USER_MIB, "MiB")?,
+        blob_ttl_days: number("relay.blob_ttl_days", raw.blob_ttl_days, TTL_DAYS, "days")?,
     };
     let mailbox_mib = section.mailbox_max_mib.unwrap_or(RelaySection::DEFAULT_MAILBOX_MAX_MIB);
     let budget_mib = section.disk_budget_mib.unwrap_or(RelaySection::DEFAULT_DISK_BUDGET_MIB);
@@ -399,6 +423,14 @@ fn parse_relay(raw: RawRelay) -> Result<RelaySection, String> {
         return Err(format!(
             "relay.mailbox_max_mib ({mailbox_mib}) is larger than relay.disk_budget_mib ({budget_mib}): \
              one mailbox cannot hold more than the whole disk budget; lower the first or raise the second"
+        ));
+    }
+    let user_mib = section.blob_user_mib.unwrap_or(RelaySection::DEFAULT_BLOB_USER_MIB);
+    let blob_budget_mib = section.blob_budget_mib.unwrap_or(RelaySection::DEFAULT_BLOB_BUDGET_MIB);
+    if u64::from(user_mib) > blob_budget_mib {
+        return Err(format!(
+            "relay.blob_user_mib ({user_mib}) is larger than relay.blob_budget_mib ({blob_budget_mib}): \
+             one user cannot keep more files than all users together; lower the first or raise the second"
         ));
     }
     // Left out, the unfetched TTL is at most the TTL (see `MailboxLimits`); set, it must fit.
@@ -530,6 +562,9 @@ ip_rate = { per_second = 400, burst = 2000 }
 ipv6_block_rate = { per_second = 1600, burst = 8000 }
 max_reservations = 1024
 max_circuits = 256
+blob_budget_mib = 2048
+blob_user_mib = 256
+blob_ttl_days = 30
 "#;
 
     #[test]
@@ -575,6 +610,9 @@ max_circuits = 256
         assert_eq!(relay.ip_rate, Some(RelaySection::DEFAULT_IP_RATE));
         assert_eq!(relay.max_reservations, Some(RelaySection::DEFAULT_MAX_RESERVATIONS));
         assert_eq!(relay.max_circuits, Some(RelaySection::DEFAULT_MAX_CIRCUITS));
+        assert_eq!(relay.blob_budget_mib, Some(RelaySection::DEFAULT_BLOB_BUDGET_MIB));
+        assert_eq!(relay.blob_user_mib, Some(RelaySection::DEFAULT_BLOB_USER_MIB));
+        assert_eq!(relay.blob_ttl_days, Some(RelaySection::DEFAULT_BLOB_TTL_DAYS));
     }
 
     /// `docs/relay-operators.md` shows the operators' example whole, as it is.
@@ -620,6 +658,9 @@ max_circuits = 256
             ipv6_block_rate: Some(RelaySection::DEFAULT_IPV6_BLOCK_RATE),
             max_reservations: Some(RelaySection::DEFAULT_MAX_RESERVATIONS),
             max_circuits: Some(RelaySection::DEFAULT_MAX_CIRCUITS),
+            blob_budget_mib: Some(RelaySection::DEFAULT_BLOB_BUDGET_MIB),
+            blob_user_mib: Some(RelaySection::DEFAULT_BLOB_USER_MIB),
+            blob_ttl_days: Some(RelaySection::DEFAULT_BLOB_TTL_DAYS),
             storage: None,
         };
         assert_eq!(RelaySection { public_addresses: None, metrics: None, ..relay }, defaults);
@@ -669,6 +710,9 @@ max_circuits = 256
             ("[relay]\nmax_reservations = 0", &["relay.max_reservations"]),
             ("[relay]\nmax_circuits = 0", &["relay.max_circuits"]),
             ("[relay]\nmax_circuits = 99999999999", &["relay.max_circuits"]),
+            ("[relay]\nblob_user_mib = 10", &["relay.blob_user_mib", "28 to"]),
+            ("[relay]\nblob_budget_mib = 100", &["relay.blob_user_mib", "relay.blob_budget_mib"]),
+            ("[relay]\nblob_ttl_days = 0", &["relay.blob_ttl_days", "1 to 365"]),
             ("[relay]\npeer_rate = { per_second = 0, burst = 5 }", &["relay.peer_rate.per_second"]),
             ("[relay]\nip_rate = { per_second = 5, burst = 0 }", &["relay.ip_rate.burst"]),
             ("[relay]\nip_rate = { per_second = 5 }", &["burst"]),

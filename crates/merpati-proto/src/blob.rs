@@ -442,8 +442,10 @@ impl Decryptor {
     }
 }
 
+mod access;
 mod descriptor;
 
+pub use access::{BlobSecret, BlobToken, TokenHash};
 pub use descriptor::{
     Content, DESCRIPTOR_VERSION, Descriptor, DescriptorError, MAX_CAPTION_LEN, MAX_FILE_NAME_LEN,
     MAX_INLINE_LEN, MAX_MEDIA_TYPE_LEN, MAX_SOURCE_ADDRS, MAX_SOURCES, MAX_THUMBNAIL_LEN, Source,

@@ -53,6 +53,12 @@ pub mod label {
     pub const BLOB: &[u8] = b"NDR1/blob";
     /// Hash of a file, checked once its blob is opened.
     pub const BLOB_HASH: &[u8] = b"NDR1/blob-hash";
+    /// A blob's read token at one relay.
+    pub const BLOB_READ: &[u8] = b"NDR1/blob-read";
+    /// A blob's write token at one relay.
+    pub const BLOB_WRITE: &[u8] = b"NDR1/blob-write";
+    /// The hash a relay keeps of a blob token.
+    pub const BLOB_TOKEN: &[u8] = b"NDR1/blob-token";
 }
 
 fn feed(mut absorb: impl FnMut(&[u8]), label: &[u8], parts: &[&[u8]]) {

@@ -13,6 +13,7 @@
 //!   `Deposit` → `Stored { id }` once flushed to disk; `Fetch` (with fetch tokens, a cursor and an
 //!   optional long-poll wait) → `Envelopes { items, more }`; `Delete` → `Deleted { count }`. Any
 //!   request may be answered `Refused(Refusal)`, a typed reason the sender can show.
+//! * [`blob::BLOB_PROTOCOL`]: a relay keeps the encrypted chunks of files (see [`blob`]).
 //!
 //! Relays number stored envelopes with one increasing `u64` counter per relay, so a single `after`
 //! cursor pages through several mailboxes at once and items come back in increasing id order.
@@ -93,6 +94,10 @@ pub enum Refusal {
     UnknownMailbox,
     /// The receiver failed on its side (storage error); trying again later may work.
     Internal,
+    /// The relay keeps files only for nodes that hold a reservation there (listen through it).
+    NotReserved,
+    /// The relay keeps no such file (never created, withdrawn, expired, or every reader has it).
+    UnknownBlob,
 }
 
 impl fmt::Display for Refusal {
@@ -108,6 +113,8 @@ impl fmt::Display for Refusal {
             Self::Malformed => f.write_str("the request was malformed"),
             Self::UnknownMailbox => f.write_str("no such mailbox"),
             Self::Internal => f.write_str("the other side had an internal error"),
+            Self::NotReserved => f.write_str("the relay keeps files only for nodes that listen through it"),
+            Self::UnknownBlob => f.write_str("the relay has no such file (it expired or was withdrawn)"),
         }
     }
 }
@@ -251,6 +258,8 @@ pub mod deliver {
         }
     }
 }
+
+pub mod blob;
 
 /// `/merpati/mailbox/2`: store-and-forward at a relay.
 pub mod mailbox {

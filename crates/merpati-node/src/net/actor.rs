@@ -28,7 +28,7 @@ use libp2p::request_response::{self, InboundRequestId, OutboundFailure, Outbound
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, dcutr, identify, mdns, relay};
-use merpati_proto::wire::{Refusal, deliver, mailbox};
+use merpati_proto::wire::{Refusal, blob, deliver, mailbox};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -36,6 +36,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::Extras;
 use super::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use super::blob::{self as blob_net, BlobServer};
 use super::config::Config;
 use super::error::{DeliverError, MailboxError, NetError};
 use super::handle::Command;
@@ -182,7 +183,13 @@ pub(crate) struct Actor {
     /// Relay role: the service behind the mailbox protocol, and the requests it is serving.
     mailbox_server: Option<Arc<dyn MailboxServer>>,
     serving: FuturesUnordered<BoxFuture<'static, Served>>,
+    /// At most this many mailbox requests, and as many blob requests, are served at once.
     max_serving: usize,
+    /// Our blob requests waiting for a relay's answer.
+    blob_requests: HashMap<OutboundRequestId, blob_net::Pending>,
+    /// Relay role: the service behind the blob protocol, and the requests it is serving.
+    blob_server: Option<Arc<dyn BlobServer>>,
+    blob_serving: FuturesUnordered<BoxFuture<'static, blob_net::Served>>,
     /// The IP address of each connected peer (its latest connection), for per-address limits.
     peer_ips: HashMap<PeerId, IpAddr>,
     /// User node: the relays we listen through.
@@ -233,6 +240,9 @@ impl Actor {
             mailbox_server: extras.mailbox_server,
             serving: FuturesUnordered::new(),
             max_serving: config.max_mailbox_requests,
+            blob_requests: HashMap::new(),
+            blob_server: extras.blob_server,
+            blob_serving: FuturesUnordered::new(),
             peer_ips: HashMap::new(),
             reservations: Reservations::new(config.relay_retry_max),
             listen_addrs_are_public,
@@ -303,6 +313,9 @@ impl Actor {
                 Some((channel, response)) = self.serving.next(), if !self.serving.is_empty() => {
                     self.respond_mailbox(channel, response);
                 }
+                Some((channel, response)) = self.blob_serving.next(), if !self.blob_serving.is_empty() => {
+                    self.respond_blob(channel, response);
+                }
                 () = sleep_until(self.reservations.next_retry()) => self.reserve_due(),
                 // Owned, so that the permit borrows nothing of `self` while the branches run.
                 permit = self.events.clone().reserve_owned(), if !self.backlog.is_empty() => match permit {
@@ -333,6 +346,9 @@ impl Actor {
         for (_, pending) in self.mailbox_requests.drain() {
             pending.fail(MailboxError::Shutdown);
         }
+        for (_, pending) in self.blob_requests.drain() {
+            pending.fail(MailboxError::Shutdown);
+        }
         self.queued = 0;
     }
 
@@ -358,6 +374,19 @@ impl Actor {
                 let pending = Pending::new(relay, &request, reply);
                 let id = self.swarm.behaviour_mut().mailbox.send_request(&relay, request);
                 self.mailbox_requests.insert(id, pending);
+            }
+            Command::Blob { relay, addrs, request, reply } => {
+                if relay == *self.swarm.local_peer_id() {
+                    let reason = "it is this node".to_owned();
+                    answer(reply, Err(MailboxError::Unreachable { relay, reason }));
+                    return;
+                }
+                let direct =
+                    addrs.into_iter().filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit)).collect();
+                self.add_addresses(relay, direct);
+                let pending = blob_net::Pending::new(relay, &request, reply);
+                let id = self.swarm.behaviour_mut().blob.send_request(&relay, request);
+                self.blob_requests.insert(id, pending);
             }
             Command::SetRelays { relays, reply } => {
                 for listener in self.reservations.set(relays, Instant::now()) {
@@ -565,6 +594,7 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Deliver(event)) => self.handle_deliver_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::DeliverBatch(event)) => self.handle_batch_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mailbox(event)) => self.handle_mailbox_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Blob(event)) => self.handle_blob_event(event),
             SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
                 self.handle_relay_client_event(event)
             }
@@ -823,16 +853,7 @@ impl Actor {
             request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
                 debug!(relay = %peer, %request_id, %error, "mailbox request failed");
                 let Some(pending) = self.mailbox_requests.remove(&request_id) else { return };
-                pending.fail(match error {
-                    OutboundFailure::DialFailure => {
-                        MailboxError::Unreachable { relay: peer, reason: "dial failed".to_owned() }
-                    }
-                    OutboundFailure::Timeout => MailboxError::Timeout { relay: peer },
-                    OutboundFailure::UnsupportedProtocols => MailboxError::NotARelay { relay: peer },
-                    OutboundFailure::ConnectionClosed | OutboundFailure::Io(_) => {
-                        MailboxError::ConnectionLost { relay: peer }
-                    }
-                });
+                pending.fail(relay_failure(peer, &error));
             }
             request_response::Event::InboundFailure { peer, request_id, error, .. } => {
                 debug!(%peer, %request_id, %error, "a mailbox request to us failed");
@@ -862,6 +883,54 @@ impl Actor {
         }
         let answer = server.serve(peer, self.peer_ips.get(&peer).copied(), request);
         self.serving.push(Box::pin(async move { (channel, answer.await) }));
+    }
+
+    fn handle_blob_event(&mut self, event: request_response::Event<blob::Request, blob::Response>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request { request, channel, .. } => {
+                    self.serve_blob(peer, request, channel);
+                }
+                request_response::Message::Response { request_id, response } => {
+                    if let Some(pending) = self.blob_requests.remove(&request_id) {
+                        pending.finish(response);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure { peer, request_id, error, .. } => {
+                debug!(relay = %peer, %request_id, %error, "blob request failed");
+                let Some(pending) = self.blob_requests.remove(&request_id) else { return };
+                pending.fail(relay_failure(peer, &error));
+            }
+            request_response::Event::InboundFailure { peer, request_id, error, .. } => {
+                debug!(%peer, %request_id, %error, "a blob request to us failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Relay role: hands a blob request to the service, saying whether the peer holds a
+    /// reservation with us, or refuses it when too many are being served already.
+    fn serve_blob(&mut self, peer: PeerId, request: blob::Request, channel: ResponseChannel<blob::Response>) {
+        let Some(server) = &self.blob_server else {
+            self.respond_blob(channel, blob::Response::Refused(Refusal::Unauthorized));
+            return;
+        };
+        if self.blob_serving.len() >= self.max_serving {
+            debug!(%peer, serving = self.blob_serving.len(), "too many blob requests; refusing");
+            let busy = Refusal::RateLimited { retry_after_ms: RETRY_AFTER_MS };
+            self.respond_blob(channel, blob::Response::Refused(busy));
+            return;
+        }
+        let reserved = self.reservation_holders.contains_key(&peer);
+        let answer = server.serve(peer, self.peer_ips.get(&peer).copied(), reserved, request);
+        self.blob_serving.push(Box::pin(async move { (channel, answer.await) }));
+    }
+
+    fn respond_blob(&mut self, channel: ResponseChannel<blob::Response>, response: blob::Response) {
+        if self.swarm.behaviour_mut().blob.send_response(channel, response).is_err() {
+            debug!("blob answer not sent: the peer no longer waits for it");
+        }
     }
 
     fn respond_mailbox(&mut self, channel: ResponseChannel<mailbox::Response>, response: mailbox::Response) {
@@ -1052,5 +1121,15 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a failed request to a relay (mailbox or blob) means to its asker.
+fn relay_failure(relay: PeerId, error: &OutboundFailure) -> MailboxError {
+    match error {
+        OutboundFailure::DialFailure => MailboxError::Unreachable { relay, reason: "dial failed".to_owned() },
+        OutboundFailure::Timeout => MailboxError::Timeout { relay },
+        OutboundFailure::UnsupportedProtocols => MailboxError::NotARelay { relay },
+        OutboundFailure::ConnectionClosed | OutboundFailure::Io(_) => MailboxError::ConnectionLost { relay },
     }
 }

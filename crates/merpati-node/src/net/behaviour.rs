@@ -4,7 +4,7 @@
 //! One behaviour type serves both roles; the parts only one role runs are `Toggle`d off in the
 //! other: a user node runs the relay client, DCUtR and an AutoNAT v2 client, and asks relays'
 //! mailbox services; a community relay runs a relay v2 server, an AutoNAT v2 server, Kademlia in
-//! server mode and serves the mailbox protocol.
+//! server mode and serves the mailbox and blob protocols.
 
 use libp2p::identity::Keypair;
 use libp2p::request_response::{self, ProtocolSupport, cbor};
@@ -15,7 +15,7 @@ use libp2p::{
     StreamProtocol, Swarm, SwarmBuilder, autonat, connection_limits, dcutr, identify, kad, mdns, noise, ping,
     relay, tcp, yamux,
 };
-use merpati_proto::wire::{self, deliver, mailbox};
+use merpati_proto::wire::{self, blob, deliver, mailbox};
 
 use super::config::Config;
 use super::error::NetError;
@@ -33,6 +33,9 @@ pub(crate) const DELIVER_BATCH_PROTOCOL: StreamProtocol = StreamProtocol::new(wi
 /// The mailbox protocol as libp2p names it.
 pub(crate) const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new(wire::MAILBOX_PROTOCOL);
 
+/// The blob protocol as libp2p names it.
+pub(crate) const BLOB_PROTOCOL: StreamProtocol = StreamProtocol::new(blob::BLOB_PROTOCOL);
+
 /// The deliver protocol's request-response behaviour: CBOR over one stream per request.
 pub(crate) type Deliver = cbor::Behaviour<deliver::Request, deliver::Response>;
 /// The batched deliver protocol's request-response behaviour.
@@ -40,6 +43,9 @@ pub(crate) type DeliverBatch = cbor::Behaviour<deliver::Batch, deliver::BatchRes
 /// The mailbox protocol's request-response behaviour; a relay counts the requests it cannot read.
 pub(crate) type Mailbox =
     request_response::Behaviour<Counting<cbor::codec::Codec<mailbox::Request, mailbox::Response>>>;
+
+/// The blob protocol's request-response behaviour.
+pub(crate) type Blob = cbor::Behaviour<blob::Request, blob::Response>;
 
 /// Every behaviour of a user node. Connection limits come first so that a denied connection is
 /// refused before any other behaviour sets up a handler for it.
@@ -53,6 +59,7 @@ pub(crate) struct Behaviour {
     pub(crate) deliver: Deliver,
     pub(crate) deliver_batch: DeliverBatch,
     pub(crate) mailbox: Mailbox,
+    pub(crate) blob: Blob,
     pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) dcutr: Toggle<dcutr::Behaviour>,
     pub(crate) autonat_client: Toggle<autonat::v2::client::Behaviour>,
@@ -140,12 +147,23 @@ impl Behaviour {
         let mailbox_codec = cbor::codec::Codec::default()
             .set_request_size_maximum(len_u64(wire::MAX_REQUEST_LEN))
             .set_response_size_maximum(len_u64(wire::MAX_RESPONSE_LEN));
-        let mailbox_support = if is_relay { ProtocolSupport::Inbound } else { ProtocolSupport::Outbound };
+        let mailbox_support = mailbox_support_for(is_relay);
         let mailbox = Mailbox::with_codec(
             Counting::new(mailbox_codec, undecodable),
             [(MAILBOX_PROTOCOL, mailbox_support)],
             request_response::Config::default()
                 .with_request_timeout(config.mailbox_timeout)
+                .with_max_concurrent_streams(config.max_mailbox_requests.saturating_add(STREAM_HEADROOM)),
+        );
+
+        // Relays keep files; user nodes only ask. A get answers a page as large as a fetch's.
+        let blob = Blob::with_codec(
+            cbor::codec::Codec::default()
+                .set_request_size_maximum(len_u64(wire::MAX_REQUEST_LEN))
+                .set_response_size_maximum(len_u64(wire::MAX_RESPONSE_LEN)),
+            [(BLOB_PROTOCOL, mailbox_support_for(is_relay))],
+            request_response::Config::default()
+                .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(config.max_mailbox_requests.saturating_add(STREAM_HEADROOM)),
         );
 
@@ -178,6 +196,7 @@ impl Behaviour {
             deliver,
             deliver_batch,
             mailbox,
+            blob,
             relay_client,
             dcutr: Toggle::from(dcutr),
             autonat_client: Toggle::from(autonat_client),
@@ -185,6 +204,11 @@ impl Behaviour {
             autonat_server: Toggle::from(autonat_server),
         })
     }
+}
+
+/// A relay serves the relay-side protocols (mailboxes, blobs); a user node only asks.
+fn mailbox_support_for(is_relay: bool) -> ProtocolSupport {
+    if is_relay { ProtocolSupport::Inbound } else { ProtocolSupport::Outbound }
 }
 
 /// Streams allowed beyond our own caps, for requests we refuse at once (rate limited, invalid).

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
-use merpati_proto::wire::{deliver, mailbox};
+use merpati_proto::wire::{blob, deliver, mailbox};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +34,13 @@ pub(crate) enum Command {
         addrs: Vec<Multiaddr>,
         request: mailbox::Request,
         reply: oneshot::Sender<Result<mailbox::Response, MailboxError>>,
+    },
+    /// Send a blob request to a relay over a direct connection (dialling `addrs` if need be).
+    Blob {
+        relay: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: blob::Request,
+        reply: oneshot::Sender<Result<blob::Response, MailboxError>>,
     },
     /// Keep reservations on exactly these relays (direct addresses ending in `/p2p/<relay>`).
     SetRelays { relays: Vec<Multiaddr>, reply: oneshot::Sender<()> },
@@ -163,12 +170,32 @@ impl Handle {
         request: mailbox::Request,
     ) -> Result<mailbox::Response, MailboxError> {
         request.validate().map_err(MailboxError::Invalid)?;
+        self.ask_relay(relay, |reply| Command::Mailbox { relay, addrs, request, reply }).await
+    }
+
+    /// Sends `request` to the blob service of `relay` and waits for its answer, checked against
+    /// the request (see
+    /// [`Response::validate_for`](merpati_proto::wire::blob::Response::validate_for)). Like
+    /// [`Handle::mailbox`], over a direct connection only, and bounded by the mailbox timeout.
+    pub async fn blob(
+        &self,
+        relay: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: blob::Request,
+    ) -> Result<blob::Response, MailboxError> {
+        request.validate().map_err(MailboxError::Invalid)?;
+        self.ask_relay(relay, |reply| Command::Blob { relay, addrs, request, reply }).await
+    }
+
+    /// Sends a relay request as `command` and waits for its answer, within the mailbox timeout.
+    async fn ask_relay<T>(
+        &self,
+        relay: PeerId,
+        command: impl FnOnce(oneshot::Sender<Result<T, MailboxError>>) -> Command,
+    ) -> Result<T, MailboxError> {
         let (reply, answer) = oneshot::channel();
         let exchange = async {
-            self.commands
-                .send(Command::Mailbox { relay, addrs, request, reply })
-                .await
-                .map_err(|_| MailboxError::Shutdown)?;
+            self.commands.send(command(reply)).await.map_err(|_| MailboxError::Shutdown)?;
             answer.await.map_err(|_| MailboxError::Shutdown)?
         };
         // libp2p's own request timeout normally answers first; this bounds the queueing too.

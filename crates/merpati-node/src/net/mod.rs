@@ -1,8 +1,10 @@
 //! Networking over libp2p for both roles: TCP and QUIC transports, connection limits, identify,
 //! ping, mDNS, Kademlia on our own protocol name, direct delivery (`/merpati/deliver/1`) and the
-//! relays' mailboxes (`/merpati/mailbox/2`), both request-response with CBOR. A user node also
+//! relays' mailboxes (`/merpati/mailbox/2`) and files (`/merpati/blob/1`), all request-response
+//! with CBOR. A user node also
 //! keeps relay reservations (relay client, DCUtR hole punching, an AutoNAT v2 client); a
-//! community relay runs the relay v2 server, an AutoNAT v2 server and the mailbox service.
+//! community relay runs the relay v2 server, an AutoNAT v2 server, the mailbox service and the
+//! blob service.
 //!
 //! [`spawn`] starts a network task that owns the swarm and returns:
 //! * a [`Handle`] to deliver envelopes to peers and ask about the node;
@@ -23,6 +25,7 @@
 
 mod actor;
 mod behaviour;
+mod blob;
 mod config;
 mod counting_codec;
 mod error;
@@ -38,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::blob::BlobServer;
 pub use self::config::{Config, RelayServer};
 pub use self::error::{DeliverError, MailboxError, NetError};
 pub use self::handle::{Handle, ProbeError, Stopped};
@@ -51,6 +55,8 @@ pub use self::reservations::{RelayStatus, peer_of};
 pub struct Extras {
     /// The service behind `/merpati/mailbox/2` (relay role).
     pub mailbox_server: Option<std::sync::Arc<dyn MailboxServer>>,
+    /// The service behind `/merpati/blob/1` (relay role).
+    pub blob_server: Option<std::sync::Arc<dyn BlobServer>>,
     /// libp2p's metrics, fed with every swarm event.
     pub metrics: Option<libp2p::metrics::Metrics>,
     /// Set to the number of relay reservations held (relay role).
@@ -61,6 +67,7 @@ impl std::fmt::Debug for Extras {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Extras")
             .field("mailbox_server", &self.mailbox_server.is_some())
+            .field("blob_server", &self.blob_server.is_some())
             .field("metrics", &self.metrics.is_some())
             .finish()
     }

@@ -620,6 +620,16 @@ impl Mailboxes {
         self.inner.flusher.flushes()
     }
 
+    /// The database, for the relay's other stores (blobs), which share its flushes.
+    pub(super) fn db(&self) -> &sled::Db {
+        &self.inner.db
+    }
+
+    /// Asks for a flush soon, without waiting for it (after a removal).
+    pub(super) fn request_flush(&self) {
+        self.inner.flusher.request();
+    }
+
     /// Makes everything stored so far durable, waiting for it.
     pub async fn flush(&self) -> Result<(), Refusal> {
         match self.inner.flusher.wait().await {
@@ -927,7 +937,7 @@ pub(crate) mod tests {
 
     /// Opens the store at `dir`, waiting while a copy just dropped still holds its lock (sled's
     /// background flusher lets go of it shortly after the drop).
-    fn open(dir: &Path, limits: MailboxLimits) -> Mailboxes {
+    pub(crate) fn open(dir: &Path, limits: MailboxLimits) -> Mailboxes {
         for _ in 0..200 {
             match Mailboxes::open(dir, limits) {
                 Err(MailboxError::Db(e)) if e.to_string().contains("could not acquire lock") => {

@@ -208,6 +208,95 @@ fn refusal_kind(refusal: &Refusal) -> &'static str {
         Refusal::Malformed => "malformed",
         Refusal::UnknownMailbox => "unknown_mailbox",
         Refusal::Internal => "internal",
+        Refusal::NotReserved => "not_reserved",
+        Refusal::UnknownBlob => "unknown_blob",
+    }
+}
+
+/// Every label value a blob request may be refused with.
+const BLOB_REFUSAL_KINDS: [&str; 8] = [
+    "too_large",
+    "rate_limited",
+    "unauthorized",
+    "relay_full",
+    "malformed",
+    "not_reserved",
+    "unknown_blob",
+    "internal",
+];
+
+/// The file store's metrics (`merpati_blob_…`). Cloning shares the same metrics.
+#[derive(Clone, Debug, Default)]
+pub struct BlobMetrics {
+    created: Counter,
+    chunks_stored: Counter,
+    chunks_served: Counter,
+    acks: Counter,
+    deleted: Counter,
+    expired: Counter,
+    refusals: Family<RefusalLabels, Counter>,
+    blobs: Gauge,
+    reserved_bytes: Gauge,
+}
+
+impl BlobMetrics {
+    /// Creates the metrics and registers them in `registry` under the `merpati` prefix.
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let r = registry.sub_registry_with_prefix("merpati");
+        r.register("blob_created", "Blobs created (room reserved for a file)", metrics.created.clone());
+        r.register("blob_chunks_stored", "Chunks stored durably", metrics.chunks_stored.clone());
+        r.register("blob_chunks_served", "Chunks returned to readers", metrics.chunks_served.clone());
+        r.register("blob_acks", "Readers' acks of a whole file", metrics.acks.clone());
+        r.register("blob_deleted", "Blobs withdrawn by their uploaders", metrics.deleted.clone());
+        r.register("blob_expired", "Blobs dropped when their TTL ran out", metrics.expired.clone());
+        r.register("blob_refusals", "Blob requests refused, by reason", metrics.refusals.clone());
+        r.register("blob_blobs", "Blobs kept", metrics.blobs.clone());
+        r.register(
+            "blob_reserved_bytes",
+            "Bytes reserved by the blobs kept (compare with blob_budget_mib)",
+            metrics.reserved_bytes.clone(),
+        );
+        for kind in BLOB_REFUSAL_KINDS {
+            let _ = metrics.refusals.get_or_create(&RefusalLabels { kind });
+        }
+        metrics
+    }
+
+    /// Counts a refusal by its kind.
+    pub fn refused(&self, refusal: &Refusal) {
+        self.refusals.get_or_create(&RefusalLabels { kind: refusal_kind(refusal) }).inc();
+    }
+
+    pub(crate) fn created(&self) {
+        self.created.inc();
+    }
+
+    pub(crate) fn chunk_stored(&self) {
+        self.chunks_stored.inc();
+    }
+
+    pub(crate) fn served(&self, chunks: usize) {
+        self.chunks_served.inc_by(chunks as u64);
+    }
+
+    pub(crate) fn acked(&self) {
+        self.acks.inc();
+    }
+
+    pub(crate) fn deleted(&self) {
+        self.deleted.inc();
+    }
+
+    pub(crate) fn expired(&self, count: u64) {
+        self.expired.inc_by(count);
+    }
+
+    /// Sets the storage gauges.
+    pub fn set_stored(&self, stats: &super::blobs::BlobStats) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.blobs.set(gauge(stats.blobs));
+        self.reserved_bytes.set(gauge(stats.bytes));
     }
 }
 
@@ -447,6 +536,7 @@ mod tests {
     fn the_operators_guide_names_real_metrics() {
         let mut registry = Registry::default();
         let _metrics = MailboxMetrics::register(&mut registry);
+        let _blobs = BlobMetrics::register(&mut registry);
         super::super::process::register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
@@ -460,6 +550,11 @@ mod tests {
         for name in listed {
             let served = text.lines().any(|line| line.starts_with(&format!("merpati_{name}")));
             assert!(served, "the guide lists merpati_{name}, which is not served:\n{text}");
+        }
+        // Every blob refusal series exists from the start too.
+        for kind in BLOB_REFUSAL_KINDS {
+            let zero = format!("merpati_blob_refusals_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&zero), "no {zero} in {text}");
         }
     }
 }

@@ -8,6 +8,8 @@
 //! so one `after` cursor pages through all of a recipient's mailboxes at once.
 //!
 //! * [`mailboxes`]: the sled store (TTL, group-committed flushes).
+//! * [`blobs`]: the file store: encrypted chunks of files, in the same database (protocol §14).
+//! * [`blob_service`]: answers `/merpati/blob/1` requests from [`Blobs`].
 //! * [`usage`]: what is stored per mailbox, per depositor and in all, and the quotas on it.
 //! * [`marks`]: when each mailbox was last fetched, which decides its TTL and its access to the
 //!   reserve kept for live mailboxes.
@@ -23,6 +25,8 @@
 //! The wire types are `merpati_proto::wire::mailbox`; the relay never sees more of an envelope
 //! than its clear header, which it checks names the mailbox the envelope is deposited into.
 
+pub mod blob_service;
+pub mod blobs;
 pub mod depositor;
 pub mod mailboxes;
 mod marks;
@@ -34,6 +38,8 @@ pub mod service;
 pub mod tokens;
 mod usage;
 
+pub use blob_service::BlobService;
+pub use blobs::{BlobLimits, BlobStats, Blobs};
 pub use depositor::Depositor;
 pub use mailboxes::{
     DEFAULT_TTL_DAYS, DEFAULT_UNFETCHED_TTL_DAYS, MailboxError, MailboxLimits, MailboxStats, Mailboxes,

@@ -1,5 +1,5 @@
-//! Running a community relay: the node key, the mailbox service on disk, the network in the relay
-//! role, the metrics endpoint and the maintenance task, until shutdown.
+//! Running a community relay: the node key, the mailbox and blob services on disk, the network in
+//! the relay role, the metrics endpoint and the maintenance tasks, until shutdown.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,13 +11,17 @@ use futures::future::BoxFuture;
 use libp2p::identity::Keypair;
 use libp2p::{Multiaddr, PeerId};
 use merpati_control::home::Home;
-use merpati_proto::wire::{Refusal, deliver, mailbox};
+use merpati_proto::wire::{Refusal, blob, deliver, mailbox};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use super::{MailboxLimits, MailboxMetrics, MailboxService, Mailboxes, Rate, RateLimits};
+use super::metrics::BlobMetrics;
+use super::{
+    BlobLimits, BlobService, Blobs, MailboxLimits, MailboxMetrics, MailboxService, Mailboxes, Rate,
+    RateLimits,
+};
 use crate::clock::Clock;
-use crate::net::{self, MailboxServer};
+use crate::net::{self, BlobServer, MailboxServer};
 
 /// How often expired envelopes are purged and the stored-bytes gauges refreshed.
 pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(600);
@@ -41,6 +45,8 @@ pub struct RelayOptions {
     pub metrics: Option<SocketAddr>,
     /// What the mailboxes may hold.
     pub limits: MailboxLimits,
+    /// What the file store may hold.
+    pub blob_limits: BlobLimits,
     /// Request rates per peer and per address.
     pub rates: RateLimits,
     /// Relay v2 reservations at once.
@@ -62,6 +68,7 @@ impl RelayOptions {
             storage: None,
             metrics: None,
             limits: MailboxLimits::default(),
+            blob_limits: BlobLimits::default(),
             rates: RateLimits::default(),
             max_reservations: defaults.max_reservations,
             max_circuits: defaults.max_circuits,
@@ -123,6 +130,15 @@ impl RelayOptions {
         if let Some(mib) = relay.ipv6_block_max_mib {
             limits.max_bytes_per_ipv6_block = u64::from(mib) * 1024 * 1024;
         }
+        if let Some(mib) = relay.blob_budget_mib {
+            self.blob_limits.budget = mib.saturating_mul(1024 * 1024);
+        }
+        if let Some(mib) = relay.blob_user_mib {
+            self.blob_limits.per_user = u64::from(mib) * 1024 * 1024;
+        }
+        if let Some(days) = relay.blob_ttl_days {
+            self.blob_limits.ttl_ms = u64::from(days) * merpati_proto::Timestamp::DAY;
+        }
         if let Some(rate) = relay.peer_rate {
             self.rates.per_peer = Rate { per_second: rate.per_second, burst: rate.burst };
         }
@@ -179,12 +195,15 @@ pub async fn run(
         .with_context(|| format!("cannot create the mailbox directory {}", storage.display()))?;
     let mailboxes = Mailboxes::open(&storage, options.limits)
         .with_context(|| format!("cannot open the mailboxes in {}", storage.display()))?;
+    let blobs = Blobs::open(&mailboxes, options.blob_limits)
+        .with_context(|| format!("cannot open the file store in {}", storage.display()))?;
 
     let mut registry = Registry::default();
     let libp2p_metrics = libp2p::metrics::Metrics::new(&mut registry);
     let mailbox_metrics = MailboxMetrics::register(&mut registry);
     super::process::register(&mut registry);
     let reservations = mailbox_metrics.relay_reservations_gauge();
+    let blob_service = BlobService::new(blobs, options.rates, BlobMetrics::register(&mut registry));
     let service =
         MailboxService::new(&keypair.public().to_peer_id(), mailboxes, options.rates, mailbox_metrics);
 
@@ -199,6 +218,7 @@ pub async fn run(
         });
     let extras = net::Extras {
         mailbox_server: Some(Arc::new(Clocked { service: service.clone(), clock: options.clock.clone() })),
+        blob_server: Some(Arc::new(Clocked { service: blob_service.clone(), clock: options.clock.clone() })),
         metrics: Some(libp2p_metrics),
         reservations_gauge: Some(reservations),
     };
@@ -221,6 +241,12 @@ pub async fn run(
     };
     {
         let service = service.clone();
+        let shutdown = shutdown.clone();
+        let clock = options.clock.clone();
+        tasks.spawn(async move { service.run_maintenance(MAINTENANCE_EVERY, clock, shutdown).await });
+    }
+    {
+        let service = blob_service.clone();
         let shutdown = shutdown.clone();
         let clock = options.clock.clone();
         tasks.spawn(async move { service.run_maintenance(MAINTENANCE_EVERY, clock, shutdown).await });
@@ -266,13 +292,13 @@ pub async fn run(
     Ok(())
 }
 
-/// The mailbox service as the network serves it: each request stamped by the relay's clock.
-struct Clocked {
-    service: MailboxService,
+/// A service as the network serves it: each request stamped by the relay's clock.
+struct Clocked<S> {
+    service: S,
     clock: Clock,
 }
 
-impl MailboxServer for Clocked {
+impl MailboxServer for Clocked<MailboxService> {
     fn serve(
         &self,
         peer: PeerId,
@@ -286,6 +312,20 @@ impl MailboxServer for Clocked {
 
     fn undecodable(&self) {
         self.service.undecodable();
+    }
+}
+
+impl BlobServer for Clocked<BlobService> {
+    fn serve(
+        &self,
+        peer: PeerId,
+        ip: Option<std::net::IpAddr>,
+        reserved: bool,
+        request: blob::Request,
+    ) -> BoxFuture<'static, blob::Response> {
+        let service = self.service.clone();
+        let now = self.clock.now();
+        Box::pin(async move { service.handle(peer, ip, reserved, request, now).await })
     }
 }
 
