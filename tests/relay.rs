@@ -747,3 +747,104 @@ fn a_small_file_waits_at_the_relay_and_arrives_whole() {
     assert_eq!(std::fs::read(&saved).unwrap(), bytes);
     wait_until("the file delivered", PATIENCE, || is_delivered(&alice.message_status(&id)));
 }
+
+/// A photo too large for its description travels as a blob: Alice's node encrypts it into her
+/// spool and uploads it to her relay while Bob is away; the relay keeps it across a crash; Bob's
+/// node fetches it when he comes back, checks it and keeps it encrypted, and the relay lets it
+/// go once he has it. No plaintext of it is on any disk but where Bob saves it.
+#[test]
+fn a_large_file_waits_at_the_senders_relay_and_arrives_whole() {
+    let mut relay = relay("");
+    let (alice, mut bob) = users(&[&relay], true);
+    // The file goes to the sender's relays: Alice uses the same one.
+    alice.ok(&["relay", "add", &relay.addr()]);
+    bob.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let photo = dir.path().join("harbour.jpg");
+    // Not compressible, and no run repeats: any 64 bytes of it found on a disk are a leak.
+    let bytes: Vec<u8> =
+        (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&photo, &bytes).unwrap();
+    let id = alice.ok(&["send", "bob", "the harbour", "--file", photo.to_str().unwrap()]).trim().to_owned();
+    // 3 MiB is 49 pieces of 65 520 bytes, padded to 56 chunks.
+    let chunks = |relay: &Relay| relay.metric("merpati_blob_chunks_stored_total").unwrap_or(0.0);
+    wait_until("the file uploaded to the relay", PATIENCE, || chunks(&relay) >= 56.0);
+    wait_until("its description stored at the relay", PATIENCE, || {
+        is_stored(&alice.message_status(&id), 1, 1)
+    });
+    relay.kill();
+    relay.start();
+
+    bob.start();
+    wait_until("the file fetched by Bob", PATIENCE, || {
+        bob.messages(Some("alice")).iter().any(|m| m["id"] == id.as_str() && m["file"]["here"] == true)
+    });
+    let message = bob.messages(Some("alice")).into_iter().find(|m| m["id"] == id.as_str()).unwrap();
+    assert_eq!(message["text"], "the harbour");
+    assert_eq!(message["file"]["name"], "harbour.jpg");
+    assert_eq!(message["file"]["size"], bytes.len());
+    let saved = dir.path().join("saved.jpg");
+    bob.ok(&["save", &id, saved.to_str().unwrap()]);
+    assert!(std::fs::read(&saved).unwrap() == bytes, "the file arrives exactly as sent");
+    let mine = dir.path().join("mine.jpg");
+    alice.ok(&["save", &id, mine.to_str().unwrap()]);
+    assert!(std::fs::read(&mine).unwrap() == bytes, "the sender can save her copy too");
+
+    wait_until("the relay lets the file go once Bob has it", PATIENCE, || {
+        relay.metric("merpati_blob_blobs") == Some(0.0)
+    });
+    wait_until("the file delivered", PATIENCE, || is_delivered(&alice.message_status(&id)));
+    for (who, home) in [("the relay", relay.home()), ("Alice", alice.home()), ("Bob", bob.home())] {
+        for offset in [0, 1_000_000, bytes.len() - 64] {
+            let found = files_containing(home, &bytes[offset..offset + 64]);
+            assert!(found.is_empty(), "{who}'s disk holds the file's plaintext at {offset}: {found:?}");
+        }
+    }
+}
+
+/// A file over 48 KiB travels through the sender's relays: with none, it is refused at once, with
+/// the way out in the message, and nothing is queued.
+#[test]
+fn a_large_file_needs_a_relay_of_the_sender() {
+    let (alice, bob) = users(&[], true);
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("scan.pdf");
+    std::fs::write(&big, vec![7u8; 100_000]).unwrap();
+    let out = alice.cli(&["send", "bob", "--file", big.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(18), "{}", merpati_e2e::text(&out.stderr));
+    assert!(
+        merpati_e2e::text(&out.stderr).contains("merpati relay add"),
+        "{}",
+        merpati_e2e::text(&out.stderr)
+    );
+    assert!(alice.messages(Some("bob")).iter().all(|m| m["file"].is_null()), "nothing queued");
+    drop(bob);
+}
+
+/// A file sent while the sender's relay is down is uploaded once it is back, even though the
+/// sender's node restarted meanwhile: the upload is kept with the message, and Bob, who got the
+/// description directly, fetches the file as soon as the relay has it.
+#[test]
+fn a_large_file_upload_resumes_after_the_sender_restarts() {
+    let mut relay = relay("");
+    let (mut alice, bob) = users(&[&relay], true);
+    alice.ok(&["relay", "add", &relay.addr()]);
+    relay.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let scan = dir.path().join("contract.pdf");
+    let bytes: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 9) as u8).collect();
+    std::fs::write(&scan, &bytes).unwrap();
+    let id = alice.ok(&["send", "bob", "--file", scan.to_str().unwrap()]).trim().to_owned();
+    wait_until("the description at Bob", PATIENCE, || {
+        bob.messages(Some("alice")).iter().any(|m| m["id"] == id.as_str() && m["file"]["here"] == false)
+    });
+    alice.stop();
+    alice.start();
+    relay.start();
+    wait_until("the file fetched by Bob", PATIENCE, || {
+        bob.messages(Some("alice")).iter().any(|m| m["id"] == id.as_str() && m["file"]["here"] == true)
+    });
+    let saved = dir.path().join("saved.pdf");
+    bob.ok(&["save", &id, saved.to_str().unwrap()]);
+    assert!(std::fs::read(&saved).unwrap() == bytes, "the file arrives exactly as sent");
+}

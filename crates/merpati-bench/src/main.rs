@@ -19,6 +19,7 @@ mod backlog_relay;
 mod connections;
 mod crypto;
 mod direct;
+mod files;
 mod first_contacts;
 mod idle;
 mod many_contacts;
@@ -33,12 +34,13 @@ use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 12] = [
+const SCENARIOS: [&str; 13] = [
     "crypto",
     "direct",
     "relay-deposit",
     "relay-fetch",
     "offline",
+    "file-relay",
     "backlog",
     "backlog-relay",
     "backlog-contacts",
@@ -53,7 +55,7 @@ const SCENARIOS: [&str; 12] = [
 #[command(name = "merpati-bench")]
 struct Args {
     /// Run only this scenario (repeatable): crypto, direct, relay-deposit, relay-fetch, offline,
-    /// backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections, abuse. All of
+    /// file-relay, backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections, abuse. All of
     /// them when absent.
     #[arg(long)]
     scenario: Vec<String>,
@@ -81,6 +83,12 @@ struct Args {
     /// `offline`: messages sent through the relay.
     #[arg(long, default_value_t = 1000)]
     offline_messages: usize,
+    /// `file-relay`: the file's size in MiB.
+    #[arg(long, default_value_t = 10)]
+    file_mib: usize,
+    /// `file-relay`: files sent, one after the other.
+    #[arg(long, default_value_t = 5)]
+    file_runs: usize,
     /// `backlog`, `backlog-relay`: messages queued while the contact is away.
     #[arg(long, default_value_t = 20_000)]
     backlog_messages: usize,
@@ -153,6 +161,10 @@ fn main() -> anyhow::Result<()> {
     }
     if run("offline") {
         offline::run(&exe, if quick { 20 } else { args.offline_messages })?;
+    }
+    if run("file-relay") {
+        let (size, runs) = if quick { (1, 1) } else { (args.file_mib.clamp(1, 25), args.file_runs.max(1)) };
+        files::run(&exe, size, runs)?;
     }
     if run("backlog") {
         backlog::run(&exe, if quick { 200 } else { args.backlog_messages.max(1) })?;

@@ -41,7 +41,13 @@ use crate::ports::{self, Ports};
 use crate::relay_client::{self, FetchReport, Fetched};
 use crate::rpc;
 use crate::store::keyring::KeyInfo;
-use crate::store::{Change, Keyring, RequestId, SledStore, Status, Store, StoreError, StoredMessage};
+use crate::store::{
+    Change, Keyring, RequestId, SledStore, Status, Store, StoreError, StoredMessage, Transfer, TransferSide,
+};
+use crate::transfers::download::Downloaded;
+use crate::transfers::spool::Spool;
+use crate::transfers::upload::Uploaded;
+use crate::transfers::{Finished, Report, Transfers};
 
 /// The most delivery attempts running at once.
 pub const MAX_DELIVERIES_IN_FLIGHT: usize = 256;
@@ -172,6 +178,8 @@ pub async fn run(
         control: home.control_socket().display().to_string(),
     });
 
+    let (transfers, transfer_reports) =
+        Transfers::new(Spool::new(home.dir().join("blobs")), net.clone(), clock.clone());
     let (mailbox_keys, _) = watch::channel(Arc::new(MailboxKeys::default()));
     let (fetched_tx, fetched) = mpsc::channel(FETCHED_QUEUE);
     let mut actor = Actor {
@@ -189,6 +197,7 @@ pub async fn run(
         fetched_tx,
         fetchers: HashMap::new(),
         fetch_tasks: JoinSet::new(),
+        transfers,
     };
     actor.engine.set_node_info(
         actor.net.local_peer_id().to_bytes(),
@@ -199,7 +208,9 @@ pub async fn run(
     actor.maintain();
     actor.refresh_keys();
     actor.sync_relays().await;
-    let outcome = actor.run(commands, inbound, fetched, shutdown.clone()).await;
+    actor.resume_transfers();
+    let outcome = actor.run(commands, inbound, fetched, transfer_reports, shutdown.clone()).await;
+    actor.transfers.shutdown().await;
     actor.deliveries.shutdown().await;
     actor.fetch_tasks.shutdown().await;
     shutdown.cancel();
@@ -231,6 +242,8 @@ struct Actor {
     /// One fetch task per relay of ours, stopped through its token.
     fetchers: HashMap<libp2p::Multiaddr, CancellationToken>,
     fetch_tasks: JoinSet<()>,
+    /// File uploads and downloads.
+    transfers: Transfers,
 }
 
 impl Actor {
@@ -239,6 +252,7 @@ impl Actor {
         mut commands: mpsc::Receiver<Command>,
         mut inbound: net::Inbound,
         mut fetched: mpsc::Receiver<FetchReport>,
+        mut transfer_reports: mpsc::Receiver<Report>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(RETRY_TICK);
@@ -279,6 +293,12 @@ impl Actor {
                     FetchReport::Swept { relay, through } => self.on_swept(relay, through),
                 },
                 Some(_) = self.fetch_tasks.join_next(), if !self.fetch_tasks.is_empty() => {}
+                Some(report) = transfer_reports.recv() => {
+                    self.transfers.on_report(report);
+                }
+                Some(finished) = self.transfers.next_finished(), if !self.transfers.is_idle() => {
+                    self.transfer_finished(finished);
+                }
                 Some(done) = self.deliveries.join_next(), if !self.deliveries.is_empty() => {
                     if let Ok((contact, delivery)) = done {
                         self.batch_finished(contact, delivery);
@@ -327,16 +347,19 @@ impl Actor {
                     }
                 }
             } else {
-                let response = rpc::handle(&mut self.engine, &self.net, &command.request, now).await;
+                let spool = self.transfers.spool().clone();
+                let response = rpc::handle(&mut self.engine, &self.net, &spool, &command.request, now).await;
                 // What a deletion removed is shredded before it is reported done.
                 if rpc::shreds(&command.request) && matches!(response.outcome, Outcome::Result(_)) {
                     shredded.push((command.reply, response));
                 } else {
                     let _ = command.reply.send(response);
                 }
-                // Accepting a request (or adding its sender) opened what they wrote.
+                // Accepting a request (or adding its sender) opened what they wrote; a file sent
+                // is announced the same way.
                 for message in self.engine.take_opened() {
                     self.publish_message(&message);
+                    self.start_transfer(message.id);
                 }
                 // By the names as stored, whatever case the user typed.
                 for (old, new) in self.engine.take_renamed() {
@@ -348,6 +371,8 @@ impl Actor {
             }
         }
         if !shredded.is_empty() {
+            // Files of deleted messages leave the spool, and their transfers stop.
+            self.sweep_transfers();
             self.shred_deleted_records();
             for (reply, response) in shredded {
                 let _ = reply.send(response);
@@ -442,6 +467,7 @@ impl Actor {
         for received in received {
             if let Some(message) = &received.message {
                 self.publish_message(message);
+                self.start_transfer(message.id);
             }
             for (id, status) in received.statuses {
                 self.publish_status(id, status, None);
@@ -660,6 +686,105 @@ impl Actor {
                 let delivery = relay_client::deliver_batch(&net, &batch, skip_direct).await;
                 (contact, delivery)
             });
+        }
+    }
+
+    /// Starts what the file transfer of message `id` still needs, if it has one.
+    fn start_transfer(&mut self, id: MessageId) {
+        let store = self.engine.store();
+        let found = tokio::task::block_in_place(|| {
+            let transfer = store.transfer(&id)?;
+            let here = store.file_info(&id)?.is_some_and(|info| info.here);
+            Ok::<_, StoreError>(transfer.map(|t| (t, here)))
+        });
+        match found {
+            Ok(Some((transfer, here))) => self.transfers.start(id, &transfer, here),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot read a file's transfer: {e}"),
+        }
+    }
+
+    /// Resumes every transfer not finished (at start), after removing from the spool what no
+    /// message refers to.
+    fn resume_transfers(&mut self) {
+        let Some(kept) = self.sweep_transfers() else { return };
+        for (id, _) in kept {
+            self.start_transfer(id);
+        }
+    }
+
+    /// Stops the transfers of deleted messages and clears their files from the spool; returns
+    /// the transfers kept.
+    fn sweep_transfers(&mut self) -> Option<Vec<(MessageId, Transfer)>> {
+        match tokio::task::block_in_place(|| self.engine.store().transfers()) {
+            Ok(kept) => {
+                self.transfers.sweep(&kept);
+                Some(kept)
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the file transfers: {e}");
+                None
+            }
+        }
+    }
+
+    /// Records what a transfer task finished.
+    fn transfer_finished(&mut self, finished: Finished) {
+        let store = self.engine.store();
+        let update = |id: &MessageId, edit: &dyn Fn(&mut Transfer)| -> Result<bool, StoreError> {
+            let Some(mut transfer) = store.transfer(id)? else { return Ok(false) };
+            edit(&mut transfer);
+            store.apply(&[Change::PutTransfer { id: *id, transfer }])?;
+            Ok(true)
+        };
+        let (id, result) = match finished {
+            Finished::Upload { message, relay, outcome: Uploaded::Done } => {
+                tracing::info!(%relay, "a file is uploaded to the relay");
+                let relay = serde_bytes::ByteBuf::from(relay.to_bytes());
+                let result = tokio::task::block_in_place(|| {
+                    update(&message, &|transfer| {
+                        if let TransferSide::Upload { done_at, .. } = &mut transfer.side
+                            && !done_at.contains(&relay)
+                        {
+                            done_at.push(relay.clone());
+                        }
+                    })
+                });
+                (message, result)
+            }
+            Finished::Upload { relay, outcome: Uploaded::Refused(refusal), .. } => {
+                tracing::warn!(%relay, "the relay refused a file: {refusal}");
+                return;
+            }
+            Finished::Download { message, outcome: Downloaded::Done } => {
+                let result = tokio::task::block_in_place(|| {
+                    let Some(mut info) = store.file_info(&message)? else { return Ok(false) };
+                    info.here = true;
+                    store.apply(&[Change::PutFile { id: message, info, data: None }])?;
+                    Ok(true)
+                });
+                (message, result)
+            }
+            Finished::Download { message, outcome: Downloaded::Failed(why) } => {
+                tracing::warn!("a file could not be fetched: {why}");
+                let result = tokio::task::block_in_place(|| {
+                    update(&message, &|transfer| {
+                        transfer.side = TransferSide::Download { failed: Some(why.clone()) }
+                    })
+                });
+                (message, result)
+            }
+            Finished::Upload { outcome: Uploaded::Cancelled, .. }
+            | Finished::Download { outcome: Downloaded::Cancelled, .. } => return,
+        };
+        match result {
+            Ok(true) => {
+                if let Ok(message) = self.engine.message(&id) {
+                    self.publish_message(&message);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!("cannot record a file transfer: {e}"),
         }
     }
 

@@ -17,3 +17,4 @@ pub mod relay_client;
 mod rpc;
 mod sled_disk;
 pub mod store;
+mod transfers;

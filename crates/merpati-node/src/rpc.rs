@@ -1,31 +1,31 @@
 //! Control API methods: each request turned into engine calls and a typed answer.
 
-use data_encoding::BASE64;
 use libp2p::Multiaddr;
 use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
     self, AppError, BlockedListResult, BlockedView, ContactAddResult, ContactListResult, ContactNameResult,
     ContactShowResult, ContactSummary, Direction as ViewDirection, FileView, InviteResult,
-    MessageDeleteResult, MessageFileResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult,
-    RejectResult, RelayListResult, RelayView, Request, RequestAcceptResult, RequestListResult, RequestView,
-    Response, SendParams, SendResult, StatusResult, StatusUpdate, StoredCount,
+    MessageDeleteResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult, RejectResult,
+    RelayListResult, RelayView, Request, RequestAcceptResult, RequestListResult, RequestView, Response,
+    SendParams, SendResult, StatusResult, StatusUpdate, StoredCount,
 };
 use merpati_proto::Timestamp;
-use merpati_proto::blob::{Content, Descriptor, MAX_INLINE_LEN};
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{SafetyNumber, fingerprint};
-use merpati_proto::kdf;
 use serde::Serialize;
-use zeroize::Zeroizing;
 
 use crate::engine::{Engine, EngineError};
 use crate::net;
-use crate::store::{Blocked, ContactRequest, Direction, RequestId, SledStore, Status, Store, StoredMessage};
+use crate::store::{
+    Blocked, ContactRequest, Direction, RequestId, SledStore, Status, Store, StoredMessage, TransferSide,
+};
+use crate::transfers::spool::Spool;
 
 /// Answers one control request received at `now`.
 pub(crate) async fn handle(
     engine: &mut Engine<SledStore>,
     net: &net::Handle,
+    spool: &Spool,
     request: &Request,
     now: Timestamp,
 ) -> Response {
@@ -138,29 +138,15 @@ pub(crate) async fn handle(
         },
         method::SendFile::NAME => match request.params_of::<method::SendFile>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| {
-                let to = engine.resolve_contact(&params.to)?;
-                engine.send_file(&to, &inline_file(&params)?, now)
-            })
-            .map(|message| to_value(SendResult { id: message_id(&message.id) })),
+            Ok(params) => crate::transfers::send::send_file(engine, net, spool, &params, now)
+                .await
+                .map(|message| to_value(SendResult { id: message_id(&message.id) })),
         },
         method::MessageFile::NAME => match request.params_of::<method::MessageFile>() {
             Err(answer) => return answer,
-            Ok(params) => blocking(|| {
-                let id = MessageId(params.id.to_bytes());
-                engine.message(&id)?;
-                let missing = || {
-                    EngineError::UnknownMessage(format!("{} (no file of it is on this device)", params.id))
-                };
-                let info = engine.store().file_info(&id)?.ok_or_else(missing)?;
-                let data = engine.store().file_data(&id)?.ok_or_else(missing)?;
-                Ok(to_value(MessageFileResult {
-                    name: info.name,
-                    media_type: info.media_type,
-                    size: info.len,
-                    data: BASE64.encode(&data),
-                }))
-            }),
+            Ok(params) => {
+                blocking(|| crate::transfers::send::file_slice(engine, spool, &params)).map(to_value)
+            }
         },
         method::MessageStatus::NAME => match request.params_of::<method::MessageStatus>() {
             Err(answer) => return answer,
@@ -512,29 +498,6 @@ impl Answer {
     }
 }
 
-/// The description of a file sent with `send.file`: the file inside it (this version sends no
-/// file larger than [`MAX_INLINE_LEN`]).
-fn inline_file(params: &protocol::SendFileParams) -> Result<Descriptor, EngineError> {
-    let data = BASE64.decode(params.data.as_bytes()).map_err(|_| {
-        EngineError::InvalidFile("the file's data is not base64 (RFC 4648, with padding)".into())
-    })?;
-    if data.len() > MAX_INLINE_LEN {
-        return Err(EngineError::InvalidFile(format!(
-            "the file is {} bytes: this version sends files of at most {MAX_INLINE_LEN} bytes (48 KiB)",
-            data.len()
-        )));
-    }
-    Ok(Descriptor {
-        len: data.len() as u64,
-        hash: kdf::hash(kdf::label::BLOB_HASH, &[&data]),
-        media_type: params.media_type.clone(),
-        name: params.name.clone(),
-        caption: params.caption.clone(),
-        thumbnail: Vec::new(),
-        content: Content::Inline(Zeroizing::new(data)),
-    })
-}
-
 /// A request (or blocked sender's) id as the user typed it.
 fn request_id(text: &str) -> Result<RequestId, EngineError> {
     text.trim().to_ascii_lowercase().parse().map_err(|()| EngineError::UnknownRequest(text.to_owned()))
@@ -625,11 +588,27 @@ async fn relay_list(engine: &Engine<SledStore>, net: &net::Handle) -> RelayListR
     RelayListResult { relays }
 }
 
+/// Why the download of message `id`'s file was given up, if it was.
+fn failed_download(store: &impl Store, id: &MessageId) -> Option<String> {
+    match store.transfer(id) {
+        Ok(Some(transfer)) => match &transfer.side {
+            TransferSide::Download { failed } => failed.clone(),
+            TransferSide::Upload { .. } => None,
+        },
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("a message's file transfer cannot be read: {e}");
+            None
+        }
+    }
+}
+
 /// How a stored message is shown on the control API.
 pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> MessageView {
     let outgoing = message.direction == Direction::Out;
     let file = match store.file_info(&message.id) {
         Ok(info) => info.map(|info| FileView {
+            failed: if info.here { None } else { failed_download(store, &message.id) },
             name: info.name,
             media_type: info.media_type,
             size: info.len,

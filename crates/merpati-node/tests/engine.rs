@@ -421,6 +421,12 @@ impl Store for Rigged {
     fn file_data(&self, id: &MessageId) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, store::StoreError> {
         self.store.file_data(id)
     }
+    fn transfer(&self, id: &MessageId) -> Result<Option<store::Transfer>, store::StoreError> {
+        self.store.transfer(id)
+    }
+    fn transfers(&self) -> Result<Vec<(MessageId, store::Transfer)>, store::StoreError> {
+        self.store.transfers()
+    }
     fn outbox(&self) -> Result<Vec<OutboxEntry>, store::StoreError> {
         self.store.outbox()
     }
@@ -955,7 +961,7 @@ fn small_file(name: &str, data: Vec<u8>) -> merpati_proto::blob::Descriptor {
 fn a_small_file_arrives_with_its_message_and_is_kept_on_both_sides() {
     let (mut alice, mut bob) = pair();
     let data: Vec<u8> = (0..40_000u32).map(|i| (i % 253) as u8).collect();
-    let sent = alice.send_file("bob", &small_file("note.ogg", data.clone()), T0).unwrap();
+    let sent = alice.send_file("bob", &small_file("note.ogg", data.clone()), None, T0).unwrap();
     assert_eq!(sent.text, "listen");
     settle(&mut alice, &mut bob, T0);
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
@@ -968,8 +974,58 @@ fn a_small_file_arrives_with_its_message_and_is_kept_on_both_sides() {
 
     // Too large for a description, or a name that is a path: refused, nothing queued.
     let big = small_file("big.bin", vec![0; merpati_proto::blob::MAX_INLINE_LEN + 1]);
-    assert!(matches!(alice.send_file("bob", &big, T0), Err(EngineError::InvalidFile(_))));
+    assert!(matches!(alice.send_file("bob", &big, None, T0), Err(EngineError::InvalidFile(_))));
     let climbing = small_file("../../.bashrc", vec![1]);
-    assert!(matches!(alice.send_file("bob", &climbing, T0), Err(EngineError::InvalidFile(_))));
+    assert!(matches!(alice.send_file("bob", &climbing, None, T0), Err(EngineError::InvalidFile(_))));
     assert!(alice.store().outbox().unwrap().is_empty());
+}
+
+#[test]
+fn a_blob_file_keeps_its_upload_with_the_sender_and_its_download_with_the_receiver() {
+    use merpati_proto::blob::{BlobKey, Content, Descriptor, Source, chunk_count};
+    use store::{Transfer, TransferSide};
+    let (mut alice, mut bob) = pair();
+    let len = 5 * 1024 * 1024;
+    let file = Descriptor {
+        len,
+        hash: [9; 32],
+        media_type: "image/jpeg".into(),
+        name: "harbour.jpg".into(),
+        caption: "the view".into(),
+        thumbnail: Vec::new(),
+        content: Content::Blob {
+            blob_id: [4; 16],
+            key: BlobKey::from_bytes([5; 32]),
+            read_secret: zeroize::Zeroizing::new([6; 32]),
+            count: chunk_count(len).unwrap(),
+            expires_at: T0.plus(30 * Timestamp::DAY),
+            from_sender: false,
+            sources: vec![Source { peer_id: vec![1; 38], addrs: vec![vec![2; 20]] }],
+        },
+    };
+    let upload = Transfer {
+        descriptor: file.encode().unwrap(),
+        side: TransferSide::Upload { write_secret: [7; 32], done_at: Vec::new() },
+    };
+    let sent = alice.send_file("bob", &file, Some(upload.clone()), T0).unwrap();
+    assert_eq!(alice.store().transfer(&sent.id).unwrap(), Some(upload));
+    assert!(alice.store().file_info(&sent.id).unwrap().unwrap().here, "the sender's copy is in its spool");
+    settle(&mut alice, &mut bob, T0);
+
+    let info = bob.store().file_info(&sent.id).unwrap().unwrap();
+    assert_eq!((info.name.as_str(), info.len, info.here), ("harbour.jpg", len, false));
+    let download = bob.store().transfer(&sent.id).unwrap().expect("a download to start");
+    assert_eq!(download.side, TransferSide::Download { failed: None });
+    assert_eq!(
+        Descriptor::decode(&download.descriptor).unwrap(),
+        file,
+        "the description as sent, key included"
+    );
+    assert_eq!(bob.store().transfers().unwrap().len(), 1);
+
+    // Deleting the message takes its transfer along, on both sides.
+    alice.delete_message(&sent.id).unwrap();
+    assert_eq!(alice.store().transfer(&sent.id).unwrap(), None);
+    bob.delete_message(&sent.id).unwrap();
+    assert!(bob.store().transfers().unwrap().is_empty());
 }

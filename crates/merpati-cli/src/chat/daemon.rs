@@ -6,7 +6,7 @@ use std::time::Duration;
 use merpati_control::client::Config;
 use merpati_control::protocol::{
     ContactShowParams, ContactSummary, MessageId, MessageView, MessagesParams, MessagesReadParams, NoParams,
-    RequestAcceptParams, RequestIdParams, RequestView, SendFileParams, SendParams, method,
+    RequestAcceptParams, RequestIdParams, RequestView, SendParams, method,
 };
 use merpati_control::{Client, ClientError, Home};
 
@@ -96,14 +96,7 @@ impl Daemon for ControlDaemon {
     }
 
     fn send_file(&mut self, contact: &str, file: FileToSend) -> Result<MessageId, ClientError> {
-        let params = SendFileParams {
-            to: contact.to_owned(),
-            name: file.name,
-            media_type: file.media_type,
-            data: file.data,
-            caption: String::new(),
-        };
-        Ok(self.call::<method::SendFile>(params)?.id)
+        Ok(self.call::<method::SendFile>(file.params(contact, String::new()))?.id)
     }
 
     fn mark_read(&mut self, contact: &str) -> Result<(), ClientError> {

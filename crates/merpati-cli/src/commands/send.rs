@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::ValueEnum;
 use merpati_control::protocol::{
-    Event, MessageStatus, MessageStatusParams, MessageView, SendFileParams, SendParams, StatusUpdate, method,
+    Event, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, method,
 };
 use merpati_control::{ClientError, Home, Notifications};
 use merpati_proto::fragment::MAX_REASSEMBLED_LEN;
@@ -31,7 +31,7 @@ pub(crate) struct Args {
     /// --file, a caption (optional)
     #[arg(required_unless_present = "file")]
     text: Option<String>,
-    /// Send this file (at most 48 KiB in this version), with the text as its caption
+    /// Send this file (up to 25 MiB), with the text as its caption
     #[arg(long, value_name = "PATH")]
     file: Option<PathBuf>,
     /// The file's media type, e.g. image/jpeg [default: from the file name's extension]
@@ -89,13 +89,7 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
     };
     let mut client = connect(home)?;
     let sent = match file {
-        Some(file) => client.call::<method::SendFile>(SendFileParams {
-            to: args.to.clone(),
-            name: file.name,
-            media_type: file.media_type,
-            data: file.data,
-            caption: text,
-        })?,
+        Some(file) => client.call::<method::SendFile>(file.params(&args.to, text))?,
         None => client.call::<method::Send>(SendParams { to: args.to.clone(), text })?,
     };
     if out.is_json() {

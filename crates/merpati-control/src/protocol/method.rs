@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 use super::types::{
     BlockedListResult, BlockedView, ContactAddParams, ContactAddResult, ContactListResult, ContactNameResult,
     ContactRenameParams, ContactShowParams, ContactShowResult, InviteResult, MessageDeleteResult,
-    MessageFileResult, MessageStatusParams, MessagesParams, MessagesReadParams, MessagesReadResult,
-    MessagesResult, NoParams, RejectResult, RelayAddParams, RelayListResult, RelayRemoveParams,
-    RequestAcceptParams, RequestAcceptResult, RequestIdParams, RequestListResult, SearchParams,
-    SendFileParams, SendParams, SendResult, StatusResult, StatusUpdate, SubscribeResult,
+    MessageFileParams, MessageFileResult, MessageStatusParams, MessagesParams, MessagesReadParams,
+    MessagesReadResult, MessagesResult, NoParams, RejectResult, RelayAddParams, RelayListResult,
+    RelayRemoveParams, RequestAcceptParams, RequestAcceptResult, RequestIdParams, RequestListResult,
+    SearchParams, SendFileParams, SendParams, SendResult, StatusResult, StatusUpdate, SubscribeResult,
 };
 
 /// A control method: its wire name and the types of its params and result.
@@ -79,12 +79,12 @@ methods! {
     RequestsBlock = "requests.block", RequestIdParams => BlockedView;
     /// `send`: queue a text to a contact.
     Send = "send", SendParams => SendResult;
-    /// `send.file`: queue a file (at most 48 KiB in this version) to a contact.
+    /// `send.file`: queue a file (up to 25 MiB) to a contact.
     SendFile = "send.file", SendFileParams => SendResult;
     /// `message.status`: where an outgoing message is.
     MessageStatus = "message.status", MessageStatusParams => StatusUpdate;
-    /// `message.file`: the file a message carries, with its bytes.
-    MessageFile = "message.file", MessageStatusParams => MessageFileResult;
+    /// `message.file`: the file a message carries, with up to 4 MiB of its bytes.
+    MessageFile = "message.file", MessageFileParams => MessageFileResult;
     /// `messages`: the latest messages, oldest first.
     Messages = "messages", MessagesParams => MessagesResult;
     /// `messages.search`: the newest messages whose text contains a given text, whatever its

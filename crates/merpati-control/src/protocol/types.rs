@@ -310,6 +310,9 @@ pub struct FileView {
     pub size: u64,
     /// Whether its bytes are on this device (`message.file` gets them).
     pub here: bool,
+    /// Why it will not come, for a received file whose download was given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// The params of `send.file`.
@@ -322,11 +325,32 @@ pub struct SendFileParams {
     pub name: String,
     /// Its media type, `type/subtype` (`application/octet-stream` when unknown).
     pub media_type: String,
-    /// Its bytes, in base64 (RFC 4648, with padding).
+    /// Its bytes, in base64 (RFC 4648, with padding), for a file of at most 48 KiB; or empty,
+    /// with `path` naming the file instead.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub data: String,
+    /// The file's absolute path on this machine, for the daemon to read (any size up to
+    /// 25 MiB); instead of `data`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
     /// A text to go with it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub caption: String,
+}
+
+/// The params of `message.file`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageFileParams {
+    /// The message.
+    pub id: MessageId,
+    /// The first byte of the file wanted (default 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub offset: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The result of `message.file`: a message's file, with its bytes.
@@ -338,9 +362,13 @@ pub struct MessageFileResult {
     pub media_type: String,
     /// Its length in bytes.
     pub size: u64,
-    /// Its bytes, in base64 (RFC 4648, with padding).
+    /// Its bytes from the request's `offset` on, at most 4 MiB of them, in base64 (RFC 4648,
+    /// with padding): ask again from `offset` + their length until `size`.
     pub data: String,
 }
+
+/// The most file bytes one `message.file` answer carries.
+pub const MAX_FILE_SLICE: usize = 4 * 1024 * 1024;
 
 /// The params of a method that takes none: `{}` (absent and `null` are accepted too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -358,6 +358,9 @@ impl<S: Store> Engine<S> {
                     );
                     changes.push(Change::PutMessage(message.clone()));
                     changes.push(super::outgoing::file_change(incoming.message_id, &file));
+                    if let Some(transfer) = download_of(&file) {
+                        changes.push(Change::PutTransfer { id: incoming.message_id, transfer });
+                    }
                     received.message = Some(message);
                     pending.confirm(id, contact, incoming.message_id);
                 }
@@ -401,6 +404,13 @@ impl<S: Store> Engine<S> {
 
 /// Whether a file's bytes, when they came with its description, are the file it describes. A
 /// file to fetch elsewhere is checked when it is fetched.
+/// The download a received file needs, when it travels as a blob (the daemon starts it).
+fn download_of(file: &Descriptor) -> Option<crate::store::Transfer> {
+    let Content::Blob { .. } = &file.content else { return None };
+    let descriptor = file.encode().ok()?;
+    Some(crate::store::Transfer { descriptor, side: crate::store::TransferSide::Download { failed: None } })
+}
+
 fn file_is_whole(file: &Descriptor) -> bool {
     match &file.content {
         Content::Inline(data) => kdf::hash(kdf::label::BLOB_HASH, &[data]) == file.hash,

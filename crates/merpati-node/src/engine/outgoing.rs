@@ -133,16 +133,29 @@ impl<S: Store> Engine<S> {
     }
 
     /// Queues a file for contact `to` (its description, with the file inside when it is small);
-    /// returns the stored message, whose text is the caption.
+    /// returns the stored message, whose text is the caption. A file that travels as a blob
+    /// comes with its `upload`, kept with the message in the same write.
     pub fn send_file(
         &mut self,
         to: &str,
         file: &Descriptor,
+        upload: Option<crate::store::Transfer>,
         now: Timestamp,
     ) -> Result<StoredMessage, EngineError> {
         file.validate().map_err(|e| EngineError::InvalidFile(e.to_string()))?;
         let mut group = SendGroup::default();
         let result = self.seal_message(to, Outgoing::File(file), now, &mut group);
+        if let (Ok(message), Some(transfer)) = (&result, upload) {
+            // The sender's copy is in its spool, to upload and to save from.
+            for change in &mut group.changes {
+                if let Change::PutFile { id, info, .. } = change
+                    && *id == message.id
+                {
+                    info.here = true;
+                }
+            }
+            group.changes.push(Change::PutTransfer { id: message.id, transfer });
+        }
         let queued = self
             .queue_group(group, vec![result])
             .pop()

@@ -33,7 +33,7 @@
 //! | `blocked` | identity key | [`Blocked`](super::Blocked) |
 //! | `fragments` | name length ‖ name ‖ group (16) ‖ index (u16 BE) | sealed [`StoredFragment`](super::StoredFragment): a piece of an incomplete long text |
 //! | `outbox-parts` | outbox entry id | [`PartOf`](super::PartOf): the long text the entry carries a piece of |
-//! | `files` | message id ‖ 0 / ‖ 1 | sealed [`FileInfo`](super::FileInfo) / the file's bytes |
+//! | `files` | message id ‖ 0 / ‖ 1 / ‖ 2 | sealed [`FileInfo`](super::FileInfo) / the file's bytes / its [`Transfer`](super::Transfer) |
 //! | `meta` | `requests-dropped`, `dismissed-len` | counters (u64) |
 //! | `meta` | `shred-pending` | a deletion awaits the storage key's rotation (bool) |
 //! | `meta` | `swept/` ‖ relay peer id | the last day our closed mailboxes were swept there (u64) |
@@ -65,7 +65,7 @@ use super::codec::{
 use super::texts::ContentKey;
 use super::{
     Blocked, Change, Contact, ContactRequest, ContactV1, FileInfo, OutboxEntry, OutboxHead, PartOf, Profile,
-    RequestId, SessionRecord, StoreError, StoredFragment, StoredMessage,
+    RequestId, SessionRecord, StoreError, StoredFragment, StoredMessage, Transfer,
 };
 use merpati_proto::identity::IdentityPublic;
 
@@ -404,6 +404,10 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
                     tx.insert(Tree::Files, &key, seal(sealer, Tree::Files, &key, "file", &bytes)?)?;
                 }
             }
+            Change::PutTransfer { id, transfer } => {
+                let key = file_key(id, FILE_TRANSFER);
+                tx.insert(Tree::Files, &key, seal(sealer, Tree::Files, &key, "file", transfer)?)?;
+            }
             Change::NotePartOf { id, part_of } => {
                 tx.insert(Tree::OutboxParts, &id.0, codec::encode("outbox part", part_of)?)?
             }
@@ -543,12 +547,14 @@ fn remove_message<T: Tx>(tx: &T, key: &[u8], id: &MessageId) -> Result<(), T::Er
     tx.remove(Tree::Messages, &id.0)?;
     tx.remove(Tree::Texts, &id.0)?;
     tx.remove(Tree::Files, &file_key(id, FILE_INFO))?;
-    tx.remove(Tree::Files, &file_key(id, FILE_DATA))
+    tx.remove(Tree::Files, &file_key(id, FILE_DATA))?;
+    tx.remove(Tree::Files, &file_key(id, FILE_TRANSFER))
 }
 
-/// The keys of a message's file: what it is, and its bytes.
+/// The keys of a message's file: what it is, its bytes, and its transfer.
 const FILE_INFO: u8 = 0;
 const FILE_DATA: u8 = 1;
+const FILE_TRANSFER: u8 = 2;
 
 fn file_key(id: &MessageId, part: u8) -> [u8; 17] {
     let mut key = [part; 17];
@@ -563,6 +569,30 @@ pub(crate) fn file_info(
 ) -> Result<Option<FileInfo>, StoreError> {
     let key = file_key(id, FILE_INFO);
     view.get(Tree::Files, &key)?.map(|bytes| open(sealer, Tree::Files, &key, "file", &bytes)).transpose()
+}
+
+pub(crate) fn transfer(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    id: &MessageId,
+) -> Result<Option<Transfer>, StoreError> {
+    let key = file_key(id, FILE_TRANSFER);
+    view.get(Tree::Files, &key)?.map(|bytes| open(sealer, Tree::Files, &key, "file", &bytes)).transpose()
+}
+
+pub(crate) fn transfers(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+) -> Result<Vec<(MessageId, Transfer)>, StoreError> {
+    let mut out = Vec::new();
+    view.scan(Tree::Files, &[], false, &mut |key, value| {
+        if key.len() == 17 && key[16] == FILE_TRANSFER {
+            let id = MessageId(key[..16].try_into().map_err(|_| StoreError::Corrupt { what: "file key" })?);
+            out.push((id, open(sealer, Tree::Files, key, "file", value)?));
+        }
+        Ok(true)
+    })?;
+    Ok(out)
 }
 
 pub(crate) fn file_data(

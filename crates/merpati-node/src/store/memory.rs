@@ -230,6 +230,14 @@ impl Store for MemoryStore {
         engine::file_data(&self.view(&self.lock()), &Clear, id)
     }
 
+    fn transfer(&self, id: &MessageId) -> Result<Option<super::Transfer>, StoreError> {
+        engine::transfer(&self.view(&self.lock()), &Clear, id)
+    }
+
+    fn transfers(&self) -> Result<Vec<(MessageId, super::Transfer)>, StoreError> {
+        engine::transfers(&self.view(&self.lock()), &Clear)
+    }
+
     fn search(
         &self,
         contact: Option<&str>,

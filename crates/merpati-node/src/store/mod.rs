@@ -517,6 +517,62 @@ impl fmt::Debug for FileInfo {
     }
 }
 
+/// A file that travels as a blob (protocol §14): what this node needs to upload or download it,
+/// kept with its message (sealed: the description holds the file's key and a read secret).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transfer {
+    /// The file's description as sent or received (`blob::Descriptor`'s encoding).
+    #[serde(with = "serde_bytes")]
+    pub descriptor: Vec<u8>,
+    /// Our side of it.
+    pub side: TransferSide,
+}
+
+/// Whether a [`Transfer`] is ours to upload or to download, and how far it has come.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferSide {
+    /// We sent the file: its chunks are in our spool and go to the relays of the description.
+    Upload {
+        /// The blob's write secret.
+        #[serde(with = "serde_bytes")]
+        write_secret: [u8; 32],
+        /// The relays (peer ids, binary) that hold every chunk.
+        done_at: Vec<serde_bytes::ByteBuf>,
+    },
+    /// We received the description: the chunks come from its sources into our spool.
+    Download {
+        /// Why it was given up, if it was (its sources expired).
+        failed: Option<String>,
+    },
+}
+
+impl fmt::Debug for TransferSide {
+    // The write secret is never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Upload { done_at, .. } => write!(f, "Upload(done at {})", done_at.len()),
+            Self::Download { failed } => write!(f, "Download(failed: {failed:?})"),
+        }
+    }
+}
+
+impl Drop for Transfer {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.descriptor.zeroize();
+        if let TransferSide::Upload { write_secret, .. } = &mut self.side {
+            write_secret.zeroize();
+        }
+    }
+}
+
+impl fmt::Debug for Transfer {
+    // The description holds the file's key: never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transfer").field("side", &self.side).finish_non_exhaustive()
+    }
+}
+
 /// What an outbox entry that carries one piece of a long text belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartOf {
@@ -814,6 +870,14 @@ pub enum Change {
         /// Its bytes, when they came with the message.
         data: Option<Zeroizing<Vec<u8>>>,
     },
+    /// Keeps (or updates) the transfer of the file message `id` carries; it goes with the
+    /// message.
+    PutTransfer {
+        /// The message.
+        id: MessageId,
+        /// The transfer.
+        transfer: Transfer,
+    },
     /// Notes that the outbox entry `id` carries a piece of a long text; the note goes with the
     /// entry when it leaves the outbox.
     NotePartOf {
@@ -873,6 +937,10 @@ pub trait Store: Send + Sync {
     fn file_info(&self, id: &MessageId) -> Result<Option<FileInfo>, StoreError>;
     /// The bytes of the file message `id` carries, if they are here.
     fn file_data(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError>;
+    /// The transfer of the file message `id` carries, if it travels as a blob.
+    fn transfer(&self, id: &MessageId) -> Result<Option<Transfer>, StoreError>;
+    /// Every transfer, by message.
+    fn transfers(&self) -> Result<Vec<(MessageId, Transfer)>, StoreError>;
     /// The newest `limit` messages with `contact` (or with everyone) whose text contains
     /// `needle` whatever the case, oldest first; fewer once they hold 8 MiB of text. Reads back
     /// from the newest message until it found them: a whole conversation when fewer match.
@@ -996,6 +1064,12 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn file_data(&self, id: &MessageId) -> Result<Option<Zeroizing<Vec<u8>>>, StoreError> {
         (**self).file_data(id)
+    }
+    fn transfer(&self, id: &MessageId) -> Result<Option<Transfer>, StoreError> {
+        (**self).transfer(id)
+    }
+    fn transfers(&self) -> Result<Vec<(MessageId, Transfer)>, StoreError> {
+        (**self).transfers()
     }
     fn search(
         &self,

@@ -518,6 +518,16 @@ impl Store for SledStore {
         engine::file_data(&SledView(&self.trees), &self.keyring, id)
     }
 
+    fn transfer(&self, id: &MessageId) -> Result<Option<super::Transfer>, StoreError> {
+        let _shared = self.shared();
+        engine::transfer(&SledView(&self.trees), &self.keyring, id)
+    }
+
+    fn transfers(&self) -> Result<Vec<(MessageId, super::Transfer)>, StoreError> {
+        let _shared = self.shared();
+        engine::transfers(&SledView(&self.trees), &self.keyring)
+    }
+
     fn search(
         &self,
         contact: Option<&str>,

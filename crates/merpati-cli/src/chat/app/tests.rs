@@ -445,12 +445,19 @@ fn a_file_goes_with_slash_file_and_a_bad_one_is_explained() {
     press(&mut app, &mut fake, KeyCode::Enter);
     assert_eq!(fake.sent, [("bob".to_owned(), "file note.txt".to_owned())]);
     assert!(app.input.is_empty());
+    // A larger file goes by its path, for the daemon to read.
+    let photo = dir.path().join("photo.jpg");
+    std::fs::write(&photo, vec![0u8; 100 * 1024]).expect("write");
+    type_text(&mut app, &mut fake, &format!("/file {}", photo.display()));
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent.len(), 2);
+    assert_eq!(fake.sent[1], ("bob".to_owned(), "file photo.jpg".to_owned()));
     let big = dir.path().join("big.bin");
-    std::fs::write(&big, vec![0u8; 100 * 1024]).expect("write");
+    std::fs::File::create(&big).expect("create").set_len(26 * 1024 * 1024).expect("size");
     type_text(&mut app, &mut fake, &format!("/file {}", big.display()));
     press(&mut app, &mut fake, KeyCode::Enter);
-    assert_eq!(fake.sent.len(), 1);
-    assert!(app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("48 KiB")), "{:?}", app.notice);
+    assert_eq!(fake.sent.len(), 2);
+    assert!(app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("25 MiB")), "{:?}", app.notice);
     assert!(!app.input.is_empty(), "the command stays to be corrected");
 }
 

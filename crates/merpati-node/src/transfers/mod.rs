@@ -1,0 +1,297 @@
+//! A user node's file transfers (protocol §14): a file larger than fits in its description is
+//! encrypted once into our spool when it is sent, uploaded to our relays, and downloaded by the
+//! recipient from there into its own spool, where it stays, encrypted, until it is saved out.
+//!
+//! * [`spool`]: the blobs on disk, and every file operation on them.
+//! * [`upload`]: one blob to one relay: create, status, the missing chunks.
+//! * [`download`]: one blob from its sources, checked chunk by chunk and whole at the end.
+//!
+//! [`Transfers`] runs these as tasks for the daemon, which records what they finish in the store
+//! (the transfer of each file message is kept with it). Every task resumes from what is on disk
+//! and at the relays, so a restart of either side or of a relay loses nothing.
+
+pub(crate) mod download;
+pub(crate) mod send;
+pub(crate) mod spool;
+pub(crate) mod upload;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use merpati_proto::Timestamp;
+use merpati_proto::blob::{BlobSecret, Content, Descriptor};
+use merpati_proto::frame::MessageId;
+use merpati_proto::wire::blob::BlobId;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::download::{Download, Downloaded};
+use self::spool::Spool;
+use self::upload::{Upload, Uploaded};
+use crate::clock::Clock;
+use crate::net;
+use crate::store::{Transfer, TransferSide};
+
+/// The first pause after a failed step; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_secs(2);
+/// The longest pause between tries.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Progress reports waiting for the daemon.
+const REPORTS_QUEUE: usize = 256;
+/// Downloads run at once; more wait their turn, so a burst of files neither floods the link nor
+/// opens connections to many sources at once.
+pub(crate) const MAX_DOWNLOADS: usize = 4;
+
+/// The pause before the `failures`-th try in a row.
+pub(crate) fn backoff(failures: u32) -> Duration {
+    BACKOFF_BASE.saturating_mul(1 << failures.saturating_sub(1).min(8)).min(BACKOFF_MAX)
+}
+
+/// What a running transfer tells the daemon as it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// `relay` holds `held` of the blob's `count` chunks.
+    Uploading { message: MessageId, relay: PeerId, held: u32, count: u32 },
+    /// `held` of `count` chunks are in our spool.
+    Downloading { message: MessageId, held: u32, count: u32 },
+}
+
+/// How far a file's transfer has come: chunks here (downloading) or at the furthest relay
+/// (uploading), of all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// Chunks done.
+    pub(crate) held: u32,
+    /// Chunks in all.
+    pub(crate) count: u32,
+}
+
+/// A transfer task that ended.
+#[derive(Debug)]
+pub(crate) enum Finished {
+    /// An upload to `relay`.
+    Upload { message: MessageId, relay: PeerId, outcome: Uploaded },
+    /// The download.
+    Download { message: MessageId, outcome: Downloaded },
+}
+
+/// The running transfers; see the module documentation.
+pub(crate) struct Transfers {
+    spool: Spool,
+    net: net::Handle,
+    clock: Clock,
+    reports: mpsc::Sender<Report>,
+    tasks: JoinSet<Finished>,
+    /// Per message with tasks running: the token that stops them, and how many there are.
+    running: HashMap<MessageId, (CancellationToken, usize)>,
+    /// Downloads running now.
+    downloads: usize,
+    /// Downloads waiting for one of those to end, oldest first.
+    waiting: std::collections::VecDeque<(MessageId, Transfer)>,
+    progress: HashMap<MessageId, Progress>,
+}
+
+impl Transfers {
+    /// The transfers of a node whose spool is `spool`; also returns where progress is reported.
+    pub(crate) fn new(spool: Spool, net: net::Handle, clock: Clock) -> (Self, mpsc::Receiver<Report>) {
+        let (reports, reports_rx) = mpsc::channel(REPORTS_QUEUE);
+        let transfers = Self {
+            spool,
+            net,
+            clock,
+            reports,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            downloads: 0,
+            waiting: std::collections::VecDeque::new(),
+            progress: HashMap::new(),
+        };
+        (transfers, reports_rx)
+    }
+
+    /// The spool.
+    pub(crate) fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Starts what the transfer of message `id` still needs (uploads to the relays not done yet,
+    /// or the download if `here` is false), unless it is running already or has expired.
+    pub(crate) fn start(&mut self, id: MessageId, transfer: &Transfer, here: bool) {
+        if self.running.contains_key(&id) || self.waiting.iter().any(|(waiting, _)| *waiting == id) {
+            return;
+        }
+        let Ok(descriptor) = Descriptor::decode(&transfer.descriptor) else {
+            tracing::warn!("a stored file description does not decode; its transfer is not resumed");
+            return;
+        };
+        let Content::Blob { blob_id, key, read_secret, count, expires_at, sources, .. } = &descriptor.content
+        else {
+            return;
+        };
+        if self.clock.now() >= *expires_at {
+            return;
+        }
+        let blob_id = BlobId(*blob_id);
+        let read = BlobSecret::from_bytes(**read_secret);
+        let token = CancellationToken::new();
+        let mut started = 0;
+        match &transfer.side {
+            TransferSide::Upload { write_secret, done_at } => {
+                for (relay, addrs) in parse_sources(sources) {
+                    if done_at.iter().any(|done| done.as_ref() == relay.to_bytes().as_slice()) {
+                        continue;
+                    }
+                    let upload = Upload {
+                        message: id,
+                        blob_id,
+                        count: *count,
+                        write: BlobSecret::from_bytes(*write_secret),
+                        read: read.clone(),
+                        relay,
+                        addrs,
+                        path: self.spool.outgoing(&blob_id.0),
+                    };
+                    let (net, reports, cancel) = (self.net.clone(), self.reports.clone(), token.clone());
+                    self.tasks.spawn(async move {
+                        let outcome = upload.run(net, reports, cancel).await;
+                        Finished::Upload { message: id, relay, outcome }
+                    });
+                    started += 1;
+                }
+            }
+            TransferSide::Download { failed: None } if !here => {
+                if self.downloads >= MAX_DOWNLOADS {
+                    self.waiting.push_back((id, transfer.clone()));
+                    return;
+                }
+                self.downloads += 1;
+                let download = Download {
+                    message: id,
+                    blob_id,
+                    key: key.clone(),
+                    read,
+                    count: *count,
+                    len: descriptor.len,
+                    hash: descriptor.hash,
+                    expires_at: *expires_at,
+                    sources: parse_sources(sources),
+                    path: self.spool.incoming(&blob_id.0),
+                };
+                let (net, clock, reports, cancel) =
+                    (self.net.clone(), self.clock.clone(), self.reports.clone(), token.clone());
+                self.tasks.spawn(async move {
+                    let outcome = download.run(net, clock, reports, cancel).await;
+                    Finished::Download { message: id, outcome }
+                });
+                started = 1;
+            }
+            TransferSide::Download { .. } => {}
+        }
+        if started > 0 {
+            self.running.insert(id, (token, started));
+        }
+    }
+
+    /// Notes a report; returns the message's progress if it moved.
+    pub(crate) fn on_report(&mut self, report: Report) -> Option<(MessageId, Progress)> {
+        let (message, held, count) = match report {
+            Report::Uploading { message, held, count, .. } | Report::Downloading { message, held, count } => {
+                (message, held, count)
+            }
+        };
+        let progress = self.progress.entry(message).or_insert(Progress { held: 0, count });
+        // An upload reports per relay: the furthest one counts.
+        if held <= progress.held && progress.count == count {
+            return None;
+        }
+        *progress = Progress { held: held.max(progress.held), count };
+        Some((message, *progress))
+    }
+
+    /// Waits for the next task to end (never, with none running).
+    pub(crate) async fn next_finished(&mut self) -> Option<Finished> {
+        loop {
+            let finished = self.tasks.join_next().await?;
+            let Ok(finished) = finished else { continue };
+            let message = match &finished {
+                Finished::Upload { message, .. } => *message,
+                Finished::Download { message, .. } => {
+                    self.downloads = self.downloads.saturating_sub(1);
+                    if let Some((next, transfer)) = self.waiting.pop_front() {
+                        // Its file is not here: it waited for a download slot.
+                        self.start(next, &transfer, false);
+                    }
+                    *message
+                }
+            };
+            if let Some((_, left)) = self.running.get_mut(&message) {
+                *left -= 1;
+                if *left == 0 {
+                    self.running.remove(&message);
+                }
+            }
+            return Some(finished);
+        }
+    }
+
+    /// Whether any task is running.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Stops the transfers of messages not in `kept` (deleted since they started) and removes
+    /// from the spool every blob no kept transfer refers to.
+    pub(crate) fn sweep(&mut self, kept: &[(MessageId, Transfer)]) {
+        let ids: std::collections::HashSet<MessageId> = kept.iter().map(|(id, _)| *id).collect();
+        self.running.retain(|id, (token, _)| {
+            let keep = ids.contains(id);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        self.progress.retain(|id, _| ids.contains(id));
+        self.waiting.retain(|(id, _)| ids.contains(id));
+        let blobs: std::collections::HashSet<[u8; 16]> = kept
+            .iter()
+            .filter_map(|(_, transfer)| match Descriptor::decode(&transfer.descriptor).ok()?.content {
+                Content::Blob { blob_id, .. } => Some(blob_id),
+                Content::Inline(_) => None,
+            })
+            .collect();
+        for (blob_id, path) in self.spool.list() {
+            if !blobs.contains(&blob_id) {
+                Spool::remove(&path);
+            }
+        }
+    }
+
+    /// Stops every task (the daemon is stopping).
+    pub(crate) async fn shutdown(&mut self) {
+        for (token, _) in self.running.values() {
+            token.cancel();
+        }
+        self.tasks.shutdown().await;
+    }
+}
+
+/// The sources of a description that parse: a peer id and its addresses.
+fn parse_sources(sources: &[merpati_proto::blob::Source]) -> Vec<(PeerId, Vec<Multiaddr>)> {
+    sources
+        .iter()
+        .filter_map(|source| {
+            let peer = PeerId::from_bytes(&source.peer_id).ok()?;
+            let addrs = source.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+            Some((peer, addrs))
+        })
+        .collect()
+}
+
+/// How long a blob is kept at relays, and so how long a description promises it: the relays'
+/// default TTL.
+pub(crate) const BLOB_LIFETIME: u64 = 30 * Timestamp::DAY;
+
+#[cfg(test)]
+mod tests;

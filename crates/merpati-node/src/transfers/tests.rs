@@ -1,0 +1,197 @@
+//! The upload and download tasks against a real relay (`relay::run`, in process, on 127.0.0.1):
+//! an upload that finds part of the blob at the relay puts only the rest, and a download that
+//! finds part of the file in its spool fetches only the rest.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use merpati_control::home::Home;
+use merpati_proto::rand_core::SeedableRng;
+use merpati_proto::wire::blob::Request;
+use rand_chacha::ChaCha20Rng;
+use tokio::time::timeout;
+
+use super::*;
+use crate::relay::run::{RelayOptions, run};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn user() -> (net::Handle, net::Inbound, CancellationToken) {
+    let config = net::Config::default()
+        .with_listen_addrs(vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+        .with_mdns(false);
+    let shutdown = CancellationToken::new();
+    let (handle, inbound, _task) =
+        net::spawn(config, Keypair::generate_ed25519(), shutdown.clone()).await.unwrap();
+    (handle, inbound, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_downloads_resume_from_what_is_already_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let mut options = RelayOptions::new(Home::at(dir.path().join("relay")).unwrap());
+    options.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()];
+    let relay_stop = CancellationToken::new();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let relay_task = tokio::spawn(run(options, relay_stop.clone(), move |ready| {
+        let _ = ready_tx.send((ready.peer_id.clone(), ready.listen[0].clone()));
+    }));
+    let (relay_id, relay_addr) = timeout(WAIT, ready_rx).await.unwrap().unwrap();
+    let (relay, relay_addr): (PeerId, Multiaddr) = (relay_id.parse().unwrap(), relay_addr.parse().unwrap());
+
+    let (alice, mut alice_events, alice_stop) = user().await;
+    alice.set_relays(vec![relay_addr.clone()]).await.unwrap();
+    timeout(WAIT, async {
+        while !matches!(alice_events.recv().await, Some(net::Event::RelayReserved(_))) {}
+    })
+    .await
+    .unwrap();
+    let (bob, _bob_events, bob_stop) = user().await;
+
+    // A 1 MiB file: 17 pieces, padded to 20 chunks.
+    let source = dir.path().join("scan.pdf");
+    let data: Vec<u8> = (0..1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    std::fs::write(&source, &data).unwrap();
+    let alice_spool = Spool::new(dir.path().join("alice/blobs"));
+    let blob_id = BlobId([3; 16]);
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let sent = alice_spool.encrypt(&mut rng, &blob_id.0, &source).unwrap();
+    assert_eq!(sent.count, 20);
+    let (write, read) = (BlobSecret::generate(&mut rng), BlobSecret::generate(&mut rng));
+
+    // Half of it is at the relay already (an upload cut short by a restart).
+    let relay_bytes = relay.to_bytes();
+    let create = Request::Create {
+        blob_id,
+        chunks: sent.count,
+        write_hash: write.write_token(&relay_bytes).hash(),
+        read_hashes: vec![read.read_token(&relay_bytes).hash()],
+    };
+    alice.blob(relay, vec![relay_addr.clone()], create).await.unwrap();
+    for index in 0..10 {
+        let chunk = Spool::read_chunk(&alice_spool.outgoing(&blob_id.0), index).unwrap();
+        let put = Request::Put { token: write.write_token(&relay_bytes), blob_id, index, chunk };
+        alice.blob(relay, vec![relay_addr.clone()], put).await.unwrap();
+    }
+    let message = MessageId([1; 16]);
+    let (reports, mut progress) = mpsc::channel(1024);
+    let upload = Upload {
+        message,
+        blob_id,
+        count: sent.count,
+        write: write.clone(),
+        read: read.clone(),
+        relay,
+        addrs: vec![relay_addr.clone()],
+        path: alice_spool.outgoing(&blob_id.0),
+    };
+    let outcome =
+        timeout(WAIT, upload.run(alice.clone(), reports.clone(), CancellationToken::new())).await.unwrap();
+    assert!(matches!(outcome, Uploaded::Done), "{outcome:?}");
+    let first = progress.recv().await.unwrap();
+    assert_eq!(first, Report::Uploading { message, relay, held: 10, count: 20 }, "the relay's status, first");
+    let mut last = first;
+    while let Ok(report) = progress.try_recv() {
+        last = report;
+    }
+    assert_eq!(last, Report::Uploading { message, relay, held: 20, count: 20 });
+
+    // Bob had fetched the first 7 chunks before a restart.
+    let bob_spool = Spool::new(dir.path().join("bob/blobs"));
+    let incoming = bob_spool.incoming(&blob_id.0);
+    let file = Spool::open_incoming(&incoming, sent.count).unwrap();
+    for index in 0..7 {
+        let chunk = Spool::read_chunk(&alice_spool.outgoing(&blob_id.0), index).unwrap();
+        Spool::write_chunk(&file, &incoming, index, &chunk).unwrap();
+    }
+    let download = Download {
+        message,
+        blob_id,
+        key: sent.key.clone(),
+        read,
+        count: sent.count,
+        len: sent.len,
+        hash: sent.hash,
+        expires_at: clock.now().plus(BLOB_LIFETIME),
+        sources: vec![(relay, vec![relay_addr.clone()])],
+        path: incoming.clone(),
+    };
+    let outcome = timeout(WAIT, download.run(bob.clone(), clock.clone(), reports, CancellationToken::new()))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, Downloaded::Done), "{outcome:?}");
+    let first = progress.recv().await.unwrap();
+    assert_eq!(first, Report::Downloading { message, held: 7, count: 20 }, "what the spool held, first");
+    let whole =
+        Spool::read_plain(&incoming, &sent.key, &blob_id.0, sent.count, sent.len, 0, data.len()).unwrap();
+    assert!(whole[..] == data[..], "the file arrives whole");
+
+    for stop in [alice_stop, bob_stop, relay_stop] {
+        stop.cancel();
+    }
+    timeout(WAIT, relay_task).await.unwrap().unwrap().unwrap();
+}
+
+/// A download's transfer as the engine keeps it, from a source that never answers.
+fn download_of(n: u8, clock: &Clock) -> Transfer {
+    let len = 100_000;
+    let file = Descriptor {
+        len,
+        hash: [n; 32],
+        media_type: "image/png".into(),
+        name: format!("{n}.png"),
+        caption: String::new(),
+        thumbnail: Vec::new(),
+        content: Content::Blob {
+            blob_id: [n; 16],
+            key: merpati_proto::blob::BlobKey::from_bytes([n; 32]),
+            read_secret: zeroize::Zeroizing::new([n; 32]),
+            count: merpati_proto::blob::chunk_count(len).unwrap(),
+            expires_at: clock.now().plus(BLOB_LIFETIME),
+            from_sender: false,
+            sources: vec![merpati_proto::blob::Source {
+                peer_id: PeerId::random().to_bytes(),
+                addrs: Vec::new(),
+            }],
+        },
+    };
+    Transfer { descriptor: file.encode().unwrap(), side: TransferSide::Download { failed: None } }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_wait_their_turn_and_deleted_ones_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let (net, _events, stop) = user().await;
+    let (mut transfers, _reports) = Transfers::new(Spool::new(dir.path().join("blobs")), net, clock.clone());
+    let kept: Vec<(MessageId, Transfer)> =
+        (1..=6).map(|n| (MessageId([n; 16]), download_of(n, &clock))).collect();
+    for (id, transfer) in &kept {
+        transfers.start(*id, transfer, false);
+        transfers.start(*id, transfer, false);
+    }
+    assert_eq!(
+        (transfers.downloads, transfers.waiting.len()),
+        (MAX_DOWNLOADS, 2),
+        "started once each, four at a time"
+    );
+    // A file already here, or expired at its sources, needs no download.
+    transfers.start(MessageId([7; 16]), &download_of(7, &clock), true);
+    let expired = download_of(8, &Clock::with_offset(-(BLOB_LIFETIME as i64) - 1));
+    transfers.start(MessageId([8; 16]), &expired, false);
+    assert_eq!(transfers.running.len(), MAX_DOWNLOADS);
+
+    // The first two messages are deleted: their downloads stop, and the waiting ones take over.
+    transfers.sweep(&kept[2..]);
+    for _ in 0..2 {
+        let finished = timeout(WAIT, transfers.next_finished()).await.unwrap().unwrap();
+        assert!(
+            matches!(finished, Finished::Download { outcome: Downloaded::Cancelled, .. }),
+            "{finished:?}"
+        );
+    }
+    assert_eq!((transfers.downloads, transfers.waiting.len()), (MAX_DOWNLOADS, 0));
+    transfers.shutdown().await;
+    stop.cancel();
+}
