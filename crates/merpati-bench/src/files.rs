@@ -2,8 +2,9 @@
 //! directly connected (the description goes directly; the file goes up to R and down from it,
 //! at the same time). Times, per run, from A's `send.file` until B's node has fetched and
 //! checked the whole file (B's `message` notification with `file.here`), the throughput that
-//! makes, and the peak RSS of A, B and R after all runs. B's copy is read back through
-//! `message.file` and compared with the original once, so the figure is for a correct transfer.
+//! makes, and the peak RSS of A, B and R after all runs. B's copy is then read back through
+//! `message.file` and compared with the original, so the figure is for a correct transfer (and
+//! B's peak RSS is given again after that read, as a save makes it).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -102,6 +103,7 @@ pub(crate) fn run(exe: &Path, size_mib: usize, runs: usize) -> anyhow::Result<()
         first.get_or_insert(sent.id);
     }
     let id = first.context("no run")?;
+    let transfer_peaks = [peak_rss_kib(alice.pid())?, peak_rss_kib(bob.pid())?, peak_rss_kib(relay.pid())?];
     if read_back(&bob, &id)? != bytes {
         bail!("B's copy of the file differs from the original");
     }
@@ -120,11 +122,12 @@ pub(crate) fn run(exe: &Path, size_mib: usize, runs: usize) -> anyhow::Result<()
         json!({
             "send_to_fetched_ms": summary(times, Unit::Millis),
             "mib_per_second_at_median": round(size_mib as f64 / median.as_secs_f64(), 1),
-            "peak_rss_mib": {
-                "alice": round(mib(peak_rss_kib(alice.pid())?), 1),
-                "bob": round(mib(peak_rss_kib(bob.pid())?), 1),
-                "relay": round(mib(peak_rss_kib(relay.pid())?), 1),
+            "peak_rss_mib_after_the_transfers": {
+                "alice": round(mib(transfer_peaks[0]), 1),
+                "bob": round(mib(transfer_peaks[1]), 1),
+                "relay": round(mib(transfer_peaks[2]), 1),
             },
+            "bob_peak_rss_mib_after_reading_it_back": round(mib(peak_rss_kib(bob.pid())?), 1),
         }),
     );
     Ok(())

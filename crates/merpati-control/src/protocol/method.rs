@@ -83,7 +83,7 @@ methods! {
     SendFile = "send.file", SendFileParams => SendResult;
     /// `message.status`: where an outgoing message is.
     MessageStatus = "message.status", MessageStatusParams => StatusUpdate;
-    /// `message.file`: the file a message carries, with up to 4 MiB of its bytes.
+    /// `message.file`: the file a message carries, with up to 1 MiB of its bytes.
     MessageFile = "message.file", MessageFileParams => MessageFileResult;
     /// `messages`: the latest messages, oldest first.
     Messages = "messages", MessagesParams => MessagesResult;

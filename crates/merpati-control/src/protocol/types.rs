@@ -362,13 +362,13 @@ pub struct MessageFileResult {
     pub media_type: String,
     /// Its length in bytes.
     pub size: u64,
-    /// Its bytes from the request's `offset` on, at most 4 MiB of them, in base64 (RFC 4648,
+    /// Its bytes from the request's `offset` on, at most 1 MiB of them, in base64 (RFC 4648,
     /// with padding): ask again from `offset` + their length until `size`.
     pub data: String,
 }
 
 /// The most file bytes one `message.file` answer carries.
-pub const MAX_FILE_SLICE: usize = 4 * 1024 * 1024;
+pub const MAX_FILE_SLICE: usize = 1024 * 1024;
 
 /// The params of a method that takes none: `{}` (absent and `null` are accepted too).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

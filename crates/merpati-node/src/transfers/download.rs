@@ -16,7 +16,16 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::spool::Spool;
-use super::{Report, backoff};
+use super::{BACKOFF_MAX, Report};
+
+/// The first pause after a round that brought nothing; doubles up to the transfers' longest. Short:
+/// the usual reason is an upload still under way, which a quarter second later has moved on.
+const IDLE_BASE: Duration = Duration::from_millis(250);
+
+/// The pause after the `rounds`-th round in a row that brought nothing.
+fn idle_pause(rounds: u32) -> Duration {
+    IDLE_BASE.saturating_mul(1 << rounds.saturating_sub(1).min(12)).min(BACKOFF_MAX)
+}
 use crate::clock::Clock;
 use crate::net;
 
@@ -90,7 +99,7 @@ impl Download {
             if idle_rounds > 0 {
                 tokio::select! {
                     () = cancel.cancelled() => return Downloaded::Cancelled,
-                    () = tokio::time::sleep(backoff(idle_rounds)) => {}
+                    () = tokio::time::sleep(idle_pause(idle_rounds)) => {}
                 }
             }
         }

@@ -37,7 +37,7 @@ use crate::store::{Transfer, TransferSide};
 /// The first pause after a failed step; doubles up to [`BACKOFF_MAX`].
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
 /// The longest pause between tries.
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Progress reports waiting for the daemon.
 const REPORTS_QUEUE: usize = 256;
 /// Downloads run at once; more wait their turn, so a burst of files neither floods the link nor

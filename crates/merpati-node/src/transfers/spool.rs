@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 /// Bytes of the length prefix at the start of a blob's plaintext.
 const LEN_PREFIX: u64 = 8;
 /// The most file bytes one [`Spool::read_plain`] returns.
-pub(crate) const MAX_SLICE: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_SLICE: usize = 1024 * 1024;
 
 /// Why a spool operation failed.
 #[derive(Debug, Error)]
