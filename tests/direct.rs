@@ -283,7 +283,7 @@ fn a_text_of_a_mib_arrives_whole_directly() {
 
 /// A small file (a photo of 40 KiB) directly: it arrives with its name, type, size and caption,
 /// `save` writes out exactly its bytes and keeps a file that is there already, and a file too
-/// large for this version is refused before anything is queued.
+/// large is refused before anything is queued.
 #[test]
 fn a_small_file_arrives_and_is_saved_byte_for_byte() {
     let (alice, bob) = pair();
@@ -330,15 +330,35 @@ fn a_small_file_arrives_and_is_saved_byte_for_byte() {
     alice.ok(&["save", &id, kept.to_str().unwrap()]);
     assert_eq!(std::fs::read(&kept).unwrap(), bytes);
 
-    // Too large for this version: exit 18 with the limit, nothing queued.
+    // Too large: exit 18 with the limit, nothing queued.
     let big = dir.path().join("video.mp4");
-    std::fs::write(&big, vec![1u8; 60 * 1024]).unwrap();
+    std::fs::File::create(&big).unwrap().set_len(25 * 1024 * 1024 + 1).unwrap();
     let refused = alice.cli(&["send", "bob", "--file", big.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(18), "{}", merpati_e2e::text(&refused.stderr));
-    assert!(merpati_e2e::text(&refused.stderr).contains("48 KiB"));
+    assert!(merpati_e2e::text(&refused.stderr).contains("25 MiB"));
     assert_eq!(alice.messages(Some("bob")).len(), 1);
     // A message without a file has nothing to save.
     let text = alice.send("bob", "just words");
     let nothing = alice.cli(&["save", &text, dir.path().join("x").to_str().unwrap()]);
     assert_eq!(nothing.status.code(), Some(17), "{}", merpati_e2e::text(&nothing.stderr));
+}
+
+/// Without any relay, a file over 48 KiB goes straight from the sender's node, which serves it
+/// from its spool to the one reader it made a token for; it arrives checked and whole.
+#[test]
+fn a_large_file_goes_directly_when_there_is_no_relay() {
+    let (alice, bob) = pair();
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("market day.mp4");
+    let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    std::fs::write(&video, &bytes).unwrap();
+    let id = alice.ok(&["send", "bob", "--file", video.to_str().unwrap()]).trim().to_owned();
+    wait_until("the file fetched by Bob from Alice's node", Duration::from_secs(60), || {
+        bob.messages(Some("alice")).iter().any(|m| m["id"] == id.as_str() && m["file"]["here"] == true)
+    });
+    let saved = dir.path().join("saved.mp4");
+    bob.ok(&["save", &id, saved.to_str().unwrap()]);
+    assert!(std::fs::read(&saved).unwrap() == bytes, "the file arrives exactly as sent");
+    let listed = bob.ok(&["messages", "alice"]);
+    assert!(listed.contains("[file market day.mp4, 2.4 MiB]"), "{listed}");
 }

@@ -7,8 +7,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use merpati_proto::mailbox::FetchToken;
 use merpati_proto::blob::{CHUNK_LEN, MAX_CHUNKS};
+use merpati_proto::mailbox::FetchToken;
 use merpati_proto::wire::{self, blob, deliver, mailbox};
 
 /// The relay peer id fuzzed tokens are checked against.

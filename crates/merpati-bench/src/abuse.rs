@@ -444,7 +444,7 @@ fn garbage_client()
 }
 
 /// The relay's metrics, in the classic text format: sample name (with labels) → value.
-fn scrape(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
+pub(crate) fn scrape(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\n\r\n")?;
@@ -460,7 +460,7 @@ fn scrape(port: u16) -> anyhow::Result<BTreeMap<String, f64>> {
         .collect())
 }
 
-fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
+pub(crate) fn metric(metrics: &BTreeMap<String, f64>, name: &str) -> Option<f64> {
     metrics.get(name).copied()
 }
 

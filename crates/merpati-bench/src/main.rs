@@ -34,12 +34,13 @@ use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 13] = [
+const SCENARIOS: [&str; 14] = [
     "crypto",
     "direct",
     "relay-deposit",
     "relay-fetch",
     "offline",
+    "file-direct",
     "file-relay",
     "backlog",
     "backlog-relay",
@@ -55,7 +56,7 @@ const SCENARIOS: [&str; 13] = [
 #[command(name = "merpati-bench")]
 struct Args {
     /// Run only this scenario (repeatable): crypto, direct, relay-deposit, relay-fetch, offline,
-    /// file-relay, backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections, abuse. All of
+    /// file-direct, file-relay, backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections, abuse. All of
     /// them when absent.
     #[arg(long)]
     scenario: Vec<String>,
@@ -83,10 +84,10 @@ struct Args {
     /// `offline`: messages sent through the relay.
     #[arg(long, default_value_t = 1000)]
     offline_messages: usize,
-    /// `file-relay`: the file's size in MiB.
+    /// `file-direct`, `file-relay`: the file's size in MiB.
     #[arg(long, default_value_t = 10)]
     file_mib: usize,
-    /// `file-relay`: files sent, one after the other.
+    /// `file-direct`, `file-relay`: files sent, one after the other.
     #[arg(long, default_value_t = 5)]
     file_runs: usize,
     /// `backlog`, `backlog-relay`: messages queued while the contact is away.
@@ -162,9 +163,13 @@ fn main() -> anyhow::Result<()> {
     if run("offline") {
         offline::run(&exe, if quick { 20 } else { args.offline_messages })?;
     }
+    let (file_mib, file_runs) =
+        if quick { (1, 1) } else { (args.file_mib.clamp(1, 25), args.file_runs.max(1)) };
+    if run("file-direct") {
+        files::run(&exe, files::Via::Direct, file_mib, file_runs)?;
+    }
     if run("file-relay") {
-        let (size, runs) = if quick { (1, 1) } else { (args.file_mib.clamp(1, 25), args.file_runs.max(1)) };
-        files::run(&exe, size, runs)?;
+        files::run(&exe, files::Via::Relay, file_mib, file_runs)?;
     }
     if run("backlog") {
         backlog::run(&exe, if quick { 200 } else { args.backlog_messages.max(1) })?;

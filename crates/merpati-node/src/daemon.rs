@@ -42,9 +42,11 @@ use crate::relay_client::{self, FetchReport, Fetched};
 use crate::rpc;
 use crate::store::keyring::KeyInfo;
 use crate::store::{
-    Change, Keyring, RequestId, SledStore, Status, Store, StoreError, StoredMessage, Transfer, TransferSide,
+    Change, Direction, Keyring, RequestId, SledStore, Status, Store, StoreError, StoredMessage, Transfer,
+    TransferSide,
 };
 use crate::transfers::download::Downloaded;
+use crate::transfers::serve::SpoolServer;
 use crate::transfers::spool::Spool;
 use crate::transfers::upload::Uploaded;
 use crate::transfers::{Finished, Report, Transfers};
@@ -148,9 +150,14 @@ pub async fn run(
         tracing::warn!("{e}; listening on new ports");
         preferred = wanted.clone();
     }
-    let spawned = net::spawn(
+    // This node serves its own files to their readers (over direct connections).
+    let spool = Spool::new(home.dir().join("blobs"));
+    let server = SpoolServer::new(&keypair.public().to_peer_id(), spool.clone());
+    let extras = || net::Extras { blob_server: Some(Arc::new(server.clone())), ..net::Extras::default() };
+    let spawned = net::spawn_with(
         config.clone().with_listen_addrs(preferred.clone()),
         keypair.clone(),
+        extras(),
         shutdown.child_token(),
     )
     .await;
@@ -159,7 +166,8 @@ pub async fn run(
         // The remembered ports are taken: take fresh ones (contacts learn them when we write).
         Err(net::NetError::Listen { .. }) if preferred != wanted => {
             tracing::warn!("the ports of the last run are taken; listening on new ones");
-            net::spawn(config.with_listen_addrs(wanted), keypair, shutdown.child_token()).await?
+            net::spawn_with(config.with_listen_addrs(wanted), keypair, extras(), shutdown.child_token())
+                .await?
         }
         Err(e) => return Err(e.into()),
     };
@@ -178,8 +186,7 @@ pub async fn run(
         control: home.control_socket().display().to_string(),
     });
 
-    let (transfers, transfer_reports) =
-        Transfers::new(Spool::new(home.dir().join("blobs")), net.clone(), clock.clone());
+    let (transfers, transfer_reports) = Transfers::new(spool, server, net.clone(), clock.clone());
     let (mailbox_keys, _) = watch::channel(Arc::new(MailboxKeys::default()));
     let (fetched_tx, fetched) = mpsc::channel(FETCHED_QUEUE);
     let mut actor = Actor {
@@ -693,12 +700,23 @@ impl Actor {
     fn start_transfer(&mut self, id: MessageId) {
         let store = self.engine.store();
         let found = tokio::task::block_in_place(|| {
-            let transfer = store.transfer(&id)?;
+            let Some(transfer) = store.transfer(&id)? else { return Ok(None) };
             let here = store.file_info(&id)?.is_some_and(|info| info.here);
-            Ok::<_, StoreError>(transfer.map(|t| (t, here)))
+            // A file we receive may be had from its sender's node, at its last known addresses.
+            let message = store.message(&id)?;
+            let sender = match message.filter(|m| m.direction == Direction::In) {
+                Some(message) => store.contact(&message.contact)?.and_then(|contact| {
+                    let peer = PeerId::from_bytes(&contact.peer_id).ok()?;
+                    let addrs =
+                        contact.addrs.iter().filter_map(|a| Multiaddr::try_from(a.clone()).ok()).collect();
+                    Some((peer, addrs))
+                }),
+                None => None,
+            };
+            Ok::<_, StoreError>(Some((transfer, here, sender)))
         });
         match found {
-            Ok(Some((transfer, here))) => self.transfers.start(id, &transfer, here),
+            Ok(Some((transfer, here, sender))) => self.transfers.start(id, &transfer, here, sender),
             Ok(None) => {}
             Err(e) => tracing::warn!("cannot read a file's transfer: {e}"),
         }

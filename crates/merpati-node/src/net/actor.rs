@@ -192,6 +192,8 @@ pub(crate) struct Actor {
     blob_serving: FuturesUnordered<BoxFuture<'static, blob_net::Served>>,
     /// The IP address of each connected peer (its latest connection), for per-address limits.
     peer_ips: HashMap<PeerId, IpAddr>,
+    /// How many connections with each peer are direct (not through a relay's circuit).
+    direct_connections: HashMap<PeerId, u32>,
     /// User node: the relays we listen through.
     reservations: Reservations,
     /// Relay role with no public address configured: listen addresses count as public.
@@ -244,6 +246,7 @@ impl Actor {
             blob_server: extras.blob_server,
             blob_serving: FuturesUnordered::new(),
             peer_ips: HashMap::new(),
+            direct_connections: HashMap::new(),
             reservations: Reservations::new(config.relay_retry_max),
             listen_addrs_are_public,
             metrics: extras.metrics,
@@ -381,8 +384,14 @@ impl Actor {
                     answer(reply, Err(MailboxError::Unreachable { relay, reason }));
                     return;
                 }
-                let direct =
-                    addrs.into_iter().filter(|a| !a.iter().any(|p| p == Protocol::P2pCircuit)).collect();
+                // A relay's circuit carries some 128 KiB, not a file: with only such connections
+                // to the peer, the request would go over one and end it.
+                if self.swarm.is_connected(&relay) && !self.direct_connections.contains_key(&relay) {
+                    let reason = "connected only through a relay, which cannot carry a file".to_owned();
+                    answer(reply, Err(MailboxError::Unreachable { relay, reason }));
+                    return;
+                }
+                let direct = addrs.into_iter().filter(|a| !is_relayed(a)).collect();
                 self.add_addresses(relay, direct);
                 let pending = blob_net::Pending::new(relay, &request, reply);
                 let id = self.swarm.behaviour_mut().blob.send_request(&relay, request);
@@ -615,6 +624,9 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if !is_relayed(endpoint.get_remote_address()) {
+                    *self.direct_connections.entry(peer_id).or_default() += 1;
+                }
                 if let Some(ip) = mailbox_net::ip_of(endpoint.get_remote_address()) {
                     self.peer_ips.insert(peer_id, ip);
                 }
@@ -626,8 +638,16 @@ impl Actor {
                 }
                 self.pump(peer_id);
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, endpoint, .. } => {
                 debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
+                if !is_relayed(endpoint.get_remote_address())
+                    && let Some(count) = self.direct_connections.get_mut(&peer_id)
+                {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        self.direct_connections.remove(&peer_id);
+                    }
+                }
                 if num_established == 0 {
                     self.peer_ips.remove(&peer_id);
                     // A reservation lives on a connection: with none left, none is held.
@@ -1122,6 +1142,11 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether `addr` goes through a relay's circuit.
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
 
 /// What a failed request to a relay (mailbox or blob) means to its asker.

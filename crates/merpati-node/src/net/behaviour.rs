@@ -156,12 +156,13 @@ impl Behaviour {
                 .with_max_concurrent_streams(config.max_mailbox_requests.saturating_add(STREAM_HEADROOM)),
         );
 
-        // Relays keep files; user nodes only ask. A get answers a page as large as a fetch's.
+        // Relays keep files; user nodes ask, and serve their own files to their readers. A get
+        // answers a page as large as a fetch's.
         let blob = Blob::with_codec(
             cbor::codec::Codec::default()
                 .set_request_size_maximum(len_u64(wire::MAX_REQUEST_LEN))
                 .set_response_size_maximum(len_u64(wire::MAX_RESPONSE_LEN)),
-            [(BLOB_PROTOCOL, mailbox_support_for(is_relay))],
+            [(BLOB_PROTOCOL, if is_relay { ProtocolSupport::Inbound } else { ProtocolSupport::Full })],
             request_response::Config::default()
                 .with_request_timeout(config.request_timeout)
                 .with_max_concurrent_streams(config.max_mailbox_requests.saturating_add(STREAM_HEADROOM)),
@@ -206,7 +207,7 @@ impl Behaviour {
     }
 }
 
-/// A relay serves the relay-side protocols (mailboxes, blobs); a user node only asks.
+/// A relay serves mailboxes; a user node only asks.
 fn mailbox_support_for(is_relay: bool) -> ProtocolSupport {
     if is_relay { ProtocolSupport::Inbound } else { ProtocolSupport::Outbound }
 }

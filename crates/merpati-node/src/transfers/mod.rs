@@ -5,6 +5,7 @@
 //! * [`spool`]: the blobs on disk, and every file operation on them.
 //! * [`upload`]: one blob to one relay: create, status, the missing chunks.
 //! * [`download`]: one blob from its sources, checked chunk by chunk and whole at the end.
+//! * [`serve`]: the sender's node as a source of its own files, over direct connections.
 //!
 //! [`Transfers`] runs these as tasks for the daemon, which records what they finish in the store
 //! (the transfer of each file message is kept with it). Every task resumes from what is on disk
@@ -12,6 +13,7 @@
 
 pub(crate) mod download;
 pub(crate) mod send;
+pub(crate) mod serve;
 pub(crate) mod spool;
 pub(crate) mod upload;
 
@@ -28,6 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use self::download::{Download, Downloaded};
+use self::serve::SpoolServer;
 use self::spool::Spool;
 use self::upload::{Upload, Uploaded};
 use crate::clock::Clock;
@@ -77,9 +80,14 @@ pub(crate) enum Finished {
     Download { message: MessageId, outcome: Downloaded },
 }
 
+/// A peer to fetch from, and its addresses.
+pub(crate) type Peer = (PeerId, Vec<Multiaddr>);
+
 /// The running transfers; see the module documentation.
 pub(crate) struct Transfers {
     spool: Spool,
+    /// What this node serves of its own files.
+    server: SpoolServer,
     net: net::Handle,
     clock: Clock,
     reports: mpsc::Sender<Report>,
@@ -89,16 +97,22 @@ pub(crate) struct Transfers {
     /// Downloads running now.
     downloads: usize,
     /// Downloads waiting for one of those to end, oldest first.
-    waiting: std::collections::VecDeque<(MessageId, Transfer)>,
+    waiting: std::collections::VecDeque<(MessageId, Transfer, Option<Peer>)>,
     progress: HashMap<MessageId, Progress>,
 }
 
 impl Transfers {
     /// The transfers of a node whose spool is `spool`; also returns where progress is reported.
-    pub(crate) fn new(spool: Spool, net: net::Handle, clock: Clock) -> (Self, mpsc::Receiver<Report>) {
+    pub(crate) fn new(
+        spool: Spool,
+        server: SpoolServer,
+        net: net::Handle,
+        clock: Clock,
+    ) -> (Self, mpsc::Receiver<Report>) {
         let (reports, reports_rx) = mpsc::channel(REPORTS_QUEUE);
         let transfers = Self {
             spool,
+            server,
             net,
             clock,
             reports,
@@ -116,17 +130,20 @@ impl Transfers {
         &self.spool
     }
 
-    /// Starts what the transfer of message `id` still needs (uploads to the relays not done yet,
-    /// or the download if `here` is false), unless it is running already or has expired.
-    pub(crate) fn start(&mut self, id: MessageId, transfer: &Transfer, here: bool) {
-        if self.running.contains_key(&id) || self.waiting.iter().any(|(waiting, _)| *waiting == id) {
+    /// Starts what the transfer of message `id` still needs (serving our own file and uploading
+    /// it to the relays not done yet; or the download if `here` is false, from `sender`'s node
+    /// first when the description says it serves the file), unless it is running already or has
+    /// expired.
+    pub(crate) fn start(&mut self, id: MessageId, transfer: &Transfer, here: bool, sender: Option<Peer>) {
+        if self.running.contains_key(&id) || self.waiting.iter().any(|(waiting, ..)| *waiting == id) {
             return;
         }
         let Ok(descriptor) = Descriptor::decode(&transfer.descriptor) else {
             tracing::warn!("a stored file description does not decode; its transfer is not resumed");
             return;
         };
-        let Content::Blob { blob_id, key, read_secret, count, expires_at, sources, .. } = &descriptor.content
+        let Content::Blob { blob_id, key, read_secret, count, expires_at, sources, from_sender } =
+            &descriptor.content
         else {
             return;
         };
@@ -139,6 +156,7 @@ impl Transfers {
         let mut started = 0;
         match &transfer.side {
             TransferSide::Upload { write_secret, done_at } => {
+                self.server.offer(blob_id, *count, &read);
                 for (relay, addrs) in parse_sources(sources) {
                     if done_at.iter().any(|done| done.as_ref() == relay.to_bytes().as_slice()) {
                         continue;
@@ -163,7 +181,7 @@ impl Transfers {
             }
             TransferSide::Download { failed: None } if !here => {
                 if self.downloads >= MAX_DOWNLOADS {
-                    self.waiting.push_back((id, transfer.clone()));
+                    self.waiting.push_back((id, transfer.clone(), sender));
                     return;
                 }
                 self.downloads += 1;
@@ -176,7 +194,11 @@ impl Transfers {
                     len: descriptor.len,
                     hash: descriptor.hash,
                     expires_at: *expires_at,
-                    sources: parse_sources(sources),
+                    sources: sender
+                        .filter(|_| *from_sender)
+                        .into_iter()
+                        .chain(parse_sources(sources))
+                        .collect(),
                     path: self.spool.incoming(&blob_id.0),
                 };
                 let (net, clock, reports, cancel) =
@@ -219,9 +241,9 @@ impl Transfers {
                 Finished::Upload { message, .. } => *message,
                 Finished::Download { message, .. } => {
                     self.downloads = self.downloads.saturating_sub(1);
-                    if let Some((next, transfer)) = self.waiting.pop_front() {
+                    if let Some((next, transfer, sender)) = self.waiting.pop_front() {
                         // Its file is not here: it waited for a download slot.
-                        self.start(next, &transfer, false);
+                        self.start(next, &transfer, false, sender);
                     }
                     *message
                 }
@@ -253,7 +275,7 @@ impl Transfers {
             keep
         });
         self.progress.retain(|id, _| ids.contains(id));
-        self.waiting.retain(|(id, _)| ids.contains(id));
+        self.waiting.retain(|(id, ..)| ids.contains(id));
         let blobs: std::collections::HashSet<[u8; 16]> = kept
             .iter()
             .filter_map(|(_, transfer)| match Descriptor::decode(&transfer.descriptor).ok()?.content {
@@ -261,6 +283,7 @@ impl Transfers {
                 Content::Inline(_) => None,
             })
             .collect();
+        self.server.retain(&blobs);
         for (blob_id, path) in self.spool.list() {
             if !blobs.contains(&blob_id) {
                 Spool::remove(&path);
@@ -278,7 +301,7 @@ impl Transfers {
 }
 
 /// The sources of a description that parse: a peer id and its addresses.
-fn parse_sources(sources: &[merpati_proto::blob::Source]) -> Vec<(PeerId, Vec<Multiaddr>)> {
+fn parse_sources(sources: &[merpati_proto::blob::Source]) -> Vec<Peer> {
     sources
         .iter()
         .filter_map(|source| {

@@ -76,6 +76,7 @@ async fn send_blob(
     path: &Path,
     now: Timestamp,
 ) -> Result<StoredMessage, EngineError> {
+    // Our relays keep it for the recipient while we are away; this node serves it too, directly.
     let mut relays = net.relays().await;
     relays.sort_by_key(|relay| !relay.reserved);
     let sources: Vec<Source> = relays
@@ -83,12 +84,6 @@ async fn send_blob(
         .take(MAX_SOURCES)
         .map(|relay| Source { peer_id: relay.peer.to_bytes(), addrs: vec![relay.addr.to_vec()] })
         .collect();
-    if sources.is_empty() {
-        return Err(invalid(
-            "a file over 48 KiB travels through your relays, and this node has none: add one with \
-             `merpati relay add ADDRESS`",
-        ));
-    }
     let mut rng =
         crate::daemon::os_rng().map_err(|e| EngineError::NotSaved(format!("no randomness: {e}")))?;
     let mut blob_id = [0u8; 16];
@@ -110,7 +105,7 @@ async fn send_blob(
             read_secret: Zeroizing::new(*read.as_bytes()),
             count: encrypted.count,
             expires_at: now.plus(BLOB_LIFETIME),
-            from_sender: false,
+            from_sender: true,
             sources,
         },
     };

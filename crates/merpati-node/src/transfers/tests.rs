@@ -13,6 +13,8 @@ use tokio::time::timeout;
 
 use super::*;
 use crate::relay::run::{RelayOptions, run};
+use merpati_proto::wire::Refusal;
+use merpati_proto::wire::blob::Response;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -164,12 +166,14 @@ async fn downloads_wait_their_turn_and_deleted_ones_stop() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Clock::system();
     let (net, _events, stop) = user().await;
-    let (mut transfers, _reports) = Transfers::new(Spool::new(dir.path().join("blobs")), net, clock.clone());
+    let spool = Spool::new(dir.path().join("blobs"));
+    let server = SpoolServer::new(&PeerId::random(), spool.clone());
+    let (mut transfers, _reports) = Transfers::new(spool, server, net, clock.clone());
     let kept: Vec<(MessageId, Transfer)> =
         (1..=6).map(|n| (MessageId([n; 16]), download_of(n, &clock))).collect();
     for (id, transfer) in &kept {
-        transfers.start(*id, transfer, false);
-        transfers.start(*id, transfer, false);
+        transfers.start(*id, transfer, false, None);
+        transfers.start(*id, transfer, false, None);
     }
     assert_eq!(
         (transfers.downloads, transfers.waiting.len()),
@@ -177,9 +181,9 @@ async fn downloads_wait_their_turn_and_deleted_ones_stop() {
         "started once each, four at a time"
     );
     // A file already here, or expired at its sources, needs no download.
-    transfers.start(MessageId([7; 16]), &download_of(7, &clock), true);
+    transfers.start(MessageId([7; 16]), &download_of(7, &clock), true, None);
     let expired = download_of(8, &Clock::with_offset(-(BLOB_LIFETIME as i64) - 1));
-    transfers.start(MessageId([8; 16]), &expired, false);
+    transfers.start(MessageId([8; 16]), &expired, false, None);
     assert_eq!(transfers.running.len(), MAX_DOWNLOADS);
 
     // The first two messages are deleted: their downloads stop, and the waiting ones take over.
@@ -194,4 +198,49 @@ async fn downloads_wait_their_turn_and_deleted_ones_stop() {
     assert_eq!((transfers.downloads, transfers.waiting.len()), (MAX_DOWNLOADS, 0));
     transfers.shutdown().await;
     stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_its_own_files_to_their_readers_only() {
+    use crate::net::BlobServer as _;
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::new(dir.path().join("blobs"));
+    let source = dir.path().join("notes.txt");
+    std::fs::write(&source, vec![5u8; 200_000]).unwrap();
+    let blob_id = BlobId([6; 16]);
+    let sent = spool.encrypt(&mut ChaCha20Rng::seed_from_u64(4), &blob_id.0, &source).unwrap();
+    let me = PeerId::random();
+    let server = SpoolServer::new(&me, spool.clone());
+    let read = BlobSecret::from_bytes([8; 32]);
+    let get = |token| Request::Get { token, blob_id, first: 1, count: 16 };
+    let ask = |request| server.serve(PeerId::random(), None, false, request);
+
+    assert_eq!(
+        ask(get(read.read_token(&me.to_bytes()))).await,
+        Response::Refused(Refusal::UnknownBlob),
+        "not offered yet"
+    );
+    server.offer(blob_id, sent.count, &read);
+    let Response::Chunks { chunks } = ask(get(read.read_token(&me.to_bytes()))).await else {
+        panic!("no chunks")
+    };
+    assert_eq!(chunks.len(), sent.count as usize - 1, "from the first asked for to the last");
+    assert_eq!(chunks[0].as_ref(), Spool::read_chunk(&spool.outgoing(&blob_id.0), 1).unwrap());
+    let elsewhere = read.read_token(&PeerId::random().to_bytes());
+    assert_eq!(
+        ask(get(elsewhere)).await,
+        Response::Refused(Refusal::Unauthorized),
+        "a token for another node"
+    );
+    let put =
+        Request::Put { token: read.read_token(&me.to_bytes()), blob_id, index: 0, chunk: vec![0; 65_536] };
+    assert_eq!(ask(put).await, Response::Refused(Refusal::Unauthorized), "it keeps no one else's files");
+    let ack = Request::Ack { token: read.read_token(&me.to_bytes()), blob_id };
+    assert_eq!(ask(ack).await, Response::Acked);
+    server.retain(&std::collections::HashSet::new());
+    assert_eq!(
+        ask(get(read.read_token(&me.to_bytes()))).await,
+        Response::Refused(Refusal::UnknownBlob),
+        "withdrawn"
+    );
 }
