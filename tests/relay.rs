@@ -765,10 +765,14 @@ fn a_large_file_waits_at_the_senders_relay_and_arrives_whole() {
     let bytes: Vec<u8> =
         (0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&photo, &bytes).unwrap();
-    let id = alice.ok(&["send", "bob", "the harbour", "--file", photo.to_str().unwrap()]).trim().to_owned();
-    // 3 MiB is 49 pieces of 65 520 bytes, padded to 56 chunks.
-    let chunks = |relay: &Relay| relay.metric("merpati_blob_chunks_stored_total").unwrap_or(0.0);
-    wait_until("the file uploaded to the relay", PATIENCE, || chunks(&relay) >= 56.0);
+    // `--wait` follows the upload too, and says when it is done.
+    let out = alice.cli(&["send", "bob", "the harbour", "--file", photo.to_str().unwrap(), "--wait", "sent"]);
+    let stderr = merpati_e2e::text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let id = merpati_e2e::text(&out.stdout).lines().next().unwrap().to_owned();
+    assert!(stderr.contains(&format!("message {id} uploaded 3.0 MiB of 3.0 MiB")), "{stderr}");
+    // 3 MiB is 49 pieces of 65 520 bytes, padded to 56 chunks: all at the relay by now.
+    assert!(relay.metric("merpati_blob_chunks_stored_total").unwrap_or(0.0) >= 56.0);
     wait_until("its description stored at the relay", PATIENCE, || {
         is_stored(&alice.message_status(&id), 1, 1)
     });

@@ -6,7 +6,7 @@ use std::fmt::{Display, Write as _};
 use std::io::{self, Write};
 
 use anyhow::{Context, Result};
-use merpati_control::protocol::{MessageStatus, MessageView, StoredCount};
+use merpati_control::protocol::{MessageStatus, MessageView, StoredCount, TransferDirection, TransferUpdate};
 use merpati_proto::Timestamp;
 use serde::Serialize;
 
@@ -72,10 +72,35 @@ pub(crate) fn sanitize(text: &str) -> Cow<'_, str> {
 /// A message's text as people read it: a file it carries named first, `[file photo.jpg, 23.4
 /// KiB]`, then the caption.
 pub(crate) fn shown_text(message: &MessageView) -> Cow<'_, str> {
+    shown_with(message, None)
+}
+
+/// [`shown_text`], with a file's transfer in progress in its label (`uploading 45%`).
+pub(crate) fn shown_with<'a>(message: &'a MessageView, transfer: Option<&TransferUpdate>) -> Cow<'a, str> {
     let Some(file) = &message.file else { return Cow::Borrowed(&message.text) };
-    let away = if file.here { "" } else { ", not on this device" };
+    let moving = transfer.filter(|t| t.done < t.size && (t.direction == TransferDirection::Up || !file.here));
+    let away = match (moving, &file.failed) {
+        (Some(t), _) => format!(", {} {}", transfer_verb(t.direction), percent(t.done, t.size)),
+        (None, Some(why)) => format!(", not coming: {why}"),
+        (None, None) if !file.here => ", not on this device".to_owned(),
+        (None, None) => String::new(),
+    };
     let label = format!("[file {}, {}{away}]", file.name, size_text(file.size));
     if message.text.is_empty() { Cow::Owned(label) } else { Cow::Owned(format!("{label} {}", message.text)) }
+}
+
+/// What a transfer does, in a word.
+pub(crate) fn transfer_verb(direction: TransferDirection) -> &'static str {
+    match direction {
+        TransferDirection::Up => "uploading",
+        TransferDirection::Down => "fetching",
+    }
+}
+
+/// `done` of `size` as a whole percentage, never 100 % before the end.
+pub(crate) fn percent(done: u64, size: u64) -> String {
+    let whole = if size == 0 { 100 } else { (u128::from(done) * 100 / u128::from(size)) as u64 };
+    format!("{}%", if done < size { whole.min(99) } else { 100 })
 }
 
 /// A size as people read it: `812 B`, `23.4 KiB`, `1.5 MiB`.
@@ -131,5 +156,56 @@ mod tests {
     fn local_time_is_formatted_or_raw() {
         assert_eq!(local_time(Timestamp(1_750_000_000_000)).len(), "2025-06-15 15:06:40".len());
         assert_eq!(local_time(Timestamp(u64::MAX)), u64::MAX.to_string());
+    }
+}
+
+#[cfg(test)]
+mod transfer_tests {
+    use merpati_control::protocol::{Direction, FileView, MessageId};
+
+    use super::*;
+
+    fn photo(here: bool) -> MessageView {
+        MessageView {
+            id: MessageId::from_bytes([1; 16]),
+            direction: Direction::In,
+            contact: "bob".into(),
+            time: merpati_proto::Timestamp(0),
+            text: "the view".into(),
+            status: None,
+            stored: None,
+            reason: None,
+            seq: None,
+            file: Some(FileView {
+                name: "view.jpg".into(),
+                media_type: "image/jpeg".into(),
+                size: 10 * 1_048_576,
+                here,
+                failed: None,
+            }),
+        }
+    }
+
+    fn moved(direction: TransferDirection, done: u64) -> TransferUpdate {
+        TransferUpdate { id: MessageId::from_bytes([1; 16]), direction, done, size: 10 * 1_048_576 }
+    }
+
+    #[test]
+    fn a_file_on_the_move_says_how_far_it_is() {
+        assert_eq!(shown_text(&photo(false)), "[file view.jpg, 10.0 MiB, not on this device] the view");
+        let half = moved(TransferDirection::Down, 5 * 1_048_576);
+        assert_eq!(
+            shown_with(&photo(false), Some(&half)),
+            "[file view.jpg, 10.0 MiB, fetching 50%] the view"
+        );
+        let up = moved(TransferDirection::Up, 1_048_575);
+        assert_eq!(shown_with(&photo(true), Some(&up)), "[file view.jpg, 10.0 MiB, uploading 9%] the view");
+        let done = moved(TransferDirection::Down, 10 * 1_048_576);
+        assert_eq!(shown_with(&photo(true), Some(&done)), "[file view.jpg, 10.0 MiB] the view");
+        let mut gone = photo(false);
+        gone.file.as_mut().unwrap().failed = Some("it expired".into());
+        assert_eq!(shown_text(&gone), "[file view.jpg, 10.0 MiB, not coming: it expired] the view");
+        assert_eq!(percent(999, 1000), "99%", "never 100% before the end");
+        assert_eq!(percent(0, 0), "100%");
     }
 }

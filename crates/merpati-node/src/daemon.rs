@@ -23,7 +23,7 @@ use anyhow::Context as _;
 use libp2p::{Multiaddr, PeerId};
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
-use merpati_control::protocol::{Event, Outcome, Request, StatusUpdate};
+use merpati_control::protocol::{Event, Outcome, Request, StatusUpdate, TransferDirection, TransferUpdate};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::wire::{Refusal, deliver};
@@ -49,7 +49,7 @@ use crate::transfers::download::Downloaded;
 use crate::transfers::serve::SpoolServer;
 use crate::transfers::spool::Spool;
 use crate::transfers::upload::Uploaded;
-use crate::transfers::{Finished, Report, Transfers};
+use crate::transfers::{Finished, Moved, Report, Transfers};
 
 /// The most delivery attempts running at once.
 pub const MAX_DELIVERIES_IN_FLIGHT: usize = 256;
@@ -301,7 +301,9 @@ impl Actor {
                 },
                 Some(_) = self.fetch_tasks.join_next(), if !self.fetch_tasks.is_empty() => {}
                 Some(report) = transfer_reports.recv() => {
-                    self.transfers.on_report(report);
+                    if let Some(moved) = self.transfers.on_report(report) {
+                        self.publish_transfer(moved);
+                    }
                 }
                 Some(finished) = self.transfers.next_finished(), if !self.transfers.is_idle() => {
                     self.transfer_finished(finished);
@@ -716,7 +718,11 @@ impl Actor {
             Ok::<_, StoreError>(Some((transfer, here, sender)))
         });
         match found {
-            Ok(Some((transfer, here, sender))) => self.transfers.start(id, &transfer, here, sender),
+            Ok(Some((transfer, here, sender))) => {
+                if let Some(started) = self.transfers.start(id, &transfer, here, sender) {
+                    self.publish_transfer(started);
+                }
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!("cannot read a file's transfer: {e}"),
         }
@@ -804,6 +810,16 @@ impl Actor {
             Ok(false) => {}
             Err(e) => tracing::error!("cannot record a file transfer: {e}"),
         }
+    }
+
+    fn publish_transfer(&self, moved: Moved) {
+        let update = TransferUpdate {
+            id: rpc::message_id(&moved.message),
+            direction: if moved.up { TransferDirection::Up } else { TransferDirection::Down },
+            done: moved.done,
+            size: moved.size,
+        };
+        let _ = self.events.send(Event::Transfer(update));
     }
 
     fn publish_message(&self, message: &StoredMessage) {

@@ -1,9 +1,11 @@
 //! What the chat screen holds and how keys and the daemon's news change it. No terminal here:
 //! the view draws an [`App`], and the tests drive one with a fake daemon.
 
+use std::collections::HashMap;
+
 use merpati_control::ClientError;
 use merpati_control::protocol::{
-    ContactSummary, Direction, Event, MessageId, MessageView, RequestView, StatusUpdate,
+    ContactSummary, Direction, Event, MessageId, MessageView, RequestView, StatusUpdate, TransferUpdate,
 };
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::text::Line;
@@ -45,29 +47,41 @@ pub(crate) struct Conversation {
     /// The messages laid out at a width, kept until they or the width change: laying out a long
     /// text again on every key would make typing lag.
     layout: Option<(u16, Vec<Line<'static>>)>,
+    /// How far the files of these messages that are on the move have come.
+    transfers: HashMap<MessageId, TransferUpdate>,
 }
 
 impl Conversation {
     fn new(contact: String, messages: Vec<MessageView>, complete: bool) -> Conversation {
-        Conversation { contact, messages, complete, scroll: 0, layout: None }
+        Conversation { contact, messages, complete, scroll: 0, layout: None, transfers: HashMap::new() }
     }
 
     /// The messages as screen lines `width` columns wide.
     pub(crate) fn lines(&mut self, width: u16) -> &[Line<'static>] {
         if self.layout.as_ref().is_none_or(|(laid_out, _)| *laid_out != width) {
-            self.layout = Some((width, transcript::lines(&self.messages, width)));
+            self.layout = Some((width, transcript::lines(&self.messages, &self.transfers, width)));
         }
         self.layout.as_ref().map_or(&[], |(_, lines)| lines.as_slice())
     }
 
-    /// Adds a message announced just now; false if it is shown already.
+    /// Adds a message announced just now; false if it is shown already (it is then replaced: a
+    /// file may have arrived since).
     fn push(&mut self, message: MessageView) -> bool {
-        if self.messages.iter().any(|m| m.id == message.id) {
+        self.layout = None;
+        if let Some(shown) = self.messages.iter_mut().find(|m| m.id == message.id) {
+            *shown = message;
             return false;
         }
         self.messages.push(message);
-        self.layout = None;
         true
+    }
+
+    /// Notes how far a file of this conversation has come.
+    fn set_transfer(&mut self, update: TransferUpdate) {
+        if self.messages.iter().any(|m| m.id == update.id) {
+            self.transfers.insert(update.id.clone(), update);
+            self.layout = None;
+        }
     }
 
     /// Moves a shown message's status on.
@@ -208,6 +222,11 @@ impl App {
             Update::Event(Event::Status(update)) => {
                 if let Some(conversation) = &mut self.conversation {
                     conversation.set_status(update);
+                }
+            }
+            Update::Event(Event::Transfer(update)) => {
+                if let Some(conversation) = &mut self.conversation {
+                    conversation.set_transfer(update);
                 }
             }
             Update::Event(Event::Request(_)) => match daemon.requests() {

@@ -3,7 +3,9 @@
 //! first line. Texts from other people are escaped first, so a message cannot drive the terminal.
 
 use chrono::{DateTime, Local};
-use merpati_control::protocol::{Direction, MessageStatus, MessageView};
+use std::collections::HashMap;
+
+use merpati_control::protocol::{Direction, MessageId, MessageStatus, MessageView, TransferUpdate};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
 use unicode_width::UnicodeWidthChar;
@@ -17,8 +19,13 @@ const MIN_TEXT_WIDTH: usize = 12;
 /// The indent of texts that do not fit beside their prefix.
 const NARROW_INDENT: usize = 2;
 
-/// Every line of `messages` at `width` columns, oldest first.
-pub(crate) fn lines(messages: &[MessageView], width: u16) -> Vec<Line<'static>> {
+/// Every line of `messages` at `width` columns, oldest first; files on the move show how far
+/// they are (`transfers`).
+pub(crate) fn lines(
+    messages: &[MessageView],
+    transfers: &HashMap<MessageId, TransferUpdate>,
+    width: u16,
+) -> Vec<Line<'static>> {
     let width = usize::from(width).max(1);
     let mut lines = Vec::new();
     let mut last_day = None;
@@ -32,7 +39,7 @@ pub(crate) fn lines(messages: &[MessageView], width: u16) -> Vec<Line<'static>> 
             }
             last_day = day;
         }
-        push_message(&mut lines, message, time, width);
+        push_message(&mut lines, message, transfers.get(&message.id), time, width);
     }
     lines
 }
@@ -61,6 +68,7 @@ pub(crate) fn status_mark(message: &MessageView) -> Option<(String, Style)> {
 fn push_message(
     lines: &mut Vec<Line<'static>>,
     message: &MessageView,
+    transfer: Option<&TransferUpdate>,
     time: Option<DateTime<Local>>,
     width: usize,
 ) {
@@ -84,7 +92,7 @@ fn push_message(
     let rest_avail = width.saturating_sub(indent).max(1);
     let mut first_row = indent == prefix_width;
 
-    let text = crate::output::shown_text(message);
+    let text = crate::output::shown_with(message, transfer);
     let paragraphs: Vec<&str> = text.split('\n').collect();
     let last = paragraphs.len() - 1;
     for (i, paragraph) in paragraphs.into_iter().enumerate() {
@@ -184,18 +192,22 @@ mod tests {
 
     #[test]
     fn a_message_is_time_name_text_and_tick() {
-        let shown = plain(&lines(&[message(Direction::Out, "see you at 6", Some(MessageStatus::Read))], 60));
+        let shown = plain(&lines(
+            &[message(Direction::Out, "see you at 6", Some(MessageStatus::Read))],
+            &HashMap::new(),
+            60,
+        ));
         assert_eq!(shown.len(), 2, "{shown:?}");
         assert!(shown[0].starts_with("── "), "a day line first: {shown:?}");
         assert!(shown[1].ends_with(" you  see you at 6  ✓✓ read"), "{shown:?}");
-        let incoming = plain(&lines(&[message(Direction::In, "great", None)], 60));
+        let incoming = plain(&lines(&[message(Direction::In, "great", None)], &HashMap::new(), 60));
         assert!(incoming[1].ends_with(" bob  great"), "no tick on incoming: {incoming:?}");
     }
 
     #[test]
     fn long_and_multi_line_texts_wrap_under_their_start() {
         let text = format!("{}\nsecond line", "word ".repeat(20));
-        let shown = plain(&lines(&[message(Direction::In, &text, None)], 40));
+        let shown = plain(&lines(&[message(Direction::In, &text, None)], &HashMap::new(), 40));
         let indent = " ".repeat("12:34 bob  ".len());
         assert!(shown.len() >= 5, "{shown:?}");
         for row in &shown[2..] {
@@ -207,7 +219,7 @@ mod tests {
 
     #[test]
     fn what_a_contact_wrote_cannot_drive_the_terminal() {
-        let shown = plain(&lines(&[message(Direction::In, "\u{1b}[2Jgotcha\tx", None)], 60));
+        let shown = plain(&lines(&[message(Direction::In, "\u{1b}[2Jgotcha\tx", None)], &HashMap::new(), 60));
         assert!(shown[1].contains("\\u{1b}[2Jgotcha\\tx"), "{shown:?}");
     }
 
@@ -226,7 +238,7 @@ mod tests {
 
     #[test]
     fn a_narrow_pane_puts_the_text_under_the_name() {
-        let shown = plain(&lines(&[message(Direction::In, "hello there", None)], 14));
+        let shown = plain(&lines(&[message(Direction::In, "hello there", None)], &HashMap::new(), 14));
         assert!(shown[1].ends_with("bob  "), "{shown:?}");
         assert!(shown[2].starts_with("  hello"), "{shown:?}");
     }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::ValueEnum;
 use merpati_control::protocol::{
-    Event, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, method,
+    Event, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, TransferDirection,
+    TransferUpdate, method,
 };
 use merpati_control::{ClientError, Home, Notifications};
 use merpati_proto::fragment::MAX_REASSEMBLED_LEN;
@@ -19,7 +20,7 @@ use serde_json::json;
 use crate::cli::parse_name;
 use crate::commands::{connect, files, read_stdin};
 use crate::exit::{Code, Failure};
-use crate::output::{Output, sanitize, status_text};
+use crate::output::{Output, percent, sanitize, size_text, status_text};
 
 /// Arguments of `merpati send`.
 #[derive(Debug, clap::Args)]
@@ -88,6 +89,8 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
         None => None,
     };
     let mut client = connect(home)?;
+    // A file over 48 KiB goes by its path, and is uploaded to our relays after the send.
+    let may_upload = file.as_ref().is_some_and(|file| file.path.is_some());
     let sent = match file {
         Some(file) => client.call::<method::SendFile>(file.params(&args.to, text))?,
         None => client.call::<method::Send>(SendParams { to: args.to.clone(), text })?,
@@ -105,7 +108,7 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
     // The status may have moved before the subscription saw anything worth reporting.
     let current = client.call::<method::MessageStatus>(MessageStatusParams { id: sent.id.clone() })?;
     let to = sanitize(&args.to);
-    let reached = match wait_for(events, current, target, deadline) {
+    let reached = match wait_for(events, current, target, deadline, may_upload) {
         Ok(reached) => reached,
         Err(WaitError::TimedOut(last)) => {
             let status = status_text(last.status, last.stored);
@@ -145,27 +148,54 @@ enum WaitError {
 }
 
 /// Follows `events` until the message of `current` reaches `target` or fails, or `deadline`.
+///
+/// A file's upload to our relays, once under way, is followed too (shown on stderr), so that the
+/// command does not return while the file is only half at the relays.
 fn wait_for(
     mut events: Notifications,
     mut current: StatusUpdate,
     target: MessageStatus,
     deadline: Instant,
+    may_upload: bool,
 ) -> Result<StatusUpdate, WaitError> {
+    let mut progress = Progress::default();
     loop {
         if current.status == MessageStatus::Failed {
+            progress.finish();
             return Err(WaitError::Failed(current.reason));
         }
-        if has_reached(&current, target) {
+        let reached = has_reached(&current, target);
+        if reached && !progress.drawn && !may_upload {
             return Ok(current);
         }
-        let update = match events.next_event_until(deadline) {
+        // Reached, for a file that may be uploading: news already on its way (an upload that
+        // starts is announced before any status change) is read first.
+        let until = if reached && !progress.drawn { Instant::now() + SETTLE } else { deadline };
+        let update = match events.next_event_until(until.min(deadline)) {
             Ok(Event::Status(update)) => update,
             Ok(Event::Message(MessageView { id, status: Some(status), stored, .. })) => {
                 StatusUpdate { id, status, reason: None, stored }
             }
+            Ok(Event::Transfer(update)) => {
+                if update.id == current.id && update.direction == TransferDirection::Up {
+                    progress.show(&update);
+                }
+                continue;
+            }
             Ok(Event::Message(_) | Event::Request(_)) => continue,
-            Err(ClientError::Timeout) => return Err(WaitError::TimedOut(current)),
-            Err(e) => return Err(WaitError::Client(e)),
+            Err(ClientError::Timeout) => {
+                progress.finish();
+                // The status came (and, at the deadline, the rest of an upload goes on in the
+                // daemon).
+                if has_reached(&current, target) {
+                    return Ok(current);
+                }
+                return Err(WaitError::TimedOut(current));
+            }
+            Err(e) => {
+                progress.finish();
+                return Err(WaitError::Client(e));
+            }
         };
         if update.id == current.id && is_newer(&update, &current) {
             current = update;
@@ -194,6 +224,54 @@ fn is_newer(update: &StatusUpdate, current: &StatusUpdate) -> bool {
         _ => false,
     };
     update.status.has_reached(current.status) && !fewer_relays
+}
+
+/// The upload's progress on stderr: one line redrawn on a terminal, and a line at the end
+/// anywhere (scripts read the status lines, not this).
+#[derive(Debug, Default)]
+struct Progress {
+    /// Whether an upload is under way (its line, on a terminal, drawn).
+    drawn: bool,
+}
+
+/// How long news after the status is read for an upload that started with the send.
+const SETTLE: Duration = Duration::from_millis(200);
+
+impl Progress {
+    fn show(&mut self, update: &TransferUpdate) {
+        use std::io::{IsTerminal, Write};
+        let mut err = std::io::stderr().lock();
+        let done = update.done >= update.size;
+        let line = format!(
+            "message {} {} {} of {}",
+            update.id,
+            if done {
+                "uploaded".to_owned()
+            } else {
+                format!("uploading {}", percent(update.done, update.size))
+            },
+            size_text(update.done),
+            size_text(update.size),
+        );
+        self.drawn = !done;
+        if err.is_terminal() {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            if done {
+                let _ = writeln!(err);
+            }
+        } else if done {
+            let _ = writeln!(err, "{line}");
+        }
+    }
+
+    /// Ends a line left drawn on a terminal, before anything else is written.
+    fn finish(&mut self) {
+        use std::io::{IsTerminal, Write};
+        let mut err = std::io::stderr().lock();
+        if std::mem::take(&mut self.drawn) && err.is_terminal() {
+            let _ = writeln!(err);
+        }
+    }
 }
 
 /// A progress note on stderr, which keeps stdout for the id.

@@ -418,6 +418,8 @@ pub enum Event {
     Status(StatusUpdate),
     /// A contact request arrived or grew.
     Request(RequestView),
+    /// A file's transfer moved on.
+    Transfer(TransferUpdate),
 }
 
 impl Event {
@@ -427,6 +429,8 @@ impl Event {
     pub const STATUS: &'static str = "status";
     /// The notification method for [`Event::Request`].
     pub const REQUEST: &'static str = "request";
+    /// The notification method for [`Event::Transfer`].
+    pub const TRANSFER: &'static str = "transfer";
 
     /// The notification that carries this event.
     pub fn to_notification(&self) -> Notification {
@@ -434,6 +438,7 @@ impl Event {
             Event::Message(message) => (Event::MESSAGE, serde_json::to_value(message)),
             Event::Status(update) => (Event::STATUS, serde_json::to_value(update)),
             Event::Request(request) => (Event::REQUEST, serde_json::to_value(request)),
+            Event::Transfer(update) => (Event::TRANSFER, serde_json::to_value(update)),
         };
         Notification { jsonrpc: Version, method: method.to_owned(), params: params.unwrap_or(Value::Null) }
     }
@@ -445,6 +450,7 @@ impl Event {
             Event::MESSAGE => Event::Message(MessageView::deserialize(&notification.params)?),
             Event::STATUS => Event::Status(StatusUpdate::deserialize(&notification.params)?),
             Event::REQUEST => Event::Request(RequestView::deserialize(&notification.params)?),
+            Event::TRANSFER => Event::Transfer(TransferUpdate::deserialize(&notification.params)?),
             _ => return Ok(None),
         }))
     }

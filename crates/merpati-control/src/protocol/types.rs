@@ -533,6 +533,29 @@ pub struct StatusUpdate {
     pub stored: Option<StoredCount>,
 }
 
+/// How far a file's transfer has come: the payload of the `transfer` notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferUpdate {
+    /// The file's message.
+    pub id: MessageId,
+    /// `up` (ours, to our relays: the furthest relay counts) or `down` (theirs, to this device).
+    pub direction: TransferDirection,
+    /// Bytes of the file done.
+    pub done: u64,
+    /// The file's size in bytes.
+    pub size: u64,
+}
+
+/// Which way a transfer goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferDirection {
+    /// Our file, to our relays.
+    Up,
+    /// Their file, to this device.
+    Down,
+}
+
 /// The params of `messages`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

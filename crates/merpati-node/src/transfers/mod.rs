@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use merpati_proto::Timestamp;
-use merpati_proto::blob::{BlobSecret, Content, Descriptor};
+use merpati_proto::blob::{BlobSecret, Content, Descriptor, PIECE_LEN};
 use merpati_proto::frame::MessageId;
 use merpati_proto::wire::blob::BlobId;
 use tokio::sync::mpsc;
@@ -61,14 +61,32 @@ pub(crate) enum Report {
     Downloading { message: MessageId, held: u32, count: u32 },
 }
 
-/// How far a file's transfer has come: chunks here (downloading) or at the furthest relay
-/// (uploading), of all.
+/// How far a file's transfer has come, and what was last told of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Progress {
-    /// Chunks done.
-    pub(crate) held: u32,
+struct Progress {
+    /// Chunks done (for an upload, at the furthest relay).
+    held: u32,
     /// Chunks in all.
-    pub(crate) count: u32,
+    count: u32,
+    /// `held` when progress was last told.
+    told: u32,
+    /// The file's size in bytes.
+    size: u64,
+    /// Whether the file is ours, going up.
+    up: bool,
+}
+
+/// What to tell of a transfer's progress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Moved {
+    /// The file's message.
+    pub(crate) message: MessageId,
+    /// Whether the file is ours, going up to our relays.
+    pub(crate) up: bool,
+    /// Bytes of the file done.
+    pub(crate) done: u64,
+    /// The file's size.
+    pub(crate) size: u64,
 }
 
 /// A transfer task that ended.
@@ -133,25 +151,40 @@ impl Transfers {
     /// Starts what the transfer of message `id` still needs (serving our own file and uploading
     /// it to the relays not done yet; or the download if `here` is false, from `sender`'s node
     /// first when the description says it serves the file), unless it is running already or has
-    /// expired.
-    pub(crate) fn start(&mut self, id: MessageId, transfer: &Transfer, here: bool, sender: Option<Peer>) {
+    /// expired. Returns the news of an upload that starts now (nothing of it done yet), for
+    /// whoever follows the send.
+    pub(crate) fn start(
+        &mut self,
+        id: MessageId,
+        transfer: &Transfer,
+        here: bool,
+        sender: Option<Peer>,
+    ) -> Option<Moved> {
         if self.running.contains_key(&id) || self.waiting.iter().any(|(waiting, ..)| *waiting == id) {
-            return;
+            return None;
         }
         let Ok(descriptor) = Descriptor::decode(&transfer.descriptor) else {
             tracing::warn!("a stored file description does not decode; its transfer is not resumed");
-            return;
+            return None;
         };
         let Content::Blob { blob_id, key, read_secret, count, expires_at, sources, from_sender } =
             &descriptor.content
         else {
-            return;
+            return None;
         };
         if self.clock.now() >= *expires_at {
-            return;
+            return None;
         }
         let blob_id = BlobId(*blob_id);
         let read = BlobSecret::from_bytes(**read_secret);
+        let up = matches!(transfer.side, TransferSide::Upload { .. });
+        self.progress.entry(id).or_insert(Progress {
+            held: 0,
+            count: *count,
+            told: 0,
+            size: descriptor.len,
+            up,
+        });
         let token = CancellationToken::new();
         let mut started = 0;
         match &transfer.side {
@@ -182,7 +215,7 @@ impl Transfers {
             TransferSide::Download { failed: None } if !here => {
                 if self.downloads >= MAX_DOWNLOADS {
                     self.waiting.push_back((id, transfer.clone(), sender));
-                    return;
+                    return None;
                 }
                 self.downloads += 1;
                 let download = Download {
@@ -211,25 +244,39 @@ impl Transfers {
             }
             TransferSide::Download { .. } => {}
         }
-        if started > 0 {
-            self.running.insert(id, (token, started));
+        if started == 0 {
+            return None;
         }
+        self.running.insert(id, (token, started));
+        up.then_some(Moved { message: id, up, done: 0, size: descriptor.len })
     }
 
     /// Notes a report; returns the message's progress if it moved.
-    pub(crate) fn on_report(&mut self, report: Report) -> Option<(MessageId, Progress)> {
-        let (message, held, count) = match report {
-            Report::Uploading { message, held, count, .. } | Report::Downloading { message, held, count } => {
-                (message, held, count)
+    /// Notes a report; returns what to tell of it: at most once per hundredth of the file, and
+    /// when it is done.
+    pub(crate) fn on_report(&mut self, report: Report) -> Option<Moved> {
+        let (message, held) = match report {
+            Report::Uploading { message, held, .. } | Report::Downloading { message, held, .. } => {
+                (message, held)
             }
         };
-        let progress = self.progress.entry(message).or_insert(Progress { held: 0, count });
+        let progress = self.progress.get_mut(&message)?;
         // An upload reports per relay: the furthest one counts.
-        if held <= progress.held && progress.count == count {
+        progress.held = progress.held.max(held);
+        let step = progress.held.saturating_sub(progress.told);
+        let done = progress.held >= progress.count;
+        if step == 0 || (!done && u64::from(step) * 100 < u64::from(progress.count)) {
             return None;
         }
-        *progress = Progress { held: held.max(progress.held), count };
-        Some((message, *progress))
+        progress.told = progress.held;
+        // Piece i holds file bytes up to (i + 1) × PIECE_LEN − 8: the length prefix comes first.
+        let bytes = (u64::from(progress.held) * PIECE_LEN as u64).saturating_sub(8).min(progress.size);
+        Some(Moved {
+            message,
+            up: progress.up,
+            done: if done { progress.size } else { bytes },
+            size: progress.size,
+        })
     }
 
     /// Waits for the next task to end (never, with none running).
@@ -243,7 +290,7 @@ impl Transfers {
                     self.downloads = self.downloads.saturating_sub(1);
                     if let Some((next, transfer, sender)) = self.waiting.pop_front() {
                         // Its file is not here: it waited for a download slot.
-                        self.start(next, &transfer, false, sender);
+                        let _ = self.start(next, &transfer, false, sender);
                     }
                     *message
                 }

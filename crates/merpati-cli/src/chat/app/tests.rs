@@ -475,3 +475,37 @@ fn quitting() {
     press(&mut app, &mut fake, KeyCode::Enter);
     assert!(app.quit);
 }
+
+#[test]
+fn a_file_on_the_move_shows_how_far_it_is_and_then_that_it_is_here() {
+    use merpati_control::protocol::{FileView, TransferDirection, TransferUpdate};
+    let mut fake = Fake::with(&[("bob", 0)]);
+    let mut app = started(&mut fake);
+    let mut photo = message(5, "bob", Direction::In, "the view");
+    photo.file = Some(FileView {
+        name: "view.jpg".into(),
+        media_type: "image/jpeg".into(),
+        size: 4 * 1_048_576,
+        here: false,
+        failed: None,
+    });
+    app.update(Update::Event(Event::Message(photo.clone())), &mut fake);
+    let text = |app: &mut App| -> String {
+        let lines = app.conversation.as_mut().expect("open").lines(80);
+        lines.iter().map(|line| line.spans.iter().map(|s| s.content.as_ref()).collect::<String>()).collect()
+    };
+    assert!(text(&mut app).contains("[file view.jpg, 4.0 MiB, not on this device]"), "{}", text(&mut app));
+    let update = TransferUpdate {
+        id: photo.id.clone(),
+        direction: TransferDirection::Down,
+        done: 1_048_576,
+        size: 4 * 1_048_576,
+    };
+    app.update(Update::Event(Event::Transfer(update)), &mut fake);
+    assert!(text(&mut app).contains("[file view.jpg, 4.0 MiB, fetching 25%]"), "{}", text(&mut app));
+    // The daemon announces the message again once the file is here: it replaces the one shown.
+    photo.file.as_mut().expect("file").here = true;
+    app.update(Update::Event(Event::Message(photo)), &mut fake);
+    assert!(text(&mut app).contains("[file view.jpg, 4.0 MiB] the view"), "{}", text(&mut app));
+    assert_eq!(shown(&app).iter().filter(|t| *t == "the view").count(), 1, "shown once");
+}
