@@ -6,7 +6,9 @@ use std::fmt::{Display, Write as _};
 use std::io::{self, Write};
 
 use anyhow::{Context, Result};
-use merpati_control::protocol::{MessageStatus, MessageView, StoredCount, TransferDirection, TransferUpdate};
+use merpati_control::protocol::{
+    Direction, MessageStatus, MessageView, StoredCount, TransferDirection, TransferUpdate,
+};
 use merpati_proto::Timestamp;
 use serde::Serialize;
 
@@ -81,6 +83,7 @@ pub(crate) fn shown_with<'a>(message: &'a MessageView, transfer: Option<&Transfe
     let moving = transfer.filter(|t| t.done < t.size && (t.direction == TransferDirection::Up || !file.here));
     let away = match (moving, &file.failed) {
         (Some(t), _) => format!(", {} {}", transfer_verb(t.direction), percent(t.done, t.size)),
+        (None, Some(why)) if message.direction == Direction::Out => format!(", {why}"),
         (None, Some(why)) => format!(", not coming: {why}"),
         (None, None) if !file.here => ", not on this device".to_owned(),
         (None, None) => String::new(),
@@ -161,7 +164,7 @@ mod tests {
 
 #[cfg(test)]
 mod transfer_tests {
-    use merpati_control::protocol::{Direction, FileView, MessageId};
+    use merpati_control::protocol::{FileView, MessageId};
 
     use super::*;
 

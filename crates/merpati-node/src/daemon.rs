@@ -776,9 +776,20 @@ impl Actor {
                 });
                 (message, result)
             }
-            Finished::Upload { relay, outcome: Uploaded::Refused(refusal), .. } => {
+            Finished::Upload { message, relay, outcome: Uploaded::Refused(refusal) } => {
                 tracing::warn!(%relay, "the relay refused a file: {refusal}");
-                return;
+                let why = format!("relay {relay} refused it: {}", upload_refusal(refusal));
+                let relay = serde_bytes::ByteBuf::from(relay.to_bytes());
+                let result = tokio::task::block_in_place(|| {
+                    update(&message, &|transfer| {
+                        if let TransferSide::Upload { refused, .. } = &mut transfer.side
+                            && !refused.iter().any(|(r, _)| *r == relay)
+                        {
+                            refused.push((relay.clone(), why.clone()));
+                        }
+                    })
+                });
+                (message, result)
             }
             Finished::Download { message, outcome: Downloaded::Done } => {
                 let result = tokio::task::block_in_place(|| {
@@ -835,6 +846,19 @@ impl Actor {
             reason,
         };
         let _ = self.events.send(Event::Status(update));
+    }
+}
+
+/// A relay's refusal of our file, as the sender reads it.
+fn upload_refusal(refusal: Refusal) -> String {
+    match refusal {
+        Refusal::TooLarge { max } => format!(
+            "it is larger than the {:.0} MiB it keeps for one user; it goes only directly (while both nodes are up) or through another relay",
+            f64::from(max) / 1_048_576.0
+        ),
+        Refusal::Unauthorized => "another file there has the same id; send it again".to_owned(),
+        Refusal::UnknownBlob => "it expired there before the upload ended".to_owned(),
+        other => other.to_string(),
     }
 }
 

@@ -588,12 +588,13 @@ async fn relay_list(engine: &Engine<SledStore>, net: &net::Handle) -> RelayListR
     RelayListResult { relays }
 }
 
-/// Why the download of message `id`'s file was given up, if it was.
+/// Why message `id`'s file will not come (a download given up), or why relays refused our file.
 fn failed_download(store: &impl Store, id: &MessageId) -> Option<String> {
     match store.transfer(id) {
         Ok(Some(transfer)) => match &transfer.side {
             TransferSide::Download { failed } => failed.clone(),
-            TransferSide::Upload { .. } => None,
+            TransferSide::Upload { refused, .. } => (!refused.is_empty())
+                .then(|| refused.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ")),
         },
         Ok(None) => None,
         Err(e) => {
@@ -608,7 +609,7 @@ pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> Messa
     let outgoing = message.direction == Direction::Out;
     let file = match store.file_info(&message.id) {
         Ok(info) => info.map(|info| FileView {
-            failed: if info.here { None } else { failed_download(store, &message.id) },
+            failed: if info.here && !outgoing { None } else { failed_download(store, &message.id) },
             name: info.name,
             media_type: info.media_type,
             size: info.len,

@@ -1005,7 +1005,7 @@ fn a_blob_file_keeps_its_upload_with_the_sender_and_its_download_with_the_receiv
     };
     let upload = Transfer {
         descriptor: file.encode().unwrap(),
-        side: TransferSide::Upload { write_secret: [7; 32], done_at: Vec::new() },
+        side: TransferSide::Upload { write_secret: [7; 32], done_at: Vec::new(), refused: Vec::new() },
     };
     let sent = alice.send_file("bob", &file, Some(upload.clone()), T0).unwrap();
     assert_eq!(alice.store().transfer(&sent.id).unwrap(), Some(upload));

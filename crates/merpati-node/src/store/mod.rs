@@ -538,6 +538,9 @@ pub enum TransferSide {
         write_secret: [u8; 32],
         /// The relays (peer ids, binary) that hold every chunk.
         done_at: Vec<serde_bytes::ByteBuf>,
+        /// Relays (peer ids, binary) that refused it for good, with why, as a sentence (too large
+        /// for them, …): it then goes only directly, or through the other relay.
+        refused: Vec<(serde_bytes::ByteBuf, String)>,
     },
     /// We received the description: the chunks come from its sources into our spool.
     Download {
@@ -550,7 +553,9 @@ impl fmt::Debug for TransferSide {
     // The write secret is never printed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Upload { done_at, .. } => write!(f, "Upload(done at {})", done_at.len()),
+            Self::Upload { done_at, refused, .. } => {
+                write!(f, "Upload(done at {}, refused by {})", done_at.len(), refused.len())
+            }
             Self::Download { failed } => write!(f, "Download(failed: {failed:?})"),
         }
     }

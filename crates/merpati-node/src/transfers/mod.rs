@@ -188,10 +188,12 @@ impl Transfers {
         let token = CancellationToken::new();
         let mut started = 0;
         match &transfer.side {
-            TransferSide::Upload { write_secret, done_at } => {
+            TransferSide::Upload { write_secret, done_at, refused } => {
                 self.server.offer(blob_id, *count, &read);
                 for (relay, addrs) in parse_sources(sources) {
-                    if done_at.iter().any(|done| done.as_ref() == relay.to_bytes().as_slice()) {
+                    let relay_id = relay.to_bytes();
+                    let mut finished = done_at.iter().chain(refused.iter().map(|(relay, _)| relay));
+                    if finished.any(|done| done.as_ref() == relay_id.as_slice()) {
                         continue;
                     }
                     let upload = Upload {

@@ -110,7 +110,11 @@ async fn send_blob(
         },
     };
     let queued = file.encode().map_err(|e| invalid(e.to_string())).and_then(|descriptor| {
-        let side = TransferSide::Upload { write_secret: *write.as_bytes(), done_at: Vec::new() };
+        let side = TransferSide::Upload {
+            write_secret: *write.as_bytes(),
+            done_at: Vec::new(),
+            refused: Vec::new(),
+        };
         let upload = Transfer { descriptor, side };
         tokio::task::block_in_place(|| engine.send_file(to, &file, Some(upload), now))
     });

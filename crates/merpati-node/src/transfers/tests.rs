@@ -99,6 +99,22 @@ async fn uploads_and_downloads_resume_from_what_is_already_there() {
     }
     assert_eq!(last, Report::Uploading { message, relay, held: 20, count: 20 });
 
+    // Someone else's upload under an id the relay already keeps is refused for good, not retried.
+    let (intruder_reports, _intruder_progress) = mpsc::channel(1024);
+    let intruder = Upload {
+        message,
+        blob_id,
+        count: sent.count,
+        write: BlobSecret::from_bytes([0x77; 32]),
+        read: BlobSecret::from_bytes([0x78; 32]),
+        relay,
+        addrs: vec![relay_addr.clone()],
+        path: alice_spool.outgoing(&blob_id.0),
+    };
+    let outcome =
+        timeout(WAIT, intruder.run(alice.clone(), intruder_reports, CancellationToken::new())).await.unwrap();
+    assert!(matches!(outcome, Uploaded::Refused(Refusal::Unauthorized)), "{outcome:?}");
+
     // Bob had fetched the first 7 chunks before a restart.
     let bob_spool = Spool::new(dir.path().join("bob/blobs"));
     let incoming = bob_spool.incoming(&blob_id.0);
