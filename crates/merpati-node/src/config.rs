@@ -172,7 +172,7 @@ pub struct RelaySection {
     pub max_circuits: Option<u32>,
     /// The most bytes of files (blobs) kept for all users together, in MiB.
     pub blob_budget_mib: Option<u64>,
-    /// The most bytes of files one user keeps at once, in MiB (its network: four times as much);
+    /// The most bytes of files one user keeps at once, in MiB (its network: twice as much);
     /// also the largest file accepted.
     pub blob_user_mib: Option<u32>,
     /// Days a file is kept after its upload began.

@@ -152,7 +152,7 @@ pub async fn run(
     }
     // This node serves its own files to their readers (over direct connections).
     let spool = Spool::new(home.dir().join("blobs"));
-    let server = SpoolServer::new(&keypair.public().to_peer_id(), spool.clone());
+    let server = SpoolServer::new(&keypair.public().to_peer_id(), spool.clone(), clock.clone());
     let extras = || net::Extras { blob_server: Some(Arc::new(server.clone())), ..net::Extras::default() };
     let spawned = net::spawn_with(
         config.clone().with_listen_addrs(preferred.clone()),

@@ -358,7 +358,7 @@ impl<S: Store> Engine<S> {
                     );
                     changes.push(Change::PutMessage(message.clone()));
                     changes.push(super::outgoing::file_change(incoming.message_id, &file));
-                    if let Some(transfer) = download_of(&file) {
+                    if let Some(transfer) = download_of(&file, now) {
                         changes.push(Change::PutTransfer { id: incoming.message_id, transfer });
                     }
                     received.message = Some(message);
@@ -404,12 +404,20 @@ impl<S: Store> Engine<S> {
 
 /// Whether a file's bytes, when they came with its description, are the file it describes. A
 /// file to fetch elsewhere is checked when it is fetched.
-/// The download a received file needs, when it travels as a blob (the daemon starts it).
-fn download_of(file: &Descriptor) -> Option<crate::store::Transfer> {
+/// The download a received file needs, when it travels as a blob (the daemon starts it). Its
+/// sources are tried for at most [`MAX_BLOB_WAIT`] from now, whatever the description promises.
+fn download_of(file: &Descriptor, now: Timestamp) -> Option<crate::store::Transfer> {
     let Content::Blob { .. } = &file.content else { return None };
+    let mut file = file.clone();
+    if let Content::Blob { expires_at, .. } = &mut file.content {
+        *expires_at = (*expires_at).min(now.plus(MAX_BLOB_WAIT));
+    }
     let descriptor = file.encode().ok()?;
     Some(crate::store::Transfer { descriptor, side: crate::store::TransferSide::Download { failed: None } })
 }
+
+/// The longest a received file is sought: a relay keeps a blob 30 days by default.
+const MAX_BLOB_WAIT: u64 = 31 * Timestamp::DAY;
 
 fn file_is_whole(file: &Descriptor) -> bool {
     match &file.content {

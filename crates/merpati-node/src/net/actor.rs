@@ -624,7 +624,8 @@ impl Actor {
             SwarmEvent::Behaviour(BehaviourEvent::Limits(never)) => match never {},
             SwarmEvent::ConnectionEstablished { peer_id, num_established, endpoint, .. } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
-                if !is_relayed(endpoint.get_remote_address()) {
+                // An inbound circuit's remote address is only `/p2p/<peer>`: ask the endpoint.
+                if !endpoint.is_relayed() {
                     *self.direct_connections.entry(peer_id).or_default() += 1;
                 }
                 if let Some(ip) = mailbox_net::ip_of(endpoint.get_remote_address()) {
@@ -640,7 +641,7 @@ impl Actor {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established, cause, endpoint, .. } => {
                 debug!(peer = %peer_id, remaining = num_established, cause = ?cause, "connection closed");
-                if !is_relayed(endpoint.get_remote_address())
+                if !endpoint.is_relayed()
                     && let Some(count) = self.direct_connections.get_mut(&peer_id)
                 {
                     *count = count.saturating_sub(1);
@@ -936,7 +937,13 @@ impl Actor {
             self.respond_blob(channel, blob::Response::Refused(Refusal::Unauthorized));
             return;
         };
-        if self.blob_serving.len() >= self.max_serving {
+        // Files never go over a relay's circuit (some 128 KiB), either way.
+        if !self.direct_connections.contains_key(&peer) {
+            self.respond_blob(channel, blob::Response::Refused(Refusal::Unauthorized));
+            return;
+        }
+        // An answer holds up to 1 MiB until it is sent: few at once.
+        if self.blob_serving.len() >= MAX_BLOB_SERVING {
             debug!(%peer, serving = self.blob_serving.len(), "too many blob requests; refusing");
             let busy = Refusal::RateLimited { retry_after_ms: RETRY_AFTER_MS };
             self.respond_blob(channel, blob::Response::Refused(busy));
@@ -1143,6 +1150,9 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// Blob requests served at once: each answer may hold 1 MiB until the peer takes it.
+const MAX_BLOB_SERVING: usize = 64;
 
 /// Whether `addr` goes through a relay's circuit.
 fn is_relayed(addr: &Multiaddr) -> bool {

@@ -40,8 +40,14 @@ pub const DEFAULT_BLOB_TTL_DAYS: u64 = 30;
 pub const DEFAULT_BLOB_BUDGET_MIB: u64 = 2048;
 /// The default of [`BlobLimits::per_user`], in MiB: ten 25 MiB files waiting at once.
 pub const DEFAULT_BLOB_USER_MIB: u64 = 256;
-/// A network may hold this many users' worth of blobs: a household or office behind one NAT.
-pub const USERS_PER_NETWORK: u64 = 4;
+/// A network (IPv4 address, IPv6 /64) may hold this many users' worth of blobs: a household or
+/// office behind one NAT.
+pub const USERS_PER_NETWORK: u64 = 2;
+/// The /64s of one IPv6 /48 may hold this many users' worth together.
+pub const USERS_PER_IPV6_BLOCK: u64 = 4;
+/// A blob not whole this long after its creation is dropped: room reserved and never filled
+/// costs its creator nothing, so it is not held for the blob's whole TTL.
+pub const UPLOAD_WINDOW_MS: u64 = 24 * 60 * 60 * 1000;
 
 const META_TREE: &[u8] = b"blobs";
 const CHUNK_TREE: &[u8] = b"blob-chunks";
@@ -56,7 +62,8 @@ pub struct BlobLimits {
     /// Bytes of blobs (reserved, 64 KiB a chunk) in all. Default: 2 GiB.
     pub budget: u64,
     /// Bytes of blobs one uploader (peer) may hold at once; its network may hold
-    /// [`USERS_PER_NETWORK`] times as much. A file larger than this is refused as too large.
+    /// [`USERS_PER_NETWORK`] times as much, an IPv6 /48 [`USERS_PER_IPV6_BLOCK`] times. A file
+    /// larger than this is refused as too large.
     /// Default: 256 MiB.
     pub per_user: u64,
     /// How long a blob is kept after its creation, in milliseconds. Default: 30 days.
@@ -111,6 +118,9 @@ impl Usage {
         *self.per_peer.entry(meta.depositor.peer).or_default() += bytes;
         if let Some(network) = meta.depositor.network {
             *self.per_network.entry(network).or_default() += bytes;
+            if let Some(block) = network.block() {
+                *self.per_network.entry(block).or_default() += bytes;
+            }
         }
         self.stats.blobs += 1;
         self.stats.bytes += bytes;
@@ -121,6 +131,9 @@ impl Usage {
         release(&mut self.per_peer, meta.depositor.peer, bytes);
         if let Some(network) = meta.depositor.network {
             release(&mut self.per_network, network, bytes);
+            if let Some(block) = network.block() {
+                release(&mut self.per_network, block, bytes);
+            }
         }
         self.stats.blobs = self.stats.blobs.saturating_sub(1);
         self.stats.bytes = self.stats.bytes.saturating_sub(bytes);
@@ -276,6 +289,10 @@ impl Blobs {
     /// Reserves room for `blob`, uploaded by `depositor` at `now`; returns when the relay drops
     /// it. Creating a blob again with the same write hash answers as the first time.
     pub async fn create(&self, blob: NewBlob, depositor: Depositor, now: Timestamp) -> Result<u64, Refusal> {
+        // An expired blob not purged yet gives its id and its room back first.
+        if self.meta(&blob.blob_id, now)?.is_none() {
+            self.remove(&blob.blob_id).map_err(internal)?;
+        }
         let expires_at = {
             let mut usage = self.lock();
             if let Some(existing) = self.meta(&blob.blob_id, now)? {
@@ -299,9 +316,14 @@ impl Blobs {
                 return Err(Refusal::TooLarge { max: u32::try_from(limits.per_user).unwrap_or(u32::MAX) });
             }
             let peer = usage.per_peer.get(&depositor.peer).copied().unwrap_or(0);
-            let network = depositor.network.and_then(|n| usage.per_network.get(&n).copied()).unwrap_or(0);
+            let held = |network: Option<Network>| {
+                network.and_then(|n| usage.per_network.get(&n).copied()).unwrap_or(0)
+            };
+            let network = held(depositor.network);
+            let block = held(depositor.network.and_then(|n| n.block()));
             if peer + bytes > limits.per_user
                 || network + bytes > limits.per_user.saturating_mul(USERS_PER_NETWORK)
+                || block + bytes > limits.per_user.saturating_mul(USERS_PER_IPV6_BLOCK)
             {
                 return Err(Refusal::RateLimited { retry_after_ms: DEPOSITOR_RETRY_MS });
             }
@@ -406,13 +428,18 @@ impl Blobs {
     }
 
     /// Drops every blob expired at `now`; returns how many.
+    /// Blobs still not whole [`UPLOAD_WINDOW_MS`] after their creation go too.
     pub fn purge_expired(&self, now: Timestamp) -> Result<u64, MailboxError> {
         let mut expired = Vec::new();
         for item in self.inner.meta.iter() {
             let (key, value) = item?;
-            if Meta::decode(&value).is_some_and(|meta| meta.expires_at <= now.0)
-                && let Ok(id) = <[u8; 16]>::try_from(&key[..])
-            {
+            let Ok(id) = <[u8; 16]>::try_from(&key[..]) else { continue };
+            let Some(meta) = Meta::decode(&value) else { continue };
+            let unfilled = || {
+                now.0 >= meta.created_at.saturating_add(UPLOAD_WINDOW_MS)
+                    && (self.inner.chunks.scan_prefix(id).count() as u64) < u64::from(meta.chunks)
+            };
+            if meta.expires_at <= now.0 || unfilled() {
                 expired.push(BlobId(id));
             }
         }

@@ -133,9 +133,9 @@ impl Download {
             let get = Request::Get { token: token.clone(), blob_id: self.blob_id, first, count };
             let chunks = match net.blob(peer, addrs.to_vec(), get).await {
                 Ok(Response::Chunks { chunks }) => chunks,
+                // The next round comes after the idle pause; other sources are asked meanwhile.
                 Ok(Response::Refused(Refusal::RateLimited { retry_after_ms })) => {
-                    tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms))).await;
-                    continue;
+                    return Err(format!("busy; it asks to wait {retry_after_ms} ms"));
                 }
                 Ok(Response::Refused(refusal)) => return Err(refusal.to_string()),
                 Ok(other) => return Err(format!("an answer of the wrong kind: {other:?}")),

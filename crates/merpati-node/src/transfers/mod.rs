@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use libp2p::{Multiaddr, PeerId};
 use merpati_proto::Timestamp;
-use merpati_proto::blob::{BlobSecret, Content, Descriptor, PIECE_LEN};
+use merpati_proto::blob::{BlobSecret, Content, Descriptor};
 use merpati_proto::frame::MessageId;
 use merpati_proto::wire::blob::BlobId;
 use tokio::sync::mpsc;
@@ -189,7 +189,7 @@ impl Transfers {
         let mut started = 0;
         match &transfer.side {
             TransferSide::Upload { write_secret, done_at, refused } => {
-                self.server.offer(blob_id, *count, &read);
+                self.server.offer(blob_id, *count, &read, *expires_at);
                 for (relay, addrs) in parse_sources(sources) {
                     let relay_id = relay.to_bytes();
                     let mut finished = done_at.iter().chain(refused.iter().map(|(relay, _)| relay));
@@ -234,7 +234,7 @@ impl Transfers {
                         .into_iter()
                         .chain(parse_sources(sources))
                         .collect(),
-                    path: self.spool.incoming(&blob_id.0),
+                    path: self.spool.incoming(&id.0),
                 };
                 let (net, clock, reports, cancel) =
                     (self.net.clone(), self.clock.clone(), self.reports.clone(), token.clone());
@@ -271,12 +271,13 @@ impl Transfers {
             return None;
         }
         progress.told = progress.held;
-        // Piece i holds file bytes up to (i + 1) × PIECE_LEN − 8: the length prefix comes first.
-        let bytes = (u64::from(progress.held) * PIECE_LEN as u64).saturating_sub(8).min(progress.size);
+        // The count includes padding chunks: the share of chunks done, not bytes per chunk.
+        let share = u128::from(progress.size) * u128::from(progress.held) / u128::from(progress.count.max(1));
+        let bytes = u64::try_from(share).unwrap_or(u64::MAX).min(progress.size);
         Some(Moved {
             message,
             up: progress.up,
-            done: if done { progress.size } else { bytes },
+            done: if done { progress.size } else { bytes.min(progress.size.saturating_sub(1)) },
             size: progress.size,
         })
     }
@@ -325,11 +326,15 @@ impl Transfers {
         });
         self.progress.retain(|id, _| ids.contains(id));
         self.waiting.retain(|(id, ..)| ids.contains(id));
+        // Our files are spooled by blob id, theirs by message id (a sender picks the blob id).
         let blobs: std::collections::HashSet<[u8; 16]> = kept
             .iter()
-            .filter_map(|(_, transfer)| match Descriptor::decode(&transfer.descriptor).ok()?.content {
-                Content::Blob { blob_id, .. } => Some(blob_id),
-                Content::Inline(_) => None,
+            .filter_map(|(id, transfer)| {
+                match (&transfer.side, Descriptor::decode(&transfer.descriptor).ok()?.content) {
+                    (TransferSide::Upload { .. }, Content::Blob { blob_id, .. }) => Some(blob_id),
+                    (TransferSide::Download { .. }, Content::Blob { .. }) => Some(id.0),
+                    (_, Content::Inline(_)) => None,
+                }
             })
             .collect();
         self.server.retain(&blobs);

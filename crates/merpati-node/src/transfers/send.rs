@@ -35,15 +35,10 @@ pub(crate) async fn send_file(
             if !path.is_absolute() {
                 return Err(invalid("the file's path must be absolute"));
             }
-            let len = std::fs::metadata(path)
-                .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?
-                .len();
-            if len > MAX_INLINE_LEN as u64 {
-                return send_blob(engine, net, spool, &to, params, path, now).await;
+            match tokio::task::block_in_place(|| read_small(path))? {
+                Some(data) => data,
+                None => return send_blob(engine, net, spool, &to, params, path, now).await,
             }
-            Zeroizing::new(
-                std::fs::read(path).map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?,
-            )
         }
         (Some(_), false) => return Err(invalid("give the file's data or its path, not both")),
     };
@@ -158,7 +153,7 @@ pub(crate) fn file_slice(
             };
             let path = match message.direction {
                 crate::store::Direction::Out => spool.outgoing(blob_id),
-                crate::store::Direction::In => spool.incoming(blob_id),
+                crate::store::Direction::In => spool.incoming(&id.0),
             };
             Spool::read_plain(&path, key, blob_id, *count, info.len, offset, MAX_FILE_SLICE)
                 .map_err(|e| EngineError::NotSaved(format!("the file cannot be read from the spool: {e}")))?
@@ -170,6 +165,24 @@ pub(crate) fn file_slice(
         size: info.len,
         data: BASE64.encode(&data),
     })
+}
+
+/// The file at `path` if it is a regular file of at most 48 KiB; `None` if it is a larger one.
+/// A device, a pipe or a directory is refused, before anything is read from it.
+fn read_small(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, EngineError> {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| invalid(format!("cannot read {}: {e}", path.display()));
+    // Opening a pipe would wait for a writer: only regular files are opened.
+    if !std::fs::metadata(path).map_err(cannot)?.is_file() {
+        return Err(invalid(format!("{} is not a regular file", path.display())));
+    }
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    if !file.metadata().map_err(cannot)?.is_file() {
+        return Err(invalid(format!("{} is not a regular file", path.display())));
+    }
+    let mut data = Zeroizing::new(Vec::new());
+    file.take(MAX_INLINE_LEN as u64 + 1).read_to_end(&mut data).map_err(cannot)?;
+    Ok((data.len() <= MAX_INLINE_LEN).then_some(data))
 }
 
 fn decode(data: &str) -> Result<Zeroizing<Vec<u8>>, EngineError> {

@@ -9,11 +9,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::BoxFuture;
 use libp2p::PeerId;
+use merpati_proto::Timestamp;
 use merpati_proto::blob::{BlobSecret, TokenHash};
 use merpati_proto::wire::Refusal;
 use merpati_proto::wire::blob::{BlobId, Request, Response};
 
 use super::spool::Spool;
+use crate::clock::Clock;
 use crate::net::BlobServer;
 
 /// One blob this node serves.
@@ -21,6 +23,8 @@ use crate::net::BlobServer;
 struct Served {
     read_hash: TokenHash,
     count: u32,
+    /// When its description stops promising it.
+    expires_at: Timestamp,
 }
 
 /// The blobs this node serves, shared between the daemon (which adds and drops them) and the
@@ -29,19 +33,20 @@ struct Served {
 pub(crate) struct SpoolServer {
     own_id: Vec<u8>,
     spool: Spool,
+    clock: Clock,
     served: Arc<Mutex<HashMap<BlobId, Served>>>,
 }
 
 impl SpoolServer {
-    /// The server of the node whose peer id is `own`, over `spool`.
-    pub(crate) fn new(own: &PeerId, spool: Spool) -> Self {
-        Self { own_id: own.to_bytes(), spool, served: Arc::default() }
+    /// The server of the node whose peer id is `own`, over `spool`, by `clock`.
+    pub(crate) fn new(own: &PeerId, spool: Spool, clock: Clock) -> Self {
+        Self { own_id: own.to_bytes(), spool, clock, served: Arc::default() }
     }
 
-    /// Serves blob `blob_id` of `count` chunks to whoever holds `read`.
-    pub(crate) fn offer(&self, blob_id: BlobId, count: u32, read: &BlobSecret) {
+    /// Serves blob `blob_id` of `count` chunks to whoever holds `read`, until `expires_at`.
+    pub(crate) fn offer(&self, blob_id: BlobId, count: u32, read: &BlobSecret, expires_at: Timestamp) {
         let read_hash = read.read_token(&self.own_id).hash();
-        self.lock().insert(blob_id, Served { read_hash, count });
+        self.lock().insert(blob_id, Served { read_hash, count, expires_at });
     }
 
     /// Serves only the blobs in `kept`.
@@ -65,7 +70,12 @@ impl SpoolServer {
                 Err(Response::Refused(Refusal::Unauthorized))
             };
         };
-        let served = self.lock().get(&blob_id).copied().ok_or(Response::Refused(Refusal::UnknownBlob))?;
+        let served = self
+            .lock()
+            .get(&blob_id)
+            .copied()
+            .filter(|served| self.clock.now() < served.expires_at)
+            .ok_or(Response::Refused(Refusal::UnknownBlob))?;
         if token.hash() != served.read_hash {
             return Err(Response::Refused(Refusal::Unauthorized));
         }

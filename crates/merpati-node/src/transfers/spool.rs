@@ -1,5 +1,5 @@
-//! The node's spool of blobs on disk (protocol §14): `<home>/blobs/out/<id>` holds a file we
-//! send, encrypted once at send time, and `<home>/blobs/in/<id>` a file we receive, each chunk
+//! The node's spool of blobs on disk (protocol §14): `<home>/blobs/out/<blob id>` holds a file we
+//! send, encrypted once at send time, and `<home>/blobs/in/<message id>` a file we receive, each chunk
 //! written at its place as it arrives. Both hold ciphertext only (the keys are in the sealed
 //! store), as `count` chunks of `CHUNK_LEN` bytes back to back, so chunk `i` is at `i × CHUNK_LEN`.
 //!
@@ -42,6 +42,9 @@ pub(crate) enum SpoolError {
         /// Its length.
         len: u64,
     },
+    /// What was given to send is not a regular file (a device, a pipe, a directory).
+    #[error("it is not a regular file")]
+    NotAFile,
     /// The file to send changed size while it was read.
     #[error("the file changed while it was read: send it again once it is written")]
     Changed,
@@ -84,9 +87,10 @@ impl Spool {
         self.dir.join("out").join(hex(blob_id))
     }
 
-    /// Where the blob we receive with id `blob_id` is.
-    pub(crate) fn incoming(&self, blob_id: &[u8; 16]) -> PathBuf {
-        self.dir.join("in").join(hex(blob_id))
+    /// Where the blob of the file message `message` we receive is: by the message, not the blob
+    /// id its sender chose, so two descriptions naming one id cannot write into each other.
+    pub(crate) fn incoming(&self, message: &[u8; 16]) -> PathBuf {
+        self.dir.join("in").join(hex(message))
     }
 
     /// Encrypts the file at `source` into the outgoing spool as blob `blob_id`, under a key the
@@ -97,6 +101,9 @@ impl Spool {
         blob_id: &[u8; 16],
         source: &Path,
     ) -> Result<Encrypted, SpoolError> {
+        if !fs::metadata(source).map_err(io_error("cannot read", source))?.is_file() {
+            return Err(SpoolError::NotAFile);
+        }
         let mut input = File::open(source).map_err(io_error("cannot open", source))?;
         let len = input.metadata().map_err(io_error("cannot read", source))?.len();
         if len > MAX_FILE_LEN {

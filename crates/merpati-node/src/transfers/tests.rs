@@ -183,7 +183,7 @@ async fn downloads_wait_their_turn_and_deleted_ones_stop() {
     let clock = Clock::system();
     let (net, _events, stop) = user().await;
     let spool = Spool::new(dir.path().join("blobs"));
-    let server = SpoolServer::new(&PeerId::random(), spool.clone());
+    let server = SpoolServer::new(&PeerId::random(), spool.clone(), clock.clone());
     let (mut transfers, _reports) = Transfers::new(spool, server, net, clock.clone());
     let kept: Vec<(MessageId, Transfer)> =
         (1..=6).map(|n| (MessageId([n; 16]), download_of(n, &clock))).collect();
@@ -226,7 +226,8 @@ async fn a_node_serves_its_own_files_to_their_readers_only() {
     let blob_id = BlobId([6; 16]);
     let sent = spool.encrypt(&mut ChaCha20Rng::seed_from_u64(4), &blob_id.0, &source).unwrap();
     let me = PeerId::random();
-    let server = SpoolServer::new(&me, spool.clone());
+    let clock = Clock::system();
+    let server = SpoolServer::new(&me, spool.clone(), clock.clone());
     let read = BlobSecret::from_bytes([8; 32]);
     let get = |token| Request::Get { token, blob_id, first: 1, count: 16 };
     let ask = |request| server.serve(PeerId::random(), None, false, request);
@@ -236,7 +237,7 @@ async fn a_node_serves_its_own_files_to_their_readers_only() {
         Response::Refused(Refusal::UnknownBlob),
         "not offered yet"
     );
-    server.offer(blob_id, sent.count, &read);
+    server.offer(blob_id, sent.count, &read, clock.now().plus(BLOB_LIFETIME));
     let Response::Chunks { chunks } = ask(get(read.read_token(&me.to_bytes()))).await else {
         panic!("no chunks")
     };
@@ -253,6 +254,14 @@ async fn a_node_serves_its_own_files_to_their_readers_only() {
     assert_eq!(ask(put).await, Response::Refused(Refusal::Unauthorized), "it keeps no one else's files");
     let ack = Request::Ack { token: read.read_token(&me.to_bytes()), blob_id };
     assert_eq!(ask(ack).await, Response::Acked);
+    // Past the description's expiry, nothing is served.
+    clock.advance(BLOB_LIFETIME as i64);
+    assert_eq!(
+        ask(get(read.read_token(&me.to_bytes()))).await,
+        Response::Refused(Refusal::UnknownBlob),
+        "expired"
+    );
+    clock.advance(-(BLOB_LIFETIME as i64));
     server.retain(&std::collections::HashSet::new());
     assert_eq!(
         ask(get(read.read_token(&me.to_bytes()))).await,

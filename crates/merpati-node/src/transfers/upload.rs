@@ -92,6 +92,20 @@ impl Upload {
             Response::Created { .. } => {}
             other => return Err(unexpected(other)),
         }
+        // From here on the relay forgetting the blob means its readers have it (they acked,
+        // perhaps after fetching it from this node directly): nothing more to upload.
+        match self.rest(net, reports, &write).await {
+            Err(Step::Refused(Refusal::UnknownBlob)) => Ok(()),
+            other => other,
+        }
+    }
+
+    async fn rest(
+        &self,
+        net: &net::Handle,
+        reports: &mpsc::Sender<Report>,
+        write: &merpati_proto::blob::BlobToken,
+    ) -> Result<(), Step> {
         let status = Request::Status { token: write.clone(), blob_id: self.blob_id };
         let stored = match self.ask(net, status).await? {
             Response::Present { stored } => stored,

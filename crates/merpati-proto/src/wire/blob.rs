@@ -6,8 +6,9 @@
 //! whole file. The relay drops the blob once every reader acked, on the uploader's `Delete`, or
 //! when it expires. Only peers holding a relay reservation there may create blobs.
 //!
-//! Every request is idempotent: a repeated `Create` with the same write hash, a chunk put twice, a
-//! second ack are answered as the first, so a client that lost an answer simply asks again.
+//! Requests are idempotent: a repeated `Create` with the same write hash, a chunk put twice, a
+//! second ack are answered as the first, so a client that lost an answer simply asks again. Once
+//! the last reader has acked the blob is gone, and anything more about it gets `UnknownBlob`.
 
 use serde::{Deserialize, Serialize};
 

@@ -125,7 +125,7 @@ async fn each_token_opens_only_what_it_is_for() {
 async fn room_is_reserved_per_uploader_per_network_and_in_all() {
     let dir = tempfile::tempdir().unwrap();
     let chunk_bytes = CHUNK_LEN as u64;
-    let limits = BlobLimits { budget: 40 * chunk_bytes, per_user: 8 * chunk_bytes, ..BlobLimits::default() };
+    let limits = BlobLimits { budget: 48 * chunk_bytes, per_user: 8 * chunk_bytes, ..BlobLimits::default() };
     let blobs = open(dir.path(), limits);
     let home = [192, 0, 2, 1];
 
@@ -134,23 +134,67 @@ async fn room_is_reserved_per_uploader_per_network_and_in_all() {
     blobs.create(Upload::new(2, 1).blob(6), depositor(1, home), T0).await.unwrap();
     let over = blobs.create(Upload::new(3, 1).blob(3), depositor(1, home), T0).await;
     assert!(matches!(over, Err(Refusal::RateLimited { .. })), "{over:?}");
-    // Peer ids are free: the network holds four users' worth (32 chunks), however many peers.
-    for peer in 2..=4 {
-        blobs.create(Upload::new(10 + peer, 1).blob(8), depositor(peer, home), T0).await.unwrap();
-    }
-    let crowded = blobs.create(Upload::new(20, 1).blob(3), depositor(9, home), T0).await;
+    // Peer ids are free: the network holds two users' worth (16 chunks), however many peers.
+    blobs.create(Upload::new(12, 1).blob(8), depositor(2, home), T0).await.unwrap();
+    let crowded = blobs.create(Upload::new(13, 1).blob(3), depositor(3, home), T0).await;
     assert!(matches!(crowded, Err(Refusal::RateLimited { .. })), "{crowded:?}");
-    // Another network still has room, up to the relay's budget of 40.
-    let elsewhere = [198, 51, 100, 7];
-    blobs.create(Upload::new(21, 1).blob(8), depositor(20, elsewhere), T0).await.unwrap();
-    let full = blobs.create(Upload::new(22, 1).blob(8), depositor(21, elsewhere), T0).await;
+    // The /64s of one IPv6 /48 share four users' worth (32 chunks).
+    let v6 = |n: u16| Depositor {
+        network: Some(Network::of(std::net::Ipv6Addr::new(0x2001, 0xdb8, 7, n, 0, 0, 0, 1).into())),
+        peer: PeerKey([n as u8 + 100; 8]),
+    };
+    for n in 0..4 {
+        blobs.create(Upload::new(30 + n as u8, 1).blob(8), v6(n), T0).await.unwrap();
+    }
+    let block = blobs.create(Upload::new(40, 1).blob(1), v6(9), T0).await;
+    assert!(matches!(block, Err(Refusal::RateLimited { .. })), "{block:?}");
+    // Another network has room of its own, but not past the relay's budget of 48.
+    assert_eq!(blobs.stats().bytes, 46 * chunk_bytes);
+    let full = blobs.create(Upload::new(22, 1).blob(3), depositor(21, [198, 51, 100, 7]), T0).await;
     assert_eq!(full, Err(Refusal::RelayFull));
-    assert_eq!(blobs.stats().bytes, 38 * chunk_bytes);
 
     // Withdrawing a blob gives its room back.
     let first = Upload::new(2, 1);
     blobs.delete(&first.write(), &first.id, T0).await.unwrap();
     blobs.create(Upload::new(3, 1).blob(3), depositor(1, home), T0).await.expect("room again");
+}
+
+#[tokio::test]
+async fn room_reserved_and_never_filled_is_given_back_after_a_day() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = open(dir.path(), BlobLimits::default());
+    let (filled, empty) = (Upload::new(1, 1), Upload::new(2, 1));
+    blobs.create(filled.blob(2), depositor(1, [192, 0, 2, 1]), T0).await.unwrap();
+    blobs.create(empty.blob(2), depositor(1, [192, 0, 2, 1]), T0).await.unwrap();
+    for index in 0..2 {
+        blobs.put(&filled.write(), &filled.id, index, &chunk(1), T0).await.unwrap();
+    }
+    blobs.put(&empty.write(), &empty.id, 0, &chunk(1), T0).await.unwrap();
+    assert_eq!(blobs.purge_expired(T0.plus(UPLOAD_WINDOW_MS - 1)).unwrap(), 0);
+    assert_eq!(blobs.purge_expired(T0.plus(UPLOAD_WINDOW_MS)).unwrap(), 1, "only the one never filled");
+    assert_eq!(blobs.stats(), BlobStats { blobs: 1, bytes: 2 * CHUNK_LEN as u64 });
+    assert_eq!(blobs.get(&filled.read(0), &filled.id, 0, 2, T0.plus(UPLOAD_WINDOW_MS)).unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn an_expired_blob_not_yet_purged_gives_its_room_back_when_its_id_is_taken_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = open(dir.path(), BlobLimits::default());
+    let up = Upload::new(3, 1);
+    let expires = blobs.create(up.blob(4), depositor(1, [192, 0, 2, 1]), T0).await.unwrap();
+    blobs.put(&up.write(), &up.id, 0, &chunk(1), T0).await.unwrap();
+    let again = Upload::new(3, 1);
+    blobs.create(again.blob(2), depositor(2, [192, 0, 2, 2]), Timestamp(expires)).await.unwrap();
+    assert_eq!(
+        blobs.stats(),
+        BlobStats { blobs: 1, bytes: 2 * CHUNK_LEN as u64 },
+        "counted once, at its new size"
+    );
+    assert_eq!(
+        blobs.status(&again.write(), &again.id, Timestamp(expires)).unwrap(),
+        vec![0],
+        "no old chunk left"
+    );
 }
 
 #[tokio::test]
@@ -160,6 +204,7 @@ async fn a_blob_expires_with_its_ttl_and_the_purge_frees_its_room() {
     let up = Upload::new(4, 1);
     let expires = blobs.create(up.blob(2), depositor(1, [192, 0, 2, 1]), T0).await.unwrap();
     blobs.put(&up.write(), &up.id, 0, &chunk(1), T0).await.unwrap();
+    blobs.put(&up.write(), &up.id, 1, &chunk(2), T0).await.unwrap();
 
     let day_29 = T0.plus(29 * Timestamp::DAY);
     assert_eq!(blobs.get(&up.read(0), &up.id, 0, 1, day_29).unwrap().len(), 1);
