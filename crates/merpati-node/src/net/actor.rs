@@ -179,14 +179,14 @@ pub(crate) struct Actor {
     /// Per peer, how many of those are theirs.
     pending_inbound: HashMap<PeerId, usize>,
     /// Our mailbox requests waiting for a relay's answer.
-    mailbox_requests: HashMap<OutboundRequestId, Pending>,
+    mailbox_requests: HashMap<OutboundRequestId, Pending<mailbox::Request>>,
     /// Relay role: the service behind the mailbox protocol, and the requests it is serving.
     mailbox_server: Option<Arc<dyn MailboxServer>>,
     serving: FuturesUnordered<BoxFuture<'static, Served>>,
     /// At most this many mailbox requests, and as many blob requests, are served at once.
     max_serving: usize,
     /// Our blob requests waiting for a relay's answer.
-    blob_requests: HashMap<OutboundRequestId, blob_net::Pending>,
+    blob_requests: HashMap<OutboundRequestId, Pending<blob::Request>>,
     /// Relay role: the service behind the blob protocol, and the requests it is serving.
     blob_server: Option<Arc<dyn BlobServer>>,
     blob_serving: FuturesUnordered<BoxFuture<'static, blob_net::Served>>,
@@ -393,7 +393,7 @@ impl Actor {
                 }
                 let direct = addrs.into_iter().filter(|a| !is_relayed(a)).collect();
                 self.add_addresses(relay, direct);
-                let pending = blob_net::Pending::new(relay, &request, reply);
+                let pending = Pending::new(relay, &request, reply);
                 let id = self.swarm.behaviour_mut().blob.send_request(&relay, request);
                 self.blob_requests.insert(id, pending);
             }

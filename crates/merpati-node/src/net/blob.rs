@@ -1,16 +1,16 @@
-//! The blob protocol's two ends in the network task: a relay's [`BlobServer`] (the service behind
-//! `/merpati/blob/1`, plugged in from outside like the mailbox service), and what a user node
-//! remembers of its own blob requests until the relay answers.
+//! The blob protocol's two ends in the network task: the [`BlobServer`] behind `/merpati/blob/1`
+//! (a relay's file store, or a user node's own files), plugged in from outside like the mailbox
+//! service, and how a blob request of ours is checked against its answer.
 
 use std::net::IpAddr;
 
 use futures::future::BoxFuture;
 use libp2p::PeerId;
 use libp2p::request_response::ResponseChannel;
+use merpati_proto::wire::WireError;
 use merpati_proto::wire::blob;
-use tokio::sync::oneshot;
 
-use super::error::MailboxError;
+use super::mailbox::RelayRequest;
 
 /// The service a relay runs behind the blob protocol.
 pub trait BlobServer: Send + Sync + 'static {
@@ -28,22 +28,11 @@ pub trait BlobServer: Send + Sync + 'static {
 /// A served blob request: where its answer goes, and the answer.
 pub(crate) type Served = (ResponseChannel<blob::Response>, blob::Response);
 
-/// A blob request of ours waiting for a relay's answer.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) relay: PeerId,
-    /// The request as sent, without a put's chunk: enough to check the answer.
-    shape: blob::Request,
-    reply: oneshot::Sender<Result<blob::Response, MailboxError>>,
-}
+impl RelayRequest for blob::Request {
+    type Response = blob::Response;
 
-impl Pending {
-    pub(crate) fn new(
-        relay: PeerId,
-        request: &blob::Request,
-        reply: oneshot::Sender<Result<blob::Response, MailboxError>>,
-    ) -> Self {
-        let shape = match request {
+    fn shape(&self) -> Self {
+        match self {
             blob::Request::Put { token, blob_id, index, .. } => blob::Request::Put {
                 token: token.clone(),
                 blob_id: *blob_id,
@@ -51,21 +40,10 @@ impl Pending {
                 chunk: Vec::new(),
             },
             other => other.clone(),
-        };
-        Self { relay, shape, reply }
+        }
     }
 
-    /// Checks `response` against the request and hands it to the asker.
-    pub(crate) fn finish(self, response: blob::Response) {
-        let result = response
-            .validate_for(&self.shape)
-            .map(|()| response)
-            .map_err(|error| MailboxError::BadResponse { relay: self.relay, error });
-        let _ = self.reply.send(result);
-    }
-
-    /// Hands the asker an error.
-    pub(crate) fn fail(self, error: MailboxError) {
-        let _ = self.reply.send(Err(error));
+    fn check(response: &blob::Response, shape: &Self) -> Result<(), WireError> {
+        response.validate_for(shape)
     }
 }

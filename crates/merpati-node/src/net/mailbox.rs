@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use libp2p::PeerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::ResponseChannel;
-use merpati_proto::wire::mailbox;
+use merpati_proto::wire::{WireError, mailbox};
 use tokio::sync::oneshot;
 
 use super::error::MailboxError;
@@ -33,34 +33,54 @@ pub trait MailboxServer: Send + Sync + 'static {
 /// A served request: where its answer goes, and the answer.
 pub(crate) type Served = (ResponseChannel<mailbox::Response>, mailbox::Response);
 
-/// A request of ours waiting for a relay's answer.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) relay: PeerId,
-    /// The request as sent, without a deposit's envelope bytes: enough to check the answer.
-    pub(crate) shape: mailbox::Request,
-    pub(crate) reply: oneshot::Sender<Result<mailbox::Response, MailboxError>>,
+/// A request to a relay whose answer is checked against it (mailbox and blob requests).
+pub(crate) trait RelayRequest: Sized {
+    /// The answer.
+    type Response;
+    /// The request without its payload (a deposit's envelope, a chunk): enough to check the
+    /// answer, and small to keep while it is awaited.
+    fn shape(&self) -> Self;
+    /// Whether `response` answers `shape`.
+    fn check(response: &Self::Response, shape: &Self) -> Result<(), WireError>;
 }
 
-impl Pending {
-    pub(crate) fn new(
-        relay: PeerId,
-        request: &mailbox::Request,
-        reply: oneshot::Sender<Result<mailbox::Response, MailboxError>>,
-    ) -> Self {
-        let shape = match request {
+impl RelayRequest for mailbox::Request {
+    type Response = mailbox::Response;
+
+    fn shape(&self) -> Self {
+        match self {
             mailbox::Request::Deposit { mailbox, .. } => {
                 mailbox::Request::Deposit { mailbox: *mailbox, envelope: Vec::new() }
             }
             other => other.clone(),
-        };
-        Self { relay, shape, reply }
+        }
+    }
+
+    fn check(response: &mailbox::Response, shape: &Self) -> Result<(), WireError> {
+        response.validate_for(shape)
+    }
+}
+
+/// A request of ours waiting for a relay's answer.
+#[derive(Debug)]
+pub(crate) struct Pending<Q: RelayRequest> {
+    pub(crate) relay: PeerId,
+    shape: Q,
+    reply: oneshot::Sender<Result<Q::Response, MailboxError>>,
+}
+
+impl<Q: RelayRequest> Pending<Q> {
+    pub(crate) fn new(
+        relay: PeerId,
+        request: &Q,
+        reply: oneshot::Sender<Result<Q::Response, MailboxError>>,
+    ) -> Self {
+        Self { relay, shape: request.shape(), reply }
     }
 
     /// Checks `response` against the request and hands it to the asker.
-    pub(crate) fn finish(self, response: mailbox::Response) {
-        let result = response
-            .validate_for(&self.shape)
+    pub(crate) fn finish(self, response: Q::Response) {
+        let result = Q::check(&response, &self.shape)
             .map(|()| response)
             .map_err(|error| MailboxError::BadResponse { relay: self.relay, error });
         // The asker may have stopped waiting (its deadline passed): nothing to undo.
