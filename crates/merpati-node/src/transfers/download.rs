@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::spool::Spool;
 use super::{BACKOFF_MAX, Report};
+use crate::clock::Clock;
+use crate::net;
 
 /// The first pause after a round that brought nothing; doubles up to the transfers' longest. Short:
 /// the usual reason is an upload still under way, which a quarter second later has moved on.
@@ -26,8 +28,6 @@ const IDLE_BASE: Duration = Duration::from_millis(250);
 fn idle_pause(rounds: u32) -> Duration {
     IDLE_BASE.saturating_mul(1 << rounds.saturating_sub(1).min(12)).min(BACKOFF_MAX)
 }
-use crate::clock::Clock;
-use crate::net;
 
 /// One blob to download.
 pub(crate) struct Download {

@@ -253,7 +253,6 @@ impl Transfers {
         up.then_some(Moved { message: id, up, done: 0, size: descriptor.len })
     }
 
-    /// Notes a report; returns the message's progress if it moved.
     /// Notes a report; returns what to tell of it: at most once per hundredth of the file, and
     /// when it is done.
     pub(crate) fn on_report(&mut self, report: Report) -> Option<Moved> {
