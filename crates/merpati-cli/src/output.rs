@@ -82,7 +82,12 @@ pub(crate) fn shown_with<'a>(message: &'a MessageView, transfer: Option<&Transfe
     let Some(file) = &message.file else { return Cow::Borrowed(&message.text) };
     let moving = transfer.filter(|t| t.done < t.size && (t.direction == TransferDirection::Up || !file.here));
     let away = match (moving, &file.failed) {
-        (Some(t), _) => format!(", {} {}", transfer_verb(t.direction), percent(t.done, t.size)),
+        (Some(t), _) => match &t.waiting {
+            Some(why) => {
+                format!(", {} {}, waiting: {why}", transfer_verb(t.direction), percent(t.done, t.size))
+            }
+            None => format!(", {} {}", transfer_verb(t.direction), percent(t.done, t.size)),
+        },
         (None, Some(why)) if message.direction == Direction::Out => format!(", {why}"),
         (None, Some(why)) => format!(", not coming: {why}"),
         (None, None) if !file.here => ", not on this device".to_owned(),
@@ -190,7 +195,13 @@ mod transfer_tests {
     }
 
     fn moved(direction: TransferDirection, done: u64) -> TransferUpdate {
-        TransferUpdate { id: MessageId::from_bytes([1; 16]), direction, done, size: 10 * 1_048_576 }
+        TransferUpdate {
+            id: MessageId::from_bytes([1; 16]),
+            direction,
+            done,
+            size: 10 * 1_048_576,
+            waiting: None,
+        }
     }
 
     #[test]
@@ -203,6 +214,12 @@ mod transfer_tests {
         );
         let up = moved(TransferDirection::Up, 1_048_575);
         assert_eq!(shown_with(&photo(true), Some(&up)), "[file view.jpg, 10.0 MiB, uploading 9%] the view");
+        let mut paced = moved(TransferDirection::Up, 0);
+        paced.waiting = Some("the relay is busy".into());
+        assert_eq!(
+            shown_with(&photo(true), Some(&paced)),
+            "[file view.jpg, 10.0 MiB, uploading 0%, waiting: the relay is busy] the view"
+        );
         let done = moved(TransferDirection::Down, 10 * 1_048_576);
         assert_eq!(shown_with(&photo(true), Some(&done)), "[file view.jpg, 10.0 MiB] the view");
         let mut gone = photo(false);

@@ -829,6 +829,7 @@ impl Actor {
             direction: if moved.up { TransferDirection::Up } else { TransferDirection::Down },
             done: moved.done,
             size: moved.size,
+            waiting: moved.waiting,
         };
         let _ = self.events.send(Event::Transfer(update));
     }

@@ -232,6 +232,8 @@ fn is_newer(update: &StatusUpdate, current: &StatusUpdate) -> bool {
 struct Progress {
     /// Whether an upload is under way (its line, on a terminal, drawn).
     drawn: bool,
+    /// Why it last said it waits.
+    waiting: Option<String>,
 }
 
 /// How long news after the status is read for an upload that started with the send.
@@ -240,6 +242,16 @@ const SETTLE: Duration = Duration::from_millis(200);
 impl Progress {
     fn show(&mut self, update: &TransferUpdate) {
         use std::io::{IsTerminal, Write};
+        if let Some(why) = &update.waiting {
+            // Paced by a relay: said once per reason, on a line of its own.
+            if self.waiting.as_ref() != Some(why) {
+                self.finish();
+                let _ = writeln!(std::io::stderr().lock(), "message {} upload waits: {why}", update.id);
+                self.waiting = Some(why.clone());
+                self.drawn = update.done < update.size;
+            }
+            return;
+        }
         let mut err = std::io::stderr().lock();
         let done = update.done >= update.size;
         let line = format!(

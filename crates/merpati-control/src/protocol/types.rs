@@ -544,6 +544,10 @@ pub struct TransferUpdate {
     pub done: u64,
     /// The file's size in bytes.
     pub size: u64,
+    /// Why it does not move now, when a relay paces it (its share of the relay is taken until
+    /// recipients fetch their files, or this node holds no reservation there yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 /// Which way a transfer goes.

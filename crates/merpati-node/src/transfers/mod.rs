@@ -53,12 +53,14 @@ pub(crate) fn backoff(failures: u32) -> Duration {
 }
 
 /// What a running transfer tells the daemon as it goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Report {
     /// `relay` holds `held` of the blob's `count` chunks.
     Uploading { message: MessageId, relay: PeerId, held: u32, count: u32 },
     /// `held` of `count` chunks are in our spool.
     Downloading { message: MessageId, held: u32, count: u32 },
+    /// An upload waits, paced by a relay, for the reason given.
+    Waiting { message: MessageId, why: String },
 }
 
 /// How far a file's transfer has come, and what was last told of it.
@@ -76,8 +78,20 @@ struct Progress {
     up: bool,
 }
 
+impl Progress {
+    /// Bytes of the file done: the share of chunks done (the count includes padding chunks), all
+    /// of it only at the end.
+    fn done(&self) -> u64 {
+        if self.held >= self.count {
+            return self.size;
+        }
+        let share = u128::from(self.size) * u128::from(self.held) / u128::from(self.count.max(1));
+        u64::try_from(share).unwrap_or(u64::MAX).min(self.size.saturating_sub(1))
+    }
+}
+
 /// What to tell of a transfer's progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Moved {
     /// The file's message.
     pub(crate) message: MessageId,
@@ -87,6 +101,8 @@ pub(crate) struct Moved {
     pub(crate) done: u64,
     /// The file's size.
     pub(crate) size: u64,
+    /// Why it does not move now, if a relay paces it.
+    pub(crate) waiting: Option<String>,
 }
 
 /// A transfer task that ended.
@@ -250,7 +266,7 @@ impl Transfers {
             return None;
         }
         self.running.insert(id, (token, started));
-        up.then_some(Moved { message: id, up, done: 0, size: descriptor.len })
+        up.then_some(Moved { message: id, up, done: 0, size: descriptor.len, waiting: None })
     }
 
     /// Notes a report; returns what to tell of it: at most once per hundredth of the file, and
@@ -259,6 +275,11 @@ impl Transfers {
         let (message, held) = match report {
             Report::Uploading { message, held, .. } | Report::Downloading { message, held, .. } => {
                 (message, held)
+            }
+            Report::Waiting { message, why } => {
+                let progress = self.progress.get(&message)?;
+                let (up, done, size) = (progress.up, progress.done(), progress.size);
+                return Some(Moved { message, up, done, size, waiting: Some(why) });
             }
         };
         let progress = self.progress.get_mut(&message)?;
@@ -270,15 +291,7 @@ impl Transfers {
             return None;
         }
         progress.told = progress.held;
-        // The count includes padding chunks: the share of chunks done, not bytes per chunk.
-        let share = u128::from(progress.size) * u128::from(progress.held) / u128::from(progress.count.max(1));
-        let bytes = u64::try_from(share).unwrap_or(u64::MAX).min(progress.size);
-        Some(Moved {
-            message,
-            up: progress.up,
-            done: if done { progress.size } else { bytes.min(progress.size.saturating_sub(1)) },
-            size: progress.size,
-        })
+        Some(Moved { message, up: progress.up, done: progress.done(), size: progress.size, waiting: None })
     }
 
     /// Waits for the next task to end (never, with none running).

@@ -99,6 +99,27 @@ async fn uploads_and_downloads_resume_from_what_is_already_there() {
     }
     assert_eq!(last, Report::Uploading { message, relay, held: 20, count: 20 });
 
+    // Bob holds no reservation at the relay: his upload waits, and says why.
+    let (waiting_reports, mut waiting_progress) = mpsc::channel(16);
+    let paced = Upload {
+        message: MessageId([2; 16]),
+        blob_id: BlobId([4; 16]),
+        count: sent.count,
+        write: BlobSecret::from_bytes([0x55; 32]),
+        read: BlobSecret::from_bytes([0x56; 32]),
+        relay,
+        addrs: vec![relay_addr.clone()],
+        path: alice_spool.outgoing(&blob_id.0),
+    };
+    let stop_paced = CancellationToken::new();
+    let paced_task = tokio::spawn(paced.run(bob.clone(), waiting_reports, stop_paced.clone()));
+    let report = timeout(WAIT, waiting_progress.recv()).await.unwrap().unwrap();
+    let Report::Waiting { message: waiting_for, why } = report else { panic!("{report:?}") };
+    assert_eq!(waiting_for, MessageId([2; 16]));
+    assert!(why.contains("listen through it"), "{why}");
+    stop_paced.cancel();
+    assert!(matches!(timeout(WAIT, paced_task).await.unwrap().unwrap(), Uploaded::Cancelled));
+
     // Someone else's upload under an id the relay already keeps is refused for good, not retried.
     let (intruder_reports, _intruder_progress) = mpsc::channel(1024);
     let intruder = Upload {

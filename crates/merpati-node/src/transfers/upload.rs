@@ -65,7 +65,12 @@ impl Upload {
             let pause = match outcome {
                 Ok(()) => return Uploaded::Done,
                 Err(Step::Refused(refusal)) => return Uploaded::Refused(refusal),
-                Err(Step::Wait(pause)) => pause,
+                Err(Step::Wait(pause, refusal)) => {
+                    // Paced by the relay: the sender is told why the file is not moving.
+                    let why = format!("relay {} says {refusal}", self.relay);
+                    let _ = reports.send(Report::Waiting { message: self.message, why }).await;
+                    pause
+                }
                 Err(Step::Failed(why)) => {
                     failures += 1;
                     tracing::debug!(relay = %self.relay, "file upload: {why}; trying again");
@@ -158,8 +163,8 @@ impl Upload {
 enum Step {
     /// For good.
     Refused(Refusal),
-    /// For as long as the relay said.
-    Wait(Duration),
+    /// For as long as the relay said, and why.
+    Wait(Duration, Refusal),
     /// For a while (backoff).
     Failed(String),
 }
@@ -168,9 +173,9 @@ impl From<Refusal> for Step {
     fn from(refusal: Refusal) -> Self {
         match refusal {
             Refusal::RateLimited { retry_after_ms } => {
-                Step::Wait(Duration::from_millis(u64::from(retry_after_ms)))
+                Step::Wait(Duration::from_millis(u64::from(retry_after_ms)), refusal)
             }
-            Refusal::NotReserved => Step::Wait(NOT_RESERVED_PAUSE),
+            Refusal::NotReserved => Step::Wait(NOT_RESERVED_PAUSE, refusal),
             Refusal::Internal | Refusal::RelayFull => Step::Failed(refusal.to_string()),
             other => Step::Refused(other),
         }

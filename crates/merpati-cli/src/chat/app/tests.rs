@@ -500,6 +500,7 @@ fn a_file_on_the_move_shows_how_far_it_is_and_then_that_it_is_here() {
         direction: TransferDirection::Down,
         done: 1_048_576,
         size: 4 * 1_048_576,
+        waiting: None,
     };
     app.update(Update::Event(Event::Transfer(update)), &mut fake);
     assert!(text(&mut app).contains("[file view.jpg, 4.0 MiB, fetching 25%]"), "{}", text(&mut app));
