@@ -123,27 +123,19 @@ impl BlobService {
 
     /// Drops expired blobs every `every`, until `shutdown`.
     pub async fn run_maintenance(&self, every: Duration, clock: Clock, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            let blobs = self.inner.blobs.clone();
-            let now = clock.now();
-            match tokio::task::spawn_blocking(move || blobs.purge_expired(now)).await {
-                Ok(Ok(count)) => {
-                    if count > 0 {
-                        tracing::info!(count, "relay: dropped expired files");
-                    }
-                    self.inner.metrics.expired(count);
-                }
-                Ok(Err(e)) => tracing::error!(error = %e, "relay: dropping expired files failed"),
-                Err(e) => tracing::error!(error = %e, "relay: the file purge task failed"),
-            }
-            self.inner.metrics.set_stored(&self.inner.blobs.stats());
-        }
+        let blobs = self.inner.blobs.clone();
+        let inner = &self.inner;
+        super::purge::every(
+            every,
+            clock,
+            shutdown,
+            "files",
+            move |now| blobs.purge_expired(now),
+            |count| {
+                inner.metrics.expired(count.unwrap_or(0));
+                inner.metrics.set_stored(&inner.blobs.stats());
+            },
+        )
+        .await;
     }
 }

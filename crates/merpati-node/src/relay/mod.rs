@@ -20,6 +20,7 @@
 //!   network of its own: the network layer passes in requests and sends the responses.
 //! * [`metrics`]: Prometheus metrics and a minimal `GET /metrics` endpoint.
 //! * [`process`]: the build and the process's memory and file descriptors, as metrics.
+//! * `purge`: the periodic purge of what expired, which the mailboxes and the file store share.
 //! * [`run`]: the relay daemon: node key, mailboxes, the network in the relay role, metrics.
 //!
 //! The wire types are `merpati_proto::wire::mailbox`; the relay never sees more of an envelope
@@ -32,6 +33,7 @@ pub mod mailboxes;
 mod marks;
 pub mod metrics;
 pub mod process;
+mod purge;
 pub mod rate;
 pub mod run;
 pub mod service;

@@ -265,30 +265,20 @@ impl MailboxService {
     /// Purges envelopes expired by `clock` and refreshes the storage gauges every `every`, until
     /// `shutdown`.
     pub async fn run_maintenance(&self, every: Duration, clock: Clock, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            let mailboxes = self.inner.mailboxes.clone();
-            // A purge of many envelopes is seconds of sled work: off the async workers.
-            let now = clock.now();
-            let purged = tokio::task::spawn_blocking(move || mailboxes.purge_expired(now)).await;
-            match purged {
-                Ok(Ok(count)) => {
-                    if count > 0 {
-                        tracing::info!(count, "relay: purged expired envelopes");
-                    }
-                    self.inner.metrics.expired(count);
-                }
-                Ok(Err(e)) => tracing::error!(error = %e, "relay: purging expired envelopes failed"),
-                Err(e) => tracing::error!(error = %e, "relay: the purge task failed"),
-            }
-            self.inner.metrics.set_stored(&self.inner.mailboxes.stats());
-        }
+        let mailboxes = self.inner.mailboxes.clone();
+        let inner = &self.inner;
+        super::purge::every(
+            every,
+            clock,
+            shutdown,
+            "envelopes",
+            move |now| mailboxes.purge_expired(now),
+            |count| {
+                inner.metrics.expired(count.unwrap_or(0));
+                inner.metrics.set_stored(&inner.mailboxes.stats());
+            },
+        )
+        .await;
     }
 }
 

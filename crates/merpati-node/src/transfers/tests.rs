@@ -290,3 +290,32 @@ async fn a_node_serves_its_own_files_to_their_readers_only() {
         "withdrawn"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_sources_never_answer_gives_up_when_the_clock_passes_its_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let (net, _events, stop) = user().await;
+    let len = 200_000;
+    let download = Download {
+        message: MessageId([9; 16]),
+        blob_id: BlobId([9; 16]),
+        key: merpati_proto::blob::BlobKey::from_bytes([9; 32]),
+        read: BlobSecret::from_bytes([9; 32]),
+        count: merpati_proto::blob::chunk_count(len).unwrap(),
+        len,
+        hash: [9; 32],
+        expires_at: clock.now().plus(2 * Timestamp::DAY),
+        // A peer with no address: every ask fails at once.
+        sources: vec![(PeerId::random(), Vec::new())],
+        path: dir.path().join("in").join("file"),
+    };
+    let (reports, _progress) = mpsc::channel(64);
+    let task = tokio::spawn(download.run(net, clock.clone(), reports, CancellationToken::new()));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(!task.is_finished(), "it keeps trying while its sources may still come");
+    clock.advance(2 * Timestamp::DAY as i64);
+    let outcome = timeout(WAIT, task).await.unwrap().unwrap();
+    assert!(matches!(&outcome, Downloaded::Failed(why) if why.contains("expired")), "{outcome:?}");
+    stop.cancel();
+}
