@@ -2,9 +2,11 @@
 //! to each other directly, as their nodes would over `/merpati/deliver/1`.
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
+mod support;
+
 use merpati_node::engine::{AttemptResult, Engine, EngineError, Me};
 use merpati_node::store::{
-    self, Change, Direction, Keyring, MemoryStore, OutboxEntry, OutboxHead, SledStore, Status, Store,
+    self, Change, Direction, MemoryStore, OutboxEntry, OutboxHead, SledStore, Status, Store,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
@@ -60,9 +62,7 @@ fn settle<S: Store, T: Store>(alice: &mut Engine<S>, bob: &mut Engine<T>, now: T
 
 /// The disk store in `dir`, created or reopened.
 fn open_sled(dir: &std::path::Path) -> SledStore {
-    let mut rng = ChaCha20Rng::seed_from_u64(7);
-    let keyring = Keyring::open_or_create(SledStore::key_file(dir), &mut rng).unwrap();
-    SledStore::open(dir, keyring).unwrap()
+    support::open_sled_store(dir, 7).unwrap()
 }
 
 /// Alice and Bob, who added each other from their invites (as "bob" and "alice").

@@ -3,12 +3,14 @@
 //! envelopes with the same key and nonce.
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use merpati_node::daemon::rotate_storage_key_if_due;
 use merpati_node::engine::{AttemptResult, Engine, Me};
-use merpati_node::store::{Direction, Keyring, MemoryStore, SledStore, Store};
+use merpati_node::store::{Direction, MemoryStore, SledStore, Store};
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::Envelope;
 use merpati_proto::identity::IdentityKey;
@@ -44,9 +46,7 @@ fn start<S: Store>(store: S, seed: u64, name: &str, now: Timestamp) -> Engine<S>
 }
 
 fn open(dir: &Path) -> SledStore {
-    let keyring =
-        Keyring::open_or_create(SledStore::key_file(dir), &mut ChaCha20Rng::seed_from_u64(7)).unwrap();
-    SledStore::open(dir, keyring).unwrap()
+    support::open_sled_store(dir, 7).unwrap()
 }
 
 /// Runs the first `steps` steps of the maintenance pass.

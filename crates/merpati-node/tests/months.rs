@@ -3,6 +3,8 @@
 //! message arrives once, and keys and prekeys keep their lifetimes.
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::Path;
@@ -12,7 +14,7 @@ use libp2p::multiaddr::{Multiaddr, Protocol};
 use merpati_node::engine::{Attempt, AttemptResult, Engine, Me};
 use merpati_node::relay::{DEFAULT_TTL_DAYS, Depositor, MailboxLimits, Mailboxes};
 use merpati_node::relay_client::Sweeps;
-use merpati_node::store::{Change, Direction, Keyring, MemoryStore, SledStore, Status, Store, StoredMessage};
+use merpati_node::store::{Change, Direction, MemoryStore, SledStore, Status, Store, StoredMessage};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::identity::{INVITE_LIFETIME, IdentityKey, PREKEY_GRACE, PREKEY_ROTATION};
@@ -129,22 +131,10 @@ fn me(seed: u64, name: &str) -> Me {
     }
 }
 
-/// Opens the user's database as a daemon does at start: the key file, then sled.
+/// Opens the user's database as a daemon does at start: the key file, then sled (waiting for the
+/// lock an in-process restart can still find held for a moment; a restarted daemon is a new process).
 fn open_store(dir: &Path, seed: u64) -> SledStore {
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    // sled releases its file lock from a background thread after the last handle is dropped; a
-    // restarted daemon is a new process and never sees that, an in-process restart can. Wait for
-    // the lock (real time, briefly) instead of failing.
-    for _ in 0..500 {
-        let keyring = Keyring::open_or_create(SledStore::key_file(dir), &mut rng).unwrap();
-        match SledStore::open(dir, keyring) {
-            Err(e) if e.to_string().contains("could not acquire lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            opened => return opened.unwrap(),
-        }
-    }
-    panic!("the database in {} stayed locked", dir.display());
+    support::open_sled_store(dir, seed).unwrap()
 }
 
 /// A community relay: its mailbox database, its clock and when it is down.

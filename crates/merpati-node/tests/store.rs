@@ -5,6 +5,8 @@
 //! the database files.
 #![allow(clippy::unwrap_used)] // tests stop on any error
 
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -1038,33 +1040,9 @@ fn open_sled(dir: &Path) -> SledStore {
     open_store(dir, 1).unwrap()
 }
 
-/// Whether `error` is sled finding its database still locked by an instance just closed.
-fn still_locked(error: &sled::Error) -> bool {
-    matches!(error, sled::Error::Io(e) if e.to_string().contains("could not acquire lock"))
-}
-
-/// Runs `open` until sled's lock is free: sled lets go of its file lock when the last reference to a
-/// closed database drops, which can be a moment later, on one of its own threads.
-fn when_unlocked<T, E>(open: impl Fn() -> Result<T, E>, locked: impl Fn(&E) -> bool) -> Result<T, E> {
-    for _ in 0..200 {
-        match open() {
-            Err(e) if locked(&e) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            other => return other,
-        }
-    }
-    open()
-}
-
-/// Opens the sled store in `dir` with the key file made from `seed` (see [`when_unlocked`]).
+/// Opens the sled store in `dir` with the key file made from `seed`.
 fn open_store(dir: &Path, seed: u64) -> Result<SledStore, StoreError> {
-    when_unlocked(
-        || SledStore::open(dir, keyring(dir, seed)),
-        |e| matches!(e, StoreError::Db(e) if still_locked(e)),
-    )
-}
-
-fn keyring(dir: &Path, seed: u64) -> Keyring {
-    Keyring::open_or_create(SledStore::key_file(dir), &mut ChaCha20Rng::seed_from_u64(seed)).unwrap()
+    support::open_sled_store(dir, seed)
 }
 
 macro_rules! conformance {
@@ -1122,7 +1100,7 @@ mod sled_only {
 
     /// Runs `edit` on the raw sled database of a closed store.
     fn edit_raw(dir: &Path, edit: impl FnOnce(&sled::Db)) {
-        let db = when_unlocked(|| sled::open(sled_dir(dir)), still_locked).unwrap();
+        let db = support::when_unlocked(|| sled::open(sled_dir(dir)), support::still_locked).unwrap();
         edit(&db);
         db.flush().unwrap();
     }
