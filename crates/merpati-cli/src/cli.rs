@@ -9,7 +9,7 @@ use merpati_proto::invite::MAX_NAME_LEN;
 
 use crate::chat;
 use crate::commands::{
-    contact, delete, export, files, init, invite, messages, relay, requests, search, send, shell,
+    backup, contact, delete, export, files, init, invite, messages, relay, requests, search, send, shell,
 };
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
@@ -74,6 +74,19 @@ pub(crate) enum Command {
     Delete(delete::Args),
     /// Show the daemon's peer id, addresses, connected contacts and outbox
     Status,
+    /// Write everything needed to carry on elsewhere into one file, encrypted to a passphrase
+    ///
+    /// Your identity, contacts, relays, settings and whole history with its files; never the
+    /// keys of your conversations' sessions. The passphrase is asked at the terminal (twice), or
+    /// read from MERPATI_PASSPHRASE or standard input; at least 8 characters. The file is an age
+    /// file (`age -d` opens it too). Restore it on a new device with `merpati restore`.
+    Backup(backup::BackupArgs),
+    /// Make this home from a backup, on a new device (no daemon running, no identity yet)
+    ///
+    /// Once the daemon starts, it starts a new session with each contact, who sees that you
+    /// restored from a backup; messages either side sent that the other never confirmed are sent
+    /// again. Stop Merpati on the old device for good first.
+    Restore(backup::RestoreArgs),
     /// Add, list and remove the relays that keep your messages while you are offline
     ///
     /// A relay is a node, usually run by someone you trust, that keeps messages for you while

@@ -45,6 +45,11 @@ pub(crate) enum Code {
     UnknownMessage = 17,
     /// 18: the file cannot be sent: too large for this version, or a name or type not allowed.
     InvalidFile = 18,
+    /// 19: a backup could not be written or restored: a passphrase too short, one that does not
+    /// open the backup, a file that is not a whole backup, a path that cannot be written.
+    Backup = 19,
+    /// 20: `restore` into a home that already holds an identity or a database.
+    HomeNotEmpty = 20,
 }
 
 /// An error found by the CLI itself, with the exit code it calls for.
@@ -92,6 +97,7 @@ pub(crate) fn code_of(error: &anyhow::Error) -> Code {
                     Some(AppError::NotBlocked) => Code::NotBlocked,
                     Some(AppError::UnknownMessage) => Code::UnknownMessage,
                     Some(AppError::InvalidFile) => Code::InvalidFile,
+                    Some(AppError::Backup) => Code::Backup,
                     _ => Code::Other,
                 },
                 _ => Code::Other,

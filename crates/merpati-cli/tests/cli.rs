@@ -148,6 +148,7 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
                         connected: true,
                         last_heard: Some(1_795_219_200_000),
                         unread: 3,
+                        restored_at: Some(1_795_219_100_000),
                     },
                     ContactSummary {
                         name: "carol".into(),
@@ -155,6 +156,7 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
                         connected: false,
                         last_heard: None,
                         unread: 0,
+                        restored_at: None,
                     },
                 ],
             },
@@ -169,6 +171,7 @@ fn everyday(request: &Request) -> (Vec<String>, bool) {
                 addrs: Vec::new(),
                 missing: Vec::new(),
                 last_heard: None,
+                restored_at: None,
             },
         ),
         "contact.show" => app_error(request, AppError::UnknownContact, "there is no contact named dave"),
@@ -402,7 +405,7 @@ fn json_output_shapes() {
     assert_eq!(
         contacts,
         vec![
-            json!({"name": "bob", "fingerprint": "aaaa bbbb", "connected": true, "last_heard": 1_795_219_200_000u64, "unread": 3}),
+            json!({"name": "bob", "fingerprint": "aaaa bbbb", "connected": true, "last_heard": 1_795_219_200_000u64, "unread": 3, "restored_at": 1_795_219_100_000u64}),
             json!({"name": "carol", "fingerprint": "cccc dddd", "connected": false, "unread": 0}),
         ]
     );
@@ -446,7 +449,7 @@ fn human_output() {
     let out = merpati(tmp.path(), &["contact", "list"]);
     assert_eq!(
         stdout(&out),
-        "bob    aaaa bbbb  connected  last heard 2026-11-21 00:00:00  3 unread\n\
+        "bob    aaaa bbbb  connected  last heard 2026-11-21 00:00:00  3 unread  restored from a backup 2026-11-20 23:58:20\n\
          carol  cccc dddd  -          never heard from\n"
     );
     let out = merpati(tmp.path(), &["status"]);

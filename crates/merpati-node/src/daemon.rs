@@ -23,7 +23,10 @@ use anyhow::Context as _;
 use libp2p::{Multiaddr, PeerId};
 use merpati_control::home::Home;
 use merpati_control::identity_file::IdentityFile;
-use merpati_control::protocol::{Event, Outcome, Request, StatusUpdate, TransferDirection, TransferUpdate};
+use merpati_control::protocol::method::{self, Method};
+use merpati_control::protocol::{
+    Event, Outcome, Request, RestoredNotice, StatusUpdate, TransferDirection, TransferUpdate,
+};
 use merpati_proto::Timestamp;
 use merpati_proto::frame::MessageId;
 use merpati_proto::wire::{Refusal, deliver};
@@ -191,6 +194,7 @@ pub async fn run(
     let (fetched_tx, fetched) = mpsc::channel(FETCHED_QUEUE);
     let mut actor = Actor {
         engine,
+        home: home.clone(),
         clock,
         keys_day: 0,
         keys_due: false,
@@ -229,6 +233,8 @@ pub async fn run(
 
 struct Actor {
     engine: Engine<SledStore>,
+    /// The home directory (backups read its identity and config files).
+    home: Home,
     clock: Clock,
     /// The day the mailbox keys were last computed for.
     keys_day: u64,
@@ -355,6 +361,9 @@ impl Actor {
                         self.publish_message(&message);
                     }
                 }
+            } else if command.request.method == method::Backup::NAME {
+                let response = rpc::backup(&self.engine, &self.home, &command.request, now);
+                let _ = command.reply.send(response);
             } else {
                 let spool = self.transfers.spool().clone();
                 let response = rpc::handle(&mut self.engine, &self.net, &spool, &command.request, now).await;
@@ -485,6 +494,9 @@ impl Actor {
             if let Some(request) = received.request {
                 self.publish_request(request);
             }
+            if let Some(contact) = &received.restored {
+                self.publish_restored(contact);
+            }
             // Every envelope gets an answer from the engine; none would be an engine bug.
             responses.push(received.response.unwrap_or(deliver::Response::Refused(Refusal::Internal)));
         }
@@ -588,6 +600,21 @@ impl Actor {
         match rotated {
             Ok(key) => tracing::info!(key = key.id, "storage key replaced after a deletion"),
             Err(e) => tracing::error!("cannot replace the storage key after a deletion: {e}"),
+        }
+    }
+
+    /// Tells followers that `contact`'s node was restored from a backup.
+    fn publish_restored(&self, contact: &str) {
+        match self.engine.store().contact(contact) {
+            Ok(Some(record)) => {
+                let at = record.restored_at.map_or(0, |t| t.millis());
+                tracing::info!(
+                    "{contact} restored from a backup; the conversation moved to their new session"
+                );
+                let _ = self.events.send(Event::Restored(RestoredNotice { contact: record.name, at }));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot read a contact to announce their restore: {e}"),
         }
     }
 

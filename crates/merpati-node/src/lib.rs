@@ -1,6 +1,7 @@
 //! The Merpati node: libp2p networking, storage and the control API around `merpati-proto`.
 #![deny(missing_docs)]
 
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod control;

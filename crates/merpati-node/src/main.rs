@@ -8,6 +8,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use libp2p::Multiaddr;
 use merpati_control::home::Home;
+use merpati_control::protocol::{RestoreResult, Unreachable};
+use merpati_node::backup::{self, BackupError};
 use merpati_node::clock::Clock;
 use merpati_node::config::{FileConfig, Role};
 use merpati_node::daemon::{self, Options};
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 /// The environment variables `merpatid` reads, shown at the end of `--help`.
 const ENVIRONMENT: &str = "Environment:
   MERPATI_HOME          the home directory when --home is not given
+  MERPATI_PASSPHRASE    restore: the backup's passphrase (else the first line of standard input)
   RUST_LOG              log filter, e.g. merpati_node=debug (default: warnings and errors for a
                         user node, -v and -vv for more; merpati_node=info for a relay)
   MERPATI_CLOCK_OFFSET  for tests only: shift the daemon's clock, e.g. 3d, -12h, 90m (mailbox
@@ -68,6 +71,75 @@ enum Subcommand {
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
     },
+    /// Restore a backup (made with `merpati backup`) into a home that holds no identity yet, and
+    /// queue a new session with every contact, sent once the daemon starts. Reads the passphrase
+    /// from MERPATI_PASSPHRASE, else from the first line of standard input. Prints one JSON
+    /// line; `merpati restore` is the friendly way to run it.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
+/// Exit code of `merpatid restore` for a passphrase that does not open the backup, a file that is
+/// not a usable backup, or a passphrase too short (the CLI's table, `docs/cli.md`).
+const EXIT_BAD_BACKUP: u8 = 19;
+/// Exit code of `merpatid restore` for a home that holds an identity or a database already.
+const EXIT_HOME_NOT_EMPTY: u8 = 20;
+
+/// `merpatid restore FILE`.
+fn restore(home: &Home, file: &std::path::Path) -> ExitCode {
+    let passphrase = match std::env::var("MERPATI_PASSPHRASE") {
+        Ok(passphrase) => zeroize::Zeroizing::new(passphrase),
+        Err(_) => {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                return fail(&format!("cannot read the passphrase: {e}"));
+            }
+            let trimmed = line.trim_end_matches(['\n', '\r']).len();
+            line.truncate(trimmed);
+            line
+        }
+    };
+    let clock = match Clock::from_env() {
+        Ok(clock) => clock,
+        Err(e) => return fail(&e),
+    };
+    let mut rng = match merpati_node::daemon::os_rng() {
+        Ok(rng) => rng,
+        Err(e) => return fail(&e),
+    };
+    match backup::restore(home, file, &passphrase, clock.now(), &mut rng) {
+        Ok(restored) => {
+            let result = RestoreResult {
+                fingerprint: restored.fingerprint,
+                name: restored.name,
+                made_at: restored.made_at.millis(),
+                contacts: restored.contacts as u64,
+                messages: restored.messages as u64,
+                files: restored.files as u64,
+                told: restored.resumed.told.into_iter().map(|(name, _)| name).collect(),
+                unreachable: restored
+                    .resumed
+                    .unreachable
+                    .into_iter()
+                    .map(|(contact, why)| Unreachable { contact, why })
+                    .collect(),
+            };
+            print_ready(&result);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "merpatid: {e}");
+            ExitCode::from(match e {
+                BackupError::WeakPassphrase
+                | BackupError::WrongPassphrase { .. }
+                | BackupError::NotABackup { .. } => EXIT_BAD_BACKUP,
+                BackupError::HomeNotEmpty { .. } => EXIT_HOME_NOT_EMPTY,
+                _ => 1,
+            })
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -82,6 +154,9 @@ fn main() -> ExitCode {
         Ok(home) => home,
         Err(e) => return fail(&e),
     };
+    if let Some(Subcommand::Restore { file }) = &args.command {
+        return restore(&home, file);
+    }
     let file = match &args.config {
         Some(path) => FileConfig::load(path),
         None => FileConfig::load_if_present(&home.config_file()),

@@ -1,10 +1,11 @@
 //! Control API methods: each request turned into engine calls and a typed answer.
 
 use libp2p::Multiaddr;
+use merpati_control::home::Home;
 use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
-    self, AppError, BlockedListResult, BlockedView, ContactAddResult, ContactListResult, ContactNameResult,
-    ContactShowResult, ContactSummary, Direction as ViewDirection, FileView, InviteResult,
+    self, AppError, BackupResult, BlockedListResult, BlockedView, ContactAddResult, ContactListResult,
+    ContactNameResult, ContactShowResult, ContactSummary, Direction as ViewDirection, FileView, InviteResult,
     MessageDeleteResult, MessageStatus, MessageView, MessagesReadResult, MessagesResult, RejectResult,
     RelayListResult, RelayView, Request, RequestAcceptResult, RequestListResult, RequestView, Response,
     SendParams, SendResult, StatusResult, StatusUpdate, StoredCount,
@@ -267,6 +268,37 @@ pub(crate) fn handle_sends(
         .collect()
 }
 
+/// Answers `backup`: writes a backup of the node to the path given. The engine task waits while
+/// it is written (a few seconds for a large history), so what it holds is one moment's state.
+pub(crate) fn backup(engine: &Engine<SledStore>, home: &Home, request: &Request, now: Timestamp) -> Response {
+    let params = match request.params_of::<method::Backup>() {
+        Err(answer) => return answer,
+        Ok(params) => params,
+    };
+    let path = std::path::Path::new(&params.path);
+    if !path.is_absolute() {
+        return Response::app_error(
+            request.id.clone(),
+            AppError::Backup,
+            format!("the backup's path must be absolute, not {}", params.path),
+            None,
+        );
+    }
+    match blocking(|| crate::backup::write(engine.store(), home, &params.passphrase, path, now)) {
+        Ok(written) => Response::ok(
+            request.id.clone(),
+            to_value(BackupResult {
+                path: written.path.display().to_string(),
+                contacts: written.contacts as u64,
+                messages: written.messages as u64,
+                files: written.files as u64,
+                bytes: written.bytes,
+            }),
+        ),
+        Err(e) => Response::app_error(request.id.clone(), AppError::Backup, e.to_string(), None),
+    }
+}
+
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
@@ -359,6 +391,7 @@ async fn contact_list(
                 fingerprint: fingerprint(&c.identity),
                 connected: connected.contains(&c.name),
                 last_heard: c.last_heard.map(|t| t.millis()),
+                restored_at: c.restored_at.map(|t| t.millis()),
                 unread: u64::try_from(store.unread_count(&c.name)?).unwrap_or(u64::MAX),
                 name: c.name,
             })
@@ -388,6 +421,7 @@ fn contact_show(
         name: contact.name,
         missing,
         last_heard: contact.last_heard.map(|t| t.millis()),
+        restored_at: contact.restored_at.map(|t| t.millis()),
     })
 }
 
@@ -660,6 +694,7 @@ mod tests {
             added_at: Timestamp(1),
             last_resort: None,
             last_heard: None,
+            restored_at: None,
         };
         let mut changes = vec![Change::AddContact(contact)];
         for i in 0..20u8 {

@@ -75,6 +75,7 @@ impl Fixture {
             added_at: NOW,
             last_resort: prekeys.last_resort().cloned(),
             last_heard: None,
+            restored_at: None,
         }
     }
 

@@ -84,6 +84,7 @@ mod control_type {
     pub(super) const RELAY_HINTS: u8 = 2;
     pub(super) const NODE_INFO: u8 = 3;
     pub(super) const DISPLAY_NAME: u8 = 4;
+    pub(super) const RESTORED: u8 = 5;
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -200,6 +201,13 @@ pub enum Control {
     /// The name the sender calls themselves, as a suggestion for the receiver's name for them:
     /// unverified, shown as such, and never used without the receiver's word.
     DisplayName(String),
+    /// The sender's node was restored from a backup at `at` (the sender's clock) and this session
+    /// is the one to write to from now on: the receiver sends on it, and sends again what the
+    /// sender's previous copy never confirmed. Only a restore newer than the last one counts.
+    Restored {
+        /// When the restore happened.
+        at: Timestamp,
+    },
 }
 
 /// A frame's content.
@@ -257,6 +265,7 @@ impl Body {
             Self::Control(Control::RelayHints(hints)) => 1 + addrs_len(hints),
             Self::Control(Control::NodeInfo { peer_id, addrs }) => 1 + 1 + peer_id.len() + addrs_len(addrs),
             Self::Control(Control::DisplayName(name)) => 1 + 1 + name.len(),
+            Self::Control(Control::Restored { .. }) => 1 + 8,
             Self::Fragment(fragment) => fragment.encoded_len(),
             Self::File(descriptor) => descriptor.encoded_len(),
         }
@@ -288,6 +297,7 @@ impl Body {
                 check_addrs(addrs)?;
             }
             Self::Control(Control::DisplayName(name)) => check_display_name(name.as_bytes())?,
+            Self::Control(Control::Restored { .. }) => {}
             Self::Fragment(fragment) => fragment.validate()?,
             Self::File(descriptor) => descriptor.validate().map_err(DescriptorError::from)?,
         }
@@ -319,6 +329,9 @@ impl Body {
             }
             Self::Control(Control::DisplayName(name)) => {
                 w.u8(control_type::DISPLAY_NAME).bytes_u8(name.as_bytes());
+            }
+            Self::Control(Control::Restored { at }) => {
+                w.u8(control_type::RESTORED).u64(at.0);
             }
             Self::Fragment(fragment) => fragment.encode(w),
             Self::File(descriptor) => descriptor.write(w),
@@ -363,6 +376,7 @@ impl Body {
                     // Checked as UTF-8 just above.
                     Control::DisplayName(String::from_utf8_lossy(bytes).into_owned())
                 }
+                control_type::RESTORED => Control::Restored { at: Timestamp(r.u64("restore time")?) },
                 found => return Err(FrameError::UnknownControl { found }),
             }),
             body_type::FRAGMENT => Self::Fragment(Fragment::decode(r)?),
@@ -569,6 +583,7 @@ mod tests {
             Body::Control(Control::NodeInfo { peer_id: vec![7; MAX_PEER_ID_LEN], addrs: vec![vec![8; 3]] }),
             Body::Control(Control::DisplayName("Sari".into())),
             Body::Control(Control::DisplayName("é".repeat(MAX_DISPLAY_NAME_LEN / 2))),
+            Body::Control(Control::Restored { at: Timestamp(1_700_000_000_000) }),
             Body::Fragment(fragment::split(1, &[3; 70_000], [2; 16]).expect("split").remove(0)),
             Body::File(crate::blob::Descriptor {
                 len: crate::blob::MAX_INLINE_LEN as u64,
@@ -643,8 +658,8 @@ mod tests {
             assert_eq!(Frame::decode(&b), Err(expected));
         }
         let mut b = bytes.clone();
-        b[FIXED_LEN] = 5;
-        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 5 }));
+        b[FIXED_LEN] = 6;
+        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 6 }));
     }
 
     #[test]

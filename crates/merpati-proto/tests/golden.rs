@@ -414,6 +414,7 @@ fn show_body(body: &Body) -> String {
             format!("node_info peer_id={} addrs={}", hex::encode(peer_id), list(addrs))
         }
         Body::Control(Control::DisplayName(name)) => format!("display_name name={}", hex::encode(name)),
+        Body::Control(Control::Restored { at }) => format!("restored at={}", at.0),
         Body::Fragment(f) => format!(
             "fragment group={} content={} index={} count={} total_len={} chunk_len={}",
             hex::encode(f.group),
@@ -619,6 +620,8 @@ fn ndr1_transcript() -> String {
         ("control.display_name", Body::Control(Control::DisplayName("Sari Wulandari".into()))),
         // After it, for the same reason: a small file inside its description.
         ("file", Body::File(small_file())),
+        // And after that, a restore notice.
+        ("control.restored", Body::Control(Control::Restored { at: T0 })),
     ] {
         let m = a.seal(&body, T0, &mut rng).unwrap();
         let got = b.open(&m.envelope, T0).unwrap();

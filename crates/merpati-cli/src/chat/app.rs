@@ -14,6 +14,7 @@ use super::daemon::Daemon;
 use super::input::Input;
 use super::link::Update;
 use super::transcript;
+use crate::output::sanitize;
 
 /// How many messages one load reads: the newest page when a conversation opens, and each page
 /// further back as a person scrolls up.
@@ -233,6 +234,13 @@ impl App {
                 Ok(requests) => self.requests = requests,
                 Err(e) => self.fail(&e),
             },
+            Update::Event(Event::Restored(notice)) => {
+                let text = format!(
+                    "{} restored from a backup: their new device has your conversation, and what they missed is sent again",
+                    sanitize(&notice.contact)
+                );
+                self.tell(&text, false);
+            }
         }
     }
 

@@ -191,8 +191,12 @@ fn list(home: &Home, out: &mut Output) -> Result<()> {
             0 => String::new(),
             n => format!("  {n} unread"),
         };
+        let restored = match contact.restored_at {
+            Some(at) => format!("  restored from a backup {}", local_time(Timestamp(at))),
+            None => String::new(),
+        };
         out.line(format_args!(
-            "{name:<width$}  {}  {state:<9}  {heard}{unread}",
+            "{name:<width$}  {}  {state:<9}  {heard}{unread}{restored}",
             sanitize(&contact.fingerprint)
         ))?;
     }
@@ -219,6 +223,12 @@ fn show(home: &Home, out: &mut Output, name: String) -> Result<()> {
     match contact.last_heard {
         Some(at) => out.line(format_args!("last heard:    {}", local_time(Timestamp(at))))?,
         None => out.line("last heard:    never")?,
+    }
+    if let Some(at) = contact.restored_at {
+        out.line(format_args!(
+            "restored:      {name} restored from a backup {}; the conversation continues in their new session",
+            local_time(Timestamp(at))
+        ))?;
     }
     if !contact.missing.is_empty() {
         let count: u64 = contact.missing.iter().map(|[a, b]| b.saturating_sub(*a).saturating_add(1)).sum();

@@ -13,6 +13,7 @@ use merpati_control::{ClientError, Home};
 use crate::cli::parse_name;
 use crate::commands::connect;
 use crate::output::{Output, local_time, sanitize, shown_text, status_text};
+use merpati_proto::Timestamp;
 
 /// Arguments of `merpati messages`.
 ///
@@ -109,6 +110,16 @@ pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
                 out.line(format_args!(
                     "Contact request {} from {from}: see merpati requests",
                     sanitize(&request.id)
+                ))?;
+            }
+            // A person following the conversation sees why it moved to a new session.
+            Event::Restored(notice)
+                if args.name.as_ref().is_none_or(|name| *name == notice.contact) && !out.is_json() =>
+            {
+                out.line(format_args!(
+                    "{} restored from a backup ({}); what they had not confirmed is sent again",
+                    sanitize(&notice.contact),
+                    local_time(Timestamp(notice.at))
                 ))?;
             }
             _ => {}

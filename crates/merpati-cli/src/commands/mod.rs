@@ -1,5 +1,6 @@
 //! One module per subcommand, and what they share: finding the home and reaching the daemon.
 
+pub(crate) mod backup;
 pub(crate) mod contact;
 pub(crate) mod delete;
 pub(crate) mod export;
@@ -45,6 +46,8 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Delete(args) => delete::run(&home, &mut out, args),
         Command::Save(args) => files::save(&home, &mut out, args),
         Command::Status => status::run(&home, &mut out),
+        Command::Backup(args) => backup::backup(&home, &mut out, args),
+        Command::Restore(args) => backup::restore(&home, &mut out, args),
         Command::Relay(command) => relay::run(&home, &mut out, command),
         Command::Requests(args) => requests::run(&home, &mut out, args),
         Command::Completions(_) | Command::Man(_) => Ok(()),

@@ -182,7 +182,7 @@ fn wait_for(
                 }
                 continue;
             }
-            Ok(Event::Message(_) | Event::Request(_)) => continue,
+            Ok(Event::Message(_) | Event::Request(_) | Event::Restored(_)) => continue,
             Err(ClientError::Timeout) => {
                 progress.finish();
                 // The status came (and, at the deadline, the rest of an upload goes on in the

@@ -7,12 +7,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::types::{
-    BlockedListResult, BlockedView, ContactAddParams, ContactAddResult, ContactListResult, ContactNameResult,
-    ContactRenameParams, ContactShowParams, ContactShowResult, InviteResult, MessageDeleteResult,
-    MessageFileParams, MessageFileResult, MessageStatusParams, MessagesParams, MessagesReadParams,
-    MessagesReadResult, MessagesResult, NoParams, RejectResult, RelayAddParams, RelayListResult,
-    RelayRemoveParams, RequestAcceptParams, RequestAcceptResult, RequestIdParams, RequestListResult,
-    SearchParams, SendFileParams, SendParams, SendResult, StatusResult, StatusUpdate, SubscribeResult,
+    BackupParams, BackupResult, BlockedListResult, BlockedView, ContactAddParams, ContactAddResult,
+    ContactListResult, ContactNameResult, ContactRenameParams, ContactShowParams, ContactShowResult,
+    InviteResult, MessageDeleteResult, MessageFileParams, MessageFileResult, MessageStatusParams,
+    MessagesParams, MessagesReadParams, MessagesReadResult, MessagesResult, NoParams, RejectResult,
+    RelayAddParams, RelayListResult, RelayRemoveParams, RequestAcceptParams, RequestAcceptResult,
+    RequestIdParams, RequestListResult, SearchParams, SendFileParams, SendParams, SendResult, StatusResult,
+    StatusUpdate, SubscribeResult,
 };
 
 /// A control method: its wire name and the types of its params and result.
@@ -105,4 +106,6 @@ methods! {
     RelayRemove = "relay.remove", RelayRemoveParams => RelayListResult;
     /// `subscribe`: turn this connection into a notification stream as well.
     Subscribe = "subscribe", NoParams => SubscribeResult;
+    /// `backup`: write a backup of this node, encrypted to a passphrase, to a file.
+    Backup = "backup", BackupParams => BackupResult;
 }

@@ -86,11 +86,14 @@ pub enum AppError {
     /// 15: a file that cannot be sent: larger than this version sends, or a name or media type
     /// that is not allowed. The message says which.
     InvalidFile,
+    /// 16: a backup could not be written: the passphrase is too short, or the path cannot be
+    /// written. The message says which.
+    Backup,
 }
 
 impl AppError {
     /// Every application error, in code order.
-    pub const ALL: [AppError; 15] = [
+    pub const ALL: [AppError; 16] = [
         AppError::UnknownContact,
         AppError::InvalidInvite,
         AppError::MessageTooLarge,
@@ -106,6 +109,7 @@ impl AppError {
         AppError::RequestExpired,
         AppError::NotBlocked,
         AppError::InvalidFile,
+        AppError::Backup,
     ];
 
     /// The wire code.
@@ -126,6 +130,7 @@ impl AppError {
             AppError::RequestExpired => 13,
             AppError::NotBlocked => 14,
             AppError::InvalidFile => 15,
+            AppError::Backup => 16,
         }
     }
 
@@ -420,6 +425,8 @@ pub enum Event {
     Request(RequestView),
     /// A file's transfer moved on.
     Transfer(TransferUpdate),
+    /// A contact's node was restored from a backup.
+    Restored(RestoredNotice),
 }
 
 impl Event {
@@ -431,6 +438,8 @@ impl Event {
     pub const REQUEST: &'static str = "request";
     /// The notification method for [`Event::Transfer`].
     pub const TRANSFER: &'static str = "transfer";
+    /// The notification method for [`Event::Restored`].
+    pub const RESTORED: &'static str = "restored";
 
     /// The notification that carries this event.
     pub fn to_notification(&self) -> Notification {
@@ -439,6 +448,7 @@ impl Event {
             Event::Status(update) => (Event::STATUS, serde_json::to_value(update)),
             Event::Request(request) => (Event::REQUEST, serde_json::to_value(request)),
             Event::Transfer(update) => (Event::TRANSFER, serde_json::to_value(update)),
+            Event::Restored(notice) => (Event::RESTORED, serde_json::to_value(notice)),
         };
         Notification { jsonrpc: Version, method: method.to_owned(), params: params.unwrap_or(Value::Null) }
     }
@@ -451,6 +461,7 @@ impl Event {
             Event::STATUS => Event::Status(StatusUpdate::deserialize(&notification.params)?),
             Event::REQUEST => Event::Request(RequestView::deserialize(&notification.params)?),
             Event::TRANSFER => Event::Transfer(TransferUpdate::deserialize(&notification.params)?),
+            Event::RESTORED => Event::Restored(RestoredNotice::deserialize(&notification.params)?),
             _ => return Ok(None),
         }))
     }

@@ -95,6 +95,7 @@ fn golden_contact_list() {
                     connected: true,
                     last_heard: Some(1_795_219_200_000),
                     unread: 2,
+                    restored_at: Some(1_795_219_100_000),
                 },
                 ContactSummary {
                     name: "carol".into(),
@@ -102,10 +103,11 @@ fn golden_contact_list() {
                     connected: false,
                     last_heard: None,
                     unread: 0,
+                    restored_at: None,
                 },
             ],
         },
-        r#"{"jsonrpc":"2.0","id":1,"result":{"contacts":[{"name":"bob","fingerprint":"aaaa","connected":true,"last_heard":1795219200000,"unread":2},{"name":"carol","fingerprint":"bbbb","connected":false,"unread":0}]}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"result":{"contacts":[{"name":"bob","fingerprint":"aaaa","connected":true,"last_heard":1795219200000,"unread":2,"restored_at":1795219100000},{"name":"carol","fingerprint":"bbbb","connected":false,"unread":0}]}}"#,
     );
 }
 
@@ -122,6 +124,7 @@ fn golden_contact_show() {
             addrs: vec!["/ip4/192.168.1.7/tcp/4001".into()],
             missing: vec![[5, 6]],
             last_heard: Some(1_795_219_200_000),
+            restored_at: None,
         },
         r#"{"jsonrpc":"2.0","id":1,"result":{"name":"bob","fingerprint":"aaaa","safety_number":"01234 56789","peer_id":"12D3KooWbob","addrs":["/ip4/192.168.1.7/tcp/4001"],"missing":[[5,6]],"last_heard":1795219200000}}"#,
     );
@@ -381,9 +384,34 @@ fn golden_subscribe_and_notifications() {
     let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };
     assert_eq!(Event::from_notification(&n).unwrap(), Some(status));
 
+    let restored = Event::Restored(RestoredNotice { contact: "bob".into(), at: 7 });
+    let line = r#"{"jsonrpc":"2.0","method":"restored","params":{"contact":"bob","at":7}}"#;
+    assert_line(&restored.to_notification().to_line(), line, "restored notification");
+    let Incoming::Notification(n) = parse_incoming(line).unwrap() else { panic!("not a notification") };
+    assert_eq!(Event::from_notification(&n).unwrap(), Some(restored));
+
     let unknown = parse_incoming(r#"{"jsonrpc":"2.0","method":"typing","params":{}}"#).unwrap();
     let Incoming::Notification(n) = unknown else { panic!("not a notification") };
     assert_eq!(Event::from_notification(&n).unwrap(), None);
+}
+
+#[test]
+fn golden_backup() {
+    let params =
+        BackupParams { path: "/home/sari/merpati.backup".into(), passphrase: "a long passphrase".into() };
+    assert!(!format!("{params:?}").contains("a long"), "the passphrase stays out of logs");
+    golden::<method::Backup>(
+        params,
+        r#"{"jsonrpc":"2.0","id":1,"method":"backup","params":{"path":"/home/sari/merpati.backup","passphrase":"a long passphrase"}}"#,
+        BackupResult {
+            path: "/home/sari/merpati.backup".into(),
+            contacts: 2,
+            messages: 40,
+            files: 1,
+            bytes: 9000,
+        },
+        r#"{"jsonrpc":"2.0","id":1,"result":{"path":"/home/sari/merpati.backup","contacts":2,"messages":40,"files":1,"bytes":9000}}"#,
+    );
 }
 
 #[test]
@@ -439,7 +467,8 @@ fn method_names_match_the_document() {
             "relay.add",
             "relay.list",
             "relay.remove",
-            "subscribe"
+            "subscribe",
+            "backup"
         ]
     );
 }
@@ -451,7 +480,7 @@ fn error_codes_match_the_document() {
         [-32700, -32600, -32601, -32602, -32603]
     );
     let codes: Vec<i64> = AppError::ALL.iter().map(|e| e.code()).collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
     for e in AppError::ALL {
         assert_eq!(AppError::from_code(e.code()), Some(e));
     }

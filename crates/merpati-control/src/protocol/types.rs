@@ -437,6 +437,10 @@ pub struct ContactSummary {
     /// How many of the contact's messages have arrived and not been read.
     #[serde(default)]
     pub unread: u64,
+    /// When the contact's node was last restored from a backup (ms since the Unix epoch, their
+    /// clock); absent if it never was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_at: Option<u64>,
 }
 
 /// The result of `contact.list`.
@@ -475,6 +479,83 @@ pub struct ContactShowResult {
     /// absent if nothing ever did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heard: Option<u64>,
+    /// When the contact's node was last restored from a backup (ms since the Unix epoch, their
+    /// clock); absent if it never was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_at: Option<u64>,
+}
+
+/// The params of `backup`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupParams {
+    /// Where to write the backup: an absolute path on the daemon's machine.
+    pub path: String,
+    /// The passphrase it is encrypted to (at least 8 characters).
+    pub passphrase: String,
+}
+
+impl fmt::Debug for BackupParams {
+    // The passphrase is a secret: never in a log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackupParams").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// The result of `backup`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupResult {
+    /// Where the backup is.
+    pub path: String,
+    /// How many contacts it holds.
+    pub contacts: u64,
+    /// How many messages it holds.
+    pub messages: u64,
+    /// How many files its messages carry.
+    pub files: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// What `merpatid restore` prints (one JSON line) once a backup is restored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreResult {
+    /// The identity's fingerprint.
+    pub fingerprint: String,
+    /// The name the identity goes by, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When the backup was made (ms since the Unix epoch).
+    pub made_at: u64,
+    /// How many contacts came back.
+    pub contacts: u64,
+    /// How many messages came back.
+    pub messages: u64,
+    /// How many files their messages carry.
+    pub files: u64,
+    /// The contacts told of the restore in a new session, once the daemon runs.
+    pub told: Vec<String>,
+    /// The contacts no new session could be started with, and why.
+    pub unreachable: Vec<Unreachable>,
+}
+
+/// A contact a restored node cannot write to yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    /// The contact.
+    pub contact: String,
+    /// Why.
+    pub why: String,
+}
+
+/// The payload of the `restored` notification: a contact's node was restored from a backup and
+/// the conversation moved to the new session it started.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredNotice {
+    /// The contact.
+    pub contact: String,
+    /// When their node was restored (ms since the Unix epoch, their clock).
+    pub at: u64,
 }
 
 /// The params of `messages.read`.

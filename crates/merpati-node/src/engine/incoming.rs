@@ -16,7 +16,7 @@
 use merpati_proto::Timestamp;
 use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::envelope::{Envelope, Kind};
-use merpati_proto::frame::{Body, MessageId, ReceiptKind};
+use merpati_proto::frame::{Body, Control, MessageId, ReceiptKind};
 use merpati_proto::kdf;
 use merpati_proto::session::{Incoming, OpenError, Responder, Session, SessionId, open_digest};
 use merpati_proto::wire::{Refusal, deliver};
@@ -38,6 +38,8 @@ pub struct Received {
     pub new_session: bool,
     /// The contact request a first contact from a stranger was held in.
     pub request: Option<RequestId>,
+    /// The contact whose node told us it was restored from a backup (see `restore`).
+    pub restored: Option<String>,
 }
 
 impl Received {
@@ -328,6 +330,17 @@ impl<S: Store> Engine<S> {
                         changes.push(Change::SetStatus { id: message_id, status, reason: None });
                         received.statuses.push((message_id, status));
                     }
+                }
+            }
+            Body::Control(Control::Restored { at }) => {
+                let record = match pending_contact(changes, contact) {
+                    Some(record) => Some(record.clone()),
+                    None => self.store.contact(contact)?,
+                };
+                if let Some(record) = record
+                    && self.accept_restore(id, record, at, now, changes)?
+                {
+                    received.restored = Some(contact.to_owned());
                 }
             }
             Body::Control(control) => match pending_contact(changes, contact) {

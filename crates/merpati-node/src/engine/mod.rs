@@ -15,6 +15,7 @@ mod relays;
 #[cfg(test)]
 mod request_tests;
 mod requests;
+mod restore;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +44,7 @@ pub use requests::{
     Accepted, MAX_DISMISSED, MAX_REQUEST_BYTES, MAX_REQUEST_ENVELOPES, MAX_REQUESTS, PREVIEW_CHARS,
     REQUEST_LIFETIME,
 };
+pub use restore::Resumed;
 
 /// How long an outgoing message is retried before it is marked failed (ms): the relay TTL.
 pub const DEFAULT_MESSAGE_LIFETIME: u64 = 30 * Timestamp::DAY;
@@ -378,6 +380,7 @@ impl<S: Store> Engine<S> {
             added_at: now,
             last_resort: invite.last_resort,
             last_heard: None,
+            restored_at: None,
         };
         match self.store.apply(&[Change::AddContact(contact.clone())]) {
             Err(StoreError::Conflict { .. }) => return Err(EngineError::ContactExists(name.to_owned())),

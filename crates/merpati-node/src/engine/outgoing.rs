@@ -90,8 +90,8 @@ pub(super) fn file_change(id: MessageId, file: &Descriptor) -> Change {
 
 /// What the sends of one group sealed, not yet written: one durable write for all.
 #[derive(Default)]
-struct SendGroup {
-    changes: Vec<Change>,
+pub(super) struct SendGroup {
+    pub(super) changes: Vec<Change>,
     /// Sessions that sealed, with their contact, in first-touched order: each is persisted once,
     /// in its final state.
     sessions: Vec<(SessionId, String)>,
@@ -100,7 +100,7 @@ struct SendGroup {
 }
 
 impl SendGroup {
-    fn touch(&mut self, session: SessionId, contact: &str) {
+    pub(super) fn touch(&mut self, session: SessionId, contact: &str) {
         if !self.sessions.iter().any(|(id, _)| *id == session) {
             self.sessions.push((session, contact.to_owned()));
         }
@@ -167,31 +167,85 @@ impl<S: Store> Engine<S> {
 
     /// Writes what a group of sends sealed, with its sessions, in one durable write; if it
     /// fails, no send of the group is queued.
-    fn queue_group(
+    pub(super) fn queue_group(
         &mut self,
-        mut group: SendGroup,
+        group: SendGroup,
         mut results: Vec<Result<StoredMessage, EngineError>>,
     ) -> Vec<Result<StoredMessage, EngineError>> {
+        if let Err(e) = self.write_group(group) {
+            // The first send queued gets the error itself; the rest were not saved either.
+            let reason = e.to_string();
+            let mut error = Some(e);
+            for result in results.iter_mut().filter(|r| r.is_ok()) {
+                *result = Err(error.take().unwrap_or_else(|| EngineError::NotSaved(reason.clone())));
+            }
+        }
+        results
+    }
+
+    /// Writes `group`'s changes with the final state of every session it touched, in one
+    /// durable write; if that fails, those sessions are forgotten in memory (they are ahead of
+    /// the disk).
+    pub(super) fn write_group(&mut self, mut group: SendGroup) -> Result<(), EngineError> {
         for (id, contact) in &group.sessions {
             if let Some(session) = self.sessions.get(id) {
                 group.changes.extend(self.persist_session(session, contact));
             }
         }
         if group.changes.is_empty() {
-            return results;
+            return Ok(());
         }
         if let Err(e) = self.store.apply(&group.changes) {
-            for (id, _) in &group.sessions {
-                self.forget_session(id);
-            }
-            // The first send queued gets the error itself; the rest were not saved either.
-            let reason = e.to_string();
-            let mut error = Some(EngineError::from(e));
-            for result in results.iter_mut().filter(|r| r.is_ok()) {
-                *result = Err(error.take().unwrap_or_else(|| EngineError::NotSaved(reason.clone())));
-            }
+            self.abandon_group(&group);
+            return Err(e.into());
         }
-        results
+        Ok(())
+    }
+
+    /// Forgets in memory every session `group` touched, which is not written.
+    pub(super) fn abandon_group(&mut self, group: &SendGroup) {
+        for (id, _) in &group.sessions {
+            self.forget_session(id);
+        }
+    }
+
+    /// Starts a session with `contact` (from their invite's bundle) for `group`: the session
+    /// start (where our node and relays are) is sealed first, and the contact's record names the
+    /// session, both in the group's changes.
+    pub(super) fn start_session(
+        &mut self,
+        contact: &Contact,
+        now: Timestamp,
+        group: &mut SendGroup,
+    ) -> Result<SessionId, EngineError> {
+        // Contacts without a bundle were created by their own first contact, so they always
+        // have a session; this only guards against a damaged record.
+        let (Some(bundle), Some(inbox)) = (contact.bundle.as_ref(), contact.inbox) else {
+            return Err(EngineError::UnknownContact(contact.name.clone()));
+        };
+        // The invite's rotating prekey, or its last-resort one once that expired.
+        let bundle = merpati_proto::invite::bundle_at(bundle, contact.last_resort.as_ref(), now)
+            .map_err(|e| EngineError::InvalidInvite(format!("{}'s invite: {e}", contact.name)))?;
+        let session = Session::initiate(
+            &self.profile.cert,
+            &self.profile.device_static,
+            &bundle,
+            inbox,
+            now,
+            &mut self.rng,
+        )?;
+        let id = session.id();
+        self.cache_session(session, &contact.name);
+        // Ahead of the text: if the contact fetches our first contact from a relay, these
+        // are how it learns which node to answer (a relay does not say who deposited).
+        let controls = self.seal_session_start(&id, &contact.name, now)?;
+        let started = Contact { session: Some(id), ..contact.clone() };
+        group.changes.push(Change::PutContact(started.clone()));
+        group.changes.extend(controls);
+        group.contacts.retain(|c| c.name != contact.name);
+        group.contacts.push(started);
+        group.touch(id, &contact.name);
+        Ok(id)
     }
 
     /// Seals one text or file of a group into `group`'s changes, starting a session with the
@@ -229,33 +283,7 @@ impl<S: Store> Engine<S> {
             Some(id) => id,
             None => {
                 started_here = true;
-                // Contacts without a bundle were created by their own first contact, so they
-                // always have a session; this only guards against a damaged record.
-                let (Some(bundle), Some(inbox)) = (contact.bundle.as_ref(), contact.inbox) else {
-                    return Err(EngineError::UnknownContact(to.to_owned()));
-                };
-                // The invite's rotating prekey, or its last-resort one once that expired.
-                let bundle = merpati_proto::invite::bundle_at(bundle, contact.last_resort.as_ref(), now)
-                    .map_err(|e| EngineError::InvalidInvite(format!("{}'s invite: {e}", contact.name)))?;
-                let session = Session::initiate(
-                    &self.profile.cert,
-                    &self.profile.device_static,
-                    &bundle,
-                    inbox,
-                    now,
-                    &mut self.rng,
-                )?;
-                let id = session.id();
-                self.cache_session(session, &contact.name);
-                // Ahead of the text: if the contact fetches our first contact from a relay, these
-                // are how it learns which node to answer (a relay does not say who deposited).
-                let controls = self.seal_session_start(&id, &contact.name, now)?;
-                let started = Contact { session: Some(id), ..contact.clone() };
-                group.changes.push(Change::PutContact(started.clone()));
-                group.changes.extend(controls);
-                group.contacts.push(started);
-                group.touch(id, &contact.name);
-                id
+                self.start_session(&contact, now, group)?
             }
         };
         let mut rng = self.rng.clone();

@@ -345,5 +345,7 @@ pub(super) fn apply_control(contact: &mut Contact, control: Control) -> bool {
         // A contact's name is the user's choice; what they call themselves matters only in a
         // request, before there is a name.
         Control::DisplayName(_) => false,
+        // Moves the conversation to another session: the engine's own step (`restore`).
+        Control::Restored { .. } => false,
     }
 }

@@ -454,5 +454,6 @@ pub(super) fn stranger_contact(name: &str, identity: IdentityPublic, now: Timest
         added_at: now,
         last_resort: None,
         last_heard: None,
+        restored_at: None,
     }
 }

@@ -64,8 +64,8 @@ use super::codec::{
 };
 use super::texts::ContentKey;
 use super::{
-    Blocked, Change, Contact, ContactRequest, ContactV1, FileInfo, OutboxEntry, OutboxHead, PartOf, Profile,
-    RequestId, SessionRecord, StoreError, StoredFragment, StoredMessage, Transfer,
+    Blocked, Change, Contact, ContactRequest, ContactV1, ContactV2, FileInfo, OutboxEntry, OutboxHead,
+    PartOf, Profile, RequestId, SessionRecord, StoreError, StoredFragment, StoredMessage, Transfer,
 };
 use merpati_proto::identity::IdentityPublic;
 
@@ -1064,12 +1064,16 @@ pub(crate) fn contact(view: &dyn View, name: &str) -> Result<Option<Contact>, St
     view.get(Tree::Contacts, name.as_bytes())?.map(|bytes| decode_contact(&bytes)).transpose()
 }
 
-/// A contact record in the current layout or, failing that, the first one ([`ContactV1`]). The
-/// two cannot be mistaken for each other: the current layout has more fields, and a decode must
-/// use every byte.
+/// A contact record in the current layout or, failing that, an older one ([`ContactV2`],
+/// [`ContactV1`]). They cannot be mistaken for each other: each layout has more fields than the
+/// one before, and a decode must use every byte.
 pub(crate) fn decode_contact(bytes: &[u8]) -> Result<Contact, StoreError> {
-    codec::decode("contact", bytes)
-        .or_else(|e| codec::decode::<ContactV1>("contact", bytes).map(Contact::from).map_err(|_| e))
+    codec::decode("contact", bytes).or_else(|e| {
+        codec::decode::<ContactV2>("contact", bytes)
+            .map(Contact::from)
+            .or_else(|_| codec::decode::<ContactV1>("contact", bytes).map(Contact::from))
+            .map_err(|_| e)
+    })
 }
 
 pub(crate) fn session(

@@ -232,6 +232,10 @@ pub struct Contact {
     pub last_resort: Option<SignedPrekey>,
     /// When an envelope of theirs last opened here, if ever.
     pub last_heard: Option<Timestamp>,
+    /// When their node was last restored from a backup (their clock, from the session they
+    /// started after it), if ever: shown with the contact, and a notice of an older restore is
+    /// ignored.
+    pub restored_at: Option<Timestamp>,
 }
 
 /// A contact as stored before `last_resort` and `last_heard` existed: records are postcard,
@@ -265,6 +269,56 @@ impl From<ContactV1> for Contact {
             added_at,
             last_resort: None,
             last_heard: None,
+            restored_at: None,
+        }
+    }
+}
+
+/// A contact as stored before `restored_at` existed (see [`ContactV1`]).
+#[derive(Deserialize)]
+pub(crate) struct ContactV2 {
+    name: String,
+    identity: IdentityPublic,
+    bundle: Option<Bundle>,
+    inbox: Option<MailboxId>,
+    #[serde(with = "serde_bytes")]
+    peer_id: Vec<u8>,
+    addrs: Vec<Vec<u8>>,
+    relays: Vec<Vec<u8>>,
+    session: Option<SessionId>,
+    added_at: Timestamp,
+    last_resort: Option<SignedPrekey>,
+    last_heard: Option<Timestamp>,
+}
+
+impl From<ContactV2> for Contact {
+    fn from(old: ContactV2) -> Self {
+        let ContactV2 {
+            name,
+            identity,
+            bundle,
+            inbox,
+            peer_id,
+            addrs,
+            relays,
+            session,
+            added_at,
+            last_resort,
+            last_heard,
+        } = old;
+        Contact {
+            name,
+            identity,
+            bundle,
+            inbox,
+            peer_id,
+            addrs,
+            relays,
+            session,
+            added_at,
+            last_resort,
+            last_heard,
+            restored_at: None,
         }
     }
 }
@@ -1183,9 +1237,14 @@ mod tests {
         assert_eq!((contact.name.as_str(), contact.identity, contact.inbox), ("bob", identity, old.inbox));
         assert_eq!((contact.peer_id, contact.addrs, contact.relays), (old.peer_id, old.addrs, old.relays));
         assert_eq!((contact.session, contact.added_at), (old.session, old.added_at));
-        assert_eq!((contact.last_resort, contact.last_heard), (None, None));
-        // The current layout reads back as itself, and junk as neither.
-        let current = Contact { last_heard: Some(Timestamp(8)), ..engine::decode_contact(&bytes).unwrap() };
+        assert_eq!((contact.last_resort, contact.last_heard, contact.restored_at), (None, None, None));
+        // The second layout is the current one without `restored_at` (its `None` is the last byte).
+        let second = Contact { last_heard: Some(Timestamp(8)), ..engine::decode_contact(&bytes).unwrap() };
+        let bytes = codec::encode("contact", &second).unwrap();
+        assert_eq!(bytes.last(), Some(&0));
+        assert_eq!(engine::decode_contact(&bytes[..bytes.len() - 1]).unwrap(), second);
+        // The current layout reads back as itself, and junk as none of them.
+        let current = Contact { restored_at: Some(Timestamp(9)), ..second };
         let bytes = codec::encode("contact", &current).unwrap();
         assert_eq!(engine::decode_contact(&bytes).unwrap(), current);
         assert!(matches!(engine::decode_contact(&bytes[..bytes.len() - 1]), Err(StoreError::Corrupt { .. })));

@@ -40,6 +40,31 @@ impl Session {
         now: Timestamp,
         rng: &mut (impl CryptoRng + ?Sized),
     ) -> Result<Sealed, SealError> {
+        self.seal_with(body, None, now, rng)
+    }
+
+    /// [`Session::seal`] under a given message id: a message sent before, in another session,
+    /// sent again with the id it had (its receiver keeps one message per id, and its receipt
+    /// names the id the sender knows).
+    pub fn seal_as(
+        &mut self,
+        body: &Body,
+        message_id: MessageId,
+        now: Timestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
+    ) -> Result<Sealed, SealError> {
+        self.seal_with(body, Some(message_id), now, rng)
+    }
+
+    /// Seals `body` under `message_id`, or a random one drawn after the epoch's keys (so the
+    /// test vectors' random stream stays as it was).
+    fn seal_with(
+        &mut self,
+        body: &Body,
+        message_id: Option<MessageId>,
+        now: Timestamp,
+        rng: &mut (impl CryptoRng + ?Sized),
+    ) -> Result<Sealed, SealError> {
         let frame_len = frame::FIXED_LEN + body.encoded_len();
         let max_frame = envelope::MAX_ENVELOPE_LEN - envelope::HEADER_LEN - 2 - MAX_OPEN_ATTACHED - TAG_LEN;
         if frame_len > max_frame {
@@ -69,11 +94,14 @@ impl Session {
             sub_epoch: sub,
             index: send.next_index,
         };
-        let mut id = [0u8; 16];
-        rng.fill_bytes(&mut id);
+        let message_id = message_id.unwrap_or_else(|| {
+            let mut id = [0u8; 16];
+            rng.fill_bytes(&mut id);
+            MessageId(id)
+        });
         let frame = Frame {
             header_echo: header.encode(),
-            message_id: MessageId(id),
+            message_id,
             seq: self.state.next_seq,
             sent_at: now,
             ack_epoch: self.acked_peer_epoch(),

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use merpati_control::protocol::{MessageId, MessageStatus, RequestView, StatusUpdate, StoredCount};
+use merpati_control::protocol::{
+    MessageId, MessageStatus, RequestView, RestoredNotice, StatusUpdate, StoredCount,
+};
 use merpati_proto::Timestamp;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
@@ -45,7 +47,14 @@ fn message(n: u64, contact: &str, direction: Direction, text: &str) -> MessageVi
 }
 
 fn contact(name: &str, unread: u64) -> ContactSummary {
-    ContactSummary { name: name.into(), fingerprint: "ab".into(), connected: true, last_heard: None, unread }
+    ContactSummary {
+        name: name.into(),
+        fingerprint: "ab".into(),
+        connected: true,
+        last_heard: None,
+        unread,
+        restored_at: None,
+    }
 }
 
 impl Fake {
@@ -509,4 +518,15 @@ fn a_file_on_the_move_shows_how_far_it_is_and_then_that_it_is_here() {
     app.update(Update::Event(Event::Message(photo)), &mut fake);
     assert!(text(&mut app).contains("[file view.jpg, 4.0 MiB] the view"), "{}", text(&mut app));
     assert_eq!(shown(&app).iter().filter(|t| *t == "the view").count(), 1, "shown once");
+}
+
+#[test]
+fn a_contact_restored_from_a_backup_is_told() {
+    let mut fake = Fake::with(&[("bob", 0)]);
+    let mut app = started(&mut fake);
+    let notice = RestoredNotice { contact: "bob\u{1b}[2J".into(), at: 5 };
+    app.update(Update::Event(Event::Restored(notice)), &mut fake);
+    let told = app.notice.as_ref().expect("a notice");
+    assert!(!told.error);
+    assert!(told.text.starts_with("bob\\u{1b}[2J restored from a backup"), "{}", told.text);
 }

@@ -1,0 +1,198 @@
+//! After a restore from a backup: new sessions with every contact, and what was never confirmed
+//! sent again in them, on both sides.
+//!
+//! A backup holds no session keys, so a restored node cannot read or write any conversation's
+//! old session. [`Engine::resume_after_restore`] starts a new session with every contact it
+//! talked to and tells them, in it, that it was restored ([`Control::Restored`]); it then seals
+//! again, with their ids, its own messages the contacts never confirmed. A contact's node that
+//! reads the notice ([`Engine::accept_restore`], from `incoming`) writes to the new session from
+//! then on and does the same with its own unconfirmed messages, so nothing either side sent is
+//! lost by the move. The receiving store keeps one message per id, so a copy the other side
+//! already had is not shown twice.
+
+use merpati_proto::Timestamp;
+use merpati_proto::blob::{Content, Descriptor};
+use merpati_proto::fragment::{CONTENT_TEXT, split};
+use merpati_proto::frame::{Body, Control, MAX_TEXT_LEN};
+use merpati_proto::session::SessionId;
+
+use super::outgoing::{SendGroup, queue_entry};
+use super::{Engine, EngineError};
+use crate::store::{Change, Contact, Direction, PartOf, Status, Store, StoredMessage, TransferSide};
+
+/// What [`Engine::resume_after_restore`] did, contact by contact.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resumed {
+    /// Contacts told of the restore in a new session, with how many of our messages to them
+    /// were queued again.
+    pub told: Vec<(String, usize)>,
+    /// Contacts no new session could be started with, and why (no invite of theirs is known,
+    /// or its prekeys expired): they need to send a new invite, or write first.
+    pub unreachable: Vec<(String, String)>,
+}
+
+impl<S: Store> Engine<S> {
+    /// Starts a new session with every contact that has none and that we talked to (the
+    /// restore dropped every session), tells them of the restore at `restored_at`, and queues
+    /// again our messages they never confirmed. Contacts already in a new session are skipped,
+    /// so running it again after an interruption only finishes the job.
+    pub fn resume_after_restore(
+        &mut self,
+        restored_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<Resumed, EngineError> {
+        let mut resumed = Resumed::default();
+        for contact in self.store.contacts()? {
+            if contact.session.is_some() || !self.talked_to(&contact)? {
+                continue;
+            }
+            let mut group = SendGroup::default();
+            match self.restart_conversation(&contact, restored_at, now, &mut group) {
+                Ok(again) => {
+                    self.write_group(group)?;
+                    resumed.told.push((contact.name.clone(), again));
+                }
+                Err(e) => {
+                    self.abandon_group(&group);
+                    if matches!(e, EngineError::Store(_)) {
+                        return Err(e);
+                    }
+                    resumed.unreachable.push((contact.name.clone(), e.to_string()));
+                }
+            }
+        }
+        Ok(resumed)
+    }
+
+    /// Whether there is anything between us and `contact`: a contact added but never written
+    /// to is left alone, as it was before the restore.
+    fn talked_to(&self, contact: &Contact) -> Result<bool, EngineError> {
+        Ok(contact.last_heard.is_some() || !self.store.messages(Some(&contact.name), 1)?.is_empty())
+    }
+
+    /// Seals into `group` a new session with `contact`, the restore notice and our unconfirmed
+    /// messages; returns how many messages were sealed again.
+    fn restart_conversation(
+        &mut self,
+        contact: &Contact,
+        restored_at: Timestamp,
+        now: Timestamp,
+        group: &mut SendGroup,
+    ) -> Result<usize, EngineError> {
+        let id = self.start_session(contact, now, group)?;
+        let notice = Body::Control(Control::Restored { at: restored_at });
+        let entry = self.seal_into_outbox(&id, &contact.name, &notice, now)?;
+        group.changes.push(Change::PutOutbox(entry));
+        let unconfirmed = self.unconfirmed(&contact.name)?;
+        for message in &unconfirmed {
+            let changes = self.seal_again(&id, message, now)?;
+            group.changes.extend(changes);
+        }
+        Ok(unconfirmed.len())
+    }
+
+    /// A contact's node, restored from a backup at `at`, wrote in session `id`: unless an equal
+    /// or later restore was accepted before, that session becomes the one we write to, what was
+    /// queued in the old one is dropped (no copy of theirs can read it any more), and our
+    /// messages they never confirmed are sealed again in the new one. Adds the changes to
+    /// `changes` (the contact's record among them); returns whether the restore was accepted.
+    pub(super) fn accept_restore(
+        &mut self,
+        id: SessionId,
+        mut contact: Contact,
+        at: Timestamp,
+        now: Timestamp,
+        changes: &mut Vec<Change>,
+    ) -> Result<bool, EngineError> {
+        if contact.restored_at.is_some_and(|last| at <= last) {
+            tracing::debug!("ignoring a restore notice from {} no newer than the last one", contact.name);
+            return Ok(false);
+        }
+        for head in self.store.outbox_queue(&contact.name, usize::MAX)? {
+            changes.push(Change::RemoveOutbox(head.id));
+        }
+        for message in self.unconfirmed(&contact.name)? {
+            let again = self.seal_again(&id, &message, now)?;
+            changes.extend(again);
+        }
+        contact.session = Some(id);
+        contact.restored_at = Some(at);
+        changes.push(Change::PutContact(contact));
+        Ok(true)
+    }
+
+    /// Our messages to `contact` that they never confirmed (queued, or left at their node or
+    /// relays without a receipt since), oldest first.
+    fn unconfirmed(&self, contact: &str) -> Result<Vec<StoredMessage>, EngineError> {
+        let mut messages = self.store.messages(Some(contact), usize::MAX)?;
+        messages.retain(|m| {
+            m.direction == Direction::Out
+                && matches!(m.status, Status::Queued | Status::Sent | Status::Stored { .. })
+        });
+        Ok(messages)
+    }
+
+    /// Seals `message` again in session `id` under its own id: a text (in pieces when long, the
+    /// pieces' group id being the message id, as when it was first sent) or a file whose
+    /// description this node still has. Returns the outbox changes; a file whose description is
+    /// gone (it was received, or its bytes were never here) is skipped.
+    fn seal_again(
+        &mut self,
+        id: &SessionId,
+        message: &StoredMessage,
+        now: Timestamp,
+    ) -> Result<Vec<Change>, EngineError> {
+        let contact = message.contact.as_str();
+        let bodies = if let Some(file) = self.file_description(message)? {
+            vec![(Some(message.id), Body::File(file))]
+        } else if message.text.len() > MAX_TEXT_LEN {
+            let pieces = split(CONTENT_TEXT, message.text.as_bytes(), message.id.0)
+                .map_err(|_| EngineError::TooLarge { len: message.text.len(), max: MAX_TEXT_LEN })?;
+            pieces.into_iter().map(|piece| (None, Body::Fragment(piece))).collect()
+        } else {
+            vec![(Some(message.id), Body::Text(message.text.clone()))]
+        };
+        let mut changes = Vec::with_capacity(bodies.len() * 2);
+        for (as_id, body) in bodies {
+            let mut rng = self.rng.clone();
+            let session =
+                self.session(id, now)?.ok_or_else(|| EngineError::UnknownContact(contact.to_owned()))?;
+            let sealed = match as_id {
+                Some(as_id) => session.seal_as(&body, as_id, now, &mut rng),
+                None => session.seal(&body, now, &mut rng),
+            };
+            self.rng = rng;
+            let sealed = sealed?;
+            if as_id.is_none() {
+                changes.push(Change::NotePartOf {
+                    id: sealed.message_id,
+                    part_of: PartOf { message: message.id },
+                });
+            }
+            changes.push(Change::PutOutbox(queue_entry(sealed, contact, now)));
+        }
+        Ok(changes)
+    }
+
+    /// The description of the file `message` carries, if it carries one this node can send
+    /// again: one it sent inside its description, or one it uploads.
+    fn file_description(&self, message: &StoredMessage) -> Result<Option<Descriptor>, EngineError> {
+        let Some(info) = self.store.file_info(&message.id)? else { return Ok(None) };
+        if let Some(transfer) = self.store.transfer(&message.id)? {
+            return Ok(match transfer.side {
+                TransferSide::Upload { .. } => Descriptor::decode(&transfer.descriptor).ok(),
+                TransferSide::Download { .. } => None,
+            });
+        }
+        let Some(data) = self.store.file_data(&message.id)? else { return Ok(None) };
+        Ok(Some(Descriptor {
+            len: info.len,
+            hash: info.hash,
+            media_type: info.media_type,
+            name: info.name,
+            caption: message.text.clone(),
+            thumbnail: Vec::new(),
+            content: Content::Inline(data),
+        }))
+    }
+}

@@ -1,0 +1,210 @@
+//! A backup written from a real database and restored into a new home: the restored node starts
+//! new sessions, its contact's node accepts them as the same person, and what either side sent
+//! that the other never confirmed arrives, once. Engines hand envelopes to each other directly.
+#![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
+
+mod support;
+
+use std::path::Path;
+
+use merpati_control::home::Home;
+use merpati_control::identity_file::IdentityFile;
+use merpati_node::backup::{self, BackupError};
+use merpati_node::engine::{AttemptResult, Engine, Me, Received};
+use merpati_node::store::{Direction, MemoryStore, SledStore, Status, Store};
+use merpati_proto::Timestamp;
+use merpati_proto::wire::deliver;
+use rand_chacha::ChaCha20Rng;
+use rand_core::SeedableRng;
+
+const T0: Timestamp = Timestamp(1_795_219_200_000);
+const PASSPHRASE: &str = "correct horse battery";
+
+fn node_key() -> Vec<u8> {
+    libp2p::identity::Keypair::generate_ed25519().to_protobuf_encoding().unwrap()
+}
+
+/// A home with a new identity file, as `merpati init` makes it.
+fn new_home(dir: &Path, seed: u64, name: &str) -> Home {
+    let home = Home::at(dir).unwrap();
+    home.create_dir().unwrap();
+    let file = IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(seed), Some(name.into()), T0).unwrap();
+    file.save_new(&home.identity_file()).unwrap();
+    home
+}
+
+fn me_of(home: &Home) -> Me {
+    Me::from(IdentityFile::load(&home.identity_file()).unwrap())
+}
+
+/// The node of `home`, on its database.
+fn node(home: &Home, seed: u64, now: Timestamp) -> Engine<SledStore> {
+    std::fs::create_dir_all(home.database_dir()).unwrap();
+    let store = support::open_sled_store(&home.database_dir(), seed).unwrap();
+    Engine::start(store, me_of(home), node_key, now, ChaCha20Rng::seed_from_u64(seed)).unwrap()
+}
+
+/// Hands every envelope due from `from` to `to`, in order, until none is due, and reports the
+/// answers; returns what `to` made of them.
+fn pump<S: Store, T: Store>(from: &mut Engine<S>, to: &mut Engine<T>, now: Timestamp) -> Vec<Received> {
+    let mut all = Vec::new();
+    loop {
+        let due = from.due(now, None).unwrap();
+        if due.is_empty() {
+            return all;
+        }
+        for attempt in due {
+            let received = to.receive(None, &attempt.envelope, now).unwrap();
+            let result = match received.response.unwrap() {
+                deliver::Response::Accepted => AttemptResult::Accepted,
+                deliver::Response::Refused(why) => AttemptResult::Refused(why),
+            };
+            from.attempt_finished(&attempt.id, &result, now).unwrap();
+            all.push(received);
+        }
+    }
+}
+
+/// Everything due from `from` is taken by a relay that the other side never fetches from.
+fn lose_in_transit<S: Store>(from: &mut Engine<S>, now: Timestamp) {
+    for attempt in from.due(now, None).unwrap() {
+        let deposited = AttemptResult::Deposited { accepted: 1, total: 1, refusals: Vec::new() };
+        from.attempt_finished(&attempt.id, &deposited, now).unwrap();
+    }
+}
+
+fn texts<S: Store>(engine: &Engine<S>, contact: &str) -> Vec<(Direction, String)> {
+    let messages = engine.store().messages(Some(contact), 100).unwrap();
+    messages.into_iter().map(|m| (m.direction, m.text)).collect()
+}
+
+#[test]
+fn a_restored_node_carries_on_and_nothing_sent_either_way_is_lost() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let old_home = new_home(dirs[0].path(), 1, "Alice");
+    let mut alice = node(&old_home, 1, T0);
+    let mut bob = Engine::start(
+        MemoryStore::new(),
+        Me::from(IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(2), Some("Bob".into()), T0).unwrap()),
+        node_key,
+        T0,
+        ChaCha20Rng::seed_from_u64(2),
+    )
+    .unwrap();
+    let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
+    alice.add_contact(&invite, "bob", T0).unwrap();
+    bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
+    alice.send_text("bob", "hello", T0).unwrap();
+    for _ in 0..3 {
+        pump(&mut alice, &mut bob, T0);
+        pump(&mut bob, &mut alice, T0);
+    }
+    bob.send_text("alice", "hi", T0).unwrap();
+    pump(&mut bob, &mut alice, T0);
+    pump(&mut alice, &mut bob, T0);
+    // Each side leaves a message at a relay the other never fetches before the laptop is lost.
+    let t1 = T0.plus(Timestamp::HOUR);
+    let from_alice = alice.send_text("bob", "sent before the backup, never confirmed", t1).unwrap();
+    lose_in_transit(&mut alice, t1);
+    let from_bob = bob.send_text("alice", "while you were away", t1).unwrap();
+    lose_in_transit(&mut bob, t1);
+    assert!(matches!(bob.message(&from_bob.id).unwrap().status, Status::Stored { .. }));
+
+    let file = dirs[2].path().join("alice.backup");
+    let written = backup::write(alice.store(), &old_home, PASSPHRASE, &file, t1).unwrap();
+    assert_eq!((written.contacts, written.messages), (1, 3));
+    drop(alice);
+
+    // A new laptop, a day later.
+    let t2 = t1.plus(Timestamp::DAY);
+    let new_home = Home::at(dirs[1].path()).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let restored = backup::restore(&new_home, &file, PASSPHRASE, t2, &mut rng).unwrap();
+    assert_eq!(restored.name.as_deref(), Some("Alice"));
+    assert_eq!(restored.resumed.told, vec![("bob".to_owned(), 1)]);
+    assert!(!new_home.dir().join("restore.partial").exists());
+    let mut alice = node(&new_home, 3, t2);
+    assert_eq!(texts(&alice, "bob").len(), 3, "the history came back");
+
+    // Bob's node takes the new session as Alice's, and says so.
+    let received = pump(&mut alice, &mut bob, t2);
+    assert_eq!(received.iter().filter_map(|r| r.restored.as_deref()).collect::<Vec<_>>(), ["alice"]);
+    let record = bob.store().contact("alice").unwrap().unwrap();
+    assert_eq!(record.restored_at, Some(t2));
+    // Bob's message the old laptop never got arrives on the new one; Alice's arrives at Bob's.
+    for _ in 0..3 {
+        pump(&mut bob, &mut alice, t2);
+        pump(&mut alice, &mut bob, t2);
+    }
+    let at_alice = texts(&alice, "bob");
+    assert_eq!(at_alice.iter().filter(|(_, t)| t == "while you were away").count(), 1, "{at_alice:?}");
+    let at_bob = texts(&bob, "alice");
+    assert_eq!(at_bob.iter().filter(|(_, t)| t == "sent before the backup, never confirmed").count(), 1);
+    assert_eq!(bob.message(&from_bob.id).unwrap().status, Status::Delivered);
+    assert_eq!(alice.message(&from_alice.id).unwrap().status, Status::Delivered);
+
+    // And the conversation goes on both ways in the new session.
+    alice.send_text("bob", "all here", t2).unwrap();
+    bob.send_text("alice", "welcome back", t2).unwrap();
+    for _ in 0..3 {
+        pump(&mut alice, &mut bob, t2);
+        pump(&mut bob, &mut alice, t2);
+    }
+    assert!(texts(&bob, "alice").iter().any(|(_, t)| t == "all here"));
+    assert!(texts(&alice, "bob").iter().any(|(_, t)| t == "welcome back"));
+
+    // Another copy restored from the same backup, its notice dated before the first restore:
+    // Bob's node reads it but keeps writing to the newer copy.
+    let spare = tempfile::tempdir().unwrap();
+    let spare_home = Home::at(spare.path()).unwrap();
+    let earlier = t1.plus(Timestamp::HOUR);
+    backup::restore(&spare_home, &file, PASSPHRASE, earlier, &mut rng).unwrap();
+    let mut copy = node(&spare_home, 4, t2);
+    let received = pump(&mut copy, &mut bob, t2);
+    assert!(received.iter().all(|r| r.restored.is_none()));
+    assert_eq!(bob.store().contact("alice").unwrap().unwrap().restored_at, Some(t2));
+    bob.send_text("alice", "to the newest copy", t2).unwrap();
+    pump(&mut bob, &mut alice, t2);
+    assert!(texts(&alice, "bob").iter().any(|(_, t)| t == "to the newest copy"));
+}
+
+#[test]
+fn a_backup_opens_only_with_its_passphrase_and_a_refused_restore_changes_nothing() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let home = new_home(dirs[0].path(), 1, "Alice");
+    let alice = node(&home, 1, T0);
+    let file = dirs[2].path().join("alice.backup");
+    assert!(matches!(
+        backup::write(alice.store(), &home, "short", &file, T0),
+        Err(BackupError::WeakPassphrase)
+    ));
+    assert!(!file.exists());
+    backup::write(alice.store(), &home, PASSPHRASE, &file, T0).unwrap();
+    // No secret in the clear.
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"age-encryption.org/v1"));
+    assert!(!bytes.windows(5).any(|w| w == b"Alice"));
+
+    let target = Home::at(dirs[1].path()).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let wrong = backup::restore(&target, &file, "not the passphrase", T0, &mut rng);
+    assert!(matches!(wrong, Err(BackupError::WrongPassphrase { .. })), "{wrong:?}");
+    let cut = dirs[2].path().join("cut.backup");
+    std::fs::write(&cut, &bytes[..bytes.len() - 100]).unwrap();
+    let damaged = backup::restore(&target, &cut, PASSPHRASE, T0, &mut rng);
+    assert!(matches!(damaged, Err(BackupError::NotABackup { .. })), "{damaged:?}");
+    let other = dirs[2].path().join("other");
+    std::fs::write(&other, b"just some file").unwrap();
+    assert!(matches!(
+        backup::restore(&target, &other, PASSPHRASE, T0, &mut rng),
+        Err(BackupError::NotABackup { .. })
+    ));
+    // Nothing of the refused restores is left.
+    assert!(!target.identity_file().exists());
+    assert!(!target.database_dir().exists());
+    assert!(!target.dir().join("restore.partial").exists());
+
+    // A home with an identity is never overwritten.
+    let taken = backup::restore(&home, &file, PASSPHRASE, T0, &mut rng);
+    assert!(matches!(taken, Err(BackupError::HomeNotEmpty { .. })), "{taken:?}");
+}
