@@ -107,9 +107,9 @@ fn a_recipient_away_for_a_while_gets_everything_when_back() {
     assert!(all_out_reached(&alice, "bob", "queued", 20), "messages should wait in the outbox");
     let status = alice.ok(&["--json", "status"]);
     let status: Value = serde_json::from_str(status.lines().next().unwrap()).unwrap();
-    // The 20 texts, and ahead of them the control messages that tell Bob how to reach Alice's
-    // node and what she calls herself (every new session starts with them).
-    assert_eq!(status["outbox"], 22);
+    // The 20 texts, and with them the control messages that tell Bob how to reach Alice's node,
+    // what she calls herself and her keys (every session she starts carries them).
+    assert_eq!(status["outbox"], 23);
     bob.start();
     wait_until("the queued messages delivered", PATIENCE, || all_out_reached(&alice, "bob", "delivered", 20));
     assert_exactly(&bob, "alice", &sent);

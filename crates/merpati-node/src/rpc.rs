@@ -312,7 +312,7 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         EngineError::UnknownContact(_)
         | EngineError::UnknownContactLike { .. }
         | EngineError::AmbiguousContact { .. } => AppError::UnknownContact,
-        EngineError::InvalidInvite(_) => AppError::InvalidInvite,
+        EngineError::InvalidInvite(_) | EngineError::NoKeys(_) => AppError::InvalidInvite,
         EngineError::TooLarge { .. } | EngineError::TooLargeBeforeAnswer { .. } => AppError::MessageTooLarge,
         EngineError::InvalidFile(_) => AppError::InvalidFile,
         EngineError::ContactExists(_) => AppError::ContactExists,

@@ -159,8 +159,8 @@ fn failed_attempts_back_off_and_expire() {
     let status = alice.attempt_finished(&sent.id, &unreachable, late).unwrap();
     assert_eq!(status.map(|s| s.0), Some(Status::Failed));
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Failed);
-    // Only her name, sealed after the text, is still queued.
-    assert_eq!(alice.store().outbox_len().unwrap(), 1);
+    // Only her name and keys, sealed after the text, are still queued.
+    assert_eq!(alice.store().outbox_len().unwrap(), 2);
 }
 
 #[test]

@@ -208,3 +208,90 @@ fn a_backup_opens_only_with_its_passphrase_and_a_refused_restore_changes_nothing
     let taken = backup::restore(&home, &file, PASSPHRASE, T0, &mut rng);
     assert!(matches!(taken, Err(BackupError::HomeNotEmpty { .. })), "{taken:?}");
 }
+
+#[test]
+fn a_contact_who_wrote_first_can_be_told_of_a_restore() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let old_home = new_home(dirs[0].path(), 1, "Alice");
+    let mut alice = node(&old_home, 1, T0);
+    let mut bob = Engine::start(
+        MemoryStore::new(),
+        Me::from(IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(2), Some("Bob".into()), T0).unwrap()),
+        node_key,
+        T0,
+        ChaCha20Rng::seed_from_u64(2),
+    )
+    .unwrap();
+    // Only Bob has an invite: Alice never had his, and accepts his request.
+    bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
+    bob.send_text("alice", "it is Bob, from the market", T0).unwrap();
+    pump(&mut bob, &mut alice, T0);
+    let request = alice.requests().unwrap().remove(0);
+    alice.accept_request(&request.id, "bob", T0).unwrap();
+    for _ in 0..3 {
+        pump(&mut alice, &mut bob, T0);
+        pump(&mut bob, &mut alice, T0);
+    }
+    let known = alice.store().contact("bob").unwrap().unwrap();
+    assert_eq!(known.bundle.as_ref(), Some(bob.bundle()), "his keys came with his first words");
+
+    let t1 = T0.plus(Timestamp::DAY);
+    let from_bob = bob.send_text("alice", "are you there?", t1).unwrap();
+    lose_in_transit(&mut bob, t1);
+    let file = dirs[2].path().join("alice.backup");
+    backup::write(alice.store(), &old_home, PASSPHRASE, &file, t1).unwrap();
+    drop(alice);
+    let new_home = Home::at(dirs[1].path()).unwrap();
+    let restored =
+        backup::restore(&new_home, &file, PASSPHRASE, t1, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    assert_eq!(restored.resumed.told, vec![("bob".to_owned(), 0)]);
+    assert!(restored.resumed.unreachable.is_empty());
+    let mut alice = node(&new_home, 3, t1);
+    for _ in 0..3 {
+        pump(&mut alice, &mut bob, t1);
+        pump(&mut bob, &mut alice, t1);
+    }
+    assert_eq!(bob.store().contact("alice").unwrap().unwrap().restored_at, Some(t1));
+    assert!(texts(&alice, "bob").iter().any(|(_, t)| t == "are you there?"));
+    assert_eq!(bob.message(&from_bob.id).unwrap().status, Status::Delivered);
+}
+
+#[test]
+fn a_contact_without_keys_is_named_by_the_restore_and_the_rest_goes_on() {
+    use merpati_node::store::{Change, Contact, StoredMessage};
+    use merpati_proto::frame::MessageId;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let home = new_home(dirs[0].path(), 1, "Alice");
+    let alice = node(&home, 1, T0);
+    // Someone who reached Alice first with a version that sent no keys.
+    let identity =
+        IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(8), None, T0).unwrap().identity.public();
+    let contact = Contact {
+        name: "dewi".into(),
+        identity,
+        bundle: None,
+        inbox: None,
+        peer_id: Vec::new(),
+        addrs: Vec::new(),
+        relays: Vec::new(),
+        session: None,
+        added_at: T0,
+        last_resort: None,
+        last_heard: Some(T0),
+        restored_at: None,
+    };
+    let message = StoredMessage::received(MessageId([3; 16]), "dewi", T0, "halo".into(), 0);
+    alice.store().apply(&[Change::AddContact(contact), Change::PutMessage(message)]).unwrap();
+    let file = dirs[2].path().join("alice.backup");
+    backup::write(alice.store(), &home, PASSPHRASE, &file, T0).unwrap();
+    let target = Home::at(dirs[1].path()).unwrap();
+    let restored =
+        backup::restore(&target, &file, PASSPHRASE, T0, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    assert!(restored.resumed.told.is_empty());
+    let [(name, why)] = &restored.resumed.unreachable[..] else { panic!("{:?}", restored.resumed) };
+    assert_eq!(name, "dewi");
+    assert!(why.contains("no keys of dewi"), "{why}");
+    // The history is there all the same.
+    let restored_node = node(&target, 3, T0);
+    assert_eq!(texts(&restored_node, "dewi"), [(Direction::In, "halo".to_owned())]);
+}

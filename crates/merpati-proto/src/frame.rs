@@ -45,7 +45,8 @@ use crate::blob::{Descriptor, DescriptorError};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::envelope::HEADER_LEN;
 use crate::fragment::{Fragment, FragmentError};
-use crate::mailbox::{Announcement, MAX_ANNOUNCED_IDS};
+use crate::identity::{Bundle, MAX_VERSIONS, SignedPrekey};
+use crate::mailbox::{Announcement, MAX_ANNOUNCED_IDS, MailboxId};
 use crate::noise::MAX_TRANSPORT_PLAINTEXT;
 use crate::time::Timestamp;
 
@@ -85,6 +86,7 @@ mod control_type {
     pub(super) const NODE_INFO: u8 = 3;
     pub(super) const DISPLAY_NAME: u8 = 4;
     pub(super) const RESTORED: u8 = 5;
+    pub(super) const KEYS: u8 = 6;
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -208,6 +210,57 @@ pub enum Control {
         /// When the restore happened.
         at: Timestamp,
     },
+    /// What the peer needs to start a new session with the sender later (after a restore from a
+    /// backup, which keeps no session): the sender's current bundle, last-resort prekey and
+    /// first-contact inbox, as an invite carries them. Boxed: it is the largest control.
+    Keys(Box<ContactKeys>),
+}
+
+/// The sender's keys for a first contact (see [`Control::Keys`]). Decoding checks the public
+/// keys; the receiver verifies the signatures against the identity it knows the sender by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContactKeys {
+    /// The sender's current bundle.
+    pub bundle: Bundle,
+    /// The first-contact inbox (the mailbox the sender's invites name).
+    pub inbox: MailboxId,
+    /// The sender's newest last-resort prekey, if it has one.
+    pub last_resort: Option<SignedPrekey>,
+}
+
+impl ContactKeys {
+    fn encoded_len(&self) -> usize {
+        self.bundle.encoded_len()
+            + 16
+            + 1
+            + self.last_resort.as_ref().map_or(0, |_| SignedPrekey::ENCODED_LEN)
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        self.bundle.encode(w);
+        w.raw(&self.inbox.0);
+        match &self.last_resort {
+            Some(prekey) => {
+                w.u8(1);
+                prekey.encode(w);
+            }
+            None => {
+                w.u8(0);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, FrameError> {
+        let keys = |_| FrameError::Invalid { what: "keys" };
+        let bundle = Bundle::decode(r).map_err(keys)?;
+        let inbox = MailboxId(r.array("inbox")?);
+        let last_resort = match r.u8("last-resort flag")? {
+            0 => None,
+            1 => Some(SignedPrekey::decode(r).map_err(keys)?),
+            _ => return Err(FrameError::Invalid { what: "last-resort flag" }),
+        };
+        Ok(Self { bundle, inbox, last_resort })
+    }
 }
 
 /// A frame's content.
@@ -266,6 +319,7 @@ impl Body {
             Self::Control(Control::NodeInfo { peer_id, addrs }) => 1 + 1 + peer_id.len() + addrs_len(addrs),
             Self::Control(Control::DisplayName(name)) => 1 + 1 + name.len(),
             Self::Control(Control::Restored { .. }) => 1 + 8,
+            Self::Control(Control::Keys(keys)) => 1 + keys.encoded_len(),
             Self::Fragment(fragment) => fragment.encoded_len(),
             Self::File(descriptor) => descriptor.encoded_len(),
         }
@@ -298,6 +352,11 @@ impl Body {
             }
             Self::Control(Control::DisplayName(name)) => check_display_name(name.as_bytes())?,
             Self::Control(Control::Restored { .. }) => {}
+            Self::Control(Control::Keys(keys)) => {
+                if keys.bundle.versions.is_empty() || keys.bundle.versions.len() > MAX_VERSIONS {
+                    return Err(FrameError::Invalid { what: "keys" });
+                }
+            }
             Self::Fragment(fragment) => fragment.validate()?,
             Self::File(descriptor) => descriptor.validate().map_err(DescriptorError::from)?,
         }
@@ -332,6 +391,10 @@ impl Body {
             }
             Self::Control(Control::Restored { at }) => {
                 w.u8(control_type::RESTORED).u64(at.0);
+            }
+            Self::Control(Control::Keys(keys)) => {
+                w.u8(control_type::KEYS);
+                keys.encode(w);
             }
             Self::Fragment(fragment) => fragment.encode(w),
             Self::File(descriptor) => descriptor.write(w),
@@ -377,6 +440,7 @@ impl Body {
                     Control::DisplayName(String::from_utf8_lossy(bytes).into_owned())
                 }
                 control_type::RESTORED => Control::Restored { at: Timestamp(r.u64("restore time")?) },
+                control_type::KEYS => Control::Keys(Box::new(ContactKeys::decode(r)?)),
                 found => return Err(FrameError::UnknownControl { found }),
             }),
             body_type::FRAGMENT => Self::Fragment(Fragment::decode(r)?),
@@ -545,6 +609,21 @@ mod tests {
         }
     }
 
+    /// A device's keys, as `Control::Keys` carries them.
+    fn keys() -> ContactKeys {
+        use crate::identity::{DeviceCert, IdentityKey, PrekeyRing};
+        use crate::keys::X25519Secret;
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(6);
+        let now = Timestamp(1_700_000_000_000);
+        let identity = IdentityKey::generate(&mut rng);
+        let cert = DeviceCert::issue(&identity, &X25519Secret::generate(&mut rng).public(), now);
+        let mut ring = PrekeyRing::new(&identity, &cert.device_id(), now, &mut rng);
+        ring.rotate_if_due(&identity, &cert.device_id(), now, &mut rng);
+        let bundle = Bundle::new(&identity, cert, ring.current().clone(), vec![1]).expect("bundle");
+        ContactKeys { bundle, inbox: MailboxId([7; 16]), last_resort: ring.last_resort().cloned() }
+    }
+
     fn round_trip(f: &Frame, padded: usize) {
         let bytes = f.encode_padded(padded).expect("encode");
         assert_eq!(bytes.len(), padded);
@@ -569,6 +648,19 @@ mod tests {
     }
 
     #[test]
+    fn keys_with_a_bad_flag_or_a_weak_key_are_refused() {
+        let f = frame(Body::Control(Control::Keys(Box::new(ContactKeys { last_resort: None, ..keys() }))));
+        let bytes = f.encode_padded(f.unpadded_len()).expect("encode");
+        let mut flag = bytes.clone();
+        flag[f.unpadded_len() - 1] = 2;
+        assert_eq!(Frame::decode(&flag), Err(FrameError::Invalid { what: "last-resort flag" }));
+        let mut weak = bytes.clone();
+        let prekey = FIXED_LEN + 1 + 136 + 4;
+        weak[prekey..prekey + 32].fill(0);
+        assert_eq!(Frame::decode(&weak), Err(FrameError::Invalid { what: "keys" }));
+    }
+
+    #[test]
     fn every_body_round_trips() {
         let bodies = [
             Body::Text(String::new()),
@@ -584,6 +676,8 @@ mod tests {
             Body::Control(Control::DisplayName("Sari".into())),
             Body::Control(Control::DisplayName("é".repeat(MAX_DISPLAY_NAME_LEN / 2))),
             Body::Control(Control::Restored { at: Timestamp(1_700_000_000_000) }),
+            Body::Control(Control::Keys(Box::new(keys()))),
+            Body::Control(Control::Keys(Box::new(ContactKeys { last_resort: None, ..keys() }))),
             Body::Fragment(fragment::split(1, &[3; 70_000], [2; 16]).expect("split").remove(0)),
             Body::File(crate::blob::Descriptor {
                 len: crate::blob::MAX_INLINE_LEN as u64,
@@ -658,8 +752,8 @@ mod tests {
             assert_eq!(Frame::decode(&b), Err(expected));
         }
         let mut b = bytes.clone();
-        b[FIXED_LEN] = 6;
-        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 6 }));
+        b[FIXED_LEN] = 7;
+        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 7 }));
     }
 
     #[test]

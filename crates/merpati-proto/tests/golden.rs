@@ -37,7 +37,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::envelope::{Envelope, HEADER_LEN};
 use merpati_proto::fragment;
-use merpati_proto::frame::{Body, Control, Frame, ReceiptKind};
+use merpati_proto::frame::{Body, ContactKeys, Control, Frame, ReceiptKind};
 use merpati_proto::identity::{
     Bundle, DeviceCert, IdentityKey, IdentityPublic, LAST_RESORT_ID_BIT, LAST_RESORT_LIFETIME,
     PREKEY_LIFETIME, SafetyNumber, SignedPrekey, fingerprint,
@@ -415,6 +415,12 @@ fn show_body(body: &Body) -> String {
         }
         Body::Control(Control::DisplayName(name)) => format!("display_name name={}", hex::encode(name)),
         Body::Control(Control::Restored { at }) => format!("restored at={}", at.0),
+        Body::Control(Control::Keys(keys)) => format!(
+            "keys bundle={} inbox={} last_resort={}",
+            hex::encode(keys.bundle.to_bytes()),
+            hex::encode(keys.inbox.0),
+            keys.last_resort.as_ref().map_or("none".to_owned(), |p| hex::encode(p.to_bytes()))
+        ),
         Body::Fragment(f) => format!(
             "fragment group={} content={} index={} count={} total_len={} chunk_len={}",
             hex::encode(f.group),
@@ -521,7 +527,7 @@ fn ndr1_transcript() -> String {
     let invite = Invite::new(
         &bob.identity,
         bob.bundle.clone(),
-        bob_last_resort,
+        bob_last_resort.clone(),
         bob.inbox(),
         vec![(0..40).collect()],
         (100..138).collect(),
@@ -620,8 +626,16 @@ fn ndr1_transcript() -> String {
         ("control.display_name", Body::Control(Control::DisplayName("Sari Wulandari".into()))),
         // After it, for the same reason: a small file inside its description.
         ("file", Body::File(small_file())),
-        // And after that, a restore notice.
+        // And after that, a restore notice and a device's keys (Bob's, as his invite has them).
         ("control.restored", Body::Control(Control::Restored { at: T0 })),
+        (
+            "control.keys",
+            Body::Control(Control::Keys(Box::new(ContactKeys {
+                bundle: bob.bundle.clone(),
+                inbox: MailboxId([0x42; 16]),
+                last_resort: Some(bob_last_resort.clone()),
+            }))),
+        ),
     ] {
         let m = a.seal(&body, T0, &mut rng).unwrap();
         let got = b.open(&m.envelope, T0).unwrap();

@@ -59,7 +59,9 @@ impl<S: Store> Engine<S> {
         // it is stored.
         let Some(mut profile) = self.store.profile()? else { return Err(EngineError::ForeignDatabase) };
         let device = profile.cert.device_id();
+        let last_resort = profile.prekeys.last_resort().map(|p| p.id);
         let prekey_rotated = profile.prekeys.rotate_if_due(&profile.identity, &device, now, &mut self.rng);
+        let last_resort_rotated = profile.prekeys.last_resort().map(|p| p.id) != last_resort;
         let prekeys_purged = profile.prekeys.purge(now);
         if prekey_rotated || prekeys_purged > 0 {
             let bundle = bundle(&profile)?;
@@ -67,6 +69,10 @@ impl<S: Store> Engine<S> {
             self.profile = self.store.profile()?.ok_or(EngineError::ForeignDatabase)?;
             self.bundle = bundle;
             tracing::info!(prekey_rotated, prekeys_purged, "prekeys maintained");
+        }
+        if last_resort_rotated {
+            let told = self.tell_keys(now)?;
+            tracing::info!(told, "new last-resort prekey told to contacts");
         }
         Ok(Maintenance { prekey_rotated, prekeys_purged, ..Maintenance::default() })
     }

@@ -83,6 +83,12 @@ pub enum EngineError {
     /// The invite could not be used.
     #[error("invalid invite: {0}")]
     InvalidInvite(String),
+    /// There is no session with the contact (this node was restored from a backup) and no keys
+    /// of theirs to start one with: no invite of theirs, and their node has not sent its keys.
+    #[error(
+        "no keys of {0} to start a new session with: you never added their invite, and their node has not sent its keys yet (it sends them every 30 days); ask {0} for a new invite"
+    )]
+    NoKeys(String),
     /// The message does not fit in one message.
     #[error("message too large: {len} bytes, at most {max}")]
     TooLarge {

@@ -218,10 +218,10 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
         group: &mut SendGroup,
     ) -> Result<SessionId, EngineError> {
-        // Contacts without a bundle were created by their own first contact, so they always
-        // have a session; this only guards against a damaged record.
+        // A contact without keys reached us first and never sent them: after a restore from a
+        // backup, which keeps no session, there is nothing to start one with.
         let (Some(bundle), Some(inbox)) = (contact.bundle.as_ref(), contact.inbox) else {
-            return Err(EngineError::UnknownContact(contact.name.clone()));
+            return Err(EngineError::NoKeys(contact.name.clone()));
         };
         // The invite's rotating prekey, or its last-resort one once that expired.
         let bundle = merpati_proto::invite::bundle_at(bundle, contact.last_resort.as_ref(), now)

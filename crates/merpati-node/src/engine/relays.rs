@@ -262,21 +262,30 @@ impl<S: Store> Engine<S> {
         bodies
     }
 
-    /// Seals the name the user calls themselves (if they chose one) for `contact`, whose
-    /// session we just started: `contact` may not have us in their contacts, and then it is the
-    /// name their contact request suggests. Sent after the first text, so the text leaves first.
+    /// Seals what introduces us to `contact`, whose session we just started: `contact` may not
+    /// have us in their contacts. The name the user calls themselves (if they chose one), which
+    /// their contact request then suggests; and our keys for a first contact, as our invite has
+    /// them, so they can start a new session with us one day (after a restore from a backup)
+    /// even if they never had our invite. Sent after the first text, so the text leaves first.
     pub(super) fn seal_introduction(
         &mut self,
         session: &SessionId,
         contact: &str,
         now: Timestamp,
-    ) -> Result<Option<Change>, EngineError> {
-        let Some(name) = &self.me.name else { return Ok(None) };
-        let body = Body::Control(Control::DisplayName(name.clone()));
-        if body.validate().is_err() {
-            return Ok(None);
+    ) -> Result<Vec<Change>, EngineError> {
+        let mut bodies = Vec::new();
+        if let Some(name) = &self.me.name {
+            let body = Body::Control(Control::DisplayName(name.clone()));
+            if body.validate().is_ok() {
+                bodies.push(body);
+            }
         }
-        Ok(Some(Change::PutOutbox(self.seal_into_outbox(session, contact, &body, now)?)))
+        bodies.push(self.keys_body());
+        let mut changes = Vec::with_capacity(bodies.len());
+        for body in &bodies {
+            changes.push(Change::PutOutbox(self.seal_into_outbox(session, contact, body, now)?));
+        }
+        Ok(changes)
     }
 
     /// Seals the session-opening control messages into outbox entries for `contact`, in the
@@ -347,5 +356,6 @@ pub(super) fn apply_control(contact: &mut Contact, control: Control) -> bool {
         Control::DisplayName(_) => false,
         // Moves the conversation to another session: the engine's own step (`restore`).
         Control::Restored { .. } => false,
+        Control::Keys(keys) => super::restore::learn_keys(contact, *keys),
     }
 }

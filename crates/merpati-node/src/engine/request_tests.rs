@@ -22,7 +22,7 @@ fn a_strangers_first_contact_waits_as_a_request_and_opens_once_accepted() {
     let (mut alice, mut bob) = pair();
     let sent = alice.send_text("bob", "hello Bob, it is Sari from the market", T0).unwrap();
     let handed = pump(&mut alice, Some(&peer(1).to_bytes()), &mut bob, T0);
-    assert_eq!(handed, 2, "the text, then her display name");
+    assert_eq!(handed, 3, "the text, then her display name and her keys");
 
     // Held: no contact, no session, no message, nothing queued back.
     assert!(bob.store().contacts().unwrap().is_empty());
@@ -32,7 +32,7 @@ fn a_strangers_first_contact_waits_as_a_request_and_opens_once_accepted() {
     let request = only_request(&bob);
     assert_eq!(request.suggested_name.as_deref(), Some("Alice"));
     assert_eq!(request.preview.as_deref(), Some("hello Bob, it is Sari from the market"));
-    assert_eq!((request.envelopes.len(), request.dropped), (2, 0));
+    assert_eq!((request.envelopes.len(), request.dropped), (3, 0));
     // Alice's node got its answer (so it stops retrying), but no receipt.
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Sent);
     assert_eq!(alice.store().outbox_len().unwrap(), 0);
@@ -47,6 +47,11 @@ fn a_strangers_first_contact_waits_as_a_request_and_opens_once_accepted() {
     assert_eq!(bob.take_opened(), shown, "handed to the daemon to announce");
     assert!(bob.take_opened().is_empty());
     assert_eq!(shown[0].text, "hello Bob, it is Sari from the market");
+    // Her keys came along: Bob could start a session with her himself, as with her invite.
+    let sari = bob.store().contact("sari").unwrap().unwrap();
+    assert_eq!(sari.bundle.as_ref(), Some(alice.bundle()));
+    assert_eq!(sari.inbox, Some(alice.me().inbox()));
+    assert!(sari.last_resort.is_some());
     pump(&mut bob, None, &mut alice, later);
     assert_eq!(alice.message(&sent.id).unwrap().status, Status::Delivered);
     // And the conversation goes on both ways.
@@ -78,7 +83,8 @@ fn a_request_holds_each_envelope_once_and_only_so_many() {
     pump(&mut alice, None, &mut bob, T0);
     let request = only_request(&bob);
     assert_eq!(request.envelopes.len(), MAX_REQUEST_ENVELOPES);
-    assert_eq!(request.dropped as usize, 1 + 1 + 30 - MAX_REQUEST_ENVELOPES);
+    // The first text, her display name, her keys and 30 texts.
+    assert_eq!(request.dropped as usize, 1 + 1 + 1 + 30 - MAX_REQUEST_ENVELOPES);
     assert_eq!(request.preview.as_deref(), Some("first"));
 }
 

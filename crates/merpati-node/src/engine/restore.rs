@@ -13,7 +13,8 @@
 use merpati_proto::Timestamp;
 use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::fragment::{CONTENT_TEXT, split};
-use merpati_proto::frame::{Body, Control, MAX_TEXT_LEN};
+use merpati_proto::frame::{Body, ContactKeys, Control, MAX_TEXT_LEN};
+use merpati_proto::identity::is_last_resort;
 use merpati_proto::session::SessionId;
 
 use super::outgoing::{SendGroup, queue_entry};
@@ -32,6 +33,44 @@ pub struct Resumed {
 }
 
 impl<S: Store> Engine<S> {
+    /// Our keys for a first contact, as a control message: what a contact needs to start a new
+    /// session with us, as our invite would give it.
+    pub(super) fn keys_body(&self) -> Body {
+        Body::Control(Control::Keys(Box::new(ContactKeys {
+            bundle: self.bundle.clone(),
+            inbox: self.me.inbox(),
+            last_resort: self.profile.prekeys.last_resort().cloned(),
+        })))
+    }
+
+    /// Tells every contact with a session our keys again, in one write per contact: the
+    /// maintenance pass does so when our last-resort prekey rotates (every 30 days), so the keys
+    /// a contact holds for us stay usable (a last-resort prekey lives 400 days). Sessions not in
+    /// memory before are dropped from it again afterwards. Returns how many contacts were told.
+    pub fn tell_keys(&mut self, now: Timestamp) -> Result<usize, EngineError> {
+        let body = self.keys_body();
+        let mut told = 0;
+        for contact in self.store.contacts()? {
+            let Some(id) = contact.session else { continue };
+            let cached = self.sessions.contains_key(&id);
+            let mut group = SendGroup::default();
+            match self.seal_into_outbox(&id, &contact.name, &body, now) {
+                Ok(entry) => {
+                    group.changes.push(Change::PutOutbox(entry));
+                    group.touch(id, &contact.name);
+                    self.write_group(group)?;
+                    told += 1;
+                }
+                // A broken session carries nothing; the contact gets our keys with the next one.
+                Err(e) => tracing::debug!("keys not sent to {}: {e}", contact.name),
+            }
+            if !cached {
+                self.forget_session(&id);
+            }
+        }
+        Ok(told)
+    }
+
     /// Starts a new session with every contact that has none and that we talked to (the
     /// restore dropped every session), tells them of the restore at `restored_at`, and queues
     /// again our messages they never confirmed. Contacts already in a new session are skipped,
@@ -88,6 +127,9 @@ impl<S: Store> Engine<S> {
             let changes = self.seal_again(&id, message, now)?;
             group.changes.extend(changes);
         }
+        // As after any session we start: so they can start one with us again one day.
+        let introduction = self.seal_introduction(&id, &contact.name, now)?;
+        group.changes.extend(introduction);
         Ok(unconfirmed.len())
     }
 
@@ -195,4 +237,43 @@ impl<S: Store> Engine<S> {
             content: Content::Inline(data),
         }))
     }
+}
+
+/// Takes a contact's keys (from [`Control::Keys`]) into their record if they are theirs, signed,
+/// and not older than the ones it holds; returns whether the record changed. Expiry is not
+/// checked here: a first contact checks it when it is written, as for an invite's keys.
+pub(super) fn learn_keys(contact: &mut Contact, keys: ContactKeys) -> bool {
+    let ContactKeys { bundle, inbox, last_resort } = keys;
+    let ignore = |why: &str| {
+        tracing::debug!("ignoring keys from {}: {why}", contact.name);
+        false
+    };
+    if *bundle.identity() != contact.identity {
+        return ignore("another identity's");
+    }
+    if bundle.verify(bundle.prekey.created_at).is_err() {
+        return ignore("the bundle does not verify");
+    }
+    if let Some(prekey) = &last_resort
+        && (!is_last_resort(prekey.id)
+            || prekey.verify(bundle.identity(), &bundle.device_id(), prekey.created_at).is_err())
+    {
+        return ignore("the last-resort prekey does not verify");
+    }
+    // Relays may reorder envelopes across sessions: older keys never replace newer ones.
+    if let Some(held) = &contact.bundle
+        && held.device_id() == bundle.device_id()
+        && held.prekey.created_at > bundle.prekey.created_at
+    {
+        return ignore("older than the keys held");
+    }
+    let changed = contact.bundle.as_ref() != Some(&bundle)
+        || contact.inbox != Some(inbox)
+        || (last_resort.is_some() && contact.last_resort != last_resort);
+    contact.bundle = Some(bundle);
+    contact.inbox = Some(inbox);
+    if last_resort.is_some() {
+        contact.last_resort = last_resort;
+    }
+    changed
 }

@@ -192,9 +192,9 @@ fn node_info_names_the_sender_of_a_first_contact_fetched_from_a_relay() {
     bob.add_relay(&relay(12), T0).unwrap();
 
     let sent = alice.send_text("bob", "hi, through a relay", T0).unwrap();
-    // Node info and relay hints go first, then the text, then her name.
-    assert_eq!(alice.store().outbox_len().unwrap(), 4);
-    assert_eq!(pump(&mut alice, None, &mut bob, T0), 4);
+    // Node info and relay hints go first, then the text, then her name and her keys.
+    assert_eq!(alice.store().outbox_len().unwrap(), 5);
+    assert_eq!(pump(&mut alice, None, &mut bob, T0), 5);
     accept(&mut bob, "alice", T0);
     let alice_at_bob = only_contact(&bob);
     assert_eq!(alice_at_bob.peer_id, peer(1).to_bytes());
@@ -285,8 +285,8 @@ fn a_deposit_at_relays_shows_as_stored_until_the_receipt() {
     let stored = Status::Stored { accepted: 1, total: 2 };
     assert_eq!(alice.attempt_finished(&attempt.id, &deposited, T0).unwrap(), Some((stored, None)));
     assert_eq!(alice.message(&sent.id).unwrap().status, stored);
-    // A relay holds it now; her name, sealed after it, waits.
-    assert_eq!(alice.store().outbox_len().unwrap(), 1);
+    // A relay holds it now; her name and keys, sealed after it, wait.
+    assert_eq!(alice.store().outbox_len().unwrap(), 2);
 
     // Bob fetches it later, accepts Alice, and his receipt moves it on.
     assert!(bob.receive(None, &attempt.envelope, T0).unwrap().request.is_some());
@@ -343,8 +343,8 @@ fn refused_deposits_retry_with_a_reason_and_too_large_fails() {
     assert_eq!(status, Status::Failed);
     assert!(reason.unwrap().contains("too large"));
     assert_eq!(alice.message(&big.id).unwrap().status, Status::Failed);
-    // Only her name, sealed after the first text, is left to deliver.
-    assert_eq!(alice.store().outbox_len().unwrap(), 1);
+    // Only her name and keys, sealed after the first text, are left to deliver.
+    assert_eq!(alice.store().outbox_len().unwrap(), 2);
 }
 
 #[test]
@@ -698,10 +698,12 @@ fn maintenance_of_sessions_not_in_use_keeps_them_on_disk_only() {
         bob.mailbox_keys(now);
         assert!(bob.sessions.is_empty(), "a session not in use was kept in memory");
     }
-    // Bob's one sealed sub-epoch was stepped once it was a day old, and nothing more.
+    // Bob's one sealed sub-epoch was stepped once it was a day old; on day 30 his new last-resort
+    // prekey went to Alice, sealed in a fresh sub-epoch, itself stepped a day later; nothing more.
     let after = sub_epoch(&bob);
     assert_eq!(after.map(|(e, _)| e), before.map(|(e, _)| e));
-    assert_eq!(after.map(|(_, s)| s), before.map(|(_, s)| s + 1));
+    assert_eq!(after.map(|(_, s)| s), before.map(|(_, s)| s + 3));
+    assert_eq!(bob.store().outbox_len().unwrap(), 1, "the keys wait for Alice");
     assert!(written >= 1, "old keys were never deleted");
     let state = bob.store().session(&id).unwrap().unwrap().state;
     for epoch in &state.recv {
