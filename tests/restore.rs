@@ -1,7 +1,8 @@
 //! Moving to a new laptop with real processes on 127.0.0.1: Alice backs up, her laptop dies
 //! (`kill -9`), Bob writes while she is gone, and she restores the backup into a new home. Her new
 //! node starts new sessions, Bob's node shows that she restored from a backup, and what Bob sent
-//! that the old laptop never confirmed arrives on the new one, once, beside the whole history.
+//! that the old laptop never confirmed arrives on the new one, once, beside the whole history. The
+//! old laptop, started again, is told plainly that another copy took over.
 //!
 //! Every wait polls with a deadline; nothing sleeps to synchronise.
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
@@ -87,7 +88,8 @@ fn a_backup_restored_on_a_new_laptop_carries_on_the_conversation() {
 
     let follower = bob.follow(&["alice"]);
     laptop.start();
-    assert_eq!(laptop.ready.as_ref().unwrap().peer_id, alice.ready.as_ref().unwrap().peer_id);
+    // A node of its own: the old laptop, were it still running, would be another peer.
+    assert_ne!(laptop.ready.as_ref().unwrap().peer_id, alice.ready.as_ref().unwrap().peer_id);
     let mut follower = follower;
     follower.wait_for("restored from a backup");
     wait_until("Bob's missed message to reach the new laptop", PATIENCE, || {
@@ -111,4 +113,11 @@ fn a_backup_restored_on_a_new_laptop_carries_on_the_conversation() {
     wait_until("both to arrive", PATIENCE, || delivered(&laptop, &onward) && delivered(&bob, &back));
     let at_bob: Vec<Value> = bob.messages(Some("alice"));
     assert_eq!(at_bob.iter().filter(|m| m["text"] == "hello from the old laptop").count(), 1);
+
+    // The old laptop comes back to life: what it writes now is refused, and it says why.
+    alice.start();
+    let late = alice.cli(&["send", "bob", "--wait", "delivered", "--timeout", "60", "--", "still here?"]);
+    assert_eq!(late.status.code(), Some(9), "{}\n{}", text(&late.stdout), text(&late.stderr));
+    assert!(text(&late.stderr).contains("another copy of your identity"), "{}", text(&late.stderr));
+    assert!(texts(&bob, "alice").iter().all(|t| t != "still here?"));
 }

@@ -1,6 +1,7 @@
 //! A backup written from a real database and restored into a new home: the restored node starts
 //! new sessions, its contact's node accepts them as the same person, and what either side sent
-//! that the other never confirmed arrives, once. Engines hand envelopes to each other directly.
+//! that the other never confirmed arrives, once; a copied home running twice is told plainly.
+//! Engines hand envelopes to each other directly.
 #![allow(clippy::unwrap_used)] // test code: a failed step is a failed test
 
 mod support;
@@ -153,6 +154,19 @@ fn a_restored_node_carries_on_and_nothing_sent_either_way_is_lost() {
     assert!(texts(&bob, "alice").iter().any(|(_, t)| t == "all here"));
     assert!(texts(&alice, "bob").iter().any(|(_, t)| t == "welcome back"));
 
+    // The old laptop was not dead after all: what it wrote before the restore is still read,
+    // what it writes after is refused, and it is told why.
+    let mut old_laptop = node(&old_home, 1, t2);
+    let late = old_laptop
+        .send_text("bob", "from the old laptop, after the move", t2.plus(60 * Timestamp::SECOND))
+        .unwrap();
+    pump(&mut old_laptop, &mut bob, t2.plus(60 * Timestamp::SECOND));
+    let refused = old_laptop.message(&late.id).unwrap();
+    assert_eq!(refused.status, Status::Failed);
+    assert!(refused.reason.unwrap_or_default().contains("another copy of your identity"));
+    assert!(texts(&bob, "alice").iter().all(|(_, t)| t != "from the old laptop, after the move"));
+    drop(old_laptop);
+
     // Another copy restored from the same backup, its notice dated before the first restore:
     // Bob's node reads it but keeps writing to the newer copy.
     let spare = tempfile::tempdir().unwrap();
@@ -294,4 +308,70 @@ fn a_contact_without_keys_is_named_by_the_restore_and_the_rest_goes_on() {
     // The history is there all the same.
     let restored_node = node(&target, 3, T0);
     assert_eq!(texts(&restored_node, "dewi"), [(Direction::In, "halo".to_owned())]);
+}
+
+/// Copies the directory `from` to `to`, as someone copying a home folder would.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Alice (on a sled home in `dirs[0]`) and Bob, who exchanged a few words; with `bob_spoke_last`
+/// Bob's receipt is the last word, so Alice's next message opens a new epoch. Then the home is
+/// copied to `dirs[1]`, and both copies run.
+fn copied_home(
+    dirs: &[tempfile::TempDir; 2],
+    bob_spoke_last: bool,
+) -> (Engine<SledStore>, Engine<SledStore>, Engine<MemoryStore>) {
+    let home = new_home(dirs[0].path(), 1, "Alice");
+    let mut alice = node(&home, 1, T0);
+    let mut bob = Engine::start(
+        MemoryStore::new(),
+        Me::from(IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(2), Some("Bob".into()), T0).unwrap()),
+        node_key,
+        T0,
+        ChaCha20Rng::seed_from_u64(2),
+    )
+    .unwrap();
+    alice.add_contact(&bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap(), "bob", T0).unwrap();
+    bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
+    alice.send_text("bob", "hello", T0).unwrap();
+    pump(&mut alice, &mut bob, T0);
+    if !bob_spoke_last {
+        bob.send_text("alice", "hi", T0).unwrap();
+    }
+    pump(&mut bob, &mut alice, T0);
+    pump(&mut alice, &mut bob, T0);
+    drop(alice);
+    let copy = Home::at(dirs[1].path()).unwrap();
+    copy_dir(home.dir(), copy.dir());
+    (node(&home, 1, T0), node(&copy, 5, T0), bob)
+}
+
+#[test]
+fn a_second_running_copy_of_a_home_is_told_plainly() {
+    // Whether the copies open the same new epoch differently, or seal at one place in an epoch
+    // of theirs, the second copy's message is refused and its sender told why.
+    for bob_spoke_last in [true, false] {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let (mut first, mut second, mut bob) = copied_home(&dirs, bob_spoke_last);
+        let one = first.send_text("bob", "from the first copy", T0).unwrap();
+        pump(&mut first, &mut bob, T0);
+        assert_eq!(first.message(&one.id).unwrap().status, Status::Sent);
+        let two = second.send_text("bob", "from the second copy", T0).unwrap();
+        pump(&mut second, &mut bob, T0);
+        let refused = second.message(&two.id).unwrap();
+        assert_eq!(refused.status, Status::Failed, "bob spoke last: {bob_spoke_last}");
+        let reason = refused.reason.unwrap_or_default();
+        assert!(reason.contains("another copy of your identity writes in this conversation"), "{reason}");
+        assert!(texts(&bob, "alice").iter().all(|(_, t)| t != "from the second copy"));
+    }
 }

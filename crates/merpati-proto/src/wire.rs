@@ -98,6 +98,10 @@ pub enum Refusal {
     NotReserved,
     /// The relay keeps no such file (never created, withdrawn, expired, or every reader has it).
     UnknownBlob,
+    /// The envelope belongs to a conversation another copy of the sender's identity also writes
+    /// in (a copied home folder, or a device still running after its identity was restored from
+    /// a backup elsewhere): the two copies' envelopes conflict, and this one was not taken.
+    SessionConflict,
 }
 
 impl fmt::Display for Refusal {
@@ -115,6 +119,9 @@ impl fmt::Display for Refusal {
             Self::Internal => f.write_str("the other side had an internal error"),
             Self::NotReserved => f.write_str("the relay keeps files only for nodes that listen through it"),
             Self::UnknownBlob => f.write_str("the relay has no such file (it expired or was withdrawn)"),
+            Self::SessionConflict => f.write_str(
+                "another copy of your identity writes in this conversation (a copied home folder, or this device kept running after a restore from a backup elsewhere); stop every copy but one",
+            ),
         }
     }
 }

@@ -809,6 +809,7 @@ fn wire_vectors() -> String {
     cbor_lines(&mut out, "deliver.request", &deliver::Request { envelope: envelope.clone() });
     cbor_lines(&mut out, "deliver.accepted", &deliver::Response::Accepted);
     cbor_lines(&mut out, "deliver.refused", &deliver::Response::Refused(Refusal::TooLarge { max: 65_536 }));
+    cbor_lines(&mut out, "deliver.refused.conflict", &deliver::Response::Refused(Refusal::SessionConflict));
     let batch = deliver::Batch {
         envelopes: vec![serde_bytes::ByteBuf::from(envelope.clone()), serde_bytes::ByteBuf::from(vec![5, 6])],
     };

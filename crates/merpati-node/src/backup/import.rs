@@ -18,7 +18,7 @@ use super::record::{ReadError, Record, RecordReader};
 use super::{BackupError, io_error};
 use crate::engine::{Engine, Me, Resumed};
 use crate::lock::HomeLock;
-use crate::store::{Change, Contact, Keyring, SledStore, Store};
+use crate::store::{Change, Contact, Keyring, NodeKey, Profile, SledStore, Store};
 
 /// Changes written together while restoring: few durable writes, bounded memory.
 const BATCH: usize = 256;
@@ -131,11 +131,18 @@ fn build(
     if profile.identity.public() != identity.identity.public() {
         return Err(damaged("its identity and its device profile do not match"));
     }
+    // A node key of its own: should the old device still run, the two are different peers, and
+    // contacts, told the new one in each new session, deliver to this one.
+    let node_key = libp2p::identity::Keypair::generate_ed25519()
+        .to_protobuf_encoding()
+        .map_err(|_| damaged("no node key could be made"))?;
+    store.apply(&[Change::PutProfile(Profile { node_key: NodeKey::new(node_key), ..profile })])?;
+    let Some(profile) = store.profile()? else { return Err(damaged("it holds no device profile")) };
     if let Some(config) = counts.config.as_ref() {
         write_new(&partial.join("merpatid.toml"), config.as_bytes())?;
     }
     let peer_id = libp2p::identity::Keypair::from_protobuf_encoding(profile.node_key.as_bytes())
-        .map_err(|_| damaged("its node key does not decode"))?
+        .map_err(|_| damaged("the new node key does not decode"))?
         .public()
         .to_peer_id()
         .to_bytes();

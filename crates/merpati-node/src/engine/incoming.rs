@@ -264,30 +264,87 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
         pending: &mut Pending,
     ) -> Result<Received, EngineError> {
-        let Some(session) = self.session(&id, now)? else {
+        if self.session(&id, now)?.is_none() {
             // A blocked contact's session: dropped unread, answered as any stored envelope.
             if self.blocked_session(&id)? {
                 return Ok(Received::answer(deliver::Response::Accepted));
             }
             return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
-        };
-        let opened = session.open(bytes, now);
+        }
         // Set by `session` whenever it has the session in memory.
         let contact = self.session_contacts.get(&id).cloned().unwrap_or_default();
+        if self.written_by_a_superseded_copy(&id, &contact, bytes, pending, now)? {
+            tracing::warn!("{contact}'s node was restored elsewhere, yet the old copy still writes: refused");
+            return Ok(Received::answer(deliver::Response::Refused(Refusal::SessionConflict)));
+        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox)));
+        };
+        let opened = session.open(bytes, now);
+        let replayed = match opened {
+            Err(OpenError::Replay) => session.peek(bytes, now).map(|(frame, _)| frame),
+            _ => None,
+        };
         match opened {
             Ok(incoming) => {
                 pending.touch(id, &contact);
                 self.store_incoming(id, &contact, incoming, pending, now)
             }
-            // Already stored: say so again, or the sender would keep retrying.
-            Err(OpenError::Replay) => Ok(Received::answer(deliver::Response::Accepted)),
+            // Already stored: say so again, or the sender would keep retrying. Unless it is not
+            // what was stored: a message we do not have, sealed at the place of one we do.
+            Err(OpenError::Replay) => {
+                let conflict = match &replayed {
+                    Some(frame) if matches!(frame.body, Body::Text(_) | Body::File(_)) => {
+                        self.store.message(&frame.message_id)?.is_none()
+                    }
+                    _ => false,
+                };
+                if conflict {
+                    tracing::warn!(
+                        "{contact}'s node sealed two messages at one place: two copies of them are running"
+                    );
+                    return Ok(Received::answer(deliver::Response::Refused(Refusal::SessionConflict)));
+                }
+                Ok(Received::answer(deliver::Response::Accepted))
+            }
             // The key of a sub-epoch is deleted once all its 64 messages arrived, so a further
             // copy of any of them (say, from a second relay) lands here; otherwise the key
             // outlived its retention and no copy can ever be read. Either way a retry cannot
             // help, and a fetched copy is to be deleted at the relay.
             Err(OpenError::KeyUnavailable) => Ok(Received::answer(deliver::Response::Accepted)),
+            // An epoch opened twice, differently: two copies of the sender seal in this session.
+            Err(OpenError::OpenMismatch) => {
+                tracing::warn!(
+                    "{contact}'s node wrote an epoch twice, differently: two copies of them are running"
+                );
+                Ok(Received::answer(deliver::Response::Refused(Refusal::SessionConflict)))
+            }
             Err(_) => Ok(Received::answer(deliver::Response::Refused(Refusal::Malformed))),
         }
+    }
+
+    /// Whether `bytes`, in session `id` of `contact`, come from a copy of the contact that a
+    /// restore from a backup replaced: the conversation moved to the restored node's session, and
+    /// this was written after the restore, so the old copy still runs. What the old device sent
+    /// before the restore is still taken (nothing is lost by the move). Only for a session the
+    /// conversation left, and on a copy of it, so the session itself does not move.
+    fn written_by_a_superseded_copy(
+        &self,
+        id: &SessionId,
+        contact: &str,
+        bytes: &[u8],
+        pending: &mut Pending,
+        now: Timestamp,
+    ) -> Result<bool, EngineError> {
+        let record = match pending_contact(&mut pending.changes, contact) {
+            Some(record) => Some(record.clone()),
+            None => self.store.contact(contact)?,
+        };
+        let Some(restored_at) = record.filter(|c| c.session != Some(*id)).and_then(|c| c.restored_at) else {
+            return Ok(false);
+        };
+        let peeked = self.sessions.get(id).and_then(|session| session.peek(bytes, now));
+        Ok(peeked.is_some_and(|(frame, seen)| !seen && frame.sent_at > restored_at))
     }
 
     /// Adds to `pending` what an opened envelope carried, and notes a text for a delivery

@@ -791,6 +791,10 @@ fn relay_reason(refusals: &[Refusal]) -> String {
 fn permanent(refusal: &Refusal) -> bool {
     matches!(
         refusal,
-        Refusal::TooLarge { .. } | Refusal::Malformed | Refusal::Unauthorized | Refusal::UnknownMailbox
+        Refusal::TooLarge { .. }
+            | Refusal::Malformed
+            | Refusal::Unauthorized
+            | Refusal::UnknownMailbox
+            | Refusal::SessionConflict
     )
 }

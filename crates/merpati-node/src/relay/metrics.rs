@@ -210,6 +210,8 @@ fn refusal_kind(refusal: &Refusal) -> &'static str {
         Refusal::Internal => "internal",
         Refusal::NotReserved => "not_reserved",
         Refusal::UnknownBlob => "unknown_blob",
+        // A user node's answer; a relay never gives it.
+        Refusal::SessionConflict => "session_conflict",
     }
 }
 

@@ -60,6 +60,29 @@ impl Session {
         self.open_envelope(&envelope, now)
     }
 
+    /// Opens `envelope` as [`Session::open`] would, without changing anything: its frame, and
+    /// whether its place was already taken (a [`OpenError::Replay`] for `open`). For a replay,
+    /// the frame's message id tells a true copy (a second relay's, a retry) from different content
+    /// another copy of the sender (a copied home) sealed under the same key and nonce. `None` if
+    /// it does not open.
+    pub fn peek(&self, envelope: &[u8], now: Timestamp) -> Option<(Frame, bool)> {
+        let envelope = Envelope::decode(envelope).ok()?;
+        let header = &envelope.header;
+        let expected_kind = if header.epoch == 0 { Kind::FirstContact } else { Kind::Session };
+        if header.kind != expected_kind || self.state.role.owns(header.epoch) {
+            return None;
+        }
+        let seen_open = match (&self.last_open, envelope.open.as_deref()) {
+            (Some((e, bytes)), Some(open)) => *e == header.epoch && bytes.as_slice() == open,
+            _ => false,
+        };
+        let plan = self.plan(&envelope, seen_open, now).ok()?;
+        let seen = plan.seen & (1u64 << header.index) != 0;
+        let plaintext = noise::open(&plan.key, u64::from(header.index), &envelope.ciphertext).ok()?;
+        let frame = Frame::decode(&plaintext).ok()?;
+        (frame.header_echo == header.encode()).then_some((frame, seen))
+    }
+
     pub(super) fn open_envelope(
         &mut self,
         envelope: &Envelope,
