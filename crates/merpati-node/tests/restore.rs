@@ -38,6 +38,13 @@ fn me_of(home: &Home) -> Me {
     Me::from(IdentityFile::load(&home.identity_file()).unwrap())
 }
 
+/// Bob, on a store in memory.
+fn bob() -> Engine<MemoryStore> {
+    let me =
+        Me::from(IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(2), Some("Bob".into()), T0).unwrap());
+    Engine::start(MemoryStore::new(), me, node_key, T0, ChaCha20Rng::seed_from_u64(2)).unwrap()
+}
+
 /// The node of `home`, on its database.
 fn node(home: &Home, seed: u64, now: Timestamp) -> Engine<SledStore> {
     std::fs::create_dir_all(home.database_dir()).unwrap();
@@ -84,14 +91,7 @@ fn a_restored_node_carries_on_and_nothing_sent_either_way_is_lost() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let old_home = new_home(dirs[0].path(), 1, "Alice");
     let mut alice = node(&old_home, 1, T0);
-    let mut bob = Engine::start(
-        MemoryStore::new(),
-        Me::from(IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(2), Some("Bob".into()), T0).unwrap()),
-        node_key,
-        T0,
-        ChaCha20Rng::seed_from_u64(2),
-    )
-    .unwrap();
+    let mut bob = bob();
     let invite = bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap();
     alice.add_contact(&invite, "bob", T0).unwrap();
     bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
@@ -228,14 +228,7 @@ fn a_contact_who_wrote_first_can_be_told_of_a_restore() {
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let old_home = new_home(dirs[0].path(), 1, "Alice");
     let mut alice = node(&old_home, 1, T0);
-    let mut bob = Engine::start(
-        MemoryStore::new(),
-        Me::from(IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(2), Some("Bob".into()), T0).unwrap()),
-        node_key,
-        T0,
-        ChaCha20Rng::seed_from_u64(2),
-    )
-    .unwrap();
+    let mut bob = bob();
     // Only Bob has an invite: Alice never had his, and accepts his request.
     bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
     bob.send_text("alice", "it is Bob, from the market", T0).unwrap();
@@ -333,14 +326,7 @@ fn copied_home(
 ) -> (Engine<SledStore>, Engine<SledStore>, Engine<MemoryStore>) {
     let home = new_home(dirs[0].path(), 1, "Alice");
     let mut alice = node(&home, 1, T0);
-    let mut bob = Engine::start(
-        MemoryStore::new(),
-        Me::from(IdentityFile::create(&mut ChaCha20Rng::seed_from_u64(2), Some("Bob".into()), T0).unwrap()),
-        node_key,
-        T0,
-        ChaCha20Rng::seed_from_u64(2),
-    )
-    .unwrap();
+    let mut bob = bob();
     alice.add_contact(&bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap(), "bob", T0).unwrap();
     bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
     alice.send_text("bob", "hello", T0).unwrap();
