@@ -81,7 +81,7 @@ fn a_backup_restored_on_a_new_laptop_carries_on_the_conversation() {
         laptop.cli_with_input(&["restore", carried.to_str().unwrap()], Some(&format!("{PASSPHRASE}\n")));
     assert!(restored.status.success(), "restore failed: {}", text(&restored.stderr));
     let said = text(&restored.stdout);
-    assert!(said.contains("Restored Alice") && said.contains("it tells bob"), "{said}");
+    assert!(said.contains("Restored Alice") && said.contains("a new session with bob"), "{said}");
     let again =
         laptop.cli_with_input(&["restore", carried.to_str().unwrap()], Some(&format!("{PASSPHRASE}\n")));
     assert_eq!(again.status.code(), Some(20), "{}", text(&again.stderr));

@@ -125,8 +125,8 @@ pub(crate) fn restore(home: &Home, out: &mut Output, args: RestoreArgs) -> Resul
     if !restored.told.is_empty() {
         let names: Vec<_> = restored.told.iter().map(|n| sanitize(n).into_owned()).collect();
         out.line(format_args!(
-            "Start the daemon (merpatid --home {}): it tells {} that you moved, starts new conversations' sessions, \
-             and sends again what they never confirmed; they send again what you missed.",
+            "Start the daemon (merpatid --home {}): it starts a new session with {}, who see that you restored \
+             from a backup; each side sends again what the other never confirmed.",
             home.dir().display(),
             names.join(", ")
         ))?;
@@ -138,7 +138,9 @@ pub(crate) fn restore(home: &Home, out: &mut Output, args: RestoreArgs) -> Resul
             sanitize(&unreachable.why)
         ))?;
     }
-    out.line("Stop Merpati on the old device for good: two running copies of one identity get in each other's way.")
+    out.line(
+        "Stop Merpati on the old device for good: what it writes from now on, your contacts' nodes refuse.",
+    )
 }
 
 /// The passphrase: from `MERPATI_PASSPHRASE`, else asked at the terminal without echo (twice

@@ -11,7 +11,7 @@ use merpati_control::identity_file::IdentityFile;
 use merpati_proto::Timestamp;
 
 use super::record::{MAX_CONFIG_LEN, Record, RecordWriter, SPOOL_PIECE, SecretBytes, SpoolSide};
-use super::{BackupError, MIN_PASSPHRASE_LEN, io_error};
+use super::{BackupError, MIN_PASSPHRASE_LEN, SCRYPT_WORK_FACTOR, io_error};
 use crate::store::{Contact, Store};
 
 /// What a backup holds.
@@ -52,7 +52,12 @@ pub fn write<S: Store>(
         .prefix(".merpati-backup-")
         .tempfile_in(dir)
         .map_err(io_error("create a file in", dir))?;
-    let encryptor = age::Encryptor::with_user_passphrase(SecretString::from(passphrase.to_owned()));
+    let mut recipient = age::scrypt::Recipient::new(SecretString::from(passphrase.to_owned()));
+    recipient.set_work_factor(SCRYPT_WORK_FACTOR);
+    let encryptor =
+        age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient)).map_err(|e| {
+            BackupError::Io { action: "encrypt", path: dest.to_owned(), source: io::Error::other(e) }
+        })?;
     let failed = io_error("write", dest);
     let mut written = Written { path: dest.to_owned(), ..Written::default() };
     {

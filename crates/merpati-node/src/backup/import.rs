@@ -15,7 +15,7 @@ use merpati_proto::identity::fingerprint;
 
 use super::export::is_spool_name;
 use super::record::{ReadError, Record, RecordReader};
-use super::{BackupError, io_error};
+use super::{BackupError, MAX_SCRYPT_WORK_FACTOR, io_error};
 use crate::engine::{Engine, Me, Resumed};
 use crate::lock::HomeLock;
 use crate::store::{Change, Contact, Keyring, NodeKey, Profile, SledStore, Store};
@@ -177,7 +177,8 @@ fn open(source: &Path, passphrase: &str) -> Result<RecordReader<impl std::io::Re
     if !decryptor.is_scrypt() {
         return Err(not_a_backup("it is encrypted to a key, not to a passphrase"));
     }
-    let identity = age::scrypt::Identity::new(SecretString::from(passphrase.to_owned()));
+    let mut identity = age::scrypt::Identity::new(SecretString::from(passphrase.to_owned()));
+    identity.set_max_work_factor(MAX_SCRYPT_WORK_FACTOR);
     let stream =
         decryptor.decrypt(std::iter::once(&identity as &dyn age::Identity)).map_err(|e| match e {
             age::DecryptError::ExcessiveWork { .. } => {

@@ -27,6 +27,15 @@ use crate::store::StoreError;
 pub use export::{Written, write};
 pub use import::{Restored, restore};
 
+/// The scrypt work factor (`log₂ N`) a backup's passphrase is stretched with: age's own default,
+/// about a quarter of a second and 256 MiB for a moment (age's calibration would pick a second,
+/// and a gibibyte, on a fast machine: too much for a small laptop).
+pub(crate) const SCRYPT_WORK_FACTOR: u8 = 18;
+
+/// The largest work factor a restore accepts: a file asking for more (up to an hour and tens of
+/// GiB) is not one of ours.
+pub(crate) const MAX_SCRYPT_WORK_FACTOR: u8 = 20;
+
 /// The shortest passphrase a backup is written with: scrypt slows guessing, it cannot save a
 /// passphrase of a few letters.
 pub const MIN_PASSPHRASE_LEN: usize = 8;
