@@ -59,6 +59,12 @@ pub mod label {
     pub const BLOB_WRITE: &[u8] = b"NDR1/blob-write";
     /// The hash a relay keeps of a blob token.
     pub const BLOB_TOKEN: &[u8] = b"NDR1/blob-token";
+    /// What a group membership entry's signature covers.
+    pub const GROUP_ENTRY: &[u8] = b"NDR1/group-entry";
+    /// A group membership entry's name, as other entries cite it.
+    pub const GROUP_ENTRY_HASH: &[u8] = b"NDR1/group-entry-hash";
+    /// A group's id, from its genesis entry.
+    pub const GROUP_ID: &[u8] = b"NDR1/group-id";
 }
 
 fn feed(mut absorb: impl FnMut(&[u8]), label: &[u8], parts: &[&[u8]]) {

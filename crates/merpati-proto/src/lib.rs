@@ -13,6 +13,7 @@ pub mod codec;
 pub mod envelope;
 pub mod fragment;
 pub mod frame;
+pub mod group;
 pub mod identity;
 pub mod invite;
 pub mod kdf;

@@ -1,4 +1,5 @@
-//! Attack tests for NDR1 sessions: one named test per attack from the design brief.
+//! Attack tests for NDR1 sessions and group membership logs: one named test per attack from the
+//! design brief.
 //!
 //! Each test drives real sessions end to end (identities, first contact, epochs) and asserts both
 //! the refusal and, where an input is refused, that the session state did not change.
@@ -9,6 +10,7 @@ mod common;
 use common::{Party, T0, established, restart, snapshot, text};
 use merpati_proto::Timestamp;
 use merpati_proto::envelope::{Envelope, EnvelopeError};
+use merpati_proto::group::{Action, Added, Entry, EntryError, GroupId, Log, LogError, Role};
 use merpati_proto::identity::{Bundle, DeviceCert, IdentityKey, PROTOCOL_VERSION};
 use merpati_proto::keys::{KeyError, X25519Public, X25519Secret};
 use merpati_proto::session::{OpenError, Session};
@@ -385,4 +387,101 @@ fn restart_never_reuses_a_key_and_nonce() {
     assert!(h.sub_epoch > sub_before, "restart must move to a fresh sub-epoch");
     b.open(&before.envelope, T0).unwrap();
     b.open(&after.envelope, T0).unwrap();
+}
+
+/// The owner's group with `admin` made an admin and `member` added by them.
+fn group_with(owner: &IdentityKey, admin: &IdentityKey, member: &IdentityKey) -> Log {
+    let (group_id, genesis) = Entry::genesis(owner, "warga", [3; 16], T0).unwrap();
+    let mut log = Log::new(genesis).unwrap();
+    for (author, action) in [
+        (owner, Action::Add { member: admin.public(), name: "admin".into() }),
+        (owner, Action::SetRole { member: admin.public(), role: Role::Admin }),
+        (admin, Action::Add { member: member.public(), name: "member".into() }),
+    ] {
+        let entry = next_entry(&log, group_id, author, action);
+        assert!(matches!(log.add(entry, T0), Ok(Added::New(_))));
+    }
+    log
+}
+
+/// An entry by `author` citing the log's heads.
+fn next_entry(log: &Log, group_id: GroupId, author: &IdentityKey, action: Action) -> Entry {
+    let heads = log.heads();
+    let n = log.entries().iter().filter(|e| heads.contains(&e.hash())).map(|e| e.n).max().unwrap() + 1;
+    Entry::sign(author, group_id, n, heads, T0, action).unwrap()
+}
+
+fn keys(seed: u8) -> IdentityKey {
+    IdentityKey::from_bytes(&[seed; 32])
+}
+
+#[test]
+fn a_forged_group_change_is_refused_with_no_state_change() {
+    let (owner, admin, member, stranger) = (keys(1), keys(2), keys(3), keys(4));
+    let mut log = group_with(&owner, &admin, &member);
+    let before = (log.state(), log.len());
+    let mut forged = next_entry(&log, log.group_id(), &admin, Action::Remove { member: member.public() });
+    forged.author = owner.public();
+    assert!(matches!(log.add(forged, T0), Err(LogError::Entry(EntryError::BadSignature))));
+    let mut swapped =
+        next_entry(&log, log.group_id(), &admin, Action::Add { member: stranger.public(), name: "x".into() });
+    swapped.action = Action::Remove { member: member.public() };
+    assert!(log.add(swapped, T0).is_err());
+    assert_eq!((log.state(), log.len()), before);
+}
+
+#[test]
+fn a_non_admins_group_change_is_refused_with_no_state_change() {
+    let (owner, admin, member, stranger) = (keys(1), keys(2), keys(3), keys(4));
+    let mut log = group_with(&owner, &admin, &member);
+    let before = (log.state(), log.len());
+    for author in [&member, &stranger] {
+        let add = next_entry(
+            &log,
+            log.group_id(),
+            author,
+            Action::Add { member: stranger.public(), name: "x".into() },
+        );
+        assert!(matches!(log.add(add, T0), Err(LogError::NotAllowed(_))));
+    }
+    let promote = next_entry(
+        &log,
+        log.group_id(),
+        &admin,
+        Action::SetRole { member: member.public(), role: Role::Admin },
+    );
+    assert!(matches!(log.add(promote, T0), Err(LogError::NotAllowed(_))));
+    assert_eq!((log.state(), log.len()), before);
+}
+
+#[test]
+fn a_replayed_group_change_changes_nothing() {
+    let (owner, admin, member, _) = (keys(1), keys(2), keys(3), keys(4));
+    let mut log = group_with(&owner, &admin, &member);
+    let added = log.entries()[3].clone();
+    let removal = next_entry(&log, log.group_id(), &admin, Action::Remove { member: member.public() });
+    log.add(removal, T0).unwrap();
+    let before = (log.state(), log.len());
+    assert_eq!(log.add(added, T0), Ok(Added::Known));
+    assert_eq!((log.state(), log.len()), before);
+    assert!(!log.state().members.contains_key(&member.public()));
+}
+
+#[test]
+fn a_removed_admin_cannot_backdate_a_group_change() {
+    let (owner, admin, member, stranger) = (keys(1), keys(2), keys(3), keys(4));
+    let mut log = group_with(&owner, &admin, &member);
+    let before_removal = log.clone();
+    let removal = next_entry(&log, log.group_id(), &owner, Action::Remove { member: admin.public() });
+    log.add(removal, T0).unwrap();
+    // Citing the log as it was before the removal: kept, but void.
+    let backdated = next_entry(
+        &before_removal,
+        log.group_id(),
+        &admin,
+        Action::Add { member: stranger.public(), name: "x".into() },
+    );
+    log.add(backdated, T0).unwrap();
+    assert!(!log.state().members.contains_key(&stranger.public()));
+    assert_eq!(log.state().role(&admin.public()), None);
 }

@@ -38,6 +38,7 @@ use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::envelope::{Envelope, HEADER_LEN};
 use merpati_proto::fragment;
 use merpati_proto::frame::{Body, ContactKeys, Control, Frame, ReceiptKind};
+use merpati_proto::group::{Action, Entry};
 use merpati_proto::identity::{
     Bundle, DeviceCert, IdentityKey, IdentityPublic, LAST_RESORT_ID_BIT, LAST_RESORT_LIFETIME,
     PREKEY_LIFETIME, SafetyNumber, SignedPrekey, fingerprint,
@@ -659,6 +660,38 @@ fn small_file() -> Descriptor {
     }
 }
 
+/// A group's genesis by the identity of seed 01…01 and its `Add` of the identity of seed 02…02
+/// (protocol §15.1): each entry's bytes, signed digest (checked here against the layout written
+/// out field by field) and hash, and the group's id.
+fn group_vectors(out: &mut Vectors, owner: &IdentityKey, member: &IdentityKey, now: Timestamp) {
+    let (group_id, genesis) = Entry::genesis(owner, "Pasar Minggu", [0x5a; 16], now).unwrap();
+    let author = owner.public();
+    let mut create = vec![1, 12];
+    create.extend_from_slice(b"Pasar Minggu");
+    create.extend_from_slice(&[0x5a; 16]);
+    let genesis_parts: [&[u8]; 6] =
+        [&[0; 16], &0u32.to_be_bytes(), &[], author.as_bytes(), &now.0.to_be_bytes(), &create];
+    assert_signed(&author, &h(label::GROUP_ENTRY, &genesis_parts), &genesis.signature);
+    let bytes = genesis.to_bytes();
+    assert_eq!(group_id.0, prefix16(&h(label::GROUP_ID, &[&bytes])));
+    out.hex("group.genesis", &bytes);
+    out.hex("group.genesis.hash", &h(label::GROUP_ENTRY_HASH, &[&bytes]));
+    out.hex("group.id", &group_id.0);
+
+    let parent = genesis.hash();
+    let add = Action::Add { member: member.public(), name: "Sari".into() };
+    let entry = Entry::sign(owner, group_id, 1, vec![parent], now, add).unwrap();
+    let mut action = vec![2];
+    action.extend_from_slice(member.public().as_bytes());
+    action.push(4);
+    action.extend_from_slice(b"Sari");
+    let parts: [&[u8]; 6] =
+        [&group_id.0, &1u32.to_be_bytes(), &parent.0, author.as_bytes(), &now.0.to_be_bytes(), &action];
+    assert_signed(&author, &h(label::GROUP_ENTRY, &parts), &entry.signature);
+    out.hex("group.add", &entry.to_bytes());
+    out.hex("group.add.hash", &entry.hash().0);
+}
+
 /// The certificate, prekey, bundle and invite of `tests/identity_invite.rs`'s golden invite (whose
 /// text an independent implementation produced), then safety numbers and fingerprints.
 fn identity_vectors() -> String {
@@ -737,6 +770,7 @@ fn identity_vectors() -> String {
         out.hex(&format!("{name}.stream"), &stream);
         out.value(name, number);
     }
+    group_vectors(&mut out, &identity, &IdentityKey::from_bytes(&[2; 32]), now);
     out.0
 }
 

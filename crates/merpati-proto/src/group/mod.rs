@@ -1,0 +1,13 @@
+//! Groups (protocol §15): the membership log every member holds, as signed, hash-linked entries
+//! whose state is a pure function of the set of entries. Sans-IO, like the rest of this crate;
+//! fan-out, introductions and the group frame come on top of it.
+
+mod entry;
+mod log;
+#[cfg(test)]
+mod tests;
+
+pub use entry::{Action, Entry, EntryError, EntryHash, GroupId, MAX_GROUP_NAME_LEN, MAX_PARENTS, Role};
+pub use log::{
+    Added, Log, LogError, MAX_LOG_ENTRIES, MAX_MEMBERS, MAX_PENDING, Member, PENDING_LIFETIME, State,
+};
