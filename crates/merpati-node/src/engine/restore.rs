@@ -27,8 +27,8 @@ pub struct Resumed {
     /// Contacts told of the restore in a new session, with how many of our messages to them
     /// were queued again.
     pub told: Vec<(String, usize)>,
-    /// Contacts no new session could be started with, and why (no invite of theirs is known,
-    /// or its prekeys expired): they need to send a new invite, or write first.
+    /// Contacts no new session could be started with, and why (no keys of theirs are known, or
+    /// their prekeys expired): they need to send a new invite.
     pub unreachable: Vec<(String, String)>,
 }
 
