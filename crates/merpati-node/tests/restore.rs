@@ -218,9 +218,13 @@ fn a_backup_opens_only_with_its_passphrase_and_a_refused_restore_changes_nothing
     assert!(!target.database_dir().exists());
     assert!(!target.dir().join("restore.partial").exists());
 
-    // A home with an identity is never overwritten.
+    // A home with an identity is never overwritten, nor one holding another node's files.
     let taken = backup::restore(&home, &file, PASSPHRASE, T0, &mut rng);
     assert!(matches!(taken, Err(BackupError::HomeNotEmpty { .. })), "{taken:?}");
+    std::fs::create_dir_all(target.dir().join("blobs").join("in")).unwrap();
+    let files_left = backup::restore(&target, &file, PASSPHRASE, T0, &mut rng);
+    assert!(matches!(files_left, Err(BackupError::HomeNotEmpty { what, .. }) if what.contains("blobs")));
+    assert!(!target.database_dir().exists() && !target.identity_file().exists());
 }
 
 #[test]

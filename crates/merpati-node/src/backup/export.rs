@@ -89,8 +89,11 @@ fn each_record<S: Store>(
     written: &mut Written,
     put: &mut dyn FnMut(Record) -> Result<(), BackupError>,
 ) -> Result<(), BackupError> {
-    let identity = IdentityFile::load(&home.identity_file())
-        .map_err(|e| BackupError::NotABackup { path: home.identity_file(), reason: e.to_string() })?;
+    let identity = IdentityFile::load(&home.identity_file()).map_err(|e| BackupError::Io {
+        action: "read",
+        path: home.identity_file(),
+        source: io::Error::other(e.to_string()),
+    })?;
     put(Record::Identity(SecretBytes(identity.to_bytes())))?;
     drop(identity);
     if let Some(profile) = store.profile()? {

@@ -60,13 +60,28 @@ pub fn restore(
         path: home.dir().to_owned(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let _lock = HomeLock::acquire(&home.lock_file())
-        .map_err(|_| BackupError::HomeNotEmpty { home: home.dir().to_owned(), what: "a running merpatid" })?;
+    let _lock = HomeLock::acquire(&home.lock_file()).map_err(|e| match e {
+        crate::lock::LockError::AlreadyRunning { .. } => {
+            BackupError::HomeNotEmpty { home: home.dir().to_owned(), what: "a running merpatid" }
+        }
+        other => BackupError::Io {
+            action: "lock",
+            path: home.lock_file(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    })?;
     if home.identity_file().symlink_metadata().is_ok() {
         return Err(BackupError::HomeNotEmpty { home: home.dir().to_owned(), what: "an identity" });
     }
-    if fs::read_dir(home.database_dir()).is_ok_and(|mut entries| entries.next().is_some()) {
+    let not_empty = |dir: &Path| fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some());
+    if not_empty(&home.database_dir()) {
         return Err(BackupError::HomeNotEmpty { home: home.dir().to_owned(), what: "a database" });
+    }
+    if not_empty(&home.dir().join("blobs")) {
+        return Err(BackupError::HomeNotEmpty {
+            home: home.dir().to_owned(),
+            what: "files of another node (blobs/)",
+        });
     }
     let partial = home.dir().join(PARTIAL);
     remove_partial(&partial)?;
@@ -187,7 +202,10 @@ fn open(source: &Path, passphrase: &str) -> Result<RecordReader<impl std::io::Re
             age::DecryptError::Io(e) => {
                 BackupError::Io { action: "read", path: source.to_owned(), source: e }
             }
-            _ => BackupError::WrongPassphrase { path: source.to_owned() },
+            age::DecryptError::DecryptionFailed
+            | age::DecryptError::KeyDecryptionFailed
+            | age::DecryptError::NoMatchingKeys => BackupError::WrongPassphrase { path: source.to_owned() },
+            _ => not_a_backup("its header is damaged"),
         })?;
     RecordReader::new(stream).map_err(|e| not_a_backup(&e.to_string()))
 }
@@ -275,7 +293,12 @@ fn move_into_place(home: &Home, partial: &Path, identity: &IdentityFile) -> Resu
     rename(&partial.join("db"), &db)?;
     let blobs = partial.join("blobs");
     if blobs.exists() {
-        rename(&blobs, &home.dir().join("blobs"))?;
+        let target = home.dir().join("blobs");
+        // Empty (checked at the start), as a daemon that stopped for want of an identity left it.
+        if target.exists() {
+            fs::remove_dir(&target).map_err(io_error("replace", &target))?;
+        }
+        rename(&blobs, &target)?;
     }
     let config = partial.join("merpatid.toml");
     // A config file the new home already has is the user's choice for this machine.
@@ -287,8 +310,14 @@ fn move_into_place(home: &Home, partial: &Path, identity: &IdentityFile) -> Resu
         path: home.identity_file(),
         source: std::io::Error::other(e.to_string()),
     })?;
-    fs::remove_dir_all(partial).map_err(io_error("remove", partial))?;
-    File::open(home.dir()).and_then(|d| d.sync_all()).map_err(io_error("sync", home.dir()))
+    // The restore is complete: what is left to tidy cannot undo it.
+    if let Err(e) = fs::remove_dir_all(partial) {
+        tracing::warn!("cannot remove {}: {e}", partial.display());
+    }
+    if let Err(e) = File::open(home.dir()).and_then(|d| d.sync_all()) {
+        tracing::warn!("cannot sync {}: {e}", home.dir().display());
+    }
+    Ok(())
 }
 
 fn rename(from: &Path, to: &Path) -> Result<(), BackupError> {

@@ -293,9 +293,13 @@ impl<S: Store> Engine<S> {
             // Already stored: say so again, or the sender would keep retrying. Unless it is not
             // what was stored: a message we do not have, sealed at the place of one we do.
             Err(OpenError::Replay) => {
+                // The first copy may still be in this batch's unwritten changes.
+                let pending_ids = |id: &MessageId| {
+                    pending.changes.iter().any(|c| matches!(c, Change::PutMessage(m) if m.id == *id))
+                };
                 let conflict = match &replayed {
                     Some(frame) if matches!(frame.body, Body::Text(_) | Body::File(_)) => {
-                        self.store.message(&frame.message_id)?.is_none()
+                        !pending_ids(&frame.message_id) && self.store.message(&frame.message_id)?.is_none()
                     }
                     _ => false,
                 };

@@ -146,12 +146,24 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
         changes: &mut Vec<Change>,
     ) -> Result<bool, EngineError> {
+        // Their clock, but never ahead of ours: a restore dated in the future would make every
+        // later one look older.
+        let at = at.min(now);
         if contact.restored_at.is_some_and(|last| at <= last) {
             tracing::debug!("ignoring a restore notice from {} no newer than the last one", contact.name);
             return Ok(false);
         }
+        // What waits in older sessions: written to mailboxes of the new session it stays.
+        let new_mailboxes = match self.session(&id, now)? {
+            Some(session) => session.state().peer_mailboxes.ids.clone(),
+            None => Vec::new(),
+        };
         for head in self.store.outbox_queue(&contact.name, usize::MAX)? {
-            changes.push(Change::RemoveOutbox(head.id));
+            let in_new =
+                self.store.outbox_entry(&head.id)?.is_some_and(|e| new_mailboxes.contains(&e.mailbox));
+            if !in_new {
+                changes.push(Change::RemoveOutbox(head.id));
+            }
         }
         for message in self.unconfirmed(&contact.name)? {
             let again = self.seal_again(&id, &message, now)?;
@@ -177,7 +189,7 @@ impl<S: Store> Engine<S> {
     /// Seals `message` again in session `id` under its own id: a text (in pieces when long, the
     /// pieces' group id being the message id, as when it was first sent) or a file whose
     /// description this node still has. Returns the outbox changes; a file whose description is
-    /// gone (it was received, or its bytes were never here) is skipped.
+    /// gone (its bytes were never here) is skipped, not sent as its caption.
     fn seal_again(
         &mut self,
         id: &SessionId,
@@ -185,8 +197,14 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
     ) -> Result<Vec<Change>, EngineError> {
         let contact = message.contact.as_str();
-        let bodies = if let Some(file) = self.file_description(message)? {
-            vec![(Some(message.id), Body::File(file))]
+        let bodies = if self.store.file_info(&message.id)?.is_some() {
+            match self.file_description(message)? {
+                Some(file) => vec![(Some(message.id), Body::File(file))],
+                None => {
+                    tracing::warn!("a file to {contact} cannot be sent again: its description is gone");
+                    return Ok(Vec::new());
+                }
+            }
         } else if message.text.len() > MAX_TEXT_LEN {
             let pieces = split(CONTENT_TEXT, message.text.as_bytes(), message.id.0)
                 .map_err(|_| EngineError::TooLarge { len: message.text.len(), max: MAX_TEXT_LEN })?;

@@ -291,11 +291,16 @@ impl Log {
             .collect()
     }
 
-    /// Whether the entry at `i` is void: one of the owner's `cuts` of its author is concurrent
-    /// with it (the owner's own entries are never void).
+    /// Whether the entry at `i` is void: an admin's act (adding, removing, renaming) concurrent
+    /// with one of the owner's `cuts` of its author. The owner's entries, and a member's own
+    /// `Leave`, are never void.
     fn void(&self, i: usize, cuts: &[(usize, IdentityPublic)]) -> bool {
-        let author = self.entries[i].author;
-        author != self.owner() && cuts.iter().any(|&(j, whom)| whom == author && self.concurrent(i, j))
+        let entry = &self.entries[i];
+        let admins_act =
+            matches!(entry.action, Action::Add { .. } | Action::Remove { .. } | Action::Rename { .. });
+        admins_act
+            && entry.author != self.owner()
+            && cuts.iter().any(|&(j, whom)| whom == entry.author && self.concurrent(i, j))
     }
 
     /// The state the entries at the positions in `set` make (a set closed under ancestry).

@@ -281,3 +281,14 @@ fn the_owner_demoting_an_admin_voids_what_the_admin_did_at_the_same_time() {
     assert_eq!(state.role(&id(&p.ann)), Some(Role::Member));
     assert!(!state.members.contains_key(&id(&p.eve)));
 }
+
+#[test]
+fn leaving_while_being_demoted_still_leaves() {
+    let p = people();
+    let mut base = with_admin(&p);
+    let mut ann = base.clone();
+    let leaves = act(&mut ann, &p.ann, Action::Leave);
+    act(&mut base, &p.owner, Action::SetRole { member: id(&p.ann), role: Role::Member });
+    base.add(leaves, T0).unwrap();
+    assert_eq!(base.state().role(&id(&p.ann)), None, "her own leave is no admin's act to void");
+}
