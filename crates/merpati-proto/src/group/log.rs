@@ -12,6 +12,8 @@ use crate::time::Timestamp;
 pub const MAX_LOG_ENTRIES: usize = 4096;
 /// The most entries waiting for their parents.
 pub const MAX_PENDING: usize = 256;
+/// The most of them by authors the log does not name.
+pub const MAX_PENDING_UNNAMED: usize = 16;
 /// How long an entry waits for its parents.
 pub const PENDING_LIFETIME: u64 = 7 * Timestamp::DAY;
 /// The most members of a group, the owner included.
@@ -214,7 +216,13 @@ impl Log {
         }
         self.check_alone(&entry)?;
         if !entry.parents.iter().all(|p| self.positions.contains_key(p)) {
-            if self.pending.len() >= MAX_PENDING {
+            // Anyone can sign: entries by someone the log does not name (a member whose `Add`
+            // has not arrived yet, or a stranger) get a few of the waiting places only, so
+            // junk cannot crowd out the entries of those it does name.
+            let strangers = self.pending.iter().filter(|(e, _)| !self.names(&e.author)).count();
+            if self.pending.len() >= MAX_PENDING
+                || (!self.names(&entry.author) && strangers >= MAX_PENDING_UNNAMED)
+            {
                 return Err(LogError::Full);
             }
             self.pending.push((entry, now));
@@ -233,6 +241,22 @@ impl Log {
             }
         }
         Ok(Added::New(taken))
+    }
+
+    /// Whether the group had, has or is about to have `identity`: the owner, the subject of an
+    /// entry here, or the member a waiting `Add` by someone named here adds.
+    fn names(&self, identity: &IdentityPublic) -> bool {
+        self.names_here(identity)
+            || self.pending.iter().any(|(e, _)| {
+                matches!(&e.action, Action::Add { member, .. } if member == identity)
+                    && self.names_here(&e.author)
+            })
+    }
+
+    /// Whether `identity` is the owner or the subject of an entry of the log.
+    fn names_here(&self, identity: &IdentityPublic) -> bool {
+        *identity == self.owner()
+            || self.entries.iter().any(|e| e.action.subject(&e.author).as_ref() == Some(identity))
     }
 
     /// What can be checked without the entry's parents: group, layout, signature.
@@ -308,13 +332,14 @@ impl Log {
         let cuts = self.cuts(set);
         let live: Vec<usize> =
             (0..self.entries.len()).filter(|i| set.contains(*i) && !self.void(*i, &cuts)).collect();
-        // The causally latest of `candidates`: those no other candidate descends from.
+        // The causally latest of `candidates`: those no other candidate descends from, that is,
+        // those in none of the candidates' ancestor sets (an entry is not its own ancestor).
         let latest = |candidates: &[usize]| -> Vec<usize> {
-            candidates
-                .iter()
-                .copied()
-                .filter(|&i| !candidates.iter().any(|&k| k != i && self.ancestors[k].contains(i)))
-                .collect()
+            let mut below = Positions::default();
+            for &k in candidates {
+                below.union(&self.ancestors[k]);
+            }
+            candidates.iter().copied().filter(|&i| !below.contains(i)).collect()
         };
         let lowest_hash = |among: &[usize]| among.iter().copied().min_by_key(|&i| self.hashes[i]);
 

@@ -9,5 +9,6 @@ mod tests;
 
 pub use entry::{Action, Entry, EntryError, EntryHash, GroupId, MAX_GROUP_NAME_LEN, MAX_PARENTS, Role};
 pub use log::{
-    Added, Log, LogError, MAX_LOG_ENTRIES, MAX_MEMBERS, MAX_PENDING, Member, PENDING_LIFETIME, State,
+    Added, Log, LogError, MAX_LOG_ENTRIES, MAX_MEMBERS, MAX_PENDING, MAX_PENDING_UNNAMED, Member,
+    PENDING_LIFETIME, State,
 };

@@ -292,3 +292,27 @@ fn leaving_while_being_demoted_still_leaves() {
     base.add(leaves, T0).unwrap();
     assert_eq!(base.state().role(&id(&p.ann)), None, "her own leave is no admin's act to void");
 }
+
+#[test]
+fn strangers_get_only_a_few_waiting_places() {
+    let p = people();
+    let mut log = with_admin(&p);
+    let len = log.len();
+    // Eve, never in the group, signs entries citing parents nobody has: a few wait, then no more.
+    for n in 0..MAX_PENDING_UNNAMED as u32 + 4 {
+        let junk =
+            Entry::sign(&p.eve, log.group_id(), 10 + n, vec![EntryHash([n as u8; 32])], T0, Action::Leave)
+                .unwrap();
+        let added = log.add(junk, T0);
+        if (n as usize) < MAX_PENDING_UNNAMED {
+            assert_eq!(added, Ok(Added::Waiting));
+        } else {
+            assert_eq!(added, Err(LogError::Full));
+        }
+    }
+    assert_eq!((log.len(), log.waiting()), (len, MAX_PENDING_UNNAMED));
+    // Ann, whom the log names, still finds room.
+    let early =
+        Entry::sign(&p.ann, log.group_id(), 9, vec![EntryHash([1; 32])], T0, add(&p.dee, "Dee")).unwrap();
+    assert_eq!(log.add(early, T0), Ok(Added::Waiting));
+}
