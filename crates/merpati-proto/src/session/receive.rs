@@ -67,20 +67,9 @@ impl Session {
     /// it does not open.
     pub fn peek(&self, envelope: &[u8], now: Timestamp) -> Option<(Frame, bool)> {
         let envelope = Envelope::decode(envelope).ok()?;
-        let header = &envelope.header;
-        let expected_kind = if header.epoch == 0 { Kind::FirstContact } else { Kind::Session };
-        if header.kind != expected_kind || self.state.role.owns(header.epoch) {
-            return None;
-        }
-        let seen_open = match (&self.last_open, envelope.open.as_deref()) {
-            (Some((e, bytes)), Some(open)) => *e == header.epoch && bytes.as_slice() == open,
-            _ => false,
-        };
-        let plan = self.plan(&envelope, seen_open, now).ok()?;
-        let seen = plan.seen & (1u64 << header.index) != 0;
-        let plaintext = noise::open(&plan.key, u64::from(header.index), &envelope.ciphertext).ok()?;
-        let frame = Frame::decode(&plaintext).ok()?;
-        (frame.header_echo == header.encode()).then_some((frame, seen))
+        let (plan, _) = self.prepare(&envelope, now).ok()?;
+        let seen = plan.seen & (1u64 << envelope.header.index) != 0;
+        Some((decrypt(&plan, &envelope).ok()?, seen))
     }
 
     pub(super) fn open_envelope(
@@ -88,6 +77,31 @@ impl Session {
         envelope: &Envelope,
         now: Timestamp,
     ) -> Result<Incoming, OpenError> {
+        let header = &envelope.header;
+        let (plan, seen_open) = self.prepare(envelope, now)?;
+        // Before any decryption: a replay costs no AEAD.
+        if plan.seen & (1u64 << header.index) != 0 {
+            return Err(OpenError::Replay);
+        }
+        let frame = decrypt(&plan, envelope)?;
+        self.apply(plan, header, &frame, now);
+        if let Some(open) = &envelope.open
+            && !seen_open
+        {
+            self.last_open = Some((header.epoch, open.clone()));
+        }
+        Ok(Incoming {
+            message_id: frame.message_id,
+            seq: frame.seq,
+            sent_at: frame.sent_at,
+            epoch: header.epoch,
+            body: frame.body,
+        })
+    }
+
+    /// The checks of an envelope before its key is known (kind, whose epoch), and the plan for
+    /// its key; with whether its open is the one last seen.
+    fn prepare(&self, envelope: &Envelope, now: Timestamp) -> Result<(KeyPlan, bool), OpenError> {
         let header = &envelope.header;
         let epoch = header.epoch;
         let expected_kind = if epoch == 0 { Kind::FirstContact } else { Kind::Session };
@@ -101,29 +115,7 @@ impl Session {
             (Some((e, bytes)), Some(open)) => *e == epoch && bytes.as_slice() == open,
             _ => false,
         };
-        let plan = self.plan(envelope, seen_open, now)?;
-        if plan.seen & (1u64 << header.index) != 0 {
-            return Err(OpenError::Replay);
-        }
-        let plaintext = noise::open(&plan.key, u64::from(header.index), &envelope.ciphertext)
-            .map_err(|_| OpenError::Rejected)?;
-        let frame = Frame::decode(&plaintext)?;
-        if frame.header_echo != header.encode() {
-            return Err(OpenError::HeaderMismatch);
-        }
-        self.apply(plan, header, &frame, now);
-        if let Some(open) = &envelope.open
-            && !seen_open
-        {
-            self.last_open = Some((epoch, open.clone()));
-        }
-        Ok(Incoming {
-            message_id: frame.message_id,
-            seq: frame.seq,
-            sent_at: frame.sent_at,
-            epoch,
-            body: frame.body,
-        })
+        Ok((self.plan(envelope, seen_open, now)?, seen_open))
     }
 
     fn plan(&self, envelope: &Envelope, seen_open: bool, now: Timestamp) -> Result<KeyPlan, OpenError> {
@@ -256,4 +248,15 @@ fn plan_key(slot: Slot, recv: &RecvEpoch, sub: u32) -> Result<KeyPlan, OpenError
     let key = keys.last().map(|(_, k)| k.clone()).ok_or(OpenError::KeyUnavailable)?;
     let next_sub = sub.checked_add(1).ok_or(OpenError::KeyUnavailable)?;
     Ok(KeyPlan { slot, sub, key, seen: 0, derived: Some(Derived { keys, next_sub, next_key: current }) })
+}
+
+/// Decrypts an envelope under its planned key and checks that the frame echoes its header.
+fn decrypt(plan: &KeyPlan, envelope: &Envelope) -> Result<Frame, OpenError> {
+    let plaintext = noise::open(&plan.key, u64::from(envelope.header.index), &envelope.ciphertext)
+        .map_err(|_| OpenError::Rejected)?;
+    let frame = Frame::decode(&plaintext)?;
+    if frame.header_echo != envelope.header.encode() {
+        return Err(OpenError::HeaderMismatch);
+    }
+    Ok(frame)
 }
