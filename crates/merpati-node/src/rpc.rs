@@ -325,6 +325,13 @@ fn error_response(id: protocol::Id, error: &EngineError) -> Response {
         EngineError::RequestExpired(_) => AppError::RequestExpired,
         EngineError::NotBlocked(_) => AppError::NotBlocked,
         EngineError::BlockedIdentity(_) => AppError::InvalidInvite,
+        EngineError::UnknownGroup(_) | EngineError::AmbiguousGroup { .. } => AppError::UnknownGroup,
+        EngineError::GroupRefused(_)
+        | EngineError::NotInGroup(_)
+        | EngineError::AlreadyInGroup { .. }
+        | EngineError::NotInGroupMember { .. }
+        | EngineError::GroupFull(_)
+        | EngineError::TooManyGroups(_) => AppError::GroupRefused,
         EngineError::Store(_)
         | EngineError::NotSaved(_)
         | EngineError::Seal(_)

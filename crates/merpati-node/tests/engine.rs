@@ -474,6 +474,18 @@ impl Store for Rigged {
     fn requests_dropped(&self) -> Result<u64, store::StoreError> {
         self.store.requests_dropped()
     }
+    fn group(&self, id: &[u8; 16]) -> Result<Option<store::GroupRecord>, store::StoreError> {
+        self.store.group(id)
+    }
+    fn groups(&self) -> Result<Vec<store::GroupRecord>, store::StoreError> {
+        self.store.groups()
+    }
+    fn group_message(&self, id: &MessageId) -> Result<Option<store::GroupMessageInfo>, store::StoreError> {
+        self.store.group_message(id)
+    }
+    fn group_copy(&self, copy: &MessageId) -> Result<Option<MessageId>, store::StoreError> {
+        self.store.group_copy(copy)
+    }
     fn blocked(&self) -> Result<Vec<store::Blocked>, store::StoreError> {
         self.store.blocked()
     }

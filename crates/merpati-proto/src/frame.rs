@@ -6,7 +6,7 @@
 //! seq          u64  per-session sender sequence number, for gap detection
 //! sent_at      u64  sender's clock, Unix milliseconds
 //! ack_epoch    u32  highest peer epoch the sender has authenticated; u32::MAX = none yet
-//! body_type    u8   1 text, 2 receipt, 3 control, 4 fragment, 5 file
+//! body_type    u8   1 text, 2 receipt, 3 control, 4 fragment, 5 file, 6 group
 //! body_len     u32  at most MAX_BODY_LEN
 //! body         body_len bytes, laid out per type (below)
 //! padding      rest, all zero bytes
@@ -23,8 +23,13 @@
 //!             3 node info:        peer_id len u8 (1..=MAX_PEER_ID_LEN), bytes,
 //!                                 count u8 (<= MAX_HINTS), each: len u16 (1..=MAX_ADDR_LEN), bytes
 //!             4 display name:     len u8 (1..=MAX_DISPLAY_NAME_LEN), UTF-8 without control characters
+//!             5 restored:         at u64
+//!             6 keys:             see `ContactKeys`
+//!             7 group entries:    group id (16), count u8 (1..=64), each: len u16, a log entry
 //! fragment  see `crate::fragment`
 //! file      a file's description, see `crate::blob::Descriptor`
+//! group     group id (16), sender_seq u64, log_n u32, heads digest (16), inner body type u8
+//!           (1 text, 4 fragment or 5 file), inner body (the rest)
 //! ```
 //!
 //! Flow: the sender builds a [`Frame`] whose echo is the header it is about to send, asks
@@ -45,6 +50,7 @@ use crate::blob::{Descriptor, DescriptorError};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::envelope::HEADER_LEN;
 use crate::fragment::{Fragment, FragmentError};
+use crate::group::{Entry, GroupEntries, GroupId, GroupMessage, MAX_ENTRIES_PER_FRAME, MAX_ENTRY_LEN};
 use crate::identity::{Bundle, MAX_VERSIONS, SignedPrekey};
 use crate::mailbox::{Announcement, MAX_ANNOUNCED_IDS, MailboxId};
 use crate::noise::MAX_TRANSPORT_PLAINTEXT;
@@ -78,6 +84,7 @@ mod body_type {
     pub(super) const CONTROL: u8 = 3;
     pub(super) const FRAGMENT: u8 = 4;
     pub(super) const FILE: u8 = 5;
+    pub(super) const GROUP: u8 = 6;
 }
 
 mod control_type {
@@ -87,6 +94,7 @@ mod control_type {
     pub(super) const DISPLAY_NAME: u8 = 4;
     pub(super) const RESTORED: u8 = 5;
     pub(super) const KEYS: u8 = 6;
+    pub(super) const GROUP_ENTRIES: u8 = 7;
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -214,6 +222,8 @@ pub enum Control {
     /// backup, which keeps no session): the sender's current bundle, last-resort prekey and
     /// first-contact inbox, as an invite carries them. Boxed: it is the largest control.
     Keys(Box<ContactKeys>),
+    /// Entries of a group's membership log (a new member's welcome, or a change to pass on).
+    GroupEntries(GroupEntries),
 }
 
 /// The sender's keys for a first contact (see [`Control::Keys`]). Decoding checks the public
@@ -281,6 +291,8 @@ pub enum Body {
     Fragment(Fragment),
     /// A file (inline) or where to fetch it, with its name, type and caption.
     File(Descriptor),
+    /// A message to a group: a text, file or fragment with the group's header.
+    Group(Box<GroupMessage>),
 }
 
 impl fmt::Debug for Body {
@@ -294,6 +306,7 @@ impl fmt::Debug for Body {
             Self::Control(control) => f.debug_tuple("Control").field(control).finish(),
             Self::Fragment(fragment) => f.debug_tuple("Fragment").field(fragment).finish(),
             Self::File(descriptor) => f.debug_tuple("File").field(descriptor).finish(),
+            Self::Group(message) => f.debug_tuple("Group").field(message).finish(),
         }
     }
 }
@@ -306,6 +319,7 @@ impl Body {
             Self::Control(_) => body_type::CONTROL,
             Self::Fragment(_) => body_type::FRAGMENT,
             Self::File(_) => body_type::FILE,
+            Self::Group(_) => body_type::GROUP,
         }
     }
 
@@ -320,8 +334,12 @@ impl Body {
             Self::Control(Control::DisplayName(name)) => 1 + 1 + name.len(),
             Self::Control(Control::Restored { .. }) => 1 + 8,
             Self::Control(Control::Keys(keys)) => 1 + keys.encoded_len(),
+            Self::Control(Control::GroupEntries(g)) => {
+                1 + 16 + 1 + g.entries.iter().map(|e| 2 + e.to_bytes().len()).sum::<usize>()
+            }
             Self::Fragment(fragment) => fragment.encoded_len(),
             Self::File(descriptor) => descriptor.encoded_len(),
+            Self::Group(message) => GROUP_HEADER_LEN + 1 + message.inner.encoded_len(),
         }
     }
 
@@ -357,8 +375,23 @@ impl Body {
                     return Err(FrameError::Invalid { what: "keys" });
                 }
             }
+            Self::Control(Control::GroupEntries(g)) => {
+                if g.entries.is_empty() {
+                    return Err(FrameError::Invalid { what: "group entries" });
+                }
+                limit("group entries", g.entries.len(), MAX_ENTRIES_PER_FRAME)?;
+                if !g.all_of_the_group() {
+                    return Err(FrameError::Invalid { what: "group entry of another group" });
+                }
+            }
             Self::Fragment(fragment) => fragment.validate()?,
             Self::File(descriptor) => descriptor.validate().map_err(DescriptorError::from)?,
+            Self::Group(message) => {
+                if !is_group_inner(message.inner.type_byte()) {
+                    return Err(FrameError::Invalid { what: "group message body" });
+                }
+                message.inner.validate()?;
+            }
         }
         limit("body", self.encoded_len(), MAX_BODY_LEN)
     }
@@ -396,8 +429,19 @@ impl Body {
                 w.u8(control_type::KEYS);
                 keys.encode(w);
             }
+            Self::Control(Control::GroupEntries(g)) => {
+                w.u8(control_type::GROUP_ENTRIES).raw(&g.group.0).u8(count_byte(g.entries.len()));
+                for entry in &g.entries {
+                    w.bytes_u16(&entry.to_bytes());
+                }
+            }
             Self::Fragment(fragment) => fragment.encode(w),
             Self::File(descriptor) => descriptor.write(w),
+            Self::Group(message) => {
+                w.raw(&message.group.0).u64(message.sender_seq).u32(message.log_n).raw(&message.heads);
+                w.u8(message.inner.type_byte());
+                message.inner.encode(w);
+            }
         }
     }
 
@@ -441,14 +485,54 @@ impl Body {
                 }
                 control_type::RESTORED => Control::Restored { at: Timestamp(r.u64("restore time")?) },
                 control_type::KEYS => Control::Keys(Box::new(ContactKeys::decode(r)?)),
+                control_type::GROUP_ENTRIES => Control::GroupEntries(read_group_entries(r)?),
                 found => return Err(FrameError::UnknownControl { found }),
             }),
             body_type::FRAGMENT => Self::Fragment(Fragment::decode(r)?),
             body_type::FILE => Self::File(Descriptor::decode(r.rest())?),
+            body_type::GROUP => {
+                let group = GroupId(r.array("group id")?);
+                let sender_seq = r.u64("group sequence number")?;
+                let log_n = r.u32("group log number")?;
+                let heads = r.array("group heads")?;
+                let inner_type = r.u8("group body type")?;
+                // Nested once only: a group message holds a text, file or fragment, never another.
+                if !is_group_inner(inner_type) {
+                    return Err(FrameError::Invalid { what: "group message body" });
+                }
+                let inner = Self::decode(inner_type, r)?;
+                Self::Group(Box::new(GroupMessage { group, sender_seq, log_n, heads, inner }))
+            }
             found => return Err(FrameError::UnknownBody { found }),
         };
         Ok(body)
     }
+}
+
+/// The bytes of a group message before its inner body's type.
+const GROUP_HEADER_LEN: usize = 16 + 8 + 4 + 16;
+
+/// Whether a group message may carry a body of this type.
+fn is_group_inner(type_byte: u8) -> bool {
+    matches!(type_byte, body_type::TEXT | body_type::FRAGMENT | body_type::FILE)
+}
+
+fn read_group_entries(r: &mut Reader<'_>) -> Result<GroupEntries, FrameError> {
+    let group = GroupId(r.array("group id")?);
+    let count = r.count_u8(MAX_ENTRIES_PER_FRAME, "group entries")?;
+    if count == 0 {
+        return Err(FrameError::Invalid { what: "group entries" });
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let bytes = r.bytes_u16(MAX_ENTRY_LEN, "group entry")?;
+        entries.push(Entry::from_bytes(bytes).map_err(|_| FrameError::Invalid { what: "group entry" })?);
+    }
+    let found = GroupEntries { group, entries };
+    if !found.all_of_the_group() {
+        return Err(FrameError::Invalid { what: "group entry of another group" });
+    }
+    Ok(found)
 }
 
 /// A display name: 1 to [`MAX_DISPLAY_NAME_LEN`] bytes of UTF-8, not only spaces, without control
@@ -624,6 +708,30 @@ mod tests {
         ContactKeys { bundle, inbox: MailboxId([7; 16]), last_resort: ring.last_resort().cloned() }
     }
 
+    /// A group's genesis and its first `Add`, as `Control::GroupEntries` carries them.
+    fn group_entries() -> GroupEntries {
+        use crate::group::{Action, Entry};
+        use crate::identity::IdentityKey;
+        use rand_core::SeedableRng;
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(7);
+        let now = Timestamp(1_700_000_000_000);
+        let (owner, member) = (IdentityKey::generate(&mut rng), IdentityKey::generate(&mut rng));
+        let (group, genesis) = Entry::genesis(&owner, "Pasar", [3; 16], now).expect("genesis");
+        let add = Action::Add { member: member.public(), name: "Sari".into() };
+        let entry = Entry::sign(&owner, group, 1, vec![genesis.hash()], now, add).expect("add");
+        GroupEntries { group, entries: vec![genesis, entry] }
+    }
+
+    fn group_message(inner: Body) -> Body {
+        Body::Group(Box::new(GroupMessage {
+            group: GroupId([8; 16]),
+            sender_seq: 9,
+            log_n: 10,
+            heads: [11; 16],
+            inner,
+        }))
+    }
+
     fn round_trip(f: &Frame, padded: usize) {
         let bytes = f.encode_padded(padded).expect("encode");
         assert_eq!(bytes.len(), padded);
@@ -678,6 +786,12 @@ mod tests {
             Body::Control(Control::Restored { at: Timestamp(1_700_000_000_000) }),
             Body::Control(Control::Keys(Box::new(keys()))),
             Body::Control(Control::Keys(Box::new(ContactKeys { last_resort: None, ..keys() }))),
+            Body::Control(Control::GroupEntries(group_entries())),
+            group_message(Body::Text("ke pasar".into())),
+            group_message(Body::Text("a".repeat(MAX_TEXT_LEN))),
+            group_message(Body::Fragment(
+                fragment::split(1, &[3; 70_000], [2; 16]).expect("split").remove(1),
+            )),
             Body::Fragment(fragment::split(1, &[3; 70_000], [2; 16]).expect("split").remove(0)),
             Body::File(crate::blob::Descriptor {
                 len: crate::blob::MAX_INLINE_LEN as u64,
@@ -743,7 +857,7 @@ mod tests {
         let f = frame(Body::Control(Control::RelayHints(Vec::new())));
         let bytes = f.encode_padded(f.unpadded_len()).expect("encode");
         for (found, expected) in [
-            (6u8, FrameError::UnknownBody { found: 6 }),
+            (7u8, FrameError::UnknownBody { found: 7 }),
             (0, FrameError::UnknownBody { found: 0 }),
             (255, FrameError::UnknownBody { found: 255 }),
         ] {
@@ -752,8 +866,8 @@ mod tests {
             assert_eq!(Frame::decode(&b), Err(expected));
         }
         let mut b = bytes.clone();
-        b[FIXED_LEN] = 7;
-        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 7 }));
+        b[FIXED_LEN] = 8;
+        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 8 }));
     }
 
     #[test]
@@ -790,6 +904,22 @@ mod tests {
                 total_len: 1,
                 chunk: vec![0],
             })),
+            frame(group_message(Body::Receipt { kind: ReceiptKind::Read, ids: vec![MessageId([1; 16])] })),
+            frame(group_message(Body::Control(Control::Restored { at: Timestamp(1) }))),
+            frame(group_message(group_message(Body::Text("nested".into())))),
+            frame(group_message(Body::Text("a".repeat(MAX_TEXT_LEN + 1)))),
+            frame(Body::Control(Control::GroupEntries(GroupEntries {
+                entries: Vec::new(),
+                ..group_entries()
+            }))),
+            frame(Body::Control(Control::GroupEntries(GroupEntries {
+                group: GroupId([1; 16]),
+                ..group_entries()
+            }))),
+            frame(Body::Control(Control::GroupEntries(GroupEntries {
+                entries: vec![group_entries().entries[1].clone(); MAX_ENTRIES_PER_FRAME + 1],
+                ..group_entries()
+            }))),
         ];
         for f in bad {
             let err = f.encode_padded(MAX_TRANSPORT_PLAINTEXT).expect_err("must refuse");
@@ -819,5 +949,7 @@ mod tests {
         let shown = format!("{:?}", frame(Body::Text("very secret".into())));
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("Text(11 bytes)"), "{shown}");
+        let shown = format!("{:?}", frame(group_message(Body::Text("very secret".into()))));
+        assert!(!shown.contains("secret") && shown.contains("Text(11 bytes)"), "{shown}");
     }
 }

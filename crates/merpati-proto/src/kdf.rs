@@ -65,6 +65,10 @@ pub mod label {
     pub const GROUP_ENTRY_HASH: &[u8] = b"NDR1/group-entry-hash";
     /// A group's id, from its genesis entry.
     pub const GROUP_ID: &[u8] = b"NDR1/group-id";
+    /// A group message's group-wide id, from its group, sender and sender sequence number.
+    pub const GROUP_MESSAGE: &[u8] = b"NDR1/group-message";
+    /// The digest of a log's heads that a group message names.
+    pub const GROUP_HEADS: &[u8] = b"NDR1/group-heads";
 }
 
 fn feed(mut absorb: impl FnMut(&[u8]), label: &[u8], parts: &[&[u8]]) {

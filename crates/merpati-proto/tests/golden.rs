@@ -38,7 +38,7 @@ use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::envelope::{Envelope, HEADER_LEN};
 use merpati_proto::fragment;
 use merpati_proto::frame::{Body, ContactKeys, Control, Frame, ReceiptKind};
-use merpati_proto::group::{Action, Entry};
+use merpati_proto::group::{Action, Entry, GroupEntries, GroupMessage};
 use merpati_proto::identity::{
     Bundle, DeviceCert, IdentityKey, IdentityPublic, LAST_RESORT_ID_BIT, LAST_RESORT_LIFETIME,
     PREKEY_LIFETIME, SafetyNumber, SignedPrekey, fingerprint,
@@ -422,6 +422,19 @@ fn show_body(body: &Body) -> String {
             hex::encode(keys.inbox.0),
             keys.last_resort.as_ref().map_or("none".to_owned(), |p| hex::encode(p.to_bytes()))
         ),
+        Body::Control(Control::GroupEntries(g)) => format!(
+            "group_entries group={} entries={}",
+            hex::encode(g.group.0),
+            g.entries.iter().map(|e| hex::encode(e.to_bytes())).collect::<Vec<_>>().join(",")
+        ),
+        Body::Group(m) => format!(
+            "group group={} sender_seq={} log_n={} heads={} inner=({})",
+            hex::encode(m.group.0),
+            m.sender_seq,
+            m.log_n,
+            hex::encode(m.heads),
+            show_body(&m.inner)
+        ),
         Body::Fragment(f) => format!(
             "fragment group={} content={} index={} count={} total_len={} chunk_len={}",
             hex::encode(f.group),
@@ -637,12 +650,34 @@ fn ndr1_transcript() -> String {
                 last_resort: Some(bob_last_resort.clone()),
             }))),
         ),
+        // Then a group's first two entries and a text to the group (protocol §15).
+        ("control.group_entries", Body::Control(Control::GroupEntries(group_entries()))),
+        (
+            "group.text",
+            Body::Group(Box::new(GroupMessage {
+                group: group_entries().group,
+                sender_seq: 1,
+                log_n: 1,
+                heads: merpati_proto::group::heads_digest(&[group_entries().entries[1].hash()]),
+                inner: text("selamat pagi"),
+            })),
+        ),
     ] {
         let m = a.seal(&body, T0, &mut rng).unwrap();
         let got = b.open(&m.envelope, T0).unwrap();
         envelope_lines(&mut out, name, &m, &send_key(&a), &got);
     }
     out.0
+}
+
+/// The genesis and first `Add` of `group_vectors`' group.
+fn group_entries() -> GroupEntries {
+    let owner = IdentityKey::from_bytes(&[1; 32]);
+    let member = IdentityKey::from_bytes(&[2; 32]);
+    let (group, genesis) = Entry::genesis(&owner, "Pasar Minggu", [0x5a; 16], T0).unwrap();
+    let add = Action::Add { member: member.public(), name: "Sari".into() };
+    let entry = Entry::sign(&owner, group, 1, vec![genesis.hash()], T0, add).unwrap();
+    GroupEntries { group, entries: vec![genesis, entry] }
 }
 
 /// A 300-byte file inside its description, whose hash the vector file checks against `H`.
@@ -690,6 +725,20 @@ fn group_vectors(out: &mut Vectors, owner: &IdentityKey, member: &IdentityKey, n
     assert_signed(&author, &h(label::GROUP_ENTRY, &parts), &entry.signature);
     out.hex("group.add", &entry.to_bytes());
     out.hex("group.add.hash", &entry.hash().0);
+
+    // A group message's id at every member, and the digest of a log's heads (§15.3).
+    let seq = 7u64;
+    let id = merpati_proto::group::message_id(group_id, &member.public(), seq);
+    let sari = member.public();
+    let parts: [&[u8]; 3] = [&group_id.0, sari.as_bytes(), &seq.to_be_bytes()];
+    assert_eq!(id.0, prefix16(&h(label::GROUP_MESSAGE, &parts)));
+    out.hex("group.message_id.sari.7", &id.0);
+    let heads = [entry.hash(), parent];
+    let mut sorted = [parent.0, entry.hash().0];
+    sorted.sort();
+    let digest = merpati_proto::group::heads_digest(&heads);
+    assert_eq!(digest, prefix16(&h(label::GROUP_HEADS, &[&sorted.concat()])));
+    out.hex("group.heads_digest", &digest);
 }
 
 /// The certificate, prekey, bundle and invite of `tests/identity_invite.rs`'s golden invite (whose

@@ -89,11 +89,17 @@ pub enum AppError {
     /// 16: a backup could not be written: the passphrase is too short, or the path cannot be
     /// written. The message says which.
     Backup,
+    /// 17: no group has that name or id, or several have that name.
+    UnknownGroup,
+    /// 18: the group does not allow the change or the message: you are not a member or lack the
+    /// role, the contact is already (or not) a member, the group or the node is full. The
+    /// message says which.
+    GroupRefused,
 }
 
 impl AppError {
     /// Every application error, in code order.
-    pub const ALL: [AppError; 16] = [
+    pub const ALL: [AppError; 18] = [
         AppError::UnknownContact,
         AppError::InvalidInvite,
         AppError::MessageTooLarge,
@@ -110,6 +116,8 @@ impl AppError {
         AppError::NotBlocked,
         AppError::InvalidFile,
         AppError::Backup,
+        AppError::UnknownGroup,
+        AppError::GroupRefused,
     ];
 
     /// The wire code.
@@ -131,6 +139,8 @@ impl AppError {
             AppError::NotBlocked => 14,
             AppError::InvalidFile => 15,
             AppError::Backup => 16,
+            AppError::UnknownGroup => 17,
+            AppError::GroupRefused => 18,
         }
     }
 

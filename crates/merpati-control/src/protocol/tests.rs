@@ -480,7 +480,7 @@ fn error_codes_match_the_document() {
         [-32700, -32600, -32601, -32602, -32603]
     );
     let codes: Vec<i64> = AppError::ALL.iter().map(|e| e.code()).collect();
-    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]);
+    assert_eq!(codes, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]);
     for e in AppError::ALL {
         assert_eq!(AppError::from_code(e.code()), Some(e));
     }

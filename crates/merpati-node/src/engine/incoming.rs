@@ -206,6 +206,7 @@ impl<S: Store> Engine<S> {
             self.forget_session(id);
         }
         self.forget_request_index();
+        self.group_logs.clear();
     }
 
     fn accept_first_contact(
@@ -383,13 +384,24 @@ impl<S: Store> Engine<S> {
                 };
                 for message_id in ids {
                     // Only the recipient of our message may confirm it.
-                    if let Some(ours) = self.store.message(&message_id)?
-                        && ours.contact == contact
-                        && ours.direction == Direction::Out
-                        && ours.status.advances_to(status)
-                    {
-                        changes.push(Change::SetStatus { id: message_id, status, reason: None });
-                        received.statuses.push((message_id, status));
+                    match self.store.message(&message_id)? {
+                        Some(ours)
+                            if ours.contact == contact
+                                && ours.direction == Direction::Out
+                                && ours.status.advances_to(status) =>
+                        {
+                            changes.push(Change::SetStatus { id: message_id, status, reason: None });
+                            received.statuses.push((message_id, status));
+                        }
+                        Some(_) => {}
+                        // A member's copy of a group message of ours.
+                        None => {
+                            if let Some(record) = self.store.contact(contact)?
+                                && let Some(change) = self.confirm_copy(&record, &message_id, status)?
+                            {
+                                changes.push(change);
+                            }
+                        }
                     }
                 }
             }
@@ -403,6 +415,26 @@ impl<S: Store> Engine<S> {
                 {
                     received.restored = Some(contact.to_owned());
                 }
+            }
+            Body::Control(Control::GroupEntries(entries)) => {
+                if let Some(record) = self.store.contact(contact)? {
+                    let welcomes = self.receive_group_entries(&record, entries, changes, now)?;
+                    let (sealed, sessions) = self.pass_on(welcomes, now)?.into_parts();
+                    pending.changes.extend(sealed);
+                    for (session, member) in sessions {
+                        pending.touch(session, &member);
+                    }
+                }
+            }
+            Body::Group(message) => {
+                if let Some(record) = self.store.contact(contact)?
+                    && let Some(stored) =
+                        self.receive_group_message(&record, incoming.sent_at, *message, changes)?
+                {
+                    received.message = Some(stored);
+                }
+                // Confirmed even when dropped: the copy arrived, and its sender stops sending it.
+                pending.confirm(id, contact, incoming.message_id);
             }
             Body::Control(control) => match pending_contact(changes, contact) {
                 Some(record) => {

@@ -6,6 +6,9 @@
 //! anything ends in exactly one [`Store::apply`], which is durable when it returns; only then does
 //! the daemon acknowledge anything to a peer or a client.
 
+#[cfg(test)]
+mod group_tests;
+mod groups;
 mod incoming;
 mod long_texts;
 mod maintenance;
@@ -35,6 +38,7 @@ use crate::store::{
     StoredMessage,
 };
 
+pub use groups::{GroupMember, GroupView, MAX_GROUPS, group_conversation, group_of_conversation};
 pub use incoming::Received;
 pub use long_texts::FRAGMENT_PATIENCE;
 pub use maintenance::Maintenance;
@@ -159,6 +163,45 @@ pub enum EngineError {
     /// Nobody blocked has that id.
     #[error("nobody with id {0} is blocked; `merpati contact blocked` lists them")]
     NotBlocked(String),
+    /// No group has that name or id.
+    #[error("no group named \"{0}\"; `merpati group list` lists yours")]
+    UnknownGroup(String),
+    /// Several groups have that name.
+    #[error("\"{name}\" could be any of the groups {}: give its id instead", ids.join(", "))]
+    AmbiguousGroup {
+        /// The name given.
+        name: String,
+        /// The ids (hex) of the groups it matches.
+        ids: Vec<String>,
+    },
+    /// The membership change is not allowed (a role missing, the log full, a bad name).
+    #[error("the group does not allow it: {0}")]
+    GroupRefused(String),
+    /// We are not (or no longer) a member of the group.
+    #[error("you are not a member of \"{0}\"")]
+    NotInGroup(String),
+    /// The contact is a member already.
+    #[error("{contact} is already a member of \"{group}\"")]
+    AlreadyInGroup {
+        /// The contact.
+        contact: String,
+        /// The group.
+        group: String,
+    },
+    /// Nobody of that name is a member.
+    #[error("\"{member}\" is not a member of \"{group}\"; `merpati group show` lists the members")]
+    NotInGroupMember {
+        /// The name given.
+        member: String,
+        /// The group.
+        group: String,
+    },
+    /// The group has as many members as a group can.
+    #[error("a group has at most {0} members")]
+    GroupFull(usize),
+    /// This node keeps as many groups as it can.
+    #[error("this node keeps at most {0} groups")]
+    TooManyGroups(usize),
     /// The invite is from someone the user blocked.
     #[error("you blocked this person (id {0}); unblock them first with `merpati contact unblock {0}`")]
     BlockedIdentity(String),
@@ -232,6 +275,9 @@ pub struct Engine<S: Store> {
     /// Our first-contact inbox (derived once: deriving a mailbox key costs a scalar
     /// multiplication, and every first contact is checked against it).
     inbox: MailboxId,
+    /// Groups' logs as last written (or about to be), so a group message does not verify the
+    /// whole log again; cleared when a write fails.
+    group_logs: HashMap<merpati_proto::group::GroupId, merpati_proto::group::Log>,
 }
 
 impl<S: Store> std::fmt::Debug for Engine<S> {
@@ -293,6 +339,7 @@ impl<S: Store> Engine<S> {
             max_dismissed: MAX_DISMISSED,
             mailbox_keys: HashMap::new(),
             inbox: me.inbox(),
+            group_logs: HashMap::new(),
             me,
         })
     }

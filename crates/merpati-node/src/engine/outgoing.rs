@@ -100,6 +100,17 @@ pub(super) struct SendGroup {
 }
 
 impl SendGroup {
+    /// The contact as this group stores it, if the group started its session.
+    pub(super) fn started(&self, name: &str) -> Option<Contact> {
+        self.contacts.iter().find(|c| c.name == name).cloned()
+    }
+
+    /// Its changes and the sessions it touched (with their contacts), for a caller that
+    /// persists the sessions itself.
+    pub(super) fn into_parts(self) -> (Vec<Change>, Vec<(SessionId, String)>) {
+        (self.changes, self.sessions)
+    }
+
     pub(super) fn touch(&mut self, session: SessionId, contact: &str) {
         if !self.sessions.iter().any(|(id, _)| *id == session) {
             self.sessions.push((session, contact.to_owned()));
@@ -609,6 +620,13 @@ impl<S: Store> Engine<S> {
             Some(part) => self.piece_changes(part, &entry.contact, id, &outcome, deposited, earlier, now)?,
             None => (Vec::new(), None),
         };
+        // A member's copy of a group message: the copy moves, and with it the message.
+        let copy_change = match (&stored, part, &outcome) {
+            (None, None, Outcome::Done(status, reason)) if self.store.group_copy(id)?.is_some() => {
+                Some(Change::SetCopyStatus { copy: *id, status: *status, reason: reason.clone() })
+            }
+            _ => None,
+        };
         let (changes, update) = match outcome {
             Outcome::Done(status, reason) => (
                 vec![
@@ -648,6 +666,8 @@ impl<S: Store> Engine<S> {
                 _ => true,
             })
             .collect();
+        let mut changes = changes;
+        changes.extend(copy_change);
         if let Some(part) = part {
             let (more, update) = part_changes;
             let mut changes = changes;

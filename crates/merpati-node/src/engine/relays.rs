@@ -316,6 +316,8 @@ impl<S: Store> Engine<S> {
 /// session still advances and the message is not refused.
 pub(super) fn apply_control(contact: &mut Contact, control: Control) -> bool {
     match control {
+        // Handled by `groups`, before this is called.
+        Control::GroupEntries(_) => false,
         Control::RelayHints(list) => {
             let usable = usable_relays(&list);
             if usable.is_empty() && !list.is_empty() {

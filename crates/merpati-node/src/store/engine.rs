@@ -34,6 +34,9 @@
 //! | `fragments` | name length ‖ name ‖ group (16) ‖ index (u16 BE) | sealed [`StoredFragment`](super::StoredFragment): a piece of an incomplete long text |
 //! | `outbox-parts` | outbox entry id | [`PartOf`](super::PartOf): the long text the entry carries a piece of |
 //! | `files` | message id ‖ 0 / ‖ 1 / ‖ 2 | sealed [`FileInfo`](super::FileInfo) / the file's bytes / its [`Transfer`](super::Transfer) |
+//! | `groups` | group id | sealed [`GroupRecord`](super::GroupRecord): the membership log |
+//! | `group-messages` | group-wide message id | [`GroupMessageInfo`](super::GroupMessageInfo) |
+//! | `group-copies` | a copy's frame id | the group-wide message id it is a copy of |
 //! | `meta` | `requests-dropped`, `dismissed-len` | counters (u64) |
 //! | `meta` | `shred-pending` | a deletion awaits the storage key's rotation (bool) |
 //! | `meta` | `swept/` ‖ relay peer id | the last day our closed mailboxes were swept there (u64) |
@@ -98,11 +101,14 @@ pub(crate) enum Tree {
     Fragments,
     OutboxParts,
     Files,
+    Groups,
+    GroupMessages,
+    GroupCopies,
 }
 
 impl Tree {
     /// Every tree, in index order.
-    pub(crate) const ALL: [Tree; 26] = [
+    pub(crate) const ALL: [Tree; 29] = [
         Tree::Meta,
         Tree::Profile,
         Tree::Contacts,
@@ -129,6 +135,9 @@ impl Tree {
         Tree::Fragments,
         Tree::OutboxParts,
         Tree::Files,
+        Tree::Groups,
+        Tree::GroupMessages,
+        Tree::GroupCopies,
     ];
 
     /// The tree's position in [`Tree::ALL`].
@@ -165,6 +174,9 @@ impl Tree {
             Tree::Fragments => "fragments",
             Tree::OutboxParts => "outbox-parts",
             Tree::Files => "files",
+            Tree::Groups => "groups",
+            Tree::GroupMessages => "group-messages",
+            Tree::GroupCopies => "group-copies",
         }
     }
 }
@@ -257,20 +269,7 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             }
             Change::UnindexOpenDigest(digest) => tx.remove(Tree::OpenDigests, digest)?,
             Change::PutMessage(message) => put_message(tx, sealer, message)?,
-            Change::SetStatus { id, status, reason } => {
-                let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { continue };
-                let mut message: StoredMessage = codec::decode("message", &bytes)?;
-                // Whatever the record says, a message marked read leaves the unread index.
-                if *status == super::Status::Read {
-                    tx.remove(Tree::Unread, &conversation_key(&message.contact, message.order))?;
-                }
-                if !message.status.advances_to(*status) {
-                    continue;
-                }
-                message.status = *status;
-                message.reason.clone_from(reason);
-                tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)?;
-            }
+            Change::SetStatus { id, status, reason } => set_status(tx, id, *status, reason)?,
             Change::PutOutbox(entry) => put_outbox(tx, entry)?,
             Change::RemoveOutbox(id) => remove_outbox(tx, id)?,
             Change::AwaitReceipt { id, until } => {
@@ -411,9 +410,115 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             Change::NotePartOf { id, part_of } => {
                 tx.insert(Tree::OutboxParts, &id.0, codec::encode("outbox part", part_of)?)?
             }
+            Change::PutGroup(group) => {
+                tx.insert(Tree::Groups, &group.id, seal(sealer, Tree::Groups, &group.id, "group", group)?)?
+            }
+            Change::PutGroupMessage(info) => {
+                if tx.get(Tree::GroupMessages, &info.id.0)?.is_none() {
+                    tx.insert(Tree::GroupMessages, &info.id.0, codec::encode("group message", info)?)?;
+                    // A copy that failed before it was sealed has no frame to index.
+                    for copy in info.copies.iter().filter(|c| c.status != super::Status::Failed) {
+                        tx.insert(Tree::GroupCopies, &copy.copy.0, codec::encode("group copy", &info.id)?)?;
+                    }
+                }
+            }
+            Change::SetCopyStatus { copy, status, reason } => set_copy_status(tx, copy, *status, reason)?,
         }
     }
     Ok(())
+}
+
+/// See [`Change::SetStatus`].
+fn set_status<T: Tx>(
+    tx: &T,
+    id: &MessageId,
+    status: super::Status,
+    reason: &Option<String>,
+) -> Result<(), T::Error> {
+    let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { return Ok(()) };
+    let mut message: StoredMessage = codec::decode("message", &bytes)?;
+    // Whatever the record says, a message marked read leaves the unread index.
+    if status == super::Status::Read {
+        tx.remove(Tree::Unread, &conversation_key(&message.contact, message.order))?;
+    }
+    if !message.status.advances_to(status) {
+        return Ok(());
+    }
+    message.status = status;
+    message.reason.clone_from(reason);
+    tx.insert(Tree::Messages, &id.0, codec::encode("message", &message)?)
+}
+
+/// See [`Change::SetCopyStatus`]. The group message itself then stands where its least advanced
+/// copy stands (failed copies aside; failed when all failed).
+fn set_copy_status<T: Tx>(
+    tx: &T,
+    copy: &MessageId,
+    status: super::Status,
+    reason: &Option<String>,
+) -> Result<(), T::Error> {
+    let Some(bytes) = tx.get(Tree::GroupCopies, &copy.0)? else { return Ok(()) };
+    let id: MessageId = codec::decode("group copy", &bytes)?;
+    let Some(bytes) = tx.get(Tree::GroupMessages, &id.0)? else { return Ok(()) };
+    let mut info: super::GroupMessageInfo = codec::decode("group message", &bytes)?;
+    let Some(found) = info.copies.iter_mut().find(|c| c.copy == *copy) else { return Ok(()) };
+    if !found.status.advances_to(status) {
+        return Ok(());
+    }
+    found.status = status;
+    found.reason = reason.clone();
+    tx.insert(Tree::GroupMessages, &id.0, codec::encode("group message", &info)?)?;
+    let (whole, why) = group_status(&info);
+    set_status(tx, &id, whole, &why)
+}
+
+/// Where a group message of ours stands as a whole: at its least advanced copy that has not
+/// failed; failed, with the first reason, when every copy failed.
+pub(crate) fn group_status(info: &super::GroupMessageInfo) -> (super::Status, Option<String>) {
+    use super::Status;
+    let live = info.copies.iter().filter(|c| c.status != Status::Failed);
+    match live.min_by_key(|c| c.status.rank()) {
+        Some(least) => (least.status, None),
+        None => (Status::Failed, info.copies.first().and_then(|c| c.reason.clone())),
+    }
+}
+
+/// Deletes a group message's record and its copies' index, if it is one.
+fn delete_group_message<T: Tx>(tx: &T, id: &MessageId) -> Result<(), T::Error> {
+    let Some(bytes) = tx.get(Tree::GroupMessages, &id.0)? else { return Ok(()) };
+    let info: super::GroupMessageInfo = codec::decode("group message", &bytes)?;
+    for copy in &info.copies {
+        tx.remove(Tree::GroupCopies, &copy.copy.0)?;
+    }
+    tx.remove(Tree::GroupMessages, &id.0)
+}
+
+pub(crate) fn group(
+    view: &dyn View,
+    sealer: &dyn Sealer,
+    id: &[u8; 16],
+) -> Result<Option<super::GroupRecord>, StoreError> {
+    view.get(Tree::Groups, id)?.map(|bytes| open(sealer, Tree::Groups, id, "group", &bytes)).transpose()
+}
+
+pub(crate) fn groups(view: &dyn View, sealer: &dyn Sealer) -> Result<Vec<super::GroupRecord>, StoreError> {
+    let mut out = Vec::new();
+    view.scan(Tree::Groups, &[], false, &mut |key, value| {
+        out.push(open(sealer, Tree::Groups, key, "group", value)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+pub(crate) fn group_message(
+    view: &dyn View,
+    id: &MessageId,
+) -> Result<Option<super::GroupMessageInfo>, StoreError> {
+    get_plain(view, Tree::GroupMessages, &id.0, "group message")
+}
+
+pub(crate) fn group_copy(view: &dyn View, copy: &MessageId) -> Result<Option<MessageId>, StoreError> {
+    get_plain(view, Tree::GroupCopies, &copy.0, "group copy")
 }
 
 /// Deletes `name`'s record, conversation and outbox entries with all their index entries.
@@ -609,6 +714,7 @@ pub(crate) fn file_data(
 /// Deletes message `id` and re-keys its conversation: every remaining text is sealed again under
 /// a new content key, which replaces the old one (see `texts`).
 fn delete_message<T: Tx>(tx: &T, sealer: &dyn Sealer, id: &MessageId) -> Result<(), T::Error> {
+    delete_group_message(tx, id)?;
     let Some(bytes) = tx.get(Tree::Messages, &id.0)? else { return Ok(()) };
     let message: StoredMessage = codec::decode("message", &bytes)?;
     remove_message(tx, &conversation_key(&message.contact, message.order), id)?;
@@ -1030,6 +1136,7 @@ pub(crate) fn reseal(
         Tree::Requests => "contact request",
         Tree::Fragments => "fragment",
         Tree::Files => "file",
+        Tree::Groups => "group",
         _ => "session record",
     };
     let aad = aad(tree.name(), key);
@@ -1042,8 +1149,15 @@ pub(crate) fn reseal(
 }
 
 /// The trees whose values are sealed under the storage key.
-pub(crate) const SEALED_TREES: [Tree; 6] =
-    [Tree::Profile, Tree::Sessions, Tree::ContentKeys, Tree::Requests, Tree::Fragments, Tree::Files];
+pub(crate) const SEALED_TREES: [Tree; 7] = [
+    Tree::Profile,
+    Tree::Sessions,
+    Tree::ContentKeys,
+    Tree::Requests,
+    Tree::Fragments,
+    Tree::Files,
+    Tree::Groups,
+];
 
 pub(crate) fn profile(view: &dyn View, sealer: &dyn Sealer) -> Result<Option<Profile>, StoreError> {
     view.get(Tree::Profile, PROFILE_KEY)?

@@ -299,6 +299,22 @@ impl Store for MemoryStore {
         engine::requests_dropped(&self.view(&self.lock()))
     }
 
+    fn group(&self, id: &[u8; 16]) -> Result<Option<super::GroupRecord>, StoreError> {
+        engine::group(&self.view(&self.lock()), &Clear, id)
+    }
+
+    fn groups(&self) -> Result<Vec<super::GroupRecord>, StoreError> {
+        engine::groups(&self.view(&self.lock()), &Clear)
+    }
+
+    fn group_message(&self, id: &MessageId) -> Result<Option<super::GroupMessageInfo>, StoreError> {
+        engine::group_message(&self.view(&self.lock()), id)
+    }
+
+    fn group_copy(&self, copy: &MessageId) -> Result<Option<MessageId>, StoreError> {
+        engine::group_copy(&self.view(&self.lock()), copy)
+    }
+
     fn blocked(&self) -> Result<Vec<Blocked>, StoreError> {
         engine::blocked(&self.view(&self.lock()))
     }

@@ -493,7 +493,7 @@ impl Status {
     }
 
     /// The position on the forward path (Failed is handled before it is consulted).
-    fn rank(self) -> u8 {
+    pub(crate) fn rank(self) -> u8 {
         match self {
             Status::Queued => 0,
             Status::Sent | Status::Stored { .. } => 1,
@@ -637,6 +637,61 @@ impl fmt::Debug for Transfer {
 pub struct PartOf {
     /// The whole text's message id (the fragment group).
     pub message: MessageId,
+}
+
+/// A group this device is a member of, or was (protocol §15): its membership log, as the
+/// entries it took, in the order it took them (parents first), and its own sending count.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// The group's id (the record's key).
+    pub id: [u8; 16],
+    /// The encoded log entries, genesis first.
+    pub entries: Vec<serde_bytes::ByteBuf>,
+    /// The `sender_seq` of our next message to the group.
+    pub next_seq: u64,
+    /// When this device learnt of the group.
+    pub joined_at: Timestamp,
+}
+
+impl fmt::Debug for GroupRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupRecord")
+            .field("id", &&self.id[..4])
+            .field("entries", &self.entries.len())
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a group message is beyond its [`StoredMessage`] (which is filed under the group's
+/// conversation): who sent it with which count and, for ours, the copy each member was sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMessageInfo {
+    /// The group-wide message id (the record's key, and the stored message's id).
+    pub id: MessageId,
+    /// The group.
+    pub group: [u8; 16],
+    /// The sender's identity key.
+    pub sender: [u8; 32],
+    /// The sender's count of its messages to the group.
+    pub sender_seq: u64,
+    /// Ours only: one copy per member written to, each with its own delivery state.
+    pub copies: Vec<GroupCopy>,
+}
+
+/// One member's copy of a group message of ours.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupCopy {
+    /// The member's identity key.
+    pub member: [u8; 32],
+    /// The contact whose session carries it.
+    pub contact: String,
+    /// The copy's frame id: what the outbox and the member's receipts name.
+    pub copy: MessageId,
+    /// Where the copy is on its way.
+    pub status: Status,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
 }
 
 /// A message of a conversation, incoming or outgoing.
@@ -945,6 +1000,21 @@ pub enum Change {
         /// The text it belongs to.
         part_of: PartOf,
     },
+    /// Stores a group, replacing any record with its id.
+    PutGroup(GroupRecord),
+    /// Stores what a group message is, once (like [`Change::PutMessage`]), and files its copies'
+    /// ids under it.
+    PutGroupMessage(GroupMessageInfo),
+    /// Moves one copy of a group message of ours to `status`, if that is a move forward; an id
+    /// that is no copy changes nothing.
+    SetCopyStatus {
+        /// The copy's frame id.
+        copy: MessageId,
+        /// Its new status.
+        status: Status,
+        /// Why, for a failure.
+        reason: Option<String>,
+    },
 }
 
 /// The node's storage, in domain terms. Synchronous: the daemon calls it from a blocking-friendly
@@ -1051,6 +1121,14 @@ pub trait Store: Send + Sync {
     fn is_dismissed(&self, digest: &[u8; 32]) -> Result<bool, StoreError>;
     /// How many dismissals are kept.
     fn dismissed_len(&self) -> Result<usize, StoreError>;
+    /// The group with this id.
+    fn group(&self, id: &[u8; 16]) -> Result<Option<GroupRecord>, StoreError>;
+    /// Every group, by id.
+    fn groups(&self) -> Result<Vec<GroupRecord>, StoreError>;
+    /// What the group message `id` (group-wide) is, if it is one.
+    fn group_message(&self, id: &MessageId) -> Result<Option<GroupMessageInfo>, StoreError>;
+    /// The group message a copy of ours (by its frame id) belongs to.
+    fn group_copy(&self, copy: &MessageId) -> Result<Option<MessageId>, StoreError>;
     /// Applies `changes` in order, all or none, in one transaction, and returns once they are
     /// durable. Concurrent callers are serialised; a reader sees a batch entirely or not at all.
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError>;
@@ -1188,6 +1266,18 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn dismissed_len(&self) -> Result<usize, StoreError> {
         (**self).dismissed_len()
+    }
+    fn group(&self, id: &[u8; 16]) -> Result<Option<GroupRecord>, StoreError> {
+        (**self).group(id)
+    }
+    fn groups(&self) -> Result<Vec<GroupRecord>, StoreError> {
+        (**self).groups()
+    }
+    fn group_message(&self, id: &MessageId) -> Result<Option<GroupMessageInfo>, StoreError> {
+        (**self).group_message(id)
+    }
+    fn group_copy(&self, copy: &MessageId) -> Result<Option<MessageId>, StoreError> {
+        (**self).group_copy(copy)
     }
     fn apply(&self, changes: &[Change]) -> Result<(), StoreError> {
         (**self).apply(changes)

@@ -590,6 +590,24 @@ impl Store for SledStore {
         engine::requests_dropped(&SledView(&self.trees))
     }
 
+    fn group(&self, id: &[u8; 16]) -> Result<Option<super::GroupRecord>, StoreError> {
+        let _shared = self.shared();
+        engine::group(&SledView(&self.trees), &self.keyring, id)
+    }
+
+    fn groups(&self) -> Result<Vec<super::GroupRecord>, StoreError> {
+        let _shared = self.shared();
+        engine::groups(&SledView(&self.trees), &self.keyring)
+    }
+
+    fn group_message(&self, id: &MessageId) -> Result<Option<super::GroupMessageInfo>, StoreError> {
+        engine::group_message(&SledView(&self.trees), id)
+    }
+
+    fn group_copy(&self, copy: &MessageId) -> Result<Option<MessageId>, StoreError> {
+        engine::group_copy(&SledView(&self.trees), copy)
+    }
+
     fn blocked(&self) -> Result<Vec<Blocked>, StoreError> {
         engine::blocked(&SledView(&self.trees))
     }

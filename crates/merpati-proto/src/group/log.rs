@@ -201,6 +201,24 @@ impl Log {
         heads
     }
 
+    /// The parents and number of a new entry written after this log: its heads, the four with
+    /// the largest numbers when there are more (the others stay heads, cited by a later entry).
+    pub fn next_parents(&self) -> (Vec<EntryHash>, u32) {
+        let mut heads: Vec<(u32, EntryHash)> =
+            self.heads().into_iter().map(|h| (self.entries[self.positions[&h]].n, h)).collect();
+        heads.sort_by(|a, b| b.cmp(a));
+        heads.truncate(super::entry::MAX_PARENTS);
+        let n = heads.iter().map(|(n, _)| *n).max().unwrap_or(0).saturating_add(1);
+        let mut parents: Vec<EntryHash> = heads.into_iter().map(|(_, h)| h).collect();
+        parents.sort();
+        (parents, n)
+    }
+
+    /// The largest entry number in the log (a new entry after all heads gets one more).
+    pub fn last_n(&self) -> u32 {
+        self.entries.iter().map(|e| e.n).max().unwrap_or(0)
+    }
+
     /// The group as all the log's entries make it.
     pub fn state(&self) -> State {
         self.fold(&Positions::all(self.entries.len()))

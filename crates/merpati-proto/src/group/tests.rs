@@ -316,3 +316,44 @@ fn strangers_get_only_a_few_waiting_places() {
         Entry::sign(&p.ann, log.group_id(), 9, vec![EntryHash([1; 32])], T0, add(&p.dee, "Dee")).unwrap();
     assert_eq!(log.add(early, T0), Ok(Added::Waiting));
 }
+
+#[test]
+fn a_new_entry_cites_at_most_four_heads_the_latest_first() {
+    let p = people();
+    let mut log = group(&p);
+    // Five concurrent adds by the owner, all after the genesis: five heads.
+    let base = log.clone();
+    for who in [&p.ann, &p.ben, &p.cid, &p.dee, &p.eve] {
+        let entry = next(&base, &p.owner, add(who, "x"));
+        assert!(matches!(log.add(entry, T0), Ok(Added::New(_))));
+    }
+    assert_eq!(log.heads().len(), 5);
+    let (parents, n) = log.next_parents();
+    assert_eq!((parents.len(), n), (MAX_PARENTS, log.last_n() + 1));
+    let mut sorted = parents.clone();
+    sorted.sort();
+    assert_eq!(parents, sorted);
+    // The entry after them is taken, and leaves two heads: itself and the one it did not cite.
+    let entry =
+        Entry::sign(&p.owner, log.group_id(), n, parents, T0, Action::Rename { name: "Pasar".into() })
+            .unwrap();
+    assert!(matches!(log.add(entry, T0), Ok(Added::New(_))));
+    assert_eq!(log.heads().len(), 2);
+    let (parents, _) = log.next_parents();
+    assert_eq!(parents.len(), 2);
+}
+
+#[test]
+fn a_group_message_id_is_the_same_at_every_member_and_differs_per_sender_and_count() {
+    let p = people();
+    let log = group(&p);
+    let a = message_id(log.group_id(), &id(&p.ann), 1);
+    assert_eq!(a, message_id(log.group_id(), &id(&p.ann), 1));
+    assert_ne!(a, message_id(log.group_id(), &id(&p.ann), 2));
+    assert_ne!(a, message_id(log.group_id(), &id(&p.ben), 1));
+    assert_ne!(a, message_id(GroupId([0; 16]), &id(&p.ann), 1));
+    // The heads digest does not depend on the order heads are listed in.
+    let (h1, h2) = (EntryHash([1; 32]), EntryHash([2; 32]));
+    assert_eq!(heads_digest(&[h1, h2]), heads_digest(&[h2, h1]));
+    assert_ne!(heads_digest(&[h1]), heads_digest(&[h2]));
+}

@@ -1,0 +1,224 @@
+//! Group tests: the engines of several users, each the contact of every other under the others'
+//! names, hand envelopes to each other directly until nothing is due. Membership changes, fan-out,
+//! per-member delivery, and what a removed member or a forger can do.
+
+use std::sync::Arc;
+
+use merpati_proto::Timestamp;
+use merpati_proto::frame::{Body, Control};
+use merpati_proto::group::{Action, Entry, GroupEntries, GroupId, Role};
+use merpati_proto::wire::deliver;
+
+use super::tests::{T0, engine, peer};
+use super::{AttemptResult, Engine, EngineError, group_conversation};
+use crate::store::{Change, MemoryStore, Status, Store};
+
+const NAMES: [&str; 4] = ["alice", "bob", "carol", "dewi"];
+
+/// `n` users who added each other from their invites.
+fn network(n: usize) -> Vec<Engine<Arc<MemoryStore>>> {
+    let mut engines: Vec<Engine<Arc<MemoryStore>>> =
+        (0..n).map(|i| engine(Arc::new(MemoryStore::new()), i as u64 + 1, NAMES[i])).collect();
+    let invites: Vec<String> = engines
+        .iter()
+        .enumerate()
+        .map(|(i, e)| e.invite(peer(i as u8 + 1).to_bytes(), vec![], T0).unwrap())
+        .collect();
+    for (i, engine) in engines.iter_mut().enumerate() {
+        for (j, invite) in invites.iter().enumerate() {
+            if i != j {
+                engine.add_contact(invite, NAMES[j], T0).unwrap();
+            }
+        }
+    }
+    engines
+}
+
+/// Delivers everything due, from every engine to the one it is for, until nothing is due;
+/// `cut` engines take nothing (their node is off). Returns how many envelopes were handed over.
+fn settle(engines: &mut [Engine<Arc<MemoryStore>>], cut: &[usize], now: Timestamp) -> usize {
+    let mut handed = 0;
+    loop {
+        let mut moved = false;
+        for from in 0..engines.len() {
+            for attempt in engines[from].due(now, None).unwrap() {
+                let to = NAMES.iter().position(|n| *n == attempt.contact).unwrap();
+                if cut.contains(&to) {
+                    continue;
+                }
+                let via = peer(from as u8 + 1).to_bytes();
+                let received = engines[to].receive(Some(&via), &attempt.envelope, now).unwrap();
+                let result = match received.response.unwrap() {
+                    deliver::Response::Accepted => AttemptResult::Accepted,
+                    deliver::Response::Refused(r) => AttemptResult::Refused(r),
+                };
+                engines[from].attempt_finished(&attempt.id, &result, now).unwrap();
+                handed += 1;
+                moved = true;
+            }
+        }
+        if !moved {
+            return handed;
+        }
+    }
+}
+
+/// The texts of `group`'s conversation at `engine`, oldest first.
+fn texts(engine: &Engine<Arc<MemoryStore>>, group: GroupId) -> Vec<String> {
+    let mut messages = engine.store().messages(Some(&group_conversation(&group)), 100).unwrap();
+    messages.sort_by_key(|m| m.order);
+    messages.into_iter().map(|m| m.text).collect()
+}
+
+#[test]
+fn a_group_text_reaches_every_member_once_and_is_delivered_to_each() {
+    let mut e = network(3);
+    let view = e[0].create_group("Pasar Minggu", &["bob", "carol"], T0).unwrap();
+    assert_eq!(view.members.len(), 3);
+    assert_eq!(view.role, Some(Role::Admin));
+    settle(&mut e, &[], T0);
+    for member in &mut e[1..] {
+        let seen = member.group("Pasar Minggu").unwrap();
+        assert_eq!((seen.id, seen.role, seen.members.len()), (view.id, Some(Role::Member), 3));
+        assert_eq!(seen.members[0].contact.as_deref(), Some("alice"), "the owner is listed first");
+    }
+
+    let sent = e[0].send_group_text("Pasar Minggu", "selamat pagi", T0).unwrap();
+    assert_eq!(sent.status, Status::Queued);
+    settle(&mut e, &[], T0);
+    for member in &e[1..] {
+        assert_eq!(texts(member, view.id), ["selamat pagi"]);
+        let info = member.store().group_message(&sent.id).unwrap().unwrap();
+        assert_eq!((info.sender, info.sender_seq), (*e[0].me().identity.public().as_bytes(), 1));
+    }
+    // Both copies confirmed: the message stands where its copies do.
+    let info = e[0].store().group_message(&sent.id).unwrap().unwrap();
+    assert_eq!(info.copies.iter().map(|c| c.status).collect::<Vec<_>>(), [Status::Delivered; 2]);
+    assert_eq!(e[0].message(&sent.id).unwrap().status, Status::Delivered);
+
+    // A member answers; everyone else sees it under the same id.
+    let reply = e[2].send_group_text(&view.name, "pagi juga", T0.plus(1)).unwrap();
+    settle(&mut e, &[], T0.plus(1));
+    assert_eq!(texts(&e[0], view.id), ["selamat pagi", "pagi juga"]);
+    assert_eq!(texts(&e[1], view.id), ["selamat pagi", "pagi juga"]);
+    assert_eq!(e[1].message(&reply.id).unwrap().id, reply.id);
+}
+
+#[test]
+fn a_member_offline_gets_its_copy_later_and_the_others_do_not_wait() {
+    let mut e = network(3);
+    let view = e[0].create_group("Warung", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    let sent = e[0].send_group_text("Warung", "buka jam 7", T0).unwrap();
+    settle(&mut e, &[2], T0);
+    let info = e[0].store().group_message(&sent.id).unwrap().unwrap();
+    let by_contact = |name: &str| info.copies.iter().find(|c| c.contact == name).unwrap().status;
+    assert_eq!((by_contact("bob"), by_contact("carol")), (Status::Delivered, Status::Queued));
+    assert_eq!(e[0].message(&sent.id).unwrap().status, Status::Queued, "one copy is still on its way");
+    assert!(texts(&e[2], view.id).is_empty());
+
+    let later = T0.plus(Timestamp::HOUR);
+    settle(&mut e, &[], later);
+    assert_eq!(texts(&e[2], view.id), ["buka jam 7"]);
+    assert_eq!(e[0].message(&sent.id).unwrap().status, Status::Delivered);
+}
+
+#[test]
+fn a_removed_member_gets_nothing_new_and_what_it_sends_is_dropped() {
+    let mut e = network(3);
+    let view = e[0].create_group("Redaksi", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    e[0].group_remove("Redaksi", "carol", T0.plus(1)).unwrap();
+    // Bob learns of the removal; Carol's node is off and does not, so she still writes.
+    settle(&mut e, &[2], T0.plus(1));
+    e[2].send_group_text("Redaksi", "masih di sini?", T0.plus(2)).unwrap();
+    e[0].send_group_text("Redaksi", "rapat jam 9", T0.plus(3)).unwrap();
+    settle(&mut e, &[], T0.plus(4));
+
+    assert_eq!(texts(&e[0], view.id), ["rapat jam 9"], "a removed member's message is not the group's");
+    assert_eq!(texts(&e[1], view.id), ["rapat jam 9"]);
+    assert_eq!(texts(&e[2], view.id), ["masih di sini?"], "nothing sent after the removal reaches her");
+    let carol = e[2].group("Redaksi").unwrap();
+    assert_eq!((carol.role, carol.members.len()), (None, 2), "she learnt she was removed");
+    assert!(matches!(e[2].send_group_text("Redaksi", "halo", T0.plus(5)), Err(EngineError::NotInGroup(_))));
+}
+
+#[test]
+fn a_member_cannot_change_membership_and_a_forged_entry_changes_nothing() {
+    let mut e = network(4);
+    let view = e[0].create_group("Keluarga", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    assert!(matches!(e[1].group_add("Keluarga", "dewi", T0), Err(EngineError::GroupRefused(_))));
+    assert!(matches!(e[1].group_remove("Keluarga", "carol", T0), Err(EngineError::GroupRefused(_))));
+
+    // Bob's node signs an Add anyway and sends it to Carol inside their session.
+    e[1].send_text("carol", "hai", T0).unwrap();
+    settle(&mut e, &[], T0);
+    let before = e[2].group("Keluarga").unwrap();
+    let log = e[1].group_logs[&view.id].clone();
+    let (parents, n) = log.next_parents();
+    let dewi = e[3].me().identity.public();
+    let forged = Entry::sign(
+        &e[1].me.identity,
+        view.id,
+        n,
+        parents,
+        T0,
+        Action::Add { member: dewi, name: "dewi".into() },
+    )
+    .unwrap();
+    let body = Body::Control(Control::GroupEntries(GroupEntries { group: view.id, entries: vec![forged] }));
+    let session = e[1].store().contact("carol").unwrap().unwrap().session.unwrap();
+    let entry = e[1].seal_into_outbox(&session, "carol", &body, T0).unwrap();
+    let mut changes = e[1].persist_session(&e[1].sessions[&session], "carol");
+    changes.push(Change::PutOutbox(entry));
+    e[1].store().apply(&changes).unwrap();
+    settle(&mut e, &[], T0);
+    assert_eq!(e[2].group("Keluarga").unwrap(), before, "the forged entry changed nothing");
+    assert!(e[3].group("Keluarga").is_err(), "Dewi was not let in");
+}
+
+#[test]
+fn an_admin_the_owner_promotes_can_add_and_the_group_survives_a_restart() {
+    let mut e = network(4);
+    let view = e[0].create_group("Arisan", &["bob"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    e[0].group_promote("Arisan", "bob", T0.plus(1)).unwrap();
+    settle(&mut e, &[], T0.plus(1));
+    e[1].group_add("Arisan", "carol", T0.plus(2)).unwrap();
+    e[0].group_rename("Arisan", "Arisan RT 5", T0.plus(3)).unwrap();
+    settle(&mut e, &[], T0.plus(3));
+    for member in &mut e[..3] {
+        let seen = member.group(&crate::engine::hex(&view.id.0[..4])).unwrap();
+        assert_eq!((seen.name.as_str(), seen.members.len()), ("Arisan RT 5", 3));
+    }
+
+    // Carol's node restarts: the group is read back from the store.
+    let store = e[2].store().clone();
+    e[2] = engine(store, 3, "carol");
+    e[2].send_group_text("Arisan RT 5", "giliran siapa?", T0.plus(4)).unwrap();
+    settle(&mut e, &[], T0.plus(4));
+    assert_eq!(texts(&e[0], view.id), ["giliran siapa?"]);
+    assert_eq!(texts(&e[1], view.id), ["giliran siapa?"]);
+    assert!(texts(&e[3], view.id).is_empty());
+    assert!(matches!(e[0].group("Tidak ada"), Err(EngineError::UnknownGroup(_))));
+}
+
+#[test]
+fn a_group_is_kept_only_from_someone_it_names() {
+    let mut e = network(4);
+    let view = e[0].create_group("Rahasia", &["carol"], T0).unwrap();
+    let found = GroupEntries { group: view.id, entries: e[0].group_logs[&view.id].entries().to_vec() };
+    // Dewi, who is not in it, passes its log on to Bob: dropped.
+    let dewi = e[1].store().contact("dewi").unwrap().unwrap();
+    let mut changes = Vec::new();
+    assert!(e[1].receive_group_entries(&dewi, found.clone(), &mut changes, T0).unwrap().is_empty());
+    assert!(changes.is_empty());
+    assert!(matches!(e[1].group("Rahasia"), Err(EngineError::UnknownGroup(_))));
+    // From its owner it is kept, and shown as a group Bob is not in.
+    let alice = e[1].store().contact("alice").unwrap().unwrap();
+    assert!(e[1].receive_group_entries(&alice, found, &mut changes, T0).unwrap().is_empty());
+    e[1].store().apply(&changes).unwrap();
+    assert_eq!(e[1].group("Rahasia").unwrap().role, None);
+    assert!(matches!(e[1].send_group_text("Rahasia", "boleh ikut?", T0), Err(EngineError::NotInGroup(_))));
+}

@@ -1,0 +1,666 @@
+//! Groups on this node (protocol §15): creating one, changing its membership, sending to it one
+//! copy per member in each member's own session, and taking in the entries and messages members
+//! send. The membership log's rules are `merpati_proto::group`'s; this module keeps the logs,
+//! decides who gets what, and files group messages under the group's conversation.
+
+use std::collections::HashMap;
+
+use merpati_proto::Timestamp;
+use merpati_proto::frame::{Body, Control, MAX_TEXT_LEN, MessageId};
+use merpati_proto::group::{
+    Action, Added, Entry, GroupEntries, GroupId, GroupMessage, Log, MAX_ENTRIES_PER_FRAME, MAX_MEMBERS, Role,
+    State, heads_digest,
+};
+use merpati_proto::identity::IdentityPublic;
+use rand_core::Rng;
+use serde_bytes::ByteBuf;
+
+use super::outgoing::SendGroup;
+use super::{Engine, EngineError, hex};
+use crate::store::{
+    Change, Contact, Direction, GroupCopy, GroupMessageInfo, GroupRecord, Status, Store, StoreError,
+    StoredMessage,
+};
+
+/// The most groups a node keeps: a contact can make us join any number, so their records are
+/// bounded.
+pub const MAX_GROUPS: usize = 256;
+
+/// The shortest group id prefix a command accepts.
+const MIN_ID_PREFIX: usize = 4;
+
+/// A group as the user sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    /// The group's id.
+    pub id: GroupId,
+    /// Its name.
+    pub name: String,
+    /// Its members, the owner first.
+    pub members: Vec<GroupMember>,
+    /// Our role, if we are a member.
+    pub role: Option<Role>,
+    /// When this device learnt of the group.
+    pub joined_at: Timestamp,
+}
+
+/// A member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Their identity key.
+    pub identity: IdentityPublic,
+    /// The name the entry that added them gave (the owner: the group's creator, unnamed).
+    pub name: Option<String>,
+    /// Our contact with that identity, if any.
+    pub contact: Option<String>,
+    /// Their role.
+    pub role: Role,
+    /// Whether they own the group.
+    pub owner: bool,
+    /// Whether it is us.
+    pub me: bool,
+}
+
+/// The conversation a group's messages are filed under. It starts with a control character, which
+/// no contact name can hold, so it never meets a contact's conversation.
+pub fn group_conversation(id: &GroupId) -> String {
+    format!("\u{1}group {}", hex(&id.0))
+}
+
+/// The group whose conversation `name` is, if it is one.
+pub fn group_of_conversation(name: &str) -> Option<GroupId> {
+    let hex_id = name.strip_prefix("\u{1}group ")?;
+    let bytes = (0..16)
+        .map(|i| hex_id.get(2 * i..2 * i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect::<Option<Vec<u8>>>()?;
+    (hex_id.len() == 32).then(|| GroupId(bytes.try_into().unwrap_or([0; 16])))
+}
+
+impl<S: Store> Engine<S> {
+    /// Creates a group named `name` owned by us, with `members` (contact names) in it, and
+    /// sends each of them the group's log.
+    pub fn create_group(
+        &mut self,
+        name: &str,
+        members: &[&str],
+        now: Timestamp,
+    ) -> Result<GroupView, EngineError> {
+        if self.store.groups()?.len() >= MAX_GROUPS {
+            return Err(EngineError::TooManyGroups(MAX_GROUPS));
+        }
+        let mut contacts: Vec<Contact> = Vec::with_capacity(members.len());
+        for member in members {
+            let contact = self.contact_named(member)?;
+            if !contacts.iter().any(|c| c.identity == contact.identity) {
+                contacts.push(contact);
+            }
+        }
+        if contacts.len() + 1 > MAX_MEMBERS {
+            return Err(EngineError::GroupFull(MAX_MEMBERS));
+        }
+        let mut nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut nonce);
+        let (_, genesis) = Entry::genesis(&self.me.identity, name, nonce, now).map_err(|_| {
+            EngineError::InvalidName("a group name is 1 to 64 bytes, without control characters")
+        })?;
+        let mut log = Log::new(genesis).map_err(|e| EngineError::GroupRefused(e.to_string()))?;
+        for contact in &contacts {
+            let add = Action::Add { member: contact.identity, name: contact.name.clone() };
+            self.append(&mut log, add, now)?;
+        }
+        let record = GroupRecord { id: log.group_id().0, entries: Vec::new(), next_seq: 1, joined_at: now };
+        self.publish(record, log, None, now)
+    }
+
+    /// Adds contact `contact` to `group`: they get the whole log, the others the new entry.
+    pub fn group_add(
+        &mut self,
+        group: &str,
+        contact: &str,
+        now: Timestamp,
+    ) -> Result<GroupView, EngineError> {
+        let (record, mut log) = self.find_group(group)?;
+        let contact = self.contact_named(contact)?;
+        let before = log.state();
+        if before.role(&contact.identity).is_some() {
+            return Err(EngineError::AlreadyInGroup { contact: contact.name, group: before.name });
+        }
+        if before.len() >= MAX_MEMBERS {
+            return Err(EngineError::GroupFull(MAX_MEMBERS));
+        }
+        self.append(&mut log, Action::Add { member: contact.identity, name: contact.name.clone() }, now)?;
+        self.publish(record, log, Some(&before), now)
+    }
+
+    /// Removes `member` (a contact name, or a member's name in the group) from `group`.
+    pub fn group_remove(
+        &mut self,
+        group: &str,
+        member: &str,
+        now: Timestamp,
+    ) -> Result<GroupView, EngineError> {
+        let (record, mut log) = self.find_group(group)?;
+        let before = log.state();
+        let identity = self.member_identity(&before, member)?;
+        self.append(&mut log, Action::Remove { member: identity }, now)?;
+        self.publish(record, log, Some(&before), now)
+    }
+
+    /// Makes `member` an admin of `group` (the owner only).
+    pub fn group_promote(
+        &mut self,
+        group: &str,
+        member: &str,
+        now: Timestamp,
+    ) -> Result<GroupView, EngineError> {
+        let (record, mut log) = self.find_group(group)?;
+        let before = log.state();
+        let identity = self.member_identity(&before, member)?;
+        self.append(&mut log, Action::SetRole { member: identity, role: Role::Admin }, now)?;
+        self.publish(record, log, Some(&before), now)
+    }
+
+    /// Renames `group`.
+    pub fn group_rename(
+        &mut self,
+        group: &str,
+        name: &str,
+        now: Timestamp,
+    ) -> Result<GroupView, EngineError> {
+        let (record, mut log) = self.find_group(group)?;
+        let before = log.state();
+        self.append(&mut log, Action::Rename { name: name.to_owned() }, now)?;
+        self.publish(record, log, Some(&before), now)
+    }
+
+    /// Leaves `group`: the others are told, and nothing is sent to it from here any more.
+    pub fn group_leave(&mut self, group: &str, now: Timestamp) -> Result<GroupView, EngineError> {
+        let (record, mut log) = self.find_group(group)?;
+        let before = log.state();
+        self.append(&mut log, Action::Leave, now)?;
+        self.publish(record, log, Some(&before), now)
+    }
+
+    /// Every group this node keeps, by name.
+    pub fn groups(&mut self) -> Result<Vec<GroupView>, EngineError> {
+        let contacts = self.contacts_by_identity()?;
+        let mut views = Vec::new();
+        for record in self.store.groups()? {
+            let log = self.log_of(&record)?;
+            views.push(self.view(&record, &log, &contacts));
+        }
+        views.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        Ok(views)
+    }
+
+    /// One group, by name or id prefix.
+    pub fn group(&mut self, group: &str) -> Result<GroupView, EngineError> {
+        let (record, log) = self.find_group(group)?;
+        let contacts = self.contacts_by_identity()?;
+        Ok(self.view(&record, &log, &contacts))
+    }
+
+    /// Sends `text` to every other member of `group`, one copy each in its own session; returns
+    /// the message as stored in the group's conversation. A member with no contact here (added
+    /// by another admin, not yet introduced) gets no copy, which is recorded as failed.
+    pub fn send_group_text(
+        &mut self,
+        group: &str,
+        text: &str,
+        now: Timestamp,
+    ) -> Result<StoredMessage, EngineError> {
+        if text.len() > MAX_TEXT_LEN {
+            return Err(EngineError::TooLarge { len: text.len(), max: MAX_TEXT_LEN });
+        }
+        let (mut record, log) = self.find_group(group)?;
+        let state = log.state();
+        let me = self.me.identity.public();
+        if state.role(&me).is_none() {
+            return Err(EngineError::NotInGroup(state.name));
+        }
+        let group_id = log.group_id();
+        let sender_seq = record.next_seq;
+        let body = Body::Group(Box::new(GroupMessage {
+            group: group_id,
+            sender_seq,
+            log_n: log.last_n(),
+            heads: heads_digest(&log.heads()),
+            inner: Body::Text(text.to_owned()),
+        }));
+        let contacts = self.contacts_by_identity()?;
+        let mut batch = SendGroup::default();
+        let mut copies = Vec::new();
+        for identity in members(&state).filter(|m| *m != me) {
+            let copy = match contacts.get(&identity) {
+                Some(contact) => match self.seal_to(contact, std::slice::from_ref(&body), now, &mut batch) {
+                    Ok(ids) => GroupCopy {
+                        member: *identity.as_bytes(),
+                        contact: contact.name.clone(),
+                        copy: ids[0],
+                        status: Status::Queued,
+                        reason: None,
+                    },
+                    Err(e) => {
+                        self.abandon_group(&batch);
+                        return Err(e);
+                    }
+                },
+                None => GroupCopy {
+                    member: *identity.as_bytes(),
+                    contact: String::new(),
+                    copy: MessageId([0; 16]),
+                    status: Status::Failed,
+                    reason: Some("no session with this member: add them as a contact".to_owned()),
+                },
+            };
+            copies.push(copy);
+        }
+        let id = merpati_proto::group::message_id(group_id, &me, sender_seq);
+        let sent = copies.iter().any(|c| c.status != Status::Failed);
+        let message = StoredMessage {
+            id,
+            contact: group_conversation(&group_id),
+            direction: Direction::Out,
+            time: now,
+            text: text.to_owned(),
+            seq: Some(sender_seq),
+            // Alone in the group, or with nobody reachable, there is nothing to wait for.
+            status: if copies.is_empty() {
+                Status::Sent
+            } else if sent {
+                Status::Queued
+            } else {
+                Status::Failed
+            },
+            reason: (!copies.is_empty() && !sent)
+                .then(|| "no member of the group can be reached yet".to_owned()),
+            order: 0,
+        };
+        let info = GroupMessageInfo { id, group: group_id.0, sender: *me.as_bytes(), sender_seq, copies };
+        record.next_seq += 1;
+        batch.changes.push(Change::PutMessage(message.clone()));
+        batch.changes.push(Change::PutGroupMessage(info));
+        batch.changes.push(Change::PutGroup(record));
+        self.write_group(batch)?;
+        Ok(message)
+    }
+
+    /// Takes in entries of a group's log sent by `contact`. A group we do not know is kept only
+    /// if the entries hold its genesis and name the sender (nobody makes us keep a group they
+    /// are not in), and while we keep fewer than [`MAX_GROUPS`]. Bad entries are dropped, each
+    /// alone: they change nothing.
+    ///
+    /// Returns the welcomes to pass on: each member the entries made one (added by someone
+    /// else) gets the whole log as we hold it, with whatever we wrote concurrently, so members
+    /// converge even when an admin's change crossed another's `Add`.
+    pub(super) fn receive_group_entries(
+        &mut self,
+        contact: &Contact,
+        found: GroupEntries,
+        changes: &mut Vec<Change>,
+        now: Timestamp,
+    ) -> Result<Vec<(Contact, Vec<Body>)>, EngineError> {
+        let written = changes.iter().rev().find_map(|c| match c {
+            Change::PutGroup(record) if record.id == found.group.0 => Some(record.clone()),
+            _ => None,
+        });
+        let known = match written {
+            Some(record) => Some(record),
+            None => self.store.group(&found.group.0)?,
+        };
+        let new_group = known.is_none();
+        let (record, mut log) = match known {
+            Some(record) => {
+                let log = self.log_of(&record)?;
+                (record, log)
+            }
+            None => {
+                if self.store.groups()?.len() >= MAX_GROUPS {
+                    tracing::warn!(
+                        "a group from {} was dropped: this node keeps {MAX_GROUPS} groups",
+                        contact.name
+                    );
+                    return Ok(Vec::new());
+                }
+                let Some(genesis) = found.entries.iter().find(|e| e.n == 0) else {
+                    tracing::debug!("entries of an unknown group from {} without its genesis", contact.name);
+                    return Ok(Vec::new());
+                };
+                let Ok(log) = Log::new(genesis.clone()) else {
+                    tracing::warn!("a group genesis from {} does not verify", contact.name);
+                    return Ok(Vec::new());
+                };
+                let record =
+                    GroupRecord { id: found.group.0, entries: Vec::new(), next_seq: 1, joined_at: now };
+                (record, log)
+            }
+        };
+        let before = log.len();
+        let members_before = log.state();
+        for entry in found.entries {
+            match log.add(entry, now) {
+                Ok(_) => {}
+                Err(e) => tracing::warn!("a group entry from {} was refused: {e}", contact.name),
+            }
+        }
+        // Entries authenticate themselves, so any member may pass on a known group's; a group
+        // we do not know is kept only if it names its sender.
+        let state = log.state();
+        if new_group && state.owner != contact.identity && !state.members.contains_key(&contact.identity) {
+            tracing::warn!("entries of a group {} is not in were dropped", contact.name);
+            return Ok(Vec::new());
+        }
+        if log.len() == before && !new_group {
+            // Nothing new (a copy again, or entries still waiting for their parents).
+            self.group_logs.insert(log.group_id(), log);
+            return Ok(Vec::new());
+        }
+        let mut welcomes = Vec::new();
+        let me = self.me.identity.public();
+        if !new_group && state.role(&me).is_some() {
+            let contacts = self.contacts_by_identity()?;
+            for identity in members(&state) {
+                if identity != me
+                    && identity != contact.identity
+                    && members_before.role(&identity).is_none()
+                    && let Some(member) = contacts.get(&identity)
+                {
+                    welcomes.push((member.clone(), entry_bodies(log.group_id(), log.entries())));
+                }
+            }
+        }
+        changes.push(Change::PutGroup(GroupRecord { entries: entries_of(&log), ..record }));
+        self.group_logs.insert(log.group_id(), log);
+        Ok(welcomes)
+    }
+
+    /// Files a group message `contact` sent, if the group is ours and the sender a member of it
+    /// as our log stands; returns it, or `None` when it is dropped.
+    pub(super) fn receive_group_message(
+        &mut self,
+        contact: &Contact,
+        sent_at: Timestamp,
+        message: GroupMessage,
+        changes: &mut Vec<Change>,
+    ) -> Result<Option<StoredMessage>, EngineError> {
+        let written = changes.iter().rev().find_map(|c| match c {
+            Change::PutGroup(record) if record.id == message.group.0 => Some(record.clone()),
+            _ => None,
+        });
+        let record = match written {
+            Some(record) => record,
+            None => match self.store.group(&message.group.0)? {
+                Some(record) => record,
+                None => {
+                    tracing::warn!(
+                        "a message from {} to a group this node does not know was dropped",
+                        contact.name
+                    );
+                    return Ok(None);
+                }
+            },
+        };
+        let state = self.log_of(&record)?.state();
+        if state.role(&contact.identity).is_none() {
+            // Removed, or never in: what it sends is not the group's.
+            tracing::warn!("a group message from {}, who is not a member, was dropped", contact.name);
+            return Ok(None);
+        }
+        if state.role(&self.me.identity.public()).is_none() {
+            tracing::debug!("a message to a group we left was dropped");
+            return Ok(None);
+        }
+        let id = message.id(&contact.identity);
+        let Body::Text(text) = message.inner else {
+            // Files and long texts to groups are not sent by this version.
+            tracing::warn!("a group message of a kind this version does not show was dropped");
+            return Ok(None);
+        };
+        let stored = StoredMessage::received(
+            id,
+            &group_conversation(&message.group),
+            sent_at,
+            text,
+            message.sender_seq,
+        );
+        changes.push(Change::PutMessage(stored.clone()));
+        changes.push(Change::PutGroupMessage(GroupMessageInfo {
+            id,
+            group: message.group.0,
+            sender: *contact.identity.as_bytes(),
+            sender_seq: message.sender_seq,
+            copies: Vec::new(),
+        }));
+        Ok(Some(stored))
+    }
+
+    /// The changes a member's receipt for copy `copy` of one of our group messages makes: only
+    /// the member the copy went to may confirm it.
+    pub(super) fn confirm_copy(
+        &self,
+        contact: &Contact,
+        copy: &MessageId,
+        status: Status,
+    ) -> Result<Option<Change>, EngineError> {
+        let Some(id) = self.store.group_copy(copy)? else { return Ok(None) };
+        let Some(info) = self.store.group_message(&id)? else { return Ok(None) };
+        let mine = info.copies.iter().any(|c| c.copy == *copy && c.member == *contact.identity.as_bytes());
+        Ok(mine.then_some(Change::SetCopyStatus { copy: *copy, status, reason: None }))
+    }
+
+    /// Seals the welcomes [`Engine::receive_group_entries`] returned, starting sessions where
+    /// there are none, into a batch whose sessions the caller persists with its own write; on an
+    /// error nothing is left moved.
+    pub(super) fn pass_on(
+        &mut self,
+        welcomes: Vec<(Contact, Vec<Body>)>,
+        now: Timestamp,
+    ) -> Result<SendGroup, EngineError> {
+        let mut batch = SendGroup::default();
+        for (member, bodies) in welcomes {
+            if let Err(e) = self.seal_to(&member, &bodies, now, &mut batch) {
+                self.abandon_group(&batch);
+                return Err(e);
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Signs an entry of ours after every head of `log` and adds it; refused if our role in
+    /// the log does not allow it.
+    fn append(&mut self, log: &mut Log, action: Action, now: Timestamp) -> Result<Entry, EngineError> {
+        let (parents, n) = log.next_parents();
+        let entry = Entry::sign(&self.me.identity, log.group_id(), n, parents, now, action)
+            .map_err(|e| EngineError::GroupRefused(e.to_string()))?;
+        match log.add(entry.clone(), now) {
+            Ok(Added::New(_)) => Ok(entry),
+            Ok(_) => Err(EngineError::GroupRefused("the change is already in the group".to_owned())),
+            Err(e) => Err(EngineError::GroupRefused(e.to_string())),
+        }
+    }
+
+    /// Writes `log` (one entry longer than when `before` was its state) to the store and tells
+    /// the members: whoever was not a member before gets the whole log, the others (and whoever
+    /// stopped being one, so they learn it) the entries they lack.
+    fn publish(
+        &mut self,
+        record: GroupRecord,
+        log: Log,
+        before: Option<&State>,
+        now: Timestamp,
+    ) -> Result<GroupView, EngineError> {
+        let after = log.state();
+        let me = self.me.identity.public();
+        let known = record.entries.len();
+        let new_entries: Vec<Entry> = log.entries()[known.min(log.len())..].to_vec();
+        let contacts = self.contacts_by_identity()?;
+        let mut batch = SendGroup::default();
+        let mut told: Vec<IdentityPublic> = Vec::new();
+        let was_member = |identity: &IdentityPublic| before.is_some_and(|b| b.role(identity).is_some());
+        for identity in before.into_iter().flat_map(members).chain(members(&after)) {
+            if identity == me || told.contains(&identity) {
+                continue;
+            }
+            told.push(identity);
+            let Some(contact) = contacts.get(&identity) else { continue };
+            let entries = if was_member(&identity) { new_entries.clone() } else { log.entries().to_vec() };
+            let bodies = entry_bodies(log.group_id(), &entries);
+            if let Err(e) = self.seal_to(contact, &bodies, now, &mut batch) {
+                self.abandon_group(&batch);
+                return Err(e);
+            }
+        }
+        let record = GroupRecord { entries: entries_of(&log), ..record };
+        batch.changes.push(Change::PutGroup(record.clone()));
+        self.write_group(batch)?;
+        let view = self.view(&record, &log, &contacts);
+        self.group_logs.insert(log.group_id(), log);
+        Ok(view)
+    }
+
+    /// Seals `bodies` for `contact` into `batch`, starting a session if there is none; returns
+    /// the frames' ids.
+    fn seal_to(
+        &mut self,
+        contact: &Contact,
+        bodies: &[Body],
+        now: Timestamp,
+        batch: &mut SendGroup,
+    ) -> Result<Vec<MessageId>, EngineError> {
+        // A session this batch started is on the batch's copy of the contact.
+        let contact = batch.started(&contact.name).unwrap_or_else(|| contact.clone());
+        let (session, started) = match contact.session {
+            Some(id) => (id, false),
+            None => (self.start_session(&contact, now, batch)?, true),
+        };
+        batch.touch(session, &contact.name);
+        let mut ids = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let entry = self.seal_into_outbox(&session, &contact.name, body, now)?;
+            ids.push(entry.id);
+            batch.changes.push(Change::PutOutbox(entry));
+        }
+        if started {
+            batch.changes.extend(self.seal_introduction(&session, &contact.name, now)?);
+        }
+        Ok(ids)
+    }
+
+    /// The group `reference` names: an exact name, or a prefix of its id in hex.
+    fn find_group(&mut self, reference: &str) -> Result<(GroupRecord, Log), EngineError> {
+        let mut by_name = Vec::new();
+        let mut by_id = Vec::new();
+        let wanted = reference.to_ascii_lowercase();
+        for record in self.store.groups()? {
+            let log = self.log_of(&record)?;
+            if log.state().name == reference {
+                by_name.push((record.clone(), log.clone()));
+            }
+            if wanted.len() >= MIN_ID_PREFIX && hex(&record.id).starts_with(&wanted) {
+                by_id.push((record, log));
+            }
+        }
+        let found = if by_name.is_empty() { by_id } else { by_name };
+        match found.len() {
+            1 => {
+                Ok(found.into_iter().next().ok_or_else(|| EngineError::UnknownGroup(reference.to_owned()))?)
+            }
+            0 => Err(EngineError::UnknownGroup(reference.to_owned())),
+            _ => Err(EngineError::AmbiguousGroup {
+                name: reference.to_owned(),
+                ids: found.iter().map(|(r, _)| hex(&r.id)).collect(),
+            }),
+        }
+    }
+
+    /// The log a record holds, from memory once read.
+    fn log_of(&mut self, record: &GroupRecord) -> Result<Log, EngineError> {
+        let id = GroupId(record.id);
+        if let Some(log) = self.group_logs.get(&id) {
+            return Ok(log.clone());
+        }
+        let corrupt = || EngineError::Store(StoreError::Corrupt { what: "group" });
+        let mut entries = record.entries.iter().map(|bytes| Entry::from_bytes(bytes));
+        let genesis = entries.next().ok_or_else(corrupt)?.map_err(|_| corrupt())?;
+        let mut log = Log::new(genesis).map_err(|_| corrupt())?;
+        // Stored parents first, as taken: each is taken at once, under the same rules.
+        for entry in entries {
+            log.add(entry.map_err(|_| corrupt())?, record.joined_at).map_err(|_| corrupt())?;
+        }
+        self.group_logs.insert(id, log.clone());
+        Ok(log)
+    }
+
+    /// A contact by name, as the user typed it (see `names`).
+    fn contact_named(&self, name: &str) -> Result<Contact, EngineError> {
+        let name = self.resolve_contact(name)?;
+        self.store.contact(&name)?.ok_or(EngineError::UnknownContact(name))
+    }
+
+    /// A member of `state` named by a contact name or by the name the group gave them.
+    fn member_identity(&self, state: &State, member: &str) -> Result<IdentityPublic, EngineError> {
+        if let Some(contact) = self.store.contact(member)?
+            && state.role(&contact.identity).is_some()
+        {
+            return Ok(contact.identity);
+        }
+        let named: Vec<IdentityPublic> =
+            state.members.iter().filter(|(_, m)| m.name == member).map(|(id, _)| *id).collect();
+        match named.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(EngineError::NotInGroupMember { member: member.to_owned(), group: state.name.clone() }),
+            _ => Err(EngineError::GroupRefused(format!(
+                "\"{member}\" names several members: use your contact names"
+            ))),
+        }
+    }
+
+    fn contacts_by_identity(&self) -> Result<HashMap<IdentityPublic, Contact>, EngineError> {
+        Ok(self.store.contacts()?.into_iter().map(|c| (c.identity, c)).collect())
+    }
+
+    fn view(
+        &self,
+        record: &GroupRecord,
+        log: &Log,
+        contacts: &HashMap<IdentityPublic, Contact>,
+    ) -> GroupView {
+        let state = log.state();
+        let me = self.me.identity.public();
+        let member = |identity: IdentityPublic, name: Option<String>, role: Role| GroupMember {
+            contact: contacts.get(&identity).map(|c| c.name.clone()),
+            owner: identity == state.owner,
+            me: identity == me,
+            identity,
+            name,
+            role,
+        };
+        let mut members = vec![member(state.owner, None, Role::Admin)];
+        members.extend(state.members.iter().map(|(id, m)| member(*id, Some(m.name.clone()), m.role)));
+        GroupView {
+            id: GroupId(record.id),
+            role: state.role(&me),
+            name: state.name,
+            members,
+            joined_at: record.joined_at,
+        }
+    }
+}
+
+/// Every member of `state`, the owner first.
+fn members(state: &State) -> impl Iterator<Item = IdentityPublic> + '_ {
+    std::iter::once(state.owner).chain(state.members.keys().copied())
+}
+
+/// A log's entries as a record keeps them.
+fn entries_of(log: &Log) -> Vec<ByteBuf> {
+    log.entries().iter().map(|e| ByteBuf::from(e.to_bytes())).collect()
+}
+
+/// `entries` as group-entries controls, at most [`MAX_ENTRIES_PER_FRAME`] each.
+fn entry_bodies(group: GroupId, entries: &[Entry]) -> Vec<Body> {
+    entries
+        .chunks(MAX_ENTRIES_PER_FRAME)
+        .map(|chunk| Body::Control(Control::GroupEntries(GroupEntries { group, entries: chunk.to_vec() })))
+        .collect()
+}
