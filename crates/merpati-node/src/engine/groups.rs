@@ -119,17 +119,19 @@ impl<S: Store> Engine<S> {
         contact: &str,
         now: Timestamp,
     ) -> Result<GroupView, EngineError> {
-        let (record, mut log) = self.find_group(group)?;
         let contact = self.contact_named(contact)?;
-        let before = log.state();
-        if before.role(&contact.identity).is_some() {
-            return Err(EngineError::AlreadyInGroup { contact: contact.name, group: before.name });
-        }
-        if before.len() >= MAX_MEMBERS {
-            return Err(EngineError::GroupFull(MAX_MEMBERS));
-        }
-        self.append(&mut log, Action::Add { member: contact.identity, name: contact.name.clone() }, now)?;
-        self.publish(record, log, Some(&before), now)
+        self.change_group(group, now, |_, before| {
+            if before.role(&contact.identity).is_some() {
+                return Err(EngineError::AlreadyInGroup {
+                    contact: contact.name.clone(),
+                    group: before.name.clone(),
+                });
+            }
+            if before.len() >= MAX_MEMBERS {
+                return Err(EngineError::GroupFull(MAX_MEMBERS));
+            }
+            Ok(Action::Add { member: contact.identity, name: contact.name.clone() })
+        })
     }
 
     /// Removes `member` (a contact name, or a member's name in the group) from `group`.
@@ -139,11 +141,9 @@ impl<S: Store> Engine<S> {
         member: &str,
         now: Timestamp,
     ) -> Result<GroupView, EngineError> {
-        let (record, mut log) = self.find_group(group)?;
-        let before = log.state();
-        let identity = self.member_identity(&before, member)?;
-        self.append(&mut log, Action::Remove { member: identity }, now)?;
-        self.publish(record, log, Some(&before), now)
+        self.change_group(group, now, |engine, before| {
+            Ok(Action::Remove { member: engine.member_identity(before, member)? })
+        })
     }
 
     /// Makes `member` an admin of `group` (the owner only).
@@ -153,11 +153,9 @@ impl<S: Store> Engine<S> {
         member: &str,
         now: Timestamp,
     ) -> Result<GroupView, EngineError> {
-        let (record, mut log) = self.find_group(group)?;
-        let before = log.state();
-        let identity = self.member_identity(&before, member)?;
-        self.append(&mut log, Action::SetRole { member: identity, role: Role::Admin }, now)?;
-        self.publish(record, log, Some(&before), now)
+        self.change_group(group, now, |engine, before| {
+            Ok(Action::SetRole { member: engine.member_identity(before, member)?, role: Role::Admin })
+        })
     }
 
     /// Renames `group`.
@@ -167,17 +165,26 @@ impl<S: Store> Engine<S> {
         name: &str,
         now: Timestamp,
     ) -> Result<GroupView, EngineError> {
-        let (record, mut log) = self.find_group(group)?;
-        let before = log.state();
-        self.append(&mut log, Action::Rename { name: name.to_owned() }, now)?;
-        self.publish(record, log, Some(&before), now)
+        self.change_group(group, now, |_, _| Ok(Action::Rename { name: name.to_owned() }))
     }
 
     /// Leaves `group`: the others are told, and nothing is sent to it from here any more.
     pub fn group_leave(&mut self, group: &str, now: Timestamp) -> Result<GroupView, EngineError> {
+        self.change_group(group, now, |_, _| Ok(Action::Leave))
+    }
+
+    /// Appends to `group` the entry `action` makes of the group's current state, and tells the
+    /// members.
+    fn change_group(
+        &mut self,
+        group: &str,
+        now: Timestamp,
+        action: impl FnOnce(&Self, &State) -> Result<Action, EngineError>,
+    ) -> Result<GroupView, EngineError> {
         let (record, mut log) = self.find_group(group)?;
         let before = log.state();
-        self.append(&mut log, Action::Leave, now)?;
+        let action = action(self, &before)?;
+        self.append(&mut log, action, now)?;
         self.publish(record, log, Some(&before), now)
     }
 
@@ -300,14 +307,7 @@ impl<S: Store> Engine<S> {
         changes: &mut Vec<Change>,
         now: Timestamp,
     ) -> Result<Vec<(Contact, Vec<Body>)>, EngineError> {
-        let written = changes.iter().rev().find_map(|c| match c {
-            Change::PutGroup(record) if record.id == found.group.0 => Some(record.clone()),
-            _ => None,
-        });
-        let known = match written {
-            Some(record) => Some(record),
-            None => self.store.group(&found.group.0)?,
-        };
+        let known = self.group_record(changes, &found.group)?;
         let new_group = known.is_none();
         let (record, mut log) = match known {
             Some(record) => {
@@ -383,22 +383,9 @@ impl<S: Store> Engine<S> {
         message: GroupMessage,
         changes: &mut Vec<Change>,
     ) -> Result<Option<StoredMessage>, EngineError> {
-        let written = changes.iter().rev().find_map(|c| match c {
-            Change::PutGroup(record) if record.id == message.group.0 => Some(record.clone()),
-            _ => None,
-        });
-        let record = match written {
-            Some(record) => record,
-            None => match self.store.group(&message.group.0)? {
-                Some(record) => record,
-                None => {
-                    tracing::warn!(
-                        "a message from {} to a group this node does not know was dropped",
-                        contact.name
-                    );
-                    return Ok(None);
-                }
-            },
+        let Some(record) = self.group_record(changes, &message.group)? else {
+            tracing::warn!("a message from {} to a group this node does not know was dropped", contact.name);
+            return Ok(None);
         };
         let state = self.log_of(&record)?.state();
         if state.role(&contact.identity).is_none() {
@@ -570,6 +557,18 @@ impl<S: Store> Engine<S> {
                 name: reference.to_owned(),
                 ids: found.iter().map(|(r, _)| hex(&r.id)).collect(),
             }),
+        }
+    }
+
+    /// The group `id` as `changes` (not yet written) or the store hold it.
+    fn group_record(&self, changes: &[Change], id: &GroupId) -> Result<Option<GroupRecord>, EngineError> {
+        let written = changes.iter().rev().find_map(|c| match c {
+            Change::PutGroup(record) if record.id == id.0 => Some(record.clone()),
+            _ => None,
+        });
+        match written {
+            Some(record) => Ok(Some(record)),
+            None => Ok(self.store.group(&id.0)?),
         }
     }
 
