@@ -44,6 +44,7 @@ fn wait_fetched(node: &Daemon, id: &MessageId) -> anyhow::Result<Instant> {
     let mut client = node.client()?;
     loop {
         let page = client.call::<Messages>(MessagesParams {
+            group: None,
             with: Some("alice".into()),
             limit: Some(20),
             before: None,

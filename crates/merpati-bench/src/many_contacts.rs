@@ -66,6 +66,7 @@ pub(crate) fn run(exe: &Path, params: &Params) -> anyhow::Result<()> {
         for _ in 0..20 {
             let t0 = Instant::now();
             let answer = client.call::<Messages>(MessagesParams {
+                group: None,
                 with: with.clone(),
                 limit: Some(1000),
                 before: None,

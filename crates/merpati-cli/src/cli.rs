@@ -9,7 +9,8 @@ use merpati_proto::invite::MAX_NAME_LEN;
 
 use crate::chat;
 use crate::commands::{
-    backup, contact, delete, export, files, init, invite, messages, relay, requests, search, send, shell,
+    backup, contact, delete, export, files, group, init, invite, messages, relay, requests, search, send,
+    shell,
 };
 
 /// Merpati: end-to-end encrypted direct messages, peer to peer.
@@ -95,6 +96,15 @@ pub(crate) enum Command {
     /// list them, so add relays before you hand out invites.
     #[command(subcommand)]
     Relay(relay::Command),
+    /// Create groups and change who is in them
+    ///
+    /// A group (up to 100 members) is end-to-end encrypted like a conversation: each message
+    /// goes to each member in your own conversation with them, so members need to be your
+    /// contacts for now. Send to one with `merpati send '#NAME' TEXT`; read it with `merpati
+    /// messages --group NAME`. Admins add, remove and rename; the owner (who created it) also
+    /// makes admins.
+    #[command(subcommand)]
+    Group(group::Command),
     /// List, accept, reject or block contact requests
     ///
     /// Someone with your invite who is not in your contacts reaches you as a request: nothing is

@@ -50,6 +50,11 @@ pub(crate) enum Code {
     Backup = 19,
     /// 20: `restore` into a home that already holds an identity or a database.
     HomeNotEmpty = 20,
+    /// 21: no group has that name or id, or several have that name.
+    UnknownGroup = 21,
+    /// 22: the group does not allow it: not a member, no role for it, a member already or not
+    /// one, the group or node full.
+    GroupRefused = 22,
 }
 
 /// An error found by the CLI itself, with the exit code it calls for.
@@ -98,6 +103,8 @@ pub(crate) fn code_of(error: &anyhow::Error) -> Code {
                     Some(AppError::UnknownMessage) => Code::UnknownMessage,
                     Some(AppError::InvalidFile) => Code::InvalidFile,
                     Some(AppError::Backup) => Code::Backup,
+                    Some(AppError::UnknownGroup) => Code::UnknownGroup,
+                    Some(AppError::GroupRefused) => Code::GroupRefused,
                     _ => Code::Other,
                 },
                 _ => Code::Other,

@@ -191,6 +191,7 @@ mod transfer_tests {
                 here,
                 failed: None,
             }),
+            group: None,
         }
     }
 

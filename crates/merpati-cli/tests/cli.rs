@@ -109,6 +109,7 @@ fn view(direction: Direction, text: &str, status: Option<MessageStatus>) -> Mess
         reason: None,
         seq: None,
         file: None,
+        group: None,
     }
 }
 

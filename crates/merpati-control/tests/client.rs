@@ -66,6 +66,7 @@ fn view(text: &str) -> MessageView {
         reason: None,
         seq: Some(1),
         file: None,
+        group: None,
     }
 }
 
@@ -96,8 +97,9 @@ fn typed_calls_with_increasing_ids() {
     assert_eq!(client.socket(), home.control_socket());
     let sent = client.call::<method::Send>(SendParams { to: "bob".into(), text: "hi".into() }).unwrap();
     assert_eq!(sent.id.as_str(), ID);
-    let listed =
-        client.call::<method::Messages>(MessagesParams { with: None, limit: Some(2), before: None }).unwrap();
+    let listed = client
+        .call::<method::Messages>(MessagesParams { group: None, with: None, limit: Some(2), before: None })
+        .unwrap();
     assert_eq!(listed.messages, vec![view("one")]);
     let err = client.call::<method::Status>(NoParams {}).unwrap_err();
     assert!(matches!(err, ClientError::Remote { code: -32601, .. }), "{err}");

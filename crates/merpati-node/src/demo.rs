@@ -153,6 +153,7 @@ pub fn run(keep: Option<PathBuf>) -> anyhow::Result<()> {
 
     say("7. Bob's conversation with Alice, from his node's database");
     let messages = bob.client()?.call::<Messages>(MessagesParams {
+        group: None,
         with: Some("alice".into()),
         limit: None,
         before: None,

@@ -8,6 +8,7 @@ pub mod control;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+mod group_rpc;
 pub mod local;
 pub mod lock;
 pub mod net;

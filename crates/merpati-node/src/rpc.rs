@@ -170,7 +170,11 @@ pub(crate) async fn handle(
             Ok(params) => {
                 let limit = params.effective_limit() as usize;
                 blocking(|| {
-                    let with = params.with.as_deref().map(|name| engine.resolve_contact(name)).transpose()?;
+                    let with = match (&params.with, &params.group) {
+                        (_, Some(group)) => Some(crate::group_rpc::conversation(engine, group)?),
+                        (Some(name), None) => Some(engine.resolve_contact(name)?),
+                        (None, None) => None,
+                    };
                     let before = match &params.before {
                         Some(id) => Some(engine.message(&MessageId(id.to_bytes()))?.order),
                         None => None,
@@ -214,7 +218,10 @@ pub(crate) async fn handle(
                 },
             },
         },
-        _ => return request.method_not_found(),
+        _ => {
+            return crate::group_rpc::handle(engine, request, now)
+                .unwrap_or_else(|| request.method_not_found());
+        }
     };
     match result {
         Ok(value) => Response::ok(id, value),
@@ -307,7 +314,7 @@ fn to_value(value: impl Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
-fn error_response(id: protocol::Id, error: &EngineError) -> Response {
+pub(crate) fn error_response(id: protocol::Id, error: &EngineError) -> Response {
     let kind = match error {
         EngineError::UnknownContact(_)
         | EngineError::UnknownContactLike { .. }
@@ -661,10 +668,12 @@ pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> Messa
             None
         }
     };
+    let group = crate::group_rpc::message_group(store, message);
     MessageView {
         id: message_id(&message.id),
         direction: if outgoing { ViewDirection::Out } else { ViewDirection::In },
-        contact: message.contact.clone(),
+        // A group's conversation shows as the group's name.
+        contact: group.as_ref().map_or_else(|| message.contact.clone(), |g| g.name.clone()),
         time: message.time,
         text: message.text.clone(),
         status: outgoing.then(|| status_of(message.status)),
@@ -672,6 +681,7 @@ pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> Messa
         reason: if outgoing { message.reason.clone() } else { None },
         seq: message.seq,
         file,
+        group,
     }
 }
 

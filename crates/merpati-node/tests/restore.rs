@@ -365,3 +365,44 @@ fn a_second_running_copy_of_a_home_is_told_plainly() {
         assert!(texts(&bob, "alice").iter().all(|(_, t)| t != "from the second copy"));
     }
 }
+
+#[test]
+fn a_group_comes_back_with_its_history_and_carries_on_counting() {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let old_home = new_home(dirs[0].path(), 1, "Alice");
+    let mut alice = node(&old_home, 1, T0);
+    let mut bob = bob();
+    alice.add_contact(&bob.invite(b"bob-node".to_vec(), vec![], T0).unwrap(), "bob", T0).unwrap();
+    bob.add_contact(&alice.invite(b"alice-node".to_vec(), vec![], T0).unwrap(), "alice", T0).unwrap();
+    let view = alice.create_group("Arisan", &["bob"], T0).unwrap();
+    let first = alice.send_group_text("Arisan", "giliran Bu Sari", T0).unwrap();
+    for _ in 0..3 {
+        pump(&mut alice, &mut bob, T0);
+        pump(&mut bob, &mut alice, T0);
+    }
+    let conversation = merpati_node::engine::group_conversation(&view.id);
+    assert_eq!(texts(&bob, &conversation).len(), 1);
+
+    let file = dirs[2].path().join("alice.backup");
+    backup::write(alice.store(), &old_home, PASSPHRASE, &file, T0).unwrap();
+    drop(alice);
+    let t1 = T0.plus(Timestamp::DAY);
+    let new_home = Home::at(dirs[1].path()).unwrap();
+    backup::restore(&new_home, &file, PASSPHRASE, t1, &mut ChaCha20Rng::seed_from_u64(3)).unwrap();
+    let mut alice = node(&new_home, 3, t1);
+
+    let back = alice.group("Arisan").unwrap();
+    assert_eq!((back.id, back.members.len()), (view.id, 2));
+    assert_eq!(texts(&alice, &conversation), [(Direction::Out, "giliran Bu Sari".to_owned())]);
+    let info = alice.store().group_message(&first.id).unwrap().unwrap();
+    assert_eq!(info.sender_seq, 1);
+    // The count goes on from where it was: a new text is not taken for the old one.
+    let next = alice.send_group_text("Arisan", "minggu depan di rumah Budi", t1).unwrap();
+    assert_ne!(next.id, first.id);
+    for _ in 0..3 {
+        pump(&mut alice, &mut bob, t1);
+        pump(&mut bob, &mut alice, t1);
+    }
+    let at_bob: Vec<String> = texts(&bob, &conversation).into_iter().map(|(_, t)| t).collect();
+    assert_eq!(at_bob, ["giliran Bu Sari", "minggu depan di rumah Budi"]);
+}

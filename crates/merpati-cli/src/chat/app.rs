@@ -219,28 +219,30 @@ impl App {
                 self.reload(daemon);
             }
             Update::Lost(reason) => self.link = LinkState::Down(reason),
-            Update::Event(Event::Message(message)) => self.on_message(message, daemon),
-            Update::Event(Event::Status(update)) => {
-                if let Some(conversation) = &mut self.conversation {
-                    conversation.set_status(update);
+            Update::Event(event) => match *event {
+                Event::Message(message) => self.on_message(message, daemon),
+                Event::Status(update) => {
+                    if let Some(conversation) = &mut self.conversation {
+                        conversation.set_status(update);
+                    }
                 }
-            }
-            Update::Event(Event::Transfer(update)) => {
-                if let Some(conversation) = &mut self.conversation {
-                    conversation.set_transfer(update);
+                Event::Transfer(update) => {
+                    if let Some(conversation) = &mut self.conversation {
+                        conversation.set_transfer(update);
+                    }
                 }
-            }
-            Update::Event(Event::Request(_)) => match daemon.requests() {
-                Ok(requests) => self.requests = requests,
-                Err(e) => self.fail(&e),
+                Event::Request(_) => match daemon.requests() {
+                    Ok(requests) => self.requests = requests,
+                    Err(e) => self.fail(&e),
+                },
+                Event::Restored(notice) => {
+                    let text = format!(
+                        "{} restored from a backup: their new device has your conversation, and what they missed is sent again",
+                        sanitize(&notice.contact)
+                    );
+                    self.tell(&text, false);
+                }
             },
-            Update::Event(Event::Restored(notice)) => {
-                let text = format!(
-                    "{} restored from a backup: their new device has your conversation, and what they missed is sent again",
-                    sanitize(&notice.contact)
-                );
-                self.tell(&text, false);
-            }
         }
     }
 

@@ -85,7 +85,8 @@ impl Daemon for ControlDaemon {
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<(Vec<MessageView>, bool), ClientError> {
-        let params = MessagesParams { with: Some(contact.to_owned()), limit: Some(limit), before };
+        let params =
+            MessagesParams { group: None, with: Some(contact.to_owned()), limit: Some(limit), before };
         let answer = self.call::<method::Messages>(params)?;
         Ok((answer.messages, answer.cut))
     }

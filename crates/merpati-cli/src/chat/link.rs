@@ -22,8 +22,8 @@ pub(crate) enum Update {
     Connected,
     /// The daemon cannot be reached, and why; the link keeps trying.
     Lost(String),
-    /// Something the daemon announced.
-    Event(Event),
+    /// Something the daemon announced (boxed: a message's view is large).
+    Event(Box<Event>),
 }
 
 /// Starts the link to `home`'s daemon. The thread ends when the receiver is dropped and the
@@ -63,7 +63,7 @@ fn forward(events: merpati_control::Notifications, updates: &SyncSender<Update>)
     for event in events {
         match event {
             Ok(event) => {
-                if updates.send(Update::Event(event)).is_err() {
+                if updates.send(Update::Event(Box::new(event))).is_err() {
                     return ClientError::Closed;
                 }
             }

@@ -183,6 +183,7 @@ mod tests {
             reason: None,
             seq: None,
             file: None,
+            group: None,
         }
     }
 

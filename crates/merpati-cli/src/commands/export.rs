@@ -72,6 +72,7 @@ fn all_messages(home: &Home, with: Option<&str>) -> Result<Vec<MessageView>> {
     let mut before = None;
     loop {
         let answer = client.call::<method::Messages>(MessagesParams {
+            group: None,
             with: with.map(str::to_owned),
             limit: Some(MAX_MESSAGES_LIMIT),
             before: before.clone(),

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use anyhow::Result;
 use merpati_control::protocol::{
-    ContactShowParams, Direction, Event, MAX_MESSAGES_LIMIT, MessageId, MessageView, MessagesParams,
-    MessagesReadParams, method,
+    ContactShowParams, Direction, Event, GroupParams, MAX_MESSAGES_LIMIT, MessageId, MessageStatus,
+    MessageView, MessagesParams, MessagesReadParams, method,
 };
 use merpati_control::{ClientError, Home};
 
@@ -22,8 +22,11 @@ use merpati_proto::Timestamp;
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// Only the conversation with this contact
-    #[arg(value_parser = parse_name)]
+    #[arg(value_parser = parse_name, conflicts_with = "group")]
     name: Option<String>,
+    /// Only this group's messages (its name, or at least 4 hex digits of its id)
+    #[arg(long, short, value_name = "GROUP")]
+    group: Option<String>,
     /// Keep running and print new messages as they are stored
     #[arg(long, short)]
     follow: bool,
@@ -42,10 +45,20 @@ pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
         let contact = connect(home)?.call::<method::ContactShow>(ContactShowParams { name: name.clone() })?;
         args.name = Some(contact.name);
     }
+    // The group by its id: new messages name it.
+    let group_id = match args.group.take() {
+        Some(group) => {
+            let shown = connect(home)?.call::<method::GroupShow>(GroupParams { group })?;
+            args.group = Some(shown.id.clone());
+            Some(shown.id)
+        }
+        None => None,
+    };
     // Subscribe before reading the history, so nothing stored in between is missed; anything
     // that shows up in both is printed once.
     let events = if args.follow { Some(connect(home)?.subscribe()?) } else { None };
     let history = connect(home)?.call::<method::Messages>(MessagesParams {
+        group: args.group.clone(),
         with: args.name.clone(),
         limit: args.limit,
         before: args.before.clone(),
@@ -74,6 +87,9 @@ pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
     if let Some(name) = &args.name {
         connect(home)?.call::<method::MessagesRead>(MessagesReadParams { with: name.clone() })?;
     }
+    if let Some(group) = &group_id {
+        connect(home)?.call::<method::GroupRead>(GroupParams { group: group.clone() })?;
+    }
     let Some(events) = events else {
         return Ok(());
     };
@@ -84,7 +100,12 @@ pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
     for event in events {
         match event? {
             Event::Message(message) => {
-                let wanted = args.name.as_ref().is_none_or(|name| *name == message.contact);
+                let in_group = |id: &String| message.group.as_ref().is_some_and(|g| g.id == *id);
+                let wanted = match (&args.name, &group_id) {
+                    (_, Some(id)) => in_group(id),
+                    (Some(name), None) => *name == message.contact && message.group.is_none(),
+                    (None, None) => true,
+                };
                 // `remove`, not `contains`: a message is announced once, so the set only shrinks.
                 if wanted && !printed.remove(&message.id) {
                     print(out, &message)?;
@@ -95,6 +116,12 @@ pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
                     {
                         let _ = connect(home)?
                             .call::<method::MessagesRead>(MessagesReadParams { with: name.clone() });
+                    }
+                    if let Some(group) = &group_id
+                        && message.direction == Direction::In
+                    {
+                        let _ =
+                            connect(home)?.call::<method::GroupRead>(GroupParams { group: group.clone() });
                     }
                 }
             }
@@ -129,12 +156,18 @@ pub(crate) fn run(home: &Home, out: &mut Output, mut args: Args) -> Result<()> {
 }
 
 /// One message: `id  in|out  contact  local time  text  [status: reason]`, text escaped for the
-/// terminal.
+/// terminal. A group's message shows `#group` (and its sender) for the contact, and how many
+/// members have it.
 pub(crate) fn print(out: &mut Output, message: &MessageView) -> Result<()> {
     if out.is_json() {
         return out.object(message);
     }
+    let group_count = message.group.as_ref().and_then(|g| Some((g.delivered?, g.members?)));
     let status = match (message.direction, message.status) {
+        (Direction::Out, Some(status)) if status != MessageStatus::Failed && group_count.is_some() => {
+            let (delivered, members) = group_count.unwrap_or_default();
+            format!("  [delivered {delivered}/{members}]")
+        }
         (Direction::Out, Some(status)) => match &message.reason {
             // Why it waits or failed, e.g. "the recipient's mailbox is full".
             Some(reason) => format!("  [{}: {}]", status_text(status, message.stored), sanitize(reason)),
@@ -146,8 +179,19 @@ pub(crate) fn print(out: &mut Output, message: &MessageView) -> Result<()> {
         "{}  {:<3}  {}  {}  {}{status}",
         message.id,
         message.direction,
-        sanitize(&message.contact),
+        who(message),
         local_time(message.time),
         sanitize(&shown_text(message)),
     ))
+}
+
+/// Who a message is with: the contact, or `#group` with the sender of an incoming group message.
+fn who(message: &MessageView) -> String {
+    match &message.group {
+        Some(group) => match &group.from {
+            Some(from) => format!("#{}: {}", sanitize(&group.name), sanitize(from)),
+            None => format!("#{}", sanitize(&group.name)),
+        },
+        None => sanitize(&message.contact).into_owned(),
+    }
 }

@@ -5,6 +5,7 @@ pub(crate) mod contact;
 pub(crate) mod delete;
 pub(crate) mod export;
 pub(crate) mod files;
+pub(crate) mod group;
 pub(crate) mod init;
 pub(crate) mod invite;
 pub(crate) mod messages;
@@ -49,6 +50,7 @@ pub(crate) fn run(cli: Cli) -> Result<()> {
         Command::Backup(args) => backup::backup(&home, &mut out, args),
         Command::Restore(args) => backup::restore(&home, &mut out, args),
         Command::Relay(command) => relay::run(&home, &mut out, command),
+        Command::Group(command) => group::run(&home, &mut out, command),
         Command::Requests(args) => requests::run(&home, &mut out, args),
         Command::Completions(_) | Command::Man(_) => Ok(()),
     }

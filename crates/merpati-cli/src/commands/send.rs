@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use clap::ValueEnum;
 use merpati_control::protocol::{
-    Event, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate, TransferDirection,
-    TransferUpdate, method,
+    Event, GroupSendParams, MessageStatus, MessageStatusParams, MessageView, SendParams, StatusUpdate,
+    TransferDirection, TransferUpdate, method,
 };
 use merpati_control::{ClientError, Home, Notifications};
 use merpati_proto::fragment::MAX_REASSEMBLED_LEN;
@@ -25,9 +25,12 @@ use crate::output::{Output, percent, sanitize, size_text, status_text};
 /// Arguments of `merpati send`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
-    /// The contact's name
+    /// The contact's name, or '#' and a group's name (or id) to send to a group
     #[arg(value_parser = parse_name)]
     to: String,
+    /// TO is a group (as a leading '#' says)
+    #[arg(long)]
+    group: bool,
     /// The text, or - to read it from standard input (one trailing newline is dropped); with
     /// --file, a caption (optional)
     #[arg(required_unless_present = "file")]
@@ -77,6 +80,9 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
     };
     if text.is_empty() && args.file.is_none() {
         return Err(Failure::new(Code::Other, "the message is empty: there is nothing to send").into());
+    }
+    if let Some(group) = group_of(&args) {
+        return send_to_group(home, out, &args, group, text);
     }
     let file = args
         .file
@@ -135,6 +141,30 @@ pub(crate) fn run(home: &Home, out: &mut Output, args: Args) -> Result<()> {
         eprintln_status(&reached);
         Ok(())
     }
+}
+
+/// The group `args` sends to, if it is one: `--group`, or a name starting with '#'.
+fn group_of(args: &Args) -> Option<String> {
+    match args.to.strip_prefix('#') {
+        Some(group) if !group.is_empty() => Some(group.to_owned()),
+        _ if args.group => Some(args.to.clone()),
+        _ => None,
+    }
+}
+
+/// Sends a text to a group: one copy to each member, queued at once.
+fn send_to_group(home: &Home, out: &mut Output, args: &Args, group: String, text: String) -> Result<()> {
+    if args.file.is_some() {
+        return Err(
+            Failure::new(Code::InvalidFile, "files cannot be sent to a group yet; send a text").into()
+        );
+    }
+    if args.wait.is_some() {
+        let message = "--wait follows a message to one contact; `merpati messages --group` shows how many members have a group's";
+        return Err(Failure::new(Code::Other, message).into());
+    }
+    let sent = connect(home)?.call::<method::GroupSend>(GroupSendParams { group, text })?;
+    if out.is_json() { out.object(&json!({ "id": sent.id })) } else { out.line(&sent.id) }
 }
 
 /// Why the wait ended without reaching the target.

@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use super::types::{
     BackupParams, BackupResult, BlockedListResult, BlockedView, ContactAddParams, ContactAddResult,
     ContactListResult, ContactNameResult, ContactRenameParams, ContactShowParams, ContactShowResult,
-    InviteResult, MessageDeleteResult, MessageFileParams, MessageFileResult, MessageStatusParams,
+    GroupCreateParams, GroupListResult, GroupMemberParams, GroupParams, GroupRenameParams, GroupSendParams,
+    GroupView, InviteResult, MessageDeleteResult, MessageFileParams, MessageFileResult, MessageStatusParams,
     MessagesParams, MessagesReadParams, MessagesReadResult, MessagesResult, NoParams, RejectResult,
     RelayAddParams, RelayListResult, RelayRemoveParams, RequestAcceptParams, RequestAcceptResult,
     RequestIdParams, RequestListResult, SearchParams, SendFileParams, SendParams, SendResult, StatusResult,
@@ -108,4 +109,24 @@ methods! {
     Subscribe = "subscribe", NoParams => SubscribeResult;
     /// `backup`: write a backup of this node, encrypted to a passphrase, to a file.
     Backup = "backup", BackupParams => BackupResult;
+    /// `group.create`: a new group owned by this node, with contacts in it.
+    GroupCreate = "group.create", GroupCreateParams => GroupView;
+    /// `group.list`: every group this node keeps.
+    GroupList = "group.list", NoParams => GroupListResult;
+    /// `group.show`: one group with its members.
+    GroupShow = "group.show", GroupParams => GroupView;
+    /// `group.add`: add a contact to a group (admins).
+    GroupAdd = "group.add", GroupMemberParams => GroupView;
+    /// `group.remove`: remove a member from a group (admins; an admin, the owner only).
+    GroupRemove = "group.remove", GroupMemberParams => GroupView;
+    /// `group.promote`: make a member an admin (the owner only).
+    GroupPromote = "group.promote", GroupMemberParams => GroupView;
+    /// `group.rename`: rename a group (admins).
+    GroupRename = "group.rename", GroupRenameParams => GroupView;
+    /// `group.leave`: leave a group; nothing more is sent to it from here.
+    GroupLeave = "group.leave", GroupParams => GroupView;
+    /// `group.send`: queue a text to every other member of a group.
+    GroupSend = "group.send", GroupSendParams => SendResult;
+    /// `group.read`: mark a group's incoming messages read.
+    GroupRead = "group.read", GroupParams => MessagesReadResult;
 }

@@ -158,7 +158,7 @@ fn golden_message_status() {
 #[test]
 fn golden_messages() {
     golden::<method::Messages>(
-        MessagesParams { with: Some("bob".into()), limit: Some(10), before: None },
+        MessagesParams { group: None, with: Some("bob".into()), limit: Some(10), before: None },
         r#"{"jsonrpc":"2.0","id":1,"method":"messages","params":{"with":"bob","limit":10}}"#,
         MessagesResult {
             messages: vec![
@@ -173,6 +173,7 @@ fn golden_messages() {
                     reason: None,
                     seq: Some(3),
                     file: None,
+                    group: None,
                 },
                 MessageView {
                     id: "ffffffffffffffffffffffffffffffff".parse().unwrap(),
@@ -185,6 +186,7 @@ fn golden_messages() {
                     reason: None,
                     seq: None,
                     file: None,
+                    group: None,
                 },
             ],
             cut: false,
@@ -223,6 +225,7 @@ fn golden_stored_status() {
                 reason: Some("a relay was down".into()),
                 seq: Some(1),
                 file: None,
+                group: None,
             }],
             cut: false,
         },
@@ -367,6 +370,7 @@ fn golden_subscribe_and_notifications() {
         reason: None,
         seq: Some(1),
         file: None,
+        group: None,
     });
     let line = r#"{"jsonrpc":"2.0","method":"message","params":{"id":"0123456789abcdef0123456789abcdef","direction":"in","contact":"bob","time":5,"text":"hi","seq":1}}"#;
     assert_line(&message.to_notification().to_line(), line, "message notification");
@@ -412,6 +416,84 @@ fn golden_backup() {
         },
         r#"{"jsonrpc":"2.0","id":1,"result":{"path":"/home/sari/merpati.backup","contacts":2,"messages":40,"files":1,"bytes":9000}}"#,
     );
+}
+
+#[test]
+fn group_methods_match_the_document() {
+    let group = GroupView {
+        id: "00112233445566778899aabbccddeeff".into(),
+        name: "Pasar".into(),
+        role: Some(GroupRole::Admin),
+        members: vec![
+            GroupMemberView {
+                name: "you".into(),
+                contact: None,
+                fingerprint: "AB12".into(),
+                role: GroupRole::Admin,
+                owner: true,
+                me: true,
+            },
+            GroupMemberView {
+                name: "bob".into(),
+                contact: Some("bob".into()),
+                fingerprint: "CD34".into(),
+                role: GroupRole::Member,
+                owner: false,
+                me: false,
+            },
+        ],
+        unread: 2,
+    };
+    let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"id":"00112233445566778899aabbccddeeff","name":"Pasar","role":"admin","members":[{"name":"you","fingerprint":"AB12","role":"admin","owner":true,"me":true},{"name":"bob","contact":"bob","fingerprint":"CD34","role":"member"}],"unread":2}}"#;
+    golden::<method::GroupCreate>(
+        GroupCreateParams { name: "Pasar".into(), members: vec!["bob".into()] },
+        r#"{"jsonrpc":"2.0","id":1,"method":"group.create","params":{"name":"Pasar","members":["bob"]}}"#,
+        group.clone(),
+        answer,
+    );
+    golden::<method::GroupRemove>(
+        GroupMemberParams { group: "Pasar".into(), member: "bob".into() },
+        r#"{"jsonrpc":"2.0","id":1,"method":"group.remove","params":{"group":"Pasar","member":"bob"}}"#,
+        group,
+        answer,
+    );
+    golden::<method::GroupSend>(
+        GroupSendParams { group: "0011".into(), text: "pagi".into() },
+        r#"{"jsonrpc":"2.0","id":1,"method":"group.send","params":{"group":"0011","text":"pagi"}}"#,
+        SendResult { id: message_id() },
+        &format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"id":"{}"}}}}"#, message_id()),
+    );
+    // A group message as `messages` lists it.
+    let view = MessageView {
+        id: message_id(),
+        direction: Direction::In,
+        contact: "Pasar".into(),
+        time: Timestamp(5),
+        text: "pagi".into(),
+        status: None,
+        stored: None,
+        reason: None,
+        seq: Some(1),
+        file: None,
+        group: Some(MessageGroup {
+            id: "00112233445566778899aabbccddeeff".into(),
+            name: "Pasar".into(),
+            from: Some("bob".into()),
+            delivered: None,
+            members: None,
+        }),
+    };
+    let line = serde_json::to_string(&view).unwrap();
+    assert!(
+        line.ends_with(r#""group":{"id":"00112233445566778899aabbccddeeff","name":"Pasar","from":"bob"}}"#),
+        "{line}"
+    );
+    for bad in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"group.add","params":{"group":"Pasar"}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"group.send","params":{"group":"Pasar","text":"x","to":"bob"}}"#,
+    ] {
+        assert!(parse_request(bad).unwrap().params_of::<method::GroupAdd>().is_err(), "{bad}");
+    }
 }
 
 #[test]
@@ -468,7 +550,17 @@ fn method_names_match_the_document() {
             "relay.list",
             "relay.remove",
             "subscribe",
-            "backup"
+            "backup",
+            "group.create",
+            "group.list",
+            "group.show",
+            "group.add",
+            "group.remove",
+            "group.promote",
+            "group.rename",
+            "group.leave",
+            "group.send",
+            "group.read"
         ]
     );
 }
@@ -654,9 +746,9 @@ fn names_are_checked() {
 #[test]
 fn messages_limit() {
     assert_eq!(MessagesParams::default().effective_limit(), DEFAULT_MESSAGES_LIMIT);
-    assert_eq!(MessagesParams { with: None, limit: Some(5), before: None }.effective_limit(), 5);
+    assert_eq!(MessagesParams { group: None, with: None, limit: Some(5), before: None }.effective_limit(), 5);
     assert_eq!(
-        MessagesParams { with: None, limit: Some(50_000), before: None }.effective_limit(),
+        MessagesParams { group: None, with: None, limit: Some(50_000), before: None }.effective_limit(),
         MAX_MESSAGES_LIMIT
     );
 }
@@ -684,6 +776,7 @@ fn arb_view() -> impl Strategy<Value = MessageView> {
             reason,
             seq,
             file: None,
+            group: None,
         })
 }
 

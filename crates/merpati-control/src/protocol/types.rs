@@ -297,6 +297,132 @@ pub struct MessageView {
     /// The file the message carries, if any (its `text` is then the caption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileView>,
+    /// For a message to a group: which group, who sent it, and how far our copies got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<MessageGroup>,
+}
+
+/// What a group message adds to a [`MessageView`] (whose `contact` is then the group's name).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageGroup {
+    /// The group's id, 32 hex digits.
+    pub id: String,
+    /// The group's name.
+    pub name: String,
+    /// Incoming only: the sender (our contact's name, else the name the group gave them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Outgoing only: how many members' devices have it (`delivered` or `read`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<u32>,
+    /// Outgoing only: how many members it was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
+}
+
+/// A member's role in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupRole {
+    /// Sends and receives.
+    Member,
+    /// Also adds and removes members and renames the group.
+    Admin,
+}
+
+/// One member of a group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMemberView {
+    /// How to call them: our contact's name, else the name the group gave them; the owner
+    /// without a contact here is "owner".
+    pub name: String,
+    /// Our contact with their identity, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    /// Their identity's fingerprint.
+    pub fingerprint: String,
+    /// Their role.
+    pub role: GroupRole,
+    /// Whether they own the group (created it; always an admin).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub owner: bool,
+    /// Whether it is us.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub me: bool,
+}
+
+/// A group: the result of `group.show` and of the changes, and an item of `group.list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The group's id, 32 hex digits.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Our role; absent when we are not (or no longer) a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<GroupRole>,
+    /// Its members, the owner first.
+    pub members: Vec<GroupMemberView>,
+    /// Unread incoming messages of the group.
+    #[serde(default)]
+    pub unread: u32,
+}
+
+/// The result of `group.list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupListResult {
+    /// Every group this node keeps, by name.
+    pub groups: Vec<GroupView>,
+}
+
+/// The params of `group.create`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCreateParams {
+    /// The group's name.
+    pub name: String,
+    /// Contacts to add at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+/// The params of `group.show` and `group.leave`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupParams {
+    /// The group: its name, or at least 4 hex digits of its id.
+    pub group: String,
+}
+
+/// The params of `group.add`, `group.remove` and `group.promote`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMemberParams {
+    /// The group, as for `group.show`.
+    pub group: String,
+    /// A contact's name; for `group.remove` and `group.promote` also the name the group gave a
+    /// member.
+    pub member: String,
+}
+
+/// The params of `group.rename`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupRenameParams {
+    /// The group, as for `group.show`.
+    pub group: String,
+    /// Its new name.
+    pub name: String,
+}
+
+/// The params of `group.send`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSendParams {
+    /// The group, as for `group.show`.
+    pub group: String,
+    /// The text, at most 15 KiB.
+    pub text: String,
 }
 
 /// A file a message carries, as listed with the message.
@@ -648,6 +774,9 @@ pub struct MessagesParams {
     /// Only the conversation with this contact; all conversations when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub with: Option<String>,
+    /// Only this group's messages (its name or id prefix); not with `with`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     /// At most this many of the latest messages ([`DEFAULT_MESSAGES_LIMIT`] when absent, at
     /// most [`MAX_MESSAGES_LIMIT`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -111,6 +111,9 @@ fn each_record<S: Store>(
     for blocked in store.blocked()? {
         put(Record::Blocked(blocked))?;
     }
+    for group in store.groups()? {
+        put(Record::Group(group))?;
+    }
     for message in store.messages(None, usize::MAX)? {
         let id = message.id;
         written.messages += 1;
@@ -122,6 +125,9 @@ fn each_record<S: Store>(
         }
         if let Some(transfer) = store.transfer(&id)? {
             put(Record::Transfer { id, transfer })?;
+        }
+        if let Some(info) = store.group_message(&id)? {
+            put(Record::GroupMessage(info))?;
         }
     }
     let spool = home.dir().join("blobs");

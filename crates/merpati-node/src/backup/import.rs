@@ -249,6 +249,8 @@ impl Importer<'_> {
                 self.changes.push(Change::PutFile { id, info, data: data.map(|d| d.0) });
             }
             Record::Transfer { id, transfer } => self.changes.push(Change::PutTransfer { id, transfer }),
+            Record::Group(group) => self.changes.push(Change::PutGroup(group)),
+            Record::GroupMessage(info) => self.changes.push(Change::PutGroupMessage(info)),
             Record::Spool { side, name, offset, bytes } => {
                 if !is_spool_name(&name) {
                     return Err(damaged("a spooled file has a name no spooled file has"));

@@ -9,7 +9,9 @@ use merpati_proto::frame::MessageId;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroizing;
 
-use crate::store::{Blocked, Contact, FileInfo, Profile, StoredMessage, Transfer};
+use crate::store::{
+    Blocked, Contact, FileInfo, GroupMessageInfo, GroupRecord, Profile, StoredMessage, Transfer,
+};
 
 /// The first bytes of a backup's plaintext: what it is, and the format's version.
 pub(crate) const MAGIC: &[u8] = b"merpati backup 1\n";
@@ -112,6 +114,11 @@ pub(crate) enum Record {
         /// The records before this one.
         records: u64,
     },
+    /// A group, with its membership log and our count of messages sent to it. (Variants after
+    /// `End` came later; their places keep older backups readable.)
+    Group(GroupRecord),
+    /// What a group message is: its sender and count, and for ours the copies' states.
+    GroupMessage(GroupMessageInfo),
 }
 
 /// Why records could not be read.

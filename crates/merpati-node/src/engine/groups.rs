@@ -108,7 +108,7 @@ impl<S: Store> Engine<S> {
             let add = Action::Add { member: contact.identity, name: contact.name.clone() };
             self.append(&mut log, add, now)?;
         }
-        let record = GroupRecord { id: log.group_id().0, entries: Vec::new(), next_seq: 1, joined_at: now };
+        let record = GroupRecord::new(log.group_id().0, now);
         self.publish(record, log, None, now)
     }
 
@@ -289,7 +289,24 @@ impl<S: Store> Engine<S> {
         batch.changes.push(Change::PutGroupMessage(info));
         batch.changes.push(Change::PutGroup(record));
         self.write_group(batch)?;
+        // Followers see it as soon as it is queued.
+        self.opened.push(message.clone());
         Ok(message)
+    }
+
+    /// Marks `group`'s incoming messages read; returns how many were newly marked. Members are
+    /// not told: read receipts are for one-to-one conversations so far.
+    pub fn mark_group_read(&mut self, group: &str) -> Result<usize, EngineError> {
+        let (record, _) = self.find_group(group)?;
+        let unread = self.store.unread(&group_conversation(&GroupId(record.id)))?;
+        let changes: Vec<Change> = unread
+            .iter()
+            .map(|id| Change::SetStatus { id: *id, status: Status::Read, reason: None })
+            .collect();
+        if !changes.is_empty() {
+            self.store.apply(&changes)?;
+        }
+        Ok(unread.len())
     }
 
     /// Takes in entries of a group's log sent by `contact`. A group we do not know is kept only
@@ -330,8 +347,7 @@ impl<S: Store> Engine<S> {
                     tracing::warn!("a group genesis from {} does not verify", contact.name);
                     return Ok(Vec::new());
                 };
-                let record =
-                    GroupRecord { id: found.group.0, entries: Vec::new(), next_seq: 1, joined_at: now };
+                let record = GroupRecord::new(found.group.0, now);
                 (record, log)
             }
         };
@@ -369,7 +385,7 @@ impl<S: Store> Engine<S> {
                 }
             }
         }
-        changes.push(Change::PutGroup(GroupRecord { entries: entries_of(&log), ..record }));
+        changes.push(Change::PutGroup(updated(record, &log)));
         self.group_logs.insert(log.group_id(), log);
         Ok(welcomes)
     }
@@ -497,7 +513,7 @@ impl<S: Store> Engine<S> {
                 return Err(e);
             }
         }
-        let record = GroupRecord { entries: entries_of(&log), ..record };
+        let record = updated(record, &log);
         batch.changes.push(Change::PutGroup(record.clone()));
         self.write_group(batch)?;
         let view = self.view(&record, &log, &contacts);
@@ -651,9 +667,16 @@ fn members(state: &State) -> impl Iterator<Item = IdentityPublic> + '_ {
     std::iter::once(state.owner).chain(state.members.keys().copied())
 }
 
-/// A log's entries as a record keeps them.
-fn entries_of(log: &Log) -> Vec<ByteBuf> {
-    log.entries().iter().map(|e| ByteBuf::from(e.to_bytes())).collect()
+/// `record` holding `log`: its entries, and the names its state gives, for showing messages
+/// without folding the log.
+fn updated(record: GroupRecord, log: &Log) -> GroupRecord {
+    let state = log.state();
+    GroupRecord {
+        entries: log.entries().iter().map(|e| ByteBuf::from(e.to_bytes())).collect(),
+        name: state.name,
+        names: state.members.iter().map(|(id, m)| (*id.as_bytes(), m.name.clone())).collect(),
+        ..record
+    }
 }
 
 /// `entries` as group-entries controls, at most [`MAX_ENTRIES_PER_FRAME`] each.

@@ -651,6 +651,24 @@ pub struct GroupRecord {
     pub next_seq: u64,
     /// When this device learnt of the group.
     pub joined_at: Timestamp,
+    /// The group's name, as the log last gave it.
+    pub name: String,
+    /// The members' names, by identity key, as the log last gave them (the owner has none).
+    pub names: Vec<([u8; 32], String)>,
+}
+
+impl GroupRecord {
+    /// A group first heard of at `now`, before any entry is taken.
+    pub fn new(id: [u8; 16], now: Timestamp) -> Self {
+        GroupRecord {
+            id,
+            entries: Vec::new(),
+            next_seq: 1,
+            joined_at: now,
+            name: String::new(),
+            names: Vec::new(),
+        }
+    }
 }
 
 impl fmt::Debug for GroupRecord {

@@ -43,6 +43,7 @@ fn message(n: u64, contact: &str, direction: Direction, text: &str) -> MessageVi
         reason: None,
         seq: None,
         file: None,
+        group: None,
     }
 }
 
@@ -202,14 +203,17 @@ fn what_arrives_on_screen_is_read_and_elsewhere_is_counted() {
     let mut fake = Fake::with(&[("bob", 1), ("carol", 1)]);
     let mut app = started(&mut fake);
     fake.marked_read.clear();
-    app.update(Update::Event(Event::Message(message(50, "bob", Direction::In, "live"))), &mut fake);
+    app.update(Update::Event(Box::new(Event::Message(message(50, "bob", Direction::In, "live")))), &mut fake);
     assert_eq!(shown(&app).last().map(String::as_str), Some("live"));
     assert_eq!(fake.marked_read, ["bob"], "on screen: read at once");
-    app.update(Update::Event(Event::Message(message(51, "carol", Direction::In, "psst"))), &mut fake);
+    app.update(
+        Update::Event(Box::new(Event::Message(message(51, "carol", Direction::In, "psst")))),
+        &mut fake,
+    );
     assert_eq!(app.contacts[1].unread, 1, "another conversation counts it");
     assert_eq!(fake.marked_read, ["bob"]);
     // The same announcement twice shows once.
-    app.update(Update::Event(Event::Message(message(50, "bob", Direction::In, "live"))), &mut fake);
+    app.update(Update::Event(Box::new(Event::Message(message(50, "bob", Direction::In, "live")))), &mut fake);
     assert_eq!(shown(&app).iter().filter(|t| *t == "live").count(), 1);
     // Opening carol reads it.
     fake.conversations.entry("carol".into()).or_default().push(message(51, "carol", Direction::In, "psst"));
@@ -225,7 +229,10 @@ fn what_arrives_while_the_terminal_is_in_the_background_waits_until_it_is_back()
     let mut app = started(&mut fake);
     fake.marked_read.clear();
     app.focus(false, &mut fake);
-    app.update(Update::Event(Event::Message(message(60, "bob", Direction::In, "still there?"))), &mut fake);
+    app.update(
+        Update::Event(Box::new(Event::Message(message(60, "bob", Direction::In, "still there?")))),
+        &mut fake,
+    );
     assert!(fake.marked_read.is_empty(), "in the background: not read");
     assert_eq!(app.contacts[0].unread, 1);
     app.focus(true, &mut fake);
@@ -251,7 +258,10 @@ fn scrolled_back_is_not_read_until_the_view_comes_down_again() {
     fake.marked_read.clear();
     press(&mut app, &mut fake, KeyCode::PageUp);
     assert!(app.conversation.as_ref().is_some_and(|c| c.scroll > 0));
-    app.update(Update::Event(Event::Message(message(500, "bob", Direction::In, "while away"))), &mut fake);
+    app.update(
+        Update::Event(Box::new(Event::Message(message(500, "bob", Direction::In, "while away")))),
+        &mut fake,
+    );
     assert!(fake.marked_read.is_empty(), "not on screen, not read");
     assert_eq!(app.contacts[0].unread, 1);
     press(&mut app, &mut fake, KeyCode::PageDown);
@@ -334,10 +344,10 @@ fn enter_sends_alt_enter_breaks_the_line_and_a_failed_send_keeps_the_text() {
 fn statuses_tick_along_on_screen() {
     let mut fake = Fake::with(&[("bob", 0)]);
     let mut app = started(&mut fake);
-    app.update(Update::Event(Event::Message(message(7, "bob", Direction::Out, "hi"))), &mut fake);
+    app.update(Update::Event(Box::new(Event::Message(message(7, "bob", Direction::Out, "hi")))), &mut fake);
     let stored = Some(StoredCount { accepted: 1, total: 2 });
     let update = StatusUpdate { id: id(7), status: MessageStatus::Stored, reason: None, stored };
-    app.update(Update::Event(Event::Status(update)), &mut fake);
+    app.update(Update::Event(Box::new(Event::Status(update))), &mut fake);
     let message = &app.conversation.as_ref().expect("open").messages[0];
     assert_eq!((message.status, message.stored), (Some(MessageStatus::Stored), stored));
     assert!(fake.marked_read.is_empty(), "an own message is nothing to mark read");
@@ -353,12 +363,18 @@ fn what_is_drawn_follows_every_change() {
         let lines = app.conversation.as_mut().expect("open").lines(width);
         lines.iter().flat_map(|l| l.spans.iter().map(|s| s.content.to_string())).collect()
     };
-    app.update(Update::Event(Event::Message(message(7_000, "bob", Direction::Out, "hi"))), &mut fake);
+    app.update(
+        Update::Event(Box::new(Event::Message(message(7_000, "bob", Direction::Out, "hi")))),
+        &mut fake,
+    );
     assert!(shown(&mut app, 80).contains("hi  ○ queued"));
     let update = StatusUpdate { id: id(7_000), status: MessageStatus::Delivered, reason: None, stored: None };
-    app.update(Update::Event(Event::Status(update)), &mut fake);
+    app.update(Update::Event(Box::new(Event::Status(update))), &mut fake);
     assert!(shown(&mut app, 80).contains("hi  ✓✓ delivered"));
-    app.update(Update::Event(Event::Message(message(7_001, "bob", Direction::In, "and you?"))), &mut fake);
+    app.update(
+        Update::Event(Box::new(Event::Message(message(7_001, "bob", Direction::In, "and you?")))),
+        &mut fake,
+    );
     assert!(shown(&mut app, 80).contains("and you?"));
     assert!(!shown(&mut app, 80).contains("bob #0"), "the oldest is not loaded yet");
     for _ in 0..PAGE {
@@ -498,7 +514,7 @@ fn a_file_on_the_move_shows_how_far_it_is_and_then_that_it_is_here() {
         here: false,
         failed: None,
     });
-    app.update(Update::Event(Event::Message(photo.clone())), &mut fake);
+    app.update(Update::Event(Box::new(Event::Message(photo.clone()))), &mut fake);
     let text = |app: &mut App| -> String {
         let lines = app.conversation.as_mut().expect("open").lines(80);
         lines.iter().map(|line| line.spans.iter().map(|s| s.content.as_ref()).collect::<String>()).collect()
@@ -511,11 +527,11 @@ fn a_file_on_the_move_shows_how_far_it_is_and_then_that_it_is_here() {
         size: 4 * 1_048_576,
         waiting: None,
     };
-    app.update(Update::Event(Event::Transfer(update)), &mut fake);
+    app.update(Update::Event(Box::new(Event::Transfer(update))), &mut fake);
     assert!(text(&mut app).contains("[file view.jpg, 4.0 MiB, fetching 25%]"), "{}", text(&mut app));
     // The daemon announces the message again once the file is here: it replaces the one shown.
     photo.file.as_mut().expect("file").here = true;
-    app.update(Update::Event(Event::Message(photo)), &mut fake);
+    app.update(Update::Event(Box::new(Event::Message(photo))), &mut fake);
     assert!(text(&mut app).contains("[file view.jpg, 4.0 MiB] the view"), "{}", text(&mut app));
     assert_eq!(shown(&app).iter().filter(|t| *t == "the view").count(), 1, "shown once");
 }
@@ -525,7 +541,7 @@ fn a_contact_restored_from_a_backup_is_told() {
     let mut fake = Fake::with(&[("bob", 0)]);
     let mut app = started(&mut fake);
     let notice = RestoredNotice { contact: "bob\u{1b}[2J".into(), at: 5 };
-    app.update(Update::Event(Event::Restored(notice)), &mut fake);
+    app.update(Update::Event(Box::new(Event::Restored(notice))), &mut fake);
     let told = app.notice.as_ref().expect("a notice");
     assert!(!told.error);
     assert!(told.text.starts_with("bob\\u{1b}[2J restored from a backup"), "{}", told.text);

@@ -1,0 +1,161 @@
+//! Control API methods for groups (`group.*`), and what a group message adds to its view.
+
+use merpati_control::protocol::method::{self, Method};
+use merpati_control::protocol::{
+    GroupListResult, GroupMemberView, GroupRole, GroupView, MessageGroup, MessagesReadResult, Request,
+    Response, SendResult,
+};
+use merpati_proto::Timestamp;
+use merpati_proto::group::Role;
+use merpati_proto::identity::fingerprint;
+
+use crate::engine::{self, Engine, EngineError, group_conversation, group_of_conversation, hex};
+use crate::store::{Direction, SledStore, Status, Store, StoredMessage};
+
+/// Answers a `group.*` request: `None` if `request` is not one.
+pub(crate) fn handle(engine: &mut Engine<SledStore>, request: &Request, now: Timestamp) -> Option<Response> {
+    let result = match request.method.as_str() {
+        method::GroupCreate::NAME => match request.params_of::<method::GroupCreate>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => {
+                let members: Vec<&str> = p.members.iter().map(String::as_str).collect();
+                blocking(|| engine.create_group(&p.name, &members, now)).and_then(|v| shown(engine, &v))
+            }
+        },
+        method::GroupList::NAME => blocking(|| group_list(engine)).map(to_value),
+        method::GroupShow::NAME => match request.params_of::<method::GroupShow>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => engine.group(&p.group).and_then(|v| shown(engine, &v)),
+        },
+        method::GroupAdd::NAME => match request.params_of::<method::GroupAdd>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => blocking(|| engine.group_add(&p.group, &p.member, now)).and_then(|v| shown(engine, &v)),
+        },
+        method::GroupRemove::NAME => match request.params_of::<method::GroupRemove>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => {
+                blocking(|| engine.group_remove(&p.group, &p.member, now)).and_then(|v| shown(engine, &v))
+            }
+        },
+        method::GroupPromote::NAME => match request.params_of::<method::GroupPromote>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => {
+                blocking(|| engine.group_promote(&p.group, &p.member, now)).and_then(|v| shown(engine, &v))
+            }
+        },
+        method::GroupRename::NAME => match request.params_of::<method::GroupRename>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => blocking(|| engine.group_rename(&p.group, &p.name, now)).and_then(|v| shown(engine, &v)),
+        },
+        method::GroupLeave::NAME => match request.params_of::<method::GroupLeave>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => blocking(|| engine.group_leave(&p.group, now)).and_then(|v| shown(engine, &v)),
+        },
+        method::GroupSend::NAME => match request.params_of::<method::GroupSend>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => blocking(|| engine.send_group_text(&p.group, &p.text, now))
+                .map(|message| to_value(SendResult { id: crate::rpc::message_id(&message.id) })),
+        },
+        method::GroupRead::NAME => match request.params_of::<method::GroupRead>() {
+            Err(answer) => return Some(answer),
+            Ok(p) => blocking(|| engine.mark_group_read(&p.group)).map(|count| {
+                to_value(MessagesReadResult { count: u32::try_from(count).unwrap_or(u32::MAX) })
+            }),
+        },
+        _ => return None,
+    };
+    Some(match result {
+        Ok(value) => Response::ok(request.id.clone(), value),
+        Err(error) => crate::rpc::error_response(request.id.clone(), &error),
+    })
+}
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn to_value(value: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+fn shown(engine: &Engine<SledStore>, view: &engine::GroupView) -> Result<serde_json::Value, EngineError> {
+    view_of(engine, view).map(to_value)
+}
+
+/// A group as the control API shows it.
+fn view_of(engine: &Engine<SledStore>, view: &engine::GroupView) -> Result<GroupView, EngineError> {
+    let unread = engine.store().unread_count(&group_conversation(&view.id))?;
+    Ok(GroupView {
+        id: hex(&view.id.0),
+        name: view.name.clone(),
+        role: view.role.map(role_of),
+        members: view
+            .members
+            .iter()
+            .map(|m| GroupMemberView {
+                name: if m.me {
+                    "you".to_owned()
+                } else {
+                    m.contact.clone().or_else(|| m.name.clone()).unwrap_or_else(|| "owner".to_owned())
+                },
+                contact: m.contact.clone(),
+                fingerprint: fingerprint(&m.identity),
+                role: role_of(m.role),
+                owner: m.owner,
+                me: m.me,
+            })
+            .collect(),
+        unread: u32::try_from(unread).unwrap_or(u32::MAX),
+    })
+}
+
+fn role_of(role: Role) -> GroupRole {
+    match role {
+        Role::Member => GroupRole::Member,
+        Role::Admin => GroupRole::Admin,
+    }
+}
+
+/// Every group this node keeps, as `group.list` answers.
+pub(crate) fn group_list(engine: &mut Engine<SledStore>) -> Result<GroupListResult, EngineError> {
+    let views = engine.groups()?;
+    let groups = views.iter().map(|v| view_of(engine, v)).collect::<Result<Vec<_>, _>>()?;
+    Ok(GroupListResult { groups })
+}
+
+/// What a message of a group's conversation adds to its view; `None` for any other message.
+pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Option<MessageGroup> {
+    let group = group_of_conversation(&message.contact)?;
+    let record = store.group(&group.0).ok().flatten();
+    let info = store.group_message(&message.id).ok().flatten();
+    let mut view = MessageGroup {
+        id: hex(&group.0),
+        name: record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+        from: None,
+        delivered: None,
+        members: None,
+    };
+    let Some(info) = info else { return Some(view) };
+    match message.direction {
+        Direction::In => {
+            let contact = store.contacts().ok().and_then(|all| {
+                all.into_iter().find(|c| *c.identity.as_bytes() == info.sender).map(|c| c.name)
+            });
+            let named =
+                record.and_then(|r| r.names.into_iter().find(|(id, _)| *id == info.sender).map(|(_, n)| n));
+            view.from = Some(contact.or(named).unwrap_or_else(|| "the owner".to_owned()));
+        }
+        Direction::Out => {
+            let delivered =
+                info.copies.iter().filter(|c| matches!(c.status, Status::Delivered | Status::Read)).count();
+            view.delivered = Some(u32::try_from(delivered).unwrap_or(u32::MAX));
+            view.members = Some(u32::try_from(info.copies.len()).unwrap_or(u32::MAX));
+        }
+    }
+    Some(view)
+}
+
+/// The conversation `messages` lists for `group` (a name or id prefix).
+pub(crate) fn conversation(engine: &mut Engine<SledStore>, group: &str) -> Result<String, EngineError> {
+    Ok(group_conversation(&engine.group(group)?.id))
+}
