@@ -57,7 +57,8 @@ pub(crate) enum Command {
     /// between conversations, PgUp/PgDn (and ↑/↓ outside a multi-line text) scroll back through
     /// the whole history, Ctrl+C quits. Typed commands: /accept NAME, /reject and /block on a
     /// selected request, /file PATH, /help, /quit; start a text with // to send one that begins
-    /// with /.
+    /// with /. Groups follow the contacts as #NAME: in one, each message shows its sender, yours
+    /// how many members have it (delivered k/n), and Enter sends to the group (files not yet).
     Chat(chat::Args),
     /// Find messages holding a text, whatever its case
     Search(search::Args),
@@ -99,10 +100,10 @@ pub(crate) enum Command {
     /// Create groups and change who is in them
     ///
     /// A group (up to 100 members) is end-to-end encrypted like a conversation: each message
-    /// goes to each member in your own conversation with them, so members need to be your
-    /// contacts for now. Send to one with `merpati send '#NAME' TEXT`; read it with `merpati
-    /// messages --group NAME`. Admins add, remove and rename; the owner (who created it) also
-    /// makes admins.
+    /// goes to each member in your own conversation with them. Members need not know each
+    /// other: whoever adds someone passes on how to reach them. Send to one with `merpati send
+    /// '#NAME' TEXT`; read it with `merpati messages --group NAME`. Admins add, remove and
+    /// rename; the owner (who created it) also makes admins.
     #[command(subcommand)]
     Group(group::Command),
     /// List, accept, reject or block contact requests

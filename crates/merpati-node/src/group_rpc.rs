@@ -139,7 +139,9 @@ pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Opti
     match message.direction {
         Direction::In => {
             let contact = store.contacts().ok().and_then(|all| {
-                all.into_iter().find(|c| *c.identity.as_bytes() == info.sender).map(|c| c.name)
+                all.into_iter()
+                    .find(|c| *c.identity.as_bytes() == info.sender && !engine::is_member_contact(&c.name))
+                    .map(|c| c.name)
             });
             let named =
                 record.and_then(|r| r.names.into_iter().find(|(id, _)| *id == info.sender).map(|(_, n)| n));

@@ -368,7 +368,7 @@ async fn connected_contacts(
         .store()
         .contacts()?
         .into_iter()
-        .filter(|c| peers.contains(&c.peer_id))
+        .filter(|c| peers.contains(&c.peer_id) && !crate::engine::is_member_contact(&c.name))
         .map(|c| c.name)
         .collect())
 }
@@ -400,6 +400,8 @@ async fn contact_list(
     let contacts = store
         .contacts()?
         .into_iter()
+        // Group members who are not the user's contacts are shown with their groups.
+        .filter(|c| !crate::engine::is_member_contact(&c.name))
         .map(|c| {
             Ok(ContactSummary {
                 fingerprint: fingerprint(&c.identity),

@@ -26,6 +26,8 @@
 //!             5 restored:         at u64
 //!             6 keys:             see `ContactKeys`
 //!             7 group entries:    group id (16), count u8 (1..=64), each: len u16, a log entry
+//!             8 group cards:      group id (16), count u8 (1..=MAX_CARDS), each: keys (as 6),
+//!                                 peer id as in node info (may be empty), addresses, relays
 //! fragment  see `crate::fragment`
 //! file      a file's description, see `crate::blob::Descriptor`
 //! group     group id (16), sender_seq u64, log_n u32, heads digest (16), inner body type u8
@@ -95,6 +97,7 @@ mod control_type {
     pub(super) const RESTORED: u8 = 5;
     pub(super) const KEYS: u8 = 6;
     pub(super) const GROUP_ENTRIES: u8 = 7;
+    pub(super) const GROUP_CARDS: u8 = 8;
 }
 
 /// Why a frame could not be encoded or decoded.
@@ -224,6 +227,57 @@ pub enum Control {
     Keys(Box<ContactKeys>),
     /// Entries of a group's membership log (a new member's welcome, or a change to pass on).
     GroupEntries(GroupEntries),
+    /// How to reach members of a group: what a member who is not the receiver's contact needs
+    /// to start a session with them (protocol §15.4).
+    GroupCards {
+        /// The group.
+        group: GroupId,
+        /// 1 to [`MAX_CARDS`] cards.
+        cards: Vec<MemberCard>,
+    },
+}
+
+/// The most cards one frame carries.
+pub const MAX_CARDS: usize = 12;
+
+/// A member's card: their keys for a first contact (the bundle signed by their identity, so
+/// nobody who passes the card on can swap them) and where their node and relays are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberCard {
+    /// The member's keys; the bundle names their identity.
+    pub keys: ContactKeys,
+    /// Their node's libp2p peer id, if known (may be empty).
+    pub peer_id: Vec<u8>,
+    /// Their node's addresses (binary multiaddrs), at most [`MAX_HINTS`].
+    pub addrs: Vec<Vec<u8>>,
+    /// Their relays (binary multiaddrs), at most [`MAX_HINTS`].
+    pub relays: Vec<Vec<u8>>,
+}
+
+impl MemberCard {
+    fn encoded_len(&self) -> usize {
+        self.keys.encoded_len() + 1 + self.peer_id.len() + addrs_len(&self.addrs) + addrs_len(&self.relays)
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        self.keys.encode(w);
+        w.bytes_u8(&self.peer_id);
+        write_addrs(w, &self.addrs);
+        write_addrs(w, &self.relays);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, FrameError> {
+        let keys = ContactKeys::decode(r)?;
+        let peer_id = r.bytes_u8(MAX_PEER_ID_LEN, "peer id")?.to_vec();
+        Ok(Self { keys, peer_id, addrs: read_addrs(r)?, relays: read_addrs(r)? })
+    }
+
+    fn validate(&self) -> Result<(), FrameError> {
+        check_keys(&self.keys)?;
+        limit("peer id", self.peer_id.len(), MAX_PEER_ID_LEN)?;
+        check_addrs(&self.addrs)?;
+        check_addrs(&self.relays)
+    }
 }
 
 /// The sender's keys for a first contact (see [`Control::Keys`]). Decoding checks the public
@@ -337,6 +391,9 @@ impl Body {
             Self::Control(Control::GroupEntries(g)) => {
                 1 + 16 + 1 + g.entries.iter().map(|e| 2 + e.to_bytes().len()).sum::<usize>()
             }
+            Self::Control(Control::GroupCards { cards, .. }) => {
+                1 + 16 + 1 + cards.iter().map(MemberCard::encoded_len).sum::<usize>()
+            }
             Self::Fragment(fragment) => fragment.encoded_len(),
             Self::File(descriptor) => descriptor.encoded_len(),
             Self::Group(message) => GROUP_HEADER_LEN + 1 + message.inner.encoded_len(),
@@ -370,9 +427,14 @@ impl Body {
             }
             Self::Control(Control::DisplayName(name)) => check_display_name(name.as_bytes())?,
             Self::Control(Control::Restored { .. }) => {}
-            Self::Control(Control::Keys(keys)) => {
-                if keys.bundle.versions.is_empty() || keys.bundle.versions.len() > MAX_VERSIONS {
-                    return Err(FrameError::Invalid { what: "keys" });
+            Self::Control(Control::Keys(keys)) => check_keys(keys)?,
+            Self::Control(Control::GroupCards { cards, .. }) => {
+                if cards.is_empty() {
+                    return Err(FrameError::Invalid { what: "group cards" });
+                }
+                limit("group cards", cards.len(), MAX_CARDS)?;
+                for card in cards {
+                    card.validate()?;
                 }
             }
             Self::Control(Control::GroupEntries(g)) => {
@@ -435,6 +497,12 @@ impl Body {
                     w.bytes_u16(&entry.to_bytes());
                 }
             }
+            Self::Control(Control::GroupCards { group, cards }) => {
+                w.u8(control_type::GROUP_CARDS).raw(&group.0).u8(count_byte(cards.len()));
+                for card in cards {
+                    card.encode(w);
+                }
+            }
             Self::Fragment(fragment) => fragment.encode(w),
             Self::File(descriptor) => descriptor.write(w),
             Self::Group(message) => {
@@ -486,6 +554,15 @@ impl Body {
                 control_type::RESTORED => Control::Restored { at: Timestamp(r.u64("restore time")?) },
                 control_type::KEYS => Control::Keys(Box::new(ContactKeys::decode(r)?)),
                 control_type::GROUP_ENTRIES => Control::GroupEntries(read_group_entries(r)?),
+                control_type::GROUP_CARDS => {
+                    let group = GroupId(r.array("group id")?);
+                    let count = r.count_u8(MAX_CARDS, "group cards")?;
+                    if count == 0 {
+                        return Err(FrameError::Invalid { what: "group cards" });
+                    }
+                    let cards = (0..count).map(|_| MemberCard::decode(r)).collect::<Result<Vec<_>, _>>()?;
+                    Control::GroupCards { group, cards }
+                }
                 found => return Err(FrameError::UnknownControl { found }),
             }),
             body_type::FRAGMENT => Self::Fragment(Fragment::decode(r)?),
@@ -507,6 +584,14 @@ impl Body {
         };
         Ok(body)
     }
+}
+
+/// The rule `ContactKeys::decode` adds to what the bundle's own decoding checks.
+fn check_keys(keys: &ContactKeys) -> Result<(), FrameError> {
+    if keys.bundle.versions.is_empty() || keys.bundle.versions.len() > MAX_VERSIONS {
+        return Err(FrameError::Invalid { what: "keys" });
+    }
+    Ok(())
 }
 
 /// The bytes of a group message before its inner body's type.
@@ -722,6 +807,19 @@ mod tests {
         GroupEntries { group, entries: vec![genesis, entry] }
     }
 
+    fn card() -> MemberCard {
+        MemberCard {
+            keys: keys(),
+            peer_id: vec![5; 38],
+            addrs: vec![vec![6; 10]],
+            relays: vec![vec![7; 50]; 2],
+        }
+    }
+
+    fn cards(cards: Vec<MemberCard>) -> Body {
+        Body::Control(Control::GroupCards { group: GroupId([4; 16]), cards })
+    }
+
     fn group_message(inner: Body) -> Body {
         Body::Group(Box::new(GroupMessage {
             group: GroupId([8; 16]),
@@ -787,6 +885,11 @@ mod tests {
             Body::Control(Control::Keys(Box::new(keys()))),
             Body::Control(Control::Keys(Box::new(ContactKeys { last_resort: None, ..keys() }))),
             Body::Control(Control::GroupEntries(group_entries())),
+            cards(vec![card()]),
+            cards(vec![
+                MemberCard { peer_id: Vec::new(), addrs: Vec::new(), relays: Vec::new(), ..card() };
+                MAX_CARDS
+            ]),
             group_message(Body::Text("ke pasar".into())),
             group_message(Body::Text("a".repeat(MAX_TEXT_LEN))),
             group_message(Body::Fragment(
@@ -866,8 +969,8 @@ mod tests {
             assert_eq!(Frame::decode(&b), Err(expected));
         }
         let mut b = bytes.clone();
-        b[FIXED_LEN] = 8;
-        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 8 }));
+        b[FIXED_LEN] = 9;
+        assert_eq!(Frame::decode(&b), Err(FrameError::UnknownControl { found: 9 }));
     }
 
     #[test]
@@ -912,6 +1015,10 @@ mod tests {
                 entries: Vec::new(),
                 ..group_entries()
             }))),
+            frame(cards(Vec::new())),
+            frame(cards(vec![card(); MAX_CARDS + 1])),
+            frame(cards(vec![MemberCard { addrs: vec![vec![1; MAX_ADDR_LEN + 1]], ..card() }])),
+            frame(cards(vec![MemberCard { relays: vec![Vec::new()], ..card() }])),
             frame(Body::Control(Control::GroupEntries(GroupEntries {
                 group: GroupId([1; 16]),
                 ..group_entries()

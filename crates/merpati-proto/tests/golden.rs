@@ -37,7 +37,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use merpati_proto::blob::{Content, Descriptor};
 use merpati_proto::envelope::{Envelope, HEADER_LEN};
 use merpati_proto::fragment;
-use merpati_proto::frame::{Body, ContactKeys, Control, Frame, ReceiptKind};
+use merpati_proto::frame::{Body, ContactKeys, Control, Frame, MemberCard, ReceiptKind};
 use merpati_proto::group::{Action, Entry, GroupEntries, GroupMessage};
 use merpati_proto::identity::{
     Bundle, DeviceCert, IdentityKey, IdentityPublic, LAST_RESORT_ID_BIT, LAST_RESORT_LIFETIME,
@@ -427,6 +427,22 @@ fn show_body(body: &Body) -> String {
             hex::encode(g.group.0),
             g.entries.iter().map(|e| hex::encode(e.to_bytes())).collect::<Vec<_>>().join(",")
         ),
+        Body::Control(Control::GroupCards { group, cards }) => format!(
+            "group_cards group={} cards={}",
+            hex::encode(group.0),
+            cards
+                .iter()
+                .map(|c| format!(
+                    "(identity={} inbox={} peer_id={} addrs={} relays={})",
+                    hex::encode(c.keys.bundle.identity().as_bytes()),
+                    hex::encode(c.keys.inbox.0),
+                    hex::encode(&c.peer_id),
+                    list(&c.addrs),
+                    list(&c.relays)
+                ))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         Body::Group(m) => format!(
             "group group={} sender_seq={} log_n={} heads={} inner=({})",
             hex::encode(m.group.0),
@@ -661,6 +677,23 @@ fn ndr1_transcript() -> String {
                 heads: merpati_proto::group::heads_digest(&[group_entries().entries[1].hash()]),
                 inner: text("selamat pagi"),
             })),
+        ),
+        // And a member's card, as an admin passes it on (Bob's keys, node and relay).
+        (
+            "control.group_cards",
+            Body::Control(Control::GroupCards {
+                group: group_entries().group,
+                cards: vec![MemberCard {
+                    keys: ContactKeys {
+                        bundle: bob.bundle.clone(),
+                        inbox: MailboxId([0x42; 16]),
+                        last_resort: Some(bob_last_resort.clone()),
+                    },
+                    peer_id: (100..138).collect(),
+                    addrs: vec![vec![4; 11]],
+                    relays: vec![(0..40).collect()],
+                }],
+            }),
         ),
     ] {
         let m = a.seal(&body, T0, &mut rng).unwrap();

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use merpati_control::ClientError;
 use merpati_control::protocol::{
-    ContactSummary, Direction, Event, MessageId, MessageView, RequestView, StatusUpdate, TransferUpdate,
+    ContactSummary, Direction, Event, GroupView, MessageId, MessageView, RequestView, StatusUpdate,
+    TransferUpdate,
 };
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::text::Line;
@@ -30,15 +31,51 @@ pub(crate) enum Selection {
     Nothing,
     /// The conversation with this contact (its stored name).
     Contact(String),
+    /// The conversation of the group with this id.
+    Group(String),
     /// The contact request with this id.
     Request(String),
 }
 
+/// Whom a conversation is with. A group is known by its id: a contact may be named like a
+/// group, several groups may share a name, and a group may be renamed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum With {
+    /// A contact, by stored name.
+    Contact(String),
+    /// A group: its id (32 hex digits), and its name to show.
+    Group {
+        /// The id.
+        id: String,
+        /// The name.
+        name: String,
+    },
+}
+
+impl With {
+    /// Whom `message` is with: its group if it has one (its `contact` is then the group's
+    /// name), else its contact.
+    pub(crate) fn of(message: &MessageView) -> With {
+        match &message.group {
+            Some(group) => With::Group { id: group.id.clone(), name: group.name.clone() },
+            None => With::Contact(message.contact.clone()),
+        }
+    }
+
+    /// Its entry in the list on the left.
+    pub(crate) fn entry(&self) -> Selection {
+        match self {
+            With::Contact(name) => Selection::Contact(name.clone()),
+            With::Group { id, .. } => Selection::Group(id.clone()),
+        }
+    }
+}
+
 /// The open conversation: the messages loaded so far and how far back the view is scrolled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Conversation {
-    /// The contact's stored name.
-    pub(crate) contact: String,
+    /// Whom it is with.
+    pub(crate) with: With,
     /// Loaded messages, oldest first; changed only through the methods, which drop `layout`.
     messages: Vec<MessageView>,
     /// Whether the conversation's first message is loaded: nothing older to page back to.
@@ -53,8 +90,8 @@ pub(crate) struct Conversation {
 }
 
 impl Conversation {
-    fn new(contact: String, messages: Vec<MessageView>, complete: bool) -> Conversation {
-        Conversation { contact, messages, complete, scroll: 0, layout: None, transfers: HashMap::new() }
+    fn new(with: With, messages: Vec<MessageView>, complete: bool) -> Conversation {
+        Conversation { with, messages, complete, scroll: 0, layout: None, transfers: HashMap::new() }
     }
 
     /// The messages as screen lines `width` columns wide.
@@ -139,11 +176,13 @@ pub(crate) struct App {
     pub(crate) own_name: Option<String>,
     /// Every contact, as the daemon listed them, with unread counts kept current.
     pub(crate) contacts: Vec<ContactSummary>,
+    /// Every group, as the daemon listed them, with unread counts kept current.
+    pub(crate) groups: Vec<GroupView>,
     /// Contact requests waiting for a decision.
     pub(crate) requests: Vec<RequestView>,
     /// The open entry.
     pub(crate) selection: Selection,
-    /// The open conversation, when a contact is selected.
+    /// The open conversation, when a contact or a group is selected.
     pub(crate) conversation: Option<Conversation>,
     /// The text being typed.
     pub(crate) input: Input,
@@ -167,6 +206,7 @@ impl App {
         App {
             own_name: None,
             contacts: Vec::new(),
+            groups: Vec::new(),
             requests: Vec::new(),
             selection: first.map_or(Selection::Nothing, Selection::Contact),
             conversation: None,
@@ -179,12 +219,13 @@ impl App {
         }
     }
 
-    /// Reads everything afresh: contacts, requests and the open conversation. Used at the start
-    /// and after the daemon comes back, so nothing announced while away is missed.
+    /// Reads everything afresh: contacts, groups, requests and the open conversation. Used at the
+    /// start and after the daemon comes back, so nothing announced while away is missed.
     pub(crate) fn reload(&mut self, daemon: &mut dyn Daemon) {
         let result = (|| -> Result<(), ClientError> {
             self.own_name = daemon.own_name()?;
             self.contacts = daemon.contacts()?;
+            self.groups = daemon.groups()?;
             self.requests = daemon.requests()?;
             Ok(())
         })();
@@ -195,6 +236,7 @@ impl App {
         let still_there = match &self.selection {
             Selection::Nothing => false,
             Selection::Contact(name) => self.contacts.iter().any(|c| c.name == *name),
+            Selection::Group(id) => self.groups.iter().any(|g| g.id == *id),
             Selection::Request(id) => self.requests.iter().any(|r| r.id == *id),
         };
         if !still_there {
@@ -291,15 +333,25 @@ impl App {
             && focused
             && conversation.scroll == 0
         {
-            let name = conversation.contact.clone();
-            self.mark_read(&name, daemon);
+            let with = conversation.with.clone();
+            self.mark_read(&with, daemon);
         }
     }
 
-    /// The entries of the list on the left, in order: contacts, then requests.
+    /// The entries of the list on the left, in order: contacts, groups, then requests.
     pub(crate) fn entries(&self) -> Vec<Selection> {
         let contacts = self.contacts.iter().map(|c| Selection::Contact(c.name.clone()));
-        contacts.chain(self.requests.iter().map(|r| Selection::Request(r.id.clone()))).collect()
+        let groups = self.groups.iter().map(|g| Selection::Group(g.id.clone()));
+        let requests = self.requests.iter().map(|r| Selection::Request(r.id.clone()));
+        contacts.chain(groups).chain(requests).collect()
+    }
+
+    /// The selected group, when a group is selected.
+    pub(crate) fn selected_group(&self) -> Option<&GroupView> {
+        match &self.selection {
+            Selection::Group(id) => self.groups.iter().find(|g| g.id == *id),
+            _ => None,
+        }
     }
 
     /// The selected request, when a request is selected.
@@ -311,22 +363,31 @@ impl App {
     }
 
     fn on_message(&mut self, message: MessageView, daemon: &mut dyn Daemon) {
-        if !self.contacts.iter().any(|c| c.name == message.contact) {
-            // A contact added meanwhile (a request accepted, an invite added elsewhere).
-            match daemon.contacts() {
-                Ok(contacts) => self.contacts = contacts,
-                Err(e) => self.fail(&e),
+        let with = With::of(&message);
+        let known = match &with {
+            With::Contact(name) => self.contacts.iter().any(|c| c.name == *name),
+            With::Group { id, .. } => self.groups.iter().any(|g| g.id == *id),
+        };
+        if !known {
+            // A contact added meanwhile (a request accepted, an invite added elsewhere), or a
+            // group we were just added to.
+            let listed = match &with {
+                With::Contact(_) => daemon.contacts().map(|contacts| self.contacts = contacts),
+                With::Group { .. } => daemon.groups().map(|groups| self.groups = groups),
+            };
+            if let Err(e) = listed {
+                self.fail(&e);
             }
             if self.selection == Selection::Nothing {
-                self.selection = Selection::Contact(message.contact.clone());
+                self.selection = with.entry();
                 self.open(daemon);
                 return;
             }
         }
         let incoming = message.direction == Direction::In;
-        let contact = message.contact.clone();
         let shown_now = match &mut self.conversation {
-            Some(conversation) if conversation.contact == contact => {
+            // By entry, not by `contact`: a group's messages carry its name there.
+            Some(conversation) if conversation.with.entry() == with.entry() => {
                 if !conversation.push(message) {
                     // Already on screen (loaded, or announced before): nothing new.
                     return;
@@ -339,37 +400,82 @@ impl App {
             return;
         }
         if shown_now {
-            // On screen is read: the contact sees `read` (if read receipts are on).
-            if let Err(e) = daemon.mark_read(&contact) {
+            // On screen is read: the contact sees `read` (if read receipts are on; a group's
+            // members are not told).
+            let read = match &with {
+                With::Contact(name) => daemon.mark_read(name),
+                With::Group { id, .. } => daemon.mark_group_read(id),
+            };
+            if let Err(e) = read {
                 self.fail(&e);
             }
-        } else if let Some(summary) = self.contacts.iter_mut().find(|c| c.name == contact) {
-            summary.unread += 1;
+            return;
+        }
+        if !known {
+            // The list read just now counts it already: the daemon stores before it announces.
+            return;
+        }
+        match &with {
+            With::Contact(name) => {
+                if let Some(summary) = self.contacts.iter_mut().find(|c| c.name == *name) {
+                    summary.unread += 1;
+                }
+            }
+            With::Group { id, .. } => {
+                if let Some(group) = self.groups.iter_mut().find(|g| g.id == *id) {
+                    group.unread = group.unread.saturating_add(1);
+                }
+            }
+        }
+    }
+
+    /// Whom the selected entry's conversation is with; `None` for a request or nothing.
+    fn selected_with(&self) -> Option<With> {
+        match &self.selection {
+            Selection::Contact(name) => Some(With::Contact(name.clone())),
+            Selection::Group(id) => {
+                let name =
+                    self.groups.iter().find(|g| g.id == *id).map_or_else(|| id.clone(), |g| g.name.clone());
+                Some(With::Group { id: id.clone(), name })
+            }
+            Selection::Request(_) | Selection::Nothing => None,
         }
     }
 
     /// Loads the selected conversation (its newest page) and marks it read.
     fn open(&mut self, daemon: &mut dyn Daemon) {
         self.conversation = None;
-        let Selection::Contact(name) = self.selection.clone() else { return };
-        match daemon.messages(&name, None, PAGE) {
+        let Some(with) = self.selected_with() else { return };
+        match daemon.messages(&with, None, PAGE) {
             Ok((messages, cut)) => {
                 let complete = messages.len() < PAGE as usize && !cut;
-                self.conversation = Some(Conversation::new(name.clone(), messages, complete));
-                self.mark_read(&name, daemon);
+                self.conversation = Some(Conversation::new(with.clone(), messages, complete));
+                self.mark_read(&with, daemon);
             }
             Err(e) => self.fail(&e),
         }
     }
 
-    fn mark_read(&mut self, name: &str, daemon: &mut dyn Daemon) {
-        let Some(summary) = self.contacts.iter_mut().find(|c| c.name == name) else { return };
-        if summary.unread == 0 {
-            return;
-        }
-        match daemon.mark_read(name) {
-            Ok(()) => summary.unread = 0,
-            Err(e) => self.fail(&e),
+    /// Marks the conversation `with` read, if anything in it is unread.
+    fn mark_read(&mut self, with: &With, daemon: &mut dyn Daemon) {
+        let result = match with {
+            With::Contact(name) => {
+                let Some(summary) = self.contacts.iter_mut().find(|c| c.name == *name) else { return };
+                if summary.unread == 0 {
+                    return;
+                }
+                daemon.mark_read(name).map(|()| summary.unread = 0)
+            }
+            With::Group { id, .. } => {
+                let Some(group) = self.groups.iter_mut().find(|g| g.id == *id) else { return };
+                if group.unread == 0 {
+                    return;
+                }
+                daemon.mark_group_read(id).map(|()| group.unread = 0)
+            }
+        };
+        if let Err(e) = result {
+            self.fail(&e);
         }
     }
 
@@ -415,8 +521,8 @@ impl App {
         conversation.scroll = conversation.scroll.saturating_sub(by);
         if conversation.scroll == 0 {
             // Back at the newest: whatever arrived while scrolled up is on screen now.
-            let name = conversation.contact.clone();
-            self.mark_read(&name, daemon);
+            let with = conversation.with.clone();
+            self.mark_read(&with, daemon);
         }
     }
 
@@ -426,7 +532,7 @@ impl App {
             conversation.complete = true;
             return;
         };
-        match daemon.messages(&conversation.contact, Some(oldest), PAGE) {
+        match daemon.messages(&conversation.with, Some(oldest), PAGE) {
             Ok((older, cut)) => {
                 conversation.complete = older.len() < PAGE as usize && !cut;
                 conversation.prepend(older);
@@ -453,19 +559,20 @@ impl App {
     }
 
     fn send(&mut self, text: String, daemon: &mut dyn Daemon) -> bool {
-        let Selection::Contact(name) = self.selection.clone() else {
-            self.tell(
-                match self.selection {
-                    Selection::Request(_) => {
-                        "this is a contact request: /accept NAME makes them a contact first"
-                    }
-                    _ => "no conversation is open: add a contact with merpati contact add",
-                },
-                true,
-            );
-            return false;
+        let sent = match &self.selection {
+            Selection::Contact(name) => daemon.send(name, &text),
+            // A group we are no longer in is refused by the daemon, whose reason `after_send`
+            // tells like any other refusal.
+            Selection::Group(id) => daemon.send_group(id, &text),
+            Selection::Request(_) => {
+                self.tell("this is a contact request: /accept NAME makes them a contact first", true);
+                return false;
+            }
+            Selection::Nothing => {
+                self.tell("no conversation is open: add a contact with merpati contact add", true);
+                return false;
+            }
         };
-        let sent = daemon.send(&name, &text);
         self.after_send(sent)
     }
 
@@ -489,6 +596,10 @@ impl App {
 
     /// `/file PATH`: sends a file to the open conversation.
     fn send_file(&mut self, path: &str, daemon: &mut dyn Daemon) -> bool {
+        if let Selection::Group(_) = self.selection {
+            self.tell("files cannot be sent to a group yet: /file sends to a contact's conversation", true);
+            return false;
+        }
         let Selection::Contact(name) = self.selection.clone() else {
             self.tell("/file sends to the open conversation: open one first (Tab)", true);
             return false;

@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use merpati_control::client::Config;
 use merpati_control::protocol::{
-    ContactShowParams, ContactSummary, MessageId, MessageView, MessagesParams, MessagesReadParams, NoParams,
-    RequestAcceptParams, RequestIdParams, RequestView, SendParams, method,
+    ContactShowParams, ContactSummary, GroupParams, GroupSendParams, GroupView, MessageId, MessageView,
+    MessagesParams, MessagesReadParams, NoParams, RequestAcceptParams, RequestIdParams, RequestView,
+    SendParams, method,
 };
 use merpati_control::{Client, ClientError, Home};
 
+use super::app::With;
 use crate::commands::files::FileToSend;
 
 /// The calls the chat makes. Each answers or fails with the daemon's own error.
@@ -18,23 +20,30 @@ pub(crate) trait Daemon {
     fn own_name(&mut self) -> Result<Option<String>, ClientError>;
     /// Every contact, with unread counts.
     fn contacts(&mut self) -> Result<Vec<ContactSummary>, ClientError>;
+    /// Every group this node keeps (also those it is no longer a member of), with unread counts.
+    fn groups(&mut self) -> Result<Vec<GroupView>, ClientError>;
     /// The contact requests waiting for a decision.
     fn requests(&mut self) -> Result<Vec<RequestView>, ClientError>;
-    /// At most `limit` of the latest messages with `contact` (before `before`, if given),
-    /// oldest first, and whether the daemon cut the page short (long texts): then fewer than
-    /// `limit` does not mean the start of the conversation was reached.
+    /// At most `limit` of the latest messages of the conversation `with` a contact or a group
+    /// (before `before`, if given), oldest first, and whether the daemon cut the page short
+    /// (long texts): then fewer than `limit` does not mean the start of the conversation was
+    /// reached.
     fn messages(
         &mut self,
-        contact: &str,
+        with: &With,
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<(Vec<MessageView>, bool), ClientError>;
     /// Queues `text` to `contact`.
     fn send(&mut self, contact: &str, text: &str) -> Result<MessageId, ClientError>;
+    /// Queues `text` to every other member of the group with id `group`.
+    fn send_group(&mut self, group: &str, text: &str) -> Result<MessageId, ClientError>;
     /// Queues a file read with [`crate::commands::files::read_for_sending`] to `contact`.
     fn send_file(&mut self, contact: &str, file: FileToSend) -> Result<MessageId, ClientError>;
     /// Marks the conversation with `contact` read.
     fn mark_read(&mut self, contact: &str) -> Result<(), ClientError>;
+    /// Marks the incoming messages of the group with id `group` read.
+    fn mark_group_read(&mut self, group: &str) -> Result<(), ClientError>;
     /// Accepts the request `id` as a contact named `name`; answers the name stored.
     fn accept(&mut self, id: &str, name: &str) -> Result<String, ClientError>;
     /// Deletes the request `id`.
@@ -75,18 +84,26 @@ impl Daemon for ControlDaemon {
         Ok(self.call::<method::ContactList>(NoParams {})?.contacts)
     }
 
+    fn groups(&mut self) -> Result<Vec<GroupView>, ClientError> {
+        Ok(self.call::<method::GroupList>(NoParams {})?.groups)
+    }
+
     fn requests(&mut self) -> Result<Vec<RequestView>, ClientError> {
         Ok(self.call::<method::Requests>(NoParams {})?.requests)
     }
 
     fn messages(
         &mut self,
-        contact: &str,
+        with: &With,
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<(Vec<MessageView>, bool), ClientError> {
-        let params =
-            MessagesParams { group: None, with: Some(contact.to_owned()), limit: Some(limit), before };
+        let (with, group) = match with {
+            With::Contact(name) => (Some(name.clone()), None),
+            // By id: a name may be shared by several groups, and a group may be renamed.
+            With::Group { id, .. } => (None, Some(id.clone())),
+        };
+        let params = MessagesParams { group, with, limit: Some(limit), before };
         let answer = self.call::<method::Messages>(params)?;
         Ok((answer.messages, answer.cut))
     }
@@ -96,12 +113,21 @@ impl Daemon for ControlDaemon {
         Ok(self.call::<method::Send>(params)?.id)
     }
 
+    fn send_group(&mut self, group: &str, text: &str) -> Result<MessageId, ClientError> {
+        let params = GroupSendParams { group: group.to_owned(), text: text.to_owned() };
+        Ok(self.call::<method::GroupSend>(params)?.id)
+    }
+
     fn send_file(&mut self, contact: &str, file: FileToSend) -> Result<MessageId, ClientError> {
         Ok(self.call::<method::SendFile>(file.params(contact, String::new()))?.id)
     }
 
     fn mark_read(&mut self, contact: &str) -> Result<(), ClientError> {
         self.call::<method::MessagesRead>(MessagesReadParams { with: contact.to_owned() }).map(drop)
+    }
+
+    fn mark_group_read(&mut self, group: &str) -> Result<(), ClientError> {
+        self.call::<method::GroupRead>(GroupParams { group: group.to_owned() }).map(drop)
     }
 
     fn accept(&mut self, id: &str, name: &str) -> Result<String, ClientError> {

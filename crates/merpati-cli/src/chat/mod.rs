@@ -1,6 +1,7 @@
-//! `merpati chat`: a full-screen chat in the terminal. Conversations and contact requests on the
-//! left with unread counts, the open conversation with each sent message's tick updating live,
-//! a multi-line input, scroll back through the whole history.
+//! `merpati chat`: a full-screen chat in the terminal. Conversations (contacts, then groups) and
+//! contact requests on the left with unread counts, the open conversation with each sent
+//! message's tick (in a group, how many members have it) updating live, a multi-line input,
+//! scroll back through the whole history.
 //!
 //! The CLI has no async runtime: one thread keeps a subscription to the daemon ([`link`]), the
 //! main thread reads keys and draws. [`app`] holds the state and is tested without a terminal;

@@ -1,6 +1,7 @@
 //! The open conversation as screen lines of a given width: a line per day where the date
-//! changes, each message as `18:02 you  text  ✓✓ delivered`, long texts wrapped under their
-//! first line. Texts from other people are escaped first, so a message cannot drive the terminal.
+//! changes, each message as `18:02 you  text  ✓✓ delivered` (in a group `18:03 dewi  text` and
+//! `18:04 you  text  delivered 2/3`), long texts wrapped under their first line. Texts from other
+//! people are escaped first, so a message cannot drive the terminal.
 
 use chrono::{DateTime, Local};
 use std::collections::HashMap;
@@ -44,12 +45,28 @@ pub(crate) fn lines(
     lines
 }
 
-/// How an outgoing message's status is shown after its text: a tick and the status in words.
+/// How an outgoing message's status is shown after its text: a tick and the status in words. A
+/// group's message says how many members have it instead (`delivered 2/3`): its status is its
+/// least advanced copy's, so the ticks would hide the members who have it already. `○` still
+/// marks a copy waiting to leave, and a failure is told as one.
 pub(crate) fn status_mark(message: &MessageView) -> Option<(String, Style)> {
     if message.direction != Direction::Out {
         return None;
     }
     let status = message.status?;
+    let group_count = message.group.as_ref().and_then(|g| Some((g.delivered?, g.members?)));
+    if let Some((delivered, members)) = group_count
+        && status != MessageStatus::Failed
+    {
+        let words = format!("delivered {delivered}/{members}");
+        let style = Style::new().fg(if delivered >= members { Color::Gray } else { Color::DarkGray });
+        let mark = match (status, &message.reason) {
+            (MessageStatus::Queued, Some(reason)) => format!("  ○ {words}: {}", sanitize(reason)),
+            (MessageStatus::Queued, None) => format!("  ○ {words}"),
+            _ => format!("  {words}"),
+        };
+        return Some((mark, style));
+    }
     let words = status_text(status, message.stored);
     let (tick, style) = match status {
         MessageStatus::Queued => ("○", Style::new().fg(Color::DarkGray)),
@@ -75,7 +92,9 @@ fn push_message(
     let (who, who_style) = match message.direction {
         Direction::Out => ("you".to_owned(), Style::new().fg(Color::Green).add_modifier(Modifier::BOLD)),
         Direction::In => {
-            let name: String = sanitize(&message.contact).chars().take(NAME_SHOWN).collect();
+            // In a group, the sender: `contact` is the group's name there.
+            let from = message.group.as_ref().and_then(|g| g.from.as_deref()).unwrap_or(&message.contact);
+            let name: String = sanitize(from).chars().take(NAME_SHOWN).collect();
             (name, Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD))
         }
     };

@@ -1,5 +1,5 @@
-//! Draws the chat: conversations and requests on the left, the open conversation and the input
-//! on the right, a line for news and a help bar at the bottom.
+//! Draws the chat: conversations (contacts, then groups as `#name`) and requests on the left, the
+//! open conversation and the input on the right, a line for news and a help bar at the bottom.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -8,7 +8,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Paragraph};
 use unicode_width::UnicodeWidthChar;
 
-use super::app::{App, LinkState, Pane, Selection};
+use super::app::{App, LinkState, Pane, Selection, With};
 use super::input::Input;
 use super::transcript;
 use crate::output::{local_time, sanitize};
@@ -49,7 +49,7 @@ fn draw_list(frame: &mut Frame<'_>, app: &App, area: Rect) {
     let inner_width = usize::from(area.width.saturating_sub(2));
     let heading = Style::new().fg(Color::DarkGray).add_modifier(Modifier::BOLD);
     let mut lines = vec![Line::styled("Conversations", heading)];
-    if app.contacts.is_empty() {
+    if app.contacts.is_empty() && app.groups.is_empty() {
         lines.push(Line::styled("(none yet)", Style::new().fg(Color::DarkGray)));
     }
     for contact in &app.contacts {
@@ -71,6 +71,22 @@ fn draw_list(frame: &mut Frame<'_>, app: &App, area: Rect) {
             style = style.add_modifier(Modifier::REVERSED);
         }
         lines.push(Line::from(vec![dot, Span::styled(format!("{name}{gap}{unread}"), style)]));
+    }
+    for group in &app.groups {
+        let selected = app.selection == Selection::Group(group.id.clone());
+        let unread = if group.unread > 0 { format!(" {}", group.unread) } else { String::new() };
+        let room = inner_width.saturating_sub(2 + unread.chars().count());
+        let name = fit(&format!("#{}", sanitize(&group.name)), room);
+        let gap = " ".repeat(room.saturating_sub(transcript::text_width(&name)));
+        // A group we are no longer in stays readable, greyed.
+        let mut style = if group.role.is_none() { Style::new().fg(Color::DarkGray) } else { Style::new() };
+        if group.unread > 0 {
+            style = style.add_modifier(Modifier::BOLD);
+        }
+        if selected {
+            style = style.add_modifier(Modifier::REVERSED);
+        }
+        lines.push(Line::from(vec![Span::raw("  "), Span::styled(format!("{name}{gap}{unread}"), style)]));
     }
     if !app.requests.is_empty() {
         lines.push(Line::raw(""));
@@ -120,17 +136,30 @@ fn draw_conversation(frame: &mut Frame<'_>, app: &mut App, area: Rect) {
         );
         return;
     }
-    let connected = app.conversation.as_ref().is_some_and(|conversation| {
-        app.contacts.iter().any(|c| c.name == conversation.contact && c.connected)
-    });
+    // What the title adds to the name: a contact's node connected, a group's size or that we
+    // left it (sending is then refused).
+    let about = match app.conversation.as_ref().map(|c| &c.with) {
+        Some(With::Contact(name)) if app.contacts.iter().any(|c| c.name == *name && c.connected) => {
+            " · connected".to_owned()
+        }
+        Some(With::Group { id, .. }) => match app.groups.iter().find(|g| g.id == *id) {
+            Some(group) if group.role.is_none() => " · you are not a member".to_owned(),
+            Some(group) => format!(" · {} members", group.members.len()),
+            None => String::new(),
+        },
+        _ => String::new(),
+    };
     let Some(conversation) = &mut app.conversation else {
         let hint = "No conversation open. Add a contact: merpati invite, then merpati contact add INVITE --name NAME";
         let paragraph = Paragraph::new(hint).wrap(ratatui::widgets::Wrap { trim: false });
         frame.render_widget(paragraph.block(Block::bordered()), area);
         return;
     };
-    let title =
-        format!(" {}{} ", sanitize(&conversation.contact), if connected { " · connected" } else { "" });
+    let name = match &conversation.with {
+        With::Contact(name) => sanitize(name).into_owned(),
+        With::Group { name, .. } => format!("#{}", sanitize(name)),
+    };
+    let title = format!(" {name}{about} ");
     let (scroll, complete) = (conversation.scroll, conversation.complete);
     let lines = conversation.lines(inner.width);
     let height = usize::from(inner.height);
@@ -158,6 +187,10 @@ fn draw_input(
 ) {
     let title = match &app.selection {
         Selection::Contact(name) => format!(" message to {} ", sanitize(name)),
+        Selection::Group(_) => match app.selected_group() {
+            Some(group) => format!(" message to #{} ", sanitize(&group.name)),
+            None => " message ".to_owned(),
+        },
         Selection::Request(_) => " command (/accept NAME, /reject, /block) ".to_owned(),
         Selection::Nothing => " message ".to_owned(),
     };

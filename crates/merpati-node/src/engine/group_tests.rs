@@ -17,6 +17,13 @@ const NAMES: [&str; 4] = ["alice", "bob", "carol", "dewi"];
 
 /// `n` users who added each other from their invites.
 fn network(n: usize) -> Vec<Engine<Arc<MemoryStore>>> {
+    let all: Vec<(usize, usize)> =
+        (0..n).flat_map(|i| (0..n).map(move |j| (i, j))).filter(|(i, j)| i != j).collect();
+    network_of(n, &all)
+}
+
+/// `n` users where each `(i, j)` of `contacts` means user i added user j from j's invite.
+fn network_of(n: usize, contacts: &[(usize, usize)]) -> Vec<Engine<Arc<MemoryStore>>> {
     let mut engines: Vec<Engine<Arc<MemoryStore>>> =
         (0..n).map(|i| engine(Arc::new(MemoryStore::new()), i as u64 + 1, NAMES[i])).collect();
     let invites: Vec<String> = engines
@@ -24,14 +31,44 @@ fn network(n: usize) -> Vec<Engine<Arc<MemoryStore>>> {
         .enumerate()
         .map(|(i, e)| e.invite(peer(i as u8 + 1).to_bytes(), vec![], T0).unwrap())
         .collect();
-    for (i, engine) in engines.iter_mut().enumerate() {
-        for (j, invite) in invites.iter().enumerate() {
-            if i != j {
-                engine.add_contact(invite, NAMES[j], T0).unwrap();
-            }
-        }
+    for &(i, j) in contacts {
+        engines[i].add_contact(&invites[j], NAMES[j], T0).unwrap();
     }
     engines
+}
+
+/// Hands everything due from `from` to `to` (and nothing else), answering each attempt, until
+/// nothing more for `to` is due.
+fn hand(engines: &mut [Engine<Arc<MemoryStore>>], from: usize, to: usize, now: Timestamp) {
+    loop {
+        let due: Vec<_> = engines[from]
+            .due(now, None)
+            .unwrap()
+            .into_iter()
+            .filter(|a| recipient(engines, from, &a.contact) == to)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        for attempt in due {
+            let via = peer(from as u8 + 1).to_bytes();
+            let received = engines[to].receive(Some(&via), &attempt.envelope, now).unwrap();
+            let result = match received.response.unwrap() {
+                deliver::Response::Accepted => AttemptResult::Accepted,
+                deliver::Response::Refused(r) => AttemptResult::Refused(r),
+            };
+            engines[from].attempt_finished(&attempt.id, &result, now).unwrap();
+        }
+    }
+}
+
+/// The engine an attempt to `contact` (by name, or a member contact's identity) is for.
+fn recipient(engines: &[Engine<Arc<MemoryStore>>], from: usize, contact: &str) -> usize {
+    if let Some(i) = NAMES.iter().position(|n| *n == contact) {
+        return i;
+    }
+    let record = engines[from].store().contact(contact).unwrap().unwrap();
+    engines.iter().position(|e| e.me().identity.public() == record.identity).unwrap()
 }
 
 /// Delivers everything due, from every engine to the one it is for, until nothing is due;
@@ -42,7 +79,7 @@ fn settle(engines: &mut [Engine<Arc<MemoryStore>>], cut: &[usize], now: Timestam
         let mut moved = false;
         for from in 0..engines.len() {
             for attempt in engines[from].due(now, None).unwrap() {
-                let to = NAMES.iter().position(|n| *n == attempt.contact).unwrap();
+                let to = recipient(engines, from, &attempt.contact);
                 if cut.contains(&to) {
                     continue;
                 }
@@ -221,4 +258,95 @@ fn a_group_is_kept_only_from_someone_it_names() {
     e[1].store().apply(&changes).unwrap();
     assert_eq!(e[1].group("Rahasia").unwrap().role, None);
     assert!(matches!(e[1].send_group_text("Rahasia", "boleh ikut?", T0), Err(EngineError::NotInGroup(_))));
+}
+
+/// The user's own contacts at `engine` (members kept for groups aside), by name.
+fn own_contacts(engine: &Engine<Arc<MemoryStore>>) -> Vec<String> {
+    let mut names: Vec<String> = engine
+        .store()
+        .contacts()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .filter(|n| !super::is_member_contact(n))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn members_who_are_not_contacts_are_introduced_and_reach_each_other() {
+    // Alice knows Bob and Carol; Bob and Carol do not know each other.
+    let mut e = network_of(3, &[(0, 1), (1, 0), (0, 2), (2, 0)]);
+    let view = e[0].create_group("Tetangga", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    let at_bob = e[1].group("Tetangga").unwrap();
+    let carol = at_bob.members.iter().find(|m| m.name.as_deref() == Some("carol")).unwrap();
+    assert_eq!(carol.contact, None, "shown as a member, not a contact");
+    assert_eq!(own_contacts(&e[1]), ["alice"]);
+
+    e[1].send_group_text("Tetangga", "ada yang punya tangga?", T0.plus(1)).unwrap();
+    settle(&mut e, &[], T0.plus(1));
+    e[2].send_group_text("Tetangga", "ada, ambil saja", T0.plus(2)).unwrap();
+    settle(&mut e, &[], T0.plus(2));
+    for member in &e {
+        assert_eq!(texts(member, view.id), ["ada yang punya tangga?", "ada, ambil saja"]);
+    }
+    assert!(e.iter().all(|m| m.requests().unwrap().is_empty()), "no member was held as a stranger");
+    // Bob's text was delivered to both others.
+    let sent = e[1].store().messages(Some(&group_conversation(&view.id)), 10).unwrap();
+    let bobs = sent.iter().find(|m| m.text.starts_with("ada yang")).unwrap();
+    assert_eq!(bobs.status, Status::Delivered);
+}
+
+#[test]
+fn a_member_added_later_is_introduced_to_everyone_and_a_first_contact_before_the_card_waits() {
+    let mut e = network_of(4, &[(0, 1), (1, 0), (0, 2), (2, 0), (0, 3), (3, 0)]);
+    let view = e[0].create_group("RT 5", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    e[0].group_add("RT 5", "dewi", T0.plus(1)).unwrap();
+    // Dewi hears first from Alice, and writes to Bob before Alice's card of her reaches Bob.
+    hand(&mut e, 0, 3, T0.plus(1));
+    hand(&mut e, 3, 1, T0.plus(1));
+    assert_eq!(e[1].requests().unwrap().len(), 1, "Dewi is a stranger to Bob until her card arrives");
+    settle(&mut e, &[], T0.plus(1));
+    assert!(e[1].requests().unwrap().is_empty(), "her card opened what she wrote");
+    e[3].send_group_text("RT 5", "salam kenal", T0.plus(2)).unwrap();
+    settle(&mut e, &[], T0.plus(2));
+    for member in &mut e {
+        assert_eq!(texts(member, view.id), ["salam kenal"]);
+        assert_eq!(member.group("RT 5").unwrap().members.len(), 4);
+    }
+}
+
+#[test]
+fn a_card_for_someone_not_in_the_group_makes_no_contact_and_a_member_met_in_a_group_can_be_added() {
+    let mut e = network_of(4, &[(0, 1), (1, 0), (0, 2), (2, 0), (0, 3), (3, 0)]);
+    let view = e[0].create_group("Kantor", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    // Alice passes Bob the card of Dewi, who is not in the group: Bob keeps nothing of it.
+    let dewi = e[0].store().contact("dewi").unwrap().unwrap();
+    let card = super::groups::tests_card_of(&dewi).unwrap();
+    let alice = e[1].store().contact("alice").unwrap().unwrap();
+    let mut changes = Vec::new();
+    let introduced = e[1].receive_group_cards(&alice, view.id, vec![card], &mut changes, T0).unwrap();
+    assert!(introduced.is_empty() && changes.is_empty());
+
+    // Bob adds Carol, met in the group, as a contact: the session they have goes on.
+    e[1].send_group_text("Kantor", "rapat?", T0.plus(1)).unwrap();
+    settle(&mut e, &[], T0.plus(1));
+    let invite = e[2].invite(peer(3).to_bytes(), vec![], T0).unwrap();
+    let carol = e[1].add_contact(&invite, "carol", T0.plus(2)).unwrap();
+    assert!(carol.session.is_some());
+    assert_eq!(own_contacts(&e[1]), ["alice", "carol"]);
+    let seen = e[1].group("Kantor").unwrap();
+    assert!(seen.members.iter().any(|m| m.contact.as_deref() == Some("carol")));
+    e[1].send_text("carol", "langsung ke kamu", T0.plus(3)).unwrap();
+    settle(&mut e, &[], T0.plus(3));
+    let member = super::member_contact_name(&e[1].me().identity.public());
+    assert_eq!(
+        e[2].store().messages(Some(&member), 10).unwrap().iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+        ["langsung ke kamu"],
+        "Carol, who has not added Bob, gets it under the member he is to her"
+    );
 }

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 
 use merpati_proto::Timestamp;
-use merpati_proto::frame::{Body, Control, MAX_TEXT_LEN, MessageId};
+use merpati_proto::frame::{
+    Body, ContactKeys, Control, MAX_CARDS, MAX_HINTS, MAX_TEXT_LEN, MemberCard, MessageId,
+};
 use merpati_proto::group::{
     Action, Added, Entry, GroupEntries, GroupId, GroupMessage, Log, MAX_ENTRIES_PER_FRAME, MAX_MEMBERS, Role,
     State, heads_digest,
@@ -65,6 +67,18 @@ pub struct GroupMember {
 /// no contact name can hold, so it never meets a contact's conversation.
 pub fn group_conversation(id: &GroupId) -> String {
     format!("\u{1}group {}", hex(&id.0))
+}
+
+/// The contact name a group member who is not the user's contact is kept under, so that their
+/// node can be written to (protocol §15.4). Like a group's conversation, it starts with a control
+/// character no name the user gives can hold, and it is never listed as a contact.
+pub fn member_contact_name(identity: &IdentityPublic) -> String {
+    format!("\u{1}member {}", hex(&identity.as_bytes()[..8]))
+}
+
+/// Whether `name` is a group member's, kept for a group (see [`member_contact_name`]).
+pub fn is_member_contact(name: &str) -> bool {
+    name.starts_with("\u{1}member ")
 }
 
 /// The group whose conversation `name` is, if it is one.
@@ -257,7 +271,7 @@ impl<S: Store> Engine<S> {
                     contact: String::new(),
                     copy: MessageId([0; 16]),
                     status: Status::Failed,
-                    reason: Some("no session with this member: add them as a contact".to_owned()),
+                    reason: Some("no way to reach this member yet: their card has not arrived".to_owned()),
                 },
             };
             copies.push(copy);
@@ -292,6 +306,77 @@ impl<S: Store> Engine<S> {
         // Followers see it as soon as it is queued.
         self.opened.push(message.clone());
         Ok(message)
+    }
+
+    /// Takes in the cards of a group's members: each member who is neither us nor a contact is
+    /// kept as a member contact ([`member_contact_name`]), if the card's keys are signed by the
+    /// identity our log names as a member. Returns those introduced, each with the welcome to
+    /// send them (the log and our own card), so a member added by someone else can reach us.
+    pub(super) fn receive_group_cards(
+        &mut self,
+        contact: &Contact,
+        group: GroupId,
+        cards: Vec<MemberCard>,
+        changes: &mut Vec<Change>,
+        now: Timestamp,
+    ) -> Result<Vec<(Contact, Vec<Body>)>, EngineError> {
+        let Some(record) = self.group_record(changes, &group)? else {
+            tracing::debug!("cards of a group this node does not know, from {}", contact.name);
+            return Ok(Vec::new());
+        };
+        let log = self.log_of(&record)?;
+        let state = log.state();
+        let me = self.me.identity.public();
+        if state.role(&me).is_none() {
+            return Ok(Vec::new());
+        }
+        let mut known = self.contacts_by_identity()?;
+        for change in changes.iter() {
+            if let Change::PutContact(c) | Change::AddContact(c) = change {
+                known.insert(c.identity, c.clone());
+            }
+        }
+        let mut introduced = Vec::new();
+        for card in cards {
+            let identity = *card.keys.bundle.identity();
+            if identity == me
+                || state.role(&identity).is_none()
+                || known.contains_key(&identity)
+                || self.store.is_blocked(&identity)?
+            {
+                continue;
+            }
+            let Some(member) = member_from_card(identity, card, now) else {
+                tracing::warn!("a card from {} does not verify for the member it names", contact.name);
+                continue;
+            };
+            changes.push(Change::PutContact(member.clone()));
+            known.insert(identity, member.clone());
+            introduced.push((member, self.welcome(&log)));
+        }
+        Ok(introduced)
+    }
+
+    /// What a member who is new to us gets: the whole log, and our card.
+    fn welcome(&self, log: &Log) -> Vec<Body> {
+        let mut bodies = entry_bodies(log.group_id(), log.entries());
+        bodies.extend(card_bodies(log.group_id(), std::iter::once(self.own_card())));
+        bodies
+    }
+
+    /// Our own card: our keys, node and relays.
+    fn own_card(&self) -> MemberCard {
+        let (peer_id, addrs) = self.node_info.clone().unwrap_or_default();
+        MemberCard {
+            keys: ContactKeys {
+                bundle: self.bundle.clone(),
+                inbox: self.me.inbox(),
+                last_resort: self.profile.prekeys.last_resort().cloned(),
+            },
+            peer_id,
+            addrs: addrs.into_iter().take(MAX_HINTS).collect(),
+            relays: self.relays.iter().take(MAX_HINTS).cloned().collect(),
+        }
     }
 
     /// Marks `group`'s incoming messages read; returns how many were newly marked. Members are
@@ -381,7 +466,7 @@ impl<S: Store> Engine<S> {
                     && members_before.role(&identity).is_none()
                     && let Some(member) = contacts.get(&identity)
                 {
-                    welcomes.push((member.clone(), entry_bodies(log.group_id(), log.entries())));
+                    welcomes.push((member.clone(), self.welcome(&log)));
                 }
             }
         }
@@ -506,8 +591,25 @@ impl<S: Store> Engine<S> {
             }
             told.push(identity);
             let Some(contact) = contacts.get(&identity) else { continue };
-            let entries = if was_member(&identity) { new_entries.clone() } else { log.entries().to_vec() };
-            let bodies = entry_bodies(log.group_id(), &entries);
+            let bodies = if was_member(&identity) {
+                // The change, and how to reach whoever it brought in.
+                let mut bodies = entry_bodies(log.group_id(), &new_entries);
+                let cards = members(&after).filter(|m| !was_member(m) && *m != identity);
+                bodies.extend(card_bodies(
+                    log.group_id(),
+                    cards.filter_map(|m| contacts.get(&m)).filter_map(card_of),
+                ));
+                bodies
+            } else {
+                // The whole log, and how to reach every other member.
+                let mut bodies = entry_bodies(log.group_id(), log.entries());
+                let cards = members(&after).filter(|m| *m != identity && *m != me);
+                let mut cards: Vec<MemberCard> =
+                    cards.filter_map(|m| contacts.get(&m)).filter_map(card_of).collect();
+                cards.push(self.own_card());
+                bodies.extend(card_bodies(log.group_id(), cards));
+                bodies
+            };
             if let Err(e) = self.seal_to(contact, &bodies, now, &mut batch) {
                 self.abandon_group(&batch);
                 return Err(e);
@@ -643,7 +745,7 @@ impl<S: Store> Engine<S> {
         let state = log.state();
         let me = self.me.identity.public();
         let member = |identity: IdentityPublic, name: Option<String>, role: Role| GroupMember {
-            contact: contacts.get(&identity).map(|c| c.name.clone()),
+            contact: contacts.get(&identity).map(|c| c.name.clone()).filter(|n| !is_member_contact(n)),
             owner: identity == state.owner,
             me: identity == me,
             identity,
@@ -660,6 +762,65 @@ impl<S: Store> Engine<S> {
             joined_at: record.joined_at,
         }
     }
+}
+
+/// [`card_of`], for tests that pass cards on by hand.
+#[cfg(test)]
+pub(super) fn tests_card_of(contact: &Contact) -> Option<MemberCard> {
+    card_of(contact)
+}
+
+/// A contact's card, as we hold their keys, node and relays; none without keys.
+fn card_of(contact: &Contact) -> Option<MemberCard> {
+    Some(MemberCard {
+        keys: ContactKeys {
+            bundle: contact.bundle.clone()?,
+            inbox: contact.inbox?,
+            last_resort: contact.last_resort.clone(),
+        },
+        peer_id: contact.peer_id.clone(),
+        addrs: contact.addrs.iter().take(MAX_HINTS).cloned().collect(),
+        relays: contact.relays.iter().take(MAX_HINTS).cloned().collect(),
+    })
+}
+
+/// The member contact a card makes, if its keys verify for `identity`; its node and relays are
+/// checked as a contact's own announcements are.
+fn member_from_card(identity: IdentityPublic, card: MemberCard, now: Timestamp) -> Option<Contact> {
+    let mut member = Contact {
+        name: member_contact_name(&identity),
+        identity,
+        bundle: None,
+        inbox: None,
+        peer_id: Vec::new(),
+        addrs: Vec::new(),
+        relays: Vec::new(),
+        session: None,
+        added_at: now,
+        last_resort: None,
+        last_heard: None,
+        restored_at: None,
+    };
+    if !super::restore::learn_keys(&mut member, card.keys) {
+        return None;
+    }
+    if !card.peer_id.is_empty() {
+        super::relays::apply_control(
+            &mut member,
+            Control::NodeInfo { peer_id: card.peer_id, addrs: card.addrs },
+        );
+    }
+    super::relays::apply_control(&mut member, Control::RelayHints(card.relays));
+    Some(member)
+}
+
+/// `cards` as group-cards controls, at most [`MAX_CARDS`] each.
+fn card_bodies(group: GroupId, cards: impl IntoIterator<Item = MemberCard>) -> Vec<Body> {
+    let cards: Vec<MemberCard> = cards.into_iter().collect();
+    cards
+        .chunks(MAX_CARDS)
+        .map(|chunk| Body::Control(Control::GroupCards { group, cards: chunk.to_vec() }))
+        .collect()
 }
 
 /// Every member of `state`, the owner first.

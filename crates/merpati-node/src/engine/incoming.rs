@@ -57,6 +57,9 @@ struct Pending {
     sessions: Vec<(SessionId, String)>,
     /// Texts to confirm with a delivery receipt, per session, in arrival order.
     receipts: Vec<(SessionId, String, Vec<MessageId>)>,
+    /// Group members introduced by a card: a first contact of theirs held as a contact request
+    /// (it came before the card) is opened once the batch is written.
+    introduced: Vec<merpati_proto::identity::IdentityPublic>,
 }
 
 impl Pending {
@@ -119,7 +122,16 @@ impl<S: Store> Engine<S> {
                 }
             }
         }
+        let introduced = std::mem::take(&mut pending.introduced);
         self.commit(std::mem::take(&mut pending), now)?;
+        for identity in introduced {
+            if let Some(request) = self.store.request(&RequestId::of(&identity))?
+                && request.identity == identity
+                && let Err(e) = self.open_request(&request, now)
+            {
+                tracing::warn!("a group member's waiting first contact could not be opened: {e}");
+            }
+        }
         Ok(results)
     }
 
@@ -207,6 +219,21 @@ impl<S: Store> Engine<S> {
         }
         self.forget_request_index();
         self.group_logs.clear();
+    }
+
+    /// Seals `welcomes` into `pending`, whose write persists the sessions they move.
+    fn pass_on_in(
+        &mut self,
+        welcomes: Vec<(Contact, Vec<Body>)>,
+        pending: &mut Pending,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        let (sealed, sessions) = self.pass_on(welcomes, now)?.into_parts();
+        pending.changes.extend(sealed);
+        for (session, member) in sessions {
+            pending.touch(session, &member);
+        }
+        Ok(())
     }
 
     fn accept_first_contact(
@@ -419,11 +446,14 @@ impl<S: Store> Engine<S> {
             Body::Control(Control::GroupEntries(entries)) => {
                 if let Some(record) = self.store.contact(contact)? {
                     let welcomes = self.receive_group_entries(&record, entries, changes, now)?;
-                    let (sealed, sessions) = self.pass_on(welcomes, now)?.into_parts();
-                    pending.changes.extend(sealed);
-                    for (session, member) in sessions {
-                        pending.touch(session, &member);
-                    }
+                    self.pass_on_in(welcomes, pending, now)?;
+                }
+            }
+            Body::Control(Control::GroupCards { group, cards }) => {
+                if let Some(record) = self.store.contact(contact)? {
+                    let introduced = self.receive_group_cards(&record, group, cards, changes, now)?;
+                    pending.introduced.extend(introduced.iter().map(|(member, _)| member.identity));
+                    self.pass_on_in(introduced, pending, now)?;
                 }
             }
             Body::Group(message) => {

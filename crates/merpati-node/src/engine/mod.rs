@@ -38,7 +38,10 @@ use crate::store::{
     StoredMessage,
 };
 
-pub use groups::{GroupMember, GroupView, MAX_GROUPS, group_conversation, group_of_conversation};
+pub use groups::{
+    GroupMember, GroupView, MAX_GROUPS, group_conversation, group_of_conversation, is_member_contact,
+    member_contact_name,
+};
 pub use incoming::Received;
 pub use long_texts::FRAGMENT_PATIENCE;
 pub use maintenance::Maintenance;
@@ -414,8 +417,15 @@ impl<S: Store> Engine<S> {
         if *invite.identity() == self.profile.identity.public() {
             return Err(EngineError::InvalidInvite("this is your own invite".into()));
         }
-        if self.store.contacts()?.iter().any(|c| c.identity == *invite.identity()) {
-            return Err(EngineError::InvalidInvite("you already have this person as a contact".into()));
+        match self.store.contacts()?.into_iter().find(|c| c.identity == *invite.identity()) {
+            // Someone met in a group becomes a contact: their conversation keeps its session.
+            Some(member) if is_member_contact(&member.name) => {
+                return self.adopt_member(member, invite, name);
+            }
+            Some(_) => {
+                return Err(EngineError::InvalidInvite("you already have this person as a contact".into()));
+            }
+            None => {}
         }
         if self.store.is_blocked(invite.identity())? {
             return Err(EngineError::BlockedIdentity(RequestId::of(invite.identity()).to_string()));
@@ -448,6 +458,42 @@ impl<S: Store> Engine<S> {
             tracing::warn!("added {name}, but could not open their waiting contact request: {e}");
         }
         Ok(self.store.contact(name)?.unwrap_or(contact))
+    }
+
+    /// Makes `member`, kept for a group, the user's contact `name`, with what their invite says;
+    /// their sessions (and whatever is on its way in them) carry on under the new name.
+    fn adopt_member(
+        &mut self,
+        member: Contact,
+        invite: merpati_proto::invite::Invite,
+        name: &str,
+    ) -> Result<Contact, EngineError> {
+        self.check_name_free(name, None)?;
+        let contact = Contact {
+            name: name.to_owned(),
+            bundle: Some(invite.bundle),
+            inbox: Some(invite.inbox),
+            peer_id: invite.peer_id,
+            addrs: invite.addrs,
+            relays: invite.relays,
+            last_resort: invite.last_resort.or(member.last_resort.clone()),
+            ..member.clone()
+        };
+        let mut changes = vec![Change::RenameContact { from: member.name.clone(), to: name.to_owned() }];
+        let sessions = self.sessions_of(&member.name)?;
+        for record in &sessions {
+            changes.push(Change::PutSession(SessionRecord { contact: name.to_owned(), ..record.clone() }));
+        }
+        changes.push(Change::PutContact(contact.clone()));
+        match self.store.apply(&changes) {
+            Err(StoreError::Conflict { .. }) => return Err(EngineError::ContactExists(name.to_owned())),
+            other => other?,
+        }
+        for record in &sessions {
+            self.session_contacts.insert(record.id, name.to_owned());
+        }
+        self.renamed.push((member.name, name.to_owned()));
+        Ok(contact)
     }
 
     /// Records addresses at which the node `peer_id` was found (on the local network); returns

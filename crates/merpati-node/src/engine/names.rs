@@ -22,10 +22,15 @@ impl<S: Store> Engine<S> {
     /// else the one whose name differs only in case. Otherwise [`EngineError::UnknownContactLike`]
     /// with the nearest name, if one is within two edits.
     pub fn resolve_contact(&self, name: &str) -> Result<String, EngineError> {
+        // A group member kept for the group's sake is no contact of the user's.
+        if super::is_member_contact(name) {
+            return Err(EngineError::UnknownContact(name.to_owned()));
+        }
         if self.store.contact(name)?.is_some() {
             return Ok(name.to_owned());
         }
-        let contacts = self.store.contacts()?;
+        let mut contacts = self.store.contacts()?;
+        contacts.retain(|c| !super::is_member_contact(&c.name));
         let folded = fold(name);
         let same: Vec<&str> =
             contacts.iter().filter(|c| fold(&c.name) == folded).map(|c| c.name.as_str()).collect();

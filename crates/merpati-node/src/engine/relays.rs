@@ -317,7 +317,7 @@ impl<S: Store> Engine<S> {
 pub(super) fn apply_control(contact: &mut Contact, control: Control) -> bool {
     match control {
         // Handled by `groups`, before this is called.
-        Control::GroupEntries(_) => false,
+        Control::GroupEntries(_) | Control::GroupCards { .. } => false,
         Control::RelayHints(list) => {
             let usable = usable_relays(&list);
             if usable.is_empty() && !list.is_empty() {

@@ -404,7 +404,7 @@ impl<S: Store> Engine<S> {
 
     /// Every stored session with contact `name`. Opens every session record: for the user's
     /// rare edits of a contact, not for anything per message.
-    fn sessions_of(&self, name: &str) -> Result<Vec<crate::store::SessionRecord>, EngineError> {
+    pub(super) fn sessions_of(&self, name: &str) -> Result<Vec<crate::store::SessionRecord>, EngineError> {
         let mut records = Vec::new();
         for id in self.store.session_ids()? {
             if let Some(record) = self.store.session(&id)?

@@ -1,11 +1,13 @@
 //! The chat screen's logic against a fake daemon: what opens, what is marked read, what paging
-//! loads, what a failed send keeps. The real daemon and terminal are in `tests/chat.rs`.
+//! loads, what a failed send keeps, and which conversation a group's message belongs to. The real
+//! daemon and terminal are in `tests/chat.rs`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use merpati_control::protocol::{
-    MessageId, MessageStatus, RequestView, RestoredNotice, StatusUpdate, StoredCount,
+    GroupMemberView, GroupRole, MessageGroup, MessageId, MessageStatus, RequestView, RestoredNotice,
+    StatusUpdate, StoredCount,
 };
 use merpati_proto::Timestamp;
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -17,10 +19,17 @@ use crate::commands::files::FileToSend;
 #[derive(Default)]
 struct Fake {
     contacts: Vec<ContactSummary>,
+    groups: Vec<GroupView>,
     requests: Vec<RequestView>,
     conversations: BTreeMap<String, Vec<MessageView>>,
+    /// Groups' messages, by group id.
+    group_conversations: BTreeMap<String, Vec<MessageView>>,
     sent: Vec<(String, String)>,
+    /// Texts sent to groups, by group id.
+    sent_to_groups: Vec<(String, String)>,
     marked_read: Vec<String>,
+    /// Groups marked read, by id.
+    groups_read: Vec<String>,
     pages_read: usize,
     down: bool,
 }
@@ -95,6 +104,11 @@ impl Daemon for Fake {
         Ok(self.contacts.clone())
     }
 
+    fn groups(&mut self) -> Result<Vec<GroupView>, ClientError> {
+        self.gone()?;
+        Ok(self.groups.clone())
+    }
+
     fn requests(&mut self) -> Result<Vec<RequestView>, ClientError> {
         self.gone()?;
         Ok(self.requests.clone())
@@ -102,13 +116,17 @@ impl Daemon for Fake {
 
     fn messages(
         &mut self,
-        contact: &str,
+        with: &With,
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<(Vec<MessageView>, bool), ClientError> {
         self.gone()?;
         self.pages_read += 1;
-        let all = self.conversations.get(contact).cloned().unwrap_or_default();
+        let all = match with {
+            With::Contact(name) => self.conversations.get(name),
+            With::Group { id, .. } => self.group_conversations.get(id),
+        };
+        let all = all.cloned().unwrap_or_default();
         let end = before.and_then(|b| all.iter().position(|m| m.id == b)).unwrap_or(all.len());
         // Like the daemon, a page with long texts (here: over 100 bytes) is cut after the newest.
         let page = &all[end.saturating_sub(limit as usize)..end];
@@ -127,6 +145,20 @@ impl Daemon for Fake {
         Ok(id(1_000_000 + self.sent.len() as u64))
     }
 
+    fn send_group(&mut self, group: &str, text: &str) -> Result<MessageId, ClientError> {
+        self.gone()?;
+        let Some(view) = self.groups.iter().find(|g| g.id == group) else {
+            return Err(ClientError::Remote { code: 17, message: "unknown group".into(), data: None });
+        };
+        // What the daemon answers once we left or were removed.
+        if view.role.is_none() {
+            let message = format!("you are not a member of \"{}\"", view.name);
+            return Err(ClientError::Remote { code: 18, message, data: None });
+        }
+        self.sent_to_groups.push((group.into(), text.into()));
+        Ok(id(3_000_000 + self.sent_to_groups.len() as u64))
+    }
+
     fn send_file(&mut self, contact: &str, file: FileToSend) -> Result<MessageId, ClientError> {
         self.gone()?;
         self.sent.push((contact.into(), format!("file {}", file.name)));
@@ -136,6 +168,12 @@ impl Daemon for Fake {
     fn mark_read(&mut self, contact: &str) -> Result<(), ClientError> {
         self.gone()?;
         self.marked_read.push(contact.into());
+        Ok(())
+    }
+
+    fn mark_group_read(&mut self, group: &str) -> Result<(), ClientError> {
+        self.gone()?;
+        self.groups_read.push(group.into());
         Ok(())
     }
 
@@ -545,4 +583,229 @@ fn a_contact_restored_from_a_backup_is_told() {
     let told = app.notice.as_ref().expect("a notice");
     assert!(!told.error);
     assert!(told.text.starts_with("bob\\u{1b}[2J restored from a backup"), "{}", told.text);
+}
+
+const KELUARGA: &str = "6038985f00112233445566778899aabb";
+const KERJA: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90";
+
+fn member(name: &str, me: bool) -> GroupMemberView {
+    GroupMemberView {
+        name: name.into(),
+        contact: (!me).then(|| name.into()),
+        fingerprint: "ef".into(),
+        role: GroupRole::Member,
+        owner: false,
+        me,
+    }
+}
+
+fn group(id: &str, name: &str, unread: u32) -> GroupView {
+    GroupView {
+        id: id.into(),
+        name: name.into(),
+        role: Some(GroupRole::Member),
+        members: vec![member("you", true), member("bob", false), member("dewi", false)],
+        unread,
+    }
+}
+
+/// A message of a group as the daemon lists and announces it: `contact` is the group's name.
+fn group_message(n: u64, id: &str, name: &str, from: Option<&str>, text: &str) -> MessageView {
+    let direction = if from.is_some() { Direction::In } else { Direction::Out };
+    let mut message = message(n, name, direction, text);
+    let out = direction == Direction::Out;
+    message.group = Some(MessageGroup {
+        id: id.into(),
+        name: name.into(),
+        from: from.map(Into::into),
+        delivered: out.then_some(0),
+        members: out.then_some(2),
+    });
+    message
+}
+
+fn live(app: &mut App, fake: &mut Fake, message: MessageView) {
+    app.update(Update::Event(Box::new(Event::Message(message))), fake);
+}
+
+fn screen(app: &mut App) -> String {
+    let mut terminal =
+        ratatui::Terminal::new(ratatui::backend::TestBackend::new(100, 20)).expect("a test terminal");
+    terminal.draw(|frame| crate::chat::view::draw(frame, app)).expect("drawn");
+    let buffer = terminal.backend().buffer();
+    let width = usize::from(buffer.area.width);
+    let cells: Vec<String> = buffer.content().iter().map(|cell| cell.symbol().to_owned()).collect();
+    cells.chunks(width).map(|row| row.concat() + "\n").collect()
+}
+
+#[test]
+fn groups_are_listed_after_the_contacts_with_their_unread_counts_and_open_like_them() {
+    let mut fake = Fake::with(&[("bob", 1), ("carol", 1)]);
+    fake.groups = vec![group(KELUARGA, "keluarga", 2), group(KERJA, "kerja", 0)];
+    fake.group_conversations.insert(
+        KELUARGA.into(),
+        vec![
+            group_message(20, KELUARGA, "keluarga", Some("dewi"), "makan malam jam 7"),
+            group_message(21, KELUARGA, "keluarga", Some("bob"), "siap"),
+        ],
+    );
+    fake.requests = vec![request("0123456789abcdef")];
+    let mut app = started(&mut fake);
+    assert_eq!(
+        app.entries(),
+        [
+            Selection::Contact("bob".into()),
+            Selection::Contact("carol".into()),
+            Selection::Group(KELUARGA.into()),
+            Selection::Group(KERJA.into()),
+            Selection::Request("0123456789abcdef".into()),
+        ]
+    );
+    let drawn = screen(&mut app);
+    // The left pane's part of the row that names `name`.
+    let row = |name: &str| {
+        let line = drawn.lines().find(|l| l.contains(name)).unwrap_or_default();
+        line.split('│').nth(1).unwrap_or_default().trim_end().to_owned()
+    };
+    assert!(row("#keluarga").ends_with(" 2"), "the unread count on its row:\n{drawn}");
+    assert_eq!(row("#kerja"), "  #kerja", "nothing unread, no count:\n{drawn}");
+    assert!(
+        drawn.find("carol").zip(drawn.find("#keluarga")).is_some_and(|(c, g)| c < g),
+        "groups after the contacts:\n{drawn}"
+    );
+    assert!(!drawn.contains("(none yet)"));
+
+    press(&mut app, &mut fake, KeyCode::Tab);
+    press(&mut app, &mut fake, KeyCode::Tab);
+    assert_eq!(app.selection, Selection::Group(KELUARGA.into()));
+    assert_eq!(shown(&app), ["makan malam jam 7", "siap"]);
+    assert_eq!(
+        app.conversation.as_ref().map(|c| c.with.clone()),
+        Some(With::Group { id: KELUARGA.into(), name: "keluarga".into() })
+    );
+    assert_eq!(fake.groups_read, [KELUARGA], "opening a group reads it, by its id");
+    assert_eq!(app.groups[0].unread, 0);
+    assert!(screen(&mut app).contains("message to #keluarga"));
+
+    // An empty group opens empty and has nothing to mark read; Shift+Tab goes back.
+    press(&mut app, &mut fake, KeyCode::Tab);
+    assert_eq!(app.selection, Selection::Group(KERJA.into()));
+    assert!(shown(&app).is_empty());
+    assert_eq!(fake.groups_read, [KELUARGA]);
+    press(&mut app, &mut fake, KeyCode::BackTab);
+    press(&mut app, &mut fake, KeyCode::BackTab);
+    assert_eq!(app.selection, Selection::Contact("carol".into()));
+    assert_eq!(shown(&app), ["carol #0"]);
+}
+
+#[test]
+fn a_live_group_message_goes_to_its_group_not_to_a_contact_named_like_it() {
+    // A contact named like the group: their messages carry the same `contact`.
+    let mut fake = Fake::with(&[("keluarga", 1)]);
+    fake.groups = vec![group(KELUARGA, "keluarga", 0)];
+    let mut app = started(&mut fake);
+    assert_eq!(app.selection, Selection::Contact("keluarga".into()));
+    fake.marked_read.clear();
+
+    live(&mut app, &mut fake, group_message(30, KELUARGA, "keluarga", Some("dewi"), "halo"));
+    assert_eq!(shown(&app), ["keluarga #0"], "not in the contact's conversation");
+    assert_eq!(app.groups[0].unread, 1, "counted for the group");
+    assert_eq!(app.contacts[0].unread, 0);
+    assert!(fake.marked_read.is_empty() && fake.groups_read.is_empty());
+
+    fake.group_conversations
+        .insert(KELUARGA.into(), vec![group_message(30, KELUARGA, "keluarga", Some("dewi"), "halo")]);
+    press(&mut app, &mut fake, KeyCode::Tab);
+    assert_eq!(shown(&app), ["halo"]);
+    assert_eq!(fake.groups_read, [KELUARGA]);
+
+    // The contact's own message does not land in the open group.
+    live(&mut app, &mut fake, message(31, "keluarga", Direction::In, "just me"));
+    assert_eq!(shown(&app), ["halo"]);
+    assert_eq!(app.contacts[0].unread, 1);
+    assert!(fake.marked_read.is_empty());
+    // The group's next one shows at once and is read.
+    live(&mut app, &mut fake, group_message(32, KELUARGA, "keluarga", Some("bob"), "sampai nanti"));
+    assert_eq!(shown(&app), ["halo", "sampai nanti"]);
+    assert_eq!(fake.groups_read, [KELUARGA, KELUARGA]);
+    assert_eq!(app.groups[0].unread, 0);
+
+    // A group we were just added to is listed, its message counted.
+    fake.groups.push(group(KERJA, "kerja", 1));
+    live(&mut app, &mut fake, group_message(33, KERJA, "kerja", Some("bob"), "rapat besok"));
+    assert_eq!(app.groups.len(), 2);
+    assert_eq!(app.groups[1].unread, 1);
+    assert_eq!(shown(&app), ["halo", "sampai nanti"]);
+}
+
+#[test]
+fn enter_in_a_group_sends_to_the_group_and_a_refusal_keeps_the_text() {
+    let mut fake = Fake::with(&[("bob", 0)]);
+    fake.groups = vec![group(KELUARGA, "keluarga", 0)];
+    let mut app = started(&mut fake);
+    press(&mut app, &mut fake, KeyCode::Tab);
+    type_text(&mut app, &mut fake, "halo semua");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(fake.sent_to_groups, [(KELUARGA.to_owned(), "halo semua".to_owned())]);
+    assert!(fake.sent.is_empty(), "nothing to a contact");
+    assert!(app.input.is_empty());
+
+    // Files do not go to groups: said, and the command kept.
+    type_text(&mut app, &mut fake, "/file /etc/hostname");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert!(
+        app.notice.as_ref().is_some_and(|n| n.error && n.text.contains("cannot be sent to a group")),
+        "{:?}",
+        app.notice
+    );
+    assert_eq!(app.input.text(), "/file /etc/hostname");
+    assert_eq!(fake.sent_to_groups.len(), 1);
+    assert!(fake.sent.is_empty());
+    app.input.take();
+
+    // Once we left, the daemon refuses, and says why.
+    fake.groups[0].role = None;
+    app.reload(&mut fake);
+    assert!(screen(&mut app).contains("#keluarga · you are not a member"));
+    type_text(&mut app, &mut fake, "masih di sini?");
+    press(&mut app, &mut fake, KeyCode::Enter);
+    assert_eq!(
+        app.notice.as_ref().map(|n| (n.text.as_str(), n.error)),
+        Some(("you are not a member of \"keluarga\"", true))
+    );
+    assert_eq!(app.input.text(), "masih di sini?", "nothing typed is lost");
+    assert_eq!(fake.sent_to_groups.len(), 1);
+}
+
+#[test]
+fn in_a_group_the_sender_and_how_many_members_have_it_are_shown() {
+    let mut fake = Fake::with(&[]);
+    fake.groups = vec![group(KELUARGA, "keluarga", 0)];
+    let mut sent = group_message(41, KELUARGA, "keluarga", None, "on my way");
+    sent.status = Some(MessageStatus::Sent);
+    if let Some(group) = &mut sent.group {
+        group.delivered = Some(1);
+    }
+    let queued = group_message(42, KELUARGA, "keluarga", None, "wait");
+    let mut failed = group_message(43, KELUARGA, "keluarga", None, "gone");
+    failed.status = Some(MessageStatus::Failed);
+    failed.reason = Some("no member has a contact here".into());
+    fake.group_conversations.insert(
+        KELUARGA.into(),
+        vec![group_message(40, KELUARGA, "keluarga", Some("dewi"), "selamat pagi"), sent, queued, failed],
+    );
+    let mut app = started(&mut fake);
+    let lines: Vec<String> = app
+        .conversation
+        .as_mut()
+        .expect("open")
+        .lines(80)
+        .iter()
+        .map(|line| line.spans.iter().map(|s| s.content.as_ref()).collect())
+        .collect();
+    assert!(lines[1].ends_with(" dewi  selamat pagi"), "the sender, not the group: {lines:?}");
+    assert!(lines[2].ends_with(" you  on my way  delivered 1/2"), "{lines:?}");
+    assert!(lines[3].ends_with(" you  wait  ○ delivered 0/2"), "{lines:?}");
+    assert!(lines[4].ends_with(" you  gone  ✗ failed: no member has a contact here"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains('✓')), "no one-to-one ticks: {lines:?}");
 }
