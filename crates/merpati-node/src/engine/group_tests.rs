@@ -10,7 +10,7 @@ use merpati_proto::group::{Action, Entry, GroupEntries, GroupId, Role};
 use merpati_proto::wire::deliver;
 
 use super::tests::{T0, engine, peer};
-use super::{AttemptResult, Engine, EngineError, group_conversation};
+use super::{Attempt, AttemptResult, Engine, EngineError, group_conversation};
 use crate::store::{Change, MemoryStore, Status, Store};
 
 const NAMES: [&str; 4] = ["alice", "bob", "carol", "dewi"];
@@ -51,15 +51,26 @@ fn hand(engines: &mut [Engine<Arc<MemoryStore>>], from: usize, to: usize, now: T
             return;
         }
         for attempt in due {
-            let via = peer(from as u8 + 1).to_bytes();
-            let received = engines[to].receive(Some(&via), &attempt.envelope, now).unwrap();
-            let result = match received.response.unwrap() {
-                deliver::Response::Accepted => AttemptResult::Accepted,
-                deliver::Response::Refused(r) => AttemptResult::Refused(r),
-            };
-            engines[from].attempt_finished(&attempt.id, &result, now).unwrap();
+            deliver_one(engines, from, to, &attempt, now);
         }
     }
+}
+
+/// Hands one attempt of `from`'s to `to`'s node, and tells `from` the answer.
+fn deliver_one(
+    engines: &mut [Engine<Arc<MemoryStore>>],
+    from: usize,
+    to: usize,
+    attempt: &Attempt,
+    now: Timestamp,
+) {
+    let via = peer(from as u8 + 1).to_bytes();
+    let received = engines[to].receive(Some(&via), &attempt.envelope, now).unwrap();
+    let result = match received.response.unwrap() {
+        deliver::Response::Accepted => AttemptResult::Accepted,
+        deliver::Response::Refused(r) => AttemptResult::Refused(r),
+    };
+    engines[from].attempt_finished(&attempt.id, &result, now).unwrap();
 }
 
 /// The engine an attempt to `contact` (by name, or a member contact's identity) is for.
@@ -83,13 +94,7 @@ fn settle(engines: &mut [Engine<Arc<MemoryStore>>], cut: &[usize], now: Timestam
                 if cut.contains(&to) {
                     continue;
                 }
-                let via = peer(from as u8 + 1).to_bytes();
-                let received = engines[to].receive(Some(&via), &attempt.envelope, now).unwrap();
-                let result = match received.response.unwrap() {
-                    deliver::Response::Accepted => AttemptResult::Accepted,
-                    deliver::Response::Refused(r) => AttemptResult::Refused(r),
-                };
-                engines[from].attempt_finished(&attempt.id, &result, now).unwrap();
+                deliver_one(engines, from, to, &attempt, now);
                 handed += 1;
                 moved = true;
             }

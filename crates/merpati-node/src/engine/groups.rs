@@ -787,20 +787,7 @@ fn card_of(contact: &Contact) -> Option<MemberCard> {
 /// The member contact a card makes, if its keys verify for `identity`; its node and relays are
 /// checked as a contact's own announcements are.
 fn member_from_card(identity: IdentityPublic, card: MemberCard, now: Timestamp) -> Option<Contact> {
-    let mut member = Contact {
-        name: member_contact_name(&identity),
-        identity,
-        bundle: None,
-        inbox: None,
-        peer_id: Vec::new(),
-        addrs: Vec::new(),
-        relays: Vec::new(),
-        session: None,
-        added_at: now,
-        last_resort: None,
-        last_heard: None,
-        restored_at: None,
-    };
+    let mut member = super::requests::stranger_contact(&member_contact_name(&identity), identity, now);
     if !super::restore::learn_keys(&mut member, card.keys) {
         return None;
     }
