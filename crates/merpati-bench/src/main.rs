@@ -9,7 +9,7 @@
 //! backlog for many contacts), `many-contacts` (a node
 //! with a long history), `idle` (a user node's idle cost) and
 //! `connections` (a relay holding many idle connections), `abuse` (a relay under abusive clients
-//! beside honest ones). `--quick` runs small sizes, only to
+//! beside honest ones), `group` (a text to a group of 50, all online or half behind a relay). `--quick` runs small sizes, only to
 //! check that every scenario works; its figures mean little.
 
 mod abuse;
@@ -21,6 +21,7 @@ mod crypto;
 mod direct;
 mod files;
 mod first_contacts;
+mod group;
 mod idle;
 mod many_contacts;
 mod offline;
@@ -34,7 +35,7 @@ use anyhow::bail;
 use clap::Parser;
 
 /// Every scenario, in the order they run.
-const SCENARIOS: [&str; 14] = [
+const SCENARIOS: [&str; 15] = [
     "crypto",
     "direct",
     "relay-deposit",
@@ -49,6 +50,7 @@ const SCENARIOS: [&str; 14] = [
     "idle",
     "connections",
     "abuse",
+    "group",
 ];
 
 /// Benchmarks of a real Merpati network on this machine.
@@ -56,8 +58,8 @@ const SCENARIOS: [&str; 14] = [
 #[command(name = "merpati-bench")]
 struct Args {
     /// Run only this scenario (repeatable): crypto, direct, relay-deposit, relay-fetch, offline,
-    /// file-direct, file-relay, backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections, abuse. All of
-    /// them when absent.
+    /// file-direct, file-relay, backlog, backlog-relay, backlog-contacts, many-contacts, idle, connections, abuse,
+    /// group. All of them when absent.
     #[arg(long)]
     scenario: Vec<String>,
     /// Small sizes, to check that every scenario runs (the figures are not meaningful).
@@ -120,6 +122,12 @@ struct Args {
     /// `abuse`: strangers flooding a person's node with first contacts.
     #[arg(long, default_value_t = 500)]
     strangers: usize,
+    /// `group`: the group's members, the sender included.
+    #[arg(long, default_value_t = 50)]
+    group_members: usize,
+    /// `group`: texts sent to the group, one at a time.
+    #[arg(long, default_value_t = 20)]
+    group_messages: usize,
     /// The merpatid binary; default: next to this one.
     #[arg(long)]
     merpatid: Option<PathBuf>,
@@ -220,6 +228,11 @@ fn main() -> anyhow::Result<()> {
             }
         };
         abuse::run(&exe, params)?;
+    }
+    if run("group") {
+        let (members, messages) =
+            if quick { (6, 3) } else { (args.group_members.clamp(2, 100), args.group_messages.max(1)) };
+        group::run(&exe, members, messages)?;
     }
     Ok(())
 }

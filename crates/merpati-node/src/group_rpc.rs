@@ -2,8 +2,8 @@
 
 use merpati_control::protocol::method::{self, Method};
 use merpati_control::protocol::{
-    GroupListResult, GroupMemberView, GroupRole, GroupView, MessageGroup, MessagesReadResult, Request,
-    Response, SendResult,
+    GroupGap, GroupListResult, GroupMemberView, GroupRole, GroupView, MessageGroup, MessagesReadResult,
+    Request, Response, SendResult,
 };
 use merpati_proto::Timestamp;
 use merpati_proto::group::Role;
@@ -25,7 +25,7 @@ pub(crate) fn handle(engine: &mut Engine<SledStore>, request: &Request, now: Tim
         method::GroupList::NAME => blocking(|| group_list(engine)).map(to_value),
         method::GroupShow::NAME => match request.params_of::<method::GroupShow>() {
             Err(answer) => return Some(answer),
-            Ok(p) => engine.group(&p.group).and_then(|v| shown(engine, &v)),
+            Ok(p) => blocking(|| show(engine, &p.group)).map(to_value),
         },
         method::GroupAdd::NAME => match request.params_of::<method::GroupAdd>() {
             Err(answer) => return Some(answer),
@@ -58,7 +58,7 @@ pub(crate) fn handle(engine: &mut Engine<SledStore>, request: &Request, now: Tim
         },
         method::GroupRead::NAME => match request.params_of::<method::GroupRead>() {
             Err(answer) => return Some(answer),
-            Ok(p) => blocking(|| engine.mark_group_read(&p.group)).map(|count| {
+            Ok(p) => blocking(|| engine.mark_group_read(&p.group, now)).map(|count| {
                 to_value(MessagesReadResult { count: u32::try_from(count).unwrap_or(u32::MAX) })
             }),
         },
@@ -80,6 +80,18 @@ fn to_value(value: impl serde::Serialize) -> serde_json::Value {
 
 fn shown(engine: &Engine<SledStore>, view: &engine::GroupView) -> Result<serde_json::Value, EngineError> {
     view_of(engine, view).map(to_value)
+}
+
+/// A group with the messages that never arrived, as `group.show` answers.
+fn show(engine: &mut Engine<SledStore>, group: &str) -> Result<GroupView, EngineError> {
+    let view = engine.group(group)?;
+    let mut shown = view_of(engine, &view)?;
+    for (identity, ranges) in engine.group_missing(group)? {
+        let member = view.members.iter().position(|m| m.identity == identity);
+        let name = member.map_or_else(|| fingerprint(&identity), |i| shown.members[i].name.clone());
+        shown.missing.push(GroupGap { member: name, ranges });
+    }
+    Ok(shown)
 }
 
 /// A group as the control API shows it.
@@ -106,6 +118,7 @@ fn view_of(engine: &Engine<SledStore>, view: &engine::GroupView) -> Result<Group
             })
             .collect(),
         unread: u32::try_from(unread).unwrap_or(u32::MAX),
+        missing: Vec::new(),
     })
 }
 
@@ -134,6 +147,7 @@ pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Opti
         from: None,
         delivered: None,
         members: None,
+        read: None,
     };
     let Some(info) = info else { return Some(view) };
     match message.direction {
@@ -152,6 +166,8 @@ pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Opti
                 info.copies.iter().filter(|c| matches!(c.status, Status::Delivered | Status::Read)).count();
             view.delivered = Some(u32::try_from(delivered).unwrap_or(u32::MAX));
             view.members = Some(u32::try_from(info.copies.len()).unwrap_or(u32::MAX));
+            let read = info.copies.iter().filter(|c| c.status == Status::Read).count();
+            view.read = Some(u32::try_from(read).unwrap_or(u32::MAX));
         }
     }
     Some(view)

@@ -168,6 +168,14 @@ fn details(group: &GroupView) -> Vec<String> {
         let notes = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join(", ")) };
         lines.push(format!("  {}{notes}  {}", sanitize(&member.name), member.fingerprint));
     }
+    for gap in &group.missing {
+        let ranges: Vec<String> = gap
+            .ranges
+            .iter()
+            .map(|[from, to]| if from == to { format!("{from}") } else { format!("{from}–{to}") })
+            .collect();
+        lines.push(format!("  never arrived from {}: messages {}", sanitize(&gap.member), ranges.join(", ")));
+    }
     lines
 }
 

@@ -166,7 +166,10 @@ pub(crate) fn print(out: &mut Output, message: &MessageView) -> Result<()> {
     let status = match (message.direction, message.status) {
         (Direction::Out, Some(status)) if status != MessageStatus::Failed && group_count.is_some() => {
             let (delivered, members) = group_count.unwrap_or_default();
-            format!("  [delivered {delivered}/{members}]")
+            match message.group.as_ref().and_then(|g| g.read).filter(|read| *read > 0) {
+                Some(read) => format!("  [delivered {delivered}/{members}, read {read}]"),
+                None => format!("  [delivered {delivered}/{members}]"),
+            }
         }
         (Direction::Out, Some(status)) => match &message.reason {
             // Why it waits or failed, e.g. "the recipient's mailbox is full".

@@ -443,6 +443,7 @@ fn group_methods_match_the_document() {
             },
         ],
         unread: 2,
+        missing: Vec::new(),
     };
     let answer = r#"{"jsonrpc":"2.0","id":1,"result":{"id":"00112233445566778899aabbccddeeff","name":"Pasar","role":"admin","members":[{"name":"you","fingerprint":"AB12","role":"admin","owner":true,"me":true},{"name":"bob","contact":"bob","fingerprint":"CD34","role":"member"}],"unread":2}}"#;
     golden::<method::GroupCreate>(
@@ -481,6 +482,7 @@ fn group_methods_match_the_document() {
             from: Some("bob".into()),
             delivered: None,
             members: None,
+            read: None,
         }),
     };
     let line = serde_json::to_string(&view).unwrap();

@@ -318,6 +318,9 @@ pub struct MessageGroup {
     /// Outgoing only: how many members it was sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<u32>,
+    /// Outgoing only: how many members read it (of those with read receipts on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<u32>,
 }
 
 /// A member's role in a group.
@@ -366,6 +369,19 @@ pub struct GroupView {
     /// Unread incoming messages of the group.
     #[serde(default)]
     pub unread: u32,
+    /// `group.show` only: per sender, the ranges of their counts that never arrived here
+    /// (between the first and the last that did); absent when none is missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<GroupGap>,
+}
+
+/// Messages of one member that never arrived (see [`GroupView::missing`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupGap {
+    /// The member, named as in `members`.
+    pub member: String,
+    /// Ranges `[from, to]` of their message counts, inclusive.
+    pub ranges: Vec<[u64; 2]>,
 }
 
 /// The result of `group.list`.

@@ -298,6 +298,11 @@ fn members_who_are_not_contacts_are_introduced_and_reach_each_other() {
         assert_eq!(texts(member, view.id), ["ada yang punya tangga?", "ada, ambil saja"]);
     }
     assert!(e.iter().all(|m| m.requests().unwrap().is_empty()), "no member was held as a stranger");
+    // One session between the two, not two crossed ones.
+    let carol_at_bob = super::member_contact_name(&e[2].me().identity.public());
+    let bob_at_carol = super::member_contact_name(&e[1].me().identity.public());
+    assert_eq!(e[1].sessions_of(&carol_at_bob).unwrap().len(), 1);
+    assert_eq!(e[2].sessions_of(&bob_at_carol).unwrap().len(), 1);
     // Bob's text was delivered to both others.
     let sent = e[1].store().messages(Some(&group_conversation(&view.id)), 10).unwrap();
     let bobs = sent.iter().find(|m| m.text.starts_with("ada yang")).unwrap();
@@ -354,4 +359,53 @@ fn a_card_for_someone_not_in_the_group_makes_no_contact_and_a_member_met_in_a_gr
         ["langsung ke kamu"],
         "Carol, who has not added Bob, gets it under the member he is to her"
     );
+}
+
+#[test]
+fn read_receipts_count_per_member_and_a_lost_copy_shows_as_a_gap() {
+    let mut e = network(3);
+    let view = e[0].create_group("Keluarga", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    let first = e[0].send_group_text("Keluarga", "satu", T0).unwrap();
+    settle(&mut e, &[], T0);
+    assert_eq!(e[1].mark_group_read("Keluarga", T0).unwrap(), 1);
+    settle(&mut e, &[], T0);
+    let info = e[0].store().group_message(&first.id).unwrap().unwrap();
+    let by_contact = |name: &str| info.copies.iter().find(|c| c.contact == name).unwrap().status;
+    assert_eq!((by_contact("bob"), by_contact("carol")), (Status::Read, Status::Delivered));
+    assert_eq!(
+        e[0].message(&first.id).unwrap().status,
+        Status::Delivered,
+        "as far as its least advanced copy"
+    );
+
+    // The second text's copy to Bob is left at a relay Bob never fetches from.
+    e[0].send_group_text("Keluarga", "dua", T0.plus(1)).unwrap();
+    for attempt in e[0].due(T0.plus(1), Some("bob")).unwrap() {
+        let deposited = AttemptResult::Deposited { accepted: 1, total: 1, refusals: Vec::new() };
+        e[0].attempt_finished(&attempt.id, &deposited, T0.plus(1)).unwrap();
+    }
+    e[0].send_group_text("Keluarga", "tiga", T0.plus(2)).unwrap();
+    settle(&mut e, &[], T0.plus(2));
+    assert_eq!(texts(&e[1], view.id), ["satu", "tiga"]);
+    let alice = e[0].me().identity.public();
+    assert_eq!(e[1].group_missing("Keluarga").unwrap(), [(alice, vec![[2, 2]])]);
+    assert!(e[2].group_missing("Keluarga").unwrap().is_empty());
+}
+
+#[test]
+fn a_sender_cannot_mark_read_what_it_sent_us() {
+    let mut e = network(2);
+    e[0].create_group("Dua", &["bob"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    e[0].send_group_text("Dua", "halo", T0).unwrap();
+    settle(&mut e, &[], T0);
+    // Alice's node names the copy it sent in a read receipt of its own.
+    let copy = {
+        let conversation = e[1].store().messages(None, 10).unwrap();
+        let id = conversation.iter().find(|m| m.text == "halo").unwrap().id;
+        e[1].store().group_message(&id).unwrap().unwrap().copies[0].copy
+    };
+    let alice = e[1].store().contact("alice").unwrap().unwrap();
+    assert!(e[1].confirm_copy(&alice, &copy, Status::Read).unwrap().is_none());
 }

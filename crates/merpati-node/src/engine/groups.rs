@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use merpati_proto::Timestamp;
 use merpati_proto::frame::{
-    Body, ContactKeys, Control, MAX_CARDS, MAX_HINTS, MAX_TEXT_LEN, MemberCard, MessageId,
+    Body, ContactKeys, Control, MAX_CARDS, MAX_HINTS, MAX_TEXT_LEN, MemberCard, MessageId, ReceiptKind,
 };
 use merpati_proto::group::{
     Action, Added, Entry, GroupEntries, GroupId, GroupMessage, Log, MAX_ENTRIES_PER_FRAME, MAX_MEMBERS, Role,
@@ -30,6 +30,12 @@ pub const MAX_GROUPS: usize = 256;
 
 /// The shortest group id prefix a command accepts.
 const MIN_ID_PREFIX: usize = 4;
+
+/// A member's messages that never arrived: their identity, and ranges `[from, to]` of counts.
+pub type Gap = (IdentityPublic, Vec<[u64; 2]>);
+
+/// A member a card introduced, with the welcome to send them if it is ours to write first.
+pub(super) type Introduction = (Contact, Option<Vec<Body>>);
 
 /// A group as the user sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +227,35 @@ impl<S: Store> Engine<S> {
         Ok(self.view(&record, &log, &contacts))
     }
 
+    /// For each member who sent to `group`, the ranges of their counts that did not arrive here,
+    /// between the first and the last that did (a member added later, or we, start counting
+    /// wherever they were); members with none missing are left out.
+    pub fn group_missing(&mut self, group: &str) -> Result<Vec<Gap>, EngineError> {
+        let (record, _) = self.find_group(group)?;
+        let me = *self.me.identity.public().as_bytes();
+        let mut counts: std::collections::BTreeMap<[u8; 32], Vec<u64>> = Default::default();
+        for message in self.store.messages(Some(&group_conversation(&GroupId(record.id))), usize::MAX)? {
+            if let Some(info) = self.store.group_message(&message.id)?
+                && info.sender != me
+            {
+                counts.entry(info.sender).or_default().push(info.sender_seq);
+            }
+        }
+        let mut missing = Vec::new();
+        for (sender, mut seqs) in counts {
+            seqs.sort_unstable();
+            seqs.dedup();
+            let ranges: Vec<[u64; 2]> =
+                seqs.windows(2).filter(|w| w[1] > w[0] + 1).map(|w| [w[0] + 1, w[1] - 1]).collect();
+            if !ranges.is_empty()
+                && let Ok(identity) = IdentityPublic::from_bytes(sender)
+            {
+                missing.push((identity, ranges));
+            }
+        }
+        Ok(missing)
+    }
+
     /// Sends `text` to every other member of `group`, one copy each in its own session; returns
     /// the message as stored in the group's conversation. A member with no contact here (added
     /// by another admin, not yet introduced) gets no copy, which is recorded as failed.
@@ -311,7 +346,10 @@ impl<S: Store> Engine<S> {
     /// Takes in the cards of a group's members: each member who is neither us nor a contact is
     /// kept as a member contact ([`member_contact_name`]), if the card's keys are signed by the
     /// identity our log names as a member. Returns those introduced, each with the welcome to
-    /// send them (the log and our own card), so a member added by someone else can reach us.
+    /// send them (the log and our own card) when it is ours to start the session: of two
+    /// members introduced to each other, the one with the lower identity key writes first and
+    /// the other answers in that session, so a pair holds one session, not two crossed ones
+    /// (a member's node watches a few mailboxes per session at its relays).
     pub(super) fn receive_group_cards(
         &mut self,
         contact: &Contact,
@@ -319,7 +357,7 @@ impl<S: Store> Engine<S> {
         cards: Vec<MemberCard>,
         changes: &mut Vec<Change>,
         now: Timestamp,
-    ) -> Result<Vec<(Contact, Vec<Body>)>, EngineError> {
+    ) -> Result<Vec<Introduction>, EngineError> {
         let Some(record) = self.group_record(changes, &group)? else {
             tracing::debug!("cards of a group this node does not know, from {}", contact.name);
             return Ok(Vec::new());
@@ -352,7 +390,8 @@ impl<S: Store> Engine<S> {
             };
             changes.push(Change::PutContact(member.clone()));
             known.insert(identity, member.clone());
-            introduced.push((member, self.welcome(&log)));
+            let first = me.as_bytes() < identity.as_bytes();
+            introduced.push((member, first.then(|| self.welcome(&log))));
         }
         Ok(introduced)
     }
@@ -379,18 +418,44 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Marks `group`'s incoming messages read; returns how many were newly marked. Members are
-    /// not told: read receipts are for one-to-one conversations so far.
-    pub fn mark_group_read(&mut self, group: &str) -> Result<usize, EngineError> {
+    /// Marks `group`'s incoming messages read; returns how many were newly marked. With read
+    /// receipts on, each sender is told, in its own session, naming the copies it sent us.
+    pub fn mark_group_read(&mut self, group: &str, now: Timestamp) -> Result<usize, EngineError> {
         let (record, _) = self.find_group(group)?;
         let unread = self.store.unread(&group_conversation(&GroupId(record.id)))?;
-        let changes: Vec<Change> = unread
+        if unread.is_empty() {
+            return Ok(0);
+        }
+        let mut batch = SendGroup::default();
+        batch.changes = unread
             .iter()
             .map(|id| Change::SetStatus { id: *id, status: Status::Read, reason: None })
             .collect();
-        if !changes.is_empty() {
-            self.store.apply(&changes)?;
+        if self.read_receipts {
+            let mut copies: Vec<(String, Vec<MessageId>)> = Vec::new();
+            for id in &unread {
+                let Some(info) = self.store.group_message(id)? else { continue };
+                for copy in info.copies.into_iter().filter(|c| !c.contact.is_empty()) {
+                    match copies.iter_mut().find(|(name, _)| *name == copy.contact) {
+                        Some((_, ids)) => ids.push(copy.copy),
+                        None => copies.push((copy.contact, vec![copy.copy])),
+                    }
+                }
+            }
+            for (name, ids) in copies {
+                // A sender removed as a contact since is not told.
+                let Some(contact) = self.store.contact(&name)? else { continue };
+                let receipts: Vec<Body> = ids
+                    .chunks(merpati_proto::frame::MAX_RECEIPT_IDS)
+                    .map(|chunk| Body::Receipt { kind: ReceiptKind::Read, ids: chunk.to_vec() })
+                    .collect();
+                if let Err(e) = self.seal_to(&contact, &receipts, now, &mut batch) {
+                    self.abandon_group(&batch);
+                    return Err(e);
+                }
+            }
         }
+        self.write_group(batch)?;
         Ok(unread.len())
     }
 
@@ -480,7 +545,7 @@ impl<S: Store> Engine<S> {
     pub(super) fn receive_group_message(
         &mut self,
         contact: &Contact,
-        sent_at: Timestamp,
+        (copy, sent_at): (MessageId, Timestamp),
         message: GroupMessage,
         changes: &mut Vec<Change>,
     ) -> Result<Option<StoredMessage>, EngineError> {
@@ -517,7 +582,14 @@ impl<S: Store> Engine<S> {
             group: message.group.0,
             sender: *contact.identity.as_bytes(),
             sender_seq: message.sender_seq,
-            copies: Vec::new(),
+            // The copy that came, so a read receipt can name it to its sender.
+            copies: vec![GroupCopy {
+                member: *contact.identity.as_bytes(),
+                contact: contact.name.clone(),
+                copy,
+                status: Status::Delivered,
+                reason: None,
+            }],
         }));
         Ok(Some(stored))
     }
@@ -532,7 +604,9 @@ impl<S: Store> Engine<S> {
     ) -> Result<Option<Change>, EngineError> {
         let Some(id) = self.store.group_copy(copy)? else { return Ok(None) };
         let Some(info) = self.store.group_message(&id)? else { return Ok(None) };
-        let mine = info.copies.iter().any(|c| c.copy == *copy && c.member == *contact.identity.as_bytes());
+        // Ours only: a sender cannot mark read, here, what it sent us.
+        let mine = info.sender == *self.me.identity.public().as_bytes()
+            && info.copies.iter().any(|c| c.copy == *copy && c.member == *contact.identity.as_bytes());
         Ok(mine.then_some(Change::SetCopyStatus { copy: *copy, status, reason: None }))
     }
 

@@ -453,13 +453,18 @@ impl<S: Store> Engine<S> {
                 if let Some(record) = self.store.contact(contact)? {
                     let introduced = self.receive_group_cards(&record, group, cards, changes, now)?;
                     pending.introduced.extend(introduced.iter().map(|(member, _)| member.identity));
-                    self.pass_on_in(introduced, pending, now)?;
+                    let welcomes = introduced.into_iter().filter_map(|(m, w)| Some((m, w?))).collect();
+                    self.pass_on_in(welcomes, pending, now)?;
                 }
             }
             Body::Group(message) => {
                 if let Some(record) = self.store.contact(contact)?
-                    && let Some(stored) =
-                        self.receive_group_message(&record, incoming.sent_at, *message, changes)?
+                    && let Some(stored) = self.receive_group_message(
+                        &record,
+                        (incoming.message_id, incoming.sent_at),
+                        *message,
+                        changes,
+                    )?
                 {
                     received.message = Some(stored);
                 }

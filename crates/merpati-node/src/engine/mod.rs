@@ -39,7 +39,7 @@ use crate::store::{
 };
 
 pub use groups::{
-    GroupMember, GroupView, MAX_GROUPS, group_conversation, group_of_conversation, is_member_contact,
+    Gap, GroupMember, GroupView, MAX_GROUPS, group_conversation, group_of_conversation, is_member_contact,
     member_contact_name,
 };
 pub use incoming::Received;

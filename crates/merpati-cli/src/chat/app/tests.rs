@@ -606,6 +606,7 @@ fn group(id: &str, name: &str, unread: u32) -> GroupView {
         role: Some(GroupRole::Member),
         members: vec![member("you", true), member("bob", false), member("dewi", false)],
         unread,
+        missing: Vec::new(),
     }
 }
 
@@ -620,6 +621,7 @@ fn group_message(n: u64, id: &str, name: &str, from: Option<&str>, text: &str) -
         from: from.map(Into::into),
         delivered: out.then_some(0),
         members: out.then_some(2),
+        read: None,
     });
     message
 }
