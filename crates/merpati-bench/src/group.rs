@@ -56,18 +56,7 @@ fn run_case(exe: &Path, members: usize, messages: usize, relay_half: bool) -> an
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     // The bench holds R's only reservation: no circuit leads to the members behind it.
-    let placeholder = runtime.block_on(async {
-        let handle = util::client_net(&shutdown).await?;
-        handle.set_relays(vec![relay.addr.clone()]).await?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !handle.relays().await.first().is_some_and(|r| r.reserved) {
-            if Instant::now() > deadline {
-                bail!("the bench got no reservation on the relay");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok::<_, anyhow::Error>(handle)
-    })?;
+    let placeholder = runtime.block_on(util::hold_reservation(&relay, &shutdown))?;
 
     let sender_home = dir.path().join("sender");
     create_identity(&sender_home, "Sender")?;

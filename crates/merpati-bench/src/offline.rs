@@ -22,7 +22,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use merpati_control::client::Notifications;
 use merpati_control::identity_file::IdentityFile;
 use merpati_control::protocol::method::{ContactAdd, Invite, RelayAdd, RelayList, Send};
@@ -89,18 +89,7 @@ pub(crate) fn run(exe: &Path, count: usize) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
     // The bench holds R's only reservation.
-    let placeholder = runtime.block_on(async {
-        let handle = util::client_net(&shutdown).await?;
-        handle.set_relays(vec![relay.addr.clone()]).await?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !handle.relays().await.first().is_some_and(|r| r.reserved) {
-            if Instant::now() > deadline {
-                bail!("the bench got no reservation on the relay");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok::<_, anyhow::Error>(handle)
-    })?;
+    let placeholder = runtime.block_on(util::hold_reservation(&relay, &shutdown))?;
 
     let (a_home, b_home) = (dir.path().join("alice"), dir.path().join("bob"));
     create_identity(&a_home, "Alice")?;

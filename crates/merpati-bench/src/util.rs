@@ -231,6 +231,25 @@ impl Relay {
     }
 }
 
+/// Takes a reservation on `relay` with a network of the bench's own, and holds it while the
+/// handle lives: a relay started with `max_reservations = 1` then gives none to the nodes under
+/// test, so no circuit leads to them.
+pub(crate) async fn hold_reservation(
+    relay: &Relay,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<merpati_node::net::Handle> {
+    let handle = client_net(shutdown).await?;
+    handle.set_relays(vec![relay.addr.clone()]).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !handle.relays().await.first().is_some_and(|r| r.reserved) {
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("the bench got no reservation on the relay");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(handle)
+}
+
 /// A user node's network in this process: dials out only, no mDNS. For relay clients.
 pub(crate) async fn client_net(
     shutdown: &tokio_util::sync::CancellationToken,
