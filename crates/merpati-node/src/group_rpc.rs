@@ -173,6 +173,20 @@ pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Opti
     Some(view)
 }
 
+/// How a member contact (a group member who is not the user's contact) is named in a message
+/// they sent directly: by the name a group of ours gave them, and as not a contact.
+pub(crate) fn member_shown(store: &impl Store, name: &str) -> String {
+    let identity = store.contact(name).ok().flatten().map(|c| *c.identity.as_bytes());
+    let named = identity.and_then(|identity| {
+        let groups = store.groups().ok()?;
+        groups.into_iter().find_map(|g| g.names.into_iter().find(|(id, _)| *id == identity).map(|(_, n)| n))
+    });
+    match named {
+        Some(named) => format!("{named} (a group member, not a contact)"),
+        None => "a group member, not a contact".to_owned(),
+    }
+}
+
 /// The conversation `messages` lists for `group` (a name or id prefix).
 pub(crate) fn conversation(engine: &mut Engine<SledStore>, group: &str) -> Result<String, EngineError> {
     Ok(group_conversation(&engine.group(group)?.id))

@@ -674,8 +674,15 @@ pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> Messa
     MessageView {
         id: message_id(&message.id),
         direction: if outgoing { ViewDirection::Out } else { ViewDirection::In },
-        // A group's conversation shows as the group's name.
-        contact: group.as_ref().map_or_else(|| message.contact.clone(), |g| g.name.clone()),
+        // A group's conversation shows as the group's name; a member's who is not a contact, by
+        // the name a group gave them.
+        contact: match &group {
+            Some(g) => g.name.clone(),
+            None if crate::engine::is_member_contact(&message.contact) => {
+                crate::group_rpc::member_shown(store, &message.contact)
+            }
+            None => message.contact.clone(),
+        },
         time: message.time,
         text: message.text.clone(),
         status: outgoing.then(|| status_of(message.status)),
@@ -749,5 +756,26 @@ mod tests {
         assert_eq!(seen, 20, "paging on with before reaches every message");
         let short = page_within_line(&store, Some("bob"), None, 3).unwrap();
         assert_eq!((short.messages.len(), short.cut), (3, false), "within the line: not cut");
+    }
+
+    /// A direct text from a group member who is not a contact names them as the group does.
+    #[test]
+    fn a_member_who_is_not_a_contact_is_named_by_their_group() {
+        let store = MemoryStore::new();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
+        let identity = IdentityKey::generate(&mut rng).public();
+        let name = crate::engine::member_contact_name(&identity);
+        let member = crate::engine::tests_member_contact(&name, identity);
+        let mut group = crate::store::GroupRecord::new([7; 16], Timestamp(1));
+        group.names = vec![(*identity.as_bytes(), "carol".into())];
+        let message = StoredMessage::received(MessageId([1; 16]), &name, Timestamp(2), "hai".into(), 0);
+        store
+            .apply(&[
+                Change::AddContact(member),
+                Change::PutGroup(group),
+                Change::PutMessage(message.clone()),
+            ])
+            .unwrap();
+        assert_eq!(message_view(&store, &message).contact, "carol (a group member, not a contact)");
     }
 }

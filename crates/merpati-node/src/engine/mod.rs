@@ -640,6 +640,12 @@ pub fn check_name(name: &str) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// A contact record with nothing known but its name and identity, for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn tests_member_contact(name: &str, identity: merpati_proto::identity::IdentityPublic) -> Contact {
+    requests::stranger_contact(name, identity, Timestamp(1))
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
