@@ -157,9 +157,18 @@ pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Opti
                     .find(|c| *c.identity.as_bytes() == info.sender && !engine::is_member_contact(&c.name))
                     .map(|c| c.name)
             });
-            let named =
-                record.and_then(|r| r.names.into_iter().find(|(id, _)| *id == info.sender).map(|(_, n)| n));
-            view.from = Some(contact.or(named).unwrap_or_else(|| "the owner".to_owned()));
+            let named = record.and_then(|r| {
+                if r.owner == info.sender {
+                    return Some("the owner".to_owned());
+                }
+                r.names.into_iter().find(|(id, _)| *id == info.sender).map(|(_, n)| n)
+            });
+            // No longer a member (the log names members only): their fingerprint.
+            let fingerprint = || {
+                merpati_proto::identity::IdentityPublic::from_bytes(info.sender)
+                    .map_or_else(|_| "a former member".to_owned(), |id| fingerprint(&id))
+            };
+            view.from = Some(contact.or(named).unwrap_or_else(fingerprint));
         }
         Direction::Out => {
             let delivered =

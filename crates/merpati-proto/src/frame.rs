@@ -25,7 +25,7 @@
 //!             4 display name:     len u8 (1..=MAX_DISPLAY_NAME_LEN), UTF-8 without control characters
 //!             5 restored:         at u64
 //!             6 keys:             see `ContactKeys`
-//!             7 group entries:    group id (16), count u8 (1..=64), each: len u16, a log entry
+//!             7 group entries:    group id (16), count u8 (1..=160), each: len u16, a log entry
 //!             8 group cards:      group id (16), count u8 (1..=MAX_CARDS), each: keys (as 6),
 //!                                 peer id as in node info (may be empty), addresses, relays
 //! fragment  see `crate::fragment`

@@ -130,20 +130,52 @@ fn a_group_text_reaches_every_member_once_and_is_delivered_to_each() {
     settle(&mut e, &[], T0);
     for member in &e[1..] {
         assert_eq!(texts(member, view.id), ["selamat pagi"]);
-        let info = member.store().group_message(&sent.id).unwrap().unwrap();
+        let stored = member.store().messages(Some(&group_conversation(&view.id)), 10).unwrap();
+        let info = member.store().group_message(&stored[0].id).unwrap().unwrap();
         assert_eq!((info.sender, info.sender_seq), (*e[0].me().identity.public().as_bytes(), 1));
+        assert_ne!(stored[0].id, sent.id, "each node stores it under an id of its own");
     }
     // Both copies confirmed: the message stands where its copies do.
     let info = e[0].store().group_message(&sent.id).unwrap().unwrap();
     assert_eq!(info.copies.iter().map(|c| c.status).collect::<Vec<_>>(), [Status::Delivered; 2]);
     assert_eq!(e[0].message(&sent.id).unwrap().status, Status::Delivered);
 
-    // A member answers; everyone else sees it under the same id.
-    let reply = e[2].send_group_text(&view.name, "pagi juga", T0.plus(1)).unwrap();
+    // A member answers; everyone else sees it.
+    e[2].send_group_text(&view.name, "pagi juga", T0.plus(1)).unwrap();
     settle(&mut e, &[], T0.plus(1));
     assert_eq!(texts(&e[0], view.id), ["selamat pagi", "pagi juga"]);
     assert_eq!(texts(&e[1], view.id), ["selamat pagi", "pagi juga"]);
-    assert_eq!(e[1].message(&reply.id).unwrap().id, reply.id);
+}
+
+#[test]
+fn a_one_to_one_text_cannot_take_the_id_a_group_message_will_have() {
+    let mut e = network(3);
+    let view = e[0].create_group("Pasar", &["bob", "carol"], T0).unwrap();
+    settle(&mut e, &[], T0);
+    // Carol's node sends Bob a text under the group-wide id Alice's next group text will have.
+    let alice = e[0].me().identity.public();
+    let claimed = merpati_proto::group::message_id(view.id, &alice, 1);
+    let session = e[2].store().contact("bob").unwrap().unwrap().session;
+    let session = match session {
+        Some(id) => id,
+        None => {
+            e[2].send_text("bob", "hai", T0).unwrap();
+            settle(&mut e, &[], T0);
+            e[2].store().contact("bob").unwrap().unwrap().session.unwrap()
+        }
+    };
+    let mut rng = e[2].rng.clone();
+    let sealed = e[2]
+        .session(&session, T0)
+        .unwrap()
+        .unwrap()
+        .seal_as(&Body::Text("mine".into()), claimed, T0, &mut rng)
+        .unwrap();
+    let received = e[1].receive(Some(&peer(3).to_bytes()), &sealed.envelope, T0).unwrap();
+    assert!(received.message.is_some());
+    e[0].send_group_text("Pasar", "the real one", T0.plus(1)).unwrap();
+    settle(&mut e, &[], T0.plus(1));
+    assert_eq!(texts(&e[1], view.id), ["the real one"], "the group text is stored all the same");
 }
 
 #[test]
@@ -257,12 +289,24 @@ fn a_group_is_kept_only_from_someone_it_names() {
     assert!(e[1].receive_group_entries(&dewi, found.clone(), &mut changes, T0).unwrap().is_empty());
     assert!(changes.is_empty());
     assert!(matches!(e[1].group("Rahasia"), Err(EngineError::UnknownGroup(_))));
-    // From its owner it is kept, and shown as a group Bob is not in.
+    // From its owner neither: it does not name Bob. Carol, whom it names, keeps it.
     let alice = e[1].store().contact("alice").unwrap().unwrap();
-    assert!(e[1].receive_group_entries(&alice, found, &mut changes, T0).unwrap().is_empty());
-    e[1].store().apply(&changes).unwrap();
-    assert_eq!(e[1].group("Rahasia").unwrap().role, None);
-    assert!(matches!(e[1].send_group_text("Rahasia", "boleh ikut?", T0), Err(EngineError::NotInGroup(_))));
+    assert!(e[1].receive_group_entries(&alice, found.clone(), &mut changes, T0).unwrap().is_empty());
+    assert!(changes.is_empty(), "a group Bob is not in is not kept");
+    let alice_at_carol = e[2].store().contact("alice").unwrap().unwrap();
+    e[2].receive_group_entries(&alice_at_carol, found, &mut changes, T0).unwrap();
+    e[2].store().apply(&changes).unwrap();
+    assert_eq!(e[2].group("Rahasia").unwrap().role, Some(Role::Member));
+}
+
+#[test]
+fn one_owner_can_make_a_node_keep_only_so_many_groups() {
+    let mut e = network(2);
+    for i in 0..super::MAX_GROUPS_PER_OWNER + 2 {
+        e[0].create_group(&format!("g{i}"), &["bob"], T0).unwrap();
+    }
+    settle(&mut e, &[], T0);
+    assert_eq!(e[1].groups().unwrap().len(), super::MAX_GROUPS_PER_OWNER);
 }
 
 /// The user's own contacts at `engine` (members kept for groups aside), by name.

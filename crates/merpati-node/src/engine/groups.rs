@@ -28,6 +28,20 @@ use crate::store::{
 /// bounded.
 pub const MAX_GROUPS: usize = 256;
 
+/// What keys the id a group message is stored under (see `stored_id`); local to this node.
+const STORED_ID_LABEL: &[u8] = b"merpati/stored-group-message-id";
+
+/// The most group members who are not contacts a node keeps (every member of every group
+/// could be one; a contact who adds us to groups cannot make the node keep more).
+pub const MAX_MEMBER_CONTACTS: usize = 1000;
+
+/// The most groups a node keeps that one identity owns.
+pub const MAX_GROUPS_PER_OWNER: usize = 32;
+
+/// A gap in a member's counts wider than this is a restore's jump, not lost texts: no one sends a
+/// billion texts to a group.
+const RESTORE_JUMP: u64 = 1_000_000_000;
+
 /// The shortest group id prefix a command accepts.
 const MIN_ID_PREFIX: usize = 4;
 
@@ -79,7 +93,9 @@ pub fn group_conversation(id: &GroupId) -> String {
 /// node can be written to (protocol §15.4). Like a group's conversation, it starts with a control
 /// character no name the user gives can hold, and it is never listed as a contact.
 pub fn member_contact_name(identity: &IdentityPublic) -> String {
-    format!("\u{1}member {}", hex(&identity.as_bytes()[..8]))
+    // 24 bytes of the key (a name is at most 64 bytes): no one can grind another identity into
+    // a member's name.
+    format!("\u{1}member {}", hex(&identity.as_bytes()[..24]))
 }
 
 /// Whether `name` is a group member's, kept for a group (see [`member_contact_name`]).
@@ -245,8 +261,12 @@ impl<S: Store> Engine<S> {
         for (sender, mut seqs) in counts {
             seqs.sort_unstable();
             seqs.dedup();
-            let ranges: Vec<[u64; 2]> =
-                seqs.windows(2).filter(|w| w[1] > w[0] + 1).map(|w| [w[0] + 1, w[1] - 1]).collect();
+            // A jump of more than RESTORE_JUMP is a restore's (`skip_group_counts`), not lost texts.
+            let ranges: Vec<[u64; 2]> = seqs
+                .windows(2)
+                .filter(|w| w[1] > w[0] + 1 && w[1] - w[0] <= RESTORE_JUMP)
+                .map(|w| [w[0] + 1, w[1] - 1])
+                .collect();
             if !ranges.is_empty()
                 && let Ok(identity) = IdentityPublic::from_bytes(sender)
             {
@@ -288,6 +308,7 @@ impl<S: Store> Engine<S> {
         let mut copies = Vec::new();
         for identity in members(&state).filter(|m| *m != me) {
             let copy = match contacts.get(&identity) {
+                // One member who cannot be written to (no usable keys) holds up no one else.
                 Some(contact) => match self.seal_to(contact, std::slice::from_ref(&body), now, &mut batch) {
                     Ok(ids) => GroupCopy {
                         member: *identity.as_bytes(),
@@ -296,10 +317,13 @@ impl<S: Store> Engine<S> {
                         status: Status::Queued,
                         reason: None,
                     },
-                    Err(e) => {
-                        self.abandon_group(&batch);
-                        return Err(e);
-                    }
+                    Err(e) => GroupCopy {
+                        member: *identity.as_bytes(),
+                        contact: contact.name.clone(),
+                        copy: MessageId([0; 16]),
+                        status: Status::Failed,
+                        reason: Some(e.to_string()),
+                    },
                 },
                 None => GroupCopy {
                     member: *identity.as_bytes(),
@@ -311,7 +335,7 @@ impl<S: Store> Engine<S> {
             };
             copies.push(copy);
         }
-        let id = merpati_proto::group::message_id(group_id, &me, sender_seq);
+        let id = self.stored_id(merpati_proto::group::message_id(group_id, &me, sender_seq));
         let sent = copies.iter().any(|c| c.status != Status::Failed);
         let message = StoredMessage {
             id,
@@ -368,22 +392,35 @@ impl<S: Store> Engine<S> {
         if state.role(&me).is_none() {
             return Ok(Vec::new());
         }
+        // Cards come from an admin (who vouches for whom it adds) or from the member itself;
+        // the keys are the member's own either way, but where to reach them is the sender's word.
+        let admin = state.role(&contact.identity) == Some(Role::Admin);
         let mut known = self.contacts_by_identity()?;
         for change in changes.iter() {
             if let Change::PutContact(c) | Change::AddContact(c) = change {
                 known.insert(c.identity, c.clone());
             }
         }
+        let mut kept =
+            known.keys().filter(|id| known.get(id).is_some_and(|c| is_member_contact(&c.name))).count();
         let mut introduced = Vec::new();
         for card in cards {
             let identity = *card.keys.bundle.identity();
             if identity == me
                 || state.role(&identity).is_none()
+                || !(admin || identity == contact.identity)
                 || known.contains_key(&identity)
                 || self.store.is_blocked(&identity)?
             {
                 continue;
             }
+            if kept >= MAX_MEMBER_CONTACTS {
+                tracing::warn!(
+                    "a group card was dropped: this node keeps {MAX_MEMBER_CONTACTS} group members"
+                );
+                break;
+            }
+            kept += 1;
             let Some(member) = member_from_card(identity, card, now) else {
                 tracing::warn!("a card from {} does not verify for the member it names", contact.name);
                 continue;
@@ -432,26 +469,30 @@ impl<S: Store> Engine<S> {
             .map(|id| Change::SetStatus { id: *id, status: Status::Read, reason: None })
             .collect();
         if self.read_receipts {
-            let mut copies: Vec<(String, Vec<MessageId>)> = Vec::new();
+            // By the sender's identity: the contact may have been renamed since (or adopted).
+            let mut copies: Vec<([u8; 32], Vec<MessageId>)> = Vec::new();
             for id in &unread {
                 let Some(info) = self.store.group_message(id)? else { continue };
-                for copy in info.copies.into_iter().filter(|c| !c.contact.is_empty()) {
-                    match copies.iter_mut().find(|(name, _)| *name == copy.contact) {
+                for copy in info.copies {
+                    match copies.iter_mut().find(|(member, _)| *member == copy.member) {
                         Some((_, ids)) => ids.push(copy.copy),
-                        None => copies.push((copy.contact, vec![copy.copy])),
+                        None => copies.push((copy.member, vec![copy.copy])),
                     }
                 }
             }
-            for (name, ids) in copies {
+            let contacts = self.contacts_by_identity()?;
+            for (member, ids) in copies {
                 // A sender removed as a contact since is not told.
-                let Some(contact) = self.store.contact(&name)? else { continue };
+                let Some(contact) = IdentityPublic::from_bytes(member).ok().and_then(|id| contacts.get(&id))
+                else {
+                    continue;
+                };
                 let receipts: Vec<Body> = ids
                     .chunks(merpati_proto::frame::MAX_RECEIPT_IDS)
                     .map(|chunk| Body::Receipt { kind: ReceiptKind::Read, ids: chunk.to_vec() })
                     .collect();
-                if let Err(e) = self.seal_to(&contact, &receipts, now, &mut batch) {
-                    self.abandon_group(&batch);
-                    return Err(e);
+                if let Err(e) = self.seal_to(contact, &receipts, now, &mut batch) {
+                    tracing::warn!("read receipts could not be sealed for {}: {e}", contact.name);
                 }
             }
         }
@@ -510,11 +551,26 @@ impl<S: Store> Engine<S> {
             }
         }
         // Entries authenticate themselves, so any member may pass on a known group's; a group
-        // we do not know is kept only if it names its sender.
+        // we do not know is kept only if it names its sender and us (someone added us), and
+        // while its owner has fewer than `MAX_GROUPS_PER_OWNER` here.
         let state = log.state();
-        if new_group && state.owner != contact.identity && !state.members.contains_key(&contact.identity) {
-            tracing::warn!("entries of a group {} is not in were dropped", contact.name);
-            return Ok(Vec::new());
+        let me = self.me.identity.public();
+        if new_group {
+            let named = |id: &IdentityPublic| state.owner == *id || state.members.contains_key(id);
+            if !named(&contact.identity) || !named(&me) {
+                tracing::warn!(
+                    "entries of a group from {} that does not name both of us were dropped",
+                    contact.name
+                );
+                return Ok(Vec::new());
+            }
+            if self.groups_owned_by(&state.owner)? >= MAX_GROUPS_PER_OWNER {
+                tracing::warn!(
+                    "a group from {} was dropped: its owner has {MAX_GROUPS_PER_OWNER} here",
+                    contact.name
+                );
+                return Ok(Vec::new());
+            }
         }
         if log.len() == before && !new_group {
             // Nothing new (a copy again, or entries still waiting for their parents).
@@ -522,7 +578,6 @@ impl<S: Store> Engine<S> {
             return Ok(Vec::new());
         }
         let mut welcomes = Vec::new();
-        let me = self.me.identity.public();
         if !new_group && state.role(&me).is_some() {
             let contacts = self.contacts_by_identity()?;
             for identity in members(&state) {
@@ -563,7 +618,7 @@ impl<S: Store> Engine<S> {
             tracing::debug!("a message to a group we left was dropped");
             return Ok(None);
         }
-        let id = message.id(&contact.identity);
+        let id = self.stored_id(message.id(&contact.identity));
         let Body::Text(text) = message.inner else {
             // Files and long texts to groups are not sent by this version.
             tracing::warn!("a group message of a kind this version does not show was dropped");
@@ -611,8 +666,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Seals the welcomes [`Engine::receive_group_entries`] returned, starting sessions where
-    /// there are none, into a batch whose sessions the caller persists with its own write; on an
-    /// error nothing is left moved.
+    /// there are none, into a batch whose sessions the caller persists with its own write. A
+    /// member who cannot be written to is skipped.
     pub(super) fn pass_on(
         &mut self,
         welcomes: Vec<(Contact, Vec<Body>)>,
@@ -620,12 +675,22 @@ impl<S: Store> Engine<S> {
     ) -> Result<SendGroup, EngineError> {
         let mut batch = SendGroup::default();
         for (member, bodies) in welcomes {
+            // Skipped alone: a member we cannot write to must not stop what else arrived.
             if let Err(e) = self.seal_to(&member, &bodies, now, &mut batch) {
-                self.abandon_group(&batch);
-                return Err(e);
+                tracing::warn!("a group welcome could not be sealed for {}: {e}", member.name);
             }
         }
         Ok(batch)
+    }
+
+    /// The id this node stores a group message under: its group-wide id keyed with a secret of
+    /// ours. Copies of one message still meet under one id, but nobody can send a one-to-one
+    /// text under the id a group message will have, to keep it from being stored.
+    fn stored_id(&self, group_wide: MessageId) -> MessageId {
+        let key = merpati_proto::kdf::prf(self.me.inbox_secret.as_bytes(), STORED_ID_LABEL, &[&group_wide.0]);
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&key[..16]);
+        MessageId(id)
     }
 
     /// Signs an entry of ours after every head of `log` and adds it; refused if our role in
@@ -684,9 +749,10 @@ impl<S: Store> Engine<S> {
                 bodies.extend(card_bodies(log.group_id(), cards));
                 bodies
             };
+            // A member we cannot write to misses this change (others pass it on); the change
+            // itself stands.
             if let Err(e) = self.seal_to(contact, &bodies, now, &mut batch) {
-                self.abandon_group(&batch);
-                return Err(e);
+                tracing::warn!("a group change could not be sealed for {}: {e}", contact.name);
             }
         }
         let record = updated(record, &log);
@@ -762,6 +828,36 @@ impl<S: Store> Engine<S> {
             Some(record) => Ok(Some(record)),
             None => Ok(self.store.group(&id.0)?),
         }
+    }
+
+    /// After a restore from a backup: our count of texts to each group jumps to the restore's
+    /// time in milliseconds, past any count the replaced copy used after the backup was made
+    /// (counts go up by one per text), so no new text shares an id with one sent before and is
+    /// taken for it. Members see one jump, which `group_missing` does not report as lost texts.
+    pub(super) fn skip_group_counts(&mut self, restored_at: Timestamp) -> Result<(), EngineError> {
+        let changes: Vec<Change> = self
+            .store
+            .groups()?
+            .into_iter()
+            .map(|record| {
+                Change::PutGroup(GroupRecord { next_seq: record.next_seq.max(restored_at.0), ..record })
+            })
+            .collect();
+        if !changes.is_empty() {
+            self.store.apply(&changes)?;
+        }
+        Ok(())
+    }
+
+    /// How many of the groups kept here `owner` owns.
+    fn groups_owned_by(&mut self, owner: &IdentityPublic) -> Result<usize, EngineError> {
+        let mut count = 0;
+        for record in self.store.groups()? {
+            if self.log_of(&record)?.owner() == *owner {
+                count += 1;
+            }
+        }
+        Ok(count)
     }
 
     /// The log a record holds, from memory once read.
@@ -865,6 +961,9 @@ fn member_from_card(identity: IdentityPublic, card: MemberCard, now: Timestamp) 
     if !super::restore::learn_keys(&mut member, card.keys) {
         return None;
     }
+    // Keys a first contact can no longer be written to (an old card passed on) are no card.
+    let bundle = member.bundle.as_ref()?;
+    merpati_proto::invite::bundle_at(bundle, member.last_resort.as_ref(), now).ok()?;
     if !card.peer_id.is_empty() {
         super::relays::apply_control(
             &mut member,
@@ -897,6 +996,7 @@ fn updated(record: GroupRecord, log: &Log) -> GroupRecord {
         entries: log.entries().iter().map(|e| ByteBuf::from(e.to_bytes())).collect(),
         name: state.name,
         names: state.members.iter().map(|(id, m)| (*id.as_bytes(), m.name.clone())).collect(),
+        owner: *state.owner.as_bytes(),
         ..record
     }
 }

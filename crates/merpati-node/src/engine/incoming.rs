@@ -153,7 +153,7 @@ impl<S: Store> Engine<S> {
         let mut known = lookup(self)?;
         if known.is_none() && !pending.is_empty() {
             // Perhaps filed by what the batch has not written yet.
-            self.commit(std::mem::take(pending), now)?;
+            self.commit_keeping_introduced(pending, now)?;
             known = lookup(self)?;
         }
         match known {
@@ -168,11 +168,24 @@ impl<S: Store> Engine<S> {
                 // Written at once: the next envelope may be another copy, or from the same
                 // person, and must find this one's session and contact.
                 let received = self.accept_first_contact(bytes, now, pending)?;
-                self.commit(std::mem::take(pending), now)?;
+                self.commit_keeping_introduced(pending, now)?;
                 Ok(received)
             }
             None => Ok(Received::answer(deliver::Response::Refused(Refusal::UnknownMailbox))),
         }
+    }
+
+    /// Writes what `pending` holds so far, keeping its list of introduced members for the end of
+    /// the batch.
+    fn commit_keeping_introduced(
+        &mut self,
+        pending: &mut Pending,
+        now: Timestamp,
+    ) -> Result<(), EngineError> {
+        let introduced = std::mem::take(&mut pending.introduced);
+        self.commit(std::mem::take(pending), now)?;
+        pending.introduced = introduced;
+        Ok(())
     }
 
     /// Writes `pending` durably: first the delivery receipts it owes (sealed now, so a batch of

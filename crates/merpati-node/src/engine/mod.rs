@@ -39,8 +39,8 @@ use crate::store::{
 };
 
 pub use groups::{
-    Gap, GroupMember, GroupView, MAX_GROUPS, group_conversation, group_of_conversation, is_member_contact,
-    member_contact_name,
+    Gap, GroupMember, GroupView, MAX_GROUPS, MAX_GROUPS_PER_OWNER, MAX_MEMBER_CONTACTS, group_conversation,
+    group_of_conversation, is_member_contact, member_contact_name,
 };
 pub use incoming::Received;
 pub use long_texts::FRAGMENT_PATIENCE;

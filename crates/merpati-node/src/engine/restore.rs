@@ -81,6 +81,7 @@ impl<S: Store> Engine<S> {
         now: Timestamp,
     ) -> Result<Resumed, EngineError> {
         let mut resumed = Resumed::default();
+        self.skip_group_counts(restored_at)?;
         for contact in self.store.contacts()? {
             if contact.session.is_some() || !self.talked_to(&contact)? {
                 continue;

@@ -416,9 +416,17 @@ pub(crate) fn apply<T: Tx>(tx: &T, sealer: &dyn Sealer, changes: &[Change]) -> R
             Change::PutGroupMessage(info) => {
                 if tx.get(Tree::GroupMessages, &info.id.0)?.is_none() {
                     tx.insert(Tree::GroupMessages, &info.id.0, codec::encode("group message", info)?)?;
-                    // A copy that failed before it was sealed has no frame to index.
-                    for copy in info.copies.iter().filter(|c| c.status != super::Status::Failed) {
-                        tx.insert(Tree::GroupCopies, &copy.copy.0, codec::encode("group copy", &info.id)?)?;
+                    // Only copies of our own messages, queued when written, are confirmed by
+                    // receipts: theirs are indexed (a copy that failed before it was sealed has
+                    // no frame), never over an id already indexed.
+                    for copy in info.copies.iter().filter(|c| c.status == super::Status::Queued) {
+                        if tx.get(Tree::GroupCopies, &copy.copy.0)?.is_none() {
+                            tx.insert(
+                                Tree::GroupCopies,
+                                &copy.copy.0,
+                                codec::encode("group copy", &info.id)?,
+                            )?;
+                        }
                     }
                 }
             }

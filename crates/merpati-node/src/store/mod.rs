@@ -655,6 +655,8 @@ pub struct GroupRecord {
     pub name: String,
     /// The members' names, by identity key, as the log last gave them (the owner has none).
     pub names: Vec<([u8; 32], String)>,
+    /// The owner's identity key.
+    pub owner: [u8; 32],
 }
 
 impl GroupRecord {
@@ -667,6 +669,7 @@ impl GroupRecord {
             joined_at: now,
             name: String::new(),
             names: Vec::new(),
+            owner: [0; 32],
         }
     }
 }

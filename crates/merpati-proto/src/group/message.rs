@@ -7,8 +7,10 @@ use crate::frame::{Body, MessageId};
 use crate::identity::IdentityPublic;
 use crate::kdf::{self, label};
 
-/// The most entries one frame carries; a longer log goes in several frames.
-pub const MAX_ENTRIES_PER_FRAME: usize = 64;
+/// The most entries one frame carries (160 of the longest fill 56 KiB of a 64 KiB frame), so a
+/// group's whole log usually arrives in one: a node takes a group it does not know only from a
+/// frame that names both its sender and itself. A longer log goes in several frames.
+pub const MAX_ENTRIES_PER_FRAME: usize = 160;
 /// The longest encoded entry: four parents and a 64-byte name.
 pub const MAX_ENTRY_LEN: usize = 16 + 4 + 1 + 4 * 32 + 32 + 8 + 1 + 32 + 1 + 64 + 64;
 
