@@ -10,7 +10,10 @@ use merpati_proto::group::Role;
 use merpati_proto::identity::fingerprint;
 
 use crate::engine::{self, Engine, EngineError, group_conversation, group_of_conversation, hex};
-use crate::store::{Direction, SledStore, Status, Store, StoredMessage};
+use crate::rpc::{blocking, to_value};
+use std::collections::HashMap;
+
+use crate::store::{Direction, GroupRecord, SledStore, Status, Store, StoredMessage};
 
 /// Answers a `group.*` request: `None` if `request` is not one.
 pub(crate) fn handle(engine: &mut Engine<SledStore>, request: &Request, now: Timestamp) -> Option<Response> {
@@ -68,14 +71,6 @@ pub(crate) fn handle(engine: &mut Engine<SledStore>, request: &Request, now: Tim
         Ok(value) => Response::ok(request.id.clone(), value),
         Err(error) => crate::rpc::error_response(request.id.clone(), &error),
     })
-}
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-fn to_value(value: impl serde::Serialize) -> serde_json::Value {
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
 fn shown(engine: &Engine<SledStore>, view: &engine::GroupView) -> Result<serde_json::Value, EngineError> {
@@ -136,10 +131,40 @@ pub(crate) fn group_list(engine: &mut Engine<SledStore>) -> Result<GroupListResu
     Ok(GroupListResult { groups })
 }
 
+/// What showing group messages reads, kept for a page of them: each group's record (sealed,
+/// the size of its log) once, and the contacts once, not once per message.
+#[derive(Default)]
+pub(crate) struct Lookups {
+    records: HashMap<[u8; 16], Option<GroupRecord>>,
+    contacts: Option<HashMap<[u8; 32], String>>,
+}
+
+impl Lookups {
+    fn record(&mut self, store: &impl Store, id: &[u8; 16]) -> Option<GroupRecord> {
+        self.records.entry(*id).or_insert_with(|| store.group(id).ok().flatten()).clone()
+    }
+
+    /// Our contact's name for `identity`, members kept for groups aside.
+    fn contact(&mut self, store: &impl Store, identity: &[u8; 32]) -> Option<String> {
+        let contacts = self.contacts.get_or_insert_with(|| {
+            let all = store.contacts().unwrap_or_default();
+            all.into_iter()
+                .filter(|c| !engine::is_member_contact(&c.name))
+                .map(|c| (*c.identity.as_bytes(), c.name))
+                .collect()
+        });
+        contacts.get(identity).cloned()
+    }
+}
+
 /// What a message of a group's conversation adds to its view; `None` for any other message.
-pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Option<MessageGroup> {
+pub(crate) fn message_group(
+    store: &impl Store,
+    message: &StoredMessage,
+    lookups: &mut Lookups,
+) -> Option<MessageGroup> {
     let group = group_of_conversation(&message.contact)?;
-    let record = store.group(&group.0).ok().flatten();
+    let record = lookups.record(store, &group.0);
     let info = store.group_message(&message.id).ok().flatten();
     let mut view = MessageGroup {
         id: hex(&group.0),
@@ -152,11 +177,7 @@ pub(crate) fn message_group(store: &impl Store, message: &StoredMessage) -> Opti
     let Some(info) = info else { return Some(view) };
     match message.direction {
         Direction::In => {
-            let contact = store.contacts().ok().and_then(|all| {
-                all.into_iter()
-                    .find(|c| *c.identity.as_bytes() == info.sender && !engine::is_member_contact(&c.name))
-                    .map(|c| c.name)
-            });
+            let contact = lookups.contact(store, &info.sender);
             let named = record.and_then(|r| {
                 if r.owner == info.sender {
                     return Some("the owner".to_owned());

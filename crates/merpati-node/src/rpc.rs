@@ -306,11 +306,11 @@ pub(crate) fn backup(engine: &Engine<SledStore>, home: &Home, request: &Request,
     }
 }
 
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-fn to_value(value: impl Serialize) -> serde_json::Value {
+pub(crate) fn to_value(value: impl Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
@@ -529,8 +529,9 @@ struct Answer {
 impl Answer {
     /// Adds `messages` (oldest first) from the newest back; false once one did not fit.
     fn take_newest_first(&mut self, store: &impl Store, messages: &[StoredMessage]) -> bool {
+        let mut lookups = crate::group_rpc::Lookups::default();
         for message in messages.iter().rev() {
-            let view = message_view(store, message);
+            let view = message_view_with(store, message, &mut lookups);
             let len = serde_json::to_vec(&view).map_or(usize::MAX, |json| json.len() + 1);
             if self.bytes.saturating_add(len) > protocol::MAX_MESSAGES_BYTES && !self.views.is_empty() {
                 self.cut = true;
@@ -656,6 +657,15 @@ fn failed_download(store: &impl Store, id: &MessageId) -> Option<String> {
 
 /// How a stored message is shown on the control API.
 pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> MessageView {
+    message_view_with(store, message, &mut crate::group_rpc::Lookups::default())
+}
+
+/// [`message_view`], reading what group messages need through `lookups`, shared by a page.
+fn message_view_with(
+    store: &impl Store,
+    message: &StoredMessage,
+    lookups: &mut crate::group_rpc::Lookups,
+) -> MessageView {
     let outgoing = message.direction == Direction::Out;
     let file = match store.file_info(&message.id) {
         Ok(info) => info.map(|info| FileView {
@@ -670,7 +680,7 @@ pub(crate) fn message_view(store: &impl Store, message: &StoredMessage) -> Messa
             None
         }
     };
-    let group = crate::group_rpc::message_group(store, message);
+    let group = crate::group_rpc::message_group(store, message, lookups);
     MessageView {
         id: message_id(&message.id),
         direction: if outgoing { ViewDirection::Out } else { ViewDirection::In },

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use merpati_proto::Timestamp;
-use merpati_proto::frame::{Body, Control};
+use merpati_proto::frame::{Body, Control, MemberCard};
 use merpati_proto::group::{Action, Entry, GroupEntries, GroupId, Role};
 use merpati_proto::wire::deliver;
 
@@ -452,4 +452,56 @@ fn a_sender_cannot_mark_read_what_it_sent_us() {
     };
     let alice = e[1].store().contact("alice").unwrap().unwrap();
     assert!(e[1].confirm_copy(&alice, &copy, Status::Read).unwrap().is_none());
+}
+
+/// Bob as a member of Alice's group with Carol and Dewi, who are not his contacts, before any
+/// card of theirs reached him: the group's entries handed to him directly.
+fn bob_before_the_cards() -> (Vec<Engine<Arc<MemoryStore>>>, GroupId, Vec<MemberCard>) {
+    let mut e = network_of(4, &[(0, 1), (1, 0), (0, 2), (2, 0), (0, 3), (3, 0)]);
+    let view = e[0].create_group("Kampung", &["bob", "carol", "dewi"], T0).unwrap();
+    let found = GroupEntries { group: view.id, entries: e[0].group_logs[&view.id].entries().to_vec() };
+    let alice = e[1].store().contact("alice").unwrap().unwrap();
+    let mut changes = Vec::new();
+    e[1].receive_group_entries(&alice, found, &mut changes, T0).unwrap();
+    e[1].store().apply(&changes).unwrap();
+    let cards = ["carol", "dewi"]
+        .iter()
+        .map(|name| super::groups::tests_card_of(&e[0].store().contact(name).unwrap().unwrap()).unwrap())
+        .collect();
+    (e, view.id, cards)
+}
+
+#[test]
+fn a_node_keeps_only_so_many_members_who_are_not_contacts() {
+    let (mut e, group, cards) = bob_before_the_cards();
+    e[1].set_max_member_contacts(1);
+    let alice = e[1].store().contact("alice").unwrap().unwrap();
+    let mut changes = Vec::new();
+    let introduced = e[1].receive_group_cards(&alice, group, cards, &mut changes, T0).unwrap();
+    assert_eq!(introduced.len(), 1, "the second card is past the cap");
+    e[1].store().apply(&changes).unwrap();
+    let kept =
+        e[1].store().contacts().unwrap().into_iter().filter(|c| super::is_member_contact(&c.name)).count();
+    assert_eq!(kept, 1);
+}
+
+#[test]
+fn a_card_whose_keys_expired_on_the_way_makes_no_member_contact() {
+    let (mut e, group, cards) = bob_before_the_cards();
+    // Carol's card without its last-resort prekey, arriving after the bundle's prekey expired.
+    let mut stale = cards[0].clone();
+    stale.keys.last_resort = None;
+    let expired = T0.plus(
+        merpati_proto::identity::PREKEY_ROTATION + merpati_proto::identity::PREKEY_GRACE + Timestamp::DAY,
+    );
+    let alice = e[1].store().contact("alice").unwrap().unwrap();
+    let mut changes = Vec::new();
+    assert!(
+        e[1].receive_group_cards(&alice, group, vec![stale.clone()], &mut changes, expired)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(changes.is_empty());
+    // The same card on time is taken.
+    assert_eq!(e[1].receive_group_cards(&alice, group, vec![stale], &mut changes, T0).unwrap().len(), 1);
 }

@@ -62,8 +62,6 @@ pub struct GroupView {
     pub members: Vec<GroupMember>,
     /// Our role, if we are a member.
     pub role: Option<Role>,
-    /// When this device learnt of the group.
-    pub joined_at: Timestamp,
 }
 
 /// A member of a group.
@@ -414,7 +412,7 @@ impl<S: Store> Engine<S> {
             {
                 continue;
             }
-            if kept >= MAX_MEMBER_CONTACTS {
+            if kept >= self.max_member_contacts {
                 tracing::warn!(
                     "a group card was dropped: this node keeps {MAX_MEMBER_CONTACTS} group members"
                 );
@@ -793,27 +791,26 @@ impl<S: Store> Engine<S> {
 
     /// The group `reference` names: an exact name, or a prefix of its id in hex.
     fn find_group(&mut self, reference: &str) -> Result<(GroupRecord, Log), EngineError> {
-        let mut by_name = Vec::new();
-        let mut by_id = Vec::new();
         let wanted = reference.to_ascii_lowercase();
-        for record in self.store.groups()? {
-            let log = self.log_of(&record)?;
-            if log.state().name == reference {
-                by_name.push((record.clone(), log.clone()));
+        let records = self.store.groups()?;
+        // By the name each record keeps as its log last gave it: no log is read to look.
+        let by_name: Vec<&GroupRecord> = records.iter().filter(|r| r.name == reference).collect();
+        let found = if by_name.is_empty() {
+            let by_id = |r: &&GroupRecord| wanted.len() >= MIN_ID_PREFIX && hex(&r.id).starts_with(&wanted);
+            records.iter().filter(by_id).collect()
+        } else {
+            by_name
+        };
+        match found.as_slice() {
+            [one] => {
+                let record = (*one).clone();
+                let log = self.log_of(&record)?;
+                Ok((record, log))
             }
-            if wanted.len() >= MIN_ID_PREFIX && hex(&record.id).starts_with(&wanted) {
-                by_id.push((record, log));
-            }
-        }
-        let found = if by_name.is_empty() { by_id } else { by_name };
-        match found.len() {
-            1 => {
-                Ok(found.into_iter().next().ok_or_else(|| EngineError::UnknownGroup(reference.to_owned()))?)
-            }
-            0 => Err(EngineError::UnknownGroup(reference.to_owned())),
+            [] => Err(EngineError::UnknownGroup(reference.to_owned())),
             _ => Err(EngineError::AmbiguousGroup {
                 name: reference.to_owned(),
-                ids: found.iter().map(|(r, _)| hex(&r.id)).collect(),
+                ids: found.iter().map(|r| hex(&r.id)).collect(),
             }),
         }
     }
@@ -924,13 +921,7 @@ impl<S: Store> Engine<S> {
         };
         let mut members = vec![member(state.owner, None, Role::Admin)];
         members.extend(state.members.iter().map(|(id, m)| member(*id, Some(m.name.clone()), m.role)));
-        GroupView {
-            id: GroupId(record.id),
-            role: state.role(&me),
-            name: state.name,
-            members,
-            joined_at: record.joined_at,
-        }
+        GroupView { id: GroupId(record.id), role: state.role(&me), name: state.name, members }
     }
 }
 

@@ -272,6 +272,9 @@ pub struct Engine<S: Store> {
     renamed: Vec<(String, String)>,
     /// The most dismissed conversations kept ([`MAX_DISMISSED`]; smaller in tests).
     max_dismissed: usize,
+    /// The most group members who are not contacts kept ([`MAX_MEMBER_CONTACTS`]; smaller in
+    /// tests).
+    max_member_contacts: usize,
     /// The mailbox keys last given out ([`Engine::mailbox_keys`]), kept so they are not derived
     /// again after every command.
     mailbox_keys: HashMap<relays::MailboxKeyName, MailboxKey>,
@@ -340,11 +343,18 @@ impl<S: Store> Engine<S> {
             opened: Vec::new(),
             renamed: Vec::new(),
             max_dismissed: MAX_DISMISSED,
+            max_member_contacts: MAX_MEMBER_CONTACTS,
             mailbox_keys: HashMap::new(),
             inbox: me.inbox(),
             group_logs: HashMap::new(),
             me,
         })
+    }
+
+    /// Sets how many group members who are not contacts are kept (tests: to reach the cap).
+    #[cfg(test)]
+    pub(crate) fn set_max_member_contacts(&mut self, max: usize) {
+        self.max_member_contacts = max;
     }
 
     /// Sets how many dismissed conversations are kept (tests: to fill the cap quickly).
